@@ -1,0 +1,1 @@
+"""Thin Ray entrypoints: parse args -> load config -> run -> exit code."""

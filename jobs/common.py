@@ -1,0 +1,146 @@
+"""Glue shared by the job entrypoints: arguments, config, Ray start-up, key partitioning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+import pyarrow as pa
+import ray
+
+from features.config import ConfigError, load_config, to_dict
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """address: None starts a private local Ray (or joins the cluster of a `ray job submit`);
+    "auto" or host:port joins a running cluster. num_cpus applies to a private local Ray only
+    (Ray can misread container CPU limits, so it is always explicit)."""
+
+    address: str | None = None
+    num_cpus: int = 2
+
+
+def parse_args(description: str, default_config: str, argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", default=str(CONFIG_DIR / default_config),
+                    help=f"YAML config (default: jobs/configs/{default_config})")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set split.test_days=14 (repeatable)")
+    return ap.parse_args(argv)
+
+
+def load_job_config(cls: type, args: argparse.Namespace) -> Any:
+    cfg = load_config(cls, args.config, args.set)
+    print("resolved config:", json.dumps(to_dict(cfg), indent=2, default=str), sep="\n", flush=True)
+    return cfg
+
+
+def init_ray(rc: RayConfig) -> None:
+    """Start or join Ray once; a no-op when the caller (a test, a notebook) already did."""
+    if ray.is_initialized():
+        return
+    address = rc.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=rc.num_cpus, include_dashboard=False, log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    # Progress bars on a terminal; in logs (CI, `ray job logs`) the jobs print one line per step.
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    logging.getLogger("ray.data").setLevel(logging.INFO if sys.stderr.isatty() else logging.WARNING)
+
+
+class Steps:
+    """Prints `[n] what ... 1.2s` lines: progress for long jobs that also reads well in a log."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.t0 = self.last = time.perf_counter()
+        self.n = 0
+
+    def __call__(self, what: str) -> None:
+        now = time.perf_counter()
+        if self.n:
+            print(f"         done in {now - self.last:.1f}s", flush=True)
+        self.n += 1
+        self.last = now
+        print(f"[{self.name} {self.n}] {what} (t={now - self.t0:.1f}s)", flush=True)
+
+
+def run_job(name: str, fn: Callable[[], int]) -> int:
+    """Run a job body; map expected failures to a one-line error and exit code 2."""
+    from features.validate import SchemaError
+
+    t0 = time.perf_counter()
+    try:
+        code = fn()
+    except (ConfigError, SchemaError, FileNotFoundError, ValueError) as e:
+        print(f"{name}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    print(f"{name}: finished in {time.perf_counter() - t0:.1f}s", flush=True)
+    return code
+
+
+# --- data movement --------------------------------------------------------------------------
+_CACHE: dict[str, Any] = {}
+
+
+def cached_get(ref: ray.ObjectRef) -> Any:
+    """ray.get once per worker process (broadcast tables are fetched once, not per batch)."""
+    key = ref.hex()
+    if key not in _CACHE:
+        if len(_CACHE) >= 4:  # a job broadcasts a handful of tables; drop the oldest
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = ray.get(ref)
+    return _CACHE[key]
+
+
+def partition_by_key(
+    ds: "ray.data.Dataset", key: str | list[str], num_partitions: int, strategy: str = "hash"
+) -> "ray.data.Dataset":
+    """Co-locate rows sharing `key`: afterwards every key value lives in exactly one block.
+
+    This is the shuffle that Ray's own groupby().map_groups() performs; we then call a batch
+    function per *block* (many keys at once, vectorised in polars) instead of once per group.
+    strategy "hash" is Ray's hash shuffle (faster); "sort" its range-partitioning sort, used
+    after generator UDFs, whose schema-less empty blocks Ray 2.60's hash shuffle cannot concat.
+    """
+    from ray.data.context import ShuffleStrategy
+
+    keys = [key] if isinstance(key, str) else list(key)
+    if strategy == "hash" and ds.context.shuffle_strategy in (ShuffleStrategy.HASH_SHUFFLE, ShuffleStrategy.SHUFFLE_V2):
+        return ds.repartition(num_partitions, keys=keys, sort=True)
+    if strategy not in ("hash", "sort"):
+        raise ValueError(f"strategy: {strategy!r}; allowed: 'hash', 'sort'")
+    return ds.sort(keys)
+
+
+def to_polars(ds: "ray.data.Dataset") -> pl.DataFrame:
+    """Collect a (small) dataset to the driver as one polars frame."""
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    if not tables:
+        return pl.DataFrame()
+    return pl.from_arrow(pa.concat_tables(tables, promote_options="default"))  # type: ignore[return-value]
+
+
+def polars_batch(fn: Callable[..., pl.DataFrame]) -> Callable[..., pa.Table]:
+    """Adapt a polars function to a Ray Data map_batches UDF over pyarrow batches."""
+
+    def wrapper(batch: pa.Table, **kwargs: Any) -> pa.Table:
+        df = pl.from_arrow(batch)
+        assert isinstance(df, pl.DataFrame)
+        return fn(df, **kwargs).to_arrow()
+
+    wrapper.__name__ = getattr(fn, "__name__", "polars_batch")
+    return wrapper

@@ -1,0 +1,1 @@
+"""Ray Serve deployments (encoder, retriever, ranker, profiles), bound together in app.py."""
