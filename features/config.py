@@ -9,6 +9,7 @@ wrong type with a message naming the dotted key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import types
 import typing
 from pathlib import Path
@@ -65,6 +66,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is Any:
         return value
+    if tp is str and isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()  # YAML reads 2011-11-09 as a date; string fields keep ISO text
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):

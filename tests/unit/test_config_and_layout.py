@@ -1,0 +1,118 @@
+"""Config loading rules, the Ray-free features/ rule, artifacts, cluster.yaml and text rendering."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from features import artifacts as A
+from features.config import ConfigError, load_config, to_dict
+from features.text import item_text, item_text_expr
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Inner:
+    rate: float = 0.5
+    mode: Literal["exact", "ivf"] = "exact"
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    sizes: tuple[int, ...] = (1, 2)
+    inner: Inner = field(default_factory=Inner)
+    when: str | None = None
+
+
+def test_defaults_overrides_and_types(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: y\ninner: {rate: 1}\n")
+    cfg = load_config(Outer, f, ["inner.mode=ivf", "sizes=[3, 4]", "when=2024-01-01"])
+    assert cfg == Outer(name="y", sizes=(3, 4), inner=Inner(rate=1.0, mode="ivf"), when="2024-01-01")
+    assert to_dict(cfg)["sizes"] == [3, 4]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("inner.rat=1", r"unknown config key\(s\) 'rat' in section 'inner'; allowed keys: mode, rate"),
+    ("bogus=1", r"unknown config key\(s\) 'bogus'; allowed keys: inner, name, sizes, when"),
+    ("inner.mode=hnsw", r"inner.mode: 'hnsw' is not allowed; allowed values: 'exact', 'ivf'"),
+    ("inner.rate=fast", r"inner.rate: expected float, got 'fast'"),
+    ("sizes=3", r"sizes: expected a list"),
+    ("noequals", r"expected the form section.key=value"),
+])
+def test_bad_config_names_the_key_and_allowed_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Outer, None, [override])
+
+
+def test_job_default_configs_load():
+    from jobs.build_features import BuildFeaturesConfig
+    from jobs.import_online_retail import ImportConfig
+
+    assert load_config(BuildFeaturesConfig, ROOT / "jobs/configs/build_features.yaml") == BuildFeaturesConfig()
+    assert load_config(ImportConfig, ROOT / "jobs/configs/import_online_retail.yaml") == ImportConfig()
+
+
+def test_features_never_imports_ray():
+    for path in (ROOT / "features").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "ray" or n.startswith("ray.") for n in names), f"{path.name} imports ray"
+    mods = ",".join(p.stem for p in (ROOT / "features").glob("*.py") if p.stem != "__init__")
+    code = f"import sys; from features import {mods}; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_latest_complete_ignores_versions_without_manifest(tmp_path):
+    root = str(tmp_path)
+    A.write_manifest(A.join(root, "features", "20240101T000000Z-aaaa"), {"kind": "features"})
+    (tmp_path / "features" / "20250101T000000Z-bbbb").mkdir()  # newer but incomplete
+    assert A.latest_complete(root, "features").endswith("20240101T000000Z-aaaa")
+    assert A.read_manifest(A.latest_complete(root, "features")) == {"kind": "features"}
+    assert A.latest_complete(root, "index") is None
+
+
+def test_fingerprint_follows_content(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.parquet").write_bytes(b"one")
+    (d / "_SUCCESS").write_bytes(b"")
+    first = A.fingerprint(str(d))
+    assert first["files"] == 1 and first["bytes"] == 3
+    (d / "a.parquet").write_bytes(b"two")
+    assert A.fingerprint(str(d))["sha256"] != first["sha256"]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        A.fingerprint(str(tmp_path / "missing"))
+
+
+def test_cluster_yaml_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    types = config["available_node_types"]
+    assert types["gpu_worker"]["resources"]["GPU"] >= 1
+    assert "GPU" not in types["cpu_worker"]["resources"]
+    config["available_node_types"]["gpu_worker"]["not_a_field"] = 1
+    with pytest.raises(Exception, match="not_a_field"):
+        validate_config(prepare_config(config))
+
+
+def test_item_text_scalar_and_batch_agree_and_skip_nulls():
+    import polars as pl
+
+    assert item_text("  RED  MUG ", "Home > Mugs", None, "") == "RED MUG | Home > Mugs"
+    df = pl.DataFrame({"title": ["A"], "category": [None], "brand": ["B"], "description": ["d" * 600]})
+    assert df.select(item_text_expr()).item() == item_text("A", None, "B", "d" * 600)
+    assert len(item_text("A", None, "B", "d" * 600)) == 512
