@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv data features demo test test-unit bench ray-up ray-down clean
+.PHONY: venv data features features-job demo test test-unit bench ray-up ray-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,9 +43,16 @@ bench: venv data
 	$(BIN)/python -m bench.feature_job
 
 # A local single-node cluster for `ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT)`.
+# The venv's bin goes first on PATH so a submitted job's `python` is the project's interpreter.
 ray-up: venv
-	$(BIN)/ray start --head --num-cpus=2 --include-dashboard=true --dashboard-host=127.0.0.1 \
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ray start --head --num-cpus=2 --include-dashboard=true --dashboard-host=127.0.0.1 \
 	  --dashboard-port=$(RAY_DASHBOARD_PORT) --disable-usage-stats
+
+# The feature job through the job server of `make ray-up` (Ray 2.60 clusters require the token
+# in ~/.ray/auth_token; RAY_AUTH_MODE=token makes the CLI send it).
+features-job: venv data
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
+	  python -m jobs.build_features --set output_root=$(ART)
 
 ray-down:
 	-$(BIN)/ray stop

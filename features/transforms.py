@@ -26,8 +26,8 @@ _START = "__gstart"  # first row of the ts group (events sharing a user and ts f
 
 # partial item aggregates (combined by sum/min/max)
 _P_PRICE_N = "__price_n"
-_P_PRICE_SUM = "__price_sum"
-_P_PRICE_SUMSQ = "__price_sumsq"
+_P_PRICE_MEAN = "__price_mean"
+_P_PRICE_M2 = "__price_m2"  # sum of squared deviations from the mean (Chan et al. combine)
 
 
 def _default_weights() -> dict[str, float]:
@@ -205,8 +205,8 @@ def item_partials(events: pl.DataFrame, p: FeatureParams, as_of: dt.datetime) ->
         pl.col(S.TS).min().alias(S.FIRST_SEEN),
         pl.col(S.TS).max().alias(S.LAST_SEEN),
         pl.col(S.PRICE).count().cast(pl.Int64).alias(_P_PRICE_N),
-        pl.col(S.PRICE).sum().alias(_P_PRICE_SUM),
-        (pl.col(S.PRICE) ** 2).sum().alias(_P_PRICE_SUMSQ),
+        pl.col(S.PRICE).mean().fill_null(0.0).alias(_P_PRICE_MEAN),
+        ((pl.col(S.PRICE) - pl.col(S.PRICE).mean()) ** 2).sum().alias(_P_PRICE_M2),
         pl.col(S.PRICE).min().alias(S.PRICE_MIN),
         pl.col(S.PRICE).max().alias(S.PRICE_MAX),
     )
@@ -216,28 +216,33 @@ def combine_item_partials(parts: pl.DataFrame) -> pl.DataFrame:
     """Merge partial rows of the same item (sum counts and weights, min/max times and prices)."""
     mins = {S.FIRST_SEEN, S.PRICE_MIN}
     maxs = {S.LAST_SEEN, S.PRICE_MAX}
+    n, mean = pl.col(_P_PRICE_N), pl.col(_P_PRICE_MEAN)
+    total = n.sum()
+    pooled = pl.when(total > 0).then((n * mean).sum() / total).otherwise(0.0)
     aggs = []
     for c in parts.columns:
-        if c == S.ITEM_ID:
+        if c in (S.ITEM_ID, _P_PRICE_MEAN, _P_PRICE_M2):
             continue
         aggs.append(pl.col(c).min() if c in mins else pl.col(c).max() if c in maxs else pl.col(c).sum())
+    # Pooled mean and M2 (numerically stable; a constant price gives a std of exactly 0).
+    aggs += [pooled.alias(_P_PRICE_MEAN), (pl.col(_P_PRICE_M2) + n * (mean - pooled) ** 2).sum().alias(_P_PRICE_M2)]
     return parts.group_by(S.ITEM_ID).agg(aggs)
 
 
 def item_features(combined: pl.DataFrame, catalog: pl.DataFrame, p: FeatureParams) -> pl.DataFrame:
     """Every catalog item (cold ones with zero counts) with its text, popularity and prices."""
     count_cols = [S.n_col(t) for t in S.EVENT_TYPES] + [S.N_USERS, S.N_SESSIONS, _P_PRICE_N]
-    float_cols = [S.half_life_col(h) for h in p.half_lives_days] + [_P_PRICE_SUM, _P_PRICE_SUMSQ]
+    float_cols = [S.half_life_col(h) for h in p.half_lives_days] + [_P_PRICE_MEAN, _P_PRICE_M2]
     df = catalog.join(combined, on=S.ITEM_ID, how="left").with_columns(
         *[pl.col(c).fill_null(0).cast(pl.Int64) for c in count_cols],
         *[pl.col(c).fill_null(0.0).cast(pl.Float64) for c in float_cols],
     )
     n = pl.col(_P_PRICE_N)
-    mean = pl.when(n > 0).then(pl.col(_P_PRICE_SUM) / n)
-    var = pl.when(n > 0).then((pl.col(_P_PRICE_SUMSQ) / n - mean**2).clip(lower_bound=0.0))
+    mean = pl.when(n > 0).then(pl.col(_P_PRICE_MEAN))
+    std = pl.when(n > 0).then((pl.col(_P_PRICE_M2) / n).sqrt())
     return (
-        df.with_columns(item_text_expr(), mean.alias(S.PRICE_MEAN), var.sqrt().alias(S.PRICE_STD))
-        .drop(_P_PRICE_N, _P_PRICE_SUM, _P_PRICE_SUMSQ)
+        df.with_columns(item_text_expr(), mean.alias(S.PRICE_MEAN), std.alias(S.PRICE_STD))
+        .drop(_P_PRICE_N, _P_PRICE_MEAN, _P_PRICE_M2)
         .sort(S.ITEM_ID)
     )
 

@@ -128,12 +128,22 @@ def _counts(batch: pa.Table, cols: list[str]) -> pa.Table:
 def check_inputs(path: str, contract: pa.Schema, required: tuple[str, ...], what: str) -> list[str]:
     """Schema-check every file before any work; returns ignored extra columns."""
     extras: set[str] = set()
+    first: tuple[str, pa.Schema] | None = None
     for fs, p in A.list_files(path):
         try:
             found = pq.read_schema(fs.open_input_file(p))
         except Exception as e:  # pyarrow raises several types for a corrupt file
             raise SchemaError(f"{what} file {p}: not a readable Parquet file ({type(e).__name__}: {e})") from None
         extras |= set(check_schema(found, contract, required, f"{what} file {p}"))
+        # Ray Data reads a directory as one dataset and cannot merge a column typed differently
+        # in two files; say which files and column instead of failing deep inside the read.
+        if first is None:
+            first = (p, found)
+        for name in contract.names:
+            if name in found.names and name in first[1].names and found.field(name).type != first[1].field(name).type:
+                raise SchemaError(
+                    f"{what}: column '{name}' is {first[1].field(name).type} in {first[0]} but "
+                    f"{found.field(name).type} in {p}; all files of one input must use the same type per column")
     return sorted(extras)
 
 
