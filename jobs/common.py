@@ -29,6 +29,9 @@ class RayConfig:
 
     address: str | None = None
     num_cpus: int = 2
+    # Threads polars may use inside each Ray task. Polars is multi-threaded by default, so on a
+    # small machine every task would fight for every core; 1 makes Ray's CPU slots the parallelism.
+    worker_threads: int = 1
 
 
 def parse_args(description: str, default_config: str, argv: list[str] | None) -> argparse.Namespace:
@@ -50,11 +53,14 @@ def init_ray(rc: RayConfig) -> None:
     """Start or join Ray once; a no-op when the caller (a test, a notebook) already did."""
     if ray.is_initialized():
         return
+    if rc.worker_threads < 1:
+        raise ConfigError(f"ray.worker_threads must be >= 1, got {rc.worker_threads}")
     address = rc.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {"POLARS_MAX_THREADS": str(rc.worker_threads)}}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=rc.num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=rc.num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
     ctx = ray.data.DataContext.get_current()
     # Progress bars on a terminal; in logs (CI, `ray job logs`) the jobs print one line per step.
     ctx.enable_progress_bars = sys.stderr.isatty()
