@@ -1,0 +1,122 @@
+"""FAISS index keyed by item id: exact inner product for small catalogs, IVF or HNSW above.
+
+Vectors are L2-normalised float32, so inner product is cosine similarity. `search` returns
+(scores (Q, k), item_ids (Q, k)); slots beyond the catalog size hold score -inf and id None.
+Persistence is faiss' own binary format plus a JSON sidecar (ids and parameters): no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+
+IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kind: IndexKind = "auto"
+    exact_below: int = 50_000  # auto: exact search for catalogs smaller than this
+    ivf_nlist: int = 0  # 0: about 4 * sqrt(n)
+    ivf_nprobe: int = 16
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    hnsw_ef_construction: int = 200
+
+    def resolve(self, n_items: int) -> str:
+        if self.kind != "auto":
+            return self.kind
+        return "flat" if n_items < self.exact_below else "hnsw"
+
+
+class ItemIndex:
+    """Item vectors (N, d) with their ids; `search` maps query vectors to the top-k items."""
+
+    def __init__(self, index: faiss.Index, item_ids: list[str], kind: str, params: dict) -> None:
+        self.index = index
+        self.item_ids = list(item_ids)
+        self.kind = kind
+        self.params = params
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    @classmethod
+    def build(cls, item_ids: list[str], item_emb: np.ndarray, cfg: IndexConfig = IndexConfig(), seed: int = 0) -> "ItemIndex":
+        """Build from item_emb (N, d) float32, rows aligned with item_ids."""
+        emb = np.ascontiguousarray(item_emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(item_ids):
+            raise ValueError(f"item_emb must be (N, d) with N = len(item_ids) = {len(item_ids)}, got {emb.shape}")
+        if len(set(item_ids)) != len(item_ids):
+            raise ValueError("item_ids must be unique")
+        n, d = emb.shape
+        kind = cfg.resolve(n)
+        params: dict = {}
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif kind == "ivf":
+            nlist = cfg.ivf_nlist or max(1, int(4 * np.sqrt(n)))
+            nlist = min(nlist, n)
+            quantizer = faiss.IndexFlatIP(d)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = seed
+            index.train(emb)
+            index.nprobe = min(cfg.ivf_nprobe, nlist)
+            params = {"nlist": nlist, "nprobe": index.nprobe}
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = cfg.hnsw_ef_construction
+            index.hnsw.efSearch = cfg.hnsw_ef_search
+            params = {"m": cfg.hnsw_m, "ef_search": cfg.hnsw_ef_search, "ef_construction": cfg.hnsw_ef_construction}
+        else:
+            raise ValueError(f"index kind {kind!r}; allowed: 'auto', 'flat', 'ivf', 'hnsw'")
+        index.add(emb)
+        return cls(index, item_ids, kind, params)
+
+    def search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str | None]]]:
+        """Top-k by inner product: (scores (Q, k) float32, item_ids Q lists of k)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = np.ascontiguousarray(np.atleast_2d(query_emb), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query_emb has dimension {q.shape[1]}, the index {self.dim}")
+        scores, idx = self.index.search(q, k)
+        scores = np.where(idx < 0, -np.inf, scores).astype(np.float32)
+        ids = [[self.item_ids[j] if j >= 0 else None for j in row] for row in idx]
+        return scores, ids
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(d / "index.faiss"))
+        (d / "index.json").write_text(json.dumps({"kind": self.kind, "params": self.params, "dim": self.dim,
+                                                  "item_ids": self.item_ids}))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ItemIndex":
+        d = Path(directory)
+        meta = json.loads((d / "index.json").read_text())
+        index = faiss.read_index(str(d / "index.faiss"))
+        if index.ntotal != len(meta["item_ids"]):
+            raise ValueError(f"{d}: index holds {index.ntotal} vectors but {len(meta['item_ids'])} ids")
+        return cls(index, meta["item_ids"], meta["kind"], meta["params"])
+
+
+def brute_force(query_emb: np.ndarray, item_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by numpy (the oracle for tests): (scores (Q, k), row indices (Q, k))."""
+    sims = np.atleast_2d(query_emb).astype(np.float32) @ item_emb.astype(np.float32).T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, axis=1), order
+
+
+def config_dict(cfg: IndexConfig) -> dict:
+    return asdict(cfg)
