@@ -1,0 +1,90 @@
+"""Ranking metrics over the full catalog (never sampled negatives).
+
+Single-target form: every request has one target item; what matters is the target's 0-based
+rank among all N candidates. Ties are counted against the model (pessimistic): an item that
+scores exactly as high as the target is ranked above it, so a degenerate model that scores
+everything equally gets no credit. A missing target (not in the catalog) counts as a miss.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+MISSING = -1  # target index for a target that is not in the catalog
+MISSING_RANK = 1 << 40  # the rank a missing target gets: beyond any k, 1/(rank+1) ~ 0
+
+
+def target_ranks(scores: np.ndarray, target_idx: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's target: scores (Q, N), target_idx (Q,) -> ranks (Q,) int64.
+
+    rank = number of other items scoring >= the target. Missing targets (MISSING) get MISSING_RANK.
+    """
+    scores = np.atleast_2d(scores)
+    target_idx = np.asarray(target_idx, dtype=np.int64)
+    if scores.shape[0] != target_idx.shape[0]:
+        raise ValueError(f"scores has {scores.shape[0]} rows but target_idx {target_idx.shape[0]}")
+    n = scores.shape[1]
+    if ((target_idx < MISSING) | (target_idx >= n)).any():
+        raise ValueError(f"target_idx must be in [0, {n}) or {MISSING}")
+    present = target_idx >= 0
+    ranks = np.full(target_idx.shape[0], MISSING_RANK, dtype=np.int64)
+    if present.any():
+        s = scores[present]
+        t = s[np.arange(s.shape[0]), target_idx[present]][:, None]
+        ranks[present] = (s >= t).sum(axis=1) - 1  # the target itself is >= itself
+    return ranks
+
+
+def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:
+    """Share of requests whose target is in the top k (= Recall@k with one target)."""
+    ranks = np.asarray(ranks)
+    return float((ranks < k).mean()) if ranks.size else 0.0
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
+    """Mean NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if not ranks.size:
+        return 0.0
+    return float(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+
+
+def mrr(ranks: np.ndarray) -> float:
+    """Mean reciprocal rank over the full list (missing targets contribute 0)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if not ranks.size:
+        return 0.0
+    return float(np.where(ranks < MISSING_RANK, 1.0 / (ranks + 1.0), 0.0).mean())
+
+
+def rank_sums(ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
+    """Sums (not means) of hits and NDCG per k plus the count, so shards can be added up."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = {"count": float(ranks.size)}
+    for k in ks:
+        out[f"recall@{k}"] = float((ranks < k).sum())
+        out[f"ndcg@{k}"] = float(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0).sum())
+    return out
+
+
+def means(sums: dict[str, float]) -> dict[str, float]:
+    """Turn `rank_sums` output (possibly added over shards) into means."""
+    n = sums["count"]
+    return {k: (v / n if n else 0.0) for k, v in sums.items() if k != "count"} | {"count": n}
+
+
+def retrieval_metrics(query_emb: np.ndarray, item_emb: np.ndarray, target_idx: np.ndarray,
+                      ks: Iterable[int] = (10,), chunk: int = 1024) -> dict[str, float]:
+    """Recall@k and NDCG@k of ranking the whole catalog by inner product.
+
+    query_emb (Q, d), item_emb (N, d), target_idx (Q,) row of each target in item_emb or MISSING.
+    Scored in chunks of queries so memory stays at chunk * N floats.
+    """
+    ks = tuple(ks)
+    ranks = np.concatenate([
+        target_ranks(query_emb[i:i + chunk] @ item_emb.T, target_idx[i:i + chunk])
+        for i in range(0, len(query_emb), chunk)
+    ]) if len(query_emb) else np.zeros(0, np.int64)
+    return means(rank_sums(ranks, ks)) | {"mrr": mrr(ranks)}
