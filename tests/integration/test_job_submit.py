@@ -71,28 +71,66 @@ def head(tmp_path_factory):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_build_features_through_ray_job_submit(head, tmp_path):
-    address, env = head
-    canon = tmp_path / "canonical"
-    subprocess.run([sys.executable, "-m", "jobs.import_online_retail", "--set", f"output={canon}"],
-                   cwd=ROOT, check=True, capture_output=True, timeout=300)
-    small = tmp_path / "events_small.parquet"
-    pl.read_parquet(canon / "events.parquet").head(30_000).write_parquet(small)
-    out = tmp_path / "artifacts"
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-           "python", "-m", "jobs.build_features", "--set", f"events={small}",
-           "--set", f"items={canon / 'items.parquet'}", "--set", f"output_root={out}"]
-    for attempt in range(12):
+def _submit(address: str, env: dict, *args: str) -> str:
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--", "python", "-m", *args]
+    for _ in range(12):
         proc = subprocess.run(cmd, cwd=ROOT, env=dict(env, RAY_AUTH_MODE="token"), capture_output=True, text=True,
                               timeout=600)
         # The dashboard answers before the head's job agent registers; Ray says to retry.
         if "No available agent to submit job" not in proc.stderr + proc.stdout:
             break
         time.sleep(5)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "succeeded" in proc.stdout + proc.stderr
-    version = A.latest_complete(str(out), "features")
-    assert version is not None
-    manifest = json.loads((Path(version) / "manifest.json").read_text())
-    assert manifest["metrics"]["events_in"] == 30_000
-    assert manifest["metrics"]["events_valid"] == 30_000
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "succeeded" in out
+    return out
+
+
+def test_features_train_index_search_through_ray_job_submit(head, tmp_path):
+    """The user's path on a cluster: build features, fine-tune (smoke, 2 DDP workers on Ray
+    Train), build the index from that checkpoint, then search the bundled catalog."""
+    address, env = head
+    canon = tmp_path / "canonical"
+    subprocess.run([sys.executable, "-m", "jobs.import_online_retail", "--set", f"output={canon}"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    # A month-sized slice and the items it mentions keep the test fast; the whole flow is the same.
+    events = pl.read_parquet(canon / "events.parquet").head(30_000)
+    items = pl.read_parquet(canon / "items.parquet").filter(pl.col("item_id").is_in(events["item_id"].unique().implode()))
+    events.write_parquet(tmp_path / "events.parquet")
+    items.write_parquet(tmp_path / "items.parquet")
+    out = tmp_path / "artifacts"
+
+    _submit(address, env, "jobs.build_features", "--set", f"events={tmp_path / 'events.parquet'}",
+            "--set", f"items={tmp_path / 'items.parquet'}", "--set", f"output_root={out}",
+            "--set", "split.valid_days=2", "--set", "split.test_days=2")  # the slice spans 13 days
+    features = A.latest_complete(str(out), "features")
+    assert features is not None
+    fm = json.loads((Path(features) / "manifest.json").read_text())
+    assert fm["metrics"]["events_in"] == fm["metrics"]["events_valid"] == 30_000
+
+    log = _submit(address, env, "jobs.train_encoder", "--config", "jobs/configs/train_encoder_smoke.yaml",
+                  "--set", f"output_root={out}")
+    encoder = A.latest_complete(str(out), "encoder")
+    assert encoder is not None, log[-3000:]
+    em = json.loads((Path(encoder) / "manifest.json").read_text())
+    assert em["metrics"]["num_workers"] == 2 and em["metrics"]["steps"] == 4
+    assert em["inputs"]["features"]["path"] == features
+    assert 0.0 <= em["metrics"]["valid_best"]["valid_recall@10"] <= 1.0
+    assert (Path(encoder) / "model" / "model.safetensors").is_file()
+
+    _submit(address, env, "jobs.build_index", "--set", f"output_root={out}", "--set", f"encoder={encoder}")
+    index_dir = A.latest_complete(str(out), "index")
+    assert index_dir is not None
+    im = json.loads((Path(index_dir) / "manifest.json").read_text())
+    assert im["outputs"]["item_count"] == items.height and im["outputs"]["index_type"] == "flat"
+    assert im["inputs"]["encoder"]["weights_sha256"] == em["outputs"]["weights_sha256"]
+
+    from features.encoder import TwoTowerEncoder
+    from features.index import ItemIndex
+
+    index = ItemIndex.load(index_dir)
+    enc = TwoTowerEncoder.load(Path(encoder) / "model")
+    _, ids = index.search(enc.encode(["lunch bag"]), 5)
+    titles = dict(zip(items["item_id"].to_list(), items["title"].to_list()))
+    hits = [titles[i] for i in ids[0]]
+    assert sum("LUNCH BAG" in t.upper() for t in hits) >= 3, hits

@@ -60,6 +60,28 @@ def test_job_default_configs_load():
 
     assert load_config(BuildFeaturesConfig, ROOT / "jobs/configs/build_features.yaml") == BuildFeaturesConfig()
     assert load_config(ImportConfig, ROOT / "jobs/configs/import_online_retail.yaml") == ImportConfig()
+    from jobs.build_index import BuildIndexConfig
+    from jobs.train_encoder import TrainEncoderConfig, _check
+
+    # The YAML files document the defaults: they must equal the dataclasses, key for key.
+    assert load_config(TrainEncoderConfig, ROOT / "jobs/configs/train_encoder.yaml") == TrainEncoderConfig()
+    assert load_config(BuildIndexConfig, ROOT / "jobs/configs/build_index.yaml") == BuildIndexConfig()
+    smoke = load_config(TrainEncoderConfig, ROOT / "jobs/configs/train_encoder_smoke.yaml")
+    _check(smoke)
+    assert smoke.train.num_workers == 2 and smoke.train.max_steps < 10
+
+
+@pytest.mark.parametrize("override, message", [
+    ("kinds=[history, clicks]", "allowed values"),
+    ("train.batch_size=1", "train.batch_size"),
+    ("train.num_workers=0", "train.num_workers"),
+    ("train.item_tower=both", "allowed values: 'shared', 'frozen'"),
+])
+def test_train_encoder_config_errors_name_the_key(override, message):
+    from jobs.train_encoder import TrainEncoderConfig, _check
+
+    with pytest.raises(ConfigError, match=message):
+        _check(load_config(TrainEncoderConfig, None, [override]))
 
 
 def test_features_never_imports_ray():

@@ -1,0 +1,153 @@
+"""Encode the catalog with an encoder checkpoint and build the FAISS item index, on Ray Data.
+
+    python -m jobs.build_index [--config jobs/configs/build_index.yaml] [--set encoder=zero-shot ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.build_index ...
+
+Steps: read the items of a features version -> map_batches with an actor pool (each actor loads
+the encoder once) -> item vectors to the driver -> FAISS index whose type follows the catalog size
+and config (exact inner product below index.exact_below items, else HNSW; or as configured) ->
+artifacts/index/<version>/ (index.faiss, index.json, manifest.json last), then a few probe
+queries as a sanity check.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import ray
+
+from features import artifacts as A
+from features import schema as S
+from features.config import ConfigError, to_dict
+from features.encoder import LATEST, EncoderConfig, load_encoder, resolve_checkpoint
+from features.index import IndexConfig, ItemIndex
+from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
+
+KIND = "index"
+_EMB = "item_emb"
+
+
+@dataclass(frozen=True)
+class BuildIndexConfig:
+    features: str | None = None  # a features version folder; null: the newest complete one under output_root
+    output_root: str = "artifacts"
+    encoder: str = LATEST  # "latest", "zero-shot", or a folder (encoder version, checkpoint, training checkpoint)
+    zero_shot: EncoderConfig = field(default_factory=EncoderConfig)  # the model used when encoder=zero-shot
+    index: IndexConfig = field(default_factory=IndexConfig)
+    encode_batch_size: int = 256
+    num_actors: int = 2  # encoder replicas in the Ray Data actor pool
+    cpus_per_actor: int = 1  # and torch threads per actor
+    gpus_per_actor: float = 0.0
+    probe_queries: tuple[str, ...] = ("christmas lights", "red mug", "cake stand")
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+class ItemEncoder:
+    """Ray Data actor: loads the encoder once, then maps item batches to item vectors."""
+
+    def __init__(self, spec: str, artifacts_root: str, zero_shot: EncoderConfig, threads: int, use_gpu: bool) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.encoder, _ = load_encoder(spec, artifacts_root, zero_shot)
+        if use_gpu:
+            self.encoder.to("cuda")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = batch.column(S.ITEM_TEXT).to_pylist()
+        emb = self.encoder.encode(texts, tower="item", batch_size=len(texts) or 1)  # (B, d) float32
+        flat = pa.array(emb.reshape(-1), pa.float32())
+        return pa.table({S.ITEM_ID: batch.column(S.ITEM_ID),
+                         _EMB: pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+
+
+def _check(cfg: BuildIndexConfig) -> None:
+    for name in ("encode_batch_size", "num_actors", "cpus_per_actor"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.index.kind not in ("auto", "flat", "ivf", "hnsw"):
+        raise ConfigError(f"index.kind: {cfg.index.kind!r} is not allowed; allowed values: 'auto', 'flat', 'ivf', 'hnsw'")
+
+
+def run(cfg: BuildIndexConfig) -> int:
+    _check(cfg)
+    steps = Steps("build_index")
+    checkpoint = resolve_checkpoint(cfg.encoder, cfg.output_root)  # fail fast, before Ray starts
+    features_dir = cfg.features or A.latest_complete(cfg.output_root, "features")
+    if features_dir is None:
+        raise FileNotFoundError(f"no complete features version under {cfg.output_root}/features; run jobs.build_features first")
+    init_ray(cfg.ray)
+
+    steps(f"encode the catalog of {features_dir} with {checkpoint or 'the zero-shot model'} "
+          f"(Ray Data, {cfg.num_actors} actors x {cfg.cpus_per_actor} CPU)")
+    t0 = time.perf_counter()
+    # Materialised first: the read tasks then never wait for CPUs the encoder actors hold (with
+    # num_actors x cpus_per_actor = all CPUs, a streaming read would deadlock).
+    items = ray.data.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT]).materialize()
+    ds = items.map_batches(
+        ItemEncoder,
+        fn_constructor_kwargs=dict(spec=checkpoint or cfg.encoder, artifacts_root=cfg.output_root,
+                                   zero_shot=cfg.zero_shot, threads=cfg.cpus_per_actor, use_gpu=cfg.gpus_per_actor > 0),
+        batch_size=cfg.encode_batch_size, batch_format="pyarrow", concurrency=cfg.num_actors,
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+    )
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    if not tables:
+        raise ValueError(f"{features_dir}/items holds no items")
+    table = pa.concat_tables(tables)
+    encode_s = time.perf_counter() - t0
+    item_ids = [str(i) for i in table.column(S.ITEM_ID).to_pylist()]
+    emb = np.stack(table.column(_EMB).to_numpy(zero_copy_only=False)).astype(np.float32)  # (N, d)
+    print(f"  {len(item_ids):,} items -> {emb.shape[1]}-d vectors in {encode_s:.1f}s "
+          f"({len(item_ids) / encode_s:.0f} items/s incl. actor start-up)", flush=True)
+
+    steps("build the FAISS index")
+    t1 = time.perf_counter()
+    index = ItemIndex.build(item_ids, emb, cfg.index)
+    build_s = time.perf_counter() - t1
+
+    version = A.new_version()
+    out_dir = A.join(cfg.output_root, KIND, version)
+    steps(f"write {out_dir}")
+    index.save(out_dir)
+    encoder_info: dict = {"spec": cfg.encoder, "checkpoint": checkpoint, "zero_shot": checkpoint is None}
+    if checkpoint is not None:
+        encoder_info["weights_sha256"] = A.fingerprint(A.join(checkpoint, "model.safetensors"))["sha256"]
+    A.write_manifest(out_dir, A.manifest(
+        KIND, version, to_dict(cfg),
+        inputs={"features": {"path": str(features_dir), "version": A.read_manifest(features_dir).get("version")},
+                "encoder": encoder_info},
+        outputs={"index": "index.faiss", "ids": "index.json", "dim": index.dim, "item_count": len(index),
+                 "index_type": index.kind, "index_params": index.params},
+        metrics={"encode_s": encode_s, "items_per_s": len(item_ids) / encode_s, "build_s": build_s},
+    ))
+
+    probes: list[tuple[str, list[tuple[str, float]]]] = []
+    if cfg.probe_queries:
+        steps("probe queries")
+        encoder, _ = load_encoder(cfg.encoder if checkpoint is None else checkpoint, cfg.output_root, cfg.zero_shot)
+        scores, ids = index.search(encoder.encode(list(cfg.probe_queries)), 3)
+        items = pl.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT])
+        text = {str(k): v for k, v in items.iter_rows()}
+        for q, row_ids, row_scores in zip(cfg.probe_queries, ids, scores):
+            probes.append((q, [(f"{i} {text.get(i, '')}", float(s)) for i, s in zip(row_ids, row_scores) if i]))
+    steps("done")
+    print(f"index {version} -> {out_dir}")
+    print(f"  {len(index):,} items, {index.dim}-d, {index.kind} {index.params or ''}; encoder: {checkpoint or 'zero-shot'}")
+    print(f"  encoding {len(item_ids) / encode_s:.0f} items/s, index build {build_s:.2f}s")
+    for q, hits in probes:
+        print(f"  {q!r}: " + "; ".join(f"{h} ({s:.2f})" for h, s in hits))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("Encode the catalog and build the FAISS item index.", "build_index.yaml", argv)
+    return run_job("build_index", lambda: run(load_job_config(BuildIndexConfig, args)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
