@@ -358,7 +358,8 @@ def _summary(out_dir: str, run_name: str, m: dict, ks: tuple[int, ...]) -> None:
     print(f"  {m['train_examples']:,} train examples; best step {m['best_step']} of {m['steps']}; "
           f"{m['train_samples_per_s'] or 0:.1f} samples/s on {m['num_workers']} {m['device']} worker(s); fit {m['fit_s']:.0f}s")
     zs, best = m.get("valid_zero_shot") or {}, m["valid_best"]
-    print(f"  valid ({m['valid_examples']:,}): zero-shot NDCG@10 {zs.get('valid_ndcg@10', float('nan')):.4f} -> "
+    zs_text = f"{zs['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in zs else "not evaluated (train.eval_zero_shot=false)"
+    print(f"  valid ({m['valid_examples']:,}): zero-shot NDCG@10 {zs_text} -> "
           f"fine-tuned {best.get('valid_ndcg@10', float('nan')):.4f}"
           + ("   WARNING: fine-tuning did not beat the zero-shot model on valid; consider encoder=zero-shot"
              if m.get("beats_zero_shot_on_valid") is False else ""))
