@@ -167,6 +167,7 @@ def train_loop(config: dict) -> None:
                                         local_shuffle_buffer_size=p.shuffle_buffer,
                                         local_shuffle_seed=p.seed + 1000 * state["epoch"] + rank):
             n_batches += 1
+            t_step = time.perf_counter()
             lr = TR.lr_at(state["step"], p.lr, p.warmup_steps, p.max_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -180,13 +181,15 @@ def train_loop(config: dict) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_([q for q in encoder.parameters() if q.requires_grad], 1.0)
             opt.step()
+            # Pure step time (forward, backward, all-reduce, update): samples/s excludes evaluations.
+            state["step_s"] = state.get("step_s", 0.0) + time.perf_counter() - t_step
             state["step"] += 1
             state["samples"] += p.batch_size * world
             losses.append(float(loss.item()))
             train_s = base_train_s + time.perf_counter() - t_run
             if rank == 0 and (state["step"] % 10 == 0 or state["step"] == 1):
                 print(f"step {state['step']}/{p.max_steps} loss {np.mean(losses[-10:]):.3f} lr {lr:.2e} "
-                      f"{state['samples'] / max(train_s, 1e-9):.1f} samples/s ({world} workers, {n_trainable:,} trainable)",
+                      f"{state['samples'] / max(state['step_s'], 1e-9):.1f} samples/s ({world} workers, {n_trainable:,} trainable)",
                       flush=True)
             out_of_time = agree(train_s > p.max_time_s)
             last = state["step"] >= p.max_steps or out_of_time
@@ -194,9 +197,8 @@ def train_loop(config: dict) -> None:
                 continue
             state["train_s"] = train_s
             m = validate({"train_loss": float(np.mean(losses)) if losses else float("nan"),
-                          "samples_per_s": state["samples"] / max(train_s - state.get("eval_total_s", 0.0), 1e-9),
+                          "samples_per_s": state["samples"] / max(state["step_s"], 1e-9),
                           "lr": lr})
-            state["eval_total_s"] = state.get("eval_total_s", 0.0) + m["eval_s"]
             losses = []
             if state["best"] is None or m[SCORE_METRIC] > state["best"]:
                 state.update(best=m[SCORE_METRIC], best_step=state["step"], bad_evals=0)
@@ -333,7 +335,7 @@ def run(cfg: TrainEncoderConfig) -> int:
     samples_per_s = best_metrics.get("samples_per_s") or last_metrics.get("samples_per_s")
     metrics = {
         "train_examples": n_train, "valid_examples": len(valid_anchors), "catalog_items": len(catalog_texts),
-        "best_step": best_metrics["step"], "steps": train_state.get("step"), "last_step": last_metrics.get("step"),
+        "best_step": best_metrics["step"], "steps": last_metrics.get("step", train_state.get("step")),
         "valid_best": {k: v for k, v in best_metrics.items() if k.startswith("valid_")},
         "valid_zero_shot": train_state.get("zero_shot"),
         "train_samples_per_s": samples_per_s, "fit_s": fit_s, "test": test,
