@@ -37,35 +37,45 @@ def target_ranks(scores: np.ndarray, target_idx: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _hits(ranks: np.ndarray, k: int) -> np.ndarray:
+    return (ranks < k).astype(np.float64)
+
+
+def _ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def _reciprocal_ranks(ranks: np.ndarray) -> np.ndarray:
+    return np.where(ranks < MISSING_RANK, 1.0 / (ranks + 1.0), 0.0)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else 0.0
+
+
 def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:
     """Share of requests whose target is in the top k (= Recall@k with one target)."""
-    ranks = np.asarray(ranks)
-    return float((ranks < k).mean()) if ranks.size else 0.0
+    return _mean(_hits(np.asarray(ranks, dtype=np.float64), k))
 
 
 def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     """Mean NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    if not ranks.size:
-        return 0.0
-    return float(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    return _mean(_ndcg_gains(np.asarray(ranks, dtype=np.float64), k))
 
 
 def mrr(ranks: np.ndarray) -> float:
     """Mean reciprocal rank over the full list (missing targets contribute 0)."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    if not ranks.size:
-        return 0.0
-    return float(np.where(ranks < MISSING_RANK, 1.0 / (ranks + 1.0), 0.0).mean())
+    return _mean(_reciprocal_ranks(np.asarray(ranks, dtype=np.float64)))
 
 
 def rank_sums(ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
-    """Sums (not means) of hits and NDCG per k plus the count, so shards can be added up."""
+    """Sums (not means) of hits, NDCG per k and reciprocal ranks ("mrr"), plus the count, so
+    shards can be added up and turned into means by `means`."""
     ranks = np.asarray(ranks, dtype=np.float64)
-    out = {"count": float(ranks.size)}
+    out = {"count": float(ranks.size), "mrr": float(_reciprocal_ranks(ranks).sum())}
     for k in ks:
-        out[f"recall@{k}"] = float((ranks < k).sum())
-        out[f"ndcg@{k}"] = float(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0).sum())
+        out[f"recall@{k}"] = float(_hits(ranks, k).sum())
+        out[f"ndcg@{k}"] = float(_ndcg_gains(ranks, k).sum())
     return out
 
 
@@ -75,16 +85,20 @@ def means(sums: dict[str, float]) -> dict[str, float]:
     return {k: (v / n if n else 0.0) for k, v in sums.items() if k != "count"} | {"count": n}
 
 
+def ranks_by_inner_product(query_emb: np.ndarray, item_emb: np.ndarray, target_idx: np.ndarray,
+                           chunk: int = 1024) -> np.ndarray:
+    """`target_ranks` of query_emb (Q, d) against the whole catalog item_emb (N, d), scored in
+    chunks of queries so memory stays at chunk * N floats."""
+    if not len(query_emb):
+        return np.zeros(0, np.int64)
+    return np.concatenate([target_ranks(query_emb[i:i + chunk] @ item_emb.T, target_idx[i:i + chunk])
+                           for i in range(0, len(query_emb), chunk)])
+
+
 def retrieval_metrics(query_emb: np.ndarray, item_emb: np.ndarray, target_idx: np.ndarray,
                       ks: Iterable[int] = (10,), chunk: int = 1024) -> dict[str, float]:
-    """Recall@k and NDCG@k of ranking the whole catalog by inner product.
+    """Recall@k, NDCG@k and MRR of ranking the whole catalog by inner product.
 
     query_emb (Q, d), item_emb (N, d), target_idx (Q,) row of each target in item_emb or MISSING.
-    Scored in chunks of queries so memory stays at chunk * N floats.
     """
-    ks = tuple(ks)
-    ranks = np.concatenate([
-        target_ranks(query_emb[i:i + chunk] @ item_emb.T, target_idx[i:i + chunk])
-        for i in range(0, len(query_emb), chunk)
-    ]) if len(query_emb) else np.zeros(0, np.int64)
-    return means(rank_sums(ranks, ks)) | {"mrr": mrr(ranks)}
+    return means(rank_sums(ranks_by_inner_product(query_emb, item_emb, target_idx, chunk), tuple(ks)))

@@ -230,6 +230,11 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def comm_device(encoder: TwoTowerEncoder) -> torch.device:
+    """Where tensors for a collective must live: the model's GPU under NCCL, else the CPU (gloo)."""
+    return next(encoder.parameters()).device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def _shard(n: int, rank: int, world: int) -> tuple[int, int, int]:
     per = math.ceil(n / world) if n else 0
     lo = min(n, rank * per)
@@ -247,8 +252,7 @@ def encode_catalog(encoder: TwoTowerEncoder, item_texts: Sequence[str | None], b
     part = encoder.encode(list(item_texts[lo:hi]), tower="item", batch_size=batch_size)
     padded = torch.zeros(per, encoder.dim)
     padded[: hi - lo] = torch.from_numpy(part)
-    device = next(encoder.parameters()).device if dist.get_backend() == "nccl" else torch.device("cpu")
-    padded = padded.to(device)
+    padded = padded.to(comm_device(encoder))
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat(parts).cpu().numpy()[:n]
@@ -267,18 +271,10 @@ def evaluate(encoder: TwoTowerEncoder, item_texts: Sequence[str | None], anchors
         item_emb = encode_catalog(encoder, item_texts, batch_size)
     lo, hi, _ = _shard(len(anchors), rank, world)
     q = encoder.encode(list(anchors[lo:hi]), tower="query", batch_size=batch_size)
-    ranks = np.concatenate([
-        M.target_ranks(q[i:i + 1024] @ item_emb.T, target_idx[lo:hi][i:i + 1024]) for i in range(0, hi - lo, 1024)
-    ]) if hi > lo else np.zeros(0, np.int64)
-    sums = M.rank_sums(ranks, ks)
-    sums["rr"] = float(np.where(ranks < M.MISSING_RANK, 1.0 / (ranks + 1.0), 0.0).sum())
+    sums = M.rank_sums(M.ranks_by_inner_product(q, item_emb, target_idx[lo:hi]), ks)
     if world > 1:
         keys = sorted(sums)
-        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
-        if dist.get_backend() == "nccl":
-            t = t.to(next(encoder.parameters()).device)
+        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=comm_device(encoder))
         dist.all_reduce(t)
         sums = dict(zip(keys, t.cpu().tolist()))
-    out = M.means(sums)
-    out["mrr"] = out.pop("rr")
-    return out
+    return M.means(sums)

@@ -69,8 +69,6 @@ def _check(cfg: BuildIndexConfig) -> None:
     for name in ("encode_batch_size", "num_actors", "cpus_per_actor"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.index.kind not in ("auto", "flat", "ivf", "hnsw"):
-        raise ConfigError(f"index.kind: {cfg.index.kind!r} is not allowed; allowed values: 'auto', 'flat', 'ivf', 'hnsw'")
 
 
 def run(cfg: BuildIndexConfig) -> int:
