@@ -94,6 +94,12 @@ class ItemIndex:
         ids = [[self.item_ids[j] if j >= 0 else None for j in row] for row in idx]
         return scores, ids
 
+    def vectors(self) -> np.ndarray:
+        """Every stored vector (N, d) float32, rows aligned with item_ids (read back from FAISS)."""
+        if isinstance(self.index, faiss.IndexIVF):
+            self.index.make_direct_map()
+        return self.index.reconstruct_n(0, self.index.ntotal).astype(np.float32)
+
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

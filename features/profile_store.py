@@ -1,0 +1,265 @@
+"""Durable nearline profile state: the event log, a profile snapshot, and a bounded in-memory cache.
+
+Writes: `append(events)` de-duplicates by event_id, appends the new events to the RecordLog
+(fsynced) and only then folds them into the profiles, so the caller may acknowledge as soon as it
+returns and the very next `get` sees the change.
+
+Snapshot: a SQLite file (profiles.sqlite) with one JSON row per user carrying the newest log seq
+folded into it, and meta.applied_seq, the seq up to which every profile is written out. On open,
+the log tail after applied_seq is replayed; an event is folded only into a profile whose own seq
+is below the event's, so a profile written out early (evicted) is never folded twice. Nothing
+acknowledged is lost: acknowledged means in the log, and the log is replayed.
+
+Memory: at most `max_users_in_memory` profiles are held; the least recently used is written to the
+snapshot and dropped, and loaded again on its next request.
+
+Forgetting a user deletes the profile row (with SQLite's secure_delete, so the bytes are zeroed,
+and a rollback journal that is deleted after each commit), and rewrites the log segments without
+the user's events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from features import schema as S
+from features.eventlog import RecordLog, TornTail
+from features.profile import Profile, ProfileParams
+
+Lookup = Callable[[str], tuple[np.ndarray | None, str | None, float | None]]
+QUERY_VECTOR = "query_vector"  # base64 float32 embedding of a search event's query, logged with it
+TS_US = "ts_us"
+
+
+def encode_vector(v: np.ndarray) -> str:
+    import base64
+
+    return base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+
+
+def decode_vector(s: str) -> np.ndarray:
+    import base64
+
+    return np.frombuffer(base64.b64decode(s), dtype="<f4").astype(np.float32)
+
+
+def to_epoch_us(ts: dt.datetime) -> int:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=dt.timezone.utc)
+    return int(round(ts.timestamp() * 1_000_000))
+
+
+class ProfileStore:
+    """See the module doc. Thread-safe: one lock around every method."""
+
+    def __init__(self, state_dir: str | Path, params: ProfileParams, lookup: Lookup,
+                 max_users_in_memory: int = 100_000, snapshot_every_events: int = 5_000,
+                 snapshot_every_s: float = 30.0, fsync: bool = True) -> None:
+        if max_users_in_memory < 1:
+            raise ValueError(f"max_users_in_memory must be >= 1, got {max_users_in_memory}")
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.params = params
+        self.lookup = lookup
+        self.max_users = max_users_in_memory
+        self.snapshot_every_events = snapshot_every_events
+        self.snapshot_every_s = snapshot_every_s
+        self._lock = threading.RLock()
+        self._cache: OrderedDict[str, Profile] = OrderedDict()
+        self._dirty: set[str] = set()
+        self.db = sqlite3.connect(str(self.dir / "profiles.sqlite"), check_same_thread=False, isolation_level=None)
+        for pragma in ("journal_mode=DELETE", "secure_delete=ON", "synchronous=FULL"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute("CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, seq INTEGER, data TEXT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self.log = RecordLog(self.dir / "events", fsync=fsync)
+        self.stats = {"evicted": 0, "loaded": 0, "snapshots": 0, "replayed": 0, "duplicates": 0}
+        self._event_ids: set[str] = set()
+        self.applied_seq = int(self._meta("applied_seq") or 0)
+        t0 = time.perf_counter()
+        for rec in self.log.records_on_open():
+            self._event_ids.add(rec[S.EVENT_ID])
+            if rec["seq"] > self.applied_seq:
+                self._fold(rec)
+                self.stats["replayed"] += 1
+        self.replay_s = time.perf_counter() - t0
+        self._since_snapshot = self.stats["replayed"]
+        self._last_snapshot = time.monotonic()
+
+    # --- meta --------------------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def torn(self) -> list[TornTail]:
+        return self.log.torn
+
+    @property
+    def seeded_from(self) -> str | None:
+        return self._meta("seeded_from")
+
+    # --- seeding -----------------------------------------------------------------------------
+    def seed(self, rows: Iterable[Profile], source: str) -> int:
+        """Write seed profiles once (a later call is a no-op); returns how many were written.
+        Users that already have a stored profile keep it."""
+        with self._lock:
+            if self.seeded_from is not None:
+                return 0
+            n = 0
+            self.db.execute("BEGIN")
+            for prof in rows:
+                cur = self.db.execute("INSERT OR IGNORE INTO profiles VALUES (?, ?, ?)",
+                                      (prof.user_id, prof.seq, json.dumps(prof.to_dict())))
+                n += cur.rowcount
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('seeded_from', ?)", (source,))
+            self.db.execute("COMMIT")
+            return n
+
+    # --- reading -----------------------------------------------------------------------------
+    def _load(self, user_id: str, create: bool) -> Profile | None:
+        prof = self._cache.get(user_id)
+        if prof is not None:
+            self._cache.move_to_end(user_id)
+            return prof
+        row = self.db.execute("SELECT data FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
+        if row is not None:
+            prof = Profile.from_dict(json.loads(row[0]))
+            self.stats["loaded"] += 1
+        elif create:
+            prof = Profile(user_id)
+        else:
+            return None
+        self._cache[user_id] = prof
+        self._evict()
+        return prof
+
+    def _evict(self) -> None:
+        while len(self._cache) > self.max_users:
+            user_id, prof = self._cache.popitem(last=False)
+            if user_id in self._dirty:
+                self.db.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)",
+                                (user_id, prof.seq, json.dumps(prof.to_dict())))
+                self._dirty.discard(user_id)
+            self.stats["evicted"] += 1
+
+    def get(self, user_id: str) -> Profile | None:
+        """The user's profile, or None for a user with no events and no seed."""
+        with self._lock:
+            return self._load(user_id, create=False)
+
+    def in_memory(self) -> int:
+        return len(self._cache)
+
+    def known_event_ids(self) -> int:
+        return len(self._event_ids)
+
+    # --- writing -----------------------------------------------------------------------------
+    def _fold(self, rec: dict[str, Any]) -> None:
+        prof = self._load(rec[S.USER_ID], create=True)
+        assert prof is not None
+        if rec["seq"] <= prof.seq:
+            return
+        ts = rec[TS_US] / 1e6
+        item_id = rec.get(S.ITEM_ID)
+        category = price = None
+        vec = None
+        if rec[S.EVENT_TYPE] == S.EventType.SEARCH.value:
+            if rec.get(QUERY_VECTOR):
+                vec = decode_vector(rec[QUERY_VECTOR])
+        elif item_id is not None:
+            vec, category, price = self.lookup(item_id)
+            if rec.get(S.PRICE) is not None:
+                price = rec[S.PRICE]
+        prof.fold(rec[S.EVENT_TYPE], ts, self.params, vector=vec, item_id=item_id, query=rec.get(S.QUERY),
+                  category=category, price=price)
+        prof.seq = rec["seq"]
+        self._dirty.add(prof.user_id)
+
+    def append(self, events: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """Log then fold validated events; returns (accepted event ids, duplicate event ids).
+
+        Each event: event_id (None: a new uuid), ts_us, user_id, event_type, item_id, query,
+        session_id, quantity, price, and for searches optionally query_vector (base64 float32).
+        A duplicate event_id (already in the log, or twice in this batch) is not applied again.
+        """
+        with self._lock:
+            fresh: list[dict[str, Any]] = []
+            dups: list[str] = []
+            batch_ids: set[str] = set()
+            for ev in events:
+                rec = dict(ev)
+                rec[S.EVENT_ID] = rec.get(S.EVENT_ID) or uuid.uuid4().hex
+                if rec[S.EVENT_ID] in self._event_ids or rec[S.EVENT_ID] in batch_ids:
+                    dups.append(rec[S.EVENT_ID])
+                    continue
+                batch_ids.add(rec[S.EVENT_ID])
+                fresh.append(rec)
+            self.stats["duplicates"] += len(dups)
+            if fresh:
+                self.log.append(fresh)  # durable from here on
+                for rec in fresh:
+                    self._event_ids.add(rec[S.EVENT_ID])
+                    self._fold(rec)
+                self._since_snapshot += len(fresh)
+                if (self._since_snapshot >= self.snapshot_every_events
+                        or time.monotonic() - self._last_snapshot >= self.snapshot_every_s):
+                    self.snapshot()
+            return [r[S.EVENT_ID] for r in fresh], dups
+
+    def snapshot(self) -> int:
+        """Write every changed profile and applied_seq in one transaction; returns rows written."""
+        with self._lock:
+            self.db.execute("BEGIN")
+            n = 0
+            for user_id in list(self._dirty):
+                prof = self._cache.get(user_id)
+                if prof is not None:
+                    self.db.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)",
+                                    (user_id, prof.seq, json.dumps(prof.to_dict())))
+                    n += 1
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('applied_seq', ?)", (str(self.log.last_seq),))
+            self.db.execute("COMMIT")
+            self._dirty.clear()
+            self.applied_seq = self.log.last_seq
+            self._since_snapshot = 0
+            self._last_snapshot = time.monotonic()
+            self.stats["snapshots"] += 1
+            return n
+
+    def forget(self, user_id: str) -> dict[str, int] | None:
+        """Remove the user's profile and logged events; None when the user is unknown."""
+        with self._lock:
+            in_cache = self._cache.pop(user_id, None) is not None
+            self._dirty.discard(user_id)
+            cur = self.db.execute("DELETE FROM profiles WHERE user_id = ?", (user_id,))
+            gone_ids: list[str] = []
+
+            def select(rec: dict[str, Any]) -> bool:
+                if rec.get(S.USER_ID) == user_id:
+                    gone_ids.append(rec[S.EVENT_ID])
+                    return True
+                return False
+
+            removed = self.log.remove(select)
+            self._event_ids.difference_update(gone_ids)
+            if not (in_cache or cur.rowcount or removed):
+                return None
+            self.db.execute("VACUUM")  # no free page keeps the old row
+            return {"events_removed": removed, "profile_removed": int(bool(in_cache or cur.rowcount))}
+
+    def close(self) -> None:
+        with self._lock:
+            self.snapshot()
+            self.db.close()
+            self.log.close()

@@ -1,0 +1,318 @@
+"""Ingress deployment: the FastAPI HTTP API (DESIGN.md section 4) in front of the other deployments.
+
+It validates, authorises writes, fans out to QueryEncoder / Profiles / Retriever / Ranker through
+Serve handles (awaited, never `.result()`), and maps every client mistake to a 4xx that names the
+field: 422 invalid body, 401 missing or wrong API key, 404 unknown item or user, 413 body too big.
+"""
+
+import asyncio
+import datetime as dt
+import hmac
+import os
+import time
+from typing import Any
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from features import schema as S
+from features.catalog import ItemUpdate
+from features.ranking import context_for
+from features.profile_store import TS_US, QUERY_VECTOR, encode_vector, to_epoch_us
+from features.retrieval import Filters
+from serving.schemas import (EventIn, EventsOut, FiltersIn, ForgetOut, ItemIn, ItemUpsertOut, RecommendRequest,
+                             ResultsOut, SearchRequest)
+from serving.settings import Resolved, ServingConfig
+
+class ApiError(Exception):
+    """A client mistake: HTTP status, message, and the field it is about."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+def _err(status: int, message: str, field: str | None = None, problems: list | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message, "field": field}
+    if problems:
+        body["problems"] = problems
+    return JSONResponse(body, status_code=status)
+
+
+def _loc(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+app = FastAPI(title="intently", version="0.1.0",
+              description="Real-time e-commerce search and recommendation (Ray Serve).")
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for e in exc.errors():
+        field = _loc(tuple(e.get("loc", ())))
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "json_invalid":
+            msg = "body is not valid JSON: " + str(e.get("ctx", {}).get("error", ""))
+            field = "body"
+        elif e.get("type") == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"{msg}; allowed values: {e['ctx']['expected']}"
+        elif e.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        problems.append({"field": field, "message": msg})
+    first = problems[0] if problems else {"field": None, "message": "invalid request"}
+    return _err(422, f"{first['field']}: {first['message']}", first["field"], problems)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return _err(exc.status, exc.message, exc.field)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _err(exc.status_code, str(exc.detail))
+
+
+def _filters(f: FiltersIn | None) -> Filters | None:
+    return None if f is None else Filters(f.category, f.price_min, f.price_max, f.in_stock)
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, cfg: ServingConfig, res: Resolved, encoder: Any, retriever: Any, ranker: Any,
+                 profiles: Any) -> None:
+        self.cfg, self.res = cfg, res
+        self.encoder, self.retriever, self.ranker, self.profiles = encoder, retriever, ranker, profiles
+        self.api_key = os.environ.get(cfg.api_key_env) or None
+        reg = self.registry = CollectorRegistry()
+        self.m_requests = Counter("intently_requests", "HTTP requests", ["endpoint", "status"], registry=reg)
+        self.m_latency = Histogram("intently_request_latency_seconds", "request latency", ["endpoint"], registry=reg,
+                                   buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5))
+        self.m_events = Counter("intently_events_accepted", "events durably logged", registry=reg)
+        self.m_inflight = Gauge("intently_requests_in_flight", "requests being served", registry=reg)
+
+    # --- cross-cutting -----------------------------------------------------------------------
+    def _authorise(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:]
+        if given is None:
+            raise ApiError(401, "missing API key: send it in the X-API-Key header", "X-API-Key")
+        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            raise ApiError(401, "wrong API key", "X-API-Key")
+
+    async def _body(self, request: Request) -> Any:
+        """The JSON body, refusing more than max_body_bytes (413) and non-JSON (422)."""
+        import json
+
+        limit = self.cfg.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"body of {declared} bytes is over the limit of {limit} bytes", "body")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limit:
+                raise ApiError(413, f"body is over the limit of {limit} bytes", "body")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(422, f"body is not valid JSON: {e}", "body") from None
+
+    def _check_k(self, k: int) -> None:
+        if k > self.cfg.max_k:
+            raise ApiError(422, f"k: {k} is over the limit; allowed: 1..{self.cfg.max_k}", "k")
+
+    def _parse(self, model: Any, data: Any) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return model.model_validate(data)
+        except ValidationError as e:
+            raise RequestValidationError(e.errors()) from None
+
+    async def _timed(self, endpoint: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
+        self.m_inflight.inc()
+        status = 500
+        try:
+            resp = await fn()
+            status = getattr(resp, "status_code", 200)
+            return resp
+        except ApiError as e:
+            status = e.status
+            raise
+        except RequestValidationError:
+            status = 422
+            raise
+        finally:
+            self.m_inflight.dec()
+            self.m_requests.labels(endpoint, str(status)).inc()
+            self.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+    # --- read endpoints ----------------------------------------------------------------------
+    @app.post("/v1/search", response_model=ResultsOut, summary="Search the catalog, personalised when user_id is given",
+              openapi_extra={"requestBody": {"content": {"application/json": {"schema": SearchRequest.model_json_schema()}},
+                                             "required": True}})
+    async def search(self, request: Request) -> Any:
+        async def run() -> Any:
+            t0 = time.perf_counter()
+            req: SearchRequest = self._parse(SearchRequest, await self._body(request))
+            self._check_k(req.k)
+            if len(req.query) > self.cfg.max_query_chars:
+                raise ApiError(422, f"query: {len(req.query)} characters; allowed: at most {self.cfg.max_query_chars}",
+                               "query")
+            now = time.time()
+            if req.user_id is None:  # anonymous: no Profiles hop
+                emb = await self.encoder.encode_query.remote(req.query)
+                ctx, known = context_for("search", None, now, self.cfg.profiles.params, req.query), False
+            else:
+                emb, (ctx, known) = await asyncio.gather(
+                    self.encoder.encode_query.remote(req.query),
+                    self.profiles.context.remote(req.user_id, "search", now, req.query))
+            ctx.query_emb = emb
+            exclude = ctx.purchased if req.exclude_purchased else frozenset()
+            ids, _, bm25 = await self.retriever.search.remote(req.query, emb, _filters(req.filters), exclude)
+            results = await self.ranker.rank.remote(ctx, ids, req.k, bm25, req.diversity)
+            return {"results": results, "user_known": known, "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                    "versions": self.res.versions}
+        return await self._timed("search", run)
+
+    @app.post("/v1/recommend", response_model=ResultsOut, summary="Recommendations for a shopper (cold start included)",
+              openapi_extra={"requestBody": {"content": {"application/json": {"schema": RecommendRequest.model_json_schema()}},
+                                             "required": True}})
+    async def recommend(self, request: Request) -> Any:
+        async def run() -> Any:
+            t0 = time.perf_counter()
+            req: RecommendRequest = self._parse(RecommendRequest, await self._body(request))
+            self._check_k(req.k)
+            if req.context_item_id is not None and not await self.retriever.has_item.remote(req.context_item_id):
+                raise ApiError(404, f"context_item_id: unknown item {req.context_item_id!r}", "context_item_id")
+            ctx, known = await self.profiles.context.remote(req.user_id, "recommend", time.time(),
+                                                            context_item=req.context_item_id)
+            exclude = ctx.purchased if req.exclude_purchased else frozenset()
+            ids = await self.retriever.recommend.remote(ctx.user_vector(), [i for i, _ in ctx.recent_items],
+                                                        req.context_item_id, _filters(req.filters), exclude)
+            results = await self.ranker.rank.remote(ctx, ids, req.k, None, req.diversity)
+            return {"results": results, "user_known": known, "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                    "versions": self.res.versions}
+        return await self._timed("recommend", run)
+
+    @app.get("/v1/items/{item_id}/similar", response_model=ResultsOut, summary="Items similar to one item")
+    async def similar(self, item_id: str = Path(min_length=1, max_length=256),
+                      k: int = Query(10, ge=1)) -> Any:
+        async def run() -> Any:
+            t0 = time.perf_counter()
+            self._check_k(k)
+            results = await self.retriever.similar.remote(item_id, k)
+            if results is None:
+                raise ApiError(404, f"item_id: unknown item {item_id!r}", "item_id")
+            return {"results": results, "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                    "versions": self.res.versions}
+        return await self._timed("similar", run)
+
+    # --- write endpoints ---------------------------------------------------------------------
+    @app.post("/v1/events", response_model=EventsOut, summary="Log shopper events (durable before the reply)",
+              openapi_extra={"requestBody": {"content": {"application/json": {"schema": {
+                  "type": "array", "items": EventIn.model_json_schema()}}}, "required": True}})
+    async def events(self, request: Request) -> Any:
+        async def run() -> Any:
+            self._authorise(request)
+            data = await self._body(request)
+            if isinstance(data, dict) and "events" in data:
+                data = data["events"]
+            if not isinstance(data, list):
+                raise ApiError(422, "body: expected a JSON array of events", "body")
+            if not data:
+                raise ApiError(422, "body: the array of events is empty", "body")
+            if len(data) > self.cfg.max_events_per_request:
+                raise ApiError(413, f"body: {len(data)} events; allowed: at most {self.cfg.max_events_per_request} "
+                                    "per request", "body")
+            events = [self._parse(EventIn, e) if isinstance(e, dict) else None for e in data]
+            for i, e in enumerate(events):
+                if e is None:
+                    raise ApiError(422, f"[{i}]: expected an event object", f"[{i}]")
+            now = dt.datetime.now(dt.timezone.utc)
+            records = []
+            searches = []
+            for i, e in enumerate(events):
+                ts = e.ts if e.ts is not None else now
+                if ts.tzinfo is None:
+                    ts = ts.replace(tzinfo=dt.timezone.utc)
+                if (ts - now).total_seconds() > self.cfg.max_future_s:
+                    raise ApiError(422, f"[{i}].ts: {ts.isoformat()} is in the future; allowed: up to "
+                                        f"{self.cfg.max_future_s:g}s after the server's clock", f"[{i}].ts")
+                rec = {S.EVENT_ID: e.event_id, TS_US: to_epoch_us(ts), S.USER_ID: e.user_id, S.SESSION_ID: e.session_id,
+                       S.EVENT_TYPE: e.event_type, S.ITEM_ID: e.item_id, S.QUERY: e.query, S.QUANTITY: e.quantity,
+                       S.PRICE: e.price}
+                if e.event_type == S.EventType.SEARCH.value:
+                    searches.append(rec)
+                records.append(rec)
+            vecs = await asyncio.gather(*[self.encoder.encode_query.remote(r[S.QUERY].strip()) for r in searches])
+            for rec, vec in zip(searches, vecs):
+                rec[QUERY_VECTOR] = encode_vector(vec)
+            out = await self.profiles.append.remote(records)
+            if "unknown_items" in out:
+                pos, item = out["unknown_items"][0]
+                raise ApiError(422, f"[{pos}].item_id: unknown item {item!r} (nothing in this request was logged; "
+                                    "PUT /v1/items/{id} first)", f"[{pos}].item_id")
+            self.m_events.inc(len(out["accepted"]))
+            return {"accepted": len(out["accepted"]), "duplicates": len(out["duplicates"]),
+                    "event_ids": out["accepted"]}
+        return await self._timed("events", run)
+
+    @app.put("/v1/items/{item_id}", response_model=ItemUpsertOut, summary="Add or change an item (searchable at once)",
+             openapi_extra={"requestBody": {"content": {"application/json": {"schema": ItemIn.model_json_schema()}},
+                                            "required": True}})
+    async def put_item(self, request: Request, item_id: str = Path(min_length=1, max_length=256)) -> Any:
+        async def run() -> Any:
+            self._authorise(request)
+            body: ItemIn = self._parse(ItemIn, await self._body(request))
+            item = ItemUpdate(item_id=item_id, title=body.title, description=body.description,
+                              category=body.category, brand=body.brand, price=body.price, in_stock=body.in_stock)
+            vec = (await self.encoder.encode_items.remote([item.text()]))[0]
+            created = await self.retriever.upsert.remote(item, vec)
+            return JSONResponse({"item_id": item_id, "created": created}, status_code=201 if created else 200)
+        return await self._timed("put_item", run)
+
+    @app.delete("/v1/users/{user_id}", response_model=ForgetOut, summary="Forget a shopper: profile and logged events")
+    async def forget(self, request: Request, user_id: str = Path(min_length=1, max_length=256)) -> Any:
+        async def run() -> Any:
+            self._authorise(request)
+            out = await self.profiles.forget.remote(user_id)
+            if out is None:
+                raise ApiError(404, f"user_id: unknown user {user_id!r}", "user_id")
+            return {"user_id": user_id, "events_removed": out["events_removed"],
+                    "profile_removed": bool(out["profile_removed"])}
+        return await self._timed("forget", run)
+
+    # --- operations --------------------------------------------------------------------------
+    @app.get("/healthz", summary="Liveness and the loaded versions")
+    async def healthz(self) -> Any:
+        try:
+            infos = await asyncio.wait_for(asyncio.gather(
+                self.encoder.info.remote(), self.retriever.info.remote(), self.profiles.info.remote()), timeout=5.0)
+        except Exception as e:  # noqa: BLE001 - any failing dependency makes the app unhealthy
+            return JSONResponse({"status": "unavailable", "reason": f"{type(e).__name__}: {e}"[:500]}, status_code=503)
+        enc, ret, prof = infos
+        return {"status": "ok", "versions": self.res.versions, "writes_need_api_key": self.api_key is not None,
+                "encoder": enc, "retriever": ret, "profiles": prof}
+
+    @app.get("/metrics", summary="Prometheus metrics of this Ingress replica")
+    async def metrics(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,95 @@
+"""Profiles deployment: the durable event log and the nearline user state (features/profile_store.py).
+
+One replica owns the log and the snapshot (a single writer; see serving/config.yaml). Requests are
+served from memory; a restart replays the log tail after the snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from ray import serve
+
+from features import artifacts as A
+from features import schema as S
+from features.profile import Profile, seed_profile
+from features.profile_store import ProfileStore
+from features.ranking import Mode, RankContext, context_for
+from serving.retriever import open_live_catalog
+from serving.settings import Resolved, ServingConfig
+
+
+def _seed_rows(features_dir: str, lookup, params) -> list[Profile]:
+    users = pl.read_parquet(A.join(features_dir, "users"),
+                            columns=[S.USER_ID, S.RECENT_ITEMS, S.RECENT_EVENT_TYPES, S.RECENT_TS, S.RECENT_QUERIES])
+    out = []
+    for uid, items, types, ts, queries in users.iter_rows():
+        secs = [t.replace(tzinfo=dt.timezone.utc).timestamp() if t.tzinfo is None else t.timestamp() for t in ts]
+        out.append(seed_profile(uid, items, types, secs, queries, lookup, params))
+    return out
+
+
+@serve.deployment(name="Profiles")
+class Profiles:
+    def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
+        self.cfg = cfg
+        self.params = cfg.profiles.params
+        self.live = open_live_catalog(cfg, res, lexical=False)
+        pc = cfg.profiles
+        self.store = ProfileStore(Path(res.state_dir) / "profiles", self.params, self._lookup,
+                                  pc.max_users_in_memory, pc.snapshot_every_events, pc.snapshot_every_s, pc.fsync)
+        t0 = time.perf_counter()
+        self.seeded = 0
+        if pc.seed and self.store.seeded_from is None:
+            self.seeded = self.store.seed(_seed_rows(res.features_dir, self._lookup, self.params), res.features_dir)
+        self.seed_s = time.perf_counter() - t0
+        if self.store.torn:
+            print(f"Profiles: event log had a torn tail, discarded: {self.store.torn}", flush=True)
+        print(f"Profiles: replayed {self.store.stats['replayed']} logged events in {self.store.replay_s:.2f}s; "
+              f"seeded {self.seeded} users in {self.seed_s:.1f}s", flush=True)
+
+    def _lookup(self, item_id: str) -> tuple[np.ndarray | None, str | None, float | None]:
+        cat = self.live.catalog
+        r = cat.row.get(item_id)
+        if r is None:
+            return None, None, None
+        price = cat.price[r]
+        return cat.vectors[r], cat.category[r], None if np.isnan(price) else float(price)
+
+    def context(self, user_id: str | None, mode: Mode, now: float, query: str | None = None,
+                query_emb: np.ndarray | None = None, context_item: str | None = None) -> tuple[RankContext, bool]:
+        """(the request's RankContext, whether the user has a profile)."""
+        prof = self.store.get(user_id) if user_id else None
+        return context_for(mode, prof, now, self.params, query, query_emb, context_item), prof is not None
+
+    def append(self, events: list[dict]) -> dict:
+        """Durably log the events, then fold them.
+
+        Returns {"unknown_items": [(position, item_id), ...]} and logs nothing when an event names
+        an item the catalog does not hold; else {"accepted": ids, "duplicates": ids}."""
+        self.live.sync()  # items upserted a moment ago are known
+        unknown = [(i, e[S.ITEM_ID]) for i, e in enumerate(events)
+                   if e.get(S.ITEM_ID) is not None and e[S.ITEM_ID] not in self.live.catalog.row]
+        if unknown:
+            return {"unknown_items": unknown}
+        accepted, dups = self.store.append(events)
+        return {"accepted": accepted, "duplicates": dups}
+
+    def forget(self, user_id: str) -> dict | None:
+        return self.store.forget(user_id)
+
+    def info(self) -> dict:
+        return {"users_in_memory": self.store.in_memory(), "logged_event_ids": self.store.known_event_ids(),
+                "last_seq": self.store.log.last_seq, "applied_seq": self.store.applied_seq,
+                "torn_tail": [t.__dict__ for t in self.store.torn], "seeded_from": self.store.seeded_from,
+                **self.store.stats}
+
+    def __del__(self) -> None:
+        try:
+            self.store.close()
+        except Exception:  # noqa: BLE001 - best effort on shutdown; the log already holds every event
+            pass

@@ -1,0 +1,65 @@
+"""Retriever deployment: FAISS ANN + BM25 fused (search), recommend candidates, similar items, upserts."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from features.catalog import ItemUpdate, load_catalog
+from features.retrieval import Filters, LiveCatalog
+from serving.settings import Resolved, ServingConfig
+
+
+def open_live_catalog(cfg: ServingConfig, res: Resolved, lexical: bool) -> LiveCatalog:
+    """The catalog of the resolved versions plus the shared item log (every deployment uses this)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    catalog, index = load_catalog(res.features_dir, res.index_dir)
+    return LiveCatalog(catalog, index, Path(res.state_dir) / "items", replace(cfg.retriever, lexical=lexical),
+                       fsync=cfg.profiles.fsync)
+
+
+@serve.deployment(name="Retriever")
+class Retriever:
+    def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
+        self.live = open_live_catalog(cfg, res, lexical=cfg.retriever.lexical)
+
+    def search(self, query: str, query_emb: np.ndarray, filters: Filters | None,
+               exclude: frozenset[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        self.live.sync()
+        return self.live.search(query, query_emb, filters, exclude)
+
+    def recommend(self, user_vec: np.ndarray | None, recent_items: list[str], context_item: str | None,
+                  filters: Filters | None, exclude: frozenset[str]) -> list[str]:
+        self.live.sync()
+        return self.live.recommend(user_vec, recent_items, context_item, filters, exclude)
+
+    def has_item(self, item_id: str) -> bool:
+        self.live.sync()
+        return item_id in self.live.catalog.row
+
+    def upsert(self, item: ItemUpdate, vector: np.ndarray) -> bool:
+        """Log and apply; returns True when the item is new."""
+        _, created = self.live.upsert(item, vector)
+        return created
+
+    def similar(self, item_id: str, k: int) -> list[dict] | None:
+        """Nearest items by embedding (None: unknown item); the reason names the item."""
+        self.live.sync()
+        cat = self.live.catalog
+        row = cat.row.get(item_id)
+        if row is None:
+            return None
+        scores, rows = self.live.ann(cat.vectors[row], k + 1)
+        out = []
+        for s, r in zip(scores, rows):
+            if int(r) != row and len(out) < k:
+                out.append({**cat.describe(int(r)), "score": round(float(s), 6),
+                            "reasons": [f"similar to {cat.title[row]}"]})
+        return out
+
+    def info(self) -> dict:
+        self.live.sync()
+        return {"items": len(self.live.catalog), "upserted": len(self.live._changed),
+                "index_type": self.live.index.kind}

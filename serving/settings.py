@@ -1,0 +1,107 @@
+"""The serving configuration: one frozen dataclass tree, read from serving/config.yaml's `args`.
+
+The application builder (serving/app.py) resolves "latest" to concrete artifact folders once, so
+every replica of every deployment loads the same versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from features import artifacts as A
+from features.config import ConfigError, _from_dict
+from features.encoder import LATEST, ZERO_SHOT, EncoderConfig
+from features.profile import ProfileParams
+from features.ranking import HandWeights
+from features.retrieval import RetrievalConfig
+
+FROM_INDEX = "from-index"
+
+
+@dataclass(frozen=True)
+class EncoderServing:
+    spec: str = FROM_INDEX  # from-index (the encoder the index was built with) | latest | zero-shot | a folder
+    zero_shot: EncoderConfig = EncoderConfig()
+    max_batch_size: int = 16  # @serve.batch: queries encoded in one forward pass
+    batch_wait_timeout_s: float = 0.004
+    torch_threads: int = 1  # per replica; replicas, not threads, scale it
+    cache_size: int = 10_000  # query -> embedding LRU (0: off)
+
+
+@dataclass(frozen=True)
+class ProfilesServing:
+    params: ProfileParams = ProfileParams()
+    max_users_in_memory: int = 100_000
+    snapshot_every_events: int = 5_000
+    snapshot_every_s: float = 30.0
+    fsync: bool = True  # fsync the event log before acknowledging (off only for throwaway tests)
+    seed: bool = True  # seed profiles from the features version's users on first start
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    artifacts_root: str = "artifacts"
+    features: str = LATEST  # latest | a features version folder
+    index: str = LATEST  # latest | an index version folder
+    state_dir: str = "state"  # event log, profile snapshot, item log (shared storage on multi-node)
+    api_key_env: str = "INTENTLY_API_KEY"  # writes need this key when the variable is set
+    max_body_bytes: int = 1 << 20
+    max_k: int = 100
+    max_query_chars: int = 256
+    max_events_per_request: int = 1000
+    max_future_s: float = 300.0  # events stamped later than now + this are rejected
+    encoder: EncoderServing = EncoderServing()
+    retriever: RetrievalConfig = RetrievalConfig()
+    ranker: HandWeights = HandWeights()
+    profiles: ProfilesServing = ProfilesServing()
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None) -> "ServingConfig":
+        return _from_dict(cls, dict(args or {}))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Concrete folders for one deployment of the app."""
+
+    features_dir: str
+    index_dir: str
+    encoder_spec: str  # a checkpoint folder or "zero-shot"
+    state_dir: str
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def resolve(cfg: ServingConfig) -> Resolved:
+    """Turn "latest"/"from-index" into folders; FileNotFoundError names what is missing."""
+    root = cfg.artifacts_root
+    index_dir = A.latest_complete(root, "index") if cfg.index == LATEST else cfg.index
+    if index_dir is None or not Path(index_dir, A.MANIFEST).is_file():
+        raise FileNotFoundError(f"index={cfg.index!r}: no complete index version under {root}/index; "
+                                "run `make index` (python -m jobs.build_index)")
+    index_manifest = A.read_manifest(index_dir)
+    if cfg.features == LATEST:
+        features_dir = index_manifest.get("inputs", {}).get("features", {}).get("path") or A.latest_complete(root, "features")
+    else:
+        features_dir = cfg.features
+    if features_dir is None or not Path(features_dir, A.MANIFEST).is_file():
+        raise FileNotFoundError(f"features={cfg.features!r}: no complete features version; run `make features`")
+    if cfg.encoder.spec == FROM_INDEX:
+        enc = index_manifest.get("inputs", {}).get("encoder", {})
+        encoder_spec = enc.get("checkpoint") or ZERO_SHOT
+    else:
+        encoder_spec = cfg.encoder.spec
+    if encoder_spec not in (ZERO_SHOT, LATEST) and not Path(encoder_spec).exists():
+        raise FileNotFoundError(f"encoder.spec={encoder_spec!r} does not exist")
+    state_dir = str(Path(cfg.state_dir).expanduser().resolve())
+    versions = {"index": Path(index_dir).name, "features": Path(features_dir).name,
+                "encoder": encoder_spec if encoder_spec == ZERO_SHOT else Path(encoder_spec).parent.name}
+    return Resolved(str(Path(features_dir).resolve()), str(Path(index_dir).resolve()), encoder_spec, state_dir, versions)
+
+
+def with_overrides(cfg: ServingConfig, **kw: Any) -> ServingConfig:
+    return replace(cfg, **kw)
+
+
+__all__ = ["ServingConfig", "Resolved", "resolve", "ConfigError", "FROM_INDEX"]
