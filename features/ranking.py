@@ -28,7 +28,7 @@ FEATURES: dict[str, str] = {
     "lexical": "BM25 score of the query against the item text / the best BM25 score among the candidates",
     "intent_sim": "alpha * cosine(session intent, item); alpha = how fresh the session is",
     "session_alpha": "alpha itself (0: no recent session, alpha_max: an event just now)",
-    "pref_sim": "cosine(long-term preference, item)",
+    "pref_sim": "(1 - alpha) * cosine(long-term preference, item): the two mix as in the user vector",
     "context_sim": "cosine(context item, item); 0 without a context item",
     "cooc": "co-occurrence with the context item and the last 10 items, discounted 0.85 per step back, capped at 1",
     "popularity": "log1p(7-day decayed popularity) / the catalog maximum",
@@ -54,7 +54,9 @@ class RankContext:
     alpha: float = 0.0
     preference: np.ndarray | None = None  # (d,) unit
     recent_items: list[tuple[str, str]] = field(default_factory=list)  # (item_id, event_type), newest first
-    recent_query: str | None = None  # the newest query, when it is newer than the newest item event
+    # What the session intent is made of, for explanations: (event type, item id or query text,
+    # embedding, event weight), newest first; the newest search and the last 5 item events.
+    intent_sources: list[tuple[str, str, np.ndarray, float]] = field(default_factory=list)
     context_item: str | None = None
     category_affinity: dict[str, float] = field(default_factory=dict)
     price_stats: tuple[float, float] | None = None
@@ -75,9 +77,14 @@ def context_for(mode: Mode, profile: Profile | None, now: float, p: ProfileParam
     ctx.alpha = profile.alpha(now, p) if ctx.intent is not None else 0.0
     ctx.preference = profile.preference()
     ctx.recent_items = [(i, t) for i, t, _ in profile.recent_items]
-    newest_item_ts = profile.recent_items[0][2] if profile.recent_items else -np.inf
-    if profile.recent_queries and profile.recent_queries[0][1] >= newest_item_ts:
-        ctx.recent_query = profile.recent_queries[0][0]
+    if ctx.intent is not None:
+        start = profile.session_start_ts
+        if profile.recent_queries and profile.last_query_vec is not None and profile.recent_queries[0][1] >= start:
+            q = profile.recent_queries[0][0]
+            ctx.intent_sources.append(("search", q, profile.last_query_vec, p.weight("search")))
+        for item_id, etype, ts in profile.recent_items[:5]:
+            if ts >= start and p.weight(etype) > 0:
+                ctx.intent_sources.append((etype, item_id, np.zeros(0, np.float32), p.weight(etype)))
     ctx.category_affinity = profile.category_affinity()
     ctx.price_stats = profile.price_stats()
     ctx.purchased = frozenset(profile.purchased)
@@ -121,7 +128,7 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
         x[:, _F["lexical"]] = np.asarray(bm25, dtype=np.float64) / float(np.max(bm25))
     x[:, _F["intent_sim"]] = ctx.alpha * _cos(ctx.intent, vecs)
     x[:, _F["session_alpha"]] = ctx.alpha
-    x[:, _F["pref_sim"]] = _cos(ctx.preference, vecs)
+    x[:, _F["pref_sim"]] = (1.0 - ctx.alpha) * _cos(ctx.preference, vecs)
     if ctx.context_item is not None and ctx.context_item in catalog.row:
         x[:, _F["context_sim"]] = _cos(catalog.vectors[catalog.row[ctx.context_item]], vecs)
     co = cooc_scores(ctx, catalog)
@@ -205,14 +212,21 @@ def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, m
 
 
 def _because(ctx: RankContext, vec: np.ndarray, catalog: Catalog) -> str | None:
-    if ctx.recent_query:
-        return f'because you searched "{ctx.recent_query}"'
-    known = [(i, t) for i, t in ctx.recent_items[:5] if i in catalog.row]
-    if not known:
-        return None
-    sims = catalog.vectors[[catalog.row[i] for i, _ in known]] @ vec
-    item, etype = known[int(np.argmax(sims))]
-    return f"because you {VERB.get(etype, 'viewed')} {catalog.title[catalog.row[item]]}"
+    """The session event that contributes most to cos(intent, item): argmax of weight * (v . item)
+    over the intent's sources (the intent is their decayed weighted sum)."""
+    best, best_text = 0.0, None
+    for etype, ref, src_vec, w in ctx.intent_sources:
+        if etype == "search":
+            share = w * float(src_vec @ vec)
+            text = f'because you searched "{ref}"'
+        elif ref in catalog.row:
+            share = w * float(catalog.vectors[catalog.row[ref]] @ vec)
+            text = f"because you {VERB.get(etype, 'viewed')} {catalog.title[catalog.row[ref]]}"
+        else:
+            continue
+        if share > best:
+            best, best_text = share, text
+    return best_text
 
 
 def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:

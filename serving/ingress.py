@@ -138,13 +138,14 @@ class Ingress:
         if k > self.cfg.max_k:
             raise ApiError(422, f"k: {k} is over the limit; allowed: 1..{self.cfg.max_k}", "k")
 
-    def _parse(self, model: Any, data: Any) -> Any:
+    def _parse(self, model: Any, data: Any, at: tuple = ()) -> Any:
+        """Validate `data` as `model`; errors carry the location `at` (e.g. the event's position)."""
         from pydantic import ValidationError
 
         try:
             return model.model_validate(data)
         except ValidationError as e:
-            raise RequestValidationError(e.errors()) from None
+            raise RequestValidationError([{**err, "loc": (*at, *err["loc"])} for err in e.errors()]) from None
 
     async def _timed(self, endpoint: str, fn: Any) -> Any:
         t0 = time.perf_counter()
@@ -243,10 +244,11 @@ class Ingress:
             if len(data) > self.cfg.max_events_per_request:
                 raise ApiError(413, f"body: {len(data)} events; allowed: at most {self.cfg.max_events_per_request} "
                                     "per request", "body")
-            events = [self._parse(EventIn, e) if isinstance(e, dict) else None for e in data]
-            for i, e in enumerate(events):
-                if e is None:
+            events = []
+            for i, e in enumerate(data):
+                if not isinstance(e, dict):
                     raise ApiError(422, f"[{i}]: expected an event object", f"[{i}]")
+                events.append(self._parse(EventIn, e, (i,)))
             now = dt.datetime.now(dt.timezone.utc)
             records = []
             searches = []

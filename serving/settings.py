@@ -6,7 +6,7 @@ every replica of every deployment loads the same versions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +98,6 @@ def resolve(cfg: ServingConfig) -> Resolved:
     versions = {"index": Path(index_dir).name, "features": Path(features_dir).name,
                 "encoder": encoder_spec if encoder_spec == ZERO_SHOT else Path(encoder_spec).parent.name}
     return Resolved(str(Path(features_dir).resolve()), str(Path(index_dir).resolve()), encoder_spec, state_dir, versions)
-
-
-def with_overrides(cfg: ServingConfig, **kw: Any) -> ServingConfig:
-    return replace(cfg, **kw)
 
 
 __all__ = ["ServingConfig", "Resolved", "resolve", "ConfigError", "FROM_INDEX"]

@@ -35,3 +35,12 @@ def items_table(ids_titles: list[tuple[str, str]], categories: dict[str, str] | 
     rows = [{S.ITEM_ID: i, S.TITLE: t, S.DESCRIPTION: None, S.CATEGORY: categories.get(i), S.BRAND: None,
              S.PRICE: prices.get(i), S.IN_STOCK: True, S.CREATED_AT: None} for i, t in ids_titles]
     return pa.Table.from_pylist(rows, schema=S.ITEMS_SCHEMA)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for private Ray heads and Serve proxies)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,4 +1,4 @@
-"""One local Ray for the whole integration session (2 CPUs, no dashboard)."""
+"""One local Ray for the whole test session (2 CPUs, no dashboard), shared by integration and e2e tests."""
 
 from __future__ import annotations
 

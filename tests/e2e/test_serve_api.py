@@ -1,0 +1,266 @@
+"""The HTTP API of the real Serve application on a local Ray cluster, over the bundled catalog.
+
+Artifacts: the importer and the feature job on the last weeks of the bundled log (every catalog
+item), and an index built with the packaged zero-shot MiniLM (training is proven elsewhere). The
+app is deployed with serving/config.yaml's deployment options and a write API key.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import requests
+
+from features.validate import ValidationConfig
+from jobs import build_features, build_index, import_online_retail
+from tests.helpers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "e2e-secret-key"
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def artifacts(ray_local, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    canon = base / "canonical"
+    import_online_retail.run(import_online_retail.ImportConfig(input=str(ROOT / "data/online_retail.parquet"),
+                                                               output=str(canon)))
+    events = pl.read_parquet(canon / "events.parquet").sort("ts").tail(60_000)
+    events.write_parquet(base / "events.parquet")
+    out = base / "artifacts"
+    build_features.run(build_features.BuildFeaturesConfig(
+        events=str(base / "events.parquet"), items=str(canon / "items.parquet"), output_root=str(out),
+        validation=ValidationConfig(now="2012-01-01T00:00:00Z"),
+        split=build_features.SplitConfig(valid_days=3, test_days=3)))
+    assert build_index.run(build_index.BuildIndexConfig(output_root=str(out), encoder="zero-shot",
+                                                        probe_queries=())) == 0
+    return base, out, events
+
+
+class App:
+    def __init__(self, base: Path, out: Path) -> None:
+        self.out, self.state = out, base / "state"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def deploy(self) -> None:
+        from ray import serve
+
+        from serving.app import build_app, load_serve_config
+
+        conf = load_serve_config(overrides=[f"artifacts_root={self.out}", f"state_dir={self.state}",
+                                            "max_body_bytes=65536"])
+        opts = conf["deployment_options"]
+        opts["Ingress"]["ray_actor_options"] = {**opts["Ingress"]["ray_actor_options"],
+                                                "runtime_env": {"env_vars": {"INTENTLY_API_KEY": KEY}}}
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        serve.run(build_app(conf["args"], opts), name="intently", route_prefix="/")
+
+    def stop(self) -> None:
+        from ray import serve
+
+        serve.delete("intently")
+
+    def post(self, path: str, body, key: str | None = KEY, **kw) -> requests.Response:
+        headers = {"X-API-Key": key} if key else {}
+        return requests.post(self.url + path, json=body, headers=headers, timeout=30, **kw)
+
+    def recommend(self, user: str, k: int = 10, **kw) -> dict:
+        r = self.post("/v1/recommend", {"user_id": user, "k": k, **kw})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+@pytest.fixture(scope="module")
+def app(artifacts):
+    from ray import serve
+
+    base, out, _ = artifacts
+    a = App(base, out)
+    a.deploy()
+    yield a
+    serve.shutdown()
+
+
+def _titles(resp: dict) -> list[str]:
+    return [r["title"].upper() for r in resp["results"]]
+
+
+def test_search_and_recommend_sensible_items(app, artifacts):
+    r = app.post("/v1/search", {"query": "lunch bag", "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert sum("LUNCH BAG" in t for t in _titles(body)) >= 4, _titles(body)
+    assert body["results"][0]["reasons"][0] == 'matches "lunch bag"'
+    assert all(x["score"] >= y["score"] for x, y in zip(body["results"], body["results"][1:]))
+
+    _, _, events = artifacts
+    buyer = events.filter(pl.col("user_id").str.starts_with("c")).group_by("user_id").len().sort("len").tail(1)
+    user = buyer["user_id"][0]
+    rec = app.recommend(user, 10)
+    assert rec["user_known"] and len(rec["results"]) == 10 and all(x["reasons"] for x in rec["results"])
+    bought = set(events.filter((pl.col("user_id") == user) & (pl.col("event_type") == "purchase"))["item_id"].tail(50))
+    assert not bought & {x["item_id"] for x in rec["results"]}  # already-bought items excluded by default
+
+    cold = app.recommend("never-seen-shopper", 5)
+    assert not cold["user_known"] and len(cold["results"]) == 5
+    assert all("popular this week" in x["reasons"] for x in cold["results"])
+    ctx = app.recommend("never-seen-shopper", 5, context_item_id="20725")  # LUNCH BAG RED RETROSPOT
+    assert "20725" not in {x["item_id"] for x in ctx["results"]}
+    assert sum("LUNCH BAG" in t for t in _titles(ctx)) >= 3, _titles(ctx)
+
+    sim = requests.get(f"{app.url}/v1/items/20725/similar?k=5", timeout=30).json()
+    words = {"LUNCH", "BAG", "RED", "RETROSPOT"}
+    assert all(words & set(t.split()) for t in _titles(sim)), _titles(sim)  # same product family or design
+    assert all(x["reasons"] == ["similar to LUNCH BAG RED RETROSPOT"] for x in sim["results"])
+
+
+def test_an_event_changes_the_very_next_recommendation(app):
+    user = "e2e-shopper-1"
+    before = app.recommend(user, 5)
+    t0 = time.perf_counter()
+    r = app.post("/v1/events", [{"user_id": user, "event_type": "view", "item_id": "22384"}])  # LUNCH BAG PINK POLKADOT
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    after = app.recommend(user, 5)
+    assert after["user_known"] and not before["user_known"]
+    assert sum("LUNCH BAG" in t for t in _titles(after)) >= 3, _titles(after)
+    assert any(x.startswith("because you viewed LUNCH BAG") for res in after["results"] for x in res["reasons"])
+    assert time.perf_counter() - t0 < 30
+    # a search event moves the session too, and the same event id is not applied twice
+    ev = {"event_id": "e2e-dup-1", "user_id": user, "event_type": "search", "query": "christmas lights"}
+    assert app.post("/v1/events", [ev]).json()["accepted"] == 1
+    again = app.post("/v1/events", [ev]).json()
+    assert again["accepted"] == 0 and again["duplicates"] == 1
+    lit = app.recommend(user, 10)
+    assert sum("LIGHT" in t for t in _titles(lit)) >= 2, _titles(lit)
+    assert any(x.startswith('because you searched "christmas lights"') for res in lit["results"] for x in res["reasons"])
+
+
+def test_an_upserted_item_is_searchable_at_once(app):
+    r = requests.put(f"{app.url}/v1/items/E2E-ZEBRA", headers={"X-API-Key": KEY}, timeout=30,
+                     json={"title": "ZEBRA STRIPED UMBRELLA STAND", "category": "Home > Hall", "price": 42.0})
+    assert r.status_code == 201 and r.json() == {"item_id": "E2E-ZEBRA", "created": True}
+    hits = app.post("/v1/search", {"query": "zebra umbrella stand", "k": 3}).json()["results"]
+    assert hits[0]["item_id"] == "E2E-ZEBRA" and hits[0]["category"] == "Home > Hall"
+    filtered = app.post("/v1/search", {"query": "umbrella stand", "k": 5,
+                                       "filters": {"category": "Home", "price_min": 40}}).json()["results"]
+    assert [h["item_id"] for h in filtered] == ["E2E-ZEBRA"]
+    r = requests.put(f"{app.url}/v1/items/E2E-ZEBRA", headers={"X-API-Key": KEY}, timeout=30,
+                     json={"title": "ZEBRA STRIPED UMBRELLA STAND", "price": 12.5, "in_stock": False})
+    assert r.status_code == 200 and not r.json()["created"]
+    stocked = app.post("/v1/search", {"query": "zebra umbrella stand", "k": 3,
+                                      "filters": {"in_stock": True}}).json()["results"]
+    assert "E2E-ZEBRA" not in {h["item_id"] for h in stocked}
+    # events may name it right away
+    assert app.post("/v1/events", [{"user_id": "e2e-z", "event_type": "view", "item_id": "E2E-ZEBRA"}]).status_code == 200
+
+
+def test_a_forgotten_user_leaves_no_trace(app):
+    user = "forget-me-e2e-7431"
+    evs = [{"user_id": user, "event_type": "purchase", "item_id": "22386", "event_id": f"fe2e-{i}"} for i in range(3)]
+    assert app.post("/v1/events", evs).json()["accepted"] == 3
+    assert app.recommend(user)["user_known"]
+    r = requests.delete(f"{app.url}/v1/users/{user}", headers={"X-API-Key": KEY}, timeout=30)
+    assert r.status_code == 200 and r.json() == {"user_id": user, "events_removed": 3, "profile_removed": True}
+    assert not app.recommend(user)["user_known"]
+    for root, _, files in os.walk(app.state):
+        for f in files:
+            data = Path(root, f).read_bytes()
+            assert user.encode() not in data and b"fe2e-" not in data, f
+    assert requests.delete(f"{app.url}/v1/users/{user}", headers={"X-API-Key": KEY}, timeout=30).status_code == 404
+
+
+def test_writes_need_the_api_key(app):
+    ev = [{"user_id": "k-user", "event_type": "view", "item_id": "22386"}]
+    missing = app.post("/v1/events", ev, key=None)
+    assert missing.status_code == 401 and missing.json()["field"] == "X-API-Key"
+    assert app.post("/v1/events", ev, key="wrong").status_code == 401
+    assert requests.put(f"{app.url}/v1/items/X", json={"title": "x"}, timeout=30).status_code == 401
+    assert requests.delete(f"{app.url}/v1/users/k-user", timeout=30).status_code == 401
+    assert not app.recommend("k-user")["user_known"]  # nothing from the refused writes
+    assert app.post("/v1/search", {"query": "mug"}, key=None).status_code == 200  # reads are open
+
+
+BAD = [
+    # (method, path, body (str = raw bytes), status, field named in the error)
+    ("post", "/v1/search", "{not json", 422, "body"),
+    ("post", "/v1/search", {"query": "mug", "k": "10"}, 422, "k"),
+    ("post", "/v1/search", {"query": "mug", "k": 10**6}, 422, "k"),
+    ("post", "/v1/search", {"query": "mug", "k": 0}, 422, "k"),
+    ("post", "/v1/search", {"query": "   "}, 422, "query"),
+    ("post", "/v1/search", {"query": "x" * 300}, 422, "query"),
+    ("post", "/v1/search", {}, 422, "query"),
+    ("post", "/v1/search", {"query": "mug", "colour": "red"}, 422, "colour"),
+    ("post", "/v1/search", {"query": "mug", "diversity": 2}, 422, "diversity"),
+    ("post", "/v1/search", {"query": "mug", "filters": {"price_min": 5, "price_max": 1}}, 422, "filters"),
+    ("post", "/v1/search", [1, 2], 422, "body"),
+    ("post", "/v1/recommend", {"k": 3}, 422, "user_id"),
+    ("post", "/v1/recommend", {"user_id": 42}, 422, "user_id"),
+    ("post", "/v1/recommend", {"user_id": "u", "context_item_id": "NO-SUCH-ITEM"}, 404, "context_item_id"),
+    ("get", "/v1/items/NO-SUCH-ITEM/similar", None, 404, "item_id"),
+    ("get", "/v1/items/20725/similar?k=100000", None, 422, "k"),
+    ("get", "/v1/items/20725/similar?k=abc", None, 422, "k"),
+    ("delete", "/v1/users/never-seen-anyone", None, 404, "user_id"),
+    ("post", "/v1/events", [{"user_id": "bad-1", "event_type": "view", "item_id": "NO-SUCH-ITEM"}], 422, "[0].item_id"),
+    ("post", "/v1/events", [{"user_id": "bad-1", "event_type": "teleport", "item_id": "22386"}], 422, "[0].event_type"),
+    ("post", "/v1/events", [{"user_id": "bad-1", "event_type": "view"}], 422, "[0]"),
+    ("post", "/v1/events", [{"user_id": "bad-1", "event_type": "search", "query": " "}], 422, "[0]"),
+    ("post", "/v1/events", [{"user_id": "bad-1", "event_type": "view", "item_id": "22386",
+                             "ts": "2999-01-01T00:00:00Z"}], 422, "[0].ts"),
+    ("post", "/v1/events", [{"user_id": "bad-1", "event_type": "view", "item_id": "22386", "quantity": -3}], 422,
+     "[0].quantity"),
+    ("post", "/v1/events", [], 422, "body"),
+    ("post", "/v1/events", {"user_id": "bad-1"}, 422, "body"),
+    ("post", "/v1/events", [{"user_id": "bad-1", "event_type": "view", "item_id": "22386"}] * 1001, 413, "body"),
+    ("post", "/v1/search", {"query": "mug " * 30000}, 413, "body"),
+    ("put", "/v1/items/NEW-BAD", {"title": ""}, 422, "title"),
+    ("put", "/v1/items/NEW-BAD", {"title": "ok", "price": -1}, 422, "price"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,field", BAD, ids=[f"{b[0]} {b[1]} {b[3]} {b[4]}" for b in BAD])
+def test_client_mistakes_get_a_4xx_naming_the_field(app, method, path, body, status, field):
+    kw = {"data": body, "headers": {"X-API-Key": KEY, "Content-Type": "application/json"}} if isinstance(body, str) \
+        else {"json": body, "headers": {"X-API-Key": KEY}}
+    r = getattr(requests, method)(app.url + path, timeout=30, **(kw if body is not None else {"headers": kw["headers"]}))
+    assert r.status_code == status, r.text[:500]
+    err = r.json()
+    assert field in (err.get("field") or "") or field in err.get("error", ""), err
+    if "event_type" in field:
+        assert "add_to_cart" in err["error"]  # the allowed values are named
+    assert not app.recommend("bad-1")["user_known"]  # nothing from a rejected write was applied
+
+
+def test_ops_endpoints(app):
+    health = requests.get(f"{app.url}/healthz", timeout=30).json()
+    assert health["status"] == "ok" and health["writes_need_api_key"] and health["retriever"]["items"] >= 3940
+    metrics = requests.get(f"{app.url}/metrics", timeout=30).text
+    assert 'intently_requests_total{endpoint="search",status="200"}' in metrics
+    spec = requests.get(f"{app.url}/openapi.json", timeout=30).json()
+    assert {"/v1/search", "/v1/recommend", "/v1/events", "/v1/items/{item_id}", "/v1/users/{user_id}"} <= set(spec["paths"])
+    assert requests.get(f"{app.url}/docs", timeout=30).status_code == 200
+
+
+def test_restart_keeps_every_acknowledged_event_and_profile(app):
+    user = "restart-e2e"
+    ids = []
+    for item in ("22384", "20725", "22382"):
+        r = app.post("/v1/events", [{"user_id": user, "event_type": "add_to_cart", "item_id": item}])
+        ids += r.json()["event_ids"]
+    before = app.recommend(user, 10)
+    logged_before = requests.get(f"{app.url}/healthz", timeout=30).json()["profiles"]["logged_event_ids"]
+    app.stop()
+    app.deploy()
+    health = requests.get(f"{app.url}/healthz", timeout=30).json()["profiles"]
+    assert health["logged_event_ids"] == logged_before and health["torn_tail"] == []
+    after = app.recommend(user, 10)
+    assert [x["item_id"] for x in after["results"]] == [x["item_id"] for x in before["results"]]
+    # the upserted item from the earlier test is still there too
+    assert requests.get(f"{app.url}/v1/items/E2E-ZEBRA/similar?k=1", timeout=30).status_code == 200
+    dup = app.post("/v1/events", [{"event_id": ids[0], "user_id": user, "event_type": "view", "item_id": "22384"}])
+    assert dup.json()["duplicates"] == 1
