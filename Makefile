@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: venv data features encoder index features-job encoder-job index-job demo test test-unit bench bench-encoder ray-up ray-down clean
+.PHONY: venv data features encoder index features-job encoder-job index-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,13 +37,20 @@ encoder: venv
 index: venv
 	$(BIN)/python -m jobs.build_index --set output_root=$(ART)
 
-# The main jobs end to end on the bundled real data: import -> features -> fine-tune -> index.
+# The main jobs end to end on the bundled real data: import -> features -> fine-tune -> index ->
+# serve, then a few real requests; the server keeps running (stop it with `make ray-down`).
 # DEMO_TRAIN_ARGS shortens training for the demo (the default config is `make encoder`).
 DEMO_TRAIN_ARGS ?= --set train.max_time_s=240 --set test_examples=1000
 demo: venv data features
 	$(BIN)/python -m jobs.train_encoder --set output_root=$(ART) $(DEMO_TRAIN_ARGS)
 	$(BIN)/python -m jobs.build_index --set output_root=$(ART)
-	@echo "demo: artifacts under $(ART)/{features,encoder,index} (each version has a manifest.json)"
+	$(MAKE) --no-print-directory serve SERVE_ARGS=--demo
+
+# Start the local cluster if none runs, `serve deploy` serving/config.yaml, wait for /healthz.
+# Writes need an API key when INTENTLY_API_KEY is set in the environment of `make ray-up`.
+serve: venv
+	@RAY_AUTH_MODE=token $(BIN)/ray status >/dev/null 2>&1 || $(MAKE) --no-print-directory ray-up
+	$(BIN)/python -m serving.deploy --artifacts $(ART) --state $(CURDIR)/state $(SERVE_ARGS)
 
 test: venv
 	set -o pipefail; $(BIN)/python -m pytest tests 2>&1 | tee .pytest-last.log
@@ -51,8 +58,13 @@ test: venv
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit
 
-bench: venv data bench-encoder
+bench: venv data bench-encoder bench-serve
 	$(BIN)/python -m bench.feature_job
+
+# Needs an index (make index): open-loop load on the Serve app vs an in-process floor and a
+# hand-rolled FastAPI + flat FAISS server, on this machine.
+bench-serve: venv
+	$(BIN)/python -m bench.serve_latency --artifacts $(ART)
 
 # Needs a features version (make features); uses the newest encoder, else the zero-shot model.
 bench-encoder: venv
@@ -82,5 +94,5 @@ ray-down:
 	-$(BIN)/ray stop
 
 clean: ray-down
-	rm -rf artifacts data/canonical bench/.data .pytest_cache .pytest-last.log
+	rm -rf artifacts state data/canonical bench/.data .pytest_cache .pytest-last.log
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

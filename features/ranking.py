@@ -154,8 +154,10 @@ def _default_search() -> dict[str, float]:
 
 
 def _default_recommend() -> dict[str, float]:
+    # seen_before < 0: the item the shopper just viewed is the least useful recommendation
+    # (it is demoted, not removed: re-buying is common in a wholesale log like the bundled one).
     return {"intent_sim": 1.0, "pref_sim": 0.6, "context_sim": 0.8, "cooc": 0.6, "popularity": 0.3,
-            "category_affinity": 0.2, "price_affinity": 0.1, "query_sim": 0.0, "lexical": 0.0}
+            "category_affinity": 0.2, "price_affinity": 0.1, "query_sim": 0.0, "lexical": 0.0, "seen_before": -0.5}
 
 
 @dataclass(frozen=True)

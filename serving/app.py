@@ -5,7 +5,7 @@
 
 `build_app(args)` is the application builder that serving/config.yaml names; `args` is the
 ServingConfig as a mapping (unknown keys and wrong types are refused, with the key named).
-`load_serve_config` + `build_app(args, deployment_options)` give tests and benchmarks the same
+`load_serve_config` + `build_app_with_options(args, deployment_options)` give tests and benchmarks the same
 application, with the same per-deployment options, through `serve.run` in-process.
 """
 
@@ -29,7 +29,13 @@ DEPLOYMENTS = (QueryEncoder, Retriever, Ranker, Profiles, Ingress)
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
-def build_app(args: dict[str, Any] | None = None, deployment_options: dict[str, dict] | None = None) -> Application:
+def build_app(args: dict[str, Any]) -> Application:
+    """The application builder `serve deploy` calls (Serve passes exactly one argument)."""
+    return build_app_with_options(args, None)
+
+
+def build_app_with_options(args: dict[str, Any] | None, deployment_options: dict[str, dict] | None) -> Application:
+    """build_app, with per-deployment options (a serve config's `deployments` list, by name)."""
     cfg = ServingConfig.from_args(args)
     res = resolve(cfg)  # once, so every replica loads the same versions
     opts = deployment_options or {}

@@ -51,7 +51,7 @@ class App:
     def deploy(self) -> None:
         from ray import serve
 
-        from serving.app import build_app, load_serve_config
+        from serving.app import build_app_with_options, load_serve_config
 
         conf = load_serve_config(overrides=[f"artifacts_root={self.out}", f"state_dir={self.state}",
                                             "max_body_bytes=65536"])
@@ -59,7 +59,7 @@ class App:
         opts["Ingress"]["ray_actor_options"] = {**opts["Ingress"]["ray_actor_options"],
                                                 "runtime_env": {"env_vars": {"INTENTLY_API_KEY": KEY}}}
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        serve.run(build_app(conf["args"], opts), name="intently", route_prefix="/")
+        serve.run(build_app_with_options(conf["args"], opts), name="intently", route_prefix="/")
 
     def stop(self) -> None:
         from ray import serve
