@@ -33,7 +33,10 @@ def render(artifacts: str, state: str, overrides: list[str], out: Path) -> tuple
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(conf, sort_keys=False))
     http = conf.get("http_options", {})
-    return out, f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    host = http.get("host", "127.0.0.1")
+    if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1" and os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"):
+        return out, f"http://{host}:{os.environ['RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT']}"  # the Ingress replica itself
+    return out, f"http://{host}:{http.get('port', 8000)}"
 
 
 def _call(url: str, method: str = "GET", body: object | None = None, timeout_s: float = 10.0) -> tuple[int, object]:

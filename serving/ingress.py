@@ -84,6 +84,23 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _err(exc.status_code, str(exc.detail))
 
 
+class Hops:
+    """Wall time per downstream call of one request, returned as `timings_ms`."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    async def __call__(self, name: str, awaitable: Any) -> Any:
+        t = time.perf_counter()
+        out = await awaitable
+        self.ms[name] = round((time.perf_counter() - t) * 1e3, 2)
+        return out
+
+    def total_ms(self) -> float:
+        return round((time.perf_counter() - self.t0) * 1e3, 2)
+
+
 def _filters(f: FiltersIn | None) -> Filters | None:
     return None if f is None else Filters(f.category, f.price_min, f.price_max, f.in_stock)
 
@@ -172,7 +189,7 @@ class Ingress:
                                              "required": True}})
     async def search(self, request: Request) -> Any:
         async def run() -> Any:
-            t0 = time.perf_counter()
+            hops = Hops()
             req: SearchRequest = self._parse(SearchRequest, await self._body(request))
             self._check_k(req.k)
             if len(req.query) > self.cfg.max_query_chars:
@@ -180,17 +197,18 @@ class Ingress:
                                "query")
             now = time.time()
             if req.user_id is None:  # anonymous: no Profiles hop
-                emb = await self.encoder.encode_query.remote(req.query)
+                emb = await hops("encode", self.encoder.encode_query.remote(req.query))
                 ctx, known = context_for("search", None, now, self.cfg.profiles.params, req.query), False
             else:
-                emb, (ctx, known) = await asyncio.gather(
+                emb, (ctx, known) = await hops("encode+profile", asyncio.gather(
                     self.encoder.encode_query.remote(req.query),
-                    self.profiles.context.remote(req.user_id, "search", now, req.query))
+                    self.profiles.context.remote(req.user_id, "search", now, req.query)))
             ctx.query_emb = emb
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
-            ids, _, bm25 = await self.retriever.search.remote(req.query, emb, _filters(req.filters), exclude)
-            results = await self.ranker.rank.remote(ctx, ids, req.k, bm25, req.diversity)
-            return {"results": results, "user_known": known, "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+            ids, _, bm25 = await hops("retrieve", self.retriever.search.remote(req.query, emb, _filters(req.filters),
+                                                                               exclude))
+            results = await hops("rank", self.ranker.rank.remote(ctx, ids, req.k, bm25, req.diversity))
+            return {"results": results, "user_known": known, "took_ms": hops.total_ms(), "timings_ms": hops.ms,
                     "versions": self.res.versions}
         return await self._timed("search", run)
 
@@ -199,18 +217,19 @@ class Ingress:
                                              "required": True}})
     async def recommend(self, request: Request) -> Any:
         async def run() -> Any:
-            t0 = time.perf_counter()
+            hops = Hops()
             req: RecommendRequest = self._parse(RecommendRequest, await self._body(request))
             self._check_k(req.k)
-            if req.context_item_id is not None and not await self.retriever.has_item.remote(req.context_item_id):
-                raise ApiError(404, f"context_item_id: unknown item {req.context_item_id!r}", "context_item_id")
-            ctx, known = await self.profiles.context.remote(req.user_id, "recommend", time.time(),
-                                                            context_item=req.context_item_id)
+            ctx, known = await hops("profile", self.profiles.context.remote(req.user_id, "recommend", time.time(),
+                                                                            context_item=req.context_item_id))
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
-            ids = await self.retriever.recommend.remote(ctx.user_vector(), [i for i, _ in ctx.recent_items],
-                                                        req.context_item_id, _filters(req.filters), exclude)
-            results = await self.ranker.rank.remote(ctx, ids, req.k, None, req.diversity)
-            return {"results": results, "user_known": known, "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
+            ids = await hops("retrieve", self.retriever.recommend.remote(
+                ctx.user_vector(), [i for i, _ in ctx.recent_items], req.context_item_id, _filters(req.filters),
+                exclude))
+            if ids is None:
+                raise ApiError(404, f"context_item_id: unknown item {req.context_item_id!r}", "context_item_id")
+            results = await hops("rank", self.ranker.rank.remote(ctx, ids, req.k, None, req.diversity))
+            return {"results": results, "user_known": known, "took_ms": hops.total_ms(), "timings_ms": hops.ms,
                     "versions": self.res.versions}
         return await self._timed("recommend", run)
 

@@ -31,13 +31,12 @@ class Retriever:
         return self.live.search(query, query_emb, filters, exclude)
 
     def recommend(self, user_vec: np.ndarray | None, recent_items: list[str], context_item: str | None,
-                  filters: Filters | None, exclude: frozenset[str]) -> list[str]:
+                  filters: Filters | None, exclude: frozenset[str]) -> list[str] | None:
+        """Candidate ids; None when `context_item` is not in the catalog."""
         self.live.sync()
+        if context_item is not None and context_item not in self.live.catalog.row:
+            return None
         return self.live.recommend(user_vec, recent_items, context_item, filters, exclude)
-
-    def has_item(self, item_id: str) -> bool:
-        self.live.sync()
-        return item_id in self.live.catalog.row
 
     def upsert(self, item: ItemUpdate, vector: np.ndarray) -> bool:
         """Log and apply; returns True when the item is new."""

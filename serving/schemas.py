@@ -113,7 +113,8 @@ class ItemOut(BaseModel):
 class ResultsOut(BaseModel):
     results: list[ItemOut]
     user_known: bool = False
-    took_ms: float
+    took_ms: float  # inside the Ingress, from the body read to the reply
+    timings_ms: dict[str, float] = {}  # wall time of each downstream call (encode, profile, retrieve, rank)
     versions: dict[str, str]
 
 

@@ -25,7 +25,7 @@ class EncoderServing:
     spec: str = FROM_INDEX  # from-index (the encoder the index was built with) | latest | zero-shot | a folder
     zero_shot: EncoderConfig = EncoderConfig()
     max_batch_size: int = 16  # @serve.batch: queries encoded in one forward pass
-    batch_wait_timeout_s: float = 0.004
+    batch_wait_timeout_s: float = 0.002
     torch_threads: int = 1  # per replica; replicas, not threads, scale it
     cache_size: int = 10_000  # query -> embedding LRU (0: off)
 
