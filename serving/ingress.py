@@ -147,9 +147,17 @@ class Ingress:
             if len(raw) > limit:
                 raise ApiError(413, f"body is over the limit of {limit} bytes", "body")
         try:
-            return json.loads(raw)
+            data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(422, f"body is not valid JSON: {e}", "body") from None
+        except RecursionError:
+            raise ApiError(422, "body is not valid JSON: nested too deeply", "body") from None
+        try:  # JSON may escape lone UTF-16 surrogates ("\ud800"): valid JSON, but not text
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(422, "body holds a lone unicode surrogate escape; strings must be valid UTF-8 text",
+                           "body") from None
+        return data
 
     def _check_k(self, k: int) -> None:
         if k > self.cfg.max_k:

@@ -19,7 +19,7 @@ Id = Field(min_length=1, max_length=256)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FiltersIn(_Strict):

@@ -7,6 +7,7 @@ app is deployed with serving/config.yaml's deployment options and a write API ke
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -189,6 +190,9 @@ def test_writes_need_the_api_key(app):
 BAD = [
     # (method, path, body (str = raw bytes), status, field named in the error)
     ("post", "/v1/search", "{not json", 422, "body"),
+    ("post", "/v1/search", "[" * 5000 + "]" * 5000, 422, "body"),  # found by fuzzing: was a 500
+    ("post", "/v1/search", '{"query": "\\ud800 mug"}', 422, "body"),  # lone surrogate: was a 500
+    ("post", "/v1/search", '{"query": "mug", "filters": {"price_max": Infinity}}', 422, "filters.price_max"),
     ("post", "/v1/search", {"query": "mug", "k": "10"}, 422, "k"),
     ("post", "/v1/search", {"query": "mug", "k": 10**6}, 422, "k"),
     ("post", "/v1/search", {"query": "mug", "k": 0}, 422, "k"),
@@ -234,6 +238,68 @@ def test_client_mistakes_get_a_4xx_naming_the_field(app, method, path, body, sta
     if "event_type" in field:
         assert "add_to_cart" in err["error"]  # the allowed values are named
     assert not app.recommend("bad-1")["user_known"]  # nothing from a rejected write was applied
+
+
+def _junk(rng, depth: int = 0):
+    """A random JSON value: wrong types, extremes, odd text, nesting, likely and unlikely keys."""
+    import string
+
+    c = rng.randrange(10 if depth < 3 else 6)
+    if c == 0:
+        return None
+    if c == 1:
+        return rng.choice([True, False])
+    if c == 2:
+        return rng.choice([0, -1, 1, 3, 10**30, 2**63, -2**63])
+    if c == 3:
+        return rng.choice([0.5, -1e308, 1e308, 1e-300])
+    if c == 4:
+        return "".join(rng.choice(string.printable + "é中\x00") for _ in range(rng.randrange(0, 40)))
+    if c == 5:
+        return rng.choice(["", " ", "lunch bag", "22423", "view", "search", "2011-12-01T00:00:00Z", "x" * 5000])
+    if c in (6, 7):
+        return [_junk(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
+    keys = ["query", "k", "user_id", "filters", "event_type", "item_id", "ts", "price", "diversity", "title",
+            "category", "price_min", "price_max", "in_stock", "quantity", "event_id", "context_item_id", "zz"]
+    return {rng.choice(keys): _junk(rng, depth + 1) for _ in range(rng.randrange(0, 6))}
+
+
+def test_fuzzed_requests_never_get_a_5xx(app):
+    """600 random and mutated requests over every endpoint: never a 5xx, and rejected writes change nothing."""
+    import random
+
+    rng = random.Random(20261123)
+    valid = {"/v1/search": {"query": "lunch bag", "k": 5, "user_id": "fuzz-u", "filters": {"price_max": 3.0}},
+             "/v1/recommend": {"user_id": "fuzz-u", "k": 5, "context_item_id": "22423"},
+             "/v1/events": [{"user_id": "fuzz-u", "event_type": "view", "item_id": "22423"}]}
+    server_errors, accepted = [], 0
+    for _ in range(600):
+        path = rng.choice([*valid, "similar", "put", "delete"])
+        if path in valid:
+            body = json.loads(json.dumps(valid[path]))
+            target = body[0] if isinstance(body, list) else body
+            for _ in range(rng.randrange(1, 3)):
+                target[rng.choice([*target, "extra"])] = _junk(rng)
+            if rng.random() < 0.3:
+                body = _junk(rng)
+            r = app.post(path, body)
+            if path == "/v1/events" and r.status_code == 200 and body[0].get("user_id") == "fuzz-u":
+                accepted += r.json()["accepted"]
+        elif path == "similar":
+            item = rng.choice(["22423", "x" * 300, "..", "中", "NO-SUCH"])
+            r = requests.get(f"{app.url}/v1/items/{item}/similar", params={"k": _junk(rng)}, timeout=30)
+        elif path == "put":
+            r = requests.put(f"{app.url}/v1/items/FUZZ-{rng.randrange(3)}", headers={"X-API-Key": KEY}, timeout=30,
+                             json=_junk(rng) if rng.random() < 0.5 else {"title": _junk(rng), "price": _junk(rng)})
+        else:
+            r = requests.delete(f"{app.url}/v1/users/{rng.choice(['fuzz-nobody', 'x' * 300])}",
+                                headers={"X-API-Key": KEY}, timeout=30)
+        if r.status_code >= 500:
+            server_errors.append((path, r.status_code, r.text[:200]))
+    assert not server_errors, server_errors[:5]
+    events = requests.get(f"{app.url}/healthz", timeout=30).json()["profiles"]
+    assert app.recommend("fuzz-u")["user_known"] == (accepted > 0)
+    assert events["torn_tail"] == []
 
 
 def test_ops_endpoints(app):
