@@ -13,12 +13,13 @@ export PYTHONUNBUFFERED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 # Ray Serve's throughput mode (2.56+): user code and router on the replica's main loop, gRPC
 # between replicas, buffered access logs, direct ingress. Measured here: /v1/search p50 at 50
-# requests/s went from 561 ms to 86 ms. It must be in the environment of `ray start`.
+# requests/s went from 561 ms to 193 ms through the proxy, 45 ms direct (bench/serve_latency.py).
+# It must be in the environment of `ray start`.
 export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
-# Direct ingress (part of throughput mode): the first Ingress replica serves HTTP itself on
-# port 8000, skipping the proxy hop (recommend p50 30 -> 14 ms here); the Serve proxy still
-# balances over every Ingress replica on http_options.port (8100, serving/config.yaml).
-export RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT ?= 8000
+# Direct ingress (part of throughput mode): the first Ingress replica also serves HTTP itself on
+# 8001, skipping the proxy hop (recommend p50 30 -> 19 ms here), but that port moves when the
+# replica is replaced; the Serve proxy on 8000 (serving/config.yaml) is the stable URL.
+export RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT ?= 8001
 export RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT ?= 8099
 
 .PHONY: venv data features encoder index features-job encoder-job index-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean

@@ -246,8 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration-s", type=float, default=15.0)
     ap.add_argument("--floor-requests", type=int, default=300)
     ap.add_argument("--freshness-trials", type=int, default=100)
-    ap.add_argument("--out", default=str(RESULTS / "serve_latency.json"))
+    ap.add_argument("--via", choices=("direct", "proxy"), default="direct",
+                    help="straight to the Ingress replica (fastest) or through the Serve proxy (the stable URL)")
+    ap.add_argument("--out", default=None, help="default: bench/results/serve_latency[_proxy].json")
     ns = ap.parse_args(argv)
+    ns.out = ns.out or str(RESULTS / ("serve_latency.json" if ns.via == "direct" else "serve_latency_proxy.json"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rates = [float(r) for r in ns.rates.split(",")]
     # Throughput mode and direct ingress as `make serve` runs them (the Makefile exports the same).
@@ -309,15 +312,16 @@ def main(argv: list[str] | None = None) -> int:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 
-    print("serve: the intently app over HTTP, straight to the Ingress replica (direct ingress)", flush=True)
+    print(f"serve: the intently app over HTTP, {'straight to the Ingress replica' if ns.via == 'direct' else 'through the Serve proxy'}",
+          flush=True)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     sport = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": sport})
     serve.run(build_app_with_options(conf["args"], conf["deployment_options"]), name="intently", route_prefix="/")
-    base = f"http://127.0.0.1:{direct}"
+    base = f"http://127.0.0.1:{direct if ns.via == 'direct' else sport}"
     wait_http(f"{base}/healthz", 120)
-    report["serve_path"] = {"url": "direct ingress (the Ingress replica's own HTTP server)",
-                            "proxy_url_also_served": f"http://127.0.0.1:{sport}"}
+    report["serve_path"] = ("direct ingress (the Ingress replica's own HTTP server)" if ns.via == "direct"
+                            else "the Serve proxy (balances over Ingress replicas; survives their replacement)")
     try:
         # warm up: every deployment, and a short burst so the encoder's batcher is hot
         asyncio.run(open_loop(f"{base}/v1/search", [{"query": q, "k": 10} for q in queries[-200:]], 20, 5))

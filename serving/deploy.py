@@ -33,10 +33,15 @@ def render(artifacts: str, state: str, overrides: list[str], out: Path) -> tuple
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(conf, sort_keys=False))
     http = conf.get("http_options", {})
-    host = http.get("host", "127.0.0.1")
-    if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1" and os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"):
-        return out, f"http://{host}:{os.environ['RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT']}"  # the Ingress replica itself
-    return out, f"http://{host}:{http.get('port', 8000)}"
+    return out, f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+
+
+def direct_url(base: str) -> str | None:
+    """The first Ingress replica's own address under direct ingress, if it is on."""
+    port = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT")
+    if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") != "1" or not port:
+        return None
+    return base.rsplit(":", 1)[0] + f":{port}"
 
 
 def _call(url: str, method: str = "GET", body: object | None = None, timeout_s: float = 10.0) -> tuple[int, object]:
@@ -129,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return proc.returncode
     health = wait_healthy(base, ns.address, env)
     print(f"\nintently is serving on {base}  (OpenAPI docs: {base}/docs, metrics: {base}/metrics)")
+    fast = direct_url(base)
+    if fast:
+        print(f"  fast path without the proxy hop: {fast} (moves if the Ingress replica is replaced)")
     print(f"  versions: {health['versions']}; writes need an API key: {health['writes_need_api_key']}")
     if ns.demo:
         demo(base)

@@ -79,6 +79,18 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return _err(exc.status, exc.message, exc.field)
 
 
+def _unavailable_types() -> tuple[type, ...]:
+    """Errors that mean "a downstream replica is gone or overloaded right now", not a bug."""
+    from ray import exceptions as rx
+    from ray.serve import exceptions as sx
+
+    return (rx.RayActorError, rx.ActorUnavailableError, sx.BackPressureError, sx.DeploymentUnavailableError,
+            sx.ReplicaUnavailableError)
+
+
+UNAVAILABLE = _unavailable_types()
+
+
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _err(exc.status_code, str(exc.detail))
@@ -186,6 +198,13 @@ class Ingress:
         except RequestValidationError:
             status = 422
             raise
+        except UNAVAILABLE as e:
+            # A replica died or is restarting (Serve replaces it): the client may retry. Nothing
+            # was acknowledged; events that reached the log before the failure are de-duplicated
+            # on retry when they carry an event_id.
+            status = 503
+            return JSONResponse({"error": f"temporarily unavailable: {type(e).__name__}; retry shortly",
+                                 "field": None}, status_code=503, headers={"Retry-After": "1"})
         finally:
             self.m_inflight.dec()
             self.m_requests.labels(endpoint, str(status)).inc()

@@ -1,0 +1,206 @@
+"""Fault injection under steady load: kill a replica of each deployment, then the whole app.
+
+    python -m bench.faults [--artifacts artifacts] [--rate 20] [--settle-s 20]
+
+A local 2-CPU Ray runs the Serve app (serving/config.yaml's options, throughput mode, a fresh
+state dir). An open-loop client sends a steady mix (search 40%, recommend 30%, events 30%; every
+event carries an event_id and names a fresh shopper) the whole time. Then, one at a time:
+ray.kill on the replica actor of each deployment (Serve notices and starts a new one), and finally
+serve.delete + serve.run of the whole application on the same state dir (a restart). For each
+fault: requests failed and their statuses, the outage window (fault -> last failed request), and
+the slowest answers (requests queue while Serve replaces a replica). At the end every acknowledged event is checked: it must be in the log
+(the Profiles replica's count of logged event ids) and reflected in its shopper's profile
+(/v1/recommend says user_known=true).
+
+Loopback only, bounded in time. Writes bench/results/faults.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DEPLOYMENTS = ("QueryEncoder", "Retriever", "Ranker", "Profiles", "Ingress")
+
+
+class Load:
+    """Open-loop mixed traffic; records (sent_at, endpoint, status) and acknowledged events."""
+
+    def __init__(self, base: str, rate: float, queries: list[str], items: list[str], users: list[str]) -> None:
+        self.base, self.rate = base, rate
+        self.queries, self.items, self.users = queries, items, users
+        self.log: list[tuple[float, str, int, float]] = []  # (sent at, endpoint, status, latency s)
+        self.acked: dict[str, str] = {}  # event_id -> user_id
+        self.stop = False
+        self.rng = random.Random(0)
+        self.n = 0
+
+    async def one(self, session: Any) -> None:
+        import aiohttp
+
+        r = self.rng.random()
+        self.n += 1
+        if r < 0.4:
+            ep, body = "search", {"query": self.rng.choice(self.queries), "k": 10}
+        elif r < 0.7:
+            ep, body = "recommend", {"user_id": self.rng.choice(self.users), "k": 10}
+        else:
+            user, eid = f"fault-shopper-{self.n}", f"fault-ev-{self.n}"
+            ep, body = "events", [{"event_id": eid, "user_id": user, "event_type": "view",
+                                   "item_id": self.rng.choice(self.items)}]
+        t = time.monotonic()
+        try:
+            async with session.post(f"{self.base}/v1/{ep}", json=body) as resp:
+                await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            status = 0  # connection refused / reset / timeout
+        if ep == "events" and status == 200:
+            self.acked[body[0]["event_id"]] = body[0]["user_id"]
+        self.log.append((t, ep, status, time.monotonic() - t))
+
+    async def run(self) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                         timeout=aiohttp.ClientTimeout(total=10)) as session:
+            start, i, tasks = time.monotonic(), 0, []
+            while not self.stop:
+                due = start + i / self.rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                tasks.append(asyncio.create_task(self.one(session)))
+                i += 1
+            await asyncio.gather(*tasks)
+
+
+def _ok(status: int) -> bool:
+    """Every request of the mix is valid, so anything but a 200 is a failure: no answer (0), a 5xx,
+    or the proxy's 404 while the application is gone during a restart."""
+    return status == 200
+
+
+def recovery(log: list[tuple[float, str, int, float]], t_fault: float, t_end: float) -> dict[str, Any]:
+    """What the requests sent between the fault and t_end saw: failures, the outage window (from
+    the fault to the last failed request), and the slowest answers (requests queue while Serve
+    replaces a replica)."""
+    window = sorted(x for x in log if t_fault <= x[0] < t_end)
+    failed = [x for x in window if not _ok(x[2])]
+    statuses: dict[str, int] = {}
+    for x in failed:
+        statuses[str(x[2])] = statuses.get(str(x[2]), 0) + 1
+    lat = sorted(x[3] for x in window if _ok(x[2]))
+    return {"requests": len(window), "failed_requests": len(failed), "failed_by_status": statuses,
+            "outage_s": round(failed[-1][0] - t_fault, 2) if failed else 0.0,
+            "max_latency_s": round(lat[-1], 2) if lat else None,
+            "p99_latency_s": round(lat[int(0.99 * (len(lat) - 1))], 3) if lat else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--rate", type=float, default=20.0)
+    ap.add_argument("--settle-s", type=float, default=20.0, help="load time after each fault")
+    ap.add_argument("--via", choices=("proxy", "direct"), default="proxy",
+                    help="send the load to the Serve proxy (the stable URL) or straight to the Ingress replica")
+    ap.add_argument("--out", default=str(RESULTS / "faults.json"))
+    ns = ap.parse_args(argv)
+    from bench.serve_latency import free_port, wait_http
+
+    direct = free_port()
+    os.environ.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(direct),
+                      RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(direct + 20), HF_HUB_OFFLINE="1")
+    import polars as pl
+    import ray
+    import requests
+    from ray import serve
+
+    from features import artifacts as A
+    from features import schema as S
+    from serving.app import build_app_with_options, load_serve_config
+    from serving.settings import ServingConfig, resolve
+
+    state = Path(tempfile.mkdtemp(prefix="bench-faults-state-"))
+    conf = load_serve_config(overrides=[f"artifacts_root={Path(ns.artifacts).resolve()}", f"state_dir={state}"])
+    res = resolve(ServingConfig.from_args(conf["args"]))
+    items = pl.read_parquet(A.join(res.features_dir, "items"), columns=[S.ITEM_ID, S.TITLE])
+    users = pl.read_parquet(A.join(res.features_dir, "users"), columns=[S.USER_ID])[S.USER_ID].head(300).to_list()
+    queries = [" ".join(t.lower().split()[:2]) for t in items[S.TITLE].to_list()[:500]]
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    proxy = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": proxy})
+
+    def deploy() -> None:
+        serve.run(build_app_with_options(conf["args"], conf["deployment_options"]), name="intently", route_prefix="/")
+
+    deploy()
+    base = f"http://127.0.0.1:{proxy if ns.via == 'proxy' else direct}"
+    wait_http(f"{base}/healthz", 180)
+    report: dict[str, Any] = {"via": ns.via, "rate_rps": ns.rate, "settle_s": ns.settle_s, "mix": "search 40%, recommend 30%, events 30%",
+                              "faults": {}}
+    load = Load(base, ns.rate, queries, items[S.ITEM_ID].to_list(), users)
+
+    async def scenario() -> None:
+        runner = asyncio.create_task(load.run())
+        await asyncio.sleep(ns.settle_s)  # steady state first
+        for name in DEPLOYMENTS:
+            actors = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                      if a["namespace"] == "serve" and f"#{name}#" in a["name"]]
+            t_fault = time.monotonic()
+            ray.kill(ray.get_actor(actors[0]["name"], namespace="serve"), no_restart=True)
+            print(f"killed a {name} replica ({actors[0]['name']})", flush=True)
+            await asyncio.sleep(ns.settle_s)
+            report["faults"][f"kill {name} replica"] = recovery(load.log, t_fault, time.monotonic())
+            print(f"  {report['faults'][f'kill {name} replica']}", flush=True)
+        t_fault = time.monotonic()
+        await asyncio.to_thread(serve.delete, "intently")
+        await asyncio.to_thread(deploy)
+        print("restarted the whole application", flush=True)
+        await asyncio.sleep(ns.settle_s)
+        report["faults"]["restart the whole app (serve.delete + serve.run)"] = recovery(load.log, t_fault,
+                                                                                        time.monotonic())
+        print(f"  {report['faults']['restart the whole app (serve.delete + serve.run)']}", flush=True)
+        load.stop = True
+        await runner
+
+    try:
+        asyncio.run(scenario())
+        health = requests.get(f"{base}/healthz", timeout=30).json()["profiles"]
+        missing = [eid for eid, user in load.acked.items()
+                   if not requests.post(f"{base}/v1/recommend", json={"user_id": user, "k": 1},
+                                        timeout=30).json()["user_known"]]
+        report["acknowledged_events"] = {
+            "acknowledged": len(load.acked), "logged_event_ids_after": health["logged_event_ids"],
+            "in_log": health["logged_event_ids"] >= len(load.acked),
+            # events whose reply was lost to a fault (they reached the log; a retry with the same
+            # event_id is de-duplicated)
+            "logged_but_not_acknowledged": health["logged_event_ids"] - len(load.acked),
+            "acknowledged_but_not_in_a_profile": len(missing), "torn_tail": health["torn_tail"]}
+        counts: dict[str, int] = {}
+        for _, ep, status, _ in load.log:
+            counts[f"{ep} {status}"] = counts.get(f"{ep} {status}", 0) + 1
+        report["requests"] = {"sent": len(load.log), "by_endpoint_and_status": counts}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(state, ignore_errors=True)
+    Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(ns.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"wrote {ns.out}")
+    return 0 if report["acknowledged_events"]["acknowledged_but_not_in_a_profile"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
