@@ -9,7 +9,9 @@ import pytest
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # address="local": a private cluster even when `make demo` left one running (ray.init() would
+    # join that one and refuse num_cpus).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
