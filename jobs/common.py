@@ -60,7 +60,10 @@ def init_ray(rc: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=rc.num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
+        # address="local": a private Ray even when another local cluster runs (e.g. the one `make
+        # demo` leaves serving); a bare ray.init() would join it and refuse num_cpus.
+        ray.init(address="local", num_cpus=rc.num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env=runtime_env)
     ctx = ray.data.DataContext.get_current()
     # Progress bars on a terminal; in logs (CI, `ray job logs`) the jobs print one line per step.
     ctx.enable_progress_bars = sys.stderr.isatty()
