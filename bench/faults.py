@@ -42,6 +42,7 @@ class Load:
         self.queries, self.items, self.users = queries, items, users
         self.log: list[tuple[float, str, int, float]] = []  # (sent at, endpoint, status, latency s)
         self.acked: dict[str, str] = {}  # event_id -> user_id
+        self.errors_500: list[str] = []  # bodies of 500 answers (a 500 is a bug; keep the evidence)
         self.stop = False
         self.rng = random.Random(0)
         self.n = 0
@@ -62,8 +63,10 @@ class Load:
         t = time.monotonic()
         try:
             async with session.post(f"{self.base}/v1/{ep}", json=body) as resp:
-                await resp.read()
+                text = await resp.read()
                 status = resp.status
+                if status == 500 and len(self.errors_500) < 20:
+                    self.errors_500.append(f"{ep}: {text[:300]!r}")
         except (aiohttp.ClientError, asyncio.TimeoutError):
             status = 0  # connection refused / reset / timeout
         if ep == "events" and status == 200:
@@ -190,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         counts: dict[str, int] = {}
         for _, ep, status, _ in load.log:
             counts[f"{ep} {status}"] = counts.get(f"{ep} {status}", 0) + 1
-        report["requests"] = {"sent": len(load.log), "by_endpoint_and_status": counts}
+        report["requests"] = {"sent": len(load.log), "by_endpoint_and_status": counts,
+                              "bodies_of_500s": load.errors_500}
     finally:
         serve.shutdown()
         ray.shutdown()
