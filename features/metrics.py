@@ -102,3 +102,64 @@ def retrieval_metrics(query_emb: np.ndarray, item_emb: np.ndarray, target_idx: n
     query_emb (Q, d), item_emb (N, d), target_idx (Q,) row of each target in item_emb or MISSING.
     """
     return means(rank_sums(ranks_by_inner_product(query_emb, item_emb, target_idx, chunk), tuple(ks)))
+
+
+# --- list metrics (beyond the single target) ---------------------------------------------------
+# Recommendation lists are (Q, K) arrays of catalog row indices, best first; -1 pads a short list.
+
+
+def set_metrics_at_k(lists: np.ndarray, relevant: list[set[int]], k: int) -> dict[str, float]:
+    """Mean precision@k, recall@k and F1@k over requests (the seeds' definitions).
+
+    precision = hits / k (a short list is still divided by k), recall = hits / |relevant|, F1 =
+    their harmonic mean (0 when both are 0). A request with no relevant item counts 0 everywhere.
+    """
+    lists = np.atleast_2d(lists)
+    if lists.shape[0] != len(relevant):
+        raise ValueError(f"{lists.shape[0]} lists but {len(relevant)} relevant sets")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    p = np.zeros(len(relevant))
+    r = np.zeros(len(relevant))
+    for q, (row, rel) in enumerate(zip(lists[:, :k], relevant)):
+        hits = len({int(i) for i in row if i >= 0} & rel)
+        p[q] = hits / k
+        r[q] = hits / len(rel) if rel else 0.0
+    f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+    return {f"precision@{k}": _mean(p), f"recall@{k}": _mean(r), f"f1@{k}": _mean(f1)}
+
+
+def catalog_coverage(lists: np.ndarray, n_items: int, k: int) -> float:
+    """Share of the catalog that appears in at least one top-k list."""
+    if n_items < 1:
+        raise ValueError(f"n_items must be >= 1, got {n_items}")
+    top = np.atleast_2d(lists)[:, :k]
+    return len(np.unique(top[top >= 0])) / n_items
+
+
+def intra_list_diversity(lists: np.ndarray, item_emb: np.ndarray, k: int) -> float:
+    """Mean over lists of the mean pairwise cosine distance (1 - cos) among its top-k items
+    (item_emb (N, d) L2-normalised). Lists with fewer than 2 items are skipped."""
+    values = []
+    for row in np.atleast_2d(lists)[:, :k]:
+        idx = row[row >= 0]
+        if len(idx) < 2:
+            continue
+        v = item_emb[idx]
+        sims = v @ v.T
+        n = len(idx)
+        values.append(float((n * n - sims.sum()) / (n * (n - 1))))  # the diagonal's 1s cancel out
+    return float(np.mean(values)) if values else 0.0
+
+
+def novelty(lists: np.ndarray, item_share: np.ndarray, k: int, n_users: int) -> float:
+    """Mean self-information -log2 p(i) of recommended items, p(i) = share of users who interacted
+    with item i (item_share (N,)); an item nobody touched gets p = 1 / n_users."""
+    if n_users < 1:
+        raise ValueError(f"n_users must be >= 1, got {n_users}")
+    top = np.atleast_2d(lists)[:, :k]
+    idx = top[top >= 0]
+    if not len(idx):
+        return 0.0
+    p = np.maximum(np.asarray(item_share, dtype=np.float64)[idx], 1.0 / n_users)
+    return float(np.mean(-np.log2(p)))

@@ -200,3 +200,31 @@ def test_frozen_item_tower_needs_separate_towers_and_stays_put():
     opt.step()
     np.testing.assert_array_equal(enc.encode(["red mug"], tower="item"), before)
     assert not np.allclose(enc.encode(["red mug"], tower="query"), before)
+
+
+# --- list metrics --------------------------------------------------------------------------------
+def test_set_metrics_by_hand():
+    lists = np.array([[3, 1, 2], [5, -1, -1], [7, 8, 9]])
+    relevant = [{1, 4}, {5}, set()]
+    m = M.set_metrics_at_k(lists, relevant, 3)
+    # request 0: 1 hit of 3 slots, 1 of 2 relevant; request 1: 1 of 3 slots (short list), 1 of 1; request 2: none
+    p = [1 / 3, 1 / 3, 0.0]
+    r = [0.5, 1.0, 0.0]
+    f1 = [2 * (1 / 3) * 0.5 / (1 / 3 + 0.5), 2 * (1 / 3) / (4 / 3), 0.0]
+    assert m["precision@3"] == pytest.approx(np.mean(p))
+    assert m["recall@3"] == pytest.approx(np.mean(r))
+    assert m["f1@3"] == pytest.approx(np.mean(f1))
+    assert M.set_metrics_at_k(lists, relevant, 1)["precision@1"] == pytest.approx(1 / 3)  # only [5]
+
+
+def test_coverage_diversity_novelty_by_hand():
+    lists = np.array([[0, 1], [1, -1]])
+    assert M.catalog_coverage(lists, 4, 2) == 0.5
+    assert M.catalog_coverage(lists, 4, 1) == 0.5  # items 0 and 1
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
+    assert M.intra_list_diversity(np.array([[0, 1, 3]]), emb, 3) == pytest.approx(
+        ((1 - 0.0) + (1 - 0.6) + (1 - 0.8)) / 3)
+    assert M.intra_list_diversity(np.array([[0, 2]]), emb, 2) == pytest.approx(0.0)  # identical items
+    assert M.intra_list_diversity(lists[1:], emb, 2) == 0.0  # one item: skipped
+    share = np.array([0.5, 0.25, 0.0, 1.0])
+    assert M.novelty(np.array([[0, 1, 2]]), share, 3, n_users=8) == pytest.approx((1 + 2 + 3) / 3)
