@@ -165,7 +165,7 @@ def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> d
 
     from features.catalog import load_catalog
     from features.encoder import load_encoder
-    from features.profile import seed_profile
+    from features.profile import seed_profiles
     from features.ranking import context_for, rank_candidates
     from features.retrieval import LiveCatalog
 
@@ -181,14 +181,7 @@ def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> d
 
     p = cfg.profiles.params
     rows = pl.read_parquet(A.join(res.features_dir, "users")).filter(pl.col(S.USER_ID).is_in(users))
-
-    def lookup(i: str):
-        r = catalog.row.get(i)
-        return (None, None, None) if r is None else (catalog.vectors[r], catalog.category[r], float(catalog.price[r]))
-
-    profiles = {u: seed_profile(u, it, ty, [t.timestamp() for t in ts], q, lookup, p)
-                for u, it, ty, ts, q in rows.select(S.USER_ID, S.RECENT_ITEMS, S.RECENT_EVENT_TYPES, S.RECENT_TS,
-                                                     S.RECENT_QUERIES).iter_rows()}
+    profiles = {prof.user_id: prof for prof in seed_profiles(rows, catalog.lookup, p)}
     out = {}
     lat = []
     for i in range(n):

@@ -145,6 +145,14 @@ class Catalog:
             keep &= self.in_stock[rows] == in_stock
         return keep
 
+    def lookup(self, item_id: str) -> tuple[np.ndarray | None, str | None, float | None]:
+        """(vector, category, price) of an item for folding it into a profile; Nones if unknown."""
+        r = self.row.get(item_id)
+        if r is None:
+            return None, None, None
+        price = self.price[r]
+        return self.vectors[r], self.category[r], None if np.isnan(price) else float(price)
+
     def describe(self, r: int) -> dict[str, Any]:
         price = self.price[r]
         return {"item_id": self.item_ids[r], "title": self.title[r], "category": self.category[r],

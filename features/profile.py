@@ -20,6 +20,7 @@ the long-term taste does. (alpha = 1 without a preference, 0 without an intent.)
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,20 +28,14 @@ from typing import Any
 import numpy as np
 
 from features import schema as S
+from features.transforms import _default_weights as transforms_default_weights
 
 
 def _default_weights() -> dict[str, float]:
-    return {
-        # A typed query is the strongest statement of the current need, and query vectors sit
-        # farther from item vectors (top cosine ~0.6 on the bundled data) than items from each
-        # other (~0.95), so a search weighs as much as an add-to-cart.
-        S.EventType.SEARCH.value: 3.0,
-        S.EventType.VIEW.value: 1.0,
-        S.EventType.CLICK.value: 2.0,
-        S.EventType.ADD_TO_CART.value: 3.0,
-        S.EventType.PURCHASE.value: 4.0,
-        S.EventType.RETURN.value: 0.0,
-    }
+    # The feature job's funnel weights, except searches: a typed query is the strongest statement
+    # of the current need, and query vectors sit farther from item vectors (top cosine ~0.6 on the
+    # bundled data) than items from each other (~0.95), so a search weighs as much as an add-to-cart.
+    return {**transforms_default_weights(), S.EventType.SEARCH.value: 3.0}
 
 
 @dataclass(frozen=True)
@@ -244,6 +239,17 @@ def _push(items: list, entry: tuple, limit: int) -> list:
     while i < len(items) and items[i][-1] > ts:
         i += 1
     return (items[:i] + [entry] + items[i:])[:limit]
+
+
+def seed_profiles(users: Any, lookup: Any, p: ProfileParams) -> list[Profile]:
+    """`seed_profile` for every row of a feature job's users table (a polars frame with
+    user_id, recent_items, recent_event_types, recent_ts, recent_queries; naive ts mean UTC)."""
+    out = []
+    cols = [S.USER_ID, S.RECENT_ITEMS, S.RECENT_EVENT_TYPES, S.RECENT_TS, S.RECENT_QUERIES]
+    for uid, items, types, ts, queries in users.select(cols).iter_rows():
+        secs = [(t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp() for t in ts]
+        out.append(seed_profile(uid, items, types, secs, queries, lookup, p))
+    return out
 
 
 def seed_profile(user_id: str, recent_items: list[str], recent_event_types: list[str], recent_ts: list[float],

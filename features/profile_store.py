@@ -20,6 +20,7 @@ the user's events.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import sqlite3
@@ -42,14 +43,10 @@ TS_US = "ts_us"
 
 
 def encode_vector(v: np.ndarray) -> str:
-    import base64
-
     return base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
 
 
 def decode_vector(s: str) -> np.ndarray:
-    import base64
-
     return np.frombuffer(base64.b64decode(s), dtype="<f4").astype(np.float32)
 
 

@@ -8,6 +8,7 @@ results, and a changed item's stale vector in the index is skipped.
 
 Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items
 that pass: exact and simple, at O(N d) per request (about 1 ms for 4k items, tens of ms at 1M).
+Per-request exclusions (a buyer's purchases) do not: the ANN is asked for that many more results.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class LiveCatalog:
             for rec in self.log.records_on_open():
                 self._apply(rec)
 
+    @property
+    def n_changed(self) -> int:
+        """Items upserted (new or changed) since the index was built."""
+        return len(self._changed)
+
     def _apply(self, rec: dict) -> tuple[int, bool]:
         item = ItemUpdate(**rec["item"])
         row, created = self.catalog.upsert(item, decode_vector(rec["vector"]))
@@ -101,31 +107,34 @@ class LiveCatalog:
         return self._apply(rec)
 
     # --- retrieval ---------------------------------------------------------------------------
-    def allowed(self, filters: Filters | None, exclude: set[str] | frozenset[str] = frozenset()) -> np.ndarray | None:
-        """Rows that pass the filters and are not excluded, or None for "every row"."""
+    def allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """Rows that pass the filters, or None for "every row"."""
         cat = self.catalog
-        if (filters is None or not filters.any()) and not exclude:
+        if filters is None or not filters.any():
             return None
         rows = np.arange(len(cat))
-        if filters is not None and filters.any():
-            rows = rows[cat.filter_mask(rows, filters.category, filters.price_min, filters.price_max, filters.in_stock)]
-        if exclude:
-            drop = cat.rows([i for i in exclude])
-            rows = np.setdiff1d(rows, drop, assume_unique=True)
-        return rows
+        return rows[cat.filter_mask(rows, filters.category, filters.price_min, filters.price_max, filters.in_stock)]
 
-    def ann(self, vec: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores (k,), rows (k,)) by inner product with vec (d,); exact over `allowed`."""
+    def ann(self, vec: np.ndarray, k: int, allowed: np.ndarray | None = None,
+            excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores (k,), rows (k,)) by inner product with vec (d,), never an `excluded` row.
+
+        Exact over `allowed` (filters); otherwise the FAISS index, asked for enough extra results
+        to drop the excluded rows and the stale vectors of changed items, plus the changed items
+        scored exactly. Exclusions (e.g. a buyer's purchases) never force an exact scan."""
         q = np.asarray(vec, dtype=np.float32).reshape(1, -1)
         vectors = self.catalog.vectors
+        excluded = np.zeros(0, np.int64) if excluded is None else excluded
         if allowed is not None:
+            if len(excluded):
+                allowed = allowed[~np.isin(allowed, excluded)]
             if not len(allowed):
                 return np.zeros(0, np.float32), np.zeros(0, np.int64)
             s = vectors[allowed] @ q[0]
             top = np.argsort(-s, kind="stable")[:k]
             return s[top], allowed[top]
         stale = [r for r in self._changed if r < self.n_indexed]
-        scores, ids = self.index.search(q, min(k + len(stale), self.n_indexed))
+        scores, ids = self.index.search(q, min(k + len(stale) + len(excluded), self.n_indexed))
         rows = np.array([self.catalog.row[i] for i in ids[0] if i is not None], dtype=np.int64)
         s = scores[0][: len(rows)]
         if self._changed:
@@ -133,6 +142,9 @@ class LiveCatalog:
             changed = np.fromiter(self._changed, dtype=np.int64)
             rows = np.concatenate([rows[keep], changed])
             s = np.concatenate([s[keep], vectors[changed] @ q[0]])
+        if len(excluded):
+            keep = ~np.isin(rows, excluded)
+            rows, s = rows[keep], s[keep]
         top = np.argsort(-s, kind="stable")[:k]
         return s[top].astype(np.float32), rows[top]
 
@@ -141,14 +153,16 @@ class LiveCatalog:
         """Search candidates: (item_ids, ann cosine (C,), raw BM25 (C,)), best fused first."""
         cfg = self.cfg
         n = cfg.num_candidates
-        allowed = self.allowed(filters, exclude)
-        ann_s, ann_rows = self.ann(query_emb, n, allowed)
+        allowed = self.allowed(filters)
+        excluded = self.catalog.rows(list(exclude))
+        ann_s, ann_rows = self.ann(query_emb, n, allowed, excluded)
         bm = self.bm25.scores(query, len(self.catalog)) if self.bm25 is not None else None
         if bm is not None:
             if allowed is not None:
                 masked = np.zeros_like(bm)
                 masked[allowed] = bm[allowed]
                 bm = masked
+            bm[excluded] = 0.0
             hit = np.flatnonzero(bm > 0)
             lex_rows = hit[np.argsort(-bm[hit], kind="stable")[:n]]
         else:
@@ -175,22 +189,26 @@ class LiveCatalog:
                   filters: Filters | None = None, exclude: frozenset[str] = frozenset()) -> list[str]:
         """Recommend candidates from the user vector, the context item, co-occurrence and popularity."""
         cfg, cat = self.cfg, self.catalog
-        allowed = self.allowed(filters, exclude | ({context_item} if context_item else set()))
+        allowed = self.allowed(filters)
+        excluded = cat.rows(list(exclude | ({context_item} if context_item else set())))
         ok = None if allowed is None else set(allowed.tolist())
+        ex = set(excluded.tolist())
         picked: dict[int, None] = {}
         for vec in (user_vec, cat.vectors[cat.row[context_item]] if context_item in cat.row else None):
             if vec is not None:
-                _, rows = self.ann(vec, cfg.num_candidates, allowed)
+                _, rows = self.ann(vec, cfg.num_candidates, allowed, excluded)
                 picked.update(dict.fromkeys(rows.tolist()))
         sources = ([context_item] if context_item else []) + recent_items[:10]
         n_cooc = 0
         for src in sources:
             for nbr in cat.cooc.get(src, ([], None))[0]:
                 r = cat.row.get(nbr)
-                if r is not None and (ok is None or r in ok) and r not in picked and n_cooc < cfg.cooc_candidates:
+                if (r is not None and (ok is None or r in ok) and r not in ex and r not in picked
+                        and n_cooc < cfg.cooc_candidates):
                     picked[r] = None
                     n_cooc += 1
         pool = allowed if allowed is not None else np.arange(len(cat))
+        pool = pool[~np.isin(pool, excluded)]
         popular = pool[np.argsort(-cat.popularity[pool], kind="stable")[: cfg.popular_candidates]]
         picked.update(dict.fromkeys(int(r) for r in popular if int(r) not in picked))
         return [cat.item_ids[r] for r in picked]

@@ -210,6 +210,10 @@ class Ingress:
             self.m_requests.labels(endpoint, str(status)).inc()
             self.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
 
+    def _answer(self, results: list[dict], user_known: bool, hops: "Hops") -> dict:
+        return {"results": results, "user_known": user_known, "took_ms": hops.total_ms(), "timings_ms": hops.ms,
+                "versions": self.res.versions}
+
     # --- read endpoints ----------------------------------------------------------------------
     @app.post("/v1/search", response_model=ResultsOut, summary="Search the catalog, personalised when user_id is given",
               openapi_extra={"requestBody": {"content": {"application/json": {"schema": SearchRequest.model_json_schema()}},
@@ -235,8 +239,7 @@ class Ingress:
             ids, _, bm25 = await hops("retrieve", self.retriever.search.remote(req.query, emb, _filters(req.filters),
                                                                                exclude))
             results = await hops("rank", self.ranker.rank.remote(ctx, ids, req.k, bm25, req.diversity))
-            return {"results": results, "user_known": known, "took_ms": hops.total_ms(), "timings_ms": hops.ms,
-                    "versions": self.res.versions}
+            return self._answer(results, known, hops)
         return await self._timed("search", run)
 
     @app.post("/v1/recommend", response_model=ResultsOut, summary="Recommendations for a shopper (cold start included)",
@@ -256,8 +259,7 @@ class Ingress:
             if ids is None:
                 raise ApiError(404, f"context_item_id: unknown item {req.context_item_id!r}", "context_item_id")
             results = await hops("rank", self.ranker.rank.remote(ctx, ids, req.k, None, req.diversity))
-            return {"results": results, "user_known": known, "took_ms": hops.total_ms(), "timings_ms": hops.ms,
-                    "versions": self.res.versions}
+            return self._answer(results, known, hops)
         return await self._timed("recommend", run)
 
     @app.get("/v1/items/{item_id}/similar", response_model=ResultsOut, summary="Items similar to one item")

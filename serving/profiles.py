@@ -6,7 +6,6 @@ served from memory; a restart replays the log tail after the snapshot.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from pathlib import Path
 
@@ -16,21 +15,11 @@ from ray import serve
 
 from features import artifacts as A
 from features import schema as S
-from features.profile import Profile, seed_profile
+from features.profile import seed_profiles
 from features.profile_store import ProfileStore
 from features.ranking import Mode, RankContext, context_for
 from serving.retriever import open_live_catalog
 from serving.settings import Resolved, ServingConfig
-
-
-def _seed_rows(features_dir: str, lookup, params) -> list[Profile]:
-    users = pl.read_parquet(A.join(features_dir, "users"),
-                            columns=[S.USER_ID, S.RECENT_ITEMS, S.RECENT_EVENT_TYPES, S.RECENT_TS, S.RECENT_QUERIES])
-    out = []
-    for uid, items, types, ts, queries in users.iter_rows():
-        secs = [t.replace(tzinfo=dt.timezone.utc).timestamp() if t.tzinfo is None else t.timestamp() for t in ts]
-        out.append(seed_profile(uid, items, types, secs, queries, lookup, params))
-    return out
 
 
 @serve.deployment(name="Profiles")
@@ -40,25 +29,18 @@ class Profiles:
         self.params = cfg.profiles.params
         self.live = open_live_catalog(cfg, res, lexical=False)
         pc = cfg.profiles
-        self.store = ProfileStore(Path(res.state_dir) / "profiles", self.params, self._lookup,
+        self.store = ProfileStore(Path(res.state_dir) / "profiles", self.params, self.live.catalog.lookup,
                                   pc.max_users_in_memory, pc.snapshot_every_events, pc.snapshot_every_s, pc.fsync)
         t0 = time.perf_counter()
         self.seeded = 0
         if pc.seed and self.store.seeded_from is None:
-            self.seeded = self.store.seed(_seed_rows(res.features_dir, self._lookup, self.params), res.features_dir)
+            users = pl.read_parquet(A.join(res.features_dir, "users"))
+            self.seeded = self.store.seed(seed_profiles(users, self.live.catalog.lookup, self.params), res.features_dir)
         self.seed_s = time.perf_counter() - t0
         if self.store.torn:
             print(f"Profiles: event log had a torn tail, discarded: {self.store.torn}", flush=True)
         print(f"Profiles: replayed {self.store.stats['replayed']} logged events in {self.store.replay_s:.2f}s; "
               f"seeded {self.seeded} users in {self.seed_s:.1f}s", flush=True)
-
-    def _lookup(self, item_id: str) -> tuple[np.ndarray | None, str | None, float | None]:
-        cat = self.live.catalog
-        r = cat.row.get(item_id)
-        if r is None:
-            return None, None, None
-        price = cat.price[r]
-        return cat.vectors[r], cat.category[r], None if np.isnan(price) else float(price)
 
     def context(self, user_id: str | None, mode: Mode, now: float, query: str | None = None,
                 query_emb: np.ndarray | None = None, context_item: str | None = None) -> tuple[RankContext, bool]:

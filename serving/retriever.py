@@ -60,5 +60,5 @@ class Retriever:
 
     def info(self) -> dict:
         self.live.sync()
-        return {"items": len(self.live.catalog), "upserted": len(self.live._changed),
+        return {"items": len(self.live.catalog), "upserted": self.live.n_changed,
                 "index_type": self.live.index.kind}

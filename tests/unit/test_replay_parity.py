@@ -20,10 +20,7 @@ P = ProfileParams(session_gap_s=600.0)
 
 def test_store_and_batch_replay_give_identical_features(tmp_path):
     cat, _ = _catalog(40)
-
-    def lookup(i: str):
-        r = cat.row.get(i)
-        return (None, None, None) if r is None else (cat.vectors[r], cat.category[r], float(cat.price[r]))
+    lookup = cat.lookup
 
     rng = np.random.default_rng(3)
     t0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
