@@ -163,3 +163,66 @@ def novelty(lists: np.ndarray, item_share: np.ndarray, k: int, n_users: int) -> 
         return 0.0
     p = np.maximum(np.asarray(item_share, dtype=np.float64)[idx], 1.0 / n_users)
     return float(np.mean(-np.log2(p)))
+
+
+def list_metrics(lists: np.ndarray, relevant: list[set[int]], ks: Iterable[int]) -> dict[str, float]:
+    """HitRate@k, Recall@k, NDCG@k (binary gains) and MRR of ranked lists against relevant sets.
+
+    lists (Q, L): catalog rows best first, -1 padding; relevant[q]: the rows that count as hits.
+    A relevant item outside the catalog is passed as a negative row (never matched, still counted
+    in |relevant|): missing targets count against the model, as in `target_ranks`.
+    - hit_rate@k: share of requests with at least one relevant row in the top k;
+    - recall@k: |relevant in top k| / min(|relevant|, k) (1.0 is reachable for every request);
+    - ndcg@k: DCG / ideal DCG, gains 1 / log2(rank + 2);
+    - mrr: 1 / (rank of the first relevant row + 1) within the list (0 when none is in it);
+      a list of length L therefore measures MRR@L, the catalog beyond it counts as a miss.
+    A request with an empty relevant set is an error (the caller drops such requests)."""
+    lists = np.atleast_2d(np.asarray(lists, dtype=np.int64))
+    if lists.shape[0] != len(relevant):
+        raise ValueError(f"{lists.shape[0]} lists but {len(relevant)} relevant sets")
+    ks = tuple(ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {list(ks)}")
+    if any(not rel for rel in relevant):
+        raise ValueError("every request needs at least one relevant item (drop the others first)")
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("hit_rate", "recall", "ndcg")} | {"mrr": 0.0}
+    discount = 1.0 / np.log2(np.arange(lists.shape[1] + max(ks)) + 2.0)
+    for row, rel in zip(lists, relevant):
+        hit = np.array([int(r) >= 0 and int(r) in rel for r in row], dtype=bool)
+        first = np.flatnonzero(hit)
+        if len(first):
+            sums["mrr"] += 1.0 / (first[0] + 1.0)
+        for k in ks:
+            h = hit[:k]
+            n_hit = int(h.sum())
+            ideal = float(discount[: min(len(rel), k)].sum())
+            sums[f"hit_rate@{k}"] += float(n_hit > 0)
+            sums[f"recall@{k}"] += n_hit / min(len(rel), k)
+            sums[f"ndcg@{k}"] += float(discount[: len(h)][h].sum()) / ideal
+    n = len(relevant)
+    return {key: (v / n if n else 0.0) for key, v in sums.items()} | {"count": float(n)}
+
+
+def graded_ndcg(ranked_gains: list[np.ndarray], ideal_gains: list[np.ndarray], k: int) -> float:
+    """Mean NDCG@k with graded relevance: per query, `ranked_gains` are the gains of the items in
+    the order a method returned them (0 for unjudged items), `ideal_gains` the gains of every
+    judged item of the query (any order). DCG = sum gain / log2(rank + 2). A query whose judged
+    items all have gain 0 has no ideal ordering and is skipped (the caller reports how many)."""
+    if len(ranked_gains) != len(ideal_gains):
+        raise ValueError(f"{len(ranked_gains)} ranked lists but {len(ideal_gains)} ideal lists")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    values = []
+    for got, ideal in zip(ranked_gains, ideal_gains):
+        best = np.sort(np.asarray(ideal, dtype=np.float64))[::-1][:k]
+        idcg = float((best / np.log2(np.arange(len(best)) + 2.0)).sum())
+        if idcg <= 0:
+            continue
+        g = np.asarray(got, dtype=np.float64)[:k]
+        values.append(float((g / np.log2(np.arange(len(g)) + 2.0)).sum()) / idcg)
+    return float(np.mean(values)) if values else 0.0
+
+
+def grade_gain(grades: np.ndarray, min_grade: float = 1.0) -> np.ndarray:
+    """Exponential gain 2^(grade - min_grade) - 1: the lowest grade gains 0, each step doubles."""
+    return np.power(2.0, np.asarray(grades, dtype=np.float64) - min_grade) - 1.0

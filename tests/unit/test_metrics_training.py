@@ -228,3 +228,43 @@ def test_coverage_diversity_novelty_by_hand():
     assert M.intra_list_diversity(lists[1:], emb, 2) == 0.0  # one item: skipped
     share = np.array([0.5, 0.25, 0.0, 1.0])
     assert M.novelty(np.array([[0, 1, 2]]), share, 3, n_users=8) == pytest.approx((1 + 2 + 3) / 3)
+
+
+def test_list_metrics_by_hand_with_missing_targets_and_padding():
+    lists = np.array([
+        [3, 1, 4, -1],  # relevant {1, 9}: 9 is not in the catalog (missing): a hit at rank 1 only
+        [5, 6, 7, 8],   # relevant {2}: never retrieved
+        [2, 0, -1, -1], # relevant {2, 0}: both at ranks 0, 1 (padding after)
+    ])
+    rel = [{1, -2}, {2}, {2, 0}]  # -2: a target outside the catalog, still counted in |relevant|
+    got = M.list_metrics(lists, rel, ks=(1, 2))
+    d1 = 1 / math.log2(3)  # discount of rank 1
+    assert got["hit_rate@1"] == pytest.approx(1 / 3)
+    assert got["hit_rate@2"] == pytest.approx(2 / 3)
+    assert got["recall@1"] == pytest.approx((0 + 0 + 1 / 1) / 3)  # divided by min(|rel|, k)
+    assert got["recall@2"] == pytest.approx((1 / 2 + 0 + 2 / 2) / 3)
+    assert got["ndcg@1"] == pytest.approx((0 + 0 + 1) / 3)
+    assert got["ndcg@2"] == pytest.approx((d1 / (1 + d1) + 0 + 1) / 3)
+    assert got["mrr"] == pytest.approx((1 / 2 + 0 + 1) / 3)
+    assert got["count"] == 3
+    with pytest.raises(ValueError, match="at least one relevant"):
+        M.list_metrics(lists, [{1}, set(), {2}], ks=(1,))
+    with pytest.raises(ValueError, match="3 lists but 2"):
+        M.list_metrics(lists, [{1}, {2}], ks=(1,))
+
+
+def test_graded_ndcg_by_hand_including_ties_and_unjudged_items():
+    gains = M.grade_gain(np.array([1, 2, 3, 4]))
+    assert gains.tolist() == [0.0, 1.0, 3.0, 7.0]
+    # Query A: judged gains {7, 3, 0}; the method returns 3, an unjudged item (0), then 7.
+    ideal_a = np.array([7.0, 3.0, 0.0])
+    got_a = np.array([3.0, 0.0, 7.0])
+    dcg = 3 + 0 + 7 / math.log2(4)
+    idcg = 7 + 3 / math.log2(3)
+    # Query B: two items tied at the top grade, either order is ideal.
+    ideal_b, got_b = np.array([3.0, 3.0]), np.array([3.0, 3.0])
+    # Query C: everything judged irrelevant: skipped.
+    assert M.graded_ndcg([got_a, got_b, np.zeros(2)], [ideal_a, ideal_b, np.zeros(2)], k=3) == pytest.approx(
+        (dcg / idcg + 1.0) / 2)
+    # At k=1 only the first position counts: 3 / 7 for A.
+    assert M.graded_ndcg([got_a], [ideal_a], k=1) == pytest.approx(3 / 7)
