@@ -26,6 +26,7 @@ from features.index import ItemIndex
 from features.text import item_text
 
 POPULARITY_HALF_LIFE_DAYS = 7.0  # "popular this week"
+POPULARITY_SHORT_DAYS, POPULARITY_LONG_DAYS = 1.0, 30.0
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,17 @@ class Catalog:
         self.price = np.array([np.nan if p is None else p for p in col(S.PRICE, None)], dtype=np.float64)
         self.in_stock = np.array([True if s is None else bool(s) for s in col(S.IN_STOCK, True)], dtype=bool)
         self.popularity = np.array([0.0 if p is None else p for p in col(pop_col, 0.0)], dtype=np.float64)
+        # The same decayed popularity with a short and a long half-life (for the ranker's trend
+        # features; zeros when the features version did not compute them).
+        self.popularity_short = np.array([0.0 if p is None else p for p in col(S.half_life_col(POPULARITY_SHORT_DAYS), 0.0)],
+                                         dtype=np.float64)
+        self.popularity_long = np.array([0.0 if p is None else p for p in col(S.half_life_col(POPULARITY_LONG_DAYS), 0.0)],
+                                        dtype=np.float64)
         self.n_users = np.array([0 if p is None else p for p in col(S.N_USERS, 0)], dtype=np.int64)
         self.cooc = cooc
         self._pop_log_max = max(math.log1p(float(self.popularity.max(initial=0.0))), 1e-9)
+        self._short_log_max = max(math.log1p(float(self.popularity_short.max(initial=0.0))), 1e-9)
+        self._long_log_max = max(math.log1p(float(self.popularity_long.max(initial=0.0))), 1e-9)
         self.version = 0  # bumps on every upsert
 
     @property
@@ -94,6 +103,11 @@ class Catalog:
     def popularity_norm(self, rows: np.ndarray) -> np.ndarray:
         """log1p(weekly popularity) scaled to [0, 1] by the catalog maximum at load time."""
         return np.minimum(np.log1p(self.popularity[rows]) / self._pop_log_max, 1.0)
+
+    def popularity_trend(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(log1p(1-day popularity) / max, log1p(30-day popularity) / max): today's and the month's."""
+        return (np.minimum(np.log1p(self.popularity_short[rows]) / self._short_log_max, 1.0),
+                np.minimum(np.log1p(self.popularity_long[rows]) / self._long_log_max, 1.0))
 
     def popular_rows(self, k: int) -> np.ndarray:
         return np.argsort(-self.popularity, kind="stable")[:k]
@@ -118,6 +132,8 @@ class Catalog:
             self.price = np.append(self.price, np.nan if item.price is None else item.price)
             self.in_stock = np.append(self.in_stock, item.in_stock)
             self.popularity = np.append(self.popularity, 0.0)
+            self.popularity_short = np.append(self.popularity_short, 0.0)
+            self.popularity_long = np.append(self.popularity_long, 0.0)
             self.n_users = np.append(self.n_users, 0)
         else:
             r = self.row[item.item_id]

@@ -13,11 +13,12 @@ reasons ("matches \"red mug\"", "because you viewed WHITE MUG", "popular this we
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 from features.catalog import Catalog
+from features.lexical import tokenize
 from features.profile import Profile, ProfileParams, mix
 
 Mode = Literal["search", "recommend"]
@@ -25,6 +26,7 @@ Mode = Literal["search", "recommend"]
 # name -> what it is (all in [0, 1] except the cosines, which are in [-1, 1])
 FEATURES: dict[str, str] = {
     "query_sim": "cosine(query embedding, item embedding); 0 without a query",
+    "query_sim_gap": "the best query_sim among the candidates minus this one's (query difficulty factored out)",
     "lexical": "BM25 score of the query against the item text / the best BM25 score among the candidates",
     "intent_sim": "alpha * cosine(session intent, item); alpha = how fresh the session is",
     "session_alpha": "alpha itself (0: no recent session, alpha_max: an event just now)",
@@ -32,9 +34,13 @@ FEATURES: dict[str, str] = {
     "context_sim": "cosine(context item, item); 0 without a context item",
     "cooc": "co-occurrence with the context item and the last 10 items, discounted 0.85 per step back, capped at 1",
     "popularity": "log1p(7-day decayed popularity) / the catalog maximum",
+    "popularity_1d": "the same with a 1-day half-life: what sells today (trend against the 30-day one)",
+    "popularity_30d": "the same with a 30-day half-life",
     "category_affinity": "the shopper's decayed share of interactions in the item's category",
     "price_affinity": "exp(-z^2 / 2), z = distance of log1p(price) from the shopper's usual, in std units",
     "seen_before": "1 when the item is among the shopper's recent items",
+    "title_match": "share of the query's distinct tokens found in the item's title; 0 without a query",
+    "text_match": "share of the query's distinct tokens found anywhere in the item's text; 0 without a query",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -112,10 +118,13 @@ def cooc_scores(ctx: RankContext, catalog: Catalog) -> dict[str, float]:
 
 
 def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
-                       bm25: np.ndarray | None = None) -> np.ndarray:
+                       bm25: np.ndarray | None = None, bm25_max: float | None = None,
+                       query_sim_max: float | None = None) -> np.ndarray:
     """(C, F) float32 features of the candidate rows, columns in FEATURE_NAMES order.
 
-    bm25: raw BM25 scores of the candidates for ctx.query (None or zeros without a query).
+    bm25: raw BM25 scores of the candidates for ctx.query (None or zeros without a query), scaled
+    by bm25_max (default: the best among the candidates, which serving's candidates always hold);
+    query_sim_max likewise for query_sim_gap (offline re-ranking of a fixed item set passes both).
     """
     rows = np.asarray(rows, dtype=np.int64)
     c = len(rows)
@@ -124,8 +133,13 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
         return x
     vecs = catalog.vectors[rows]  # (C, d)
     x[:, _F["query_sim"]] = _cos(ctx.query_emb, vecs)
-    if bm25 is not None and len(bm25) and float(np.max(bm25)) > 0:
-        x[:, _F["lexical"]] = np.asarray(bm25, dtype=np.float64) / float(np.max(bm25))
+    if ctx.query_emb is not None:
+        best = float(x[:, _F["query_sim"]].max()) if query_sim_max is None else query_sim_max
+        x[:, _F["query_sim_gap"]] = best - x[:, _F["query_sim"]]
+    top = float(np.max(bm25)) if bm25 is not None and len(bm25) else 0.0
+    top = top if bm25_max is None else bm25_max
+    if bm25 is not None and len(bm25) and top > 0:
+        x[:, _F["lexical"]] = np.asarray(bm25, dtype=np.float64) / top
     x[:, _F["intent_sim"]] = ctx.alpha * _cos(ctx.intent, vecs)
     x[:, _F["session_alpha"]] = ctx.alpha
     x[:, _F["pref_sim"]] = (1.0 - ctx.alpha) * _cos(ctx.preference, vecs)
@@ -135,6 +149,7 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
     if co:
         x[:, _F["cooc"]] = np.minimum([co.get(catalog.item_ids[r], 0.0) for r in rows], 1.0)
     x[:, _F["popularity"]] = catalog.popularity_norm(rows)
+    x[:, _F["popularity_1d"]], x[:, _F["popularity_30d"]] = catalog.popularity_trend(rows)
     if ctx.category_affinity:
         x[:, _F["category_affinity"]] = [ctx.category_affinity.get(catalog.category[r] or "", 0.0) for r in rows]
     if ctx.price_stats is not None:
@@ -145,6 +160,11 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
     if ctx.recent_items:
         seen = {i for i, _ in ctx.recent_items}
         x[:, _F["seen_before"]] = [catalog.item_ids[r] in seen for r in rows]
+    q_tokens = set(tokenize(ctx.query)) if ctx.query else set()
+    if q_tokens:
+        n = len(q_tokens)
+        x[:, _F["title_match"]] = [len(q_tokens.intersection(tokenize(catalog.title[r]))) / n for r in rows]
+        x[:, _F["text_match"]] = [len(q_tokens.intersection(tokenize(catalog.text[r]))) / n for r in rows]
     return x
 
 
@@ -181,6 +201,22 @@ class HandWeights:
         """(C, F) weight * feature; a candidate's score is its row sum."""
         return x * self.vector(mode)[None, :]
 
+    def score(self, x: np.ndarray, mode: Mode) -> np.ndarray:
+        return (x * self.vector(mode)[None, :]).sum(axis=1)
+
+    def describe(self, mode: Mode) -> str:
+        return "hand-set weights"
+
+
+class Scorer(Protocol):
+    """What ranks candidates: HandWeights, or features/learned_ranker.py's model (with fallback)."""
+
+    def score(self, x: np.ndarray, mode: Mode) -> np.ndarray: ...  # (C,) from (C, F)
+
+    def contributions(self, x: np.ndarray, mode: Mode) -> np.ndarray: ...  # (C, F), for reasons
+
+    def describe(self, mode: Mode) -> str: ...
+
 
 def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, max_reasons: int = 2,
             min_contribution: float = 0.05) -> list[str]:
@@ -192,7 +228,7 @@ def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, m
             break
         name = FEATURE_NAMES[f]
         text = None
-        if name in ("query_sim", "lexical") and ctx.query:
+        if name in ("query_sim", "lexical", "title_match", "text_match") and ctx.query:
             text = f'matches "{ctx.query}"'
         elif name == "intent_sim":
             text = _because(ctx, vec, catalog)
@@ -276,9 +312,10 @@ class RankedItem:
     row: int
 
 
-def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, weights: HandWeights, k: int,
+def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, scorer: Scorer, k: int,
                     bm25: np.ndarray | None = None, diversity: float = 0.0) -> list[RankedItem]:
-    """Score candidates with `weights`, optionally re-rank by MMR, and explain the top k.
+    """Score candidates with `scorer`, optionally re-rank by MMR, and explain the top k (the
+    contributions are computed for those k only: a learned model's TreeSHAP is not free).
 
     Candidates the catalog does not know (yet) are dropped; ties keep the retrieval order."""
     keep = [j for j, i in enumerate(item_ids) if i in catalog.row]
@@ -286,8 +323,8 @@ def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, wei
     if bm25 is not None and len(bm25):
         bm25 = np.asarray(bm25, dtype=np.float64)[keep]
     x = candidate_features(ctx, rows, catalog, bm25)
-    contrib = weights.contributions(x, ctx.mode)
-    scores = contrib.sum(axis=1)
+    scores = scorer.score(x, ctx.mode)
     order = mmr(scores, catalog.vectors[rows], k, diversity)
-    return [RankedItem(catalog.item_ids[rows[j]], float(scores[j]), reasons(ctx, int(rows[j]), contrib[j], catalog),
-                       int(rows[j])) for j in order]
+    contrib = scorer.contributions(x[order], ctx.mode)
+    return [RankedItem(catalog.item_ids[rows[j]], float(scores[j]), reasons(ctx, int(rows[j]), contrib[n], catalog),
+                       int(rows[j])) for n, j in enumerate(order)]

@@ -41,6 +41,23 @@ class ProfilesServing:
 
 
 @dataclass(frozen=True)
+class RateLimitServing:
+    # Per client (the API key when one is sent, else the client address) and per Ingress replica:
+    # a client over it gets 429 with Retry-After. 0: off.
+    requests_per_s: float = 500.0
+    burst: int = 1000
+    max_clients: int = 100_000  # buckets kept (least recently used evicted)
+
+
+@dataclass(frozen=True)
+class RankerServing:
+    # latest: the newest complete artifacts/ranker/<version> (the hand-set weights when there is
+    # none) | none: always the hand-set weights | a ranker version folder (must exist)
+    model: str = LATEST
+    weights: HandWeights = HandWeights()  # for modes the model was not trained on, and without a model
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     artifacts_root: str = "artifacts"
     features: str = LATEST  # latest | a features version folder
@@ -52,9 +69,10 @@ class ServingConfig:
     max_query_chars: int = 256
     max_events_per_request: int = 1000
     max_future_s: float = 300.0  # events stamped later than now + this are rejected
+    rate_limit: RateLimitServing = RateLimitServing()
     encoder: EncoderServing = EncoderServing()
     retriever: RetrievalConfig = RetrievalConfig()
-    ranker: HandWeights = HandWeights()
+    ranker: RankerServing = RankerServing()
     profiles: ProfilesServing = ProfilesServing()
 
     @classmethod
@@ -70,6 +88,7 @@ class Resolved:
     index_dir: str
     encoder_spec: str  # a checkpoint folder or "zero-shot"
     state_dir: str
+    ranker_dir: str | None = None  # None: hand-set weights
     versions: dict[str, str] = field(default_factory=dict)
 
 
@@ -95,9 +114,20 @@ def resolve(cfg: ServingConfig) -> Resolved:
     if encoder_spec not in (ZERO_SHOT, LATEST) and not Path(encoder_spec).exists():
         raise FileNotFoundError(f"encoder.spec={encoder_spec!r} does not exist")
     state_dir = str(Path(cfg.state_dir).expanduser().resolve())
+    if cfg.ranker.model == LATEST:
+        ranker_dir = A.latest_complete(root, "ranker")
+    elif cfg.ranker.model == "none":
+        ranker_dir = None
+    else:
+        ranker_dir = cfg.ranker.model
+        if not Path(ranker_dir, A.MANIFEST).is_file():
+            raise FileNotFoundError(f"ranker.model={ranker_dir!r}: not a complete ranker version (no {A.MANIFEST}); "
+                                    "allowed: latest, none, or a folder written by jobs.train_ranker")
     versions = {"index": Path(index_dir).name, "features": Path(features_dir).name,
-                "encoder": encoder_spec if encoder_spec == ZERO_SHOT else Path(encoder_spec).parent.name}
-    return Resolved(str(Path(features_dir).resolve()), str(Path(index_dir).resolve()), encoder_spec, state_dir, versions)
+                "encoder": encoder_spec if encoder_spec == ZERO_SHOT else Path(encoder_spec).parent.name,
+                "ranker": Path(ranker_dir).name if ranker_dir else "hand-set weights"}
+    return Resolved(str(Path(features_dir).resolve()), str(Path(index_dir).resolve()), encoder_spec, state_dir,
+                    ranker_dir=str(Path(ranker_dir).resolve()) if ranker_dir else None, versions=versions)
 
 
-__all__ = ["ServingConfig", "Resolved", "resolve", "ConfigError", "FROM_INDEX"]
+__all__ = ["ServingConfig", "RankerServing", "Resolved", "resolve", "ConfigError", "FROM_INDEX"]

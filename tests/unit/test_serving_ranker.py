@@ -1,0 +1,75 @@
+"""The serving Ranker loads the learned ranker version (ranker.model), falls back to the hand-set
+weights without one, and refuses a folder that is not a ranker version (no Serve needed: the
+deployment's class is instantiated directly over real artifact folders)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features import artifacts as A
+from features.learned_ranker import LearnedRanker, RankerParams, train_booster
+from features.ranking import RankContext, candidate_features
+from serving.ranker import Ranker
+from serving.settings import RankerServing, ServingConfig, resolve
+from tests.unit.test_evaluation import _synthetic
+from tests.unit.test_retrieval_ranking import _catalog
+
+
+@pytest.fixture()
+def root(tmp_path):
+    cat, index = _catalog()
+    features_dir = tmp_path / "features" / "v1"
+    (features_dir / "items").mkdir(parents=True)
+    import polars as pl
+
+    from features import schema as S
+
+    pl.DataFrame({S.ITEM_ID: cat.item_ids, S.TITLE: cat.title, S.ITEM_TEXT: cat.text, S.CATEGORY: cat.category,
+                  S.PRICE: cat.price, S.half_life_col(7): cat.popularity}).write_parquet(features_dir / "items" / "items.parquet")
+    A.write_manifest(str(features_dir), A.manifest("features", "v1", {}, {}, {}, {}))
+    index_dir = tmp_path / "index" / "v1"
+    index.save(index_dir)
+    A.write_manifest(str(index_dir), A.manifest("index", "v1", {}, {"features": {"path": str(features_dir)}}, {}, {}))
+    return tmp_path
+
+
+def _ranker_version(root, name: str = "20260101T000000Z-test"):
+    x, y, g = _synthetic(80, 0)
+    booster, _ = train_booster(x, y, g, RankerParams(num_rounds=20, min_data_in_leaf=10))
+    out = root / "ranker" / name
+    LearnedRanker({"recommend": booster}, {}).save(out)
+    A.write_manifest(str(out), A.manifest("ranker", name, {}, {}, {"modes": ["recommend"]}, {}))
+    return out, booster
+
+
+def _cfg(root, model: str = "latest") -> ServingConfig:
+    return ServingConfig(artifacts_root=str(root), state_dir=str(root / "state"), ranker=RankerServing(model=model))
+
+
+def test_without_a_version_the_hand_weights_rank(root):
+    res = resolve(_cfg(root))
+    assert res.ranker_dir is None and res.versions["ranker"] == "hand-set weights"
+    r = Ranker.func_or_class(_cfg(root), res)
+    assert r.info() == {"search": "hand-set weights", "recommend": "hand-set weights"}
+    out = r.rank(RankContext(mode="recommend"), ["i001", "i002", "i003"], k=2)
+    assert len(out) == 2 and out[0]["score"] >= out[1]["score"]
+
+
+def test_the_latest_version_ranks_recommend_and_search_falls_back(root):
+    out_dir, booster = _ranker_version(root)
+    res = resolve(_cfg(root))
+    assert res.ranker_dir == str(out_dir.resolve()) and res.versions["ranker"] == out_dir.name
+    r = Ranker.func_or_class(_cfg(root), res)
+    assert r.info()["recommend"].startswith("learned") and r.info()["search"] == "hand-set weights"
+    ids = [f"i{k:03d}" for k in range(20)]
+    got = r.rank(RankContext(mode="recommend"), ids, k=5)
+    cat, _ = _catalog()
+    s = booster.predict(candidate_features(RankContext(mode="recommend"), cat.rows(ids), cat).astype(np.float64))
+    assert [x["item_id"] for x in got] == [ids[j] for j in np.argsort(-s, kind="stable")[:5]]
+    assert resolve(_cfg(root, "none")).ranker_dir is None
+
+
+def test_a_folder_that_is_not_a_ranker_version_is_refused(root):
+    with pytest.raises(FileNotFoundError, match="allowed: latest, none"):
+        resolve(_cfg(root, str(root / "nowhere")))
