@@ -22,7 +22,7 @@ export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 export RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT ?= 8001
 export RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT ?= 8099
 
-.PHONY: venv data features encoder index features-job encoder-job index-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
+.PHONY: venv data features encoder index ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,13 +47,37 @@ encoder: venv
 index: venv
 	$(BIN)/python -m jobs.build_index --set output_root=$(ART)
 
+# The learned ranker (LightGBM lambdarank on Ray Train): features as of 30 days before the newest
+# event into artifacts/ranker_stage (so the labels, what shoppers did next, were never seen by
+# popularity or co-occurrence), then candidate lists from the serving index, labelled by the next
+# basket. Serving picks up the newest artifacts/ranker/<version> (the hand-set weights without one).
+ranker: venv data
+	$(BIN)/python -m jobs.build_features --set output_root=$(ART)/ranker_stage --set as_of=latest-30d
+	$(BIN)/python -m jobs.train_ranker --set output_root=$(ART) --set features_root=$(ART)/ranker_stage
+
+# Offline evaluation against the baselines on the bundled data (a time split on its last month;
+# every stage retrained inside runs/<version>/; about 20 minutes here). EVAL_ARGS adds overrides,
+# e.g. EVAL_ARGS="--set split=leave-last".
+evaluate: venv data
+	$(BIN)/python -m jobs.evaluate $(EVAL_ARGS)
+
+# Search relevance on the Crowdflower judgments when ../shared has them (not bundled: licence).
+CROWDFLOWER ?= ../shared/data/crowdflower_search/train.csv
+evaluate-search: venv
+	@if [ -f "$(CROWDFLOWER)" ]; then \
+	  $(BIN)/python -m jobs.import_crowdflower --set input=$(CROWDFLOWER) && \
+	  $(BIN)/python -m jobs.evaluate --set events=null --set items=data/canonical/crowdflower_search/items.parquet \
+	    --set judgments=data/canonical/crowdflower_search/judgments.parquet $(EVAL_ARGS); \
+	else echo "skip: $(CROWDFLOWER) not found (the Crowdflower judgments are not bundled)"; fi
+
 # The main jobs end to end on the bundled real data: import -> features -> fine-tune -> index ->
-# serve, then a few real requests; the server keeps running (stop it with `make ray-down`).
+# learned ranker -> serve, then a few real requests; the server keeps running (`make ray-down`).
 # DEMO_TRAIN_ARGS shortens training for the demo (the default config is `make encoder`).
 DEMO_TRAIN_ARGS ?= --set train.max_time_s=240 --set test_examples=1000
 demo: venv data features
 	$(BIN)/python -m jobs.train_encoder --set output_root=$(ART) $(DEMO_TRAIN_ARGS)
 	$(BIN)/python -m jobs.build_index --set output_root=$(ART)
+	$(MAKE) --no-print-directory ranker
 	$(MAKE) --no-print-directory serve SERVE_ARGS=--demo
 
 # Start the local cluster if none runs, `serve deploy` serving/config.yaml, wait for /healthz.
@@ -100,9 +124,13 @@ index-job: venv
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
 	  python -m jobs.build_index --set output_root=$(ART)
 
+ranker-job: venv
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
+	  python -m jobs.train_ranker --set output_root=$(ART) --set features_root=$(ART)/ranker_stage
+
 ray-down:
 	-$(BIN)/ray stop
 
 clean: ray-down
-	rm -rf artifacts state data/canonical bench/.data .pytest_cache .pytest-last.log
+	rm -rf artifacts state runs data/canonical bench/.data .pytest_cache .pytest-last.log
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -41,7 +41,7 @@ class BuildFeaturesConfig:
     events: str = "data/canonical/online_retail/events.parquet"
     items: str = "data/canonical/online_retail/items.parquet"
     output_root: str = "artifacts"
-    as_of: str | None = None  # default: the newest valid event
+    as_of: str | None = None  # ISO 8601, or latest-<days>d (e.g. latest-30d); default: the newest valid event
     num_partitions: int = 0  # user/item shuffle partitions; 0 = 2 per CPU, at least 1 per 2M events
     ray: RayConfig = field(default_factory=RayConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -216,7 +216,7 @@ def run(cfg: BuildFeaturesConfig) -> dict:
             ray.data.from_arrow(_arrow(kept))
         )
     max_ts = keys.get_column(S.TS).max()
-    as_of = parse_instant(cfg.as_of, "as_of") or max_ts
+    as_of = _as_of(cfg.as_of, max_ts)
     cutoffs = resolve_cutoffs(cfg.split, min(max_ts, as_of))
     n_valid = keys.height - (0 if dup_quarantine is None else dup_quarantine.height)
     num_partitions = cfg.num_partitions or max(2 * _cluster_cpus(), -(-n_valid // 2_000_000))
@@ -293,6 +293,19 @@ def run(cfg: BuildFeaturesConfig) -> dict:
     step("done")
     manifest["path"] = out_dir
     return manifest
+
+
+def _as_of(text: str | None, max_ts: dt.datetime) -> dt.datetime:
+    """as_of: null (the newest event), an ISO instant, or latest-<days>d relative to the newest event."""
+    if text is not None and str(text).startswith("latest-"):
+        raw = str(text)[len("latest-"):]
+        try:
+            days = float(raw.removesuffix("d"))
+        except ValueError:
+            raise ValueError(f"as_of: {text!r}; allowed: null, an ISO 8601 instant, or latest-<days>d "
+                             "(e.g. latest-30d)") from None
+        return max_ts - dt.timedelta(days=days)
+    return parse_instant(text, "as_of") or max_ts
 
 
 def _reasons(df: pl.DataFrame) -> dict[str, int]:

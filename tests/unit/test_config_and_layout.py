@@ -66,6 +66,13 @@ def test_job_default_configs_load():
     # The YAML files document the defaults: they must equal the dataclasses, key for key.
     assert load_config(TrainEncoderConfig, ROOT / "jobs/configs/train_encoder.yaml") == TrainEncoderConfig()
     assert load_config(BuildIndexConfig, ROOT / "jobs/configs/build_index.yaml") == BuildIndexConfig()
+    from jobs.evaluate import EvaluateConfig
+    from jobs.import_crowdflower import ImportCrowdflowerConfig
+    from jobs.train_ranker import TrainRankerConfig
+
+    assert load_config(EvaluateConfig, ROOT / "jobs/configs/evaluate.yaml") == EvaluateConfig()
+    assert load_config(TrainRankerConfig, ROOT / "jobs/configs/train_ranker.yaml") == TrainRankerConfig()
+    assert load_config(ImportCrowdflowerConfig, ROOT / "jobs/configs/import_crowdflower.yaml") == ImportCrowdflowerConfig()
     smoke = load_config(TrainEncoderConfig, ROOT / "jobs/configs/train_encoder_smoke.yaml")
     _check(smoke)
     assert smoke.train.num_workers == 2 and smoke.train.max_steps < 10
@@ -82,6 +89,19 @@ def test_train_encoder_config_errors_name_the_key(override, message):
 
     with pytest.raises(ConfigError, match=message):
         _check(load_config(TrainEncoderConfig, None, [override]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("split=random", "split: 'random'; allowed: time:<ISO 8601 instant>, leave-last"),
+    ("split=time:soon", "not an ISO 8601 instant"),
+    ("ks=[0, 10]", "ks must be positive"),
+    ("events=null", "events and judgments are both null"),
+])
+def test_evaluate_config_errors_name_the_key(override, message):
+    from jobs.evaluate import EvaluateConfig, _check
+
+    with pytest.raises(ValueError, match=message):
+        _check(load_config(EvaluateConfig, None, [override]))
 
 
 def test_features_never_imports_ray():

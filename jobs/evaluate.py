@@ -1,0 +1,555 @@
+"""Evaluate intently end to end against simple baselines on any canonical data set.
+
+    python -m jobs.evaluate [--config jobs/configs/evaluate.yaml] [--set key=value ...]
+    python -m jobs.evaluate --set split=leave-last
+    python -m jobs.evaluate --set events=null --set items=<items.parquet> --set judgments=<judgments.parquet>
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.evaluate ...
+
+Recommendation (events + items): split the log (`time:<ISO>` or `leave-last`, see
+features/evaluation.py), then train EVERY stage on the training part only, in the run folder:
+the feature job (twice: once before the ranker's label window, once before the test requests),
+the encoder fine-tune (Ray Train), the FAISS index (Ray Data), the learned ranker (Ray Train
+LightGBM), SASRec; then rank the full catalog for every test request with every method:
+global popularity, recent popularity, item-to-item co-occurrence, SASRec, the zero-shot encoder,
+the fine-tuned encoder without the ranker, the full system with the hand-set weights and the full
+system with the learned ranker. Metrics at each k: HitRate, Recall, NDCG, MRR, precision/F1,
+coverage, diversity, novelty, and per-request latency.
+
+Search relevance (items + a judgments file of query, item_id, grade): nDCG@k re-ranking each
+query's judged items and retrieving from the whole catalog, for BM25, the zero-shot encoder, the
+hybrid retrieval (RRF of both), the system with hand-set weights and with a learned ranker trained
+by cross-validation over queries (a query's judgments never train the model scored on it).
+
+Writes runs/<version>/metrics.json and report.html (plots), plus the stages' artifacts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import ray
+
+from features import artifacts as A
+from features import baselines as B
+from features import evaluation as E
+from features import metrics as M
+from features import report as R
+from features import sasrec as SR
+from features import schema as S
+from features.catalog import Catalog, load_catalog
+from features.config import ConfigError, to_dict
+from features.encoder import ZERO_SHOT, EncoderConfig, load_encoder
+from features.index import ItemIndex
+from features.learned_ranker import LearnedRanker, RankerParams, WithFallback, importances, train_booster
+from features.pipeline import SplitConfig
+from features.profile import ProfileParams
+from features.ranking import HandWeights, rank_candidates
+from features.retrieval import LiveCatalog, RetrievalConfig
+from features.text import item_text_expr
+from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
+
+POP_HALF_LIFE_DAYS = 7.0
+
+
+@dataclass(frozen=True)
+class EncoderStage:
+    fine_tune: bool = True  # false: no fine-tuned methods (their rows say why)
+    max_time_s: float = 240.0  # the fine-tune's time budget
+    max_steps: int = 300
+    num_workers: int = 2
+    model: EncoderConfig = field(default_factory=lambda: EncoderConfig(max_length=32, batch_size=128))
+    index_max_length: int = 64  # the index job's zero-shot max_length (as `make index`)
+
+
+@dataclass(frozen=True)
+class SearchEval:
+    folds: int = 5  # cross-validation by query for the learned search ranker
+    candidates: int = 200  # retrieval candidates handed to the ranker (full-catalog setting)
+    unjudged_negatives: int = 50  # per training query: top unjudged candidates added with grade "irrelevant"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    events: str | None = "data/canonical/online_retail/events.parquet"  # null: search relevance only
+    items: str = "data/canonical/online_retail/items.parquet"
+    judgments: str | None = None  # Parquet or CSV with query, item_id, grade: search relevance
+    dataset: str | None = None  # a name for the report; default: the events (or items) folder name
+    split: str = "time:2011-11-09T00:00:00Z"  # time:<ISO instant> | leave-last
+    ranker_days: float = 30.0  # time split: the ranker's label window before the split instant
+    ks: tuple[int, ...] = (10, 20, 50)
+    exclude_purchased: bool = True
+    reveal: float = 0.5  # in-session requests: the share of the basket already in the session
+    max_requests: int = 0  # 0: every test request; else a seeded sample
+    output_root: str = "runs"  # writes runs/<version>/
+    encoder: EncoderStage = field(default_factory=EncoderStage)
+    ranker: RankerParams = field(default_factory=RankerParams)
+    sasrec: SR.SASRecParams = field(default_factory=SR.SASRecParams)
+    search: SearchEval = field(default_factory=SearchEval)
+    profiles: ProfileParams = field(default_factory=ProfileParams)
+    retriever: RetrievalConfig = field(default_factory=RetrievalConfig)
+    hand_weights: HandWeights = field(default_factory=HandWeights)
+    seed: int = 0
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def _check(cfg: EvaluateConfig) -> None:
+    if cfg.events is None and cfg.judgments is None:
+        raise ConfigError("events and judgments are both null: give events (recommendation) and/or judgments (search)")
+    if not cfg.ks or min(cfg.ks) < 1:
+        raise ConfigError(f"ks must be positive integers, got {list(cfg.ks)}")
+    if cfg.events is not None:
+        E.SplitSpec.parse(cfg.split)  # names the allowed values
+
+
+# --- stages (each one the project's own job, run into the run folder) ---------------------------
+def _write_events(df: pl.DataFrame, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(df.select(S.EVENTS_SCHEMA.names).to_arrow().cast(S.EVENTS_SCHEMA), path)
+    return str(path)
+
+
+def _features(cfg: EvaluateConfig, events_path: str, root: Path, until: dt.datetime) -> str:
+    from jobs import build_features as BF
+
+    fcfg = BF.BuildFeaturesConfig(
+        events=events_path, items=cfg.items, output_root=str(root), ray=cfg.ray,
+        split=SplitConfig(valid_start=(until - dt.timedelta(days=30)).isoformat(), test_start=until.isoformat()))
+    m = BF.run(fcfg)
+    print(BF.summary(m), flush=True)
+    return m["path"]
+
+
+def _encoder(cfg: EvaluateConfig, features_dir: str, root: Path) -> str:
+    from jobs import train_encoder as TE
+    from features.training import TrainParams
+
+    e = cfg.encoder
+    tcfg = TE.TrainEncoderConfig(features=features_dir, output_root=str(root), test_examples=-1, encoder=e.model,
+                                 train=replace(TrainParams(), max_time_s=e.max_time_s, max_steps=e.max_steps,
+                                               num_workers=e.num_workers),
+                                 ray=cfg.ray)
+    TE.run(tcfg)
+    return str(Path(A.latest_complete(str(root), "encoder")) / "model")
+
+
+def _index(cfg: EvaluateConfig, features_dir: str, root: Path, encoder: str) -> str:
+    from jobs import build_index as BI
+
+    before = A.latest_complete(str(root), "index")
+    BI.run(BI.BuildIndexConfig(features=features_dir, output_root=str(root), encoder=encoder, probe_queries=(),
+                               zero_shot=replace(EncoderConfig(), max_length=cfg.encoder.index_max_length), ray=cfg.ray))
+    after = A.latest_complete(str(root), "index")
+    if after is None or after == before:
+        raise RuntimeError("the index job wrote no new version")
+    return after
+
+
+# --- recommendation -----------------------------------------------------------------------------
+def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps) -> dict:
+    from jobs import train_ranker as TRK
+
+    ks, L = tuple(sorted(cfg.ks)), max(cfg.ks)
+    steps("read + validate events and items; plan the split")
+    events, items, counts = E.read_inputs(cfg.events, cfg.items)
+    spec = E.SplitSpec.parse(cfg.split)
+    plan = E.plan_split(events, spec, cfg.ranker_days)
+    print(f"  {counts}; train events {plan.train_events.height:,} (until {plan.train_until.isoformat()}), "
+          f"ranker-stage events {plan.ranker_events.height:,} (until {plan.ranker_until.isoformat()}), "
+          f"test requests {plan.test_requests.height:,}, ranker requests {plan.ranker_requests.height:,}", flush=True)
+    art = run_dir / "artifacts"
+    a_events = _write_events(plan.ranker_events, run_dir / "data" / "ranker_stage" / "events.parquet")
+    b_events = _write_events(plan.train_events, run_dir / "data" / "train" / "events.parquet")
+
+    steps("feature job on the ranker stage's events (before the ranker's label window)")
+    fa = _features(cfg, a_events, art / "ranker_stage", plan.ranker_until)
+    steps("feature job on the training events (before the test requests)")
+    fb = _features(cfg, b_events, art, plan.train_until)
+
+    notes: dict[str, str] = {}
+    steps("zero-shot index (Ray Data)")
+    zs_index = _index(cfg, fb, art, ZERO_SHOT)
+    ft_index = None
+    if cfg.encoder.fine_tune:
+        steps(f"fine-tune the encoder on the ranker stage's examples (Ray Train, {cfg.encoder.max_time_s:.0f}s budget)")
+        enc = _encoder(cfg, fa, art)
+        steps("fine-tuned index (Ray Data)")
+        ft_index = _index(cfg, fb, art, enc)
+        beats = A.read_manifest(str(Path(enc).parent)).get("metrics", {}).get("beats_zero_shot_on_valid")
+    else:
+        notes["fine-tuned encoder"] = "encoder.fine_tune=false"
+        beats = False
+    # Model selection on the validation split, never on the test: the system retrieves with the
+    # fine-tuned encoder only when the fine-tune beat the zero-shot model on its valid split.
+    sys_index = ft_index if beats else zs_index
+    notes["system encoder"] = ("fine-tuned (it beat zero-shot on the valid split)" if beats else
+                               "zero-shot (the fine-tune did not beat it on the valid split)" if ft_index else "zero-shot")
+
+    steps("learned ranker: candidate lists of the ranker requests, LightGBM on Ray Train")
+    rcfg = TRK.TrainRankerConfig(events=cfg.events, items=cfg.items, output_root=str(art), features=fa, index=sys_index,
+                                 exclude_purchased=cfg.exclude_purchased, lightgbm=cfg.ranker, profiles=cfg.profiles,
+                                 retriever=replace(cfg.retriever, lexical=False), hand_weights=cfg.hand_weights,
+                                 seed=cfg.seed, ray=cfg.ray)
+    x, y, g, stats = TRK.build_training_data(rcfg, fa, sys_index, events,
+                                             requests=E.with_in_session(plan.ranker_requests, cfg.reveal))
+    ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index})
+    learned = LearnedRanker.load(ranker_dir)
+    ranker_manifest = A.read_manifest(ranker_dir)
+
+    steps("SASRec (full softmax over the catalog)")
+    cat_zs, _ = load_catalog(fb, zs_index)
+    seqs = SR.sequences(plan.train_events, cat_zs.row)
+    sasrec, sas_info = SR.train(seqs, len(cat_zs), cfg.sasrec, threads=cfg.ray.num_cpus)
+    ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, learned, sasrec, seqs, L)
+    sets = {}
+    for name, frame in (("next_basket", plan.test_requests), ("in_session", E.in_session(plan.test_requests, cfg.reveal))):
+        steps(f"test set {name}: requests, replayed profiles, every method")
+        sets[name] = _score_set(ctx, frame, ks)
+    main = sets["next_basket"]
+    return {
+        "dataset": cfg.dataset or Path(cfg.events).parent.name, "split": cfg.split, "ks": list(ks),
+        "catalog_items": len(cat_zs), "counts": counts,
+        "requests": main["requests"], "dropped": main["dropped"], "methods": main["methods"], "verdict": main["verdict"],
+        "protocol": PROTOCOL[spec.kind],
+        "in_session": sets["in_session"], "notes": notes,
+        "ranker": {"path": ranker_dir, **ranker_manifest.get("metrics", {}),
+                   "importances": ranker_manifest["outputs"]["importances"]["recommend"]},
+        "sasrec": sas_info,
+        "stages": {"features_ranker_stage": fa, "features": fb, "index_zero_shot": zs_index, "index_fine_tuned": ft_index},
+    }
+
+
+PROTOCOL = {
+    "time": ("next basket: each user's first interaction after the split instant is a request, its items not bought "
+             "before are relevant, every method excludes the user's earlier purchases; in session: the same baskets "
+             "with their first half already in the session (context), the second half relevant"),
+    "leave-last": ("next basket: each user's last interaction is a request (the one before it the ranker's); "
+                   "relevant = its items not bought before; earlier purchases excluded; in session: the same baskets "
+                   "with their first half in the session, the second half relevant"),
+}
+
+
+@dataclass
+class _Stages:
+    cfg: EvaluateConfig
+    plan: E.SplitPlan
+    events: pl.DataFrame
+    features_dir: str
+    zs_index: str
+    ft_index: str | None
+    sys_index: str
+    learned: LearnedRanker
+    sasrec: SR.SASRec
+    seqs: dict
+    L: int
+
+
+def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...]) -> dict:
+    cfg, plan, L = st.cfg, st.plan, st.L
+    cat_zs, idx_zs = load_catalog(st.features_dir, st.zs_index)
+    reqs = E.build_requests(st.events, frame, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
+    if not len(reqs):
+        raise ValueError("no test requests with a relevant item; check the split")
+    print(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a relevant item)", flush=True)
+    share, n_users = E.item_shares(plan.train_events, cat_zs)
+    pop = B.popularity_scores(plan.train_events, cat_zs.item_ids)
+    recent = B.popularity_scores(plan.train_events, cat_zs.item_ids, as_of=plan.train_until, half_life_days=POP_HALF_LIFE_DAYS)
+    results: list[E.MethodResult] = [
+        E.popularity_method("popularity", pop, reqs, cat_zs, L),
+        E.popularity_method(f"recent popularity ({POP_HALF_LIFE_DAYS:g}d half-life)", recent, reqs, cat_zs, L),
+    ]
+    reqs.profiles = E.attach_profiles(reqs, st.events, cat_zs, cfg.profiles)
+    results.append(E.cooccurrence_method(reqs, cat_zs, pop, L))
+    ex_rows = E.exclude_rows(reqs, cat_zs)
+
+    def sasrec_one(q: int) -> list[int]:
+        hist = st.seqs.get(reqs.users[q], []) + cat_zs.rows(reqs.revealed[q]).tolist()
+        return E._top_excluding(SR.scores(st.sasrec, hist) if hist else pop, L, ex_rows[q])
+
+    results.append(E._timed("SASRec", len(reqs), L, sasrec_one, note="popularity for users without history"))
+    results.append(E.embedding_method("zero-shot encoder", reqs, cat_zs, cfg.profiles, pop, L))
+    hand = cfg.hand_weights
+    if st.ft_index is not None:
+        cat_ft, _ = load_catalog(st.features_dir, st.ft_index)
+        reqs.profiles = E.attach_profiles(reqs, st.events, cat_ft, cfg.profiles)
+        results.append(E.embedding_method("fine-tuned encoder (no ranker)", reqs, cat_ft, cfg.profiles, pop, L))
+    cat, idx = load_catalog(st.features_dir, st.sys_index)
+    reqs.profiles = E.attach_profiles(reqs, st.events, cat, cfg.profiles)
+    live = LiveCatalog(cat, idx, None, replace(cfg.retriever, lexical=False))
+    results.append(E.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L))
+    results.append(E.system_method("system, learned ranker (full)", reqs, live, cfg.profiles, WithFallback(st.learned, hand), L))
+    methods = [E.score_method(r, reqs, cat_zs, ks, share, n_users) for r in results]
+    key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"
+    best = max((m for m in methods if not m["method"].startswith("system")), key=lambda m: m[key])
+    full, hand_row = methods[-1], methods[-2]
+    return {"requests": len(reqs), "dropped": reqs.dropped, "methods": methods, "verdict": {
+        "metric": key, "full_system": full[key], "strongest_baseline": best["method"], "strongest_baseline_value": best[key],
+        "full_beats_strongest_baseline": full[key] > best[key], "learned_vs_hand": [full[key], hand_row[key]],
+        "learned_beats_hand": full[key] > hand_row[key]}}
+
+
+# --- search relevance ---------------------------------------------------------------------------
+def read_judgments(path: str) -> pl.DataFrame:
+    df = pl.read_csv(path) if path.endswith(".csv") else pl.read_parquet(path)
+    missing = [c for c in ("query", S.ITEM_ID, "grade") if c not in df.columns]
+    if missing:
+        raise ValueError(f"judgments {path}: missing column(s) {missing}; required: query, item_id, grade")
+    return df.select(pl.col("query").cast(pl.String), pl.col(S.ITEM_ID).cast(pl.String), pl.col("grade").cast(pl.Float64))
+
+
+def _encode_items(items: pl.DataFrame, spec: str, cfg: EvaluateConfig) -> np.ndarray:
+    """Item vectors through the index job's Ray Data actor pool (same code, no features version)."""
+    from jobs.build_index import _EMB, ItemEncoder
+
+    ds = ray.data.from_arrow(items.select(S.ITEM_ID, S.ITEM_TEXT).to_arrow()).repartition(4 * max(1, cfg.ray.num_cpus)).materialize()
+    out = ds.map_batches(ItemEncoder, fn_constructor_kwargs=dict(
+        spec=spec, artifacts_root=cfg.output_root, zero_shot=replace(EncoderConfig(), max_length=cfg.encoder.index_max_length),
+        threads=1, use_gpu=False), batch_size=256, batch_format="pyarrow", concurrency=max(1, cfg.ray.num_cpus), num_cpus=1)
+    tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables)
+    order = {i: n for n, i in enumerate(table.column(S.ITEM_ID).to_pylist())}
+    emb = np.stack(table.column(_EMB).to_numpy(zero_copy_only=False)).astype(np.float32)
+    return emb[[order[i] for i in items[S.ITEM_ID].to_list()]]
+
+
+@ray.remote(num_cpus=1)
+def _fit_fold(x, y, g, vx, vy, vg, params):
+    booster, info = train_booster(x, y, g, params, valid=(vx, vy, vg))
+    return booster.model_to_string(), info
+
+
+def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
+    import lightgbm as lgb
+
+    ks = tuple(sorted(cfg.ks))
+    steps("read items and judgments")
+    from features.validate import ValidationConfig, validate_items
+
+    items, _ = validate_items(E._read(cfg.items), ValidationConfig())
+    items = items.with_columns(item_text_expr())
+    judg = read_judgments(cfg.judgments)
+    steps(f"encode {items.height:,} items (Ray Data) and the queries, zero-shot")
+    vecs = _encode_items(items, ZERO_SHOT, cfg)
+    catalog = Catalog(items[S.ITEM_ID].to_list(), vecs, items, {})
+    J = E.Judgments.from_frame(judg, catalog)
+    enc, _ = load_encoder(ZERO_SHOT, cfg.output_root, replace(EncoderConfig(), max_length=cfg.encoder.index_max_length))
+    q_emb = enc.encode(J.queries, tower="query")
+    live = LiveCatalog(catalog, ItemIndex.build(catalog.item_ids, vecs), None,
+                       replace(cfg.retriever, lexical=True, num_candidates=cfg.search.candidates))
+    bm25 = live.bm25
+    hand = cfg.hand_weights
+    nq = len(J.queries)
+    folds = E.query_folds(nq, cfg.search.folds, cfg.seed)
+
+    steps(f"learned search ranker: {cfg.search.folds}-fold cross-validation by query (Ray tasks)")
+    feats = [E.judged_features(J, q, q_emb[q], catalog, bm25) for q in range(nq)]
+    labels = [np.maximum(J.grades[q] - 1.0, 0.0) for q in range(nq)]
+    # Training lists also hold the query's top retrieval candidates nobody judged, as irrelevant:
+    # the full-catalog setting ranks such items, and a model that only ever saw judged items (all
+    # of them plausible results) would not learn to push off-topic candidates down.
+    train_feats, train_labels = [], []
+    for q in range(nq):
+        ids, _, _ = live.search(J.queries[q], q_emb[q])
+        judged = set(J.items[q])
+        extra = [r for r in catalog.rows(ids) if int(r) not in judged][: cfg.search.unjudged_negatives]
+        rows = np.concatenate([np.asarray(J.items[q], np.int64), np.asarray(extra, np.int64)])
+        train_feats.append(E.query_features(J.queries[q], q_emb[q], rows, catalog, bm25))
+        train_labels.append(np.concatenate([labels[q], np.zeros(len(extra))]))
+    futures = []
+    rng = np.random.default_rng(cfg.seed)
+    for f in range(cfg.search.folds):
+        train_q = [q for q in range(nq) if folds[q] != f]
+        valid_q = set(rng.choice(train_q, max(1, len(train_q) // 10), replace=False).tolist())
+        fit_q = [q for q in train_q if q not in valid_q]
+
+        def stack(qs):
+            return (np.concatenate([train_feats[q] for q in qs]), np.concatenate([train_labels[q] for q in qs]),
+                    np.concatenate([np.full(len(train_labels[q]), q) for q in qs]))
+        futures.append(_fit_fold.remote(*stack(fit_q), *stack(sorted(valid_q)), cfg.ranker))
+    fold_models = [lgb.Booster(model_str=s) for s, _ in ray.get(futures)]
+
+    steps("score every method: re-ranking the judged items, retrieving from the whole catalog")
+    gains_ideal = [M.grade_gain(J.grades[q]) for q in range(nq)]
+    rerank: dict[str, list[np.ndarray]] = {m: [] for m in ("BM25", "zero-shot encoder", "hybrid retrieval (RRF)",
+                                                            "system, hand-set weights", "system, learned ranker (CV)")}
+    full: dict[str, list[np.ndarray]] = {m: [] for m in rerank}
+    lat: dict[str, list[float]] = {m: [] for m in rerank}
+    K = max(ks)
+    n_items = len(catalog)
+    for q in range(nq):
+        rows = np.asarray(J.items[q])
+        g = gains_ideal[q]
+        raw = bm25.scores(J.queries[q], n_items)
+        cos = vecs @ q_emb[q]
+        x = feats[q]
+        booster = fold_models[folds[q]]
+        judged_scores = {
+            "BM25": raw[rows], "zero-shot encoder": cos[rows],
+            "hybrid retrieval (RRF)": _rrf(raw[rows], cos[rows]),
+            "system, hand-set weights": hand.score(x, "search"),
+            "system, learned ranker (CV)": booster.predict(x.astype(np.float64)),
+        }
+        for m, s in judged_scores.items():
+            rerank[m].append(g[np.argsort(-s, kind="stable")])
+        gain_of = dict(zip(rows.tolist(), g.tolist()))
+
+        def gains(top_rows) -> np.ndarray:
+            return np.array([gain_of.get(int(r), 0.0) for r in top_rows])
+
+        t0 = time.perf_counter()
+        top_bm = np.argsort(-raw, kind="stable")[:K]
+        lat["BM25"].append((time.perf_counter() - t0) * 1e3)
+        full["BM25"].append(gains(top_bm))
+        t0 = time.perf_counter()
+        top_cos = np.argsort(-cos, kind="stable")[:K]
+        lat["zero-shot encoder"].append((time.perf_counter() - t0) * 1e3)
+        full["zero-shot encoder"].append(gains(top_cos))
+        t0 = time.perf_counter()
+        ids, _, cand_bm = live.search(J.queries[q], q_emb[q])
+        lat["hybrid retrieval (RRF)"].append((time.perf_counter() - t0) * 1e3)
+        full["hybrid retrieval (RRF)"].append(gains(catalog.rows(ids)[:K]))
+        ctx = E.search_context(J.queries[q], q_emb[q])
+        for name, scorer in (("system, hand-set weights", hand),
+                             ("system, learned ranker (CV)", _BoosterScorer(booster, hand))):
+            t0 = time.perf_counter()
+            ids, _, cand_bm = live.search(J.queries[q], q_emb[q])
+            ranked = rank_candidates(ctx, ids, catalog, scorer, K, cand_bm)
+            lat[name].append((time.perf_counter() - t0) * 1e3)
+            full[name].append(gains([r.row for r in ranked]))
+    out_rerank = [{"method": m, **{f"ndcg@{k}": round(M.graded_ndcg(v, gains_ideal, k), 6) for k in ks}} for m, v in rerank.items()]
+    out_full = [{"method": m, **{f"ndcg@{k}": round(M.graded_ndcg(v, gains_ideal, k), 6) for k in ks}} for m, v in full.items()]
+    skipped = sum(1 for g in gains_ideal if g.max() <= 0)
+    key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"
+    verdict = {}
+    for setting, rows in (("rerank", out_rerank), ("full_catalog", out_full)):
+        base = max((r for r in rows if not r["method"].startswith("system")), key=lambda r: r[key])
+        mine = rows[-1]
+        verdict[setting] = {"metric": key, "full_system": mine[key], "strongest_baseline": base["method"],
+                            "strongest_baseline_value": base[key], "full_beats_strongest_baseline": mine[key] > base[key],
+                            "learned_beats_hand": mine[key] > rows[-2][key]}
+    imp = importances(fold_models[0])
+    return {
+        "dataset": cfg.dataset or Path(cfg.judgments).parent.name, "ks": list(ks), "queries": nq,
+        "judgments": judg.height, "catalog_items": len(catalog), "queries_without_a_relevant_item": skipped,
+        "protocol": (f"gain 2^(grade-1)-1; rerank: each query's judged items ordered by the method; full catalog: the "
+                     f"method's top {K} of all items, unjudged items gain 0; learned ranker: {cfg.search.folds}-fold CV "
+                     "by query; encoder zero-shot (no fine-tune on this data)"),
+        "rerank": out_rerank, "full_catalog": out_full,
+        "latency": {m: {"p50": E._pct(np.array(v), 50), "p95": E._pct(np.array(v), 95), "p99": E._pct(np.array(v), 99)}
+                    for m, v in lat.items()},
+        "ranker_fold0_importances": imp, "verdict": verdict,
+    }
+
+
+class _BoosterScorer:
+    """One CV fold's booster as a Scorer (search mode only; hand weights otherwise)."""
+
+    def __init__(self, booster, hand: HandWeights) -> None:
+        self.booster, self.hand = booster, hand
+
+    def score(self, x, mode):
+        return self.booster.predict(np.asarray(x, np.float64)) if mode == "search" else self.hand.score(x, mode)
+
+    def contributions(self, x, mode):
+        if mode != "search" or not len(x):
+            return self.hand.contributions(x, mode)
+        return np.asarray(self.booster.predict(np.asarray(x, np.float64), pred_contrib=True))[:, :-1]
+
+    def describe(self, mode):
+        return "learned (CV fold)"
+
+
+def _rrf(a: np.ndarray, b: np.ndarray, k: int = 60) -> np.ndarray:
+    """Reciprocal-rank fusion of two score arrays over the same items."""
+    ra = np.empty(len(a)); ra[np.argsort(-a, kind="stable")] = np.arange(len(a))
+    rb = np.empty(len(b)); rb[np.argsort(-b, kind="stable")] = np.arange(len(b))
+    return 1.0 / (k + ra + 1) + 1.0 / (k + rb + 1)
+
+
+# --- driver -------------------------------------------------------------------------------------
+def run(cfg: EvaluateConfig) -> str:
+    _check(cfg)
+    steps = Steps("evaluate")
+    version = A.new_version()
+    run_dir = Path(cfg.output_root, version)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    init_ray(cfg.ray)
+    t0 = time.perf_counter()
+    result: dict = {"run": version, "config": to_dict(cfg)}
+    if cfg.events is not None:
+        result["recommend"] = evaluate_recommend(cfg, run_dir, steps)
+        result["ranker"] = {"importances": result["recommend"]["ranker"]["importances"]}
+    if cfg.judgments is not None:
+        result["search"] = evaluate_search(cfg, steps)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["summary"] = _summary_line(result)
+    steps(f"write {run_dir}/metrics.json and report.html")
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=str))
+    (run_dir / "report.html").write_text(R.render(result))
+    steps("done")
+    print(summary(result), flush=True)
+    print(f"report: {run_dir / 'report.html'}", flush=True)
+    return str(run_dir)
+
+
+def _summary_line(result: dict) -> str:
+    parts = []
+    if "recommend" in result:
+        for name, v in (("next basket", result["recommend"]["verdict"]),
+                        ("in session", result["recommend"]["in_session"]["verdict"])):
+            parts.append(f"recommend ({name}) {v['metric']}: full system {v['full_system']:.4f} vs strongest baseline "
+                         f"({v['strongest_baseline']}) {v['strongest_baseline_value']:.4f}; learned vs hand "
+                         f"{v['learned_vs_hand'][0]:.4f} vs {v['learned_vs_hand'][1]:.4f}")
+    if "search" in result:
+        for setting, v in result["search"]["verdict"].items():
+            parts.append(f"search {setting} {v['metric']}: full system {v['full_system']:.4f} vs strongest baseline "
+                         f"({v['strongest_baseline']}) {v['strongest_baseline_value']:.4f}")
+    return "; ".join(parts)
+
+
+def summary(result: dict) -> str:
+    lines = [f"evaluation {result['run']} ({result['seconds']}s)"]
+    rec = result.get("recommend")
+    if rec:
+        ks = rec["ks"]
+        lines.append(f"recommend on {rec['dataset']} ({rec['split']}), {rec['catalog_items']:,} items")
+        head = f"  {'method':<36}" + "".join(f"{'ndcg@' + str(k):>10}" for k in ks) + "".join(
+            f"{'hit@' + str(k):>9}" for k in ks) + f"{'mrr':>8}{'cov@' + str(ks[0]):>9}{'p50 ms':>9}"
+        lines.append(head)
+        for title, block in (("next basket", rec), ("in session", rec["in_session"])):
+            lines.append(f" {title}: {block['requests']:,} requests")
+            for m in block["methods"]:
+                lines.append(f"  {m['method']:<36}" + "".join(f"{m[f'ndcg@{k}']:>10.4f}" for k in ks) + "".join(
+                    f"{m[f'hit_rate@{k}']:>9.4f}" for k in ks) + f"{m['mrr']:>8.4f}{m[f'coverage@{ks[0]}']:>9.3f}"
+                    f"{m['latency_ms']['p50']:>9.2f}")
+    srch = result.get("search")
+    if srch:
+        for setting in ("rerank", "full_catalog"):
+            lines.append(f"search on {srch['dataset']} ({setting}): {srch['queries']} queries")
+            for m in srch[setting]:
+                lines.append(f"  {m['method']:<36}" + "".join(f"  ndcg@{k} {m[f'ndcg@{k}']:.4f}" for k in srch["ks"]))
+    lines.append(result["summary"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[1].strip(), "evaluate.yaml", argv)
+
+    def body() -> int:
+        run(load_job_config(EvaluateConfig, args))
+        return 0
+
+    return run_job("evaluate", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

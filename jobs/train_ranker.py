@@ -1,0 +1,248 @@
+"""Train the learned ranker (LightGBM lambdarank) on Ray Train, on real candidate lists.
+
+    python -m jobs.train_ranker [--config jobs/configs/train_ranker.yaml] [--set key=value ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.train_ranker ...
+
+What it learns from: for each shopper's first interaction after the features version's as_of (up
+to `window_days` later), and for the same interaction with its first half already in the session,
+the candidates serving's retrieval returns for the profile they had just
+before it (events replayed exactly as serving folds them), labelled 1 for an item of that
+interaction. The features version must therefore be built with an as_of before the end of the
+log (`make ranker` builds one 30 days back): its popularity and co-occurrence never saw the labels.
+
+Steps: replay profiles -> candidates + features per request (features/evaluation.py, the same
+functions serving calls) -> group-wise train/valid split -> Ray Train LightGBMTrainer (workers
+train on whole request groups; data-parallel over LightGBM's network when num_workers > 1) ->
+artifacts/ranker/<version>/{recommend/model.txt, manifest.json} with feature importances and the
+valid NDCG@10 of the model next to the hand-set weights on the same candidate lists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from features import artifacts as A
+from features import evaluation as E
+from features import metrics as M
+from features import schema as S
+from features.catalog import load_catalog
+from features.config import ConfigError, to_dict
+from features.learned_ranker import LearnedRanker, RankerParams, group_sizes, importances, informative_groups
+from features.profile import ProfileParams
+from features.ranking import FEATURE_NAMES, HandWeights
+from features.retrieval import LiveCatalog, RetrievalConfig
+from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
+
+KIND = "ranker"
+
+
+@dataclass(frozen=True)
+class TrainRankerConfig:
+    events: str = "data/canonical/online_retail/events.parquet"
+    items: str = "data/canonical/online_retail/items.parquet"
+    features: str | None = None  # a features version folder; null: the newest complete one under features_root
+    features_root: str = "artifacts/ranker_stage"  # where `make ranker` writes the as_of-in-the-past features
+    index: str | None = None  # an index version folder; null: the newest complete one under output_root
+    output_root: str = "artifacts"
+    window_days: float = 30.0  # requests: each user's first interaction within this long after as_of
+    exclude_purchased: bool = True  # as serving: buyers are not recommended what they bought
+    # Also learn from in-session requests: this share of each basket already in the session, the
+    # rest the labels. Without them no training list has a live session (the next basket comes
+    # days later), and the model would learn to ignore the session features.
+    in_session_reveal: float = 0.5  # 0: off
+    max_requests: int = 0  # 0: all
+    valid_fraction: float = 0.2  # request groups held out for early stopping and the hand-weights comparison
+    num_workers: int = 1  # Ray Train LightGBM workers
+    cpus_per_worker: int = 1
+    lightgbm: RankerParams = field(default_factory=RankerParams)
+    profiles: ProfileParams = field(default_factory=ProfileParams)
+    retriever: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(lexical=False))
+    hand_weights: HandWeights = field(default_factory=HandWeights)
+    seed: int = 0
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def _check(cfg: TrainRankerConfig) -> None:
+    if not 0 < cfg.valid_fraction < 1:
+        raise ConfigError(f"valid_fraction must be in (0, 1), got {cfg.valid_fraction}")
+    if not 0 <= cfg.in_session_reveal < 1:
+        raise ConfigError(f"in_session_reveal must be in [0, 1), got {cfg.in_session_reveal}")
+    if cfg.window_days <= 0:
+        raise ConfigError(f"window_days must be > 0, got {cfg.window_days}")
+    for name in ("num_workers", "cpus_per_worker"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+# --- the Ray Train loop ------------------------------------------------------------------------
+def train_loop(config: dict) -> None:
+    """Every worker trains on whole request groups (group g goes to worker g % world): a list is
+    never split across workers. Rank 0 reports the model (text) as the checkpoint."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    x, y, g, vx, vy, vg = ray.get(config["data_ref"])
+    mine = (g % world) == rank
+    extra = {"num_threads": config["threads"]}
+    if world > 1:
+        import ray.train.lightgbm
+
+        extra |= {"tree_learner": "data_parallel", "pre_partition": True, **ray.train.lightgbm.get_network_params()}
+    from features.learned_ranker import train_booster
+
+    booster, info = train_booster(x[mine], y[mine], g[mine], config["params"], valid=(vx, vy, vg), extra_params=extra)
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as d:
+            booster.save_model(str(Path(d) / "model.txt"))
+            ray.train.report(info, checkpoint=Checkpoint.from_directory(d))
+    else:
+        ray.train.report(info)
+
+
+def _ndcg_of_scores(scores: np.ndarray, y: np.ndarray, g: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over groups with a positive, ranking each group's rows by `scores`."""
+    values = []
+    start = 0
+    for n in group_sizes(g):
+        s, lab = scores[start:start + n], y[start:start + n]
+        start += n
+        if lab.max() <= 0:
+            continue
+        order = np.argsort(-s, kind="stable")
+        values.append(M.graded_ndcg([lab[order]], [lab], k))
+    return float(np.mean(values)) if values else 0.0
+
+
+def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: str, events: pl.DataFrame,
+                        window: tuple[dt.datetime, dt.datetime] | None = None,
+                        requests: pl.DataFrame | None = None, log=print) -> tuple:
+    """(X, y, group ids, stats) from the candidate lists of the requests (see the module doc)."""
+    catalog, index = load_catalog(features_dir, index_dir)
+    if requests is None:
+        start, end = window
+        inter = E.interactions(events)
+        requests = (inter.filter((pl.col(S.TS) > start) & (pl.col(S.TS) <= end))
+                    .group_by(S.USER_ID, maintain_order=True).first())
+        if cfg.in_session_reveal > 0:
+            requests = E.with_in_session(requests, cfg.in_session_reveal)
+    reqs = E.build_requests(events, requests, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
+    if not len(reqs):
+        raise ValueError("no ranker requests: no user has an interaction (with an item not bought before) in the "
+                         "label window; build the features with an earlier as_of or widen window_days")
+    log(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a new item); replaying profiles")
+    reqs.profiles = E.attach_profiles(reqs, events, catalog, cfg.profiles)
+    live = LiveCatalog(catalog, index, None, cfg.retriever)
+    x, y, g, stats = E.candidate_lists(reqs, live, cfg.profiles)
+    log(f"  {stats['rows']:,} candidate rows; {stats['candidate_hit_rate']:.1%} of requests have a relevant candidate")
+    return x, y, g, stats
+
+
+def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, stats: dict,
+          inputs: dict, log=print) -> str:
+    """Train on Ray Train and write the ranker version; returns its folder."""
+    import ray.train
+    from ray.train.lightgbm import LightGBMTrainer
+
+    rng = np.random.default_rng(cfg.seed)
+    groups = np.unique(g)
+    valid_groups = set(rng.choice(groups, max(1, int(len(groups) * cfg.valid_fraction)), replace=False).tolist())
+    is_valid = np.isin(g, list(valid_groups))
+    keep = informative_groups(y, g)  # lists without a positive teach lambdarank nothing
+    tr, va = keep & ~is_valid, keep & is_valid
+    if tr.sum() == 0 or va.sum() == 0:
+        raise ValueError(f"too few request lists with a relevant candidate to train a ranker "
+                         f"({int(len(np.unique(g[keep])))} lists); use more requests or a wider window")
+    log(f"  training lists: {len(np.unique(g[tr])):,} ({int(tr.sum()):,} rows), valid lists: {len(np.unique(g[va])):,}")
+    data_ref = ray.put((x[tr], y[tr], g[tr], x[va], y[va], g[va]))
+    storage = str(Path(cfg.output_root, "train_runs").resolve()) if not A.is_uri(cfg.output_root) else A.join(cfg.output_root, "train_runs")
+    t0 = time.perf_counter()
+    trainer = LightGBMTrainer(
+        train_loop,
+        train_loop_config={"data_ref": data_ref, "params": cfg.lightgbm, "threads": cfg.cpus_per_worker},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(name=f"ranker-{A.new_version()}", storage_path=storage),
+    )
+    result = trainer.fit()
+    fit_s = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise RuntimeError("the ranker training run reported no model")
+    version = A.new_version()
+    out_dir = A.join(cfg.output_root, KIND, version)
+    Path(out_dir, "recommend").mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as d:
+        Path(out_dir, "recommend", "model.txt").write_bytes(Path(d, "model.txt").read_bytes())
+    model = LearnedRanker.load(out_dir, manifest={})
+    hand = cfg.hand_weights
+    vx, vy, vg = x[va], y[va], g[va]
+    learned_ndcg = _ndcg_of_scores(model.score(vx, "recommend"), vy, vg)
+    hand_ndcg = _ndcg_of_scores(hand.score(vx, "recommend"), vy, vg)
+    booster = model.boosters["recommend"]
+    metrics = {
+        "candidates": stats, "train_lists": int(len(np.unique(g[tr]))), "valid_lists": int(len(np.unique(vg))),
+        "train_rows": int(tr.sum()), "best_iteration": int(result.metrics.get("best_iteration", 0)),
+        "valid_ndcg@10_learned": round(learned_ndcg, 6), "valid_ndcg@10_hand_weights": round(hand_ndcg, 6),
+        "learned_beats_hand_weights_on_valid": learned_ndcg > hand_ndcg,
+        "fit_s": round(fit_s, 2), "num_workers": cfg.num_workers,
+    }
+    manifest = A.manifest(KIND, version, to_dict(cfg), inputs=inputs,
+                          outputs={"modes": ["recommend"], "model": "recommend/model.txt", "format": "lightgbm text",
+                                   "features": list(FEATURE_NAMES), "importances": {"recommend": importances(booster)}},
+                          metrics=metrics)
+    A.write_manifest(out_dir, manifest)
+    log(f"ranker {version} -> {out_dir}")
+    log(f"  valid NDCG@10 on the candidate lists: learned {learned_ndcg:.4f} vs hand-set weights {hand_ndcg:.4f}")
+    top = sorted(importances(booster).items(), key=lambda kv: -kv[1]["gain_share"])[:5]
+    log("  top features (gain share): " + ", ".join(f"{k} {v['gain_share']:.2f}" for k, v in top))
+    return out_dir
+
+
+def run(cfg: TrainRankerConfig) -> str:
+    _check(cfg)
+    steps = Steps("train_ranker")
+    features_dir = cfg.features or A.latest_complete(cfg.features_root, "features")
+    if features_dir is None:
+        raise FileNotFoundError(f"no complete features version under {cfg.features_root}/features; run `make ranker` "
+                                "(features with an as_of 30 days back, then this job)")
+    index_dir = cfg.index or A.latest_complete(cfg.output_root, "index")
+    if index_dir is None:
+        raise FileNotFoundError(f"no complete index version under {cfg.output_root}/index; run `make index`")
+    fm = A.read_manifest(features_dir)
+    as_of = dt.datetime.fromisoformat(fm["metrics"]["as_of"])
+    end = as_of + dt.timedelta(days=cfg.window_days)
+    init_ray(cfg.ray)
+    steps(f"read events; label window ({as_of.isoformat()}, {end.isoformat()}]")
+    events, _, counts = E.read_inputs(cfg.events, cfg.items)
+    print(f"  {counts}", flush=True)
+    steps("candidate lists of the window's requests (serving's retrieval + features)")
+    x, y, g, stats = build_training_data(cfg, features_dir, index_dir, events.filter(pl.col(S.TS) <= end), (as_of, end))
+    steps(f"LightGBM lambdarank on Ray Train ({cfg.num_workers} worker(s))")
+    inputs = {"features": {"path": str(features_dir), "version": fm.get("version"), "as_of": as_of.isoformat()},
+              "index": {"path": str(index_dir), "version": A.read_manifest(index_dir).get("version")},
+              "events": A.fingerprint(cfg.events), "label_window_end": end.isoformat()}
+    out = train(cfg, x, y, g, stats, inputs)
+    steps("done")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[1].strip(), "train_ranker.yaml", argv)
+
+    def body() -> int:
+        run(load_job_config(TrainRankerConfig, args))
+        return 0
+
+    return run_job("train_ranker", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
