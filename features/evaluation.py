@@ -5,8 +5,9 @@ Protocol (recommendation, from a canonical event log):
   timestamp: a basket when the log writes an order's lines with one timestamp (Online Retail).
 - Split `time:<ISO>`: everything before the instant trains; each user's first interaction at or
   after it is that user's test request. The ranker learns from the `ranker_days` before the
-  instant: each user's first interaction in that window, with every stage it sees (features,
-  co-occurrence, popularity) built from the events before the window.
+  instant: each user's first `ranker_per_user` interactions in that window (each with its own
+  context), with every stage it sees (features, co-occurrence, popularity) built from the events
+  before the window.
 - Split `leave-last`: each user's last interaction is the test request, the one before it the
   ranker's (validation) request; stages see each user's events before the respective request.
 - A request's context is the user's events strictly before it (replayed into a profile exactly as
@@ -114,7 +115,15 @@ def _before(events: pl.DataFrame, cut: pl.DataFrame) -> pl.DataFrame:
     return j.filter(pl.col("__cut").is_null() | (pl.col(S.TS) < pl.col("__cut"))).drop("__cut")
 
 
-def plan_split(events: pl.DataFrame, spec: SplitSpec, ranker_days: float = 30.0) -> SplitPlan:
+def first_per_user(inter: pl.DataFrame, k: int = 1) -> pl.DataFrame:
+    """Each user's first k interactions (in time order)."""
+    if k < 1:
+        raise ValueError(f"ranker_requests_per_user must be >= 1, got {k}")
+    return inter.sort([S.USER_ID, S.TS]).group_by(S.USER_ID, maintain_order=True).head(k)
+
+
+def plan_split(events: pl.DataFrame, spec: SplitSpec, ranker_days: float = 30.0,
+               ranker_per_user: int = 1) -> SplitPlan:
     inter = interactions(events)
     if inter.is_empty():
         raise ValueError("events: no positive interactions (view, click, add_to_cart, purchase) to evaluate")
@@ -126,7 +135,7 @@ def plan_split(events: pl.DataFrame, spec: SplitSpec, ranker_days: float = 30.0)
                              f"interaction ({lo.isoformat()} .. {hi.isoformat()})")
         rv = at - dt.timedelta(days=ranker_days)
         test = inter.filter(pl.col(S.TS) >= at).group_by(S.USER_ID, maintain_order=True).first()
-        ranker = inter.filter((pl.col(S.TS) >= rv) & (pl.col(S.TS) < at)).group_by(S.USER_ID, maintain_order=True).first()
+        ranker = first_per_user(inter.filter((pl.col(S.TS) >= rv) & (pl.col(S.TS) < at)), ranker_per_user)
         train = events.filter(pl.col(S.TS) < at)
         ranker_ev = events.filter(pl.col(S.TS) < rv)
         return SplitPlan(spec, train, ranker_ev, test, ranker, at, rv)

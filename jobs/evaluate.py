@@ -73,7 +73,7 @@ class EncoderStage:
 class SearchEval:
     folds: int = 5  # cross-validation by query for the learned search ranker
     candidates: int = 200  # retrieval candidates handed to the ranker (full-catalog setting)
-    unjudged_negatives: int = 50  # per training query: top unjudged candidates added with grade "irrelevant"
+    unjudged_negatives: int = 20  # per training query: top unjudged candidates added with grade "irrelevant"
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class EvaluateConfig:
     dataset: str | None = None  # a name for the report; default: the events (or items) folder name
     split: str = "time:2011-11-09T00:00:00Z"  # time:<ISO instant> | leave-last
     ranker_days: float = 30.0  # time split: the ranker's label window before the split instant
+    ranker_requests_per_user: int = 3  # time split: each user's first interactions in that window
     ks: tuple[int, ...] = (10, 20, 50)
     exclude_purchased: bool = True
     reveal: float = 0.5  # in-session requests: the share of the basket already in the session
@@ -160,7 +161,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps) -> dict
     steps("read + validate events and items; plan the split")
     events, items, counts = E.read_inputs(cfg.events, cfg.items)
     spec = E.SplitSpec.parse(cfg.split)
-    plan = E.plan_split(events, spec, cfg.ranker_days)
+    plan = E.plan_split(events, spec, cfg.ranker_days, cfg.ranker_requests_per_user)
     print(f"  {counts}; train events {plan.train_events.height:,} (until {plan.train_until.isoformat()}), "
           f"ranker-stage events {plan.ranker_events.height:,} (until {plan.ranker_until.isoformat()}), "
           f"test requests {plan.test_requests.height:,}, ranker requests {plan.ranker_requests.height:,}", flush=True)

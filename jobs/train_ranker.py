@@ -3,8 +3,8 @@
     python -m jobs.train_ranker [--config jobs/configs/train_ranker.yaml] [--set key=value ...]
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.train_ranker ...
 
-What it learns from: for each shopper's first interaction after the features version's as_of (up
-to `window_days` later), and for the same interaction with its first half already in the session,
+What it learns from: for each shopper's first `requests_per_user` interactions after the features
+version's as_of (up to `window_days` later), and for the same interaction with its first half already in the session,
 the candidates serving's retrieval returns for the profile they had just
 before it (events replayed exactly as serving folds them), labelled 1 for an item of that
 interaction. The features version must therefore be built with an as_of before the end of the
@@ -52,7 +52,8 @@ class TrainRankerConfig:
     features_root: str = "artifacts/ranker_stage"  # where `make ranker` writes the as_of-in-the-past features
     index: str | None = None  # an index version folder; null: the newest complete one under output_root
     output_root: str = "artifacts"
-    window_days: float = 30.0  # requests: each user's first interaction within this long after as_of
+    window_days: float = 30.0  # requests: each user's first interactions within this long after as_of
+    requests_per_user: int = 3  # that many per user, each with its own context
     exclude_purchased: bool = True  # as serving: buyers are not recommended what they bought
     # Also learn from in-session requests: this share of each basket already in the session, the
     # rest the labels. Without them no training list has a live session (the next basket comes
@@ -131,8 +132,8 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
     if requests is None:
         start, end = window
         inter = E.interactions(events)
-        requests = (inter.filter((pl.col(S.TS) > start) & (pl.col(S.TS) <= end))
-                    .group_by(S.USER_ID, maintain_order=True).first())
+        requests = E.first_per_user(inter.filter((pl.col(S.TS) > start) & (pl.col(S.TS) <= end)),
+                                    cfg.requests_per_user)
         if cfg.in_session_reveal > 0:
             requests = E.with_in_session(requests, cfg.in_session_reveal)
     reqs = E.build_requests(events, requests, cfg.exclude_purchased, cfg.max_requests, cfg.seed)

@@ -62,6 +62,9 @@ def test_time_split_trains_before_the_instant_and_tests_the_first_interaction_af
     assert test == {"u1": (_t(20), ["a", "d", "e"]), "u2": (_t(21), ["b"]), "u3": (_t(22), ["c"])}  # not day 25
     ranker = {u: items for u, items in plan.ranker_requests.select(S.USER_ID, "items").iter_rows()}
     assert ranker == {"u1": ["c"]}  # u1's day 10 falls in [8, 15)
+    wide = E.plan_split(EVENTS, E.SplitSpec.parse("time:2024-01-15"), ranker_days=14, ranker_per_user=2)
+    assert wide.ranker_requests.select(S.USER_ID, "items").rows() == [
+        ("u1", ["a", "b"]), ("u1", ["c"]), ("u2", ["b"]), ("u3", ["c"])]  # each user's first two in [1, 15)
     with pytest.raises(ValueError, match="must fall after the first"):
         E.plan_split(EVENTS, E.SplitSpec.parse("time:2030-01-01"))
 
