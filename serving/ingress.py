@@ -7,7 +7,9 @@ field: 422 invalid body, 401 missing or wrong API key, 404 unknown item or user,
 
 import asyncio
 import datetime as dt
+import hashlib
 import hmac
+import math
 import os
 import time
 from typing import Any
@@ -23,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from features import schema as S
 from features.catalog import ItemUpdate
 from features.ranking import context_for
+from features.ratelimit import RateLimiter
 from features.profile_store import TS_US, QUERY_VECTOR, encode_vector, to_epoch_us
 from features.retrieval import Filters
 from serving.schemas import (EventIn, EventsOut, FiltersIn, ForgetOut, ItemIn, ItemUpsertOut, RecommendRequest,
@@ -125,6 +128,8 @@ class Ingress:
         self.cfg, self.res = cfg, res
         self.encoder, self.retriever, self.ranker, self.profiles = encoder, retriever, ranker, profiles
         self.api_key = os.environ.get(cfg.api_key_env) or None
+        rl = cfg.rate_limit
+        self.limiter = RateLimiter(rl.requests_per_s, rl.burst, rl.max_clients)
         reg = self.registry = CollectorRegistry()
         self.m_requests = Counter("intently_requests", "HTTP requests", ["endpoint", "status"], registry=reg)
         self.m_latency = Histogram("intently_request_latency_seconds", "request latency", ["endpoint"], registry=reg,
@@ -184,11 +189,31 @@ class Ingress:
         except ValidationError as e:
             raise RequestValidationError([{**err, "loc": (*at, *err["loc"])} for err in e.errors()]) from None
 
-    async def _timed(self, endpoint: str, fn: Any) -> Any:
+    def _client(self, request: Request) -> str:
+        """Who a rate limit applies to: the API key when one is sent (hashed, never stored), else
+        the client address."""
+        key = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if key is None and auth.lower().startswith("bearer "):
+            key = auth[7:]
+        if key:
+            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        return "ip:" + (request.client.host if request.client else "unknown")
+
+    async def _timed(self, endpoint: str, fn: Any, request: Request | None = None) -> Any:
         t0 = time.perf_counter()
         self.m_inflight.inc()
         status = 500
         try:
+            if request is not None and self.limiter.enabled:
+                ok, wait = self.limiter.allow(self._client(request), time.monotonic())
+                if not ok:
+                    status = 429
+                    rl = self.cfg.rate_limit
+                    return JSONResponse(
+                        {"error": f"rate limit: {rl.requests_per_s:g} requests/s per client (burst {rl.burst}); "
+                                  f"retry after {wait:.2f}s", "field": None},
+                        status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
             resp = await fn()
             status = getattr(resp, "status_code", 200)
             return resp
@@ -240,7 +265,7 @@ class Ingress:
                                                                                exclude))
             results = await hops("rank", self.ranker.rank.remote(ctx, ids, req.k, bm25, req.diversity))
             return self._answer(results, known, hops)
-        return await self._timed("search", run)
+        return await self._timed("search", run, request)
 
     @app.post("/v1/recommend", response_model=ResultsOut, summary="Recommendations for a shopper (cold start included)",
               openapi_extra={"requestBody": {"content": {"application/json": {"schema": RecommendRequest.model_json_schema()}},
@@ -260,10 +285,10 @@ class Ingress:
                 raise ApiError(404, f"context_item_id: unknown item {req.context_item_id!r}", "context_item_id")
             results = await hops("rank", self.ranker.rank.remote(ctx, ids, req.k, None, req.diversity))
             return self._answer(results, known, hops)
-        return await self._timed("recommend", run)
+        return await self._timed("recommend", run, request)
 
     @app.get("/v1/items/{item_id}/similar", response_model=ResultsOut, summary="Items similar to one item")
-    async def similar(self, item_id: str = Path(min_length=1, max_length=256),
+    async def similar(self, request: Request, item_id: str = Path(min_length=1, max_length=256),
                       k: int = Query(10, ge=1)) -> Any:
         async def run() -> Any:
             t0 = time.perf_counter()
@@ -273,7 +298,7 @@ class Ingress:
                 raise ApiError(404, f"item_id: unknown item {item_id!r}", "item_id")
             return {"results": results, "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                     "versions": self.res.versions}
-        return await self._timed("similar", run)
+        return await self._timed("similar", run, request)
 
     # --- write endpoints ---------------------------------------------------------------------
     @app.post("/v1/events", response_model=EventsOut, summary="Log shopper events (durable before the reply)",
@@ -324,7 +349,7 @@ class Ingress:
             self.m_events.inc(len(out["accepted"]))
             return {"accepted": len(out["accepted"]), "duplicates": len(out["duplicates"]),
                     "event_ids": out["accepted"]}
-        return await self._timed("events", run)
+        return await self._timed("events", run, request)
 
     @app.put("/v1/items/{item_id}", response_model=ItemUpsertOut, summary="Add or change an item (searchable at once)",
              openapi_extra={"requestBody": {"content": {"application/json": {"schema": ItemIn.model_json_schema()}},
@@ -338,7 +363,7 @@ class Ingress:
             vec = (await self.encoder.encode_items.remote([item.text()]))[0]
             created = await self.retriever.upsert.remote(item, vec)
             return JSONResponse({"item_id": item_id, "created": created}, status_code=201 if created else 200)
-        return await self._timed("put_item", run)
+        return await self._timed("put_item", run, request)
 
     @app.delete("/v1/users/{user_id}", response_model=ForgetOut, summary="Forget a shopper: profile and logged events")
     async def forget(self, request: Request, user_id: str = Path(min_length=1, max_length=256)) -> Any:
@@ -349,7 +374,7 @@ class Ingress:
                 raise ApiError(404, f"user_id: unknown user {user_id!r}", "user_id")
             return {"user_id": user_id, "events_removed": out["events_removed"],
                     "profile_removed": bool(out["profile_removed"])}
-        return await self._timed("forget", run)
+        return await self._timed("forget", run, request)
 
     # --- operations --------------------------------------------------------------------------
     @app.get("/healthz", summary="Liveness and the loaded versions")

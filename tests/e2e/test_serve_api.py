@@ -330,3 +330,30 @@ def test_restart_keeps_every_acknowledged_event_and_profile(app):
     assert requests.get(f"{app.url}/v1/items/E2E-ZEBRA/similar?k=1", timeout=30).status_code == 200
     dup = app.post("/v1/events", [{"event_id": ids[0], "user_id": user, "event_type": "view", "item_id": "22384"}])
     assert dup.json()["duplicates"] == 1
+
+
+def test_rate_limit_per_client_answers_429_with_retry_after(app, artifacts):
+    """A second app with a tight limit (0.5 requests/s, burst 3): a client over it gets 429 with
+    Retry-After, another client (its own API key) is unaffected, and the bucket refills."""
+    from ray import serve
+
+    from serving.app import build_app_with_options, load_serve_config
+
+    base, out, _ = artifacts
+    conf = load_serve_config(overrides=[f"artifacts_root={out}", f"state_dir={base / 'state-rl'}",
+                                        "rate_limit.requests_per_s=0.5", "rate_limit.burst=3"])
+    serve.run(build_app_with_options(conf["args"], conf["deployment_options"]), name="intently-rl", route_prefix="/rl")
+    try:
+        url = f"{app.url}/rl/v1/items/20725/similar?k=3"
+        replies = [requests.get(url, headers={"X-API-Key": "client-a"}, timeout=30) for _ in range(6)]
+        codes = [r.status_code for r in replies]
+        assert codes[:3] == [200, 200, 200] and codes.count(429) >= 2, codes
+        refused = next(r for r in replies if r.status_code == 429)
+        assert int(refused.headers["Retry-After"]) >= 1 and "rate limit" in refused.json()["error"]
+        assert requests.get(url, headers={"X-API-Key": "client-b"}, timeout=30).status_code == 200
+        time.sleep(2.2)  # one token every 2 s
+        assert requests.get(url, headers={"X-API-Key": "client-a"}, timeout=30).status_code == 200
+        metrics = requests.get(f"{app.url}/rl/metrics", timeout=30).text
+        assert 'intently_requests_total{endpoint="similar",status="429"}' in metrics
+    finally:
+        serve.delete("intently-rl")
