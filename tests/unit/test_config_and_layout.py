@@ -158,3 +158,15 @@ def test_item_text_scalar_and_batch_agree_and_skip_nulls():
     df = pl.DataFrame({"title": ["A"], "category": [None], "brand": ["B"], "description": ["d" * 600]})
     assert df.select(item_text_expr()).item() == item_text("A", None, "B", "d" * 600)
     assert len(item_text("A", None, "B", "d" * 600)) == 512
+
+
+def test_no_code_executing_loaders_for_artifacts():
+    """Artifacts load through formats that cannot run code: safetensors, JSON, Parquet, faiss'
+    binary index, LightGBM's text model. No pickle, torch.load, joblib or allow_pickle anywhere."""
+    banned = ("import pickle", "pickle.load", "torch.load(", "joblib", "allow_pickle=True", "cloudpickle", "dill")
+    for folder in ("features", "jobs", "serving", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+            code = code.replace('"""', "").replace("'''", "")
+            for b in banned:
+                assert b not in code, f"{path.relative_to(ROOT)} uses {b}"
