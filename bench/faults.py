@@ -37,8 +37,10 @@ DEPLOYMENTS = ("QueryEncoder", "Retriever", "Ranker", "Profiles", "Ingress")
 class Load:
     """Open-loop mixed traffic; records (sent_at, endpoint, status) and acknowledged events."""
 
-    def __init__(self, base: str, rate: float, queries: list[str], items: list[str], users: list[str]) -> None:
+    def __init__(self, base: str, rate: float, queries: list[str], items: list[str], users: list[str],
+                 event_users: list[str] | None = None) -> None:
         self.base, self.rate = base, rate
+        self.event_users = event_users  # None: every event names a fresh shopper
         self.queries, self.items, self.users = queries, items, users
         self.log: list[tuple[float, str, int, float]] = []  # (sent at, endpoint, status, latency s)
         self.acked: dict[str, str] = {}  # event_id -> user_id
@@ -57,7 +59,8 @@ class Load:
         elif r < 0.7:
             ep, body = "recommend", {"user_id": self.rng.choice(self.users), "k": 10}
         else:
-            user, eid = f"fault-shopper-{self.n}", f"fault-ev-{self.n}"
+            user = self.rng.choice(self.event_users) if self.event_users else f"fault-shopper-{self.n}"
+            eid = f"fault-ev-{self.n}"
             ep, body = "events", [{"event_id": eid, "user_id": user, "event_type": "view",
                                    "item_id": self.rng.choice(self.items)}]
         t = time.monotonic()
@@ -109,6 +112,36 @@ def recovery(log: list[tuple[float, str, int, float]], t_fault: float, t_end: fl
             "p99_latency_s": round(lat[int(0.99 * (len(lat) - 1))], 3) if lat else None}
 
 
+class LocalServe:
+    """A private 2-CPU Ray with Serve started (proxy on a free port), the app's config for a
+    fresh state dir, and request material from the resolved features version."""
+
+    def __init__(self, state_prefix: str, artifacts: str) -> None:
+        from bench.serve_latency import free_port
+
+        self.direct = free_port()
+        os.environ.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(self.direct),
+                          RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(self.direct + 20), HF_HUB_OFFLINE="1")
+        import polars as pl
+        import ray
+        from ray import serve
+
+        from features import artifacts as A
+        from features import schema as S
+        from serving.app import load_serve_config
+        from serving.settings import ServingConfig, resolve
+
+        self.state = Path(tempfile.mkdtemp(prefix=state_prefix))
+        self.conf = load_serve_config(overrides=[f"artifacts_root={Path(artifacts).resolve()}", f"state_dir={self.state}"])
+        res = resolve(ServingConfig.from_args(self.conf["args"]))
+        self.items = pl.read_parquet(A.join(res.features_dir, "items"), columns=[S.ITEM_ID, S.TITLE])
+        self.users = pl.read_parquet(A.join(res.features_dir, "users"), columns=[S.USER_ID])[S.USER_ID].head(300).to_list()
+        self.queries = [" ".join(t.lower().split()[:2]) for t in self.items[S.TITLE].to_list()[:500]]
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        self.proxy = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": self.proxy})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifacts", default="artifacts")
@@ -118,31 +151,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="send the load to the Serve proxy (the stable URL) or straight to the Ingress replica")
     ap.add_argument("--out", default=str(RESULTS / "faults.json"))
     ns = ap.parse_args(argv)
-    from bench.serve_latency import free_port, wait_http
-
-    direct = free_port()
-    os.environ.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(direct),
-                      RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(direct + 20), HF_HUB_OFFLINE="1")
-    import polars as pl
     import ray
     import requests
     from ray import serve
 
-    from features import artifacts as A
+    from serving.app import build_app_with_options
+
+    env = LocalServe("bench-faults-state-", ns.artifacts)
+    conf, state, proxy, direct = env.conf, env.state, env.proxy, env.direct
+    items, users, queries = env.items, env.users, env.queries
     from features import schema as S
-    from serving.app import build_app_with_options, load_serve_config
-    from serving.settings import ServingConfig, resolve
-
-    state = Path(tempfile.mkdtemp(prefix="bench-faults-state-"))
-    conf = load_serve_config(overrides=[f"artifacts_root={Path(ns.artifacts).resolve()}", f"state_dir={state}"])
-    res = resolve(ServingConfig.from_args(conf["args"]))
-    items = pl.read_parquet(A.join(res.features_dir, "items"), columns=[S.ITEM_ID, S.TITLE])
-    users = pl.read_parquet(A.join(res.features_dir, "users"), columns=[S.USER_ID])[S.USER_ID].head(300).to_list()
-    queries = [" ".join(t.lower().split()[:2]) for t in items[S.TITLE].to_list()[:500]]
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    proxy = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": proxy})
+    from bench.serve_latency import wait_http
 
     def deploy() -> None:
         serve.run(build_app_with_options(conf["args"], conf["deployment_options"]), name="intently", route_prefix="/")
