@@ -266,7 +266,8 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...]) -> dict:
         E.popularity_method("popularity", pop, reqs, cat_zs, L),
         E.popularity_method(f"recent popularity ({POP_HALF_LIFE_DAYS:g}d half-life)", recent, reqs, cat_zs, L),
     ]
-    reqs.profiles = E.attach_profiles(reqs, st.events, cat_zs, cfg.profiles)
+    by_index = {st.zs_index: E.attach_profiles(reqs, st.events, cat_zs, cfg.profiles)}  # profiles per item vectors
+    reqs.profiles = by_index[st.zs_index]
     results.append(E.cooccurrence_method(reqs, cat_zs, pop, L))
     ex_rows = E.exclude_rows(reqs, cat_zs)
 
@@ -279,10 +280,10 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...]) -> dict:
     hand = cfg.hand_weights
     if st.ft_index is not None:
         cat_ft, _ = load_catalog(st.features_dir, st.ft_index)
-        reqs.profiles = E.attach_profiles(reqs, st.events, cat_ft, cfg.profiles)
+        reqs.profiles = by_index[st.ft_index] = E.attach_profiles(reqs, st.events, cat_ft, cfg.profiles)
         results.append(E.embedding_method("fine-tuned encoder (no ranker)", reqs, cat_ft, cfg.profiles, pop, L))
     cat, idx = load_catalog(st.features_dir, st.sys_index)
-    reqs.profiles = E.attach_profiles(reqs, st.events, cat, cfg.profiles)
+    reqs.profiles = by_index[st.sys_index]  # the system's index is one of the two above: replayed already
     live = LiveCatalog(cat, idx, None, replace(cfg.retriever, lexical=False))
     results.append(E.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L))
     results.append(E.system_method("system, learned ranker (full)", reqs, live, cfg.profiles, WithFallback(st.learned, hand), L))
@@ -420,7 +421,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
         full["hybrid retrieval (RRF)"].append(gains(catalog.rows(ids)[:K]))
         ctx = E.search_context(J.queries[q], q_emb[q])
         for name, scorer in (("system, hand-set weights", hand),
-                             ("system, learned ranker (CV)", _BoosterScorer(booster, hand))):
+                             ("system, learned ranker (CV)", WithFallback(LearnedRanker({"search": booster}, {}), hand))):
             t0 = time.perf_counter()
             ids, _, cand_bm = live.search(J.queries[q], q_emb[q])
             ranked = rank_candidates(ctx, ids, catalog, scorer, K, cand_bm)
@@ -449,24 +450,6 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
                     for m, v in lat.items()},
         "ranker_fold0_importances": imp, "verdict": verdict,
     }
-
-
-class _BoosterScorer:
-    """One CV fold's booster as a Scorer (search mode only; hand weights otherwise)."""
-
-    def __init__(self, booster, hand: HandWeights) -> None:
-        self.booster, self.hand = booster, hand
-
-    def score(self, x, mode):
-        return self.booster.predict(np.asarray(x, np.float64)) if mode == "search" else self.hand.score(x, mode)
-
-    def contributions(self, x, mode):
-        if mode != "search" or not len(x):
-            return self.hand.contributions(x, mode)
-        return np.asarray(self.booster.predict(np.asarray(x, np.float64), pred_contrib=True))[:, :-1]
-
-    def describe(self, mode):
-        return "learned (CV fold)"
 
 
 def _rrf(a: np.ndarray, b: np.ndarray, k: int = 60) -> np.ndarray:
