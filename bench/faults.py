@@ -45,6 +45,7 @@ class Load:
         self.log: list[tuple[float, str, int, float]] = []  # (sent at, endpoint, status, latency s)
         self.acked: dict[str, str] = {}  # event_id -> user_id
         self.errors_500: list[str] = []  # bodies of 500 answers (a 500 is a bug; keep the evidence)
+        self.shed = 0  # 503s from the Ingress's in-flight limit (load shedding), told apart by their body
         self.stop = False
         self.rng = random.Random(0)
         self.n = 0
@@ -70,6 +71,8 @@ class Load:
                 status = resp.status
                 if status == 500 and len(self.errors_500) < 20:
                     self.errors_500.append(f"{ep}: {text[:300]!r}")
+                if status == 503 and b"overloaded" in text:
+                    self.shed += 1
         except (aiohttp.ClientError, asyncio.TimeoutError):
             status = 0  # connection refused / reset / timeout
         if ep == "events" and status == 200:

@@ -7,8 +7,10 @@ state dir). An open-loop client (bench/faults.py's) sends search 40%, recommend 
 through the Serve proxy; events come from a fixed pool of 2,000 shoppers, so a profile store
 that grows without bound shows up as growth, not as new users. Every 10 s the resident memory
 (VmRSS from /proc: Linux) of each Serve replica, the controller and the proxy is sampled.
-Per window: requests, error rate, p50/p99. Memory growth per process: the mean of the last
-2 minutes against the mean of minutes 2-4 (after warm-up), and the least-squares slope.
+Per window: requests, requests shed (503 from the Ingress's in-flight limit: refused at once,
+nothing done, Retry-After), client timeouts, other errors, p50/p99 of the answered ones. Memory
+growth per process: the mean of the last 2 minutes against the mean of minutes 2-4 (after
+warm-up), and the least-squares slope.
 
 Writes bench/results/soak.json and soak.svg (p99 and memory over time). Loopback only.
 """
@@ -78,11 +80,18 @@ def windows(log: list[tuple[float, str, int, float]], t0: float, width: float) -
     while t < end:
         w = [x for x in log if t <= x[0] < t + width]
         ok = sorted(x[3] for x in w if x[2] == 200)
-        out.append({"t_s": round(t - t0, 1), "requests": len(w), "errors": sum(1 for x in w if x[2] != 200),
+        out.append({"t_s": round(t - t0, 1), "requests": len(w), "shed_503": sum(1 for x in w if x[2] == 503),
+                    "timeouts": sum(1 for x in w if x[2] == 0),
+                    "errors": sum(1 for x in w if x[2] not in (200, 503)),
                     "p50_ms": round(1e3 * ok[len(ok) // 2], 1) if ok else None,
                     "p99_ms": round(1e3 * ok[int(0.99 * (len(ok) - 1))], 1) if ok else None})
         t += width
     return out
+
+
+def _p99(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    return round(1e3 * xs[int(0.99 * (len(xs) - 1))], 1) if xs else None
 
 
 def growth(samples: list[tuple[float, float]], t0: float) -> dict[str, Any]:
@@ -161,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             done = int(now - t0)
             if done % 60 < 10:
                 recent = [x for x in load.log if x[0] >= now - 10]
-                errs = sum(1 for x in recent if x[2] != 200)
-                print(f"  t={done:4d}s sent {len(load.log):,}, last 10 s: {len(recent)} requests, {errs} errors", flush=True)
+                errs = sum(1 for x in recent if x[2] not in (200, 503))
+                shed = sum(1 for x in recent if x[2] == 503)
+                print(f"  t={done:4d}s sent {len(load.log):,}, last 10 s: {len(recent)} requests, {shed} shed, "
+                      f"{errs} errors", flush=True)
             await asyncio.sleep(10)
         load.stop = True
         await runner
@@ -180,8 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     statuses: dict[str, int] = {}
     for x in log:
         statuses[str(x[2])] = statuses.get(str(x[2]), 0) + 1
+    n = max(len(log), 1)
     report["requests"] = {"sent": len(log), "achieved_rps": round(len(log) / (ns.minutes * 60), 1),
-                          "by_status": statuses, "error_rate": round(sum(1 for x in log if x[2] != 200) / max(len(log), 1), 5),
+                          "served_rps": round(statuses.get("200", 0) / (ns.minutes * 60), 1),
+                          "by_status": statuses,
+                          # shed: refused at once by the in-flight limit (503 + Retry-After, nothing done)
+                          "shed_rate": round(statuses.get("503", 0) / n, 5), "shed_overloaded_503": load.shed,
+                          "client_timeouts": statuses.get("0", 0),
+                          "error_rate": round(sum(1 for x in log if x[2] not in (200, 503)) / n, 5),
+                          "shed_p99_ms": _p99([x[3] for x in log if x[2] == 503]),
                           "p50_ms": round(1e3 * ok[len(ok) // 2], 1) if ok else None,
                           "p99_ms": round(1e3 * ok[int(0.99 * (len(ok) - 1))], 1) if ok else None,
                           "bodies_of_500s": load.errors_500}

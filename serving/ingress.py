@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
@@ -25,11 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from features import schema as S
 from features.catalog import ItemUpdate
 from features.ranking import context_for
-from features.ratelimit import RateLimiter
+from features.ratelimit import InFlightLimit, RateLimiter
 from features.profile_store import TS_US, QUERY_VECTOR, encode_vector, to_epoch_us
 from features.retrieval import Filters
-from serving.schemas import (EventIn, EventsOut, FiltersIn, ForgetOut, ItemIn, ItemUpsertOut, RecommendRequest,
-                             ResultsOut, SearchRequest)
+from serving.schemas import (ErrorOut, EventIn, EventsOut, FiltersIn, ForgetOut, ItemIn, ItemUpsertOut,
+                             RecommendRequest, ResultsOut, SearchRequest)
 from serving.settings import Resolved, ServingConfig
 
 class ApiError(Exception):
@@ -92,6 +92,44 @@ def _unavailable_types() -> tuple[type, ...]:
 
 
 UNAVAILABLE = _unavailable_types()
+WRITES = frozenset({"events", "put_item", "forget"})  # endpoints that may use the write reserve
+
+
+_ERROR_DOCS = {
+    401: "missing or wrong API key (writes need it when the server has one)",
+    404: "unknown item or user; `field` names it",
+    413: "body over max_body_bytes, or too many events in one request",
+    422: "invalid request: `field` names the first problem and the allowed values, `problems` lists all",
+    429: "over the per-client rate limit; retry after the Retry-After seconds",
+    503: "overloaded (in-flight limit) or a replica is being replaced: nothing was done; retry after Retry-After",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses an endpoint can answer (all in ErrorOut's shape)."""
+    return {c: {"model": ErrorOut, "description": _ERROR_DOCS[c]} for c in codes}
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inline_refs(defs[ref.split("/")[-1]], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """openapi_extra for a JSON body the handler reads itself (to answer 413 and name fields):
+    the model's JSON schema with its $defs inlined, so the spec has no dangling references."""
+    return {"requestBody": {"content": {"application/json": {"schema": _inline_refs(schema, schema.get("$defs", {}))}},
+                            "required": True}}
+
+
+READ_ERRORS = _errors(413, 422, 429, 503)
+WRITE_ERRORS = _errors(401, 413, 422, 429, 503)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -130,12 +168,15 @@ class Ingress:
         self.api_key = os.environ.get(cfg.api_key_env) or None
         rl = cfg.rate_limit
         self.limiter = RateLimiter(rl.requests_per_s, rl.burst, rl.max_clients)
+        self.admission = InFlightLimit(cfg.overload.max_in_flight, cfg.overload.write_reserve)
         reg = self.registry = CollectorRegistry()
         self.m_requests = Counter("intently_requests", "HTTP requests", ["endpoint", "status"], registry=reg)
         self.m_latency = Histogram("intently_request_latency_seconds", "request latency", ["endpoint"], registry=reg,
                                    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5))
         self.m_events = Counter("intently_events_accepted", "events durably logged", registry=reg)
         self.m_inflight = Gauge("intently_requests_in_flight", "requests being served", registry=reg)
+        self.m_shed = Counter("intently_requests_shed", "requests refused with 503 by the in-flight limit",
+                              ["endpoint"], registry=reg)
 
     # --- cross-cutting -----------------------------------------------------------------------
     def _authorise(self, request: Request) -> None:
@@ -202,6 +243,16 @@ class Ingress:
 
     async def _timed(self, endpoint: str, fn: Any, request: Request | None = None) -> Any:
         t0 = time.perf_counter()
+        if not self.admission.try_enter(write=endpoint in WRITES):
+            # Load shedding: refused before reading the body, so it costs next to nothing.
+            self.m_shed.labels(endpoint).inc()
+            self.m_requests.labels(endpoint, "503").inc()
+            lim = self.admission
+            return JSONResponse(
+                {"error": f"overloaded: {lim.in_flight} requests in progress on this replica (limit "
+                          f"{lim.limit}{f' + {lim.write_reserve} for writes' if lim.write_reserve else ''}); "
+                          "nothing was done; retry after 1 s", "field": None},
+                status_code=503, headers={"Retry-After": "1"})
         self.m_inflight.inc()
         status = 500
         try:
@@ -231,6 +282,7 @@ class Ingress:
             return JSONResponse({"error": f"temporarily unavailable: {type(e).__name__}; retry shortly",
                                  "field": None}, status_code=503, headers={"Retry-After": "1"})
         finally:
+            self.admission.leave()
             self.m_inflight.dec()
             self.m_requests.labels(endpoint, str(status)).inc()
             self.m_latency.labels(endpoint).observe(time.perf_counter() - t0)
@@ -241,8 +293,7 @@ class Ingress:
 
     # --- read endpoints ----------------------------------------------------------------------
     @app.post("/v1/search", response_model=ResultsOut, summary="Search the catalog, personalised when user_id is given",
-              openapi_extra={"requestBody": {"content": {"application/json": {"schema": SearchRequest.model_json_schema()}},
-                                             "required": True}})
+              responses=READ_ERRORS, openapi_extra=_json_body(SearchRequest.model_json_schema()))
     async def search(self, request: Request) -> Any:
         async def run() -> Any:
             hops = Hops()
@@ -268,8 +319,7 @@ class Ingress:
         return await self._timed("search", run, request)
 
     @app.post("/v1/recommend", response_model=ResultsOut, summary="Recommendations for a shopper (cold start included)",
-              openapi_extra={"requestBody": {"content": {"application/json": {"schema": RecommendRequest.model_json_schema()}},
-                                             "required": True}})
+              responses={**READ_ERRORS, **_errors(404)}, openapi_extra=_json_body(RecommendRequest.model_json_schema()))
     async def recommend(self, request: Request) -> Any:
         async def run() -> Any:
             hops = Hops()
@@ -287,7 +337,8 @@ class Ingress:
             return self._answer(results, known, hops)
         return await self._timed("recommend", run, request)
 
-    @app.get("/v1/items/{item_id}/similar", response_model=ResultsOut, summary="Items similar to one item")
+    @app.get("/v1/items/{item_id}/similar", response_model=ResultsOut, summary="Items similar to one item",
+             responses=_errors(404, 422, 429, 503))
     async def similar(self, request: Request, item_id: str = Path(min_length=1, max_length=256),
                       k: int = Query(10, ge=1)) -> Any:
         async def run() -> Any:
@@ -302,8 +353,8 @@ class Ingress:
 
     # --- write endpoints ---------------------------------------------------------------------
     @app.post("/v1/events", response_model=EventsOut, summary="Log shopper events (durable before the reply)",
-              openapi_extra={"requestBody": {"content": {"application/json": {"schema": {
-                  "type": "array", "items": EventIn.model_json_schema()}}}, "required": True}})
+              responses=WRITE_ERRORS, openapi_extra=_json_body({"type": "array", "minItems": 1, "items": EventIn.model_json_schema(),
+                                                           "$defs": EventIn.model_json_schema().get("$defs", {})}))
     async def events(self, request: Request) -> Any:
         async def run() -> Any:
             self._authorise(request)
@@ -352,8 +403,8 @@ class Ingress:
         return await self._timed("events", run, request)
 
     @app.put("/v1/items/{item_id}", response_model=ItemUpsertOut, summary="Add or change an item (searchable at once)",
-             openapi_extra={"requestBody": {"content": {"application/json": {"schema": ItemIn.model_json_schema()}},
-                                            "required": True}})
+             responses={201: {"model": ItemUpsertOut, "description": "a new item was created"}, **WRITE_ERRORS},
+             openapi_extra=_json_body(ItemIn.model_json_schema()))
     async def put_item(self, request: Request, item_id: str = Path(min_length=1, max_length=256)) -> Any:
         async def run() -> Any:
             self._authorise(request)
@@ -365,7 +416,8 @@ class Ingress:
             return JSONResponse({"item_id": item_id, "created": created}, status_code=201 if created else 200)
         return await self._timed("put_item", run, request)
 
-    @app.delete("/v1/users/{user_id}", response_model=ForgetOut, summary="Forget a shopper: profile and logged events")
+    @app.delete("/v1/users/{user_id}", response_model=ForgetOut, summary="Forget a shopper: profile and logged events",
+                responses=_errors(401, 404, 422, 429, 503))
     async def forget(self, request: Request, user_id: str = Path(min_length=1, max_length=256)) -> Any:
         async def run() -> Any:
             self._authorise(request)
@@ -377,7 +429,8 @@ class Ingress:
         return await self._timed("forget", run, request)
 
     # --- operations --------------------------------------------------------------------------
-    @app.get("/healthz", summary="Liveness and the loaded versions")
+    @app.get("/healthz", summary="Liveness and the loaded versions",
+             responses={503: {"description": "a downstream deployment is not answering: {status, reason}"}})
     async def healthz(self) -> Any:
         try:
             infos = await asyncio.wait_for(asyncio.gather(
@@ -388,6 +441,6 @@ class Ingress:
         return {"status": "ok", "versions": self.res.versions, "writes_need_api_key": self.api_key is not None,
                 "encoder": enc, "retriever": ret, "profiles": prof}
 
-    @app.get("/metrics", summary="Prometheus metrics of this Ingress replica")
+    @app.get("/metrics", summary="Prometheus metrics of this Ingress replica", response_class=PlainTextResponse)
     async def metrics(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

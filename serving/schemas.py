@@ -1,7 +1,8 @@
 """Request and response models of the HTTP API (pydantic lives only here, at the boundary).
 
 Types are strict where a silent coercion would hide a client bug: k must be a JSON integer (not
-"10"), flags must be JSON booleans. Limits that depend on the deployment's config (k, query
+"10"), flags must be JSON booleans, prices and weights JSON numbers (not true/false, which lax
+parsing would read as 1/0; bench/fuzz_api.py found that). Limits that depend on the deployment's config (k, query
 length, events per request) are checked by the Ingress, which names the field and the limit.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator,
+                      model_validator)
 
 from features import schema as S
 
@@ -25,8 +27,8 @@ class _Strict(BaseModel):
 class FiltersIn(_Strict):
     category: StrictStr | None = Field(None, min_length=1, max_length=256,
                                        description='category path or a prefix of it, e.g. "Home" or "Home > Kitchen"')
-    price_min: float | None = Field(None, ge=0)
-    price_max: float | None = Field(None, ge=0)
+    price_min: StrictFloat | None = Field(None, ge=0)
+    price_max: StrictFloat | None = Field(None, ge=0)
     in_stock: StrictBool | None = None
 
     @model_validator(mode="after")
@@ -41,7 +43,7 @@ class SearchRequest(_Strict):
     user_id: StrictStr | None = Field(None, min_length=1, max_length=256)
     k: StrictInt = Field(10, ge=1, description="results wanted (at most the server's max_k)")
     filters: FiltersIn | None = None
-    diversity: float = Field(0.0, ge=0.0, le=1.0, description="MMR weight: 0 = pure relevance")
+    diversity: StrictFloat = Field(0.0, ge=0.0, le=1.0, description="MMR weight: 0 = pure relevance")
     exclude_purchased: StrictBool = True
 
     @field_validator("query")
@@ -58,7 +60,7 @@ class RecommendRequest(_Strict):
     context_item_id: StrictStr | None = Field(None, min_length=1, max_length=256,
                                               description="the product on screen, if any")
     filters: FiltersIn | None = None
-    diversity: float = Field(0.0, ge=0.0, le=1.0)
+    diversity: StrictFloat = Field(0.0, ge=0.0, le=1.0)
     exclude_purchased: StrictBool = True
 
 
@@ -72,7 +74,7 @@ class EventIn(_Strict):
     ts: dt.datetime | None = Field(None, description="ISO 8601; default: the time the server received it")
     session_id: StrictStr | None = Field(None, max_length=256)
     quantity: StrictInt | None = Field(None, ge=1, le=100_000)
-    price: float | None = Field(None, ge=0, le=1_000_000)
+    price: StrictFloat | None = Field(None, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> "EventIn":
@@ -89,7 +91,7 @@ class ItemIn(_Strict):
     description: StrictStr | None = Field(None, max_length=10_000)
     category: StrictStr | None = Field(None, max_length=256)
     brand: StrictStr | None = Field(None, max_length=256)
-    price: float | None = Field(None, ge=0, le=1_000_000)
+    price: StrictFloat | None = Field(None, ge=0, le=1_000_000)
     in_stock: StrictBool = True
 
     @field_validator("title")

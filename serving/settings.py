@@ -50,6 +50,17 @@ class RateLimitServing:
 
 
 @dataclass(frozen=True)
+class OverloadServing:
+    # Load shedding per Ingress replica: a request arriving while max_in_flight are in progress
+    # gets 503 + Retry-After at once instead of queueing until the client gives up; writes (events,
+    # items, forget) may use write_reserve more slots. 0: off. Sized for a 2-CPU node, where about
+    # 40 mixed requests/s are served (bench/soak.py): 32 in flight keeps admitted requests under
+    # about a second; raise it with the hardware.
+    max_in_flight: int = 32
+    write_reserve: int = 16
+
+
+@dataclass(frozen=True)
 class RankerServing:
     # latest: the newest complete artifacts/ranker/<version> (the hand-set weights when there is
     # none) | none: always the hand-set weights | a ranker version folder (must exist)
@@ -70,6 +81,7 @@ class ServingConfig:
     max_events_per_request: int = 1000
     max_future_s: float = 300.0  # events stamped later than now + this are rejected
     rate_limit: RateLimitServing = RateLimitServing()
+    overload: OverloadServing = OverloadServing()
     encoder: EncoderServing = EncoderServing()
     retriever: RetrievalConfig = RetrievalConfig()
     ranker: RankerServing = RankerServing()
@@ -130,4 +142,4 @@ def resolve(cfg: ServingConfig) -> Resolved:
                     ranker_dir=str(Path(ranker_dir).resolve()) if ranker_dir else None, versions=versions)
 
 
-__all__ = ["ServingConfig", "RankerServing", "Resolved", "resolve", "ConfigError", "FROM_INDEX"]
+__all__ = ["ServingConfig", "RankerServing", "OverloadServing", "Resolved", "resolve", "ConfigError", "FROM_INDEX"]
