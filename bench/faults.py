@@ -1,16 +1,18 @@
 """Fault injection under steady load: kill a replica of each deployment, then the whole app.
 
-    python -m bench.faults [--artifacts artifacts] [--rate 20] [--settle-s 20]
+    python -m bench.faults [--artifacts artifacts] [--rate 20] [--settle-s 20] [--no-retry]
 
 A local 2-CPU Ray runs the Serve app (serving/config.yaml's options, throughput mode, a fresh
 state dir). An open-loop client sends a steady mix (search 40%, recommend 30%, events 30%; every
-event carries an event_id and names a fresh shopper) the whole time. Then, one at a time:
-ray.kill on the replica actor of each deployment (Serve notices and starts a new one), and finally
-serve.delete + serve.run of the whole application on the same state dir (a restart). For each
-fault: requests failed and their statuses, the outage window (fault -> last failed request), and
-the slowest answers (requests queue while Serve replaces a replica). At the end every acknowledged event is checked: it must be in the log
-(the Profiles replica's count of logged event ids) and reflected in its shopper's profile
-(/v1/recommend says user_known=true).
+event carries an event_id and names a fresh shopper) the whole time; like a well-behaved client it
+sends a request refused with 503/429 + Retry-After once more after that wait (--no-retry: never).
+Then, one at a time: ray.kill on the replica actor of each deployment (Serve notices and starts a
+new one), and finally serve.delete + serve.run of the whole application on the same state dir (a
+restart). For each fault: requests failed at the first attempt and after the retry, their
+statuses, the outage window (fault -> last failed request), and the slowest answers (requests
+queue while Serve replaces a replica, until the Ingress's in-flight limit sheds them). At the end
+every acknowledged event is checked: it must be in the log (the Profiles replica's count of
+logged event ids) and reflected in its shopper's profile (/v1/recommend says user_known=true).
 
 Loopback only, bounded in time. Writes bench/results/faults.json.
 """
@@ -38,11 +40,18 @@ class Load:
     """Open-loop mixed traffic; records (sent_at, endpoint, status) and acknowledged events."""
 
     def __init__(self, base: str, rate: float, queries: list[str], items: list[str], users: list[str],
-                 event_users: list[str] | None = None) -> None:
+                 event_users: list[str] | None = None, retry_once: bool = False) -> None:
         self.base, self.rate = base, rate
+        # retry_once: like a well-behaved client, a 503/429 with Retry-After is sent once more after
+        # that wait (events keep their event_id, so a retry is de-duplicated); the log keeps the
+        # final status, `first_attempt` every first answer's status.
+        self.retry_once = retry_once
+        self.first_attempt: dict[str, int] = {}
+        self.retried = 0
         self.event_users = event_users  # None: every event names a fresh shopper
         self.queries, self.items, self.users = queries, items, users
-        self.log: list[tuple[float, str, int, float]] = []  # (sent at, endpoint, status, latency s)
+        # (sent at, endpoint, final status, latency s incl. a retry, first attempt's status)
+        self.log: list[tuple[float, str, int, float, int]] = []
         self.acked: dict[str, str] = {}  # event_id -> user_id
         self.errors_500: list[str] = []  # bodies of 500 answers (a 500 is a bug; keep the evidence)
         self.shed = 0  # 503s from the Ingress's in-flight limit (load shedding), told apart by their body
@@ -65,19 +74,32 @@ class Load:
             ep, body = "events", [{"event_id": eid, "user_id": user, "event_type": "view",
                                    "item_id": self.rng.choice(self.items)}]
         t = time.monotonic()
+        status, retry_after = await self._send(session, ep, body)
+        first = status
+        self.first_attempt[str(status)] = self.first_attempt.get(str(status), 0) + 1
+        if self.retry_once and status in (429, 503) and retry_after is not None:
+            self.retried += 1
+            await asyncio.sleep(min(retry_after, 5.0))
+            status, _ = await self._send(session, ep, body)
+        if ep == "events" and status == 200:
+            self.acked[body[0]["event_id"]] = body[0]["user_id"]
+        self.log.append((t, ep, status, time.monotonic() - t, first))
+
+    async def _send(self, session: Any, ep: str, body: Any) -> tuple[int, float | None]:
+        """(status, Retry-After seconds or None); status 0: refused, reset or timed out."""
+        import aiohttp
+
         try:
             async with session.post(f"{self.base}/v1/{ep}", json=body) as resp:
                 text = await resp.read()
-                status = resp.status
-                if status == 500 and len(self.errors_500) < 20:
+                if resp.status == 500 and len(self.errors_500) < 20:
                     self.errors_500.append(f"{ep}: {text[:300]!r}")
-                if status == 503 and b"overloaded" in text:
+                if resp.status == 503 and b"overloaded" in text:
                     self.shed += 1
+                ra = resp.headers.get("Retry-After")
+                return resp.status, float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            status = 0  # connection refused / reset / timeout
-        if ep == "events" and status == 200:
-            self.acked[body[0]["event_id"]] = body[0]["user_id"]
-        self.log.append((t, ep, status, time.monotonic() - t))
+            return 0, None
 
     async def run(self) -> None:
         import aiohttp
@@ -109,7 +131,9 @@ def recovery(log: list[tuple[float, str, int, float]], t_fault: float, t_end: fl
     for x in failed:
         statuses[str(x[2])] = statuses.get(str(x[2]), 0) + 1
     lat = sorted(x[3] for x in window if _ok(x[2]))
+    first = [x for x in window if not _ok(x[4])]
     return {"requests": len(window), "failed_requests": len(failed), "failed_by_status": statuses,
+            "failed_first_attempt": len(first), "retried_after_retry_after": sum(1 for x in first if x[4] in (429, 503)),
             "outage_s": round(failed[-1][0] - t_fault, 2) if failed else 0.0,
             "max_latency_s": round(lat[-1], 2) if lat else None,
             "p99_latency_s": round(lat[int(0.99 * (len(lat) - 1))], 3) if lat else None}
@@ -152,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle-s", type=float, default=20.0, help="load time after each fault")
     ap.add_argument("--via", choices=("proxy", "direct"), default="proxy",
                     help="send the load to the Serve proxy (the stable URL) or straight to the Ingress replica")
+    ap.add_argument("--no-retry", action="store_true",
+                    help="do not retry a 503/429 once after its Retry-After (the default does, like a client should)")
     ap.add_argument("--out", default=str(RESULTS / "faults.json"))
     ns = ap.parse_args(argv)
     import ray
@@ -172,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     deploy()
     base = f"http://127.0.0.1:{proxy if ns.via == 'proxy' else direct}"
     wait_http(f"{base}/healthz", 180)
-    report: dict[str, Any] = {"via": ns.via, "rate_rps": ns.rate, "settle_s": ns.settle_s, "mix": "search 40%, recommend 30%, events 30%",
+    report: dict[str, Any] = {"via": ns.via, "rate_rps": ns.rate, "settle_s": ns.settle_s, "retry_once": not ns.no_retry,
+                              "mix": "search 40%, recommend 30%, events 30%",
                               "faults": {}}
-    load = Load(base, ns.rate, queries, items[S.ITEM_ID].to_list(), users)
+    load = Load(base, ns.rate, queries, items[S.ITEM_ID].to_list(), users, retry_once=not ns.no_retry)
 
     async def scenario() -> None:
         runner = asyncio.create_task(load.run())
@@ -213,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
             "logged_but_not_acknowledged": health["logged_event_ids"] - len(load.acked),
             "acknowledged_but_not_in_a_profile": len(missing), "torn_tail": health["torn_tail"]}
         counts: dict[str, int] = {}
-        for _, ep, status, _ in load.log:
+        for _, ep, status, *_ in load.log:
             counts[f"{ep} {status}"] = counts.get(f"{ep} {status}", 0) + 1
         report["requests"] = {"sent": len(load.log), "by_endpoint_and_status": counts,
+                              "first_attempt_by_status": load.first_attempt, "retried_once": load.retried,
+                              "shed_overloaded_503": load.shed,
                               "bodies_of_500s": load.errors_500}
     finally:
         serve.shutdown()

@@ -128,6 +128,21 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
                             "required": True}}
 
 
+def _limits_into_spec(spec: dict[str, Any], cfg: ServingConfig) -> dict[str, Any]:
+    """Write the deployment's own limits (max_k, max_events_per_request) into its OpenAPI document,
+    so a client or a fuzzer reading /openapi.json knows them."""
+    paths = spec.get("paths", {})
+    for path in ("/v1/search", "/v1/recommend"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["k"]["maximum"] = cfg.max_k
+    for param in paths["/v1/items/{item_id}/similar"]["get"].get("parameters", []):
+        if param.get("name") == "k":
+            param["schema"]["maximum"] = cfg.max_k
+    paths["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]["maxItems"] = \
+        cfg.max_events_per_request
+    return spec
+
+
 READ_ERRORS = _errors(413, 422, 429, 503)
 WRITE_ERRORS = _errors(401, 413, 422, 429, 503)
 
@@ -166,6 +181,7 @@ class Ingress:
         self.cfg, self.res = cfg, res
         self.encoder, self.retriever, self.ranker, self.profiles = encoder, retriever, ranker, profiles
         self.api_key = os.environ.get(cfg.api_key_env) or None
+        _limits_into_spec(app.openapi(), cfg)  # app.openapi() caches the document it returns
         rl = cfg.rate_limit
         self.limiter = RateLimiter(rl.requests_per_s, rl.burst, rl.max_clients)
         self.admission = InFlightLimit(cfg.overload.max_in_flight, cfg.overload.write_reserve)

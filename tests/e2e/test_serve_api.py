@@ -328,6 +328,9 @@ def test_ops_endpoints(app):
     assert 'intently_requests_total{endpoint="search",status="200"}' in metrics
     spec = requests.get(f"{app.url}/openapi.json", timeout=30).json()
     assert {"/v1/search", "/v1/recommend", "/v1/events", "/v1/items/{item_id}", "/v1/users/{user_id}"} <= set(spec["paths"])
+    search = spec["paths"]["/v1/search"]["post"]
+    assert search["requestBody"]["content"]["application/json"]["schema"]["properties"]["k"]["maximum"] == 100  # max_k
+    assert {"413", "422", "429", "503"} <= set(search["responses"])  # errors are documented
     assert requests.get(f"{app.url}/docs", timeout=30).status_code == 200
 
 
