@@ -84,7 +84,7 @@ def windows(log: list[tuple[float, str, int, float]], t0: float, width: float) -
                     "timeouts": sum(1 for x in w if x[2] == 0),
                     "errors": sum(1 for x in w if x[2] not in (200, 503)),
                     "p50_ms": round(1e3 * ok[len(ok) // 2], 1) if ok else None,
-                    "p99_ms": round(1e3 * ok[int(0.99 * (len(ok) - 1))], 1) if ok else None})
+                    "p99_ms": _p99(ok)})
         t += width
     return out
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                           "error_rate": round(sum(1 for x in log if x[2] not in (200, 503)) / n, 5),
                           "shed_p99_ms": _p99([x[3] for x in log if x[2] == 503]),
                           "p50_ms": round(1e3 * ok[len(ok) // 2], 1) if ok else None,
-                          "p99_ms": round(1e3 * ok[int(0.99 * (len(ok) - 1))], 1) if ok else None,
+                          "p99_ms": _p99(ok),
                           "bodies_of_500s": load.errors_500}
     report["windows"] = windows(log, t0, ns.window_s)
     report["memory"] = {name: growth(s, t0) for name, s in samples.items()}

@@ -40,11 +40,13 @@ class ApiError(Exception):
         self.status, self.message, self.field = status, message, field
 
 
-def _err(status: int, message: str, field: str | None = None, problems: list | None = None) -> JSONResponse:
+def _err(status: int, message: str, field: str | None = None, problems: list | None = None,
+         retry_after_s: int | None = None) -> JSONResponse:
     body: dict[str, Any] = {"error": message, "field": field}
     if problems:
         body["problems"] = problems
-    return JSONResponse(body, status_code=status)
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _loc(loc: tuple) -> str:
@@ -143,6 +145,8 @@ def _limits_into_spec(spec: dict[str, Any], cfg: ServingConfig) -> dict[str, Any
     return spec
 
 
+_EVENT = EventIn.model_json_schema()
+_EVENTS_BODY = {"type": "array", "minItems": 1, "items": _EVENT, "$defs": _EVENT.get("$defs", {})}
 READ_ERRORS = _errors(413, 422, 429, 503)
 WRITE_ERRORS = _errors(401, 413, 422, 429, 503)
 
@@ -195,13 +199,19 @@ class Ingress:
                               ["endpoint"], registry=reg)
 
     # --- cross-cutting -----------------------------------------------------------------------
+    @staticmethod
+    def _sent_key(request: Request) -> str | None:
+        """The API key the client sent: X-API-Key, else `Authorization: Bearer <key>`."""
+        key = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if key is None and auth.lower().startswith("bearer "):
+            key = auth[7:]
+        return key
+
     def _authorise(self, request: Request) -> None:
         if self.api_key is None:
             return
-        given = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if given is None and auth.lower().startswith("bearer "):
-            given = auth[7:]
+        given = self._sent_key(request)
         if given is None:
             raise ApiError(401, "missing API key: send it in the X-API-Key header", "X-API-Key")
         if not hmac.compare_digest(given.encode(), self.api_key.encode()):
@@ -249,10 +259,7 @@ class Ingress:
     def _client(self, request: Request) -> str:
         """Who a rate limit applies to: the API key when one is sent (hashed, never stored), else
         the client address."""
-        key = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if key is None and auth.lower().startswith("bearer "):
-            key = auth[7:]
+        key = self._sent_key(request)
         if key:
             return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
         return "ip:" + (request.client.host if request.client else "unknown")
@@ -264,11 +271,9 @@ class Ingress:
             self.m_shed.labels(endpoint).inc()
             self.m_requests.labels(endpoint, "503").inc()
             lim = self.admission
-            return JSONResponse(
-                {"error": f"overloaded: {lim.in_flight} requests in progress on this replica (limit "
-                          f"{lim.limit}{f' + {lim.write_reserve} for writes' if lim.write_reserve else ''}); "
-                          "nothing was done; retry after 1 s", "field": None},
-                status_code=503, headers={"Retry-After": "1"})
+            return _err(503, f"overloaded: {lim.in_flight} requests in progress on this replica (limit "
+                             f"{lim.limit}{f' + {lim.write_reserve} for writes' if lim.write_reserve else ''}); "
+                             "nothing was done; retry after 1 s", retry_after_s=1)
         self.m_inflight.inc()
         status = 500
         try:
@@ -277,10 +282,8 @@ class Ingress:
                 if not ok:
                     status = 429
                     rl = self.cfg.rate_limit
-                    return JSONResponse(
-                        {"error": f"rate limit: {rl.requests_per_s:g} requests/s per client (burst {rl.burst}); "
-                                  f"retry after {wait:.2f}s", "field": None},
-                        status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                    return _err(429, f"rate limit: {rl.requests_per_s:g} requests/s per client (burst {rl.burst}); "
+                                     f"retry after {wait:.2f}s", retry_after_s=max(1, math.ceil(wait)))
             resp = await fn()
             status = getattr(resp, "status_code", 200)
             return resp
@@ -295,8 +298,7 @@ class Ingress:
             # was acknowledged; events that reached the log before the failure are de-duplicated
             # on retry when they carry an event_id.
             status = 503
-            return JSONResponse({"error": f"temporarily unavailable: {type(e).__name__}; retry shortly",
-                                 "field": None}, status_code=503, headers={"Retry-After": "1"})
+            return _err(503, f"temporarily unavailable: {type(e).__name__}; retry shortly", retry_after_s=1)
         finally:
             self.admission.leave()
             self.m_inflight.dec()
@@ -369,8 +371,7 @@ class Ingress:
 
     # --- write endpoints ---------------------------------------------------------------------
     @app.post("/v1/events", response_model=EventsOut, summary="Log shopper events (durable before the reply)",
-              responses=WRITE_ERRORS, openapi_extra=_json_body({"type": "array", "minItems": 1, "items": EventIn.model_json_schema(),
-                                                           "$defs": EventIn.model_json_schema().get("$defs", {})}))
+              responses=WRITE_ERRORS, openapi_extra=_json_body(_EVENTS_BODY))
     async def events(self, request: Request) -> Any:
         async def run() -> Any:
             self._authorise(request)
