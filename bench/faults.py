@@ -159,7 +159,8 @@ class LocalServe:
         from serving.settings import ServingConfig, resolve
 
         self.state = Path(tempfile.mkdtemp(prefix=state_prefix))
-        self.conf = load_serve_config(overrides=[f"artifacts_root={Path(artifacts).resolve()}", f"state_dir={self.state}"])
+        self.conf = load_serve_config(overrides=[f"artifacts_root={Path(artifacts).resolve()}", f"state_dir={self.state}",
+                                                    "allow_anonymous_writes=true"])  # loopback-only bench
         res = resolve(ServingConfig.from_args(self.conf["args"]))
         self.items = pl.read_parquet(A.join(res.features_dir, "items"), columns=[S.ITEM_ID, S.TITLE])
         self.users = pl.read_parquet(A.join(res.features_dir, "users"), columns=[S.USER_ID])[S.USER_ID].head(300).to_list()

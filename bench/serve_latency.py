@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     state = Path(tempfile.mkdtemp(prefix="bench-serve-state-"))
     conf = load_serve_config(overrides=[f"artifacts_root={Path(ns.artifacts).resolve()}", f"state_dir={state}",
-                                        "encoder.cache_size=0"])
+                                        "encoder.cache_size=0", "allow_anonymous_writes=true"])
     cfg = ServingConfig.from_args(conf["args"])
     res = resolve(cfg)
     items = pl.read_parquet(A.join(res.features_dir, "items"), columns=[S.ITEM_ID, S.TITLE])

@@ -5,11 +5,16 @@ Every record is one line `<crc32 hex> <json>\\n`, where the JSON carries a monot
 `append` never acknowledges something a crash can take back. Segments are named by the first seq
 they hold (`segment-00000000000000000001.log`) and roll over at `segment_bytes`.
 
-Opening a log scans every segment. A record that is cut short or whose checksum does not match can
-only be the unacknowledged tail of a write that was interrupted (appends are sequential and
-fsynced), so the segment is truncated there and the discarded bytes are reported in `torn`.
-A bad record followed by good ones is real corruption, not a torn tail; opening refuses it with
-the segment and offset rather than guessing.
+Opening a log reads only its last segment (to find the newest seq), so start-up costs what the
+tail costs, not what the whole history does; `read_after(seq)` then reads what a caller still
+needs. A record that is cut short or whose checksum does not match at the end of the last
+segment can only be the unacknowledged tail of a write that was interrupted (appends are
+sequential and fsynced), so the segment is truncated there and the discarded bytes are reported
+in `torn`. A bad record followed by good ones, or in an older segment, is real corruption, not a
+torn tail; reading refuses it with the segment and offset rather than guessing.
+
+`drop_through(seq, ...)` deletes whole segments whose every record is at or below `seq` (a
+snapshot already holds their effect), oldest first, by age and total size: the retention policy.
 
 `remove` rewrites the segments without the records a predicate selects (forgetting a user); each
 rewritten segment replaces the old one atomically (write to a temp file, fsync, rename). Seqs are
@@ -49,6 +54,10 @@ class TornTail:
 
 def _segment_name(first_seq: int) -> str:
     return f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def _first_seq(seg: Path) -> int:
+    return int(seg.name[len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)])
 
 
 def _encode(record: dict[str, Any]) -> bytes:
@@ -96,7 +105,23 @@ class RecordLog:
         self._read_pos: dict[str, tuple[int, int]] = {}  # segment -> (byte offset, inode)
         self._pending: list[dict[str, Any]] = []
         with self._exclusive():
-            self._records_on_open: list[dict[str, Any]] = list(self._scan(repair=True))
+            self._open_tail()
+        self._open_seq = self.last_seq
+
+    def _open_tail(self) -> None:
+        """Find the newest seq from the last non-empty segment (repairing a torn tail there), and
+        mark every segment as read, so `refresh` returns only what is appended later."""
+        segs = self.segments()
+        for seg in segs[:-1]:
+            self._read_pos[seg.name] = (seg.stat().st_size, seg.stat().st_ino)
+        if segs:
+            for _ in self._scan_segments(segs[-1:], repair=True):
+                pass
+        if self.last_seq == 0 and len(segs) > 1:  # the last segment was empty: the one before ends it
+            for rec in self.read_after(0):
+                self.last_seq = max(self.last_seq, rec[SEQ])
+        if segs and self.last_seq == 0:
+            self.last_seq = _first_seq(segs[-1]) - 1
 
     # --- locking ------------------------------------------------------------------------------
     class _Flock:
@@ -124,6 +149,11 @@ class RecordLog:
         A segment rewritten by `remove` (new inode) is read again from its start, skipping the
         seqs already seen."""
         segs = self.segments()
+        for gone in set(self._read_pos) - {s.name for s in segs}:  # dropped by retention
+            del self._read_pos[gone]
+        yield from self._scan_segments(segs, repair)
+
+    def _scan_segments(self, segs: list[Path], repair: bool) -> Iterator[dict[str, Any]]:
         for i, seg in enumerate(segs):
             inode = seg.stat().st_ino
             start, seen_inode = self._read_pos.get(seg.name, (0, inode))
@@ -161,9 +191,8 @@ class RecordLog:
             self._read_pos[seg.name] = (start + pos, inode)
 
     def records_on_open(self) -> list[dict[str, Any]]:
-        """Every record found when the log was opened (then released)."""
-        out, self._records_on_open = self._records_on_open, []
-        return out
+        """Every record the log held when it was opened (read now, from the files)."""
+        return list(self.read_after(0, through=self._open_seq))
 
     def refresh(self) -> list[dict[str, Any]]:
         """Records other processes appended since this one last read (also those `append` read
@@ -172,20 +201,65 @@ class RecordLog:
             out, self._pending = self._pending + list(self._scan(repair=False)), []
             return out
 
-    def read_after(self, seq: int) -> Iterator[dict[str, Any]]:
-        """Every record with a seq above `seq`, oldest first (a fresh read of the files)."""
+    def read_after(self, seq: int, through: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every record with `seq` < its seq (<= `through`, when given), oldest first, read from
+        the files. An unreadable record is corruption (LogCorruptError naming the segment and
+        offset), except an unfinished line at the very end, which a concurrent writer is still
+        appending."""
         segs = self.segments()
         for i, seg in enumerate(segs):
-            nxt = int(segs[i + 1].name[len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)]) if i + 1 < len(segs) else None
+            nxt = _first_seq(segs[i + 1]) if i + 1 < len(segs) else None
             if nxt is not None and nxt <= seq + 1:
                 continue  # the whole segment is at or below seq
+            if through is not None and _first_seq(seg) > through:
+                return
             with open(seg, "rb") as f:
-                for line in f:
-                    rec = _decode(line)
-                    if rec is None:
-                        break  # a concurrent writer's unfinished line
-                    if rec[SEQ] > seq:
-                        yield rec
+                data = f.read()
+            pos = 0
+            while pos < len(data):
+                end = data.find(b"\n", pos)
+                line = data[pos:] if end < 0 else data[pos:end + 1]
+                rec = _decode(line)
+                if rec is None:
+                    if end < 0 and i == len(segs) - 1:
+                        return  # a writer's unfinished line
+                    raise LogCorruptError(f"{seg}: unreadable record at byte {pos}")
+                pos += len(line)
+                if through is not None and rec[SEQ] > through:
+                    return
+                if rec[SEQ] > seq:
+                    yield rec
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.segments())
+
+    def drop_through(self, seq: int, older_than_s: float | None = None, max_bytes: int | None = None,
+                     now: float | None = None) -> list[str]:
+        """Delete whole segments whose records all have a seq <= `seq`, oldest first: each one
+        last written more than `older_than_s` ago, and then more while the log is over
+        `max_bytes`. The newest segment is never dropped. Returns the names dropped."""
+        import time
+
+        now = time.time() if now is None else now
+        dropped: list[str] = []
+        with self._exclusive():
+            segs = self.segments()
+            total = sum(p.stat().st_size for p in segs)
+            for i, seg in enumerate(segs[:-1]):
+                if _first_seq(segs[i + 1]) - 1 > seq:
+                    break  # this segment holds records the caller still needs
+                st = seg.stat()
+                old = older_than_s is not None and now - st.st_mtime >= older_than_s
+                big = max_bytes is not None and total > max_bytes
+                if not (old or big):
+                    break
+                seg.unlink()
+                total -= st.st_size
+                self._read_pos.pop(seg.name, None)
+                dropped.append(seg.name)
+            if dropped:
+                _fsync_dir(self.dir)
+        return dropped
 
     # --- writing ------------------------------------------------------------------------------
     def append(self, records: list[dict[str, Any]]) -> list[int]:

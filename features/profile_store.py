@@ -11,7 +11,12 @@ is below the event's, so a profile written out early (evicted) is never folded t
 acknowledged is lost: acknowledged means in the log, and the log is replayed.
 
 Memory: at most `max_users_in_memory` profiles are held; the least recently used is written to the
-snapshot and dropped, and loaded again on its next request.
+snapshot and dropped, and loaded again on its next request. Event ids are remembered for
+de-duplication over a bounded window (features/dedup.py), persisted with the snapshot.
+
+Start-up reads the snapshot and only the log after applied_seq. Retention: after each snapshot,
+log segments it wholly covers are deleted once older than `log_retention_s` (and the oldest
+covered ones while the log is over `log_retention_bytes`), so the log does not grow for ever.
 
 Forgetting a user deletes the profile row (with SQLite's secure_delete, so the bytes are zeroed,
 and a rollback journal that is deleted after each commit), and rewrites the log segments without
@@ -28,18 +33,40 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from features import schema as S
+from features.dedup import DedupWindow
 from features.eventlog import RecordLog, TornTail
 from features.profile import Profile, ProfileParams
 
 Lookup = Callable[[str], tuple[np.ndarray | None, str | None, float | None]]
 QUERY_VECTOR = "query_vector"  # base64 float32 embedding of a search event's query, logged with it
 TS_US = "ts_us"
+RECEIVED_US = "received_us"  # when the server logged the event (the de-duplication window's clock)
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class StateLimits:
+    """Bounds on the state that grows with traffic (profiles.limits in serving/config.yaml)."""
+
+    dedup_window_s: float = 7 * DAY_S  # a retried event_id within this is a duplicate
+    dedup_max_ids: int = 1_000_000  # and at most this many ids are remembered (about 100 MB)
+    log_segment_bytes: int = 64 << 20  # the event log rolls over to a new segment file at this size
+    log_retention_s: float | None = 7 * DAY_S  # segments a snapshot covers are deleted after this; None: kept
+    log_retention_bytes: int | None = None  # and the oldest covered ones beyond this total; None: no cap
+
+    def __post_init__(self) -> None:
+        if self.log_retention_s is not None and self.log_retention_s < 0:
+            raise ValueError(f"profiles.limits.log_retention_s must be >= 0 or null, got {self.log_retention_s}")
+        if self.log_retention_bytes is not None and self.log_retention_bytes < 0:
+            raise ValueError(f"profiles.limits.log_retention_bytes must be >= 0 or null, got {self.log_retention_bytes}")
+        DedupWindow(self.dedup_window_s, self.dedup_max_ids)  # validates both
 
 
 def encode_vector(v: np.ndarray) -> str:
@@ -61,7 +88,8 @@ class ProfileStore:
 
     def __init__(self, state_dir: str | Path, params: ProfileParams, lookup: Lookup,
                  max_users_in_memory: int = 100_000, snapshot_every_events: int = 5_000,
-                 snapshot_every_s: float = 30.0, fsync: bool = True) -> None:
+                 snapshot_every_s: float = 30.0, fsync: bool = True, limits: StateLimits = StateLimits(),
+                 clock: Callable[[], float] = time.time) -> None:
         if max_users_in_memory < 1:
             raise ValueError(f"max_users_in_memory must be >= 1, got {max_users_in_memory}")
         self.dir = Path(state_dir)
@@ -71,6 +99,8 @@ class ProfileStore:
         self.max_users = max_users_in_memory
         self.snapshot_every_events = snapshot_every_events
         self.snapshot_every_s = snapshot_every_s
+        self.limits = limits
+        self.clock = clock
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, Profile] = OrderedDict()
         self._dirty: set[str] = set()
@@ -79,16 +109,18 @@ class ProfileStore:
             self.db.execute(f"PRAGMA {pragma}")
         self.db.execute("CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, seq INTEGER, data TEXT)")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        self.log = RecordLog(self.dir / "events", fsync=fsync)
-        self.stats = {"evicted": 0, "loaded": 0, "snapshots": 0, "replayed": 0, "duplicates": 0}
-        self._event_ids: set[str] = set()
+        DedupWindow.create_table(self.db)
+        self.log = RecordLog(self.dir / "events", segment_bytes=limits.log_segment_bytes, fsync=fsync)
+        self.stats = {"evicted": 0, "loaded": 0, "snapshots": 0, "replayed": 0, "duplicates": 0,
+                      "segments_dropped": 0}
+        self.dedup = DedupWindow(limits.dedup_window_s, limits.dedup_max_ids)
         self.applied_seq = int(self._meta("applied_seq") or 0)
         t0 = time.perf_counter()
-        for rec in self.log.records_on_open():
-            self._event_ids.add(rec[S.EVENT_ID])
-            if rec["seq"] > self.applied_seq:
-                self._fold(rec)
-                self.stats["replayed"] += 1
+        self.dedup.load(self.db, self.clock())
+        for rec in self.log.read_after(self.applied_seq):  # the snapshot holds everything before
+            self.dedup.add(rec[S.EVENT_ID], rec[S.USER_ID], rec.get(RECEIVED_US, rec[TS_US]) / 1e6)
+            self._fold(rec)
+            self.stats["replayed"] += 1
         self.replay_s = time.perf_counter() - t0
         self._since_snapshot = self.stats["replayed"]
         self._last_snapshot = time.monotonic()
@@ -159,7 +191,8 @@ class ProfileStore:
         return len(self._cache)
 
     def known_event_ids(self) -> int:
-        return len(self._event_ids)
+        """Event ids in the de-duplication window."""
+        return len(self.dedup)
 
     # --- writing -----------------------------------------------------------------------------
     def _fold(self, rec: dict[str, Any]) -> None:
@@ -194,19 +227,21 @@ class ProfileStore:
             fresh: list[dict[str, Any]] = []
             dups: list[str] = []
             batch_ids: set[str] = set()
+            now = self.clock()
             for ev in events:
                 rec = dict(ev)
                 rec[S.EVENT_ID] = rec.get(S.EVENT_ID) or uuid.uuid4().hex
-                if rec[S.EVENT_ID] in self._event_ids or rec[S.EVENT_ID] in batch_ids:
+                if rec[S.EVENT_ID] in self.dedup or rec[S.EVENT_ID] in batch_ids:
                     dups.append(rec[S.EVENT_ID])
                     continue
                 batch_ids.add(rec[S.EVENT_ID])
+                rec[RECEIVED_US] = int(now * 1e6)
                 fresh.append(rec)
             self.stats["duplicates"] += len(dups)
             if fresh:
                 self.log.append(fresh)  # durable from here on
                 for rec in fresh:
-                    self._event_ids.add(rec[S.EVENT_ID])
+                    self.dedup.add(rec[S.EVENT_ID], rec[S.USER_ID], now)
                     self._fold(rec)
                 self._since_snapshot += len(fresh)
                 if (self._since_snapshot >= self.snapshot_every_events
@@ -215,8 +250,10 @@ class ProfileStore:
             return [r[S.EVENT_ID] for r in fresh], dups
 
     def snapshot(self) -> int:
-        """Write every changed profile and applied_seq in one transaction; returns rows written."""
+        """Write every changed profile, the de-duplication window and applied_seq in one
+        transaction, then apply the log retention; returns profile rows written."""
         with self._lock:
+            now = self.clock()
             self.db.execute("BEGIN")
             n = 0
             for user_id in list(self._dirty):
@@ -225,6 +262,7 @@ class ProfileStore:
                     self.db.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)",
                                     (user_id, prof.seq, json.dumps(prof.to_dict())))
                     n += 1
+            self.dedup.save(self.db, now)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('applied_seq', ?)", (str(self.log.last_seq),))
             self.db.execute("COMMIT")
             self._dirty.clear()
@@ -232,6 +270,10 @@ class ProfileStore:
             self._since_snapshot = 0
             self._last_snapshot = time.monotonic()
             self.stats["snapshots"] += 1
+            lim = self.limits
+            if lim.log_retention_s is not None or lim.log_retention_bytes is not None:
+                dropped = self.log.drop_through(self.applied_seq, lim.log_retention_s, lim.log_retention_bytes)
+                self.stats["segments_dropped"] += len(dropped)
             return n
 
     def forget(self, user_id: str) -> dict[str, int] | None:
@@ -249,7 +291,8 @@ class ProfileStore:
                 return False
 
             removed = self.log.remove(select)
-            self._event_ids.difference_update(gone_ids)
+            self.dedup.discard(gone_ids)
+            self.dedup.forget_user(self.db, user_id)
             if not (in_cache or cur.rowcount or removed):
                 return None
             self.db.execute("VACUUM")  # no free page keeps the old row

@@ -2,8 +2,10 @@
 
 RateLimiter: a steady request rate per client with a burst allowance, bounded memory.
 
-A client is whoever the caller says (the Ingress uses a hash of the API key when one is sent,
-else the client address). Each bucket holds up to `burst` tokens and refills at `rate` per second;
+A client is whoever the caller says; the Ingress asks `client_id`: a configured API key that the
+request proved it holds, else the client's address (`client_address`, which reads a forwarded-for
+header only when it comes from a configured proxy). An unknown or wrong key is no identity at all,
+so rotating random keys cannot mint fresh buckets: they all share their address's. Each bucket holds up to `burst` tokens and refills at `rate` per second;
 a request takes one token or is refused with the seconds until the next token. Buckets of idle
 clients are evicted least-recently-used beyond `max_clients` (an evicted client starts full).
 
@@ -16,7 +18,77 @@ every request admitted (in progress / throughput).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 from collections import OrderedDict
+from typing import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(cidrs: Iterable[str], key: str = "rate_limit.trusted_proxies") -> tuple[Network, ...]:
+    """CIDRs ("10.0.0.0/8", "127.0.0.1") -> networks; ValueError names the key and the bad entry."""
+    out = []
+    for i, c in enumerate(cidrs):
+        try:
+            out.append(ipaddress.ip_network(str(c).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{key}[{i}]: {c!r} is not an IP address or CIDR network "
+                             "(e.g. 127.0.0.1 or 10.0.0.0/8)") from None
+    return tuple(out)
+
+
+def _in(addr: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr.strip().strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
+    """The address of the client a request came from.
+
+    `peer` is the TCP peer. Only when it is a trusted proxy is `forwarded_for` (the X-Forwarded-For
+    header, "client, proxy1, proxy2") read: from the right, proxies append the address they saw, so
+    the first entry that is not a trusted proxy is the real client; entries to its left could have
+    been written by anyone. With no trusted proxy configured the header is ignored."""
+    addr = peer or "unknown"
+    if not trusted or not forwarded_for or not _in(addr, trusted):
+        return addr
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        addr = hop
+        if not _in(hop, trusted):
+            break
+    return addr
+
+
+def write_refusal(sent_key: str | None, valid_keys: tuple[str, ...], allow_anonymous: bool,
+                  key_env: str = "INTENTLY_API_KEY") -> tuple[int, str] | None:
+    """Why a write is refused, as (HTTP status, message), or None when it is allowed: with keys
+    configured the request must carry one of them (401); with none, writes are refused (403) unless
+    anonymous writes were explicitly allowed."""
+    if not valid_keys:
+        if allow_anonymous:
+            return None
+        return 403, (f"writes are disabled on this server: no API key is configured (${key_env}) and "
+                     "allow_anonymous_writes is false")
+    if sent_key is None:
+        return 401, "missing API key: send it in the X-API-Key header"
+    if not any(hmac.compare_digest(sent_key.encode(), k.encode()) for k in valid_keys):
+        return 401, "wrong API key"
+    return None
+
+
+def client_id(sent_key: str | None, valid_keys: tuple[str, ...], address: str) -> str:
+    """The rate-limit identity: "key:<hash>" for a valid API key, else "ip:<address>"."""
+    if sent_key:
+        given = sent_key.encode()
+        for k in valid_keys:
+            if hmac.compare_digest(given, k.encode()):
+                return "key:" + hashlib.sha256(given).hexdigest()[:16]
+    return "ip:" + address
 
 
 class RateLimiter:

@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from features.catalog import Catalog, ItemUpdate
+from features.errors import CatalogFull
 from features.eventlog import RecordLog
 from features.index import ItemIndex
 from features.lexical import BM25
@@ -39,10 +40,13 @@ class RetrievalConfig:
     bm25_b: float = 0.75
     cooc_candidates: int = 100  # recommend: co-occurrence neighbours of the context and recent items
     popular_candidates: int = 50  # recommend: the most popular items (cold start)
+    max_items: int = 2_000_000  # PUT /v1/items may not grow the catalog past this (409); changes always allowed
 
     def __post_init__(self) -> None:
         if self.num_candidates < 1 or self.rrf_k < 1:
             raise ValueError(f"retriever.num_candidates and rrf_k must be >= 1, got {self.num_candidates}, {self.rrf_k}")
+        if self.max_items < 1:
+            raise ValueError(f"retriever.max_items must be >= 1, got {self.max_items}")
         if not 0.0 <= self.ann_weight <= 1.0:
             raise ValueError(f"retriever.ann_weight must be in [0, 1], got {self.ann_weight}")
 
@@ -99,10 +103,15 @@ class LiveCatalog:
         return len(recs)
 
     def upsert(self, item: ItemUpdate, vector: np.ndarray) -> tuple[int, bool]:
-        """Durably log the item, then apply it; returns (row, created)."""
+        """Durably log the item, then apply it; returns (row, created). A new item when the catalog
+        holds retriever.max_items raises CatalogFull (nothing logged)."""
         rec = {"item": item.to_record(), "vector": encode_vector(vector)}
         if self.log is not None:
             self.sync()
+        if item.item_id not in self.catalog.row and len(self.catalog) >= self.cfg.max_items:
+            raise CatalogFull(f"item_id: the catalog is full ({len(self.catalog)} items, limit retriever.max_items="
+                              f"{self.cfg.max_items}); change existing items or raise the limit", "item_id")
+        if self.log is not None:
             self.log.append([rec])
         return self._apply(rec)
 

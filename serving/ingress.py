@@ -7,8 +7,6 @@ field: 422 invalid body, 401 missing or wrong API key, 404 unknown item or user,
 
 import asyncio
 import datetime as dt
-import hashlib
-import hmac
 import math
 import os
 import time
@@ -25,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from features import schema as S
 from features.catalog import ItemUpdate
 from features.ranking import context_for
-from features.ratelimit import InFlightLimit, RateLimiter
+from features.ratelimit import InFlightLimit, RateLimiter, client_address, client_id, parse_networks, write_refusal
 from features.profile_store import TS_US, QUERY_VECTOR, encode_vector, to_epoch_us
 from features.retrieval import Filters
 from serving.schemas import (ErrorOut, EventIn, EventsOut, FiltersIn, ForgetOut, ItemIn, ItemUpsertOut,
@@ -99,6 +97,7 @@ WRITES = frozenset({"events", "put_item", "forget"})  # endpoints that may use t
 
 _ERROR_DOCS = {
     401: "missing or wrong API key (writes need it when the server has one)",
+    403: "writes are disabled: the server has no API key and allow_anonymous_writes is false",
     404: "unknown item or user; `field` names it",
     413: "body over max_body_bytes, or too many events in one request",
     422: "invalid request: `field` names the first problem and the allowed values, `problems` lists all",
@@ -148,7 +147,7 @@ def _limits_into_spec(spec: dict[str, Any], cfg: ServingConfig) -> dict[str, Any
 _EVENT = EventIn.model_json_schema()
 _EVENTS_BODY = {"type": "array", "minItems": 1, "items": _EVENT, "$defs": _EVENT.get("$defs", {})}
 READ_ERRORS = _errors(413, 422, 429, 503)
-WRITE_ERRORS = _errors(401, 413, 422, 429, 503)
+WRITE_ERRORS = _errors(401, 403, 413, 422, 429, 503)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -184,7 +183,9 @@ class Ingress:
                  profiles: Any) -> None:
         self.cfg, self.res = cfg, res
         self.encoder, self.retriever, self.ranker, self.profiles = encoder, retriever, ranker, profiles
-        self.api_key = os.environ.get(cfg.api_key_env) or None
+        self.api_keys = tuple(k.strip() for k in os.environ.get(cfg.api_key_env, "").split(",") if k.strip())
+        self.trusted_proxies = parse_networks(cfg.rate_limit.trusted_proxies)
+        print(f"Ingress: writes {self.write_policy()}", flush=True)
         _limits_into_spec(app.openapi(), cfg)  # app.openapi() caches the document it returns
         rl = cfg.rate_limit
         self.limiter = RateLimiter(rl.requests_per_s, rl.burst, rl.max_clients)
@@ -208,14 +209,19 @@ class Ingress:
             key = auth[7:]
         return key
 
+    def write_policy(self) -> str:
+        """How writes are authorised, in words (the start-up banner and /healthz)."""
+        if self.api_keys:
+            return f"need an API key ({len(self.api_keys)} configured in ${self.cfg.api_key_env})"
+        if self.cfg.allow_anonymous_writes:
+            return "are OPEN to anyone: no API key configured and allow_anonymous_writes is true"
+        return f"are refused: no API key configured (set ${self.cfg.api_key_env}) and allow_anonymous_writes is false"
+
     def _authorise(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        given = self._sent_key(request)
-        if given is None:
-            raise ApiError(401, "missing API key: send it in the X-API-Key header", "X-API-Key")
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise ApiError(401, "wrong API key", "X-API-Key")
+        refusal = write_refusal(self._sent_key(request), self.api_keys, self.cfg.allow_anonymous_writes,
+                                self.cfg.api_key_env)
+        if refusal is not None:
+            raise ApiError(*refusal, "X-API-Key")
 
     async def _body(self, request: Request) -> Any:
         """The JSON body, refusing more than max_body_bytes (413) and non-JSON (422)."""
@@ -257,12 +263,11 @@ class Ingress:
             raise RequestValidationError([{**err, "loc": (*at, *err["loc"])} for err in e.errors()]) from None
 
     def _client(self, request: Request) -> str:
-        """Who a rate limit applies to: the API key when one is sent (hashed, never stored), else
-        the client address."""
-        key = self._sent_key(request)
-        if key:
-            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
-        return "ip:" + (request.client.host if request.client else "unknown")
+        """Who a rate limit applies to: a valid API key (hashed, never stored), else the client's
+        address (X-Forwarded-For only from a trusted proxy)."""
+        peer = request.client.host if request.client else None
+        address = client_address(peer, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        return client_id(self._sent_key(request), self.api_keys, address)
 
     async def _timed(self, endpoint: str, fn: Any, request: Request | None = None) -> Any:
         t0 = time.perf_counter()
@@ -434,7 +439,7 @@ class Ingress:
         return await self._timed("put_item", run, request)
 
     @app.delete("/v1/users/{user_id}", response_model=ForgetOut, summary="Forget a shopper: profile and logged events",
-                responses=_errors(401, 404, 422, 429, 503))
+                responses=_errors(401, 403, 404, 422, 429, 503))
     async def forget(self, request: Request, user_id: str = Path(min_length=1, max_length=256)) -> Any:
         async def run() -> Any:
             self._authorise(request)
@@ -455,7 +460,8 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 - any failing dependency makes the app unhealthy
             return JSONResponse({"status": "unavailable", "reason": f"{type(e).__name__}: {e}"[:500]}, status_code=503)
         enc, ret, prof = infos
-        return {"status": "ok", "versions": self.res.versions, "writes_need_api_key": self.api_key is not None,
+        return {"status": "ok", "versions": self.res.versions, "writes_need_api_key": bool(self.api_keys),
+                "writes": self.write_policy(),
                 "encoder": enc, "retriever": ret, "profiles": prof}
 
     @app.get("/metrics", summary="Prometheus metrics of this Ingress replica", response_class=PlainTextResponse)

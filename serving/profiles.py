@@ -30,7 +30,8 @@ class Profiles:
         self.live = open_live_catalog(cfg, res, lexical=False)
         pc = cfg.profiles
         self.store = ProfileStore(Path(res.state_dir) / "profiles", self.params, self.live.catalog.lookup,
-                                  pc.max_users_in_memory, pc.snapshot_every_events, pc.snapshot_every_s, pc.fsync)
+                                  pc.max_users_in_memory, pc.snapshot_every_events, pc.snapshot_every_s, pc.fsync,
+                                  pc.limits)
         t0 = time.perf_counter()
         self.seeded = 0
         if pc.seed and self.store.seeded_from is None:

@@ -14,6 +14,7 @@ from features import artifacts as A
 from features.config import ConfigError, _from_dict
 from features.encoder import LATEST, ZERO_SHOT, EncoderConfig
 from features.profile import ProfileParams
+from features.profile_store import StateLimits
 from features.ranking import HandWeights
 from features.retrieval import RetrievalConfig
 
@@ -38,15 +39,24 @@ class ProfilesServing:
     snapshot_every_s: float = 30.0
     fsync: bool = True  # fsync the event log before acknowledging (off only for throwaway tests)
     seed: bool = True  # seed profiles from the features version's users on first start
+    limits: StateLimits = StateLimits()  # de-duplication window, log segment size and retention
 
 
 @dataclass(frozen=True)
 class RateLimitServing:
-    # Per client (the API key when one is sent, else the client address) and per Ingress replica:
-    # a client over it gets 429 with Retry-After. 0: off.
+    # Per client and per Ingress replica: a client is a valid API key, else its address (an
+    # unknown key counts as its address); over the limit it gets 429 with Retry-After. 0: off.
     requests_per_s: float = 500.0
     burst: int = 1000
     max_clients: int = 100_000  # buckets kept (least recently used evicted)
+    # Proxies in front of the app (CIDRs) whose X-Forwarded-For is believed; from anyone else the
+    # header is ignored (it could be forged). Empty: the TCP peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from features.ratelimit import parse_networks
+
+        parse_networks(self.trusted_proxies)  # a typo fails the deployment, naming the entry
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,12 @@ class ServingConfig:
     features: str = LATEST  # latest | a features version folder
     index: str = LATEST  # latest | an index version folder
     state_dir: str = "state"  # event log, profile snapshot, item log (shared storage on multi-node)
-    api_key_env: str = "INTENTLY_API_KEY"  # writes need this key when the variable is set
+    # The variable holding the API key(s), comma-separated (one per client, or old and new during
+    # a rotation). Writes need one of them; reads are open, and a valid key gets its own rate bucket.
+    api_key_env: str = "INTENTLY_API_KEY"
+    # With no key configured, writes (events, items, forget) are refused (403) unless this is true:
+    # only for a local demo or a private network. The start-up banner and /healthz say which.
+    allow_anonymous_writes: bool = False
     max_body_bytes: int = 1 << 20
     max_k: int = 100
     max_query_chars: int = 256

@@ -355,10 +355,12 @@ def test_restart_keeps_every_acknowledged_event_and_profile(app):
 
 
 def test_rate_limit_and_load_shedding(app, artifacts):
-    """A second app with a tight rate limit (0.5 requests/s, burst 3) and one request in flight
-    per Ingress replica: a client over its rate gets 429 with Retry-After, another client (its own
-    API key) is unaffected, and the bucket refills; requests arriving together beyond the in-flight
-    limit get 503 + Retry-After at once (load shedding), the others are answered."""
+    """A second app with a tight rate limit (0.5 requests/s, burst 3), two API keys, the local
+    address as a trusted proxy, and one request in flight per Ingress replica: a client over its
+    rate gets 429 with Retry-After, another key or forwarded address (its own bucket) is
+    unaffected, rotating made-up keys cannot get past the address's bucket, and the bucket refills;
+    requests arriving together beyond the in-flight limit get 503 + Retry-After at once (load
+    shedding), the others are answered."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ray import serve
@@ -368,8 +370,12 @@ def test_rate_limit_and_load_shedding(app, artifacts):
     base, out, _ = artifacts
     conf = load_serve_config(overrides=[f"artifacts_root={out}", f"state_dir={base / 'state-rl'}",
                                         "rate_limit.requests_per_s=0.5", "rate_limit.burst=3",
+                                        "rate_limit.trusted_proxies=[127.0.0.1]",
                                         "overload.max_in_flight=1", "overload.write_reserve=0"])
-    serve.run(build_app_with_options(conf["args"], conf["deployment_options"]), name="intently-rl", route_prefix="/rl")
+    opts = conf["deployment_options"]
+    opts["Ingress"]["ray_actor_options"] = {**opts["Ingress"]["ray_actor_options"],
+                                            "runtime_env": {"env_vars": {"INTENTLY_API_KEY": "client-a,client-b"}}}
+    serve.run(build_app_with_options(conf["args"], opts), name="intently-rl", route_prefix="/rl")
     try:
         url = f"{app.url}/rl/v1/items/20725/similar?k=3"
         replies = [requests.get(url, headers={"X-API-Key": "client-a"}, timeout=30) for _ in range(6)]
@@ -378,15 +384,20 @@ def test_rate_limit_and_load_shedding(app, artifacts):
         refused = next(r for r in replies if r.status_code == 429)
         assert int(refused.headers["Retry-After"]) >= 1 and "rate limit" in refused.json()["error"]
         assert requests.get(url, headers={"X-API-Key": "client-b"}, timeout=30).status_code == 200
+        # made-up keys are no identity: all of them share the (forwarded) address's bucket
+        rotating = [requests.get(url, headers={"X-API-Key": f"made-up-{i}", "X-Forwarded-For": "198.51.100.7"},
+                                 timeout=30).status_code for i in range(8)]
+        assert rotating[:3] == [200] * 3 and rotating[3:] == [429] * 5, rotating
+        assert requests.get(url, headers={"X-Forwarded-For": "198.51.100.8"}, timeout=30).status_code == 200
         time.sleep(2.2)  # one token every 2 s
         assert requests.get(url, headers={"X-API-Key": "client-a"}, timeout=30).status_code == 200
         metrics = requests.get(f"{app.url}/rl/metrics", timeout=30).text
         assert 'intently_requests_total{endpoint="similar",status="429"}' in metrics
 
-        def search(i: int) -> requests.Response:  # one API key each: the rate limit is not what refuses
+        def search(i: int) -> requests.Response:  # one address each: the rate limit is not what refuses
             return requests.post(f"{app.url}/rl/v1/search", json={"query": "red retrospot lunch bag", "k": 100,
                                                                   "diversity": 0.5},
-                                 headers={"X-API-Key": f"burst-{i}"}, timeout=30)
+                                 headers={"X-Forwarded-For": f"192.0.2.{i % 250}"}, timeout=30)
 
         shed, answered = [], 0
         with ThreadPoolExecutor(12) as pool:
