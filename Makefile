@@ -22,7 +22,7 @@ export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 export RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT ?= 8001
 export RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT ?= 8099
 
-.PHONY: venv data features encoder index ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
+.PHONY: forget venv data features encoder index ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-data/canonical/online_retail/events.parquet: data/online_retail.parquet jobs/import_online_retail.py features/online_retail.py | $(STAMP)
+data/canonical/online_retail/events.parquet: data/online_retail.parquet jobs/import_online_retail.py features/data/online_retail.py | $(STAMP)
 	$(BIN)/python -m jobs.import_online_retail
 
 data: data/canonical/online_retail/events.parquet
@@ -127,6 +127,14 @@ index-job: venv
 ranker-job: venv
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
 	  python -m jobs.train_ranker --set output_root=$(ART) --set features_root=$(ART)/ranker_stage
+
+# Forget shoppers everywhere: the running app's state (DELETE /v1/users/{id}; the state folder
+# directly when no app runs), every artifact table, evaluation runs; then proves no byte is left.
+# make forget USER_ID="c12347 c12348"   (writes need $$INTENTLY_API_KEY when the app has one)
+forget: venv
+	@test -n "$(USER_ID)" || { echo 'USER_ID is empty: make forget USER_ID="<id> [<id> ...]"'; exit 2; }
+	$(BIN)/python -m jobs.forget_user $(foreach u,$(USER_ID),--user-id $(u)) --url http://127.0.0.1:8000 \
+	  --artifacts $(ART) --state $(CURDIR)/state --runs $(CURDIR)/runs
 
 ray-down:
 	-$(BIN)/ray stop

@@ -18,16 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.feature_job import RESULTS, machine
 from features import artifacts as A
-from features import schema as S
-from features import training as TR
-from features.encoder import LATEST, ZERO_SHOT, EncoderConfig, TwoTowerEncoder, load_encoder, quantize_int8
+from features.data import schema as S
+from features.models import training as TR
+from features.models.encoder import LATEST, ZERO_SHOT, EncoderConfig, TwoTowerEncoder, load_encoder, quantize_int8
 
 
 def _latency_ms(encoder: TwoTowerEncoder, texts: list[str]) -> dict:

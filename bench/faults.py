@@ -60,7 +60,6 @@ class Load:
         self.n = 0
 
     async def one(self, session: Any) -> None:
-        import aiohttp
 
         r = self.rng.random()
         self.n += 1
@@ -154,7 +153,7 @@ class LocalServe:
         from ray import serve
 
         from features import artifacts as A
-        from features import schema as S
+        from features.data import schema as S
         from serving.app import load_serve_config
         from serving.settings import ServingConfig, resolve
 
@@ -190,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     env = LocalServe("bench-faults-state-", ns.artifacts)
     conf, state, proxy, direct = env.conf, env.state, env.proxy, env.direct
     items, users, queries = env.items, env.users, env.queries
-    from features import schema as S
     from bench.serve_latency import wait_http
+    from features.data import schema as S
 
     def deploy() -> None:
         serve.run(build_app_with_options(conf["args"], conf["deployment_options"]), name="intently", route_prefix="/")

@@ -29,9 +29,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from features import artifacts as A
-from features.pipeline import SplitConfig, build_local
-from features.transforms import FeatureParams
-from features.validate import ValidationConfig
+from features.data.pipeline import SplitConfig, build_local
+from features.data.transforms import FeatureParams
+from features.data.validate import ValidationConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

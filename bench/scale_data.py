@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from features import schema as S
+from features.data import schema as S
 
 
 def scale_events(events: pl.DataFrame, replicas: int) -> pl.DataFrame:

@@ -103,8 +103,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import faiss, numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel
-from features.encoder import load_encoder
-from features.index import ItemIndex
+from features.models.encoder import load_encoder
+from features.retrieval.index import ItemIndex
 
 index = ItemIndex.load(os.environ["BENCH_INDEX"])
 flat = faiss.IndexFlatIP(index.dim); flat.add(index.vectors())
@@ -163,11 +163,11 @@ def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> d
     """Sequential per-request latency of encoder + retrieval + ranking in this process."""
     import torch
 
-    from features.catalog import load_catalog
-    from features.encoder import load_encoder
-    from features.profile import seed_profiles
-    from features.ranking import context_for, rank_candidates
-    from features.retrieval import LiveCatalog
+    from features.models.encoder import load_encoder
+    from features.profiles.profile import seed_profiles
+    from features.retrieval.catalog import load_catalog
+    from features.retrieval.live import LiveCatalog
+    from features.retrieval.ranking import context_for, rank_candidates
 
     torch.set_num_threads(cfg.encoder.torch_threads)
     encoder, _ = load_encoder(res.encoder_spec, cfg.artifacts_root, cfg.encoder.zero_shot)
@@ -177,7 +177,7 @@ def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> d
     import polars as pl
 
     from features import artifacts as A
-    from features import schema as S
+    from features.data import schema as S
 
     p = cfg.profiles.params
     rows = pl.read_parquet(A.join(res.features_dir, "users")).filter(pl.col(S.USER_ID).is_in(users))
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from features import artifacts as A
-    from features import schema as S
+    from features.data import schema as S
     from serving.app import build_app_with_options, load_serve_config
     from serving.settings import ServingConfig, resolve
 

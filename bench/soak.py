@@ -110,7 +110,7 @@ def growth(samples: list[tuple[float, float]], t0: float) -> dict[str, Any]:
 
 
 def plot(report: dict[str, Any]) -> str:
-    from features.report import line_chart
+    from features.evaluation.report import line_chart
 
     win = report["windows"]
     xs = [int(w["t_s"] // 60) if w["t_s"] % 60 == 0 else round(w["t_s"] / 60, 1) for w in win]
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     import requests
     from ray import serve
 
-    from features import schema as S
+    from features.data import schema as S
     from serving.app import build_app_with_options
 
     conf, state, proxy, items, users, queries = env.conf, env.state, env.proxy, env.items, env.users, env.queries

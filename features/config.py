@@ -48,7 +48,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping for section '{key}', got {value!r}")
-        return _from_dict(tp, value, key)
+        return from_dict(tp, value, key)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -79,7 +79,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
+def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -149,7 +149,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         data = loaded
     data = apply_overrides(data, overrides or [])
-    return _from_dict(cls, data)
+    return from_dict(cls, data)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -29,3 +29,7 @@ class UnknownReference(ServingError):
 
 class CatalogFull(ServingError):
     """A new item over the catalog's configured size limit (409)."""
+
+
+class InvalidValue(ServingError):
+    """A field whose value breaks a rule only the server can check, e.g. a timestamp in the future (422)."""

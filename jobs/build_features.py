@@ -21,17 +21,32 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from ray.data.expressions import col
 
 from features import artifacts as A
-from features import schema as S
-from features import transforms as T
 from features.config import to_dict
-from features.pipeline import SplitConfig, catalog_columns, parse_instant, resolve_cutoffs, user_block_outputs
-from features.validate import (
-    SchemaError, ValidationConfig, check_schema, split_duplicates, validate_events, validate_items,
+from features.data import cooccurrence as CO
+from features.data import schema as S
+from features.data import transforms as T
+from features.data.pipeline import SplitConfig, catalog_columns, parse_instant, resolve_cutoffs, user_block_outputs
+from features.data.validate import (
+    SchemaError,
+    ValidationConfig,
+    check_schema,
+    split_duplicates,
+    validate_events,
+    validate_items,
 )
-from jobs.common import RayConfig, Steps, cached_get, init_ray, load_job_config, parse_args, partition_by_key, run_job, to_polars
+from jobs.common import (
+    RayConfig,
+    Steps,
+    cached_get,
+    init_ray,
+    load_job_config,
+    parse_args,
+    partition_by_key,
+    run_job,
+    to_polars,
+)
 
 KIND = "features"
 
@@ -117,7 +132,7 @@ def _output(fused: "ray.data.Dataset", name: str) -> "ray.data.Dataset":
 
 def _cooc_top(batch, sessions_ref, p):
     sessions, codes = cached_get(sessions_ref)
-    return _arrow(T.cooccurrence_top(pl.from_arrow(batch), sessions, codes, p))
+    return _arrow(CO.cooccurrence_top(pl.from_arrow(batch), sessions, codes, p))
 
 
 def _counts(batch: pa.Table, cols: list[str]) -> pa.Table:
@@ -242,7 +257,7 @@ def run(cfg: BuildFeaturesConfig) -> dict:
     outputs["items"] = _write_local(item_feats, out_dir, "items/items.parquet")
 
     step("co-occurrence (combine pair partials by item)")
-    codes = T.item_codes(items.get_column(S.ITEM_ID))
+    codes = CO.item_codes(items.get_column(S.ITEM_ID))
     sessions_ref = ray.put((item_feats.select(S.ITEM_ID, S.N_SESSIONS), codes))
     cooc = partition_by_key(_output(fused, "cooc_partials"), S.ITEM_A, num_partitions).map_batches(
         _cooc_top, batch_size=None, batch_format="pyarrow", fn_kwargs=dict(sessions_ref=sessions_ref, p=p)
@@ -309,7 +324,7 @@ def _as_of(text: str | None, max_ts: dt.datetime) -> dt.datetime:
 
 
 def _reasons(df: pl.DataFrame) -> dict[str, int]:
-    from features.validate import reason_counts
+    from features.data.validate import reason_counts
 
     return reason_counts(df)
 

@@ -21,14 +21,14 @@ import pyarrow as pa
 import ray
 
 from features import artifacts as A
-from features import schema as S
 from features.config import ConfigError, to_dict
-from features.encoder import LATEST, EncoderConfig, load_encoder, resolve_checkpoint
-from features.index import IndexConfig, ItemIndex
+from features.data import schema as S
+from features.models.encoder import LATEST, EncoderConfig, load_encoder, resolve_checkpoint
+from features.retrieval.index import IndexConfig, ItemIndex
 from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
 
 KIND = "index"
-_EMB = "item_emb"
+EMB_COLUMN = "item_emb"
 
 
 @dataclass(frozen=True)
@@ -62,17 +62,17 @@ class ItemEncoder:
         emb = self.encoder.encode(texts, tower="item", batch_size=len(texts) or 1)  # (B, d) float32
         flat = pa.array(emb.reshape(-1), pa.float32())
         return pa.table({S.ITEM_ID: batch.column(S.ITEM_ID),
-                         _EMB: pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+                         EMB_COLUMN: pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
 
 
-def _check(cfg: BuildIndexConfig) -> None:
+def check_config(cfg: BuildIndexConfig) -> None:
     for name in ("encode_batch_size", "num_actors", "cpus_per_actor"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 def run(cfg: BuildIndexConfig) -> int:
-    _check(cfg)
+    check_config(cfg)
     steps = Steps("build_index")
     checkpoint = resolve_checkpoint(cfg.encoder, cfg.output_root)  # fail fast, before Ray starts
     features_dir = cfg.features or A.latest_complete(cfg.output_root, "features")
@@ -99,7 +99,7 @@ def run(cfg: BuildIndexConfig) -> int:
     table = pa.concat_tables(tables)
     encode_s = time.perf_counter() - t0
     item_ids = [str(i) for i in table.column(S.ITEM_ID).to_pylist()]
-    emb = np.stack(table.column(_EMB).to_numpy(zero_copy_only=False)).astype(np.float32)  # (N, d)
+    emb = np.stack(table.column(EMB_COLUMN).to_numpy(zero_copy_only=False)).astype(np.float32)  # (N, d)
     print(f"  {len(item_ids):,} items -> {emb.shape[1]}-d vectors in {encode_s:.1f}s "
           f"({len(item_ids) / encode_s:.0f} items/s incl. actor start-up)", flush=True)
 

@@ -89,7 +89,7 @@ class Steps:
 
 def run_job(name: str, fn: Callable[[], int]) -> int:
     """Run a job body; map expected failures to a one-line error and exit code 2."""
-    from features.validate import SchemaError
+    from features.data.validate import SchemaError
 
     t0 = time.perf_counter()
     try:

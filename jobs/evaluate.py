@@ -6,7 +6,7 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.evaluate ...
 
 Recommendation (events + items): split the log (`time:<ISO>` or `leave-last`, see
-features/evaluation.py), then train EVERY stage on the training part only, in the run folder:
+features/evaluation/splits.py and methods.py), then train EVERY stage on the training part only, in the run folder:
 the feature job (twice: once before the ranker's label window, once before the test requests),
 the encoder fine-tune (Ray Train), the FAISS index (Ray Data), the learned ranker (Ray Train
 LightGBM), SASRec; then rank the full catalog for every test request with every method:
@@ -38,22 +38,24 @@ import pyarrow.parquet as pq
 import ray
 
 from features import artifacts as A
-from features import baselines as B
-from features import evaluation as E
 from features import metrics as M
-from features import report as R
-from features import sasrec as SR
-from features import schema as S
-from features.catalog import Catalog, load_catalog
 from features.config import ConfigError, to_dict
-from features.encoder import ZERO_SHOT, EncoderConfig, load_encoder
-from features.index import ItemIndex
-from features.learned_ranker import LearnedRanker, RankerParams, WithFallback, importances, train_booster
-from features.pipeline import SplitConfig
-from features.profile import ProfileParams
-from features.ranking import HandWeights, rank_candidates
-from features.retrieval import LiveCatalog, RetrievalConfig
-from features.text import item_text_expr
+from features.data import schema as S
+from features.data.pipeline import SplitConfig
+from features.data.text import item_text_expr
+from features.evaluation import baselines as B
+from features.evaluation import methods as EM
+from features.evaluation import report as R
+from features.evaluation import sasrec as SR
+from features.evaluation import splits as ES
+from features.models.encoder import ZERO_SHOT, EncoderConfig, load_encoder
+from features.models.learned_ranker import LearnedRanker, RankerParams, WithFallback, importances, train_booster
+from features.profiles.profile import ProfileParams
+from features.retrieval.catalog import Catalog, load_catalog
+from features.retrieval.fusion import fuse
+from features.retrieval.index import ItemIndex
+from features.retrieval.live import LiveCatalog, RetrievalConfig
+from features.retrieval.ranking import HandWeights, rank_candidates
 from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
 
 POP_HALF_LIFE_DAYS = 7.0
@@ -101,13 +103,13 @@ class EvaluateConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-def _check(cfg: EvaluateConfig) -> None:
+def check_config(cfg: EvaluateConfig) -> None:
     if cfg.events is None and cfg.judgments is None:
         raise ConfigError("events and judgments are both null: give events (recommendation) and/or judgments (search)")
     if not cfg.ks or min(cfg.ks) < 1:
         raise ConfigError(f"ks must be positive integers, got {list(cfg.ks)}")
     if cfg.events is not None:
-        E.SplitSpec.parse(cfg.split)  # names the allowed values
+        ES.SplitSpec.parse(cfg.split)  # names the allowed values
 
 
 # --- stages (each one the project's own job, run into the run folder) ---------------------------
@@ -129,8 +131,8 @@ def _features(cfg: EvaluateConfig, events_path: str, root: Path, until: dt.datet
 
 
 def _encoder(cfg: EvaluateConfig, features_dir: str, root: Path) -> str:
+    from features.models.training import TrainParams
     from jobs import train_encoder as TE
-    from features.training import TrainParams
 
     e = cfg.encoder
     tcfg = TE.TrainEncoderConfig(features=features_dir, output_root=str(root), test_examples=-1, encoder=e.model,
@@ -159,9 +161,9 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps) -> dict
 
     ks, L = tuple(sorted(cfg.ks)), max(cfg.ks)
     steps("read + validate events and items; plan the split")
-    events, items, counts = E.read_inputs(cfg.events, cfg.items)
-    spec = E.SplitSpec.parse(cfg.split)
-    plan = E.plan_split(events, spec, cfg.ranker_days, cfg.ranker_requests_per_user)
+    events, items, counts = ES.read_inputs(cfg.events, cfg.items)
+    spec = ES.SplitSpec.parse(cfg.split)
+    plan = ES.plan_split(events, spec, cfg.ranker_days, cfg.ranker_requests_per_user)
     print(f"  {counts}; train events {plan.train_events.height:,} (until {plan.train_until.isoformat()}), "
           f"ranker-stage events {plan.ranker_events.height:,} (until {plan.ranker_until.isoformat()}), "
           f"test requests {plan.test_requests.height:,}, ranker requests {plan.ranker_requests.height:,}", flush=True)
@@ -199,7 +201,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps) -> dict
                                  retriever=replace(cfg.retriever, lexical=False), hand_weights=cfg.hand_weights,
                                  seed=cfg.seed, ray=cfg.ray)
     x, y, g, stats = TRK.build_training_data(rcfg, fa, sys_index, events,
-                                             requests=E.with_in_session(plan.ranker_requests, cfg.reveal))
+                                             requests=ES.with_in_session(plan.ranker_requests, cfg.reveal))
     ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index})
     learned = LearnedRanker.load(ranker_dir)
     ranker_manifest = A.read_manifest(ranker_dir)
@@ -210,7 +212,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps) -> dict
     sasrec, sas_info = SR.train(seqs, len(cat_zs), cfg.sasrec, threads=cfg.ray.num_cpus)
     ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, learned, sasrec, seqs, L)
     sets = {}
-    for name, frame in (("next_basket", plan.test_requests), ("in_session", E.in_session(plan.test_requests, cfg.reveal))):
+    for name, frame in (("next_basket", plan.test_requests), ("in_session", ES.in_session(plan.test_requests, cfg.reveal))):
         steps(f"test set {name}: requests, replayed profiles, every method")
         sets[name] = _score_set(ctx, frame, ks)
     main = sets["next_basket"]
@@ -240,7 +242,7 @@ PROTOCOL = {
 @dataclass
 class _Stages:
     cfg: EvaluateConfig
-    plan: E.SplitPlan
+    plan: ES.SplitPlan
     events: pl.DataFrame
     features_dir: str
     zs_index: str
@@ -255,39 +257,39 @@ class _Stages:
 def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...]) -> dict:
     cfg, plan, L = st.cfg, st.plan, st.L
     cat_zs, idx_zs = load_catalog(st.features_dir, st.zs_index)
-    reqs = E.build_requests(st.events, frame, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
+    reqs = ES.build_requests(st.events, frame, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
     if not len(reqs):
         raise ValueError("no test requests with a relevant item; check the split")
     print(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a relevant item)", flush=True)
-    share, n_users = E.item_shares(plan.train_events, cat_zs)
+    share, n_users = EM.item_shares(plan.train_events, cat_zs)
     pop = B.popularity_scores(plan.train_events, cat_zs.item_ids)
     recent = B.popularity_scores(plan.train_events, cat_zs.item_ids, as_of=plan.train_until, half_life_days=POP_HALF_LIFE_DAYS)
-    results: list[E.MethodResult] = [
-        E.popularity_method("popularity", pop, reqs, cat_zs, L),
-        E.popularity_method(f"recent popularity ({POP_HALF_LIFE_DAYS:g}d half-life)", recent, reqs, cat_zs, L),
+    results: list[EM.MethodResult] = [
+        EM.popularity_method("popularity", pop, reqs, cat_zs, L),
+        EM.popularity_method(f"recent popularity ({POP_HALF_LIFE_DAYS:g}d half-life)", recent, reqs, cat_zs, L),
     ]
-    by_index = {st.zs_index: E.attach_profiles(reqs, st.events, cat_zs, cfg.profiles)}  # profiles per item vectors
+    by_index = {st.zs_index: ES.attach_profiles(reqs, st.events, cat_zs, cfg.profiles)}  # profiles per item vectors
     reqs.profiles = by_index[st.zs_index]
-    results.append(E.cooccurrence_method(reqs, cat_zs, pop, L))
-    ex_rows = E.exclude_rows(reqs, cat_zs)
+    results.append(EM.cooccurrence_method(reqs, cat_zs, pop, L))
+    ex_rows = EM.exclude_rows(reqs, cat_zs)
 
     def sasrec_one(q: int) -> list[int]:
         hist = st.seqs.get(reqs.users[q], []) + cat_zs.rows(reqs.revealed[q]).tolist()
-        return E._top_excluding(SR.scores(st.sasrec, hist) if hist else pop, L, ex_rows[q])
+        return EM.top_excluding(SR.scores(st.sasrec, hist) if hist else pop, L, ex_rows[q])
 
-    results.append(E._timed("SASRec", len(reqs), L, sasrec_one, note="popularity for users without history"))
-    results.append(E.embedding_method("zero-shot encoder", reqs, cat_zs, cfg.profiles, pop, L))
+    results.append(EM.timed_method("SASRec", len(reqs), L, sasrec_one, note="popularity for users without history"))
+    results.append(EM.embedding_method("zero-shot encoder", reqs, cat_zs, cfg.profiles, pop, L))
     hand = cfg.hand_weights
     if st.ft_index is not None:
         cat_ft, _ = load_catalog(st.features_dir, st.ft_index)
-        reqs.profiles = by_index[st.ft_index] = E.attach_profiles(reqs, st.events, cat_ft, cfg.profiles)
-        results.append(E.embedding_method("fine-tuned encoder (no ranker)", reqs, cat_ft, cfg.profiles, pop, L))
+        reqs.profiles = by_index[st.ft_index] = ES.attach_profiles(reqs, st.events, cat_ft, cfg.profiles)
+        results.append(EM.embedding_method("fine-tuned encoder (no ranker)", reqs, cat_ft, cfg.profiles, pop, L))
     cat, idx = load_catalog(st.features_dir, st.sys_index)
     reqs.profiles = by_index[st.sys_index]  # the system's index is one of the two above: replayed already
     live = LiveCatalog(cat, idx, None, replace(cfg.retriever, lexical=False))
-    results.append(E.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L))
-    results.append(E.system_method("system, learned ranker (full)", reqs, live, cfg.profiles, WithFallback(st.learned, hand), L))
-    methods = [E.score_method(r, reqs, cat_zs, ks, share, n_users) for r in results]
+    results.append(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L))
+    results.append(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles, WithFallback(st.learned, hand), L))
+    methods = [EM.score_method(r, reqs, cat_zs, ks, share, n_users) for r in results]
     key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"
     best = max((m for m in methods if not m["method"].startswith("system")), key=lambda m: m[key])
     full, hand_row = methods[-1], methods[-2]
@@ -308,7 +310,7 @@ def read_judgments(path: str) -> pl.DataFrame:
 
 def _encode_items(items: pl.DataFrame, spec: str, cfg: EvaluateConfig) -> np.ndarray:
     """Item vectors through the index job's Ray Data actor pool (same code, no features version)."""
-    from jobs.build_index import _EMB, ItemEncoder
+    from jobs.build_index import EMB_COLUMN, ItemEncoder
 
     ds = ray.data.from_arrow(items.select(S.ITEM_ID, S.ITEM_TEXT).to_arrow()).repartition(4 * max(1, cfg.ray.num_cpus)).materialize()
     out = ds.map_batches(ItemEncoder, fn_constructor_kwargs=dict(
@@ -319,7 +321,7 @@ def _encode_items(items: pl.DataFrame, spec: str, cfg: EvaluateConfig) -> np.nda
 
     table = pa.concat_tables(tables)
     order = {i: n for n, i in enumerate(table.column(S.ITEM_ID).to_pylist())}
-    emb = np.stack(table.column(_EMB).to_numpy(zero_copy_only=False)).astype(np.float32)
+    emb = np.stack(table.column(EMB_COLUMN).to_numpy(zero_copy_only=False)).astype(np.float32)
     return emb[[order[i] for i in items[S.ITEM_ID].to_list()]]
 
 
@@ -334,15 +336,15 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
 
     ks = tuple(sorted(cfg.ks))
     steps("read items and judgments")
-    from features.validate import ValidationConfig, validate_items
+    from features.data.validate import ValidationConfig, validate_items
 
-    items, _ = validate_items(E._read(cfg.items), ValidationConfig())
+    items, _ = validate_items(ES.read_table(cfg.items), ValidationConfig())
     items = items.with_columns(item_text_expr())
     judg = read_judgments(cfg.judgments)
     steps(f"encode {items.height:,} items (Ray Data) and the queries, zero-shot")
     vecs = _encode_items(items, ZERO_SHOT, cfg)
     catalog = Catalog(items[S.ITEM_ID].to_list(), vecs, items, {})
-    J = E.Judgments.from_frame(judg, catalog)
+    J = EM.Judgments.from_frame(judg, catalog)
     enc, _ = load_encoder(ZERO_SHOT, cfg.output_root, replace(EncoderConfig(), max_length=cfg.encoder.index_max_length))
     q_emb = enc.encode(J.queries, tower="query")
     live = LiveCatalog(catalog, ItemIndex.build(catalog.item_ids, vecs), None,
@@ -350,10 +352,10 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
     bm25 = live.bm25
     hand = cfg.hand_weights
     nq = len(J.queries)
-    folds = E.query_folds(nq, cfg.search.folds, cfg.seed)
+    folds = EM.query_folds(nq, cfg.search.folds, cfg.seed)
 
     steps(f"learned search ranker: {cfg.search.folds}-fold cross-validation by query (Ray tasks)")
-    feats = [E.judged_features(J, q, q_emb[q], catalog, bm25) for q in range(nq)]
+    feats = [EM.judged_features(J, q, q_emb[q], catalog, bm25) for q in range(nq)]
     labels = [np.maximum(J.grades[q] - 1.0, 0.0) for q in range(nq)]
     # Training lists also hold the query's top retrieval candidates nobody judged, as irrelevant:
     # the full-catalog setting ranks such items, and a model that only ever saw judged items (all
@@ -364,7 +366,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
         judged = set(J.items[q])
         extra = [r for r in catalog.rows(ids) if int(r) not in judged][: cfg.search.unjudged_negatives]
         rows = np.concatenate([np.asarray(J.items[q], np.int64), np.asarray(extra, np.int64)])
-        train_feats.append(E.query_features(J.queries[q], q_emb[q], rows, catalog, bm25))
+        train_feats.append(EM.query_features(J.queries[q], q_emb[q], rows, catalog, bm25))
         train_labels.append(np.concatenate([labels[q], np.zeros(len(extra))]))
     futures = []
     rng = np.random.default_rng(cfg.seed)
@@ -396,7 +398,8 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
         booster = fold_models[folds[q]]
         judged_scores = {
             "BM25": raw[rows], "zero-shot encoder": cos[rows],
-            "hybrid retrieval (RRF)": _rrf(raw[rows], cos[rows]),
+            "hybrid retrieval (RRF)": fuse(cos[rows], raw[rows], cfg.retriever.fusion, cfg.retriever.rrf_k,
+                                           cfg.retriever.ann_weight),
             "system, hand-set weights": hand.score(x, "search"),
             "system, learned ranker (CV)": booster.predict(x.astype(np.float64)),
         }
@@ -419,7 +422,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
         ids, _, cand_bm = live.search(J.queries[q], q_emb[q])
         lat["hybrid retrieval (RRF)"].append((time.perf_counter() - t0) * 1e3)
         full["hybrid retrieval (RRF)"].append(gains(catalog.rows(ids)[:K]))
-        ctx = E.search_context(J.queries[q], q_emb[q])
+        ctx = EM.search_context(J.queries[q], q_emb[q])
         for name, scorer in (("system, hand-set weights", hand),
                              ("system, learned ranker (CV)", WithFallback(LearnedRanker({"search": booster}, {}), hand))):
             t0 = time.perf_counter()
@@ -446,22 +449,15 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
                      f"method's top {K} of all items, unjudged items gain 0; learned ranker: {cfg.search.folds}-fold CV "
                      "by query; encoder zero-shot (no fine-tune on this data)"),
         "rerank": out_rerank, "full_catalog": out_full,
-        "latency": {m: {"p50": E._pct(np.array(v), 50), "p95": E._pct(np.array(v), 95), "p99": E._pct(np.array(v), 99)}
+        "latency": {m: {"p50": EM.percentile(np.array(v), 50), "p95": EM.percentile(np.array(v), 95), "p99": EM.percentile(np.array(v), 99)}
                     for m, v in lat.items()},
         "ranker_fold0_importances": imp, "verdict": verdict,
     }
 
 
-def _rrf(a: np.ndarray, b: np.ndarray, k: int = 60) -> np.ndarray:
-    """Reciprocal-rank fusion of two score arrays over the same items."""
-    ra = np.empty(len(a)); ra[np.argsort(-a, kind="stable")] = np.arange(len(a))
-    rb = np.empty(len(b)); rb[np.argsort(-b, kind="stable")] = np.arange(len(b))
-    return 1.0 / (k + ra + 1) + 1.0 / (k + rb + 1)
-
-
 # --- driver -------------------------------------------------------------------------------------
 def run(cfg: EvaluateConfig) -> str:
-    _check(cfg)
+    check_config(cfg)
     steps = Steps("evaluate")
     version = A.new_version()
     run_dir = Path(cfg.output_root, version)

@@ -18,8 +18,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features import schema as S
-from features.crowdflower import import_crowdflower
+from features.data import schema as S
+from features.data.crowdflower import import_crowdflower
 from jobs.common import load_job_config, parse_args, run_job
 
 

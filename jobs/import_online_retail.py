@@ -4,7 +4,7 @@
 
 Writes <output>/events.parquet, items.parquet and rejected.parquet (non-merchandise and
 stock-adjustment lines, with a reason) and prints counts. The mapping is in
-features/online_retail.py. 540k rows fit one process; no Ray needed here.
+features/data/online_retail.py. 540k rows fit one process; no Ray needed here.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from features import artifacts as A
-from features import schema as S
-from features.online_retail import import_online_retail
+from features.data import schema as S
+from features.data.online_retail import import_online_retail
 from jobs.common import load_job_config, parse_args, run_job
 
 

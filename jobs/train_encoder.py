@@ -28,14 +28,13 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import ray
 
 from features import artifacts as A
 from features import metrics as M
-from features import schema as S
-from features import training as TR
 from features.config import ConfigError, to_dict
-from features.encoder import EncoderConfig, TwoTowerEncoder
+from features.data import schema as S
+from features.models import training as TR
+from features.models.encoder import EncoderConfig, TwoTowerEncoder
 from jobs.common import RayConfig, Steps, cached_get, init_ray, load_job_config, parse_args, run_job
 
 KIND = "encoder"
@@ -57,7 +56,7 @@ class TrainEncoderConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-def _check(cfg: TrainEncoderConfig) -> None:
+def check_config(cfg: TrainEncoderConfig) -> None:
     p = cfg.train
     if not cfg.kinds:  # the values themselves are checked by the config loader (Literal)
         raise ConfigError(f"kinds: must name at least one of {[k.value for k in S.ExampleKind]}")
@@ -93,10 +92,10 @@ def _attach(batch: pa.Table, catalog_ref, kinds: tuple[str, ...]) -> pa.Table:
 
 # --- the Ray Train loop (runs on every worker) -------------------------------------------------
 def train_loop(config: dict) -> None:
-    import torch
-    import torch.distributed as dist
     import ray.train
     import ray.train.torch
+    import torch
+    import torch.distributed as dist
 
     p: TR.TrainParams = config["train"]
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is our own job
@@ -236,7 +235,7 @@ def run(cfg: TrainEncoderConfig) -> int:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    _check(cfg)
+    check_config(cfg)
     if cfg.train.item_tower == "frozen" and cfg.encoder.share_towers:
         cfg = replace(cfg, encoder=replace(cfg.encoder, share_towers=False))
         print("train.item_tower=frozen: training separate towers (encoder.share_towers=false)", flush=True)

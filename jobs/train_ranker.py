@@ -10,7 +10,7 @@ before it (events replayed exactly as serving folds them), labelled 1 for an ite
 interaction. The features version must therefore be built with an as_of before the end of the
 log (`make ranker` builds one 30 days back): its popularity and co-occurrence never saw the labels.
 
-Steps: replay profiles -> candidates + features per request (features/evaluation.py, the same
+Steps: replay profiles -> candidates + features per request (features/evaluation/splits.py and methods.py, the same
 functions serving calls) -> group-wise train/valid split -> Ray Train LightGBMTrainer (workers
 train on whole request groups; data-parallel over LightGBM's network when num_workers > 1) ->
 artifacts/ranker/<version>/{recommend/model.txt, manifest.json} with feature importances and the
@@ -30,15 +30,16 @@ import numpy as np
 import polars as pl
 
 from features import artifacts as A
-from features import evaluation as E
 from features import metrics as M
-from features import schema as S
-from features.catalog import load_catalog
 from features.config import ConfigError, to_dict
-from features.learned_ranker import LearnedRanker, RankerParams, group_sizes, importances, informative_groups
-from features.profile import ProfileParams
-from features.ranking import FEATURE_NAMES, HandWeights
-from features.retrieval import LiveCatalog, RetrievalConfig
+from features.data import schema as S
+from features.evaluation import methods as EM
+from features.evaluation import splits as ES
+from features.models.learned_ranker import LearnedRanker, RankerParams, group_sizes, importances, informative_groups
+from features.profiles.profile import ProfileParams
+from features.retrieval.catalog import load_catalog
+from features.retrieval.live import LiveCatalog, RetrievalConfig
+from features.retrieval.ranking import FEATURE_NAMES, HandWeights
 from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
 
 KIND = "ranker"
@@ -71,7 +72,7 @@ class TrainRankerConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-def _check(cfg: TrainRankerConfig) -> None:
+def check_config(cfg: TrainRankerConfig) -> None:
     if not 0 < cfg.valid_fraction < 1:
         raise ConfigError(f"valid_fraction must be in (0, 1), got {cfg.valid_fraction}")
     if not 0 <= cfg.in_session_reveal < 1:
@@ -99,7 +100,7 @@ def train_loop(config: dict) -> None:
         import ray.train.lightgbm
 
         extra |= {"tree_learner": "data_parallel", "pre_partition": True, **ray.train.lightgbm.get_network_params()}
-    from features.learned_ranker import train_booster
+    from features.models.learned_ranker import train_booster
 
     booster, info = train_booster(x[mine], y[mine], g[mine], config["params"], valid=(vx, vy, vg), extra_params=extra)
     if rank == 0:
@@ -131,19 +132,19 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
     catalog, index = load_catalog(features_dir, index_dir)
     if requests is None:
         start, end = window
-        inter = E.interactions(events)
-        requests = E.first_per_user(inter.filter((pl.col(S.TS) > start) & (pl.col(S.TS) <= end)),
+        inter = ES.interactions(events)
+        requests = ES.first_per_user(inter.filter((pl.col(S.TS) > start) & (pl.col(S.TS) <= end)),
                                     cfg.requests_per_user)
         if cfg.in_session_reveal > 0:
-            requests = E.with_in_session(requests, cfg.in_session_reveal)
-    reqs = E.build_requests(events, requests, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
+            requests = ES.with_in_session(requests, cfg.in_session_reveal)
+    reqs = ES.build_requests(events, requests, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
     if not len(reqs):
         raise ValueError("no ranker requests: no user has an interaction (with an item not bought before) in the "
                          "label window; build the features with an earlier as_of or widen window_days")
     log(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a new item); replaying profiles")
-    reqs.profiles = E.attach_profiles(reqs, events, catalog, cfg.profiles)
+    reqs.profiles = ES.attach_profiles(reqs, events, catalog, cfg.profiles)
     live = LiveCatalog(catalog, index, None, cfg.retriever)
-    x, y, g, stats = E.candidate_lists(reqs, live, cfg.profiles)
+    x, y, g, stats = EM.candidate_lists(reqs, live, cfg.profiles)
     log(f"  {stats['rows']:,} candidate rows; {stats['candidate_hit_rate']:.1%} of requests have a relevant candidate")
     return x, y, g, stats
 
@@ -208,7 +209,7 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
 
 
 def run(cfg: TrainRankerConfig) -> str:
-    _check(cfg)
+    check_config(cfg)
     steps = Steps("train_ranker")
     features_dir = cfg.features or A.latest_complete(cfg.features_root, "features")
     if features_dir is None:
@@ -222,7 +223,7 @@ def run(cfg: TrainRankerConfig) -> str:
     end = as_of + dt.timedelta(days=cfg.window_days)
     init_ray(cfg.ray)
     steps(f"read events; label window ({as_of.isoformat()}, {end.isoformat()}]")
-    events, _, counts = E.read_inputs(cfg.events, cfg.items)
+    events, _, counts = ES.read_inputs(cfg.events, cfg.items)
     print(f"  {counts}", flush=True)
     steps("candidate lists of the window's requests (serving's retrieval + features)")
     x, y, g, stats = build_training_data(cfg, features_dir, index_dir, events.filter(pl.col(S.TS) <= end), (as_of, end))

@@ -24,8 +24,9 @@ from serving.profiles import Profiles
 from serving.ranker import Ranker
 from serving.retriever import Retriever
 from serving.settings import ServingConfig, resolve
+from serving.telemetry import Telemetry
 
-DEPLOYMENTS = (QueryEncoder, Retriever, Ranker, Profiles, Ingress)
+DEPLOYMENTS = (QueryEncoder, Retriever, Ranker, Profiles, Telemetry, Ingress)
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
@@ -50,7 +51,8 @@ def build_app_with_options(args: dict[str, Any] | None, deployment_options: dict
     retriever = dep(Retriever).bind(cfg, res)
     ranker = dep(Ranker).bind(cfg, res)
     profiles = dep(Profiles).bind(cfg, res)
-    return dep(Ingress).bind(cfg, res, encoder, retriever, ranker, profiles)
+    telemetry = dep(Telemetry).bind(cfg, res)
+    return dep(Ingress).bind(cfg, res, encoder, retriever, ranker, profiles, telemetry)
 
 
 def load_serve_config(path: str | Path = CONFIG, overrides: list[str] | None = None) -> dict[str, Any]:

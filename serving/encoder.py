@@ -8,7 +8,7 @@ from collections import OrderedDict
 import numpy as np
 from ray import serve
 
-from features.encoder import ZERO_SHOT, load_encoder
+from features.models.encoder import ZERO_SHOT, load_encoder
 from serving.settings import Resolved, ServingConfig
 
 

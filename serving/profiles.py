@@ -1,4 +1,4 @@
-"""Profiles deployment: the durable event log and the nearline user state (features/profile_store.py).
+"""Profiles deployment: the durable event log and the nearline user state (features/profiles/store.py).
 
 One replica owns the log and the snapshot (a single writer; see serving/config.yaml). Requests are
 served from memory; a restart replays the log tail after the snapshot.
@@ -14,10 +14,11 @@ import polars as pl
 from ray import serve
 
 from features import artifacts as A
-from features import schema as S
-from features.profile import seed_profiles
-from features.profile_store import ProfileStore
-from features.ranking import Mode, RankContext, context_for
+from features.data import schema as S
+from features.errors import UnknownReference, UnknownUser
+from features.profiles.profile import seed_profiles
+from features.profiles.store import ProfileStore
+from features.retrieval.ranking import Mode, RankContext, context_for
 from serving.retriever import open_live_catalog
 from serving.settings import Resolved, ServingConfig
 
@@ -49,21 +50,24 @@ class Profiles:
         prof = self.store.get(user_id) if user_id else None
         return context_for(mode, prof, now, self.params, query, query_emb, context_item), prof is not None
 
-    def append(self, events: list[dict]) -> dict:
-        """Durably log the events, then fold them.
-
-        Returns {"unknown_items": [(position, item_id), ...]} and logs nothing when an event names
-        an item the catalog does not hold; else {"accepted": ids, "duplicates": ids}."""
+    def append(self, events: list[dict]) -> tuple[list[str], list[str]]:
+        """Durably log the events, then fold them; returns (accepted event ids, duplicate ids).
+        An event naming an item the catalog does not hold raises UnknownReference, and nothing
+        of the request is logged."""
         self.live.sync()  # items upserted a moment ago are known
-        unknown = [(i, e[S.ITEM_ID]) for i, e in enumerate(events)
-                   if e.get(S.ITEM_ID) is not None and e[S.ITEM_ID] not in self.live.catalog.row]
-        if unknown:
-            return {"unknown_items": unknown}
-        accepted, dups = self.store.append(events)
-        return {"accepted": accepted, "duplicates": dups}
+        for i, e in enumerate(events):
+            item = e.get(S.ITEM_ID)
+            if item is not None and item not in self.live.catalog.row:
+                raise UnknownReference(f"[{i}].item_id: unknown item {item!r} (nothing in this request was logged; "
+                                       "PUT /v1/items/{id} first)", f"[{i}].item_id")
+        return self.store.append(events)
 
-    def forget(self, user_id: str) -> dict | None:
-        return self.store.forget(user_id)
+    def forget(self, user_id: str) -> dict:
+        """Remove the user's profile, logged events and event ids; UnknownUser when there is none."""
+        out = self.store.forget(user_id)
+        if out is None:
+            raise UnknownUser(f"user_id: unknown user {user_id!r}", "user_id")
+        return out
 
     def info(self) -> dict:
         return {"users_in_memory": self.store.in_memory(), "logged_event_ids": self.store.known_event_ids(),

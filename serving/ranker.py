@@ -1,5 +1,5 @@
-"""Ranker deployment: features/ranking.py's feature function, scored by the learned ranker
-(features/learned_ranker.py, a LightGBM text model from jobs.train_ranker) for the modes it was
+"""Ranker deployment: features/retrieval/ranking.py's feature function, scored by the learned ranker
+(features/models/learned_ranker.py, a LightGBM text model from jobs.train_ranker) for the modes it was
 trained on and by the hand-set weights otherwise (and when no ranker version exists)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import logging
 import numpy as np
 from ray import serve
 
-from features.learned_ranker import LearnedRanker, WithFallback
-from features.ranking import RankContext, rank_candidates
+from features.models.learned_ranker import LearnedRanker, WithFallback
+from features.retrieval.ranking import RankContext, rank_candidates
 from serving.retriever import open_live_catalog
 from serving.settings import Resolved, ServingConfig
 

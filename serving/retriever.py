@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from features.catalog import ItemUpdate, load_catalog
-from features.retrieval import Filters, LiveCatalog
+from features.errors import UnknownItem
+from features.retrieval.catalog import ItemUpdate, load_catalog
+from features.retrieval.live import Filters, LiveCatalog
 from serving.settings import Resolved, ServingConfig
 
 
@@ -31,25 +32,25 @@ class Retriever:
         return self.live.search(query, query_emb, filters, exclude)
 
     def recommend(self, user_vec: np.ndarray | None, recent_items: list[str], context_item: str | None,
-                  filters: Filters | None, exclude: frozenset[str]) -> list[str] | None:
-        """Candidate ids; None when `context_item` is not in the catalog."""
+                  filters: Filters | None, exclude: frozenset[str]) -> list[str]:
+        """Candidate ids; UnknownItem when `context_item` is not in the catalog."""
         self.live.sync()
         if context_item is not None and context_item not in self.live.catalog.row:
-            return None
+            raise UnknownItem(f"context_item_id: unknown item {context_item!r}", "context_item_id")
         return self.live.recommend(user_vec, recent_items, context_item, filters, exclude)
 
     def upsert(self, item: ItemUpdate, vector: np.ndarray) -> bool:
-        """Log and apply; returns True when the item is new."""
+        """Log and apply; returns True when the item is new (CatalogFull past retriever.max_items)."""
         _, created = self.live.upsert(item, vector)
         return created
 
-    def similar(self, item_id: str, k: int) -> list[dict] | None:
-        """Nearest items by embedding (None: unknown item); the reason names the item."""
+    def similar(self, item_id: str, k: int) -> list[dict]:
+        """Nearest items by embedding (UnknownItem when there is no such item); the reason names the item."""
         self.live.sync()
         cat = self.live.catalog
         row = cat.row.get(item_id)
         if row is None:
-            return None
+            raise UnknownItem(f"item_id: unknown item {item_id!r}", "item_id")
         scores, rows = self.live.ann(cat.vectors[row], k + 1)
         out = []
         for s, r in zip(scores, rows):

@@ -11,13 +11,22 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
-from features import schema as S
+from features.errors import InvalidValue
+from features.profiles import events as EV
 
-EventTypeName = Literal["search", "view", "click", "add_to_cart", "purchase", "return"]
-Id = Field(min_length=1, max_length=256)
+EventTypeName = Literal[EV.EVENT_TYPES]  # the event contract's types, in funnel order
 
 
 class _Strict(BaseModel):
@@ -25,7 +34,7 @@ class _Strict(BaseModel):
 
 
 class FiltersIn(_Strict):
-    category: StrictStr | None = Field(None, min_length=1, max_length=256,
+    category: StrictStr | None = Field(None, min_length=1, max_length=EV.MAX_ID_CHARS,
                                        description='category path or a prefix of it, e.g. "Home" or "Home > Kitchen"')
     price_min: StrictFloat | None = Field(None, ge=0)
     price_max: StrictFloat | None = Field(None, ge=0)
@@ -40,7 +49,7 @@ class FiltersIn(_Strict):
 
 class SearchRequest(_Strict):
     query: StrictStr = Field(description="what the shopper typed; not blank")
-    user_id: StrictStr | None = Field(None, min_length=1, max_length=256)
+    user_id: StrictStr | None = Field(None, min_length=1, max_length=EV.MAX_ID_CHARS)
     k: StrictInt = Field(10, ge=1, description="results wanted (at most the server's max_k)")
     filters: FiltersIn | None = None
     diversity: StrictFloat = Field(0.0, ge=0.0, le=1.0, description="MMR weight: 0 = pure relevance")
@@ -55,9 +64,9 @@ class SearchRequest(_Strict):
 
 
 class RecommendRequest(_Strict):
-    user_id: StrictStr = Field(min_length=1, max_length=256)
+    user_id: StrictStr = Field(min_length=1, max_length=EV.MAX_ID_CHARS)
     k: StrictInt = Field(10, ge=1)
-    context_item_id: StrictStr | None = Field(None, min_length=1, max_length=256,
+    context_item_id: StrictStr | None = Field(None, min_length=1, max_length=EV.MAX_ID_CHARS,
                                               description="the product on screen, if any")
     filters: FiltersIn | None = None
     diversity: StrictFloat = Field(0.0, ge=0.0, le=1.0)
@@ -65,20 +74,20 @@ class RecommendRequest(_Strict):
 
 
 class EventIn(_Strict):
-    event_id: StrictStr | None = Field(None, min_length=1, max_length=256,
+    event_id: StrictStr | None = Field(None, min_length=1, max_length=EV.MAX_ID_CHARS,
                                        description="de-duplication key; a new id is made when absent")
-    user_id: StrictStr = Field(min_length=1, max_length=256)
+    user_id: StrictStr = Field(min_length=1, max_length=EV.MAX_ID_CHARS)
     event_type: EventTypeName
-    item_id: StrictStr | None = Field(None, min_length=1, max_length=256)
-    query: StrictStr | None = Field(None, max_length=1024)
+    item_id: StrictStr | None = Field(None, min_length=1, max_length=EV.MAX_ID_CHARS)
+    query: StrictStr | None = Field(None, max_length=EV.MAX_QUERY_CHARS)
     ts: dt.datetime | None = Field(None, description="ISO 8601; default: the time the server received it")
-    session_id: StrictStr | None = Field(None, max_length=256)
-    quantity: StrictInt | None = Field(None, ge=1, le=100_000)
-    price: StrictFloat | None = Field(None, ge=0, le=1_000_000)
+    session_id: StrictStr | None = Field(None, max_length=EV.MAX_ID_CHARS)
+    quantity: StrictInt | None = Field(None, ge=1, le=EV.MAX_QUANTITY)
+    price: StrictFloat | None = Field(None, ge=0, le=EV.MAX_PRICE)
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> "EventIn":
-        if self.event_type == S.EventType.SEARCH.value:
+        if self.event_type == EV.SEARCH:
             if not self.query or not self.query.strip():
                 raise ValueError("a search event needs a non-blank query")
         elif self.item_id is None:
@@ -86,12 +95,28 @@ class EventIn(_Strict):
         return self
 
 
+def event_records(events: list[EventIn], now: dt.datetime, max_future_s: float) -> list[dict]:
+    """The log records (features/profiles/events.py) of validated events; `ts` defaults to `now`
+    (UTC), and an event stamped more than `max_future_s` after it raises InvalidValue naming it."""
+    out = []
+    for i, e in enumerate(events):
+        ts = e.ts if e.ts is not None else now
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=dt.timezone.utc)
+        if (ts - now).total_seconds() > max_future_s:
+            raise InvalidValue(f"[{i}].ts: {ts.isoformat()} is in the future; allowed: up to {max_future_s:g}s "
+                               "after the server's clock", f"[{i}].ts")
+        out.append(EV.record(e.event_id, ts, e.user_id, e.event_type, e.item_id, e.query, e.session_id, e.quantity,
+                             e.price))
+    return out
+
+
 class ItemIn(_Strict):
     title: StrictStr = Field(min_length=1, max_length=1000)
     description: StrictStr | None = Field(None, max_length=10_000)
-    category: StrictStr | None = Field(None, max_length=256)
-    brand: StrictStr | None = Field(None, max_length=256)
-    price: StrictFloat | None = Field(None, ge=0, le=1_000_000)
+    category: StrictStr | None = Field(None, max_length=EV.MAX_ID_CHARS)
+    brand: StrictStr | None = Field(None, max_length=EV.MAX_ID_CHARS)
+    price: StrictFloat | None = Field(None, ge=0, le=EV.MAX_PRICE)
     in_stock: StrictBool = True
 
     @field_validator("title")

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from features import artifacts as A
-from features.config import ConfigError, _from_dict
-from features.encoder import LATEST, ZERO_SHOT, EncoderConfig
-from features.profile import ProfileParams
-from features.profile_store import StateLimits
-from features.ranking import HandWeights
-from features.retrieval import RetrievalConfig
+from features.config import ConfigError, from_dict
+from features.models.encoder import LATEST, ZERO_SHOT, EncoderConfig
+from features.profiles import events as EV
+from features.profiles.profile import ProfileParams
+from features.profiles.store import StateLimits
+from features.retrieval.live import RetrievalConfig
+from features.retrieval.ranking import HandWeights
 
 FROM_INDEX = "from-index"
 
@@ -54,7 +55,7 @@ class RateLimitServing:
     trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from features.ratelimit import parse_networks
+        from features.admission import parse_networks
 
         parse_networks(self.trusted_proxies)  # a typo fails the deployment, naming the entry
 
@@ -94,7 +95,8 @@ class ServingConfig:
     max_k: int = 100
     max_query_chars: int = 256
     max_events_per_request: int = 1000
-    max_future_s: float = 300.0  # events stamped later than now + this are rejected
+    max_future_s: float = EV.MAX_FUTURE_S  # events stamped later than now + this are rejected
+    metrics_push_s: float = 1.0  # how often each Ingress replica reports its metrics to Telemetry
     rate_limit: RateLimitServing = RateLimitServing()
     overload: OverloadServing = OverloadServing()
     encoder: EncoderServing = EncoderServing()
@@ -104,7 +106,7 @@ class ServingConfig:
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "ServingConfig":
-        return _from_dict(cls, dict(args or {}))
+        return from_dict(cls, dict(args or {}))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 import requests
 
-from features.validate import ValidationConfig
+from features.data.validate import ValidationConfig
 from jobs import build_features, build_index, import_online_retail
 from tests.helpers import free_port
 
@@ -59,6 +59,9 @@ class App:
         opts = conf["deployment_options"]
         opts["Ingress"]["ray_actor_options"] = {**opts["Ingress"]["ray_actor_options"],
                                                 "runtime_env": {"env_vars": {"INTENTLY_API_KEY": KEY}}}
+        # two Ingress replicas: the proxy spreads requests over both, and /metrics must sum them
+        opts["Ingress"]["autoscaling_config"] = {**opts["Ingress"]["autoscaling_config"], "min_replicas": 2,
+                                                 "max_replicas": 2}
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         serve.run(build_app_with_options(conf["args"], opts), name="intently", route_prefix="/")
 
@@ -174,6 +177,40 @@ def test_a_forgotten_user_leaves_no_trace(app):
             data = Path(root, f).read_bytes()
             assert user.encode() not in data and b"fe2e-" not in data, f
     assert requests.delete(f"{app.url}/v1/users/{user}", headers={"X-API-Key": KEY}, timeout=30).status_code == 404
+
+
+def test_forget_user_command_leaves_no_byte_in_artifacts_or_state(app, artifacts, monkeypatch, capsys):
+    """`python -m jobs.forget_user` against the running app: the app forgets its state, every
+    artifact table is rewritten without the shopper, and no byte of the id is left anywhere."""
+    from features import artifacts as A
+    from features.data.redact import find_bytes
+    from jobs import forget_user
+
+    base, out, events = artifacts
+    users = pl.read_parquet(A.join(A.latest_complete(str(out), "features"), "users"))["user_id"].sort().to_list()
+    user = users[len(users) // 2]
+    ev = [{"user_id": user, "event_type": "view", "item_id": "22386", "event_id": "forget-cmd-evt-1"}]
+    assert app.post("/v1/events", ev).json()["accepted"] == 1
+    assert app.recommend(user)["user_known"]
+    before = find_bytes([out, app.state], [user])
+    assert any(p.startswith(str(out)) for p in before) and any(p.startswith(str(app.state)) for p in before), before
+    monkeypatch.setenv("INTENTLY_API_KEY", KEY)
+    rc = forget_user.main(["--user-id", user, "--url", app.url, "--artifacts", str(out), "--state", str(app.state),
+                           "--runs", str(base / "no-runs")])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "verified: no byte" in printed and "source logs were not changed" in printed
+    assert find_bytes([out, app.state], [user, "forget-cmd-evt-1"]) == []
+    assert not app.recommend(user)["user_known"]
+    m = A.read_manifest(A.latest_complete(str(out), "features"))
+    assert m["redactions"][-1]["users"] == 1 and m["redactions"][-1]["rows_removed"] >= 1
+    assert user not in json.dumps(m)
+    # a second run finds nothing more to do, and a wrong key is refused, not ignored
+    assert forget_user.main(["--user-id", user, "--url", app.url, "--artifacts", str(out), "--state", str(app.state),
+                             "--runs", str(base / "no-runs")]) == 0
+    monkeypatch.setenv("INTENTLY_API_KEY", "wrong")
+    assert forget_user.main(["--user-id", user, "--url", app.url, "--artifacts", str(out), "--state", str(app.state),
+                             "--runs", str(base / "no-runs")]) == 2
 
 
 def test_writes_need_the_api_key(app):
@@ -321,16 +358,36 @@ def test_requests_generated_from_the_openapi_spec(app):
     assert all(set(ops[op]["negative"]) <= {"401", "404", "413", "422"} for op in ops if "negative" in ops[op])
 
 
+def _search_count(metrics: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(metrics) for s in fam.samples
+               if s.name == "intently_requests_total" and s.labels == {"endpoint": "search", "status": "200"})
+
+
 def test_ops_endpoints(app):
     health = requests.get(f"{app.url}/healthz", timeout=30).json()
     assert health["status"] == "ok" and health["writes_need_api_key"] and health["retriever"]["items"] >= 3940
+    assert health["writes"].startswith("need an API key")
+    time.sleep(1.5)  # each replica reports within metrics_push_s (1 s) of its last request
     metrics = requests.get(f"{app.url}/metrics", timeout=30).text
     assert 'intently_requests_total{endpoint="search",status="200"}' in metrics
+    assert "intently_ingress_replicas 2.0" in metrics  # both Ingress replicas reported
+    # every scrape sees the whole application: never a jump back, and all the searches sent here
+    before = _search_count(metrics)
+    counts = []
+    for i in range(12):
+        assert app.post("/v1/search", {"query": f"mug {i}", "k": 3}, key=None).status_code == 200
+        counts.append(_search_count(requests.get(f"{app.url}/metrics", timeout=30).text))
+    time.sleep(1.5)
+    counts.append(_search_count(requests.get(f"{app.url}/metrics", timeout=30).text))
+    assert counts == sorted(counts) and counts[-1] - before == 12, (before, counts)
     spec = requests.get(f"{app.url}/openapi.json", timeout=30).json()
     assert {"/v1/search", "/v1/recommend", "/v1/events", "/v1/items/{item_id}", "/v1/users/{user_id}"} <= set(spec["paths"])
     search = spec["paths"]["/v1/search"]["post"]
     assert search["requestBody"]["content"]["application/json"]["schema"]["properties"]["k"]["maximum"] == 100  # max_k
     assert {"413", "422", "429", "503"} <= set(search["responses"])  # errors are documented
+    assert "jobs.forget_user" in spec["paths"]["/v1/users/{user_id}"]["delete"]["description"]
     assert requests.get(f"{app.url}/docs", timeout=30).status_code == 200
 
 
@@ -370,7 +427,7 @@ def test_rate_limit_and_load_shedding(app, artifacts):
     base, out, _ = artifacts
     conf = load_serve_config(overrides=[f"artifacts_root={out}", f"state_dir={base / 'state-rl'}",
                                         "rate_limit.requests_per_s=0.5", "rate_limit.burst=3",
-                                        "rate_limit.trusted_proxies=[127.0.0.1]",
+                                        "rate_limit.trusted_proxies=[127.0.0.1]", "retriever.max_items=10",
                                         "overload.max_in_flight=1", "overload.write_reserve=0"])
     opts = conf["deployment_options"]
     opts["Ingress"]["ray_actor_options"] = {**opts["Ingress"]["ray_actor_options"],
@@ -391,6 +448,15 @@ def test_rate_limit_and_load_shedding(app, artifacts):
         assert requests.get(url, headers={"X-Forwarded-For": "198.51.100.8"}, timeout=30).status_code == 200
         time.sleep(2.2)  # one token every 2 s
         assert requests.get(url, headers={"X-API-Key": "client-a"}, timeout=30).status_code == 200
+        # (client-b has 2 of its 3 tokens left) the catalog holds more than retriever.max_items=10:
+        # a new item is refused, a change is not
+        full = requests.put(f"{app.url}/rl/v1/items/RL-NEW", json={"title": "new thing"},
+                            headers={"X-API-Key": "client-b"}, timeout=30)
+        assert full.status_code == 409 and full.json()["field"] == "item_id", full.text
+        assert "retriever.max_items=10" in full.json()["error"]
+        changed = requests.put(f"{app.url}/rl/v1/items/20725", json={"title": "LUNCH BAG RED RETROSPOT"},
+                               headers={"X-API-Key": "client-b"}, timeout=30)
+        assert changed.status_code == 200, changed.text
         metrics = requests.get(f"{app.url}/rl/metrics", timeout=30).text
         assert 'intently_requests_total{endpoint="similar",status="429"}' in metrics
 

@@ -6,16 +6,15 @@ import json
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
 from features import artifacts as A
-from features import schema as S
-from features.pipeline import SplitConfig, build_local
-from features.transforms import FeatureParams
-from features.validate import SchemaError, ValidationConfig
+from features.data import schema as S
+from features.data.pipeline import SplitConfig, build_local
+from features.data.transforms import FeatureParams
+from features.data.validate import SchemaError, ValidationConfig
 from jobs import build_features, import_online_retail
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from features import schema as S
-from features.evaluation import interactions
+from features.data import schema as S
+from features.evaluation.splits import interactions
 from jobs import evaluate, import_online_retail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,8 +119,8 @@ def test_bad_inputs_fail_with_a_clear_message_and_exit_code(ray_local, slice_, t
 def test_train_ranker_job_learns_from_the_window_after_the_features(evaluated, slice_, tmp_path):
     """The standalone job (`make ranker` in small) on the evaluate run's stages: its ranker-stage
     features (as of 14 days before the split) and its zero-shot index."""
-    from jobs import train_ranker
     from features import artifacts as A
+    from jobs import train_ranker
 
     run_dir, split_at = evaluated
     base, _ = slice_

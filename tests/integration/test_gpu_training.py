@@ -16,8 +16,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.integration,
 
 
 def test_smoke_training_on_gpu(tmp_path):
-    from jobs import build_features, train_encoder
     from features.config import load_config
+    from jobs import build_features, train_encoder
 
     root = Path(__file__).resolve().parents[2]
     canon = root / "data/canonical/online_retail"

@@ -119,8 +119,8 @@ def test_features_train_index_search_through_ray_job_submit(head, tmp_path):
     assert im["outputs"]["item_count"] == items.height and im["outputs"]["index_type"] == "flat"
     assert im["inputs"]["encoder"]["weights_sha256"] == em["outputs"]["weights_sha256"]
 
-    from features.encoder import TwoTowerEncoder
-    from features.index import ItemIndex
+    from features.models.encoder import TwoTowerEncoder
+    from features.retrieval.index import ItemIndex
 
     index = ItemIndex.load(index_dir)
     enc = TwoTowerEncoder.load(Path(encoder) / "model")

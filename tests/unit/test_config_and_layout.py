@@ -14,7 +14,7 @@ import yaml
 
 from features import artifacts as A
 from features.config import ConfigError, load_config, to_dict
-from features.text import item_text, item_text_expr
+from features.data.text import item_text, item_text_expr
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ def test_job_default_configs_load():
     assert load_config(BuildFeaturesConfig, ROOT / "jobs/configs/build_features.yaml") == BuildFeaturesConfig()
     assert load_config(ImportConfig, ROOT / "jobs/configs/import_online_retail.yaml") == ImportConfig()
     from jobs.build_index import BuildIndexConfig
-    from jobs.train_encoder import TrainEncoderConfig, _check
+    from jobs.train_encoder import TrainEncoderConfig, check_config
 
     # The YAML files document the defaults: they must equal the dataclasses, key for key.
     assert load_config(TrainEncoderConfig, ROOT / "jobs/configs/train_encoder.yaml") == TrainEncoderConfig()
@@ -74,7 +74,7 @@ def test_job_default_configs_load():
     assert load_config(TrainRankerConfig, ROOT / "jobs/configs/train_ranker.yaml") == TrainRankerConfig()
     assert load_config(ImportCrowdflowerConfig, ROOT / "jobs/configs/import_crowdflower.yaml") == ImportCrowdflowerConfig()
     smoke = load_config(TrainEncoderConfig, ROOT / "jobs/configs/train_encoder_smoke.yaml")
-    _check(smoke)
+    check_config(smoke)
     assert smoke.train.num_workers == 2 and smoke.train.max_steps < 10
 
 
@@ -85,10 +85,10 @@ def test_job_default_configs_load():
     ("train.item_tower=both", "allowed values: 'shared', 'frozen'"),
 ])
 def test_train_encoder_config_errors_name_the_key(override, message):
-    from jobs.train_encoder import TrainEncoderConfig, _check
+    from jobs.train_encoder import TrainEncoderConfig, check_config
 
     with pytest.raises(ConfigError, match=message):
-        _check(load_config(TrainEncoderConfig, None, [override]))
+        check_config(load_config(TrainEncoderConfig, None, [override]))
 
 
 @pytest.mark.parametrize("override, message", [
@@ -98,20 +98,21 @@ def test_train_encoder_config_errors_name_the_key(override, message):
     ("events=null", "events and judgments are both null"),
 ])
 def test_evaluate_config_errors_name_the_key(override, message):
-    from jobs.evaluate import EvaluateConfig, _check
+    from jobs.evaluate import EvaluateConfig, check_config
 
     with pytest.raises(ValueError, match=message):
-        _check(load_config(EvaluateConfig, None, [override]))
+        check_config(load_config(EvaluateConfig, None, [override]))
 
 
 def test_features_never_imports_ray():
-    for path in (ROOT / "features").glob("*.py"):
+    paths = sorted((ROOT / "features").rglob("*.py"))
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "ray" or n.startswith("ray.") for n in names), f"{path.name} imports ray"
-    mods = ",".join(p.stem for p in (ROOT / "features").glob("*.py") if p.stem != "__init__")
-    code = f"import sys; from features import {mods}; print('ray' in sys.modules)"
+    mods = [".".join(p.relative_to(ROOT).with_suffix("").parts) for p in paths if p.stem != "__init__"]
+    code = f"import sys; import {', '.join(mods)}; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -170,3 +171,64 @@ def test_no_code_executing_loaders_for_artifacts():
             code = code.replace('"""', "").replace("'''", "")
             for b in banned:
                 assert b not in code, f"{path.relative_to(ROOT)} uses {b}"
+
+
+# What each part of features/ may import (docs/architecture.md draws it): a layered library.
+ALLOWED = {
+    "top": set(),  # config, artifacts, errors, admission, metrics: plain helpers
+    "data": {"top"},
+    "profiles": {"top", "data"},
+    "retrieval": {"top", "data", "profiles"},
+    "models": {"top", "data", "retrieval"},
+    "evaluation": {"top", "data", "profiles", "retrieval", "models"},
+}
+SUBPACKAGES = set(ALLOWED) - {"top"}
+
+
+def _features_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported module, names) for every `features` import in a file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "features":
+            out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.split(".")[0] == "features"]
+    return out
+
+
+def _part(module: str, names: list[str]) -> set[str]:
+    parts = module.split(".")
+    if len(parts) > 1:
+        return {parts[1] if parts[1] in SUBPACKAGES else "top"}
+    return {n if n in SUBPACKAGES else "top" for n in names}
+
+
+def test_features_subpackages_import_only_their_layers():
+    for path in sorted((ROOT / "features").rglob("*.py")):
+        rel = path.relative_to(ROOT / "features").parts
+        me = rel[0] if len(rel) > 1 else "top"
+        for module, names in _features_imports(path):
+            for target in _part(module, names) - {me}:
+                assert target in ALLOWED[me], f"features/{'/'.join(rel)} imports {module} ({target}); " \
+                                              f"{me} may import only {sorted(ALLOWED[me])}"
+
+
+def test_only_jobs_bench_and_tests_use_the_evaluation_package():
+    for folder in ("serving",):
+        for path in (ROOT / folder).rglob("*.py"):
+            for module, names in _features_imports(path):
+                assert "evaluation" not in _part(module, names), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_modules_stay_small_and_no_private_name_crosses_a_module():
+    for folder in ("features", "serving"):
+        for path in (ROOT / folder).rglob("*.py"):
+            n = len(path.read_text().splitlines())
+            assert n <= 400, f"{path.relative_to(ROOT)} has {n} lines; split it by concern (limit 400)"
+    for folder in ("features", "serving", "jobs", "bench", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
+                        "features", "serving", "jobs", "bench", "tests"):
+                    private = [a.name for a in node.names if a.name.startswith("_")]
+                    assert not private, f"{path.relative_to(ROOT)} imports private {private} from {node.module}"

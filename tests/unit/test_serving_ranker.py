@@ -8,22 +8,21 @@ import numpy as np
 import pytest
 
 from features import artifacts as A
-from features.learned_ranker import LearnedRanker, RankerParams, train_booster
-from features.ranking import RankContext, candidate_features
+from features.models.learned_ranker import LearnedRanker, RankerParams, train_booster
+from features.retrieval.ranking import RankContext, candidate_features
 from serving.ranker import Ranker
 from serving.settings import RankerServing, ServingConfig, resolve
-from tests.unit.test_evaluation import _synthetic
-from tests.unit.test_retrieval_ranking import _catalog
+from tests.helpers import small_catalog, synthetic_lists
 
 
 @pytest.fixture()
 def root(tmp_path):
-    cat, index = _catalog()
+    cat, index = small_catalog()
     features_dir = tmp_path / "features" / "v1"
     (features_dir / "items").mkdir(parents=True)
     import polars as pl
 
-    from features import schema as S
+    from features.data import schema as S
 
     pl.DataFrame({S.ITEM_ID: cat.item_ids, S.TITLE: cat.title, S.ITEM_TEXT: cat.text, S.CATEGORY: cat.category,
                   S.PRICE: cat.price, S.half_life_col(7): cat.popularity}).write_parquet(features_dir / "items" / "items.parquet")
@@ -35,7 +34,7 @@ def root(tmp_path):
 
 
 def _ranker_version(root, name: str = "20260101T000000Z-test"):
-    x, y, g = _synthetic(80, 0)
+    x, y, g = synthetic_lists(80, 0)
     booster, _ = train_booster(x, y, g, RankerParams(num_rounds=20, min_data_in_leaf=10))
     out = root / "ranker" / name
     LearnedRanker({"recommend": booster}, {}).save(out)
@@ -64,7 +63,7 @@ def test_the_latest_version_ranks_recommend_and_search_falls_back(root):
     assert r.info()["recommend"].startswith("learned") and r.info()["search"] == "hand-set weights"
     ids = [f"i{k:03d}" for k in range(20)]
     got = r.rank(RankContext(mode="recommend"), ids, k=5)
-    cat, _ = _catalog()
+    cat, _ = small_catalog()
     s = booster.predict(candidate_features(RankContext(mode="recommend"), cat.rows(ids), cat).astype(np.float64))
     assert [x["item_id"] for x in got] == [ids[j] for j in np.argsort(-s, kind="stable")[:5]]
     assert resolve(_cfg(root, "none")).ranker_dir is None

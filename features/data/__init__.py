@@ -1,0 +1,1 @@
+"""The input contract and batch transforms: schema, validation, polars transforms, text, importers."""

@@ -1,0 +1,1 @@
+"""Offline evaluation: metrics, baselines, splits and methods, the HTML report."""

@@ -1,0 +1,214 @@
+"""Offline evaluation without Ray: the methods compared on the requests of
+features/evaluation/splits.py, their metrics, and search relevance from judgments.
+
+Every method ranks the FULL catalog (no sampled negatives) and returns its top L (L = max k),
+with the same exclusions (the request's `exclude` rows).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import polars as pl
+
+from features import metrics as M
+from features.data import schema as S
+from features.evaluation import baselines as B
+from features.evaluation.splits import Requests
+from features.profiles.profile import ProfileParams
+from features.retrieval.catalog import Catalog
+from features.retrieval.lexical import BM25
+from features.retrieval.live import LiveCatalog
+from features.retrieval.ranking import RankContext, Scorer, candidate_features, context_for, rank_candidates
+
+
+# --- methods ------------------------------------------------------------------------------------
+@dataclass
+class MethodResult:
+    name: str
+    lists: np.ndarray  # (Q, L) catalog rows
+    latency_ms: np.ndarray  # (Q,) per-request scoring time, in process
+    note: str = ""
+
+
+def timed_method(name: str, n: int, L: int, fn: Callable[[int], list[int]], note: str = "") -> MethodResult:
+    lists = np.full((n, L), -1, dtype=np.int64)
+    lat = np.zeros(n)
+    for q in range(n):
+        t0 = time.perf_counter()
+        rows = fn(q)[:L]
+        lat[q] = (time.perf_counter() - t0) * 1e3
+        lists[q, : len(rows)] = rows
+    return MethodResult(name, lists, lat, note)
+
+
+def top_excluding(scores: np.ndarray, L: int, ex_rows: np.ndarray) -> list[int]:
+    s = np.asarray(scores, dtype=np.float64).copy()
+    if len(ex_rows):
+        s[ex_rows] = -np.inf
+    top = np.argpartition(-s, min(L, len(s) - 1))[:L] if len(s) > L else np.arange(len(s))
+    top = top[np.argsort(-s[top], kind="stable")]
+    return [int(r) for r in top if np.isfinite(s[r])]
+
+
+def exclude_rows(reqs: Requests, catalog: Catalog) -> list[np.ndarray]:
+    return [catalog.rows(sorted(ex)) for ex in reqs.exclude]
+
+
+def popularity_method(name: str, scores: np.ndarray, reqs: Requests, catalog: Catalog, L: int) -> MethodResult:
+    ex = exclude_rows(reqs, catalog)
+    return timed_method(name, len(reqs), L, lambda q: top_excluding(scores, L, ex[q]))
+
+
+def cooccurrence_method(reqs: Requests, catalog: Catalog, fallback: np.ndarray, L: int) -> MethodResult:
+    ex = exclude_rows(reqs, catalog)
+
+    def one(q: int) -> list[int]:
+        prof = reqs.profiles[q]
+        hist = [i for i, _, _ in prof.recent_items] if prof is not None else []
+        out = B.cooccurrence_lists(catalog.cooc, [hist], catalog.row, fallback, L, [set(ex[q].tolist())])
+        return [int(r) for r in out[0] if r >= 0]
+
+    return timed_method("co-occurrence", len(reqs), L, one)
+
+
+def embedding_method(name: str, reqs: Requests, catalog: Catalog, params: ProfileParams, fallback: np.ndarray,
+                     L: int) -> MethodResult:
+    """The user vector of the replayed profile (serving's formula) against every item vector;
+    users without a vector get `fallback` (popularity), as serving's cold start does."""
+    ex = exclude_rows(reqs, catalog)
+    vecs = catalog.vectors
+
+    def one(q: int) -> list[int]:
+        prof = reqs.profiles[q]
+        u = prof.user_vector(float(reqs.ts[q]), params)[0] if prof is not None else None
+        return top_excluding(fallback if u is None else vecs @ u, L, ex[q])
+
+    return timed_method(name, len(reqs), L, one, note="popularity for users without a vector")
+
+
+def system_method(name: str, reqs: Requests, live: LiveCatalog, params: ProfileParams, scorer: Scorer,
+                  L: int) -> MethodResult:
+    """Serving's recommend path, function for function: the profile's context, LiveCatalog.recommend
+    candidates, rank_candidates (features, scorer, reasons) -> top L."""
+    cat = live.catalog
+
+    def one(q: int) -> list[int]:
+        ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
+        ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q])
+        return [r.row for r in rank_candidates(ctx, ids, cat, scorer, L)]
+
+    return timed_method(name, len(reqs), L, one)
+
+
+def candidate_lists(reqs: Requests, live: LiveCatalog, params: ProfileParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The ranker's training rows: for each request, serving's recommend candidates with their
+    features and label 1 for a relevant item. Returns (X, y, group ids, stats incl. candidate recall)."""
+    xs, ys, gs = [], [], []
+    found = 0
+    for q in range(len(reqs)):
+        ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
+        ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q])
+        rows = live.catalog.rows(ids)
+        y = np.array([live.catalog.item_ids[r] in reqs.relevant[q] for r in rows], dtype=np.float64)
+        found += int(y.sum() > 0)
+        xs.append(candidate_features(ctx, rows, live.catalog))
+        ys.append(y)
+        gs.append(np.full(len(rows), q, dtype=np.int64))
+    x = np.concatenate(xs) if xs else np.zeros((0, 0), np.float32)
+    stats = {"requests": len(reqs), "rows": int(sum(len(y) for y in ys)),
+             "requests_with_a_relevant_candidate": found,
+             "candidate_hit_rate": found / len(reqs) if len(reqs) else 0.0}
+    return x, (np.concatenate(ys) if ys else np.zeros(0)), (np.concatenate(gs) if gs else np.zeros(0, np.int64)), stats
+
+
+# --- metrics of a method ------------------------------------------------------------------------
+def score_method(res: MethodResult, reqs: Requests, catalog: Catalog, ks: tuple[int, ...],
+                 item_share: np.ndarray, n_users: int) -> dict:
+    # An item outside the catalog must still count in |relevant|: give each its own negative id.
+    relevant = [{r if r >= 0 else -2 - j for j, r in enumerate(rel_rows)} for rel_rows in
+                ([catalog.row.get(i, -1) for i in rel] for rel in reqs.relevant)]
+    out: dict = {"method": res.name, "requests": len(reqs)}
+    out |= {k: round(v, 6) for k, v in M.list_metrics(res.lists, relevant, ks).items() if k != "count"}
+    for k in ks:
+        out |= {key: round(v, 6) for key, v in M.set_metrics_at_k(res.lists, relevant, k).items()
+                if not key.startswith("recall@")}  # recall@k is list_metrics' (capped at k)
+        out[f"coverage@{k}"] = round(M.catalog_coverage(res.lists, len(catalog), k), 6)
+    k0 = ks[0]
+    out[f"diversity@{k0}"] = round(M.intra_list_diversity(res.lists, catalog.vectors, k0), 6)
+    out[f"novelty@{k0}"] = round(M.novelty(res.lists, item_share, k0, n_users), 6)
+    lat = res.latency_ms
+    out["latency_ms"] = {"p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99), "mean": round(float(lat.mean()), 3) if len(lat) else 0.0}
+    if res.note:
+        out["note"] = res.note
+    return out
+
+
+def percentile(a: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(a, q)), 3) if len(a) else 0.0
+
+
+def item_shares(events: pl.DataFrame, catalog: Catalog) -> tuple[np.ndarray, int]:
+    """(share of users who interacted with each item, number of users) from training events."""
+    pos = events.filter(pl.col(S.EVENT_TYPE).is_in(list(S.POSITIVE_EVENT_TYPES)) & pl.col(S.ITEM_ID).is_not_null())
+    n_users = max(pos[S.USER_ID].n_unique(), 1)
+    per = pos.group_by(S.ITEM_ID).agg(pl.col(S.USER_ID).n_unique().alias("u"))
+    share = np.zeros(len(catalog))
+    for item, u in per.iter_rows():
+        r = catalog.row.get(item)
+        if r is not None:
+            share[r] = u / n_users
+    return share, n_users
+
+
+# --- search relevance (judgments) ---------------------------------------------------------------
+@dataclass
+class Judgments:
+    queries: list[str]
+    items: list[list[int]]  # judged catalog rows per query
+    grades: list[np.ndarray]
+
+    @classmethod
+    def from_frame(cls, df: pl.DataFrame, catalog: Catalog) -> "Judgments":
+        for col in ("query", S.ITEM_ID, "grade"):
+            if col not in df.columns:
+                raise ValueError(f"judgments: missing column '{col}'; required: query, item_id, grade")
+        unknown = df.filter(~pl.col(S.ITEM_ID).is_in(list(catalog.row)))
+        if unknown.height:
+            raise ValueError(f"judgments: {unknown.height} rows name items not in the catalog, "
+                             f"e.g. item_id={unknown[S.ITEM_ID][0]!r}")
+        qs, items, grades = [], [], []
+        for (q,), g in df.group_by("query", maintain_order=True):
+            qs.append(str(q))
+            items.append([catalog.row[i] for i in g[S.ITEM_ID].to_list()])
+            grades.append(g["grade"].cast(pl.Float64).to_numpy())
+        return cls(qs, items, grades)
+
+
+def query_folds(n_queries: int, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold number of each query (cross-validation by query: a query's judgments never train the
+    model that is scored on it)."""
+    if folds < 2:
+        raise ValueError(f"search.folds must be >= 2, got {folds}")
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.arange(n_queries) % folds)
+
+
+def search_context(query: str, q_emb: np.ndarray) -> RankContext:
+    return RankContext(mode="search", query=query, query_emb=q_emb)
+
+
+def judged_features(j: Judgments, q: int, q_emb: np.ndarray, catalog: Catalog, bm25: BM25) -> np.ndarray:
+    """Features of the judged items of query q (see `query_features`)."""
+    return query_features(j.queries[q], q_emb, np.asarray(j.items[q], dtype=np.int64), catalog, bm25)
+
+
+def query_features(query: str, q_emb: np.ndarray, rows: np.ndarray, catalog: Catalog, bm25: BM25) -> np.ndarray:
+    """Search features of any item set, scaled by the catalog-wide best BM25 and cosine of the
+    query: what serving's candidates (always holding the top hits of both) are scaled by."""
+    raw = bm25.scores(query, len(catalog))
+    return candidate_features(search_context(query, q_emb), rows, catalog, raw[rows], bm25_max=float(raw.max()),
+                              query_sim_max=float((catalog.vectors @ q_emb).max()))

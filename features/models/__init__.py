@@ -1,0 +1,1 @@
+"""Trainable models: the two-tower text encoder, losses, the training loop, the learned ranker."""

@@ -1,0 +1,212 @@
+"""The learned ranker: LightGBM lambdarank over `features.ranking.candidate_features`.
+
+Training data is candidate lists: one group per request (the candidates the real retrieval stage
+returned for it), one row per candidate with the FEATURE_NAMES features and a graded label (what
+the shopper did next: 1 for an item of the next basket, 0 otherwise; search: the judged grade).
+The model is stored as LightGBM's text format next to a JSON manifest (feature names, importances,
+training metrics), never pickled, so loading an artifact cannot execute code.
+
+Explanations: LightGBM's per-feature contributions (TreeSHAP, `pred_contrib=True`) take the place
+of the hand-set weight * feature products, so the same `ranking.reasons` turn the largest ones
+into "because you viewed X"-style reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from features.retrieval.ranking import FEATURE_NAMES
+
+MODEL_FILE = "model.txt"
+MODES = ("search", "recommend")
+
+
+@dataclass(frozen=True)
+class RankerParams:
+    """LightGBM lambdarank settings (small data, few features: shallow trees, early stopping)."""
+
+    num_leaves: int = 15
+    learning_rate: float = 0.05
+    num_rounds: int = 300
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 1.0
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    early_stopping_rounds: int = 30
+    eval_at: tuple[int, ...] = (10,)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_leaves", "num_rounds", "min_data_in_leaf", "early_stopping_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ranker.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.learning_rate <= 1:
+            raise ValueError(f"ranker.learning_rate must be in (0, 1], got {self.learning_rate}")
+
+    def lgb_params(self) -> dict:
+        return {
+            "objective": "lambdarank", "metric": "ndcg", "eval_at": list(self.eval_at),
+            "num_leaves": self.num_leaves, "learning_rate": self.learning_rate,
+            "min_data_in_leaf": self.min_data_in_leaf, "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction, "bagging_freq": 1 if self.bagging_fraction < 1 else 0,
+            "lambda_l2": self.lambda_l2, "seed": self.seed, "deterministic": True, "force_row_wise": True,
+            "num_threads": 1, "verbosity": -1,
+        }
+
+
+def group_sizes(group_ids: np.ndarray) -> np.ndarray:
+    """Sizes of consecutive runs of equal group ids (rows must be grouped, as LightGBM needs)."""
+    g = np.asarray(group_ids)
+    if not len(g):
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    if len(np.unique(g)) != len(starts):
+        raise ValueError("rows of one group must be consecutive")
+    return np.diff(np.r_[starts, len(g)]).astype(np.int64)
+
+
+def informative_groups(labels: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
+    """Mask of rows whose group has at least two distinct labels: a list with no positive (or no
+    negative) gives lambdarank no pair to learn from and only dilutes its NDCG."""
+    labels, group_ids = np.asarray(labels), np.asarray(group_ids)
+    keep = np.zeros(len(labels), dtype=bool)
+    sizes = group_sizes(group_ids)
+    start = 0
+    for n in sizes:
+        seg = labels[start:start + n]
+        keep[start:start + n] = seg.min() != seg.max()
+        start += n
+    return keep
+
+
+class LearnedRanker:
+    """A trained lambdarank booster per mode it was trained for."""
+
+    def __init__(self, boosters: dict, manifest: dict) -> None:
+        self.boosters = boosters  # mode -> lightgbm.Booster
+        self.manifest = manifest
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(self.boosters)
+
+    def has(self, mode: str) -> bool:
+        return mode in self.boosters
+
+    def score(self, x: np.ndarray, mode: str) -> np.ndarray:
+        """(C,) scores of (C, F) features."""
+        if not len(x):
+            return np.zeros(0, np.float64)
+        return np.asarray(self.boosters[mode].predict(np.asarray(x, np.float64), num_threads=1), dtype=np.float64)
+
+    def contributions(self, x: np.ndarray, mode: str) -> np.ndarray:
+        """(C, F) per-feature contributions (TreeSHAP); each row sums to score - the expected value."""
+        if not len(x):
+            return np.zeros((0, len(FEATURE_NAMES)))
+        c = self.boosters[mode].predict(np.asarray(x, np.float64), pred_contrib=True, num_threads=1)
+        return np.asarray(c, dtype=np.float64)[:, : len(FEATURE_NAMES)]
+
+    def describe(self, mode: str) -> str:
+        return f"learned lambdarank {self.manifest.get('version', '')}".strip()
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        for mode, booster in self.boosters.items():
+            (d / mode).mkdir(parents=True, exist_ok=True)
+            booster.save_model(str(d / mode / MODEL_FILE))
+
+    @classmethod
+    def load(cls, directory: str | Path, manifest: dict | None = None) -> "LearnedRanker":
+        """Load every mode's text model under `directory`; refuses a model whose features differ."""
+        import lightgbm as lgb
+
+        d = Path(directory)
+        boosters = {}
+        for mode in MODES:
+            path = d / mode / MODEL_FILE
+            if not path.exists():
+                continue
+            booster = lgb.Booster(model_file=str(path))
+            names = tuple(booster.feature_name())
+            if names != FEATURE_NAMES:
+                raise ValueError(f"ranker model {path} was trained on features {list(names)}, this code computes "
+                                 f"{list(FEATURE_NAMES)}; retrain it with jobs.train_ranker")
+            boosters[mode] = booster
+        if not boosters:
+            raise FileNotFoundError(f"no ranker model under {d} (expected {'/'.join(MODES)}/{MODEL_FILE})")
+        if manifest is None and (d / "manifest.json").exists():
+            manifest = json.loads((d / "manifest.json").read_text())
+        return cls(boosters, manifest or {})
+
+
+def train_booster(x: np.ndarray, y: np.ndarray, groups: np.ndarray, params: RankerParams,
+                  valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                  extra_params: dict | None = None):
+    """Train one lambdarank booster on grouped rows; `valid` (x, y, group ids) drives early stopping.
+
+    extra_params: added to LightGBM's parameters (Ray Train passes the distributed network here).
+    Returns (booster, {"best_iteration", "valid_ndcg@k"...})."""
+    import lightgbm as lgb
+
+    if len(x) != len(y) or len(x) != len(groups):
+        raise ValueError(f"x, y and groups disagree: {len(x)}, {len(y)}, {len(groups)} rows")
+    if x.shape[1] != len(FEATURE_NAMES):
+        raise ValueError(f"x has {x.shape[1]} columns; the ranker features are {len(FEATURE_NAMES)}")
+    lgb_params = params.lgb_params() | (extra_params or {})
+    train_set = lgb.Dataset(np.asarray(x, np.float64), label=np.asarray(y, np.float64),
+                            group=group_sizes(groups), feature_name=list(FEATURE_NAMES), free_raw_data=False)
+    sets, names, callbacks = [train_set], ["train"], []
+    if valid is not None and len(valid[0]):
+        vx, vy, vg = valid
+        sets.append(lgb.Dataset(np.asarray(vx, np.float64), label=np.asarray(vy, np.float64), group=group_sizes(vg),
+                                feature_name=list(FEATURE_NAMES), reference=train_set))
+        names.append("valid")
+        callbacks.append(lgb.early_stopping(params.early_stopping_rounds, verbose=False))
+    evals: dict = {}
+    callbacks.append(lgb.record_evaluation(evals))
+    booster = lgb.train(lgb_params, train_set, num_boost_round=params.num_rounds, valid_sets=sets,
+                        valid_names=names, callbacks=callbacks)
+    info: dict = {"best_iteration": int(booster.best_iteration or booster.current_iteration())}
+    for name, curves in evals.items():
+        for metric, values in curves.items():
+            it = info["best_iteration"] - 1
+            info[f"{name}_{metric.replace('ndcg@', 'ndcg@')}"] = float(values[min(it, len(values) - 1)])
+    return booster, info
+
+
+def importances(booster) -> dict[str, dict[str, float]]:
+    """Gain and split importances per feature, gain normalised to shares."""
+    gain = np.asarray(booster.feature_importance("gain"), dtype=np.float64)
+    split = np.asarray(booster.feature_importance("split"), dtype=np.float64)
+    total = gain.sum() or 1.0
+    return {name: {"gain_share": round(float(g / total), 4), "splits": int(s)}
+            for name, g, s in zip(FEATURE_NAMES, gain, split)}
+
+
+def params_dict(p: RankerParams) -> dict:
+    return asdict(p)
+
+
+class WithFallback:
+    """The serving scorer: the learned model for the modes it was trained on, the hand-set
+    weights for the others (and for everything when no model exists)."""
+
+    def __init__(self, learned: LearnedRanker | None, hand) -> None:
+        self.learned = learned
+        self.hand = hand
+
+    def _pick(self, mode: str):
+        return self.learned if self.learned is not None and self.learned.has(mode) else self.hand
+
+    def score(self, x: np.ndarray, mode: str) -> np.ndarray:
+        return self._pick(mode).score(x, mode)
+
+    def contributions(self, x: np.ndarray, mode: str) -> np.ndarray:
+        return self._pick(mode).contributions(x, mode)
+
+    def describe(self, mode: str) -> str:
+        return self._pick(mode).describe(mode)

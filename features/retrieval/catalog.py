@@ -1,0 +1,201 @@
+"""The serving catalog: every item's vector, text, filters and batch features, plus live upserts.
+
+Loaded from one features version (items, co-occurrence) and one index version (the item vectors,
+read back from the FAISS index, so serving ranks with exactly the vectors it retrieves with).
+`upsert` adds or replaces an item with its encoded vector; a replaced item keeps its row (the
+vector and fields change in place), a new item gets a new row. Rows are never removed, so row
+numbers held by a caller stay valid.
+
+Memory: N x d float32 vectors (3,940 x 384 = 6 MB for the bundled catalog; 1M items = 1.5 GB)
+plus a few arrays of N.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from features import artifacts as A
+from features.data import schema as S
+from features.data.text import item_text
+from features.retrieval.index import ItemIndex
+
+POPULARITY_HALF_LIFE_DAYS = 7.0  # "popular this week"
+POPULARITY_SHORT_DAYS, POPULARITY_LONG_DAYS = 1.0, 30.0
+
+
+@dataclass(frozen=True)
+class ItemUpdate:
+    """A new or changed item, as PUT /v1/items/{id} carries it."""
+
+    item_id: str
+    title: str
+    description: str | None = None
+    category: str | None = None
+    brand: str | None = None
+    price: float | None = None
+    in_stock: bool = True
+
+    def text(self) -> str:
+        return item_text(self.title, self.category, self.brand, self.description)
+
+    def to_record(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("item_id", "title", "description", "category", "brand", "price", "in_stock")}
+
+
+class Catalog:
+    """Items by row: vectors (N, d) float32 L2-normalised, fields, popularity and co-occurrence."""
+
+    def __init__(self, item_ids: list[str], vectors: np.ndarray, items: pl.DataFrame,
+                 cooc: dict[str, tuple[list[str], np.ndarray]]) -> None:
+        n = len(item_ids)
+        if vectors.shape[0] != n:
+            raise ValueError(f"{n} item ids but {vectors.shape[0]} vectors")
+        self.dim = int(vectors.shape[1])
+        self.item_ids: list[str] = list(item_ids)
+        self.row: dict[str, int] = {i: r for r, i in enumerate(self.item_ids)}
+        self._vec = np.ascontiguousarray(vectors, dtype=np.float32)
+        by_id = items.unique(S.ITEM_ID, keep="first")
+        aligned = pl.DataFrame({S.ITEM_ID: self.item_ids}).join(by_id, on=S.ITEM_ID, how="left", maintain_order="left")
+        pop_col = S.half_life_col(POPULARITY_HALF_LIFE_DAYS)
+
+        def col(name: str, default: Any) -> list:
+            return aligned.get_column(name).to_list() if name in aligned.columns else [default] * n
+
+        self.title: list[str] = [t if t is not None else i for t, i in zip(col(S.TITLE, None), self.item_ids)]
+        self.category: list[str | None] = col(S.CATEGORY, None)
+        self.brand: list[str | None] = col(S.BRAND, None)
+        self.description: list[str | None] = col(S.DESCRIPTION, None)
+        self.text: list[str] = [t or "" for t in col(S.ITEM_TEXT, "")]
+        self.price = np.array([np.nan if p is None else p for p in col(S.PRICE, None)], dtype=np.float64)
+        self.in_stock = np.array([True if s is None else bool(s) for s in col(S.IN_STOCK, True)], dtype=bool)
+        self.popularity = np.array([0.0 if p is None else p for p in col(pop_col, 0.0)], dtype=np.float64)
+        # The same decayed popularity with a short and a long half-life (for the ranker's trend
+        # features; zeros when the features version did not compute them).
+        self.popularity_short = np.array([0.0 if p is None else p for p in col(S.half_life_col(POPULARITY_SHORT_DAYS), 0.0)],
+                                         dtype=np.float64)
+        self.popularity_long = np.array([0.0 if p is None else p for p in col(S.half_life_col(POPULARITY_LONG_DAYS), 0.0)],
+                                        dtype=np.float64)
+        self.n_users = np.array([0 if p is None else p for p in col(S.N_USERS, 0)], dtype=np.int64)
+        self.cooc = cooc
+        self._pop_log_max = max(math.log1p(float(self.popularity.max(initial=0.0))), 1e-9)
+        self._short_log_max = max(math.log1p(float(self.popularity_short.max(initial=0.0))), 1e-9)
+        self._long_log_max = max(math.log1p(float(self.popularity_long.max(initial=0.0))), 1e-9)
+        self.version = 0  # bumps on every upsert
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, d) float32 view of the live rows."""
+        return self._vec[: len(self.item_ids)]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def rows(self, item_ids: list[str]) -> np.ndarray:
+        """Row numbers of known ids (unknown ids are skipped)."""
+        return np.array([self.row[i] for i in item_ids if i in self.row], dtype=np.int64)
+
+    def popularity_norm(self, rows: np.ndarray) -> np.ndarray:
+        """log1p(weekly popularity) scaled to [0, 1] by the catalog maximum at load time."""
+        return np.minimum(np.log1p(self.popularity[rows]) / self._pop_log_max, 1.0)
+
+    def popularity_trend(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(log1p(1-day popularity) / max, log1p(30-day popularity) / max): today's and the month's."""
+        return (np.minimum(np.log1p(self.popularity_short[rows]) / self._short_log_max, 1.0),
+                np.minimum(np.log1p(self.popularity_long[rows]) / self._long_log_max, 1.0))
+
+    def popular_rows(self, k: int) -> np.ndarray:
+        return np.argsort(-self.popularity, kind="stable")[:k]
+
+    def upsert(self, item: ItemUpdate, vector: np.ndarray) -> tuple[int, bool]:
+        """Add or replace an item; returns (row, created)."""
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if v.shape[0] != self.dim:
+            raise ValueError(f"item vector has dimension {v.shape[0]}, the catalog {self.dim}")
+        created = item.item_id not in self.row
+        if created:
+            r = len(self.item_ids)
+            if r >= self._vec.shape[0]:  # grow by doubling: amortised O(1) appends
+                grown = np.zeros((max(2 * self._vec.shape[0], 16), self.dim), np.float32)
+                grown[:r] = self._vec[:r]
+                self._vec = grown
+            self.item_ids.append(item.item_id)
+            self.row[item.item_id] = r
+            for name, value in (("title", item.title), ("category", item.category), ("brand", item.brand),
+                                ("description", item.description), ("text", item.text())):
+                getattr(self, name).append(value)
+            self.price = np.append(self.price, np.nan if item.price is None else item.price)
+            self.in_stock = np.append(self.in_stock, item.in_stock)
+            self.popularity = np.append(self.popularity, 0.0)
+            self.popularity_short = np.append(self.popularity_short, 0.0)
+            self.popularity_long = np.append(self.popularity_long, 0.0)
+            self.n_users = np.append(self.n_users, 0)
+        else:
+            r = self.row[item.item_id]
+            self.title[r], self.category[r], self.brand[r] = item.title, item.category, item.brand
+            self.description[r], self.text[r] = item.description, item.text()
+            self.price[r] = np.nan if item.price is None else item.price
+            self.in_stock[r] = item.in_stock
+        self._vec[r] = v
+        self.version += 1
+        return r, created
+
+    def filter_mask(self, rows: np.ndarray, category: str | None = None, price_min: float | None = None,
+                    price_max: float | None = None, in_stock: bool | None = None) -> np.ndarray:
+        """Which of `rows` pass the filters. category matches the item's path or a prefix of it
+        ("Home" matches "Home > Kitchen"); a price filter drops items without a price."""
+        keep = np.ones(len(rows), dtype=bool)
+        if category is not None:
+            want = category.strip().lower()
+            keep &= np.array([_category_matches(self.category[r], want) for r in rows], dtype=bool)
+        if price_min is not None:
+            keep &= np.nan_to_num(self.price[rows], nan=-np.inf) >= price_min
+        if price_max is not None:
+            keep &= np.nan_to_num(self.price[rows], nan=np.inf) <= price_max
+        if in_stock is not None:
+            keep &= self.in_stock[rows] == in_stock
+        return keep
+
+    def lookup(self, item_id: str) -> tuple[np.ndarray | None, str | None, float | None]:
+        """(vector, category, price) of an item for folding it into a profile; Nones if unknown."""
+        r = self.row.get(item_id)
+        if r is None:
+            return None, None, None
+        price = self.price[r]
+        return self.vectors[r], self.category[r], None if np.isnan(price) else float(price)
+
+    def describe(self, r: int) -> dict[str, Any]:
+        price = self.price[r]
+        return {"item_id": self.item_ids[r], "title": self.title[r], "category": self.category[r],
+                "price": None if np.isnan(price) else float(price), "in_stock": bool(self.in_stock[r])}
+
+
+def _category_matches(category: str | None, want: str) -> bool:
+    if category is None:
+        return False
+    c = category.strip().lower()
+    return c == want or c.startswith(want + " >")
+
+
+def read_cooccurrence(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
+    """item_a -> (neighbour ids by rank, scores) from a features version's cooccurrence/."""
+    df = pl.read_parquet(path, columns=[S.ITEM_A, S.ITEM_B, S.SCORE, S.RANK]).sort([S.ITEM_A, S.RANK])
+    out: dict[str, tuple[list[str], np.ndarray]] = {}
+    for (a,), g in df.group_by(S.ITEM_A, maintain_order=True):
+        out[str(a)] = (g.get_column(S.ITEM_B).cast(pl.String).to_list(), g.get_column(S.SCORE).to_numpy().astype(np.float64))
+    return out
+
+
+def load_catalog(features_dir: str, index_dir: str) -> tuple[Catalog, ItemIndex]:
+    """The catalog of a features version with the vectors of an index version built from it."""
+    index = ItemIndex.load(index_dir)
+    vectors = index.vectors()
+    items = pl.read_parquet(A.join(features_dir, "items"))
+    cooc_dir = Path(A.join(features_dir, "cooccurrence"))
+    cooc = read_cooccurrence(str(cooc_dir)) if cooc_dir.exists() else {}
+    return Catalog(index.item_ids, vectors, items, cooc), index

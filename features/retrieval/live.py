@@ -1,0 +1,212 @@
+"""Candidate retrieval: FAISS ANN plus BM25 over item text, fused; recommend-time candidate sources.
+
+`LiveCatalog` is the catalog as serving sees it: the versioned artifacts plus every item upserted
+since, read from a shared item log (a RecordLog), so all replicas on a node apply the same upserts
+in the same order and an upserted item is searchable on the very next request. The FAISS index
+is never rebuilt online: an upserted or changed item is scored exactly (numpy) next to the ANN
+results, and a changed item's stale vector in the index is skipped.
+
+Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items
+that pass: exact and simple, at O(N d) per request (about 1 ms for 4k items, tens of ms at 1M).
+Per-request exclusions (a buyer's purchases) do not: the ANN is asked for that many more results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from features.errors import CatalogFull
+from features.profiles.eventlog import RecordLog
+from features.profiles.events import decode_vector, encode_vector
+from features.retrieval.catalog import Catalog, ItemUpdate
+from features.retrieval.fusion import Fusion, fuse
+from features.retrieval.index import ItemIndex
+from features.retrieval.lexical import BM25
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    num_candidates: int = 200  # candidates handed to the ranker
+    lexical: bool = True  # BM25 next to the ANN for search
+    fusion: Fusion = "rrf"  # rrf: reciprocal rank fusion; weighted: ann_weight * cos + (1 - ann_weight) * bm25/max
+    rrf_k: int = 60
+    ann_weight: float = 0.5
+    bm25_k1: float = 1.2
+    bm25_b: float = 0.75
+    cooc_candidates: int = 100  # recommend: co-occurrence neighbours of the context and recent items
+    popular_candidates: int = 50  # recommend: the most popular items (cold start)
+    max_items: int = 2_000_000  # PUT /v1/items may not grow the catalog past this (409); changes always allowed
+
+    def __post_init__(self) -> None:
+        if self.num_candidates < 1 or self.rrf_k < 1:
+            raise ValueError(f"retriever.num_candidates and rrf_k must be >= 1, got {self.num_candidates}, {self.rrf_k}")
+        if self.max_items < 1:
+            raise ValueError(f"retriever.max_items must be >= 1, got {self.max_items}")
+        if not 0.0 <= self.ann_weight <= 1.0:
+            raise ValueError(f"retriever.ann_weight must be in [0, 1], got {self.ann_weight}")
+
+
+@dataclass(frozen=True)
+class Filters:
+    category: str | None = None
+    price_min: float | None = None
+    price_max: float | None = None
+    in_stock: bool | None = None
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.category, self.price_min, self.price_max, self.in_stock))
+
+
+class LiveCatalog:
+    """Catalog + ANN index + BM25, kept current from the shared item log (see module doc)."""
+
+    def __init__(self, catalog: Catalog, index: ItemIndex, item_log_dir: str | Path | None,
+                 cfg: RetrievalConfig = RetrievalConfig(), fsync: bool = True) -> None:
+        if list(index.item_ids) != catalog.item_ids[: len(index.item_ids)]:
+            raise ValueError("the index and the catalog disagree on item order")
+        self.catalog = catalog
+        self.index = index
+        self.cfg = cfg
+        self.n_indexed = len(index.item_ids)
+        self._changed: set[int] = set()  # rows whose vector is not (or no longer) the index's
+        self.bm25 = BM25.build(catalog.text, cfg.bm25_k1, cfg.bm25_b) if cfg.lexical else None
+        self.log = RecordLog(item_log_dir, fsync=fsync) if item_log_dir is not None else None
+        if self.log is not None:
+            for rec in self.log.records_on_open():
+                self._apply(rec)
+
+    @property
+    def n_changed(self) -> int:
+        """Items upserted (new or changed) since the index was built."""
+        return len(self._changed)
+
+    def _apply(self, rec: dict) -> tuple[int, bool]:
+        item = ItemUpdate(**rec["item"])
+        row, created = self.catalog.upsert(item, decode_vector(rec["vector"]))
+        self._changed.add(row)
+        if self.bm25 is not None:
+            self.bm25.set_doc(row, self.catalog.text[row])
+        return row, created
+
+    def sync(self) -> int:
+        """Apply upserts other processes logged since the last call; returns how many."""
+        if self.log is None:
+            return 0
+        recs = self.log.refresh()
+        for rec in recs:
+            self._apply(rec)
+        return len(recs)
+
+    def upsert(self, item: ItemUpdate, vector: np.ndarray) -> tuple[int, bool]:
+        """Durably log the item, then apply it; returns (row, created). A new item when the catalog
+        holds retriever.max_items raises CatalogFull (nothing logged)."""
+        rec = {"item": item.to_record(), "vector": encode_vector(vector)}
+        if self.log is not None:
+            self.sync()
+        if item.item_id not in self.catalog.row and len(self.catalog) >= self.cfg.max_items:
+            raise CatalogFull(f"item_id: the catalog is full ({len(self.catalog)} items, limit retriever.max_items="
+                              f"{self.cfg.max_items}); change existing items or raise the limit", "item_id")
+        if self.log is not None:
+            self.log.append([rec])
+        return self._apply(rec)
+
+    # --- retrieval ---------------------------------------------------------------------------
+    def allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """Rows that pass the filters, or None for "every row"."""
+        cat = self.catalog
+        if filters is None or not filters.any():
+            return None
+        rows = np.arange(len(cat))
+        return rows[cat.filter_mask(rows, filters.category, filters.price_min, filters.price_max, filters.in_stock)]
+
+    def ann(self, vec: np.ndarray, k: int, allowed: np.ndarray | None = None,
+            excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores (k,), rows (k,)) by inner product with vec (d,), never an `excluded` row.
+
+        Exact over `allowed` (filters); otherwise the FAISS index, asked for enough extra results
+        to drop the excluded rows and the stale vectors of changed items, plus the changed items
+        scored exactly. Exclusions (e.g. a buyer's purchases) never force an exact scan."""
+        q = np.asarray(vec, dtype=np.float32).reshape(1, -1)
+        vectors = self.catalog.vectors
+        excluded = np.zeros(0, np.int64) if excluded is None else excluded
+        if allowed is not None:
+            if len(excluded):
+                allowed = allowed[~np.isin(allowed, excluded)]
+            if not len(allowed):
+                return np.zeros(0, np.float32), np.zeros(0, np.int64)
+            s = vectors[allowed] @ q[0]
+            top = np.argsort(-s, kind="stable")[:k]
+            return s[top], allowed[top]
+        stale = [r for r in self._changed if r < self.n_indexed]
+        scores, ids = self.index.search(q, min(k + len(stale) + len(excluded), self.n_indexed))
+        rows = np.array([self.catalog.row[i] for i in ids[0] if i is not None], dtype=np.int64)
+        s = scores[0][: len(rows)]
+        if self._changed:
+            keep = ~np.isin(rows, list(self._changed))
+            changed = np.fromiter(self._changed, dtype=np.int64)
+            rows = np.concatenate([rows[keep], changed])
+            s = np.concatenate([s[keep], vectors[changed] @ q[0]])
+        if len(excluded):
+            keep = ~np.isin(rows, excluded)
+            rows, s = rows[keep], s[keep]
+        top = np.argsort(-s, kind="stable")[:k]
+        return s[top].astype(np.float32), rows[top]
+
+    def search(self, query: str, query_emb: np.ndarray, filters: Filters | None = None,
+               exclude: frozenset[str] = frozenset()) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Search candidates: (item_ids, ann cosine (C,), raw BM25 (C,)), best fused first."""
+        cfg = self.cfg
+        n = cfg.num_candidates
+        allowed = self.allowed(filters)
+        excluded = self.catalog.rows(list(exclude))
+        ann_s, ann_rows = self.ann(query_emb, n, allowed, excluded)
+        bm = self.bm25.scores(query, len(self.catalog)) if self.bm25 is not None else None
+        if bm is not None:
+            if allowed is not None:
+                masked = np.zeros_like(bm)
+                masked[allowed] = bm[allowed]
+                bm = masked
+            bm[excluded] = 0.0
+            hit = np.flatnonzero(bm > 0)
+            lex_rows = hit[np.argsort(-bm[hit], kind="stable")[:n]]
+        else:
+            lex_rows = np.zeros(0, np.int64)
+        pool = np.union1d(ann_rows, lex_rows).astype(np.int64)  # sorted by row: ties keep row order
+        cos = self.catalog.vectors[pool] @ np.asarray(query_emb, np.float32)
+        lex = bm[pool] if bm is not None else np.zeros(len(pool))
+        fused = fuse(cos, lex, cfg.fusion, cfg.rrf_k, cfg.ann_weight, in_dense=np.isin(pool, ann_rows),
+                     in_lexical=np.isin(pool, lex_rows))
+        top = np.argsort(-fused, kind="stable")[:n]
+        rows = pool[top]
+        return [self.catalog.item_ids[r] for r in rows], cos[top].astype(np.float32), lex[top]
+
+    def recommend(self, user_vec: np.ndarray | None, recent_items: list[str], context_item: str | None,
+                  filters: Filters | None = None, exclude: frozenset[str] = frozenset()) -> list[str]:
+        """Recommend candidates from the user vector, the context item, co-occurrence and popularity."""
+        cfg, cat = self.cfg, self.catalog
+        allowed = self.allowed(filters)
+        excluded = cat.rows(list(exclude | ({context_item} if context_item else set())))
+        ok = None if allowed is None else set(allowed.tolist())
+        ex = set(excluded.tolist())
+        picked: dict[int, None] = {}
+        for vec in (user_vec, cat.vectors[cat.row[context_item]] if context_item in cat.row else None):
+            if vec is not None:
+                _, rows = self.ann(vec, cfg.num_candidates, allowed, excluded)
+                picked.update(dict.fromkeys(rows.tolist()))
+        sources = ([context_item] if context_item else []) + recent_items[:10]
+        n_cooc = 0
+        for src in sources:
+            for nbr in cat.cooc.get(src, ([], None))[0]:
+                r = cat.row.get(nbr)
+                if (r is not None and (ok is None or r in ok) and r not in ex and r not in picked
+                        and n_cooc < cfg.cooc_candidates):
+                    picked[r] = None
+                    n_cooc += 1
+        pool = allowed if allowed is not None else np.arange(len(cat))
+        pool = pool[~np.isin(pool, excluded)]
+        popular = pool[np.argsort(-cat.popularity[pool], kind="stable")[: cfg.popular_candidates]]
+        picked.update(dict.fromkeys(int(r) for r in popular if int(r) not in picked))
+        return [cat.item_ids[r] for r in picked]

@@ -1,0 +1,330 @@
+"""One feature function for (request context, candidate item), the hand-set scorer, reasons, MMR.
+
+`candidate_features` is the only place ranking features are computed: the serving Ranker calls it
+per request, and offline training and evaluation call it on contexts rebuilt from logged events,
+so the two cannot drift. Every feature is a float in a known range (see FEATURES).
+
+Until a learned ranker exists, `HandWeights` scores a candidate as the weighted sum of its
+features; the weights differ for search (the query dominates) and recommend (the shopper does).
+The per-feature contributions double as explanations: the largest ones become the result's
+reasons ("matches \"red mug\"", "because you viewed WHITE MUG", "popular this week").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from features.profiles.profile import Profile, ProfileParams, mix
+from features.retrieval.catalog import Catalog
+from features.retrieval.lexical import tokenize
+
+Mode = Literal["search", "recommend"]
+
+# name -> what it is (all in [0, 1] except the cosines, which are in [-1, 1])
+FEATURES: dict[str, str] = {
+    "query_sim": "cosine(query embedding, item embedding); 0 without a query",
+    "query_sim_gap": "the best query_sim among the candidates minus this one's (query difficulty factored out)",
+    "lexical": "BM25 score of the query against the item text / the best BM25 score among the candidates",
+    "intent_sim": "alpha * cosine(session intent, item); alpha = how fresh the session is",
+    "session_alpha": "alpha itself (0: no recent session, alpha_max: an event just now)",
+    "pref_sim": "(1 - alpha) * cosine(long-term preference, item): the two mix as in the user vector",
+    "context_sim": "cosine(context item, item); 0 without a context item",
+    "cooc": "co-occurrence with the context item and the last 10 items, discounted 0.85 per step back, capped at 1",
+    "popularity": "log1p(7-day decayed popularity) / the catalog maximum",
+    "popularity_1d": "the same with a 1-day half-life: what sells today (trend against the 30-day one)",
+    "popularity_30d": "the same with a 30-day half-life",
+    "category_affinity": "the shopper's decayed share of interactions in the item's category",
+    "price_affinity": "exp(-z^2 / 2), z = distance of log1p(price) from the shopper's usual, in std units",
+    "seen_before": "1 when the item is among the shopper's recent items",
+    "title_match": "share of the query's distinct tokens found in the item's title; 0 without a query",
+    "text_match": "share of the query's distinct tokens found anywhere in the item's text; 0 without a query",
+}
+FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
+_F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+RECENT_FOR_COOC = 10
+COOC_DISCOUNT = 0.85
+VERB = {"view": "viewed", "click": "clicked", "add_to_cart": "added to cart", "purchase": "bought", "return": "returned"}
+
+
+@dataclass
+class RankContext:
+    """What the ranker knows about a request, independent of the candidates."""
+
+    mode: Mode
+    query: str | None = None
+    query_emb: np.ndarray | None = None  # (d,)
+    intent: np.ndarray | None = None  # (d,) unit
+    alpha: float = 0.0
+    preference: np.ndarray | None = None  # (d,) unit
+    recent_items: list[tuple[str, str]] = field(default_factory=list)  # (item_id, event_type), newest first
+    # What the session intent is made of, for explanations: (event type, item id or query text,
+    # embedding, event weight), newest first; the newest search and the last 5 item events.
+    intent_sources: list[tuple[str, str, np.ndarray, float]] = field(default_factory=list)
+    context_item: str | None = None
+    category_affinity: dict[str, float] = field(default_factory=dict)
+    price_stats: tuple[float, float] | None = None
+    purchased: frozenset[str] = frozenset()
+
+    def user_vector(self) -> np.ndarray | None:
+        """The shopper's vector (see features/profiles/profile.py), None for a shopper without one."""
+        return mix(self.intent, self.preference, self.alpha)
+
+
+def context_for(mode: Mode, profile: Profile | None, now: float, p: ProfileParams, query: str | None = None,
+                query_emb: np.ndarray | None = None, context_item: str | None = None) -> RankContext:
+    """The RankContext of a request by a shopper with `profile` (None: anonymous or unknown)."""
+    ctx = RankContext(mode=mode, query=query, query_emb=query_emb, context_item=context_item)
+    if profile is None:
+        return ctx
+    ctx.intent = profile.intent()
+    ctx.alpha = profile.alpha(now, p) if ctx.intent is not None else 0.0
+    ctx.preference = profile.preference()
+    ctx.recent_items = [(i, t) for i, t, _ in profile.recent_items]
+    if ctx.intent is not None:
+        start = profile.session_start_ts
+        if profile.recent_queries and profile.last_query_vec is not None and profile.recent_queries[0][1] >= start:
+            q = profile.recent_queries[0][0]
+            ctx.intent_sources.append(("search", q, profile.last_query_vec, p.weight("search")))
+        for item_id, etype, ts in profile.recent_items[:5]:
+            if ts >= start and p.weight(etype) > 0:
+                ctx.intent_sources.append((etype, item_id, np.zeros(0, np.float32), p.weight(etype)))
+    ctx.category_affinity = profile.category_affinity()
+    ctx.price_stats = profile.price_stats()
+    ctx.purchased = frozenset(profile.purchased)
+    return ctx
+
+
+def _cos(vec: np.ndarray | None, item_vecs: np.ndarray) -> np.ndarray:
+    if vec is None:
+        return np.zeros(len(item_vecs), dtype=np.float32)
+    return item_vecs @ np.asarray(vec, dtype=np.float32)
+
+
+def cooc_scores(ctx: RankContext, catalog: Catalog) -> dict[str, float]:
+    """item -> discounted co-occurrence with the context item (weight 1) and recent items."""
+    sources = ([ctx.context_item] if ctx.context_item else []) + [i for i, _ in ctx.recent_items[:RECENT_FOR_COOC]]
+    out: dict[str, float] = {}
+    for step, src in enumerate(sources):
+        nbrs = catalog.cooc.get(src)
+        if nbrs is None:
+            continue
+        w = COOC_DISCOUNT ** step
+        for nbr, s in zip(nbrs[0], nbrs[1]):
+            out[nbr] = out.get(nbr, 0.0) + w * float(s)
+    return out
+
+
+def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
+                       bm25: np.ndarray | None = None, bm25_max: float | None = None,
+                       query_sim_max: float | None = None) -> np.ndarray:
+    """(C, F) float32 features of the candidate rows, columns in FEATURE_NAMES order.
+
+    bm25: raw BM25 scores of the candidates for ctx.query (None or zeros without a query), scaled
+    by bm25_max (default: the best among the candidates, which serving's candidates always hold);
+    query_sim_max likewise for query_sim_gap (offline re-ranking of a fixed item set passes both).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    c = len(rows)
+    x = np.zeros((c, len(FEATURE_NAMES)), dtype=np.float32)
+    if not c:
+        return x
+    vecs = catalog.vectors[rows]  # (C, d)
+    x[:, _F["query_sim"]] = _cos(ctx.query_emb, vecs)
+    if ctx.query_emb is not None:
+        best = float(x[:, _F["query_sim"]].max()) if query_sim_max is None else query_sim_max
+        x[:, _F["query_sim_gap"]] = best - x[:, _F["query_sim"]]
+    top = float(np.max(bm25)) if bm25 is not None and len(bm25) else 0.0
+    top = top if bm25_max is None else bm25_max
+    if bm25 is not None and len(bm25) and top > 0:
+        x[:, _F["lexical"]] = np.asarray(bm25, dtype=np.float64) / top
+    x[:, _F["intent_sim"]] = ctx.alpha * _cos(ctx.intent, vecs)
+    x[:, _F["session_alpha"]] = ctx.alpha
+    x[:, _F["pref_sim"]] = (1.0 - ctx.alpha) * _cos(ctx.preference, vecs)
+    if ctx.context_item is not None and ctx.context_item in catalog.row:
+        x[:, _F["context_sim"]] = _cos(catalog.vectors[catalog.row[ctx.context_item]], vecs)
+    co = cooc_scores(ctx, catalog)
+    if co:
+        x[:, _F["cooc"]] = np.minimum([co.get(catalog.item_ids[r], 0.0) for r in rows], 1.0)
+    x[:, _F["popularity"]] = catalog.popularity_norm(rows)
+    x[:, _F["popularity_1d"]], x[:, _F["popularity_30d"]] = catalog.popularity_trend(rows)
+    if ctx.category_affinity:
+        x[:, _F["category_affinity"]] = [ctx.category_affinity.get(catalog.category[r] or "", 0.0) for r in rows]
+    if ctx.price_stats is not None:
+        mean, std = ctx.price_stats
+        lp = np.log1p(catalog.price[rows])
+        z = (lp - mean) / max(std, 0.25)
+        x[:, _F["price_affinity"]] = np.where(np.isnan(z), 0.0, np.exp(-0.5 * np.nan_to_num(z) ** 2))
+    if ctx.recent_items:
+        seen = {i for i, _ in ctx.recent_items}
+        x[:, _F["seen_before"]] = [catalog.item_ids[r] in seen for r in rows]
+    q_tokens = set(tokenize(ctx.query)) if ctx.query else set()
+    if q_tokens:
+        n = len(q_tokens)
+        x[:, _F["title_match"]] = [len(q_tokens.intersection(tokenize(catalog.title[r]))) / n for r in rows]
+        x[:, _F["text_match"]] = [len(q_tokens.intersection(tokenize(catalog.text[r]))) / n for r in rows]
+    return x
+
+
+def _default_search() -> dict[str, float]:
+    return {"query_sim": 1.0, "lexical": 0.6, "intent_sim": 0.3, "pref_sim": 0.15, "context_sim": 0.0,
+            "cooc": 0.2, "popularity": 0.15, "category_affinity": 0.1, "price_affinity": 0.05}
+
+
+def _default_recommend() -> dict[str, float]:
+    # seen_before < 0: the item the shopper just viewed is the least useful recommendation
+    # (it is demoted, not removed: re-buying is common in a wholesale log like the bundled one).
+    return {"intent_sim": 1.0, "pref_sim": 0.6, "context_sim": 0.8, "cooc": 0.6, "popularity": 0.3,
+            "category_affinity": 0.2, "price_affinity": 0.1, "query_sim": 0.0, "lexical": 0.0, "seen_before": -0.5}
+
+
+@dataclass(frozen=True)
+class HandWeights:
+    """Hand-set linear weights per mode (features not named weigh 0)."""
+
+    search: dict[str, float] = field(default_factory=_default_search)
+    recommend: dict[str, float] = field(default_factory=_default_recommend)
+
+    def __post_init__(self) -> None:
+        for mode in ("search", "recommend"):
+            unknown = sorted(set(getattr(self, mode)) - set(FEATURE_NAMES))
+            if unknown:
+                raise ValueError(f"ranker.weights.{mode}: unknown feature(s) {unknown}; allowed: {', '.join(FEATURE_NAMES)}")
+
+    def vector(self, mode: Mode) -> np.ndarray:
+        w = getattr(self, mode)
+        return np.array([w.get(n, 0.0) for n in FEATURE_NAMES], dtype=np.float32)
+
+    def contributions(self, x: np.ndarray, mode: Mode) -> np.ndarray:
+        """(C, F) weight * feature; a candidate's score is its row sum."""
+        return x * self.vector(mode)[None, :]
+
+    def score(self, x: np.ndarray, mode: Mode) -> np.ndarray:
+        return (x * self.vector(mode)[None, :]).sum(axis=1)
+
+    def describe(self, mode: Mode) -> str:
+        return "hand-set weights"
+
+
+class Scorer(Protocol):
+    """What ranks candidates: HandWeights, or features/models/learned_ranker.py's model (with fallback)."""
+
+    def score(self, x: np.ndarray, mode: Mode) -> np.ndarray: ...  # (C,) from (C, F)
+
+    def contributions(self, x: np.ndarray, mode: Mode) -> np.ndarray: ...  # (C, F), for reasons
+
+    def describe(self, mode: Mode) -> str: ...
+
+
+def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, max_reasons: int = 2,
+            min_contribution: float = 0.05) -> list[str]:
+    """Short human reasons for one candidate from its (F,) contributions, largest first."""
+    out: list[str] = []
+    vec = catalog.vectors[row]
+    for f in np.argsort(-contrib, kind="stable"):
+        if len(out) >= max_reasons or contrib[f] < min_contribution:
+            break
+        name = FEATURE_NAMES[f]
+        text = None
+        if name in ("query_sim", "lexical", "title_match", "text_match") and ctx.query:
+            text = f'matches "{ctx.query}"'
+        elif name == "intent_sim":
+            text = _because(ctx, vec, catalog)
+        elif name == "pref_sim":
+            text = "matches your long-term taste"
+        elif name == "context_sim" and ctx.context_item in catalog.row:
+            text = f"similar to {catalog.title[catalog.row[ctx.context_item]]}"
+        elif name == "cooc":
+            text = _often_with(ctx, catalog.item_ids[row], catalog)
+        elif name == "popularity":
+            text = "popular this week"
+        elif name == "category_affinity":
+            text = f"you often shop {catalog.category[row]}"
+        elif name == "price_affinity":
+            text = "in your usual price range"
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
+def _because(ctx: RankContext, vec: np.ndarray, catalog: Catalog) -> str | None:
+    """The session event that contributes most to cos(intent, item): argmax of weight * (v . item)
+    over the intent's sources (the intent is their decayed weighted sum)."""
+    best, best_text = 0.0, None
+    for etype, ref, src_vec, w in ctx.intent_sources:
+        if etype == "search":
+            share = w * float(src_vec @ vec)
+            text = f'because you searched "{ref}"'
+        elif ref in catalog.row:
+            share = w * float(catalog.vectors[catalog.row[ref]] @ vec)
+            text = f"because you {VERB.get(etype, 'viewed')} {catalog.title[catalog.row[ref]]}"
+        else:
+            continue
+        if share > best:
+            best, best_text = share, text
+    return best_text
+
+
+def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
+    sources = ([ctx.context_item] if ctx.context_item else []) + [i for i, _ in ctx.recent_items[:RECENT_FOR_COOC]]
+    for src in sources:
+        nbrs = catalog.cooc.get(src)
+        if nbrs is not None and item_id in nbrs[0] and src in catalog.row:
+            return f"often bought with {catalog.title[catalog.row[src]]}"
+    return None
+
+
+def mmr(scores: np.ndarray, vecs: np.ndarray, k: int, diversity: float) -> np.ndarray:
+    """Maximal marginal relevance: indices of k picks from candidates with `scores` (C,) and unit
+    vectors (C, d). diversity 0 keeps the score order; 1 picks only for dissimilarity.
+    Relevance is min-max scaled to [0, 1] so the trade-off does not depend on the score scale."""
+    if not 0.0 <= diversity <= 1.0:
+        raise ValueError(f"diversity must be in [0, 1], got {diversity}")
+    c = len(scores)
+    k = min(k, c)
+    order = np.argsort(-scores, kind="stable")
+    if diversity == 0.0 or k <= 1:
+        return order[:k]
+    span = float(scores.max() - scores.min())
+    rel = (scores - scores.min()) / span if span > 0 else np.ones(c)
+    sims = vecs @ vecs.T  # (C, C)
+    picked = [int(order[0])]
+    max_sim = sims[picked[0]].copy()
+    free = np.ones(c, dtype=bool)
+    free[picked[0]] = False
+    while len(picked) < k:
+        value = np.where(free, (1 - diversity) * rel - diversity * max_sim, -np.inf)
+        j = int(np.argmax(value))
+        picked.append(j)
+        free[j] = False
+        max_sim = np.maximum(max_sim, sims[j])
+    return np.array(picked, dtype=np.int64)
+
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    item_id: str
+    score: float
+    reasons: list[str]
+    row: int
+
+
+def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, scorer: Scorer, k: int,
+                    bm25: np.ndarray | None = None, diversity: float = 0.0) -> list[RankedItem]:
+    """Score candidates with `scorer`, optionally re-rank by MMR, and explain the top k (the
+    contributions are computed for those k only: a learned model's TreeSHAP is not free).
+
+    Candidates the catalog does not know (yet) are dropped; ties keep the retrieval order."""
+    keep = [j for j, i in enumerate(item_ids) if i in catalog.row]
+    rows = np.array([catalog.row[item_ids[j]] for j in keep], dtype=np.int64)
+    if bm25 is not None and len(bm25):
+        bm25 = np.asarray(bm25, dtype=np.float64)[keep]
+    x = candidate_features(ctx, rows, catalog, bm25)
+    scores = scorer.score(x, ctx.mode)
+    order = mmr(scores, catalog.vectors[rows], k, diversity)
+    contrib = scorer.contributions(x[order], ctx.mode)
+    return [RankedItem(catalog.item_ids[rows[j]], float(scores[j]), reasons(ctx, int(rows[j]), contrib[n], catalog),
+                       int(rows[j])) for n, j in enumerate(order)]

@@ -1,0 +1,220 @@
+"""The evaluation protocol by hand: splits, in-session requests, exclusions, replay at a request,
+the method/metric plumbing, and the learned ranker's building blocks (features/models/learned_ranker.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features.data import schema as S
+from features.evaluation import methods as EM
+from features.evaluation import splits as ES
+from features.models.learned_ranker import (
+    LearnedRanker,
+    RankerParams,
+    WithFallback,
+    group_sizes,
+    informative_groups,
+    train_booster,
+)
+from features.profiles.profile import ProfileParams
+from features.profiles.replay import profiles_at, replay_profiles
+from features.retrieval.ranking import HandWeights, RankContext, rank_candidates
+from tests.helpers import small_catalog, synthetic_lists
+
+UTC = dt.timezone.utc
+
+
+def _t(day: int, hour: int = 0) -> dt.datetime:
+    return dt.datetime(2024, 1, day, hour, tzinfo=UTC)
+
+
+def _events(rows: list[tuple]) -> pl.DataFrame:
+    """rows: (event_id, user, day, hour, type, item)."""
+    return pl.DataFrame(
+        {S.EVENT_ID: [r[0] for r in rows], S.USER_ID: [r[1] for r in rows],
+         S.TS: [_t(r[2], r[3]) for r in rows], S.EVENT_TYPE: [r[4] for r in rows], S.ITEM_ID: [r[5] for r in rows],
+         S.QUERY: [None] * len(rows), S.PRICE: [None] * len(rows), S.SESSION_ID: [None] * len(rows),
+         S.QUANTITY: [None] * len(rows)},
+        schema={S.EVENT_ID: pl.String, S.USER_ID: pl.String, S.TS: pl.Datetime("us", "UTC"), S.EVENT_TYPE: pl.String,
+                S.ITEM_ID: pl.String, S.QUERY: pl.String, S.PRICE: pl.Float64, S.SESSION_ID: pl.String,
+                S.QUANTITY: pl.Int64})
+
+
+EVENTS = _events([
+    ("e01", "u1", 1, 0, "purchase", "a"), ("e02", "u1", 1, 0, "purchase", "b"),
+    ("e03", "u1", 10, 0, "purchase", "c"),
+    ("e04", "u1", 20, 0, "purchase", "a"), ("e05", "u1", 20, 0, "purchase", "d"), ("e06", "u1", 20, 0, "purchase", "e"),
+    ("e07", "u1", 25, 0, "purchase", "f"),
+    ("e08", "u2", 2, 0, "view", "b"), ("e09", "u2", 21, 0, "purchase", "b"),
+    ("e10", "u3", 5, 0, "purchase", "c"), ("e11", "u3", 22, 0, "purchase", "c"),
+])
+
+
+def test_split_spec_names_the_allowed_values():
+    assert ES.SplitSpec.parse("leave-last").kind == "leave-last"
+    assert ES.SplitSpec.parse("time:2024-01-15").at == _t(15)
+    for bad in ("random", "time:yesterday", ""):
+        with pytest.raises(ValueError, match="split: .*(allowed|ISO 8601)"):
+            ES.SplitSpec.parse(bad)
+
+
+def test_time_split_trains_before_the_instant_and_tests_the_first_interaction_after_it():
+    plan = ES.plan_split(EVENTS, ES.SplitSpec.parse("time:2024-01-15"), ranker_days=7)
+    assert plan.train_events[S.TS].max() < _t(15) and plan.train_events.height == 5
+    assert plan.ranker_events[S.TS].max() < _t(8)  # the ranker's stages end before its label window
+    test = {u: (ts, items) for u, ts, items in plan.test_requests.select(S.USER_ID, S.TS, "items").iter_rows()}
+    assert test == {"u1": (_t(20), ["a", "d", "e"]), "u2": (_t(21), ["b"]), "u3": (_t(22), ["c"])}  # not day 25
+    ranker = {u: items for u, items in plan.ranker_requests.select(S.USER_ID, "items").iter_rows()}
+    assert ranker == {"u1": ["c"]}  # u1's day 10 falls in [8, 15)
+    wide = ES.plan_split(EVENTS, ES.SplitSpec.parse("time:2024-01-15"), ranker_days=14, ranker_per_user=2)
+    assert wide.ranker_requests.select(S.USER_ID, "items").rows() == [
+        ("u1", ["a", "b"]), ("u1", ["c"]), ("u2", ["b"]), ("u3", ["c"])]  # each user's first two in [1, 15)
+    with pytest.raises(ValueError, match="must fall after the first"):
+        ES.plan_split(EVENTS, ES.SplitSpec.parse("time:2030-01-01"))
+
+
+def test_leave_last_split_holds_out_each_users_last_and_second_last_interaction():
+    plan = ES.plan_split(EVENTS, ES.SplitSpec.parse("leave-last"))
+    test = {u: items for u, items in plan.test_requests.select(S.USER_ID, "items").iter_rows()}
+    assert test == {"u1": ["f"], "u2": ["b"], "u3": ["c"]}
+    ranker = {u: items for u, items in plan.ranker_requests.select(S.USER_ID, "items").iter_rows()}
+    assert ranker == {"u1": ["a", "d", "e"], "u2": ["b"], "u3": ["c"]}
+    # no stage sees a user's test interaction or anything after it, nor the ranker's stage its request
+    assert set(plan.train_events[S.EVENT_ID]) == {"e01", "e02", "e03", "e04", "e05", "e06", "e08", "e10"}
+    assert set(plan.ranker_events[S.EVENT_ID]) == {"e01", "e02", "e03"}
+
+
+def test_requests_exclude_earlier_purchases_and_drop_requests_left_empty():
+    plan = ES.plan_split(EVENTS, ES.SplitSpec.parse("time:2024-01-15"))
+    reqs = ES.build_requests(EVENTS, plan.test_requests)
+    assert dict(zip(reqs.users, reqs.relevant)) == {"u1": {"d", "e"}, "u2": {"b"}}  # u2 only viewed b before
+    assert reqs.dropped == 1  # u3 bought c again: nothing new to find
+    assert reqs.exclude[reqs.users.index("u1")] == frozenset({"a", "b", "c"})
+    loose = ES.build_requests(EVENTS, plan.test_requests, exclude_purchased=False)
+    assert dict(zip(loose.users, loose.relevant)) == {"u1": {"a", "d", "e"}, "u2": {"b"}, "u3": {"c"}}
+
+
+def test_in_session_requests_reveal_the_first_half_and_replay_stops_at_the_cut():
+    plan = ES.plan_split(EVENTS, ES.SplitSpec.parse("time:2024-01-15"))
+    sess = ES.in_session(plan.test_requests, reveal=0.5)
+    assert sess.select(S.USER_ID, "items", "revealed", "cut_event_id").rows() == [("u1", ["d", "e"], ["a"], "e05")]
+    reqs = ES.build_requests(EVENTS, sess)
+    assert reqs.relevant == [{"d", "e"}] and reqs.revealed == [["a"]] and "a" in reqs.exclude[0]
+    vec = {i: np.eye(6, dtype=np.float32)[n] for n, i in enumerate("abcdef")}
+    prof = ES.attach_profiles(reqs, EVENTS, _Lookup(vec), ProfileParams())[0]
+    assert [i for i, _, _ in prof.recent_items] == ["a", "c", "b", "a"]  # e04 (day 20) folded, e05/e06 not
+    assert prof.alpha(float(reqs.ts[0]), ProfileParams()) == pytest.approx(0.8)  # a live session
+    with pytest.raises(ValueError, match="reveal"):
+        ES.in_session(plan.test_requests, reveal=1.0)
+
+
+class _Lookup:
+    def __init__(self, vec):
+        self.vec = vec
+
+    def lookup(self, item):
+        return self.vec.get(item), None, None
+
+
+def test_profiles_at_equal_a_replay_until_just_before_each_request():
+    rng = np.random.default_rng(3)
+    rows = []
+    for n in range(200):
+        rows.append((f"e{n:04d}", f"u{rng.integers(4)}", int(rng.integers(1, 28)), int(rng.integers(24)),
+                     str(rng.choice(["view", "click", "add_to_cart", "purchase"])), f"i{rng.integers(12)}"))
+    ev = _events(rows)
+    vec = {f"i{k}": v for k, v in enumerate(rng.normal(size=(12, 8)).astype(np.float32))}
+    lookup = lambda i: (vec[i] / np.linalg.norm(vec[i]), "cat", 2.0)  # noqa: E731
+    p = ProfileParams()
+    req = pl.DataFrame({S.USER_ID: ["u0", "u1", "u0", "u3"], S.TS: [_t(9, 5), _t(15), _t(27, 3), _t(2)]})
+    got = profiles_at(ev, req, lookup, p)
+    for (user, ts), prof in zip(req.iter_rows(), got):
+        want = replay_profiles(ev.filter(pl.col(S.USER_ID) == user), lookup, p, until=ts.timestamp() - 1e-6).get(user)
+        if want is None:
+            assert prof is None
+            continue
+        assert prof.recent_items == want.recent_items and prof.purchased == want.purchased
+        np.testing.assert_allclose(prof.pref_sum, want.pref_sum, rtol=1e-9)
+
+
+def test_score_method_matches_list_metrics_and_counts_missing_targets():
+    cat_ids = ["a", "b", "c", "d"]
+    reqs = ES.Requests(["u1", "u2"], np.array([0.0, 0.0]), [{"b", "zz"}, {"d"}], [frozenset(), frozenset()])
+
+    class Cat:
+        item_ids = cat_ids
+        row = {i: n for n, i in enumerate(cat_ids)}
+        vectors = np.eye(4, dtype=np.float32)
+
+        def __len__(self):
+            return 4
+
+    res = EM.MethodResult("m", np.array([[1, 0], [0, 2]]), np.array([1.0, 3.0]))
+    out = EM.score_method(res, reqs, Cat(), (1, 2), np.full(4, 0.5), 2)
+    assert out["hit_rate@1"] == pytest.approx(0.5) and out["hit_rate@2"] == pytest.approx(0.5)
+    assert out["recall@2"] == pytest.approx((1 / 2 + 0) / 2)  # "zz" is outside the catalog but still relevant
+    assert out["mrr"] == pytest.approx(0.5) and out["coverage@2"] == pytest.approx(3 / 4)
+    assert out["latency_ms"]["p50"] == pytest.approx(2.0)
+
+
+# --- the learned ranker's building blocks --------------------------------------------------------
+def test_groups_must_be_consecutive_and_uninformative_lists_are_dropped():
+    assert group_sizes(np.array([5, 5, 7, 9, 9, 9])).tolist() == [2, 1, 3]
+    with pytest.raises(ValueError, match="consecutive"):
+        group_sizes(np.array([1, 2, 1]))
+    keep = informative_groups(np.array([1, 0, 0, 0, 1, 1]), np.array([1, 1, 2, 2, 3, 3]))
+    assert keep.tolist() == [True, True, False, False, False, False]
+
+
+def test_lambdarank_learns_the_signal_round_trips_as_text_and_falls_back_per_mode(tmp_path):
+    x, y, g = synthetic_lists(120, 0)
+    vx, vy, vg = synthetic_lists(30, 1)
+    booster, info = train_booster(x, y, g, RankerParams(num_rounds=60, min_data_in_leaf=10), valid=(vx, vy, vg))
+    assert info["valid_ndcg@10"] > 0.9
+    model = LearnedRanker({"recommend": booster}, {"version": "v-test"})
+    model.save(tmp_path)
+    assert (tmp_path / "recommend" / "model.txt").read_text().startswith("tree")  # text, not a pickle
+    loaded = LearnedRanker.load(tmp_path)
+    np.testing.assert_allclose(loaded.score(vx, "recommend"), model.score(vx, "recommend"))
+    # TreeSHAP contributions + the bias column add up to the score
+    full = booster.predict(vx[:5].astype(np.float64), pred_contrib=True)
+    np.testing.assert_allclose(full.sum(axis=1), model.score(vx[:5], "recommend"), rtol=1e-6)
+    np.testing.assert_allclose(loaded.contributions(vx[:5], "recommend"), full[:, :-1])
+    # no search model: search falls back to the hand-set weights
+    both = WithFallback(loaded, HandWeights())
+    np.testing.assert_allclose(both.score(vx, "search"), HandWeights().score(vx, "search"))
+    np.testing.assert_allclose(both.score(vx, "recommend"), model.score(vx, "recommend"))
+    assert both.describe("search") == "hand-set weights" and both.describe("recommend").startswith("learned")
+
+
+def test_a_model_trained_on_other_features_is_refused(tmp_path):
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    ds = lgb.Dataset(rng.random((40, 2)), label=rng.integers(0, 2, 40), group=[20, 20], feature_name=["a", "b"])
+    b = lgb.train({"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 1}, ds, num_boost_round=2)
+    (tmp_path / "recommend").mkdir()
+    b.save_model(str(tmp_path / "recommend" / "model.txt"))
+    with pytest.raises(ValueError, match="retrain it with jobs.train_ranker"):
+        LearnedRanker.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no ranker model"):
+        LearnedRanker.load(tmp_path / "nothing")
+
+
+def test_rank_candidates_orders_by_the_learned_scores():
+    cat, _ = small_catalog()
+    x, y, g = synthetic_lists(100, 2)
+    booster, _ = train_booster(x, y, g, RankerParams(num_rounds=30, min_data_in_leaf=10))
+    scorer = WithFallback(LearnedRanker({"recommend": booster}, {}), HandWeights())
+    ctx = RankContext(mode="recommend")
+    ids = cat.item_ids[:15]
+    ranked = rank_candidates(ctx, ids, cat, scorer, k=5)
+    from features.retrieval.ranking import candidate_features
+
+    s = booster.predict(candidate_features(ctx, cat.rows(ids), cat).astype(np.float64))
+    assert [r.item_id for r in ranked] == [ids[j] for j in np.argsort(-s, kind="stable")[:5]]
+    assert [r.score for r in ranked] == pytest.approx(sorted(s, reverse=True)[:5])

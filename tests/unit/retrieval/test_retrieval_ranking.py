@@ -1,0 +1,168 @@
+"""BM25, live retrieval with upserts and filters, the ranking feature function, reasons and MMR."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from features.retrieval.catalog import ItemUpdate
+from features.retrieval.index import brute_force
+from features.retrieval.lexical import BM25, tokenize
+from features.retrieval.live import Filters, LiveCatalog, RetrievalConfig
+from features.retrieval.ranking import (
+    FEATURE_NAMES,
+    HandWeights,
+    RankContext,
+    candidate_features,
+    context_for,
+    mmr,
+    rank_candidates,
+)
+from tests.helpers import D, small_catalog
+
+
+# --- BM25 --------------------------------------------------------------------------------------
+def test_tokenize_folds_plurals():
+    assert tokenize("Lunch BAGS, boxes & glass") == ["lunch", "bag", "box", "glass"]
+
+
+def test_bm25_matches_a_hand_computation():
+    docs = ["red mug", "red red bag", "blue lamp"]
+    bm = BM25.build(docs, k1=1.2, b=0.75)
+    avg = 7 / 3
+    idf_red = math.log(1 + (3 - 2 + 0.5) / (2 + 0.5))
+
+    def term(tf: int, dl: int) -> float:
+        return idf_red * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avg))
+
+    s = bm.scores("red", 3)
+    assert s == pytest.approx([term(1, 2), term(2, 3), 0.0])
+    bm.set_doc(2, "red lamp")  # re-index one document: df and lengths follow
+    idf2 = math.log(1 + (3 - 3 + 0.5) / (3 + 0.5))
+    assert bm.scores("red", 3)[2] == pytest.approx(idf2 * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 2 / avg)))
+
+
+# --- retrieval ---------------------------------------------------------------------------------
+def test_ann_with_upserts_matches_brute_force(tmp_path):
+    cat, index = small_catalog()
+    live = LiveCatalog(cat, index, tmp_path / "items", fsync=False)
+    rng = np.random.default_rng(1)
+    changed = rng.normal(size=D).astype(np.float32)
+    changed /= np.linalg.norm(changed)
+    live.upsert(ItemUpdate("i007", "changed thing"), changed)  # replaces a vector the index holds
+    live.upsert(ItemUpdate("new1", "brand new thing", category="Toys", price=3.0), -changed)
+    q = rng.normal(size=D).astype(np.float32)
+    for k in (1, 5, 52):
+        scores, rows = live.ann(q, k)
+        want_s, want_rows = brute_force(q, cat.vectors, k)
+        assert rows.tolist() == want_rows[0].tolist() and np.allclose(scores, want_s[0], atol=1e-5)
+
+
+def test_upserts_reach_other_replicas_through_the_item_log(tmp_path):
+    a_cat, a_idx = small_catalog()
+    b_cat, b_idx = small_catalog()
+    a = LiveCatalog(a_cat, a_idx, tmp_path / "items", fsync=False)
+    b = LiveCatalog(b_cat, b_idx, tmp_path / "items", fsync=False)
+    vec = np.ones(D, np.float32) / math.sqrt(D)
+    a.upsert(ItemUpdate("new1", "velvet cushion"), vec)
+    assert "new1" not in b.catalog.row
+    assert b.sync() == 1 and "new1" in b.catalog.row
+    ids, _, bm = b.search("velvet cushion", vec)
+    assert ids[0] == "new1" and bm[0] > 0
+    # a process started later replays the log
+    c_cat, c_idx = small_catalog()
+    assert "new1" in LiveCatalog(c_cat, c_idx, tmp_path / "items", fsync=False).catalog.row
+
+
+def test_search_fuses_lexical_and_ann_and_honours_filters(tmp_path):
+    cat, index = small_catalog()
+    live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=10))
+    q = cat.vectors[cat.row["i004"]]  # "blue mug 4"
+    ids, cos, bm = live.search("red lamp", q)
+    assert ids[0] in ("i004",) or "i004" in ids[:3]
+    assert any(cat.title[cat.row[i]].startswith("red lamp") for i in ids[:5])  # lexical brings its matches
+    f = Filters(category="Home", price_max=20.0, in_stock=True)
+    ids, _, _ = live.search("red lamp", q, f)
+    for i in ids:
+        r = cat.row[i]
+        assert cat.category[r].startswith("Home") and cat.price[r] <= 20 and cat.in_stock[r]
+    excluded, _, _ = live.search("red lamp", q, exclude=frozenset({"i004"}))
+    assert "i004" not in excluded
+
+
+def test_recommend_candidates_include_cooc_context_and_popular(tmp_path):
+    cat, index = small_catalog()
+    live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=5, popular_candidates=3))
+    ids = live.recommend(None, ["i000"], None)
+    assert {"i010", "i020"} <= set(ids) and {"i000", "i001", "i002"} & set(ids)
+    ids = live.recommend(None, [], "i000", exclude=frozenset({"i010"}))
+    assert "i000" not in ids and "i010" not in ids and "i020" in ids
+
+
+# --- ranking -----------------------------------------------------------------------------------
+def test_candidate_features_by_hand():
+    cat, _ = small_catalog()
+    intent = cat.vectors[cat.row["i001"]]
+    ctx = RankContext(mode="recommend", intent=intent, alpha=0.5, preference=None,
+                      recent_items=[("i000", "view")], context_item=None,
+                      category_affinity={"Toys": 1.0}, price_stats=(math.log1p(3.0), 0.5))
+    rows = cat.rows(["i001", "i010", "i002"])
+    x = candidate_features(ctx, rows, cat)
+    f = {n: x[:, i] for i, n in enumerate(FEATURE_NAMES)}
+    assert f["intent_sim"][0] == pytest.approx(0.5)  # alpha * cos(intent, itself)
+    assert f["session_alpha"].tolist() == [0.5] * 3
+    assert f["cooc"].tolist() == pytest.approx([0.0, 0.9, 0.0])
+    assert f["category_affinity"].tolist() == [0.0, 0.0, 1.0]  # i002 is in Toys
+    assert f["price_affinity"][0] == pytest.approx(math.exp(-0.5 * ((math.log1p(2.0) - math.log1p(3.0)) / 0.5) ** 2))
+    pop_max = math.log1p(50.0)
+    assert f["popularity"].tolist() == pytest.approx([math.log1p(49) / pop_max, math.log1p(40) / pop_max,
+                                                      math.log1p(48) / pop_max])
+    assert f["query_sim"].tolist() == [0.0] * 3 and f["seen_before"].tolist() == [0.0] * 3
+
+
+def test_ranking_explains_itself():
+    cat, _ = small_catalog()
+    ctx = RankContext(mode="search", query="red mug", query_emb=cat.vectors[cat.row["i012"]])
+    ranked = rank_candidates(ctx, ["i012", "i013", "unknown"], cat, HandWeights(), k=5)
+    assert [r.item_id for r in ranked][0] == "i012" and len(ranked) == 2  # unknown ids are dropped
+    assert ranked[0].reasons[0] == 'matches "red mug"'
+    far = -cat.vectors[cat.row["i010"]]  # a query pointing away from i010
+    ctx = RankContext(mode="recommend", intent=cat.vectors[cat.row["i010"]], alpha=0.8,
+                      recent_items=[("i010", "purchase")],
+                      intent_sources=[("search", "far away", far, 3.0), ("purchase", "i010", np.zeros(0), 4.0)])
+    top = rank_candidates(ctx, ["i011", "i010"], cat, HandWeights(), k=1)[0]
+    assert top.reasons[0] == f"because you bought {cat.title[cat.row['i010']]}"
+    # the search explains an item close to the query instead
+    ctx.intent_sources[0] = ("search", "near", cat.vectors[cat.row["i011"]], 3.0)
+    ctx.intent = cat.vectors[cat.row["i011"]]
+    assert rank_candidates(ctx, ["i011"], cat, HandWeights(), k=1)[0].reasons[0] == 'because you searched "near"'
+
+
+def test_context_for_lists_the_sessions_intent_sources():
+    from features.profiles.profile import Profile, ProfileParams
+
+    cat, _ = small_catalog()
+    p = ProfileParams(session_gap_s=100.0)
+    prof = Profile("u")
+    prof.fold("purchase", 0.0, p, vector=cat.vectors[0], item_id="i000")  # an earlier session
+    prof.fold("view", 1000.0, p, vector=cat.vectors[1], item_id="i001")
+    prof.fold("search", 1001.0, p, vector=cat.vectors[2], query="lamp")
+    ctx = context_for("recommend", prof, 1002.0, p)
+    assert [(s[0], s[1], s[3]) for s in ctx.intent_sources] == [("search", "lamp", 3.0), ("view", "i001", 1.0)]
+    assert ctx.purchased == frozenset({"i000"}) and ctx.alpha == pytest.approx(p.alpha_max * 0.5 ** (1 / 1800))
+
+
+def test_hand_weights_reject_unknown_features():
+    with pytest.raises(ValueError, match="unknown feature"):
+        HandWeights(search={"colour": 1.0})
+
+
+def test_mmr_trades_relevance_for_diversity():
+    vecs = np.array([[1, 0], [0.99, 0.141], [0, 1]], dtype=np.float32)
+    scores = np.array([1.0, 0.95, 0.5])
+    assert mmr(scores, vecs, 2, 0.0).tolist() == [0, 1]
+    assert mmr(scores, vecs, 2, 0.5).tolist() == [0, 2]  # the near-duplicate gives way
+    with pytest.raises(ValueError, match="diversity"):
+        mmr(scores, vecs, 2, 1.5)
