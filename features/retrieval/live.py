@@ -27,6 +27,9 @@ from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import BM25
 
 
+COMPACT_SLACK = 1000  # the item log is compacted once it holds this many records more than 2 per changed item
+
+
 @dataclass(frozen=True)
 class RetrievalConfig:
     num_candidates: int = 200  # candidates handed to the ranker
@@ -74,6 +77,7 @@ class LiveCatalog:
         self._changed: set[int] = set()  # rows whose vector is not (or no longer) the index's
         self.bm25 = BM25.build(catalog.text, cfg.bm25_k1, cfg.bm25_b) if cfg.lexical else None
         self.log = RecordLog(item_log_dir, fsync=fsync) if item_log_dir is not None else None
+        self.log_records = 0  # records in the item log, as far as this process knows
         if self.log is not None:
             for rec in self.log.records_on_open():
                 self._apply(rec)
@@ -87,6 +91,7 @@ class LiveCatalog:
         item = ItemUpdate(**rec["item"])
         row, created = self.catalog.upsert(item, decode_vector(rec["vector"]))
         self._changed.add(row)
+        self.log_records += 1
         if self.bm25 is not None:
             self.bm25.set_doc(row, self.catalog.text[row])
         return row, created
@@ -111,7 +116,25 @@ class LiveCatalog:
                               f"{self.cfg.max_items}); change existing items or raise the limit", "item_id")
         if self.log is not None:
             self.log.append([rec])
-        return self._apply(rec)
+        out = self._apply(rec)
+        if self.log is not None and self.log_records > 2 * len(self._changed) + COMPACT_SLACK:
+            self.compact()
+        return out
+
+    def compact(self) -> int:
+        """Rewrite the item log without records a later record of the same item supersedes, so
+        the log holds about one record per changed item however often items change; returns how
+        many went. Safe next to other writers: a record appended meanwhile is newer, never removed."""
+        if self.log is None:
+            return 0
+        latest: dict[str, int] = {}
+        n = 0
+        for rec in self.log.read_after(0):
+            latest[rec["item"]["item_id"]] = rec["seq"]
+            n += 1
+        removed = self.log.remove(lambda rec: rec["seq"] < latest.get(rec["item"]["item_id"], -1))
+        self.log_records = n - removed
+        return removed
 
     # --- retrieval ---------------------------------------------------------------------------
     def allowed(self, filters: Filters | None) -> np.ndarray | None:

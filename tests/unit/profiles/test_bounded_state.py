@@ -146,3 +146,31 @@ def test_catalog_size_limit_refuses_new_items_but_not_changes(tmp_path):
     reopened = LiveCatalog(Catalog(ids, vecs, pl.DataFrame({"item_id": ids, "title": ["A", "B"]}), {}),
                            ItemIndex.build(ids, vecs), tmp_path / "items", RetrievalConfig(max_items=3))
     assert len(reopened.catalog) == 3 and "d" not in reopened.catalog.row  # nothing of the refused item was logged
+
+
+def test_the_item_log_is_compacted_however_often_items_change(tmp_path, monkeypatch):
+    import polars as pl
+
+    from features.retrieval import live as L
+    from features.retrieval.catalog import Catalog, ItemUpdate
+    from features.retrieval.index import ItemIndex
+
+    monkeypatch.setattr(L, "COMPACT_SLACK", 10)
+    ids = ["a", "b"]
+    vecs = np.eye(2, D, dtype=np.float32)
+
+    def open_live():
+        cat = Catalog(ids, vecs, pl.DataFrame({"item_id": ids, "title": ["A", "B"]}), {})
+        return L.LiveCatalog(cat, ItemIndex.build(ids, vecs), tmp_path / "items", fsync=False)
+
+    live, other = open_live(), open_live()  # two replicas sharing the log
+    for i in range(200):
+        live.upsert(ItemUpdate("a", f"A v{i}"), vecs[i % 2])
+        live.upsert(ItemUpdate(f"new-{i % 3}", f"N v{i}"), vecs[0])
+    n_records = sum(1 for _ in live.log.read_after(0))
+    assert n_records <= 2 * 4 + 10 + 1  # 4 changed items (a, new-0..2): never 400 records
+    other.sync()  # the other replica reads past the rewrites and ends on the same items
+    again = open_live()
+    for cat in (other.catalog, again.catalog):
+        assert cat.title[cat.row["a"]] == "A v199" and cat.title[cat.row["new-1"]] == "N v199"
+        assert len(cat) == 5
