@@ -86,8 +86,10 @@ serve: venv
 	@RAY_AUTH_MODE=token $(BIN)/ray status >/dev/null 2>&1 || $(MAKE) --no-print-directory ray-up
 	$(BIN)/python -m serving.deploy --artifacts $(ART) --state $(CURDIR)/state $(SERVE_ARGS)
 
+# Two pytest workers, each taking whole test files (module fixtures are built once): a Ray test spends
+# much of its time waiting on process start-up and deployments, so the two overlap on 2 cores.
 test: venv
-	set -o pipefail; $(BIN)/python -m pytest tests 2>&1 | tee .pytest-last.log
+	set -o pipefail; $(BIN)/python -m pytest tests -n 2 --dist loadfile 2>&1 | tee .pytest-last.log
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit

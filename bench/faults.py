@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from features.artifacts import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DEPLOYMENTS = ("QueryEncoder", "Retriever", "Ranker", "Profiles", "Ingress")
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     deploy()
     base = f"http://127.0.0.1:{proxy if ns.via == 'proxy' else direct}"
     wait_http(f"{base}/healthz", 180)
-    report: dict[str, Any] = {"via": ns.via, "rate_rps": ns.rate, "settle_s": ns.settle_s, "retry_once": not ns.no_retry,
+    report: dict[str, Any] = {"commit": git_commit(), "via": ns.via, "rate_rps": ns.rate, "settle_s": ns.settle_s,
+                              "retry_once": not ns.no_retry,
                               "mix": "search 40%, recommend 30%, events 30%",
                               "faults": {}}
     load = Load(base, ns.rate, queries, items[S.ITEM_ID].to_list(), users, retry_once=not ns.no_retry)

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from features.artifacts import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MODES = ("positive", "negative")
@@ -77,7 +79,8 @@ def fuzz_openapi(base: str, api_key: str | None, examples: int, seed: int = 0) -
     headers = {"X-API-Key": api_key} if api_key else {}
     session = requests.Session()
     before = _state(base)
-    report: dict[str, Any] = {"examples_per_operation_and_mode": examples, "seed": seed, "requests": 0,
+    report: dict[str, Any] = {"commit": git_commit(), "examples_per_operation_and_mode": examples, "seed": seed,
+                              "requests": 0,
                               "by_operation": {}, "failures": [], "hangs": 0, "max_latency_s": 0.0,
                               "acknowledged_events": 0, "forgotten_events": 0, "items_created": 0}
     t_start = time.perf_counter()

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from features.artifacts import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     users = pl.read_parquet(A.join(res.features_dir, "users"), columns=[S.USER_ID])[S.USER_ID].sample(
         500, seed=0, with_replacement=False).to_list()
     report: dict[str, Any] = {
+        "commit": git_commit(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "versions": res.versions, "rates_rps": rates, "duration_s": ns.duration_s,
         "workload": "distinct 2-3 word queries from catalog title words (query cache off); recommend for sampled "

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from features.artifacts import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     load = Load(base, ns.rate, queries, items[S.ITEM_ID].to_list(), users,
                 event_users=[f"soak-shopper-{i}" for i in range(2000)])
     samples: dict[str, list[tuple[float, float]]] = {}
-    report: dict[str, Any] = {"via": "proxy", "rate_rps": ns.rate, "minutes": ns.minutes,
+    report: dict[str, Any] = {"commit": git_commit(), "via": "proxy", "rate_rps": ns.rate, "minutes": ns.minutes,
                               "mix": "search 40%, recommend 30%, events 30% (2,000 shoppers)"}
 
     async def scenario() -> float:

@@ -331,7 +331,20 @@ def _fit_fold(x, y, g, vx, vy, vg, params):
     return booster.model_to_string(), info
 
 
-def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
+def _vectors_from_index(items: pl.DataFrame, index_dir: str | None) -> np.ndarray | None:
+    """The items' zero-shot vectors read back from a zero-shot index of the same items (built by
+    the recommend part of this run, same encoder and max_length), or None when it lacks any."""
+    if index_dir is None:
+        return None
+    index = ItemIndex.load(index_dir)
+    row = {i: r for r, i in enumerate(index.item_ids)}
+    wanted = items[S.ITEM_ID].to_list()
+    if any(i not in row for i in wanted):
+        return None
+    return index.vectors()[[row[i] for i in wanted]]
+
+
+def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | None = None) -> dict:
     import lightgbm as lgb
 
     ks = tuple(sorted(cfg.ks))
@@ -341,8 +354,12 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps) -> dict:
     items, _ = validate_items(ES.read_table(cfg.items), ValidationConfig())
     items = items.with_columns(item_text_expr())
     judg = read_judgments(cfg.judgments)
-    steps(f"encode {items.height:,} items (Ray Data) and the queries, zero-shot")
-    vecs = _encode_items(items, ZERO_SHOT, cfg)
+    vecs = _vectors_from_index(items, zero_shot_index)
+    if vecs is None:
+        steps(f"encode {items.height:,} items (Ray Data) and the queries, zero-shot")
+        vecs = _encode_items(items, ZERO_SHOT, cfg)
+    else:
+        steps(f"encode the queries, zero-shot ({items.height:,} item vectors from this run's zero-shot index)")
     catalog = Catalog(items[S.ITEM_ID].to_list(), vecs, items, {})
     J = EM.Judgments.from_frame(judg, catalog)
     enc, _ = load_encoder(ZERO_SHOT, cfg.output_root, replace(EncoderConfig(), max_length=cfg.encoder.index_max_length))
@@ -469,7 +486,8 @@ def run(cfg: EvaluateConfig) -> str:
         result["recommend"] = evaluate_recommend(cfg, run_dir, steps)
         result["ranker"] = {"importances": result["recommend"]["ranker"]["importances"]}
     if cfg.judgments is not None:
-        result["search"] = evaluate_search(cfg, steps)
+        zs_index = result.get("recommend", {}).get("stages", {}).get("index_zero_shot")
+        result["search"] = evaluate_search(cfg, steps, zs_index)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["summary"] = _summary_line(result)
     steps(f"write {run_dir}/metrics.json and report.html")

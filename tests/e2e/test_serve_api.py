@@ -342,14 +342,14 @@ def test_fuzzed_requests_never_get_a_5xx(app):
 
 
 def test_requests_generated_from_the_openapi_spec(app):
-    """schemathesis: 60 spec-following and 60 spec-breaking requests per operation (about 800):
+    """schemathesis: 30 spec-following and 30 spec-breaking requests per operation (about 450):
     no 5xx, no hang, every answer's status and body as documented, every spec-breaking request
     refused with a 4xx, and the log and catalog changed by exactly what was acknowledged.
     `python -m bench.fuzz_api` runs the same at 400 per operation and mode."""
     from bench.fuzz_api import fuzz_openapi
 
-    report = fuzz_openapi(app.url, KEY, examples=60, seed=20261123)
-    assert report["requests"] >= 700 and report["hangs"] == 0
+    report = fuzz_openapi(app.url, KEY, examples=30, seed=20261123)
+    assert report["requests"] >= 350 and report["hangs"] == 0
     assert report["failures"] == [], report["failures"][:3]
     assert report["server_errors"] == 0
     assert report["rejected_writes_changed_nothing"], report["state"]
