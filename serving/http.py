@@ -9,6 +9,7 @@ Every error answer has the shape of `ErrorOut`: {"error": message, "field": the 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -24,6 +25,22 @@ from serving.schemas import ErrorOut
 STATUS_OF: tuple[tuple[type[ServingError], int], ...] = (
     (UnknownReference, 422), (InvalidValue, 422), (UnknownItem, 404), (UnknownUser, 404), (CatalogFull, 409),
     (ServingError, 400))
+
+
+class _ClientErrorFilter(logging.Filter):
+    """Drops Serve's "Request failed." record (with its traceback) when what failed is a typed
+    client error: an unknown item asked for is answered with a 404, not logged as a server fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ServingError)
+
+
+def quiet_client_errors() -> None:
+    """Call in a deployment that raises typed errors (once per process is enough; idempotent)."""
+    log = logging.getLogger("ray.serve")
+    if not any(isinstance(f, _ClientErrorFilter) for f in log.filters):
+        log.addFilter(_ClientErrorFilter())
 
 
 class ApiError(Exception):

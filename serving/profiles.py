@@ -19,6 +19,7 @@ from features.errors import UnknownReference, UnknownUser
 from features.profiles.profile import seed_profiles
 from features.profiles.store import ProfileStore
 from features.retrieval.ranking import Mode, RankContext, context_for
+from serving.http import quiet_client_errors
 from serving.retriever import open_live_catalog
 from serving.settings import Resolved, ServingConfig
 
@@ -27,6 +28,7 @@ from serving.settings import Resolved, ServingConfig
 class Profiles:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
         self.cfg = cfg
+        quiet_client_errors()  # unknown ids are answered as 404/422, not logged as failures
         self.params = cfg.profiles.params
         self.live = open_live_catalog(cfg, res, lexical=False)
         pc = cfg.profiles

@@ -8,6 +8,7 @@ from ray import serve
 from features.errors import UnknownItem
 from features.retrieval.catalog import ItemUpdate, load_catalog
 from features.retrieval.live import Filters, LiveCatalog
+from serving.http import quiet_client_errors
 from serving.settings import Resolved, ServingConfig
 
 
@@ -25,6 +26,7 @@ def open_live_catalog(cfg: ServingConfig, res: Resolved, lexical: bool) -> LiveC
 class Retriever:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
         self.live = open_live_catalog(cfg, res, lexical=cfg.retriever.lexical)
+        quiet_client_errors()  # unknown ids are answered as 404/422, not logged as failures
 
     def search(self, query: str, query_emb: np.ndarray, filters: Filters | None,
                exclude: frozenset[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
