@@ -24,6 +24,7 @@ import torch
 
 from bench.feature_job import RESULTS, machine
 from features import artifacts as A
+from features.artifacts import git_commit
 from features.data import schema as S
 from features.models import training as TR
 from features.models.encoder import LATEST, ZERO_SHOT, EncoderConfig, TwoTowerEncoder, load_encoder, quantize_int8
@@ -104,7 +105,7 @@ def main() -> None:
           f"(rule: >= 1.5x and < 1% drop)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "encoder.json"
-    out.write_text(json.dumps({"benchmark": "encoder", "encoder": path or ZERO_SHOT, "features": features_dir,
+    out.write_text(json.dumps({"benchmark": "encoder", "commit": git_commit(), "encoder": path or ZERO_SHOT, "features": features_dir,
                                "machine": machine(), "results": rows, "summary": summary}, indent=2))
     print(f"wrote {out}")
 

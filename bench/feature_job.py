@@ -29,6 +29,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from features import artifacts as A
+from features.artifacts import git_commit
 from features.data.pipeline import SplitConfig, build_local
 from features.data.transforms import FeatureParams
 from features.data.validate import ValidationConfig
@@ -122,7 +123,7 @@ def main() -> None:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "feature_job.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "feature_job.json").write_text(json.dumps({"commit": git_commit(), **result}, indent=2))
     print(f"\n{'run':<20}{'job s':>8}{'wall s':>8}{'events/s':>12}{'x polars':>10}")
     for name, r in runs.items():
         wall = f"{r['wall_seconds']:.1f}" if "wall_seconds" in r else "-"
