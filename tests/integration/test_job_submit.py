@@ -9,9 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -24,43 +23,61 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """A private head node (own ports and temp dir). `ray start --block` in its own process group:
-    teardown stops exactly this cluster, never the session's in-process Ray or a user's
-    `make ray-up` (which a global `ray stop` would kill)."""
-    gcs, dash = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join the test session's Ray
-    env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0")
-    tmp = Path("/tmp") / f"ray-test-{os.getpid()}"  # Ray socket paths must stay short
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+def _start_head(env: dict, tmp: Path, log_path: Path) -> tuple[subprocess.Popen, str, Any]:
+    """`ray start --head --block` on fresh ports; returns once the node says it started (the
+    dashboard answers before the node is up, and a node may still give up after 30 s on a busy
+    box: Ray's own start-up limit), or raises with the log when it does not."""
+    dash = free_port()
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
            f"--temp-dir={tmp}", "--disable-usage-stats",
            # Fixed default agent ports would collide with the session's in-process Ray.
            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
-    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
+    log = open(log_path, "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 180
+    while "Ray runtime started" not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            log.close()
+            raise RuntimeError(f"ray head did not start; see {log_path}")
+        time.sleep(1)
+    return proc, f"http://127.0.0.1:{dash}", log
+
+
+def _stop(proc: subprocess.Popen) -> None:
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2):
-                    break
-            except urllib.error.HTTPError:
-                break  # the server answers (e.g. 401 without a token): it is up
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ray head did not start; see {log.name}") from None
-                time.sleep(1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A private head node (own ports and temp dir). `ray start --block` in its own process group:
+    teardown stops exactly this cluster, never the session's in-process Ray or a user's
+    `make ray-up` (which a global `ray stop` would kill). A start that times out under load (the
+    other pytest worker may be busy) is tried again, as an operator would, at most three times."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join the test session's Ray
+    env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0")
+    tmp = Path("/tmp") / f"ray-test-{os.getpid()}"  # Ray socket paths must stay short
+    logs = tmp_path_factory.mktemp("head")
+    for attempt in range(3):
+        try:
+            proc, address, log = _start_head(env, tmp, logs / f"head-{attempt}.log")
+            break
+        except RuntimeError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if attempt == 2:
+                raise
+    try:
         yield address, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
