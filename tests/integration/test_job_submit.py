@@ -20,6 +20,7 @@ from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+HEAD_ATTEMPTS = 5  # a first start timed out in both clean-clone runs with two pytest workers
 pytestmark = pytest.mark.integration
 
 
@@ -61,18 +62,18 @@ def head(tmp_path_factory):
     """A private head node (own ports and temp dir). `ray start --block` in its own process group:
     teardown stops exactly this cluster, never the session's in-process Ray or a user's
     `make ray-up` (which a global `ray stop` would kill). A start that times out under load (the
-    other pytest worker may be busy) is tried again, as an operator would, at most three times."""
+    other pytest worker may be busy) is tried again, as an operator would, at most HEAD_ATTEMPTS times."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join the test session's Ray
     env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0")
     tmp = Path("/tmp") / f"ray-test-{os.getpid()}"  # Ray socket paths must stay short
     logs = tmp_path_factory.mktemp("head")
-    for attempt in range(3):
+    for attempt in range(HEAD_ATTEMPTS):
         try:
             proc, address, log = _start_head(env, tmp, logs / f"head-{attempt}.log")
             break
         except RuntimeError:
             shutil.rmtree(tmp, ignore_errors=True)
-            if attempt == 2:
+            if attempt == HEAD_ATTEMPTS - 1:
                 raise
     try:
         yield address, env
