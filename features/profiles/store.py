@@ -82,12 +82,7 @@ class ProfileStore:
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, Profile] = OrderedDict()
         self._dirty: set[str] = set()
-        self.db = sqlite3.connect(str(self.dir / "profiles.sqlite"), check_same_thread=False, isolation_level=None)
-        for pragma in ("journal_mode=DELETE", "secure_delete=ON", "synchronous=FULL"):
-            self.db.execute(f"PRAGMA {pragma}")
-        self.db.execute("CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, seq INTEGER, data TEXT)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        DedupWindow.create_table(self.db)
+        self.db = _open_snapshot(self.dir)
         self.log = RecordLog(self.dir / "events", segment_bytes=limits.log_segment_bytes, fsync=fsync)
         self.stats = {"evicted": 0, "loaded": 0, "snapshots": 0, "replayed": 0, "duplicates": 0,
                       "segments_dropped": 0}
@@ -260,6 +255,18 @@ class ProfileStore:
             self.log.close()
 
 
+def _open_snapshot(state_dir: Path) -> sqlite3.Connection:
+    """The snapshot's SQLite file with its tables; secure_delete and a rollback journal deleted
+    after each commit, so removed rows leave no bytes behind."""
+    db = sqlite3.connect(str(state_dir / "profiles.sqlite"), check_same_thread=False, isolation_level=None)
+    for pragma in ("journal_mode=DELETE", "secure_delete=ON", "synchronous=FULL"):
+        db.execute(f"PRAGMA {pragma}")
+    db.execute("CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, seq INTEGER, data TEXT)")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+    DedupWindow.create_table(db)
+    return db
+
+
 def _erase(db: sqlite3.Connection, log: RecordLog, user_id: str) -> tuple[int, int, list[str]]:
     """Delete the user's profile row, logged events and persisted event ids, leaving no free page
     or journal with their bytes; returns (events removed, profile rows removed, event ids)."""
@@ -285,11 +292,8 @@ def forget_offline(state_dir: str | Path, user_id: str) -> dict[str, int]:
     d = Path(state_dir)
     if not (d / "profiles.sqlite").is_file():
         return {"events_removed": 0, "profile_removed": 0}
-    db = sqlite3.connect(str(d / "profiles.sqlite"), isolation_level=None)
+    db = _open_snapshot(d)
     try:
-        for pragma in ("journal_mode=DELETE", "secure_delete=ON", "synchronous=FULL"):
-            db.execute(f"PRAGMA {pragma}")
-        DedupWindow.create_table(db)
         log = RecordLog(d / "events")
         try:
             removed, rows, _ = _erase(db, log, user_id)

@@ -26,7 +26,6 @@ from features.retrieval.fusion import Fusion, fuse
 from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import BM25
 
-
 COMPACT_SLACK = 1000  # the item log is compacted once it holds this many records more than 2 per changed item
 
 
