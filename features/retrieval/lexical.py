@@ -2,7 +2,9 @@
 
 Documents are catalog rows. Tokens are lower-cased runs of letters and digits with a light plural
 fold ("bags" -> "bag", "boxes" -> "box"), so a query for "lunch bags" finds "LUNCH BAG RED
-RETROSPOT". Scores are Okapi BM25 (k1, b) with the Lucene idf log(1 + (N - df + 0.5) / (df + 0.5)),
+RETROSPOT". Chinese, Japanese and Korean text has no spaces between words, so a run of CJK
+characters becomes its overlapping character bigrams (as Lucene's CJK analyzer and most search
+engines do): "连衣裙" -> "连衣", "衣裙", and the partial query "衣裙" matches it. Scores are Okapi BM25 (k1, b) with the Lucene idf log(1 + (N - df + 0.5) / (df + 0.5)),
 which is never negative.
 """
 
@@ -14,6 +16,8 @@ import re
 import numpy as np
 
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+# Han (incl. extension A and compatibility), Hiragana, Katakana, Hangul syllables and Jamo.
+_CJK_RUN = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u1100-\u11ff]+)")
 
 
 def _fold(token: str) -> str:
@@ -28,7 +32,21 @@ def tokenize(text: str | None) -> list[str]:
     """Lower-cased, plural-folded tokens of `text` (empty for None)."""
     if not text:
         return []
-    return [_fold(t) for t in _TOKEN.findall(text.lower())]
+    out: list[str] = []
+    for token in _TOKEN.findall(text.lower()):
+        if not _CJK_RUN.search(token):
+            out.append(_fold(token))
+            continue
+        for part in _CJK_RUN.split(token):  # "iphone手机壳" -> "iphone", "手机", "机壳"
+            if not part:
+                continue
+            if not _CJK_RUN.fullmatch(part):
+                out.append(_fold(part))
+            elif len(part) == 1:
+                out.append(part)
+            else:
+                out.extend(part[i:i + 2] for i in range(len(part) - 1))
+    return out
 
 
 class BM25:

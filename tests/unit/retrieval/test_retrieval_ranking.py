@@ -28,6 +28,18 @@ def test_tokenize_folds_plurals():
     assert tokenize("Lunch BAGS, boxes & glass") == ["lunch", "bag", "box", "glass"]
 
 
+def test_cjk_text_is_indexed_as_character_bigrams_so_partial_queries_match():
+    assert tokenize("夏季新款连衣裙") == ["夏季", "季新", "新款", "款连", "连衣", "衣裙"]
+    assert tokenize("iPhone手机壳 Cases") == ["iphone", "手机", "机壳", "case"]
+    assert tokenize("裙") == ["裙"]
+    titles = ["夏季新款连衣裙 女", "男士运动鞋", "不锈钢保温杯 500ml", "儿童连体衣", "手机壳 iPhone 15"]
+    bm = BM25.build(titles)
+    for query, want in (("连衣裙", 0), ("衣裙", 0), ("运动鞋", 1), ("保温杯", 2), ("手机壳", 4), ("保温", 2)):
+        s = bm.scores(query, len(titles))
+        assert int(np.argmax(s)) == want and s[want] > 0, (query, s)
+    assert bm.scores("咖啡", len(titles)).max() == 0.0  # no shared bigram, no match
+
+
 def test_bm25_matches_a_hand_computation():
     docs = ["red mug", "red red bag", "blue lamp"]
     bm = BM25.build(docs, k1=1.2, b=0.75)
