@@ -2,6 +2,8 @@
 
     python -m jobs.import_online_retail [--set input=data/online_retail.parquet] [--set output=...]
 
+Reads either UCI layout (Online Retail, Online Retail II) as Parquet or CSV.
+
 Writes <output>/events.parquet, items.parquet and rejected.parquet (non-merchandise and
 stock-adjustment lines, with a reason) and prints counts. The mapping is in
 features/data/online_retail.py. 540k rows fit one process; no Ray needed here.
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 
 from features import artifacts as A
 from features.data import schema as S
+from features.data.mapping import read_table
 from features.data.online_retail import import_online_retail
 from jobs.common import load_job_config, parse_args, run_job
 
@@ -28,8 +31,8 @@ class ImportConfig:
 
 
 def run(cfg: ImportConfig) -> dict:
-    files = A.list_files(cfg.input)
-    raw = pl.concat([pl.from_arrow(pq.read_table(fs.open_input_file(p))) for fs, p in files], how="vertical_relaxed")
+    raw = pl.from_arrow(read_table(cfg.input))  # Parquet, CSV or TSV; either UCI layout
+    assert isinstance(raw, pl.DataFrame)
     events, items, rejected = import_online_retail(raw)
     fs, inner = A.resolve(cfg.output)
     fs.create_dir(inner, recursive=True)

@@ -16,6 +16,8 @@ Choices (also in the README):
 - Items: StockCode -> item_id; title = the most frequent description on priced lines (ties: the
   alphabetically first); price = median unit price of its purchase lines; created_at = first
   time seen. The log has no category, brand or description.
+- Both UCI layouts are read: Online Retail (InvoiceNo, UnitPrice, CustomerID) and Online Retail II
+  (Invoice, Price, Customer ID); the second is renamed to the first before anything else.
 - InvoiceDate is UK local time without a zone; it is taken as UTC (off by at most one hour in
   summer, irrelevant to daily-scale features).
 """
@@ -26,6 +28,8 @@ import polars as pl
 
 from features.data import schema as S
 
+# UCI Online Retail II names the same columns differently.
+II_RENAMES = {"Invoice": "InvoiceNo", "Price": "UnitPrice", "Customer ID": "CustomerID"}
 RAW_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
 NON_PRODUCT_CODES = frozenset(
     {"POST", "DOT", "M", "m", "D", "C2", "CRUK", "BANK CHARGES", "AMAZONFEE", "PADS", "B", "S"}
@@ -35,15 +39,35 @@ REASON_STOCK_ADJUSTMENT = "stock_adjustment"
 REASON_NULL_FIELD = "null_required_field"
 
 
+def _typed(raw: pl.DataFrame) -> pl.DataFrame:
+    """CSV exports carry every column as text ("13085.0", "12/1/2010 8:26"): type them as the
+    Parquet/Excel files are typed. A value that does not parse becomes null and the line is then
+    rejected as null_required_field (or, for CustomerID, an anonymous invoice)."""
+    out = []
+    if raw.schema["InvoiceDate"] == pl.String:
+        text = pl.col("InvoiceDate").str.strip_chars()
+        out.append(pl.coalesce(text.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False, time_unit="us"),
+                               text.str.to_datetime("%m/%d/%Y %H:%M", strict=False, time_unit="us"),
+                               text.str.to_datetime("%Y-%m-%d %H:%M", strict=False, time_unit="us")).alias("InvoiceDate"))
+    for col, tp in (("Quantity", pl.Int64), ("UnitPrice", pl.Float64), ("CustomerID", pl.Float64)):
+        if raw.schema[col] == pl.String:
+            out.append(pl.col(col).str.strip_chars().cast(pl.Float64, strict=False).cast(tp, strict=False))
+    return raw.with_columns(out) if out else raw
+
+
 def import_online_retail(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Return (events, items, rejected) from the raw UCI table.
 
     events/items follow the canonical schema (features.data.schema); rejected holds the raw columns
     plus `reason`. len(events) + len(rejected) == len(raw).
     """
+    if not set(II_RENAMES.values()) & set(raw.columns):
+        raw = raw.rename({k: v for k, v in II_RENAMES.items() if k in raw.columns})
     missing = [c for c in RAW_COLUMNS if c not in raw.columns]
     if missing:
-        raise ValueError(f"Online Retail input: column(s) {missing} missing; expected {list(RAW_COLUMNS)}")
+        raise ValueError(f"Online Retail input: column(s) {missing} missing; expected {list(RAW_COLUMNS)} "
+                         f"(Online Retail) or with {', '.join(II_RENAMES)} (Online Retail II); found {raw.columns}")
+    raw = _typed(raw)
     df = raw.with_columns(
         pl.col("InvoiceNo").cast(pl.String).str.strip_chars(),
         pl.col("StockCode").cast(pl.String).str.strip_chars(),
@@ -64,7 +88,7 @@ def import_online_retail(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame,
     rejected = df.filter(pl.col(S.REASON).is_not_null()).drop("__line")
     lines = df.filter(pl.col(S.REASON).is_null())
 
-    customer = pl.col("CustomerID").cast(pl.Int64, strict=False)
+    customer = pl.col("CustomerID").cast(pl.Float64, strict=False).cast(pl.Int64, strict=False)
     events = lines.select(
         pl.concat_str([pl.col("InvoiceNo"), pl.lit(":"), pl.col("__line").cast(pl.String)]).alias(S.EVENT_ID),
         pl.col("InvoiceDate").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias(S.TS),

@@ -1,0 +1,264 @@
+"""A shop's own export -> the canonical events and items tables, through a column mapping.
+
+A mapping (YAML, see docs/data.md) names, per table, where the shop's file is, its format, and
+which shop column feeds each canonical column:
+
+    events:
+      path: s3://shop/exports/events.csv      # file, folder or URI; overridable per run
+      format: csv                             # auto | parquet | csv | tsv | recbole
+      columns: {user_id: visitorid, item_id: itemid, ts: timestamp, event_type: event}
+      values: {event_type: {addtocart: add_to_cart, transaction: purchase}}
+      ts_unit: ms                             # numeric timestamps: s | ms | us | ns | auto
+    items:
+      path: s3://shop/exports/items.parquet
+      columns: {item_id: itemid, title: name, category: categoryid}
+
+Rules, so that nothing accepted is ever lost:
+- A mapped shop column that is not in the file stops the import with an error naming the mapping
+  key, the column and the columns the file has.
+- A value that cannot be typed (a quantity "two", a timestamp "yesterday") does not become null:
+  its row goes to `rejected` with the reason `unparseable_<column>` and the original row as JSON,
+  next to the canonical tables. Everything else (unknown event types, future timestamps,
+  duplicates, ...) is the feature job's validation, with its quarantine and messages.
+- Without an event_id column, each event gets a stable one: a hash of its user, time, type and
+  item, plus its position among identical lines (so repeated identical lines stay distinct).
+- RecBole atomic files (`.inter`, `.item`: tab-separated, headers `name:type`) are read with the
+  `:type` suffixes dropped; `recbole_defaults` gives the usual column names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from features import artifacts as A
+from features.data import schema as S
+from features.data.validate import SchemaError
+
+FORMATS = ("auto", "parquet", "csv", "tsv", "recbole")
+TS_UNITS = ("auto", "s", "ms", "us", "ns")
+EVENT_COLUMNS = tuple(S.EVENTS_SCHEMA.names)
+ITEM_COLUMNS = tuple(S.ITEMS_SCHEMA.names)
+REASON_UNPARSEABLE = "unparseable_{}"
+_NUMERIC = {S.QUANTITY: pl.Int64, S.PRICE: pl.Float64}
+_TS_COLUMNS = (S.TS, S.CREATED_AT)
+_TRUE = ("1", "true", "t", "yes", "y")
+_FALSE = ("0", "false", "f", "no", "n")
+
+
+@dataclass(frozen=True)
+class TableMapping:
+    """How one shop table becomes a canonical one. `columns`: canonical name -> shop column;
+    `constants`: canonical name -> a value for every row; `values`: canonical name -> {shop value:
+    canonical value} (e.g. event types); `ts_format`: a strftime pattern for non-ISO text times."""
+
+    path: str | None = None
+    format: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
+    ts_unit: str = "auto"
+    ts_format: str | None = None
+    delimiter: str | None = None
+
+
+@dataclass(frozen=True)
+class Mapping:
+    events: TableMapping = field(default_factory=TableMapping)
+    items: TableMapping = field(default_factory=TableMapping)
+
+
+def recbole_defaults(inter: str | None, item: str | None) -> Mapping:
+    """The usual RecBole field names: user_id, item_id, timestamp (seconds) in `.inter`; a title
+    from title / movie_title / name in `.item`. An interaction is taken as a purchase."""
+    return Mapping(
+        events=TableMapping(path=inter, format="recbole", columns={S.USER_ID: "user_id", S.ITEM_ID: "item_id",
+                                                                   S.TS: "timestamp"},
+                            constants={S.EVENT_TYPE: S.EventType.PURCHASE.value}, ts_unit="s"),
+        items=TableMapping(path=item, format="recbole", columns={S.ITEM_ID: "item_id"}),
+    )
+
+
+def check_mapping(m: TableMapping, table: str) -> None:
+    allowed = EVENT_COLUMNS if table == "events" else ITEM_COLUMNS
+    where = f"mapping.{table}"
+    if m.format not in FORMATS:
+        raise SchemaError(f"{where}.format: {m.format!r}; allowed: {', '.join(FORMATS)}")
+    if m.ts_unit not in TS_UNITS:
+        raise SchemaError(f"{where}.ts_unit: {m.ts_unit!r}; allowed: {', '.join(TS_UNITS)}")
+    for part in ("columns", "constants", "values"):
+        unknown = sorted(set(getattr(m, part)) - set(allowed))
+        if unknown:
+            raise SchemaError(f"{where}.{part}: unknown canonical column(s) {unknown}; allowed: {', '.join(allowed)}")
+    both = sorted(set(m.columns) & set(m.constants))
+    if both:
+        raise SchemaError(f"{where}: {both} both mapped to a column and set to a constant; choose one")
+    if not m.path:
+        raise SchemaError(f"{where}.path: no input file given")
+
+
+# --- reading ------------------------------------------------------------------------------------
+def _format_of(path: str, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    name = path.lower()
+    if name.endswith((".inter", ".item", ".user")):
+        return "recbole"
+    if name.endswith((".tsv", ".tsv.gz")):
+        return "tsv"
+    if name.endswith((".csv", ".csv.gz", ".txt")):
+        return "csv"
+    return "parquet"
+
+
+def read_table(path: str, fmt: str = "auto", delimiter: str | None = None) -> pa.Table:
+    """Every file under `path` (local or URI) as one table. Text formats are read as strings
+    (typing happens in `apply`, where a bad value is kept, not lost)."""
+    tables = []
+    for fs, p in A.list_files(path):
+        kind = _format_of(p, fmt)
+        with fs.open_input_file(p) as f:
+            if kind == "parquet":
+                tables.append(pq.read_table(f))
+                continue
+            sep = delimiter or ("\t" if kind in ("tsv", "recbole") else ",")
+            t = pacsv.read_csv(f, parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),
+                               convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True,
+                                                                    auto_dict_encode=False),
+                               read_options=pacsv.ReadOptions(block_size=1 << 24))
+            t = t.cast(pa.schema([pa.field(n, pa.string()) for n in t.column_names]))
+        if kind == "recbole":  # "item_id:token" -> "item_id"
+            t = t.rename_columns([n.split(":", 1)[0] for n in t.column_names])
+        tables.append(t)
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+# --- mapping ------------------------------------------------------------------------------------
+def _epoch(values: pl.Expr, unit: str, sample: pl.Series) -> pl.Expr:
+    if unit == "auto":  # by magnitude of the largest value: 2001-09-09 in s is 1e9, in ms 1e12, ...
+        top = float(sample.abs().max() or 0)
+        unit = "ns" if top > 1e17 else "us" if top > 1e14 else "ms" if top > 1e11 else "s"
+    scale = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[unit]
+    return (values * scale).round(0).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
+
+
+def _typed_ts(col: pl.Series, m: TableMapping) -> pl.Series:
+    """A timestamp column from text, numbers or timestamps; unparseable -> null."""
+    if isinstance(col.dtype, pl.Datetime) or col.dtype == pl.Date:
+        out = col.cast(pl.Datetime("us"))
+        return out.dt.replace_time_zone("UTC") if col.dtype == pl.Date or col.dtype.time_zone is None \
+            else out.dt.convert_time_zone("UTC")
+    if col.dtype.is_numeric():
+        return pl.select(_epoch(pl.lit(col).cast(pl.Float64), m.ts_unit, col.cast(pl.Float64))).to_series()
+    text = col.cast(pl.String).str.strip_chars()
+    numeric = text.cast(pl.Float64, strict=False)
+    if m.ts_format:
+        parsed = text.str.to_datetime(m.ts_format, strict=False, time_unit="us").dt.replace_time_zone("UTC")
+    else:
+        parsed = text.str.to_datetime(strict=False, time_unit="us", time_zone="UTC")
+    if numeric.is_not_null().any():
+        as_epoch = pl.select(_epoch(pl.lit(numeric), m.ts_unit, numeric.drop_nulls())).to_series()
+        parsed = as_epoch.fill_null(parsed)
+    return parsed
+
+
+def _typed(name: str, col: pl.Series, m: TableMapping) -> pl.Series:
+    if name in _TS_COLUMNS:
+        return _typed_ts(col, m).alias(name)
+    if name in _NUMERIC:
+        return col.cast(pl.Float64, strict=False).cast(_NUMERIC[name], strict=False).alias(name) \
+            if col.dtype == pl.String else col.cast(_NUMERIC[name], strict=False).alias(name)
+    if name == S.IN_STOCK:
+        if col.dtype == pl.Boolean:
+            return col.alias(name)
+        low = col.cast(pl.String).str.strip_chars().str.to_lowercase()
+        return pl.select(pl.when(low.is_in(_TRUE)).then(True).when(low.is_in(_FALSE)).then(False)
+                         .otherwise(None).alias(name)).to_series()
+    return col.cast(pl.String).alias(name)
+
+
+def _event_ids(df: pl.DataFrame) -> pl.Series:
+    key = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in (S.USER_ID, S.TS, S.EVENT_TYPE, S.ITEM_ID)],
+                        separator="\x1f")
+    keys = df.select(key.alias("k"), pl.int_range(pl.len()).over(key).alias("n"))
+    return pl.Series(S.EVENT_ID, [hashlib.sha1(k.encode()).hexdigest()[:20] + (f":{n}" if n else "")
+                                  for k, n in keys.iter_rows()], dtype=pl.String)
+
+
+def apply(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(canonical rows, rejected rows with `reason` and `raw`). len(canonical) + len(rejected)
+    == raw.num_rows."""
+    check_mapping(m, table)
+    missing = {k: v for k, v in m.columns.items() if v not in raw.column_names}
+    if missing:
+        k, v = next(iter(missing.items()))
+        raise SchemaError(f"mapping.{table}.columns.{k}: column {v!r} is not in {m.path}; "
+                          f"the file has: {', '.join(raw.column_names)}")
+    src = pl.from_arrow(raw)
+    assert isinstance(src, pl.DataFrame)
+    contract = S.EVENTS_SCHEMA if table == "events" else S.ITEMS_SCHEMA
+    cols, bad = [], []
+    for name in contract.names:
+        if name in m.columns:
+            col = src.get_column(m.columns[name])
+        elif name in m.constants:
+            col = pl.Series(name, [m.constants[name]] * src.height)
+        elif name in raw.column_names and not m.columns:  # already canonical, no mapping given
+            col = src.get_column(name)
+        else:
+            continue
+        if name in m.values:
+            col = col.cast(pl.String).replace(m.values[name])
+        typed = _typed(name, col, m)
+        present = col.is_not_null() & (col.cast(pl.String).str.strip_chars() != "")
+        bad.append((present & typed.is_null()).alias(name))
+        cols.append(typed)
+    out = pl.DataFrame(cols)
+    if out.width == 0:
+        raise SchemaError(f"mapping.{table}.columns: nothing mapped; canonical columns: {', '.join(contract.names)}")
+    reason = pl.lit(None, pl.String)
+    for flag in reversed(bad):  # the first unparseable column in contract order names the reason
+        reason = pl.when(flag).then(pl.lit(REASON_UNPARSEABLE.format(flag.name))).otherwise(reason)
+    reasons = pl.select(reason.alias(S.REASON)).to_series() if bad else pl.Series(S.REASON, [None] * src.height,
+                                                                                        dtype=pl.String)
+    keep = reasons.is_null()
+    rejected = pl.DataFrame({S.REASON: reasons.filter(~keep),
+                             S.RAW: [json.dumps(r, default=str) for r in src.filter(~keep).iter_rows(named=True)]},
+                            schema={S.REASON: pl.String, S.RAW: pl.String})
+    out = out.filter(keep)
+    if table == "events" and S.EVENT_ID not in out.columns:
+        out = out.with_columns(_event_ids(out))
+    return out.select([c for c in contract.names if c in out.columns]), rejected
+
+
+def load_mapping(path: str) -> Mapping:
+    """A mapping YAML file (local or URI) -> Mapping, with unknown keys refused by name."""
+    import yaml
+
+    from features.config import from_dict
+
+    fs, inner = A.resolve(path)
+    with fs.open_input_stream(inner) as f:
+        data = yaml.safe_load(f.read().decode()) or {}
+    if not isinstance(data, dict):
+        raise SchemaError(f"{path}: a mapping must be a YAML object with `events` and `items`")
+    m = from_dict(Mapping, data, prefix="mapping")
+    if A.is_uri(path):
+        return m
+    # Relative table paths in a local mapping file are relative to the file's folder.
+    base = os.path.dirname(os.path.abspath(path))
+
+    def rebase(t: TableMapping) -> TableMapping:
+        if t.path and not A.is_uri(t.path) and not os.path.isabs(t.path):
+            return replace(t, path=os.path.join(base, t.path))
+        return t
+
+    return Mapping(events=rebase(m.events), items=rebase(m.items))

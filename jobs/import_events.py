@@ -1,0 +1,121 @@
+"""Import a shop's export (CSV, TSV, Parquet or RecBole atomic files) into the canonical tables.
+
+    python -m jobs.import_events --set mapping=shop_mapping.yaml --set output=data/canonical/shop
+    python -m jobs.import_events --set mapping=recbole --set events=ml.inter --set items=ml.item
+    python -m jobs.import_events --set mapping=uci-online-retail --set events=online_retail_II.csv
+
+`mapping` is a YAML file (features/data/mapping.py, docs/data.md) or a preset: `recbole` (RecBole's
+usual field names) or `uci-online-retail` (either UCI Online Retail layout; items come from the
+log itself). `events` / `items` override the paths in the mapping. Writes <output>/events.parquet,
+items.parquet and rejected.parquet (rows whose values could not be typed, with a reason and the
+original row) and prints counts; every input row is in exactly one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, replace
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features import artifacts as A
+from features.config import ConfigError
+from features.data import schema as S
+from features.data.mapping import Mapping, apply, load_mapping, read_table, recbole_defaults
+from features.data.online_retail import import_online_retail
+from jobs.common import load_job_config, parse_args, run_job
+
+PRESETS = ("recbole", "uci-online-retail")
+
+
+@dataclass(frozen=True)
+class ImportEventsConfig:
+    mapping: str | None = None   # a mapping YAML (local or URI) or a preset: recbole | uci-online-retail
+    events: str | None = None    # the shop's events file/folder/URI; overrides mapping.events.path
+    items: str | None = None     # the shop's items file/folder/URI; overrides mapping.items.path
+    output: str = "data/canonical/shop"
+
+
+def _write(output: str, name: str, df: pl.DataFrame, schema=None) -> None:
+    fs, inner = A.resolve(output)
+    fs.create_dir(inner, recursive=True)
+    table = df.to_arrow(compat_level=pl.CompatLevel.oldest())
+    if schema is not None:
+        table = table.select(schema.names).cast(schema)
+    with fs.open_output_stream(A.join(inner, f"{name}.parquet")) as f:
+        pq.write_table(table, f)
+
+
+def _resolve_mapping(cfg: ImportEventsConfig) -> Mapping | None:
+    if cfg.mapping is None:
+        raise ConfigError(f"mapping: required; a mapping YAML file or a preset ({', '.join(PRESETS)})")
+    if cfg.mapping == "uci-online-retail":
+        return None
+    m = recbole_defaults(None, None) if cfg.mapping == "recbole" else load_mapping(cfg.mapping)
+    return Mapping(events=replace(m.events, path=cfg.events or m.events.path),
+                   items=replace(m.items, path=cfg.items or m.items.path))
+
+
+def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
+    """RecBole `.item` files name their title field title, movie_title or name."""
+    if S.TITLE in m.items.columns:
+        return m
+    for c in ("title", "movie_title", "name", "item_name"):
+        if c in raw_columns:
+            extra = {k: c2 for k, c2 in ((S.CATEGORY, "categories"), (S.CATEGORY, "genre"), (S.BRAND, "brand"),
+                                         (S.PRICE, "price"), (S.DESCRIPTION, "description")) if c2 in raw_columns}
+            return replace(m, items=replace(m.items, columns={**m.items.columns, S.TITLE: c, **extra}))
+    raise ConfigError(f"mapping.items.columns.title: not set, and the items file has no title / movie_title / name "
+                      f"column; it has: {', '.join(raw_columns)}")
+
+
+def run(cfg: ImportEventsConfig) -> dict:
+    m = _resolve_mapping(cfg)
+    if m is None:  # UCI Online Retail (either layout): invoices, cancellations, items from the log
+        if not cfg.events:
+            raise ConfigError("events: the UCI Online Retail file (Parquet or CSV) is required")
+        raw = pl.from_arrow(read_table(cfg.events))
+        events, items, rejected = import_online_retail(raw)
+        rejected = pl.DataFrame({"table": ["events"] * rejected.height, S.REASON: rejected[S.REASON],
+                                 S.RAW: [json.dumps(r, default=str) for r in rejected.drop(S.REASON).iter_rows(named=True)]},
+                                schema={"table": pl.String, S.REASON: pl.String, S.RAW: pl.String})
+        raw_rows = {"events": raw.height, "items": 0}
+    else:
+        ev_raw = read_table(m.events.path, m.events.format, m.events.delimiter)
+        it_raw = read_table(m.items.path, m.items.format, m.items.delimiter)
+        if m.events.format == "recbole" or m.items.format == "recbole":
+            m = _with_title(m, it_raw.column_names)
+        events, ev_rej = apply(ev_raw, m.events, "events")
+        items, it_rej = apply(it_raw, m.items, "items")
+        rejected = pl.concat([ev_rej.select(pl.lit("events").alias("table"), pl.all()),
+                              it_rej.select(pl.lit("items").alias("table"), pl.all())])
+        raw_rows = {"events": ev_raw.num_rows, "items": it_raw.num_rows}
+    _write(cfg.output, "events", events, pa.schema([f for f in S.EVENTS_SCHEMA if f.name in events.columns]))
+    _write(cfg.output, "items", items, pa.schema([f for f in S.ITEMS_SCHEMA if f.name in items.columns]))
+    _write(cfg.output, "rejected", rejected)
+    reasons = rejected.group_by(S.REASON).len().sort("len", descending=True) if rejected.height else rejected
+    return {"raw_rows": raw_rows, "events": events.height, "items": items.height,
+            "users": events.get_column(S.USER_ID).n_unique() if events.height else 0,
+            "rejected": {r: int(n) for r, n in reasons.select(S.REASON, "len").iter_rows()} if rejected.height else {},
+            "output": cfg.output}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("Import a shop's events and items through a column mapping", "import_events.yaml", argv)
+
+    def body() -> int:
+        r = run(load_job_config(ImportEventsConfig, args))
+        print(f"import: {r['raw_rows']['events']:,} event rows -> {r['events']:,} events of {r['users']:,} users; "
+              f"{r['raw_rows']['items']:,} item rows -> {r['items']:,} items -> {r['output']}", flush=True)
+        for reason, n in r["rejected"].items():
+            print(f"  rejected {reason:<24} {n:>8,}  (in rejected.parquet)", flush=True)
+        return 0
+
+    return run_job("import_events", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

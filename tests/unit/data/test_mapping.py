@@ -1,0 +1,119 @@
+"""Importing a shop's own export: column mappings, RecBole atomic files, both UCI layouts."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from features.data import schema as S
+from features.data.validate import SchemaError, ValidationConfig, validate_events, validate_items
+from jobs import import_events as IE
+
+EVENTS_CSV = """visitorid,timestamp,event,itemid,qty
+u1,1433221332117,view,355908,
+u1,1433221400000,addtocart,355908,1
+u2,1433222000000,transaction,248676,two
+u2,1433222000000,transaction,248676,2
+u2,1433222000000,transaction,248676,2
+u3,yesterday,view,355908,
+u3,1433223000000,wishlist,355908,
+"""
+ITEMS_CSV = """itemid,name,categoryid,available
+355908,Red mug,kitchen,1
+248676,"Lamp, blue",home,0
+"""
+MAPPING = """events:
+  path: events.csv
+  columns: {user_id: visitorid, ts: timestamp, event_type: event, item_id: itemid, quantity: qty}
+  values: {event_type: {addtocart: add_to_cart, transaction: purchase}}
+  ts_unit: ms
+items:
+  path: items.csv
+  columns: {item_id: itemid, title: name, category: categoryid, in_stock: available}
+"""
+
+
+def _shop(tmp_path, mapping: str = MAPPING):
+    (tmp_path / "events.csv").write_text(EVENTS_CSV)
+    (tmp_path / "items.csv").write_text(ITEMS_CSV)
+    (tmp_path / "mapping.yaml").write_text(mapping)
+    return tmp_path / "mapping.yaml"
+
+
+def _read(out, name):
+    return pl.read_parquet(out / f"{name}.parquet")
+
+
+def test_a_csv_export_maps_to_the_contract_and_every_row_is_accounted_for(tmp_path):
+    out = tmp_path / "out"
+    r = IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path)), output=str(out)))  # paths relative to the mapping
+    events, items, rejected = _read(out, "events"), _read(out, "items"), _read(out, "rejected")
+    assert r["raw_rows"]["events"] == 7 == events.height + rejected.height
+    assert sorted(rejected[S.REASON].to_list()) == ["unparseable_quantity", "unparseable_ts"]
+    bad = json.loads(rejected.filter(pl.col(S.REASON) == "unparseable_quantity")[S.RAW][0])
+    assert bad["qty"] == "two"  # the original row survives
+    assert events[S.EVENT_TYPE].to_list() == ["view", "add_to_cart", "purchase", "purchase", "wishlist"]
+    assert str(events[S.TS][0]) == "2015-06-02 05:02:12.117000+00:00"
+    ids = events[S.EVENT_ID].to_list()
+    assert len(set(ids)) == 5 and ids[3] == ids[2] + ":1"  # identical lines stay distinct
+    assert items[S.IN_STOCK].to_list() == [True, False] and items[S.TITLE][1] == "Lamp, blue"
+    # The rest is the feature job's validation: the unknown type is quarantined there, with its row.
+    valid, quarantine = validate_events(events.to_arrow(), items[S.ITEM_ID], ValidationConfig(now="2020-01-01T00:00:00Z"))
+    assert valid.height == 4 and quarantine[S.REASON].to_list() == ["unknown_event_type"]
+    v_items, _ = validate_items(items.to_arrow(), ValidationConfig())
+    assert v_items.height == 2
+
+
+def test_mapping_errors_name_the_key_the_column_and_the_choices(tmp_path):
+    with pytest.raises(SchemaError, match=r"mapping.events.columns.user_id: column 'visitor' is not in .*has: visitorid"):
+        IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path, MAPPING.replace("user_id: visitorid", "user_id: visitor"))),
+                                     output=str(tmp_path / "o")))
+    with pytest.raises(SchemaError, match=r"unknown canonical column\(s\) \['customer'\]; allowed: event_id"):
+        IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path, MAPPING.replace("user_id:", "customer:"))),
+                                     output=str(tmp_path / "o")))
+    with pytest.raises(SchemaError, match=r"ts_unit: 'minutes'; allowed: auto, s, ms, us, ns"):
+        IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path, MAPPING.replace("ts_unit: ms", "ts_unit: minutes"))),
+                                     output=str(tmp_path / "o")))
+    from features.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown config key.*'colums'"):
+        IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path, MAPPING.replace("columns: {item_id: itemid,", "colums: {item_id: itemid,"))),
+                                     output=str(tmp_path / "o")))
+
+
+def test_recbole_atomic_files(tmp_path):
+    (tmp_path / "ml.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                       "196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t302\t5\t881251000\n")
+    (tmp_path / "ml.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                                      "242\tKolya\t1996\tComedy\n302\tL.A. Confidential\t1997\tCrime Film-Noir\n")
+    out = tmp_path / "out"
+    r = IE.run(IE.ImportEventsConfig(mapping="recbole", events=str(tmp_path / "ml.inter"), items=str(tmp_path / "ml.item"),
+                                     output=str(out)))
+    assert r["events"] == 3 and r["items"] == 2 and r["rejected"] == {}
+    events, items = _read(out, "events"), _read(out, "items")
+    assert events[S.USER_ID].to_list() == ["196", "186", "196"]
+    assert events[S.EVENT_TYPE].unique().to_list() == ["purchase"]
+    assert str(events[S.TS][0]) == "1997-12-04 15:55:49+00:00"
+    assert items[S.TITLE].to_list() == ["Kolya", "L.A. Confidential"]
+
+
+def test_both_uci_layouts_import_the_same(tmp_path):
+    one = ("InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+           "536365,85123A,WHITE HANGING HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom\n"
+           "C536379,85123A,WHITE HANGING HEART,-1,12/1/2010 9:41,2.55,17850,United Kingdom\n"
+           "536366,POST,POSTAGE,1,12/1/2010 9:50,18,,United Kingdom\n")
+    two = ("Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country\n"
+           "536365,85123A,WHITE HANGING HEART,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n"
+           "C536379,85123A,WHITE HANGING HEART,-1,2010-12-01 09:41:00,2.55,17850.0,United Kingdom\n"
+           "536366,POST,POSTAGE,1,2010-12-01 09:50:00,18,,United Kingdom\n")
+    got = []
+    for name, text in (("one.csv", one), ("two.csv", two)):
+        (tmp_path / name).write_text(text)
+        out = tmp_path / name.replace(".csv", "")
+        r = IE.run(IE.ImportEventsConfig(mapping="uci-online-retail", events=str(tmp_path / name), output=str(out)))
+        assert r["events"] == 2 and r["rejected"] == {"non_product_line": 1}
+        got.append(_read(out, "events"))
+    assert got[0].equals(got[1])
+    assert got[0][S.USER_ID].to_list() == ["c17850", "c17850"] and got[0][S.EVENT_TYPE].to_list() == ["purchase", "return"]
