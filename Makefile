@@ -22,7 +22,7 @@ export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 export RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT ?= 8001
 export RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT ?= 8099
 
-.PHONY: forget venv data features encoder index ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
+.PHONY: kuberay run forget venv data features encoder index ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -70,15 +70,32 @@ evaluate-search: venv
 	    --set judgments=data/canonical/crowdflower_search/judgments.parquet $(EVAL_ARGS); \
 	else echo "skip: $(CROWDFLOWER) not found (the Crowdflower judgments are not bundled)"; fi
 
-# The main jobs end to end on the bundled real data: import -> features -> fine-tune -> index ->
-# learned ranker -> serve, then a few real requests; the server keeps running (`make ray-down`).
-# DEMO_TRAIN_ARGS shortens training for the demo (the default config is `make encoder`).
-DEMO_TRAIN_ARGS ?= --set train.max_time_s=240 --set test_examples=1000
-demo: venv data features
-	$(BIN)/python -m jobs.train_encoder --set output_root=$(ART) $(DEMO_TRAIN_ARGS)
-	$(BIN)/python -m jobs.build_index --set output_root=$(ART)
-	$(MAKE) --no-print-directory ranker
-	$(MAKE) --no-print-directory serve SERVE_ARGS=--demo
+# Your own data in one command: [import through MAPPING] -> features -> encoder fine-tune -> index ->
+# learned ranker -> serve, as ONE `ray job submit` (jobs/pipeline.py) on the local cluster (started if
+# none runs) or on CLUSTER=http://<head>:8265 with URIs (EVENTS=s3://... OUTPUT=s3://...).
+#   make run EVENTS=shop/events.parquet ITEMS=shop/items.parquet
+#   make run MAPPING=shop_mapping.yaml EVENTS=export/events.csv ITEMS=export/items.csv
+# RUN_ARGS adds pipeline overrides, e.g. RUN_ARGS="--set fine_tune=false".
+EVENTS ?=
+ITEMS ?=
+MAPPING ?=
+OUTPUT ?= $(ART)
+CLUSTER ?= http://127.0.0.1:$(RAY_DASHBOARD_PORT)
+abs_or_uri = $(if $(findstring ://,$(1)),$(1),$(abspath $(1)))
+run: venv
+	@test -n "$(EVENTS)" || { echo 'EVENTS is empty: make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml|recbole|uci-online-retail>]'; exit 2; }
+	@if [ "$(CLUSTER)" = "http://127.0.0.1:$(RAY_DASHBOARD_PORT)" ]; then \
+	  RAY_AUTH_MODE=token $(BIN)/ray status >/dev/null 2>&1 || $(MAKE) --no-print-directory ray-up; fi
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $(CLUSTER) --working-dir . -- python -m jobs.pipeline \
+	  --set events=$(call abs_or_uri,$(EVENTS)) $(if $(ITEMS),--set items=$(call abs_or_uri,$(ITEMS))) \
+	  $(if $(MAPPING),--set mapping=$(if $(filter recbole uci-online-retail,$(MAPPING)),$(MAPPING),$(call abs_or_uri,$(MAPPING)))) \
+	  --set output_root=$(call abs_or_uri,$(OUTPUT)) --set deploy.state_dir=$(CURDIR)/state $(RUN_ARGS)
+
+# The bundled real data through the same one-command pipeline, then a few requests chosen from it;
+# the server keeps running (`make ray-down`).
+demo: venv data
+	$(MAKE) --no-print-directory run EVENTS=data/canonical/online_retail/events.parquet \
+	  ITEMS=data/canonical/online_retail/items.parquet
 
 # Start the local cluster if none runs, `serve deploy` serving/config.yaml, wait for /healthz.
 # Writes need an API key when INTENTLY_API_KEY is set in the environment of `make ray-up`.
@@ -137,6 +154,11 @@ forget: venv
 	@test -n "$(USER_ID)" || { echo 'USER_ID is empty: make forget USER_ID="<id> [<id> ...]"'; exit 2; }
 	$(BIN)/python -m jobs.forget_user $(foreach u,$(USER_ID),--user-id $(u)) --url http://127.0.0.1:8000 \
 	  --artifacts $(ART) --state $(CURDIR)/state --runs $(CURDIR)/runs
+
+# Regenerate the KubeRay RayService from serving/config.yaml (deploy/kuberay/; the image: deploy/Dockerfile).
+kuberay: venv
+	$(BIN)/python -m serving.deploy --kuberay deploy/kuberay/rayservice.yaml \
+	  --artifacts s3://shop-artifacts/intently --state /home/ray/intently-state --image intently:0.1.0
 
 ray-down:
 	-$(BIN)/ray stop

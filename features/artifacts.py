@@ -14,9 +14,12 @@ import os
 import secrets
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    import polars as pl
 
 MANIFEST = "manifest.json"
 _URI_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "abfs://", "abfss://", "file://", "az://")
@@ -139,3 +142,82 @@ def read_manifest(version_dir: str) -> dict[str, Any]:
     fs, inner = resolve(version_dir)
     with fs.open_input_stream(join(inner, MANIFEST)) as f:
         return json.loads(f.read().decode())
+
+
+# --- storage by URI -----------------------------------------------------------------------------
+# FAISS, LightGBM and Hugging Face read and write local files only. A version under a URI is
+# therefore written into a local staging folder and uploaded (`staged`), and read from a local
+# copy made once per version (`local_copy`); versions never change once their manifest exists.
+CACHE_ENV = "INTENTLY_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "intently")
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> "pl.DataFrame":
+    """A Parquet file or folder (local or URI) as one polars frame."""
+    import polars as pl
+    import pyarrow.dataset as pads
+
+    fs, inner = resolve(path)
+    table = pads.dataset(inner, filesystem=fs, format="parquet").to_table(columns=columns)
+    return pl.from_arrow(table)  # type: ignore[return-value]
+
+
+def upload_dir(local: str | Path, dest: str) -> None:
+    """Copy a local folder's files under `dest` (a URI or local path)."""
+    fs, inner = resolve(dest)
+    fs.create_dir(inner, recursive=True)
+    pafs.copy_files(str(Path(local).resolve()), inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+class staged:
+    """`with staged(version_dir) as d:` write files into local folder d; on success they land in
+    version_dir (uploaded when it is a URI, written in place when local)."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = str(dest)
+        self._tmp: Any = None
+
+    def __enter__(self) -> Path:
+        if not is_uri(self.dest):
+            Path(self.dest).mkdir(parents=True, exist_ok=True)
+            return Path(self.dest)
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="intently-stage-")
+        return Path(self._tmp.name)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tmp is None:
+            return
+        try:
+            if exc_type is None:
+                upload_dir(self._tmp.name, self.dest)
+        finally:
+            self._tmp.cleanup()
+
+
+def local_copy(path: str) -> str:
+    """A local folder holding `path`'s files: `path` itself when local, else a copy under the
+    cache (INTENTLY_CACHE_DIR, default ~/.cache/intently), downloaded once and marked complete."""
+    if not is_uri(path):
+        return path
+    key = hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:16]
+    dest = cache_root() / "artifacts" / f"{path.rstrip('/').rsplit('/', 1)[-1]}-{key}"
+    done = dest / ".complete"
+    if not done.is_file():
+        import shutil
+        import tempfile
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
+        fs, inner = resolve(path)
+        pafs.copy_files(inner, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        (tmp / ".complete").write_text(path)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process finished first: theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import ray
 
@@ -85,12 +84,12 @@ def run(cfg: BuildIndexConfig) -> int:
     t0 = time.perf_counter()
     # Materialised first: the read tasks then never wait for CPUs the encoder actors hold (with
     # num_actors x cpus_per_actor = all CPUs, a streaming read would deadlock).
-    items = ray.data.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT]).materialize()
+    items = ray.data.read_parquet(A.join(features_dir, "items")).select_columns([S.ITEM_ID, S.ITEM_TEXT]).materialize()
     ds = items.map_batches(
         ItemEncoder,
         fn_constructor_kwargs=dict(spec=checkpoint or cfg.encoder, artifacts_root=cfg.output_root,
                                    zero_shot=cfg.zero_shot, threads=cfg.cpus_per_actor, use_gpu=cfg.gpus_per_actor > 0),
-        batch_size=cfg.encode_batch_size, batch_format="pyarrow", concurrency=cfg.num_actors,
+        batch_size=cfg.encode_batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
     )
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
@@ -129,7 +128,7 @@ def run(cfg: BuildIndexConfig) -> int:
         steps("probe queries")
         encoder, _ = load_encoder(cfg.encoder if checkpoint is None else checkpoint, cfg.output_root, cfg.zero_shot)
         scores, ids = index.search(encoder.encode(list(cfg.probe_queries)), 3)
-        items = pl.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT])
+        items = A.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT])
         text = {str(k): v for k, v in items.iter_rows()}
         for q, row_ids, row_scores in zip(cfg.probe_queries, ids, scores):
             probes.append((q, [(f"{i} {text.get(i, '')}", float(s)) for i, s in zip(row_ids, row_scores) if i]))

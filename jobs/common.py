@@ -45,7 +45,8 @@ def parse_args(description: str, default_config: str, argv: list[str] | None) ->
 
 def load_job_config(cls: type, args: argparse.Namespace) -> Any:
     cfg = load_config(cls, args.config, args.set)
-    print("resolved config:", json.dumps(to_dict(cfg), indent=2, default=str), sep="\n", flush=True)
+    # One line (the manifest of every version keeps it too): logs stay readable, nothing is lost.
+    print("resolved config:", json.dumps(to_dict(cfg), default=str), flush=True)
     return cfg
 
 
@@ -68,6 +69,8 @@ def init_ray(rc: RayConfig) -> None:
     # Progress bars on a terminal; in logs (CI, `ray job logs`) the jobs print one line per step.
     ctx.enable_progress_bars = sys.stderr.isatty()
     logging.getLogger("ray.data").setLevel(logging.INFO if sys.stderr.isatty() else logging.WARNING)
+    # "Progress bars disabled" is printed once per process when they are off on purpose (logs).
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 class Steps:

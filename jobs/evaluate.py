@@ -315,7 +315,7 @@ def _encode_items(items: pl.DataFrame, spec: str, cfg: EvaluateConfig) -> np.nda
     ds = ray.data.from_arrow(items.select(S.ITEM_ID, S.ITEM_TEXT).to_arrow()).repartition(4 * max(1, cfg.ray.num_cpus)).materialize()
     out = ds.map_batches(ItemEncoder, fn_constructor_kwargs=dict(
         spec=spec, artifacts_root=cfg.output_root, zero_shot=replace(EncoderConfig(), max_length=cfg.encoder.index_max_length),
-        threads=1, use_gpu=False), batch_size=256, batch_format="pyarrow", concurrency=max(1, cfg.ray.num_cpus), num_cpus=1)
+        threads=1, use_gpu=False), batch_size=256, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.num_cpus)), num_cpus=1)
     tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
     import pyarrow as pa
 

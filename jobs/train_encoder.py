@@ -18,7 +18,6 @@ Resume: a run is kept under <output_root>/train_runs/<run_name>. Re-running with
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -271,7 +270,8 @@ def run(cfg: TrainEncoderConfig) -> int:
 
     run_name = cfg.run_name or f"encoder-{A.new_version()}"
     storage = str(Path(cfg.output_root, "train_runs").resolve()) if not A.is_uri(cfg.output_root) else A.join(cfg.output_root, "train_runs")
-    resumed = Path(storage, run_name).exists()
+    fs, inner = A.resolve(A.join(storage, run_name))
+    resumed = fs.get_file_info(inner).type != A.pafs.FileType.NotFound
     steps(f"fine-tune on Ray Train: {p.num_workers} worker(s) x {p.cpus_per_worker} CPU"
           f"{' + 1 GPU' if p.use_gpu else ''}, run {run_name}{' (resuming)' if resumed else ''}")
     trainer = TorchTrainer(
@@ -300,13 +300,13 @@ def run(cfg: TrainEncoderConfig) -> int:
     out_dir = A.join(cfg.output_root, KIND, version)
     steps(f"export the best checkpoint (step {best_metrics['step']}) to {out_dir}")
     with best_ckpt.as_directory() as d:
-        shutil.copytree(Path(d) / TR.MODEL_SUBDIR, Path(out_dir) / "model")
+        A.upload_dir(Path(d) / TR.MODEL_SUBDIR, A.join(out_dir, "model"))
         import json
 
         train_state = json.loads((Path(d) / TR.TRAIN_STATE).read_text())["state"]
-    weights_sha = A.fingerprint(str(Path(out_dir) / "model" / "model.safetensors"))["sha256"]
+    weights_sha = A.fingerprint(A.join(out_dir, "model", "model.safetensors"))["sha256"]
 
-    tuned = TwoTowerEncoder.load(Path(out_dir) / "model")
+    tuned = TwoTowerEncoder.load(A.join(out_dir, "model"))
     test: dict = {}
     if cfg.test_examples >= 0:
         anchors, targets = TR.eval_sample(features_dir, S.Split.TEST.value, catalog, cfg.kinds, cfg.test_examples, p.seed)

@@ -180,9 +180,8 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
         raise RuntimeError("the ranker training run reported no model")
     version = A.new_version()
     out_dir = A.join(cfg.output_root, KIND, version)
-    Path(out_dir, "recommend").mkdir(parents=True, exist_ok=True)
-    with result.checkpoint.as_directory() as d:
-        Path(out_dir, "recommend", "model.txt").write_bytes(Path(d, "model.txt").read_bytes())
+    with result.checkpoint.as_directory() as d, A.staged(A.join(out_dir, "recommend")) as dest:
+        (dest / "model.txt").write_bytes(Path(d, "model.txt").read_bytes())
     model = LearnedRanker.load(out_dir, manifest={})
     hand = cfg.hand_weights
     vx, vy, vg = x[va], y[va], g[va]

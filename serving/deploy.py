@@ -25,15 +25,64 @@ from features.config import apply_overrides
 from serving.app import CONFIG
 
 
-def render(artifacts: str, state: str, overrides: list[str], out: Path) -> tuple[Path, str]:
+def render(artifacts: str, state: str, overrides: list[str], out: Path, http_port: int | None = None) -> tuple[Path, str]:
+    from features import artifacts as A
+
     conf = yaml.safe_load(CONFIG.read_text())
     app = conf["applications"][0]
-    app["args"] = apply_overrides(app.get("args") or {}, [f"artifacts_root={Path(artifacts).resolve()}",
+    root = artifacts if A.is_uri(artifacts) else str(Path(artifacts).resolve())
+    app["args"] = apply_overrides(app.get("args") or {}, [f"artifacts_root={root}",
                                                           f"state_dir={Path(state).resolve()}", *overrides])
+    if http_port is not None:
+        conf.setdefault("http_options", {})["port"] = http_port
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(conf, sort_keys=False))
     http = conf.get("http_options", {})
     return out, f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+
+
+KUBERAY_HEADER = """\
+# intently's Serve app as a KubeRay RayService: the Serve config is serving/config.yaml with the
+# artifacts read from S3 (the newest complete versions the pipeline's RayJob wrote) and the proxy on
+# every interface. Generated: `make kuberay` (python -m serving.deploy --kuberay ...); edit
+# serving/config.yaml, not this file. Checked against KubeRay's CRD schema and Ray Serve's own
+# config schema by tests/unit/test_deploy_manifests.py.
+#   kubectl apply -f deploy/kuberay/rayservice.yaml
+#   kubectl port-forward svc/intently-serve-svc 8000   # the stable URL
+"""
+
+
+def render_rayservice(artifacts: str, state: str, image: str) -> str:
+    """The RayService manifest for serving/config.yaml with these artifacts and state folders."""
+    conf = yaml.safe_load(CONFIG.read_text())
+    conf["http_options"] = {**conf.get("http_options", {}), "host": "0.0.0.0"}
+    app = conf["applications"][0]
+    app["args"] = apply_overrides(app.get("args") or {}, [f"artifacts_root={artifacts}", f"state_dir={state}"])
+    pod = lambda name, cpu, mem, ports=None: {"spec": {  # noqa: E731
+        "serviceAccountName": "intently",
+        "containers": [{"name": name, "image": image,
+                        "resources": {"requests": {"cpu": cpu, "memory": mem}, "limits": {"cpu": cpu, "memory": mem}},
+                        **({"ports": ports} if ports else {})}]}}
+    manifest = {
+        "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "intently"},
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(conf, sort_keys=False),
+            "rayClusterConfig": {
+                "rayVersion": "2.60.0",
+                "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "4"},
+                                  "template": pod("ray-head", "4", "16Gi", [
+                                      {"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
+                                      {"containerPort": 8000, "name": "serve"}])},
+                "workerGroupSpecs": [{"groupName": "serve", "replicas": 1, "minReplicas": 1, "maxReplicas": 4,
+                                      "rayStartParams": {"num-cpus": "4"}, "template": pod("ray-worker", "4", "16Gi")}],
+            },
+        },
+    }
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
+    return KUBERAY_HEADER + yaml.dump(manifest, Dumper=Dumper, sort_keys=False, width=120)
 
 
 def direct_url(base: str) -> str | None:
@@ -91,61 +140,110 @@ def wait_healthy(base: str, address: str, env: dict, timeout_s: float = 600.0) -
                        "See `serve status` and /tmp/ray/session_latest/logs/serve/")
 
 
-def demo(base: str) -> None:
-    """A few real requests against the bundled catalog, printed as a shopper would see them."""
-    def show(title: str, status: int, body: object) -> None:
+def sample_requests(artifacts: str) -> dict:
+    """Requests that mean something on this shop's data: a query from its most popular item's
+    title, its most active shopper, that item to view. Read from the features version the newest
+    index was built from."""
+    import polars as pl
+
+    from features import artifacts as A
+    from features.data import schema as S
+
+    index = A.latest_complete(artifacts, "index")
+    features = index and A.read_manifest(index).get("inputs", {}).get("features", {}).get("path")
+    if not features:
+        raise FileNotFoundError(f"no complete index under {artifacts}/index")
+    items = A.read_parquet(A.join(features, "items"), columns=[S.ITEM_ID, S.TITLE, S.N_USERS, S.PRICE])
+    items = items.sort([S.N_USERS, S.ITEM_ID], descending=[True, False], nulls_last=True)
+    top = items.row(0, named=True)
+    words = [w for w in str(top[S.TITLE]).lower().replace(",", " ").split() if w.isalpha() or len(w) > 2][:2]
+    users = A.read_parquet(A.join(features, "users"), columns=[S.USER_ID, S.RECENT_ITEMS])
+    users = users.with_columns(pl.col(S.RECENT_ITEMS).list.len().alias("__n")).sort(["__n", S.USER_ID],
+                                                                                      descending=[True, False])
+    prices = items.get_column(S.PRICE).drop_nulls()
+    return {"query": " ".join(words) or str(top[S.TITLE])[:30], "user_id": users[S.USER_ID][0] if users.height else None,
+            "item_id": top[S.ITEM_ID], "item_title": top[S.TITLE],
+            "price_max": float(prices.median()) if prices.len() else None}
+
+
+def demo(base: str, artifacts: str) -> None:
+    """A few real requests, chosen from the shop's own data, printed as a shopper would see them."""
+    from serving.client import ApiError, Client
+
+    client = Client(base, max_wait_s=10)
+    sample = sample_requests(artifacts)
+
+    def show(title: str, fn) -> None:
+        try:
+            status, body = 200, fn()
+        except ApiError as e:
+            status, body = e.status, e.body
         print(f"\n== {title} -> HTTP {status}")
         if isinstance(body, dict) and "results" in body:
             for r in body["results"]:
-                print(f"  {r['score']:7.3f}  {r['item_id']:>8}  {r['title'][:40]:40}  {'; '.join(r['reasons'])}")
+                print(f"  {r['score']:7.3f}  {r['item_id']:>10}  {str(r['title'])[:40]:40}  {'; '.join(r['reasons'])}")
             print(f"  ({body.get('took_ms')} ms, user_known={body.get('user_known')})")
         else:
             print("  " + json.dumps(body)[:400])
 
-    show('search "lunch bag"', *_call(f"{base}/v1/search", "POST", {"query": "lunch bag", "k": 5}))
-    show('search "christmas lights" under 3.00', *_call(f"{base}/v1/search", "POST",
-         {"query": "christmas lights", "k": 5, "filters": {"price_max": 3.0}}))
-    show("recommend for customer c12347 (history from the log)", *_call(f"{base}/v1/recommend", "POST",
-         {"user_id": "c12347", "k": 5}))
-    show("recommend for a new shopper (cold start)", *_call(f"{base}/v1/recommend", "POST",
-         {"user_id": "demo-shopper", "k": 5}))
-    show("the new shopper views a cake stand", *_call(f"{base}/v1/events", "POST",
-         [{"user_id": "demo-shopper", "event_type": "view", "item_id": "22423"}]))
-    show("recommend for the new shopper, a moment later", *_call(f"{base}/v1/recommend", "POST",
-         {"user_id": "demo-shopper", "k": 5}))
-    show("a bad request (k too large)", *_call(f"{base}/v1/search", "POST", {"query": "mug", "k": 100000}))
+    q, user, item = sample["query"], sample["user_id"], sample["item_id"]
+    show(f"search {q!r}", lambda: client.search(q, k=5))
+    if sample["price_max"] is not None:
+        show(f"search {q!r} at most {sample['price_max']:.2f}",
+             lambda: client.search(q, k=5, filters={"price_max": sample["price_max"]}))
+    if user:
+        show(f"recommend for {user} (the most active shopper in the log)", lambda: client.recommend(user, k=5))
+    show("recommend for a new shopper (cold start)", lambda: client.recommend("demo-shopper", k=5))
+    show(f"the new shopper views {item} ({sample['item_title']})",
+         lambda: client.events([{"user_id": "demo-shopper", "event_type": "view", "item_id": item}]))
+    show("recommend for the new shopper, a moment later", lambda: client.recommend("demo-shopper", k=5))
+    show("a bad request (k too large)", lambda: client.search(q, k=100000))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Deploy the intently Serve app on the running local cluster.")
-    ap.add_argument("--artifacts", default="artifacts")
-    ap.add_argument("--state", default="state")
-    ap.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard (serve deploy)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an app arg")
-    ap.add_argument("--demo", action="store_true", help="send a few requests once healthy")
-    ns = ap.parse_args(argv)
-    overrides = list(ns.set)
-    if ns.demo and not os.environ.get("INTENTLY_API_KEY"):
+def deploy(artifacts: str, state: str, address: str = "http://127.0.0.1:8265", overrides: list[str] | None = None,
+           show_demo: bool = False, http_port: int | None = None) -> int:
+    """Render the config, `serve deploy` it, wait for /healthz; with show_demo, send sample requests."""
+    overrides = list(overrides or [])
+    if show_demo and not os.environ.get("INTENTLY_API_KEY"):
         overrides.insert(0, "allow_anonymous_writes=true")  # the local demo logs an event without a key
-    path, base = render(ns.artifacts, ns.state, overrides, Path(ns.state) / "serve_config.yaml")
-    print(f"serve deploy {path} (address {ns.address})", flush=True)
+    path, base = render(artifacts, state, overrides, Path(state) / "serve_config.yaml", http_port)
+    print(f"serve deploy {path} (address {address})", flush=True)
     serve_bin = Path(sys.executable).parent / "serve"
     env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
-    proc = subprocess.run([str(serve_bin), "deploy", str(path), "--address", ns.address], env=env)
+    proc = subprocess.run([str(serve_bin), "deploy", str(path), "--address", address], env=env)
     if proc.returncode != 0:
         print("serve deploy failed; is the cluster up (`make ray-up`)?", file=sys.stderr)
         return proc.returncode
-    health = wait_healthy(base, ns.address, env)
+    health = wait_healthy(base, address, env)
     print(f"\nintently is serving on {base}  (OpenAPI docs: {base}/docs, metrics: {base}/metrics)")
     fast = direct_url(base)
     if fast:
         print(f"  fast path without the proxy hop: {fast} (moves if the Ingress replica is replaced)")
     print(f"  versions: {health['versions']}")
-    print(f"  writes {health['writes']}")
-    if ns.demo:
-        demo(base)
-        print(f"\nThe server keeps running on {base}; stop it with `make ray-down`.")
+    print(f"  writes {health['writes']}", flush=True)
+    if show_demo:
+        demo(base, artifacts)
+        print(f"\nThe server keeps running on {base}; stop it with `make ray-down`.", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Deploy the intently Serve app on the running cluster.")
+    ap.add_argument("--artifacts", default="artifacts", help="artifacts root: a folder or a URI (s3://...)")
+    ap.add_argument("--state", default="state")
+    ap.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard (serve deploy)")
+    ap.add_argument("--http-port", type=int, default=None, help="the Serve proxy's port (default: serving/config.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an app arg")
+    ap.add_argument("--demo", action="store_true", help="send a few requests chosen from the data once healthy")
+    ap.add_argument("--kuberay", metavar="FILE", help="write the KubeRay RayService manifest instead of deploying "
+                    "(--artifacts is then the S3 URI the pods read, --state a path inside the pod)")
+    ap.add_argument("--image", default="intently:0.1.0", help="the container image, for --kuberay")
+    ns = ap.parse_args(argv)
+    if ns.kuberay:
+        Path(ns.kuberay).write_text(render_rayservice(ns.artifacts, ns.state, ns.image))
+        print(f"wrote {ns.kuberay}")
+        return 0
+    return deploy(ns.artifacts, ns.state, ns.address, ns.set, ns.demo, ns.http_port)
 
 
 if __name__ == "__main__":

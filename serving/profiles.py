@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 from ray import serve
 
 from features import artifacts as A
@@ -38,7 +37,7 @@ class Profiles:
         t0 = time.perf_counter()
         self.seeded = 0
         if pc.seed and self.store.seeded_from is None:
-            users = pl.read_parquet(A.join(res.features_dir, "users"))
+            users = A.read_parquet(A.join(res.features_dir, "users"))
             self.seeded = self.store.seed(seed_profiles(users, self.live.catalog.lookup, self.params), res.features_dir)
         self.seed_s = time.perf_counter() - t0
         if self.store.torn:

@@ -121,27 +121,48 @@ class Resolved:
     versions: dict[str, str] = field(default_factory=dict)
 
 
+def _complete(path: str | None) -> bool:
+    if not path:
+        return False
+    fs, inner = A.resolve(A.join(path, A.MANIFEST))
+    return fs.get_file_info(inner).type == A.pafs.FileType.File
+
+
+def _local(path: str) -> str:
+    """A local folder for a version: itself (made absolute), or a cached copy of a URI's files."""
+    return A.local_copy(path) if A.is_uri(path) else str(Path(path).resolve())
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def resolve(cfg: ServingConfig) -> Resolved:
-    """Turn "latest"/"from-index" into folders; FileNotFoundError names what is missing."""
+    """Turn "latest"/"from-index" into local folders (versions under a URI artifacts_root, e.g.
+    s3://..., are copied once into the local cache); FileNotFoundError names what is missing."""
     root = cfg.artifacts_root
     index_dir = A.latest_complete(root, "index") if cfg.index == LATEST else cfg.index
-    if index_dir is None or not Path(index_dir, A.MANIFEST).is_file():
+    if not _complete(index_dir):
         raise FileNotFoundError(f"index={cfg.index!r}: no complete index version under {root}/index; "
                                 "run `make index` (python -m jobs.build_index)")
+    assert index_dir is not None
     index_manifest = A.read_manifest(index_dir)
     if cfg.features == LATEST:
         features_dir = index_manifest.get("inputs", {}).get("features", {}).get("path") or A.latest_complete(root, "features")
     else:
         features_dir = cfg.features
-    if features_dir is None or not Path(features_dir, A.MANIFEST).is_file():
+    if not _complete(features_dir):
         raise FileNotFoundError(f"features={cfg.features!r}: no complete features version; run `make features`")
+    assert features_dir is not None
     if cfg.encoder.spec == FROM_INDEX:
         enc = index_manifest.get("inputs", {}).get("encoder", {})
         encoder_spec = enc.get("checkpoint") or ZERO_SHOT
     else:
         encoder_spec = cfg.encoder.spec
-    if encoder_spec not in (ZERO_SHOT, LATEST) and not Path(encoder_spec).exists():
-        raise FileNotFoundError(f"encoder.spec={encoder_spec!r} does not exist")
+    if encoder_spec not in (ZERO_SHOT, LATEST):
+        fs, inner = A.resolve(encoder_spec)
+        if fs.get_file_info(inner).type == A.pafs.FileType.NotFound:
+            raise FileNotFoundError(f"encoder.spec={encoder_spec!r} does not exist")
     state_dir = str(Path(cfg.state_dir).expanduser().resolve())
     if cfg.ranker.model == LATEST:
         ranker_dir = A.latest_complete(root, "ranker")
@@ -149,14 +170,16 @@ def resolve(cfg: ServingConfig) -> Resolved:
         ranker_dir = None
     else:
         ranker_dir = cfg.ranker.model
-        if not Path(ranker_dir, A.MANIFEST).is_file():
+        if not _complete(ranker_dir):
             raise FileNotFoundError(f"ranker.model={ranker_dir!r}: not a complete ranker version (no {A.MANIFEST}); "
                                     "allowed: latest, none, or a folder written by jobs.train_ranker")
-    versions = {"index": Path(index_dir).name, "features": Path(features_dir).name,
-                "encoder": encoder_spec if encoder_spec == ZERO_SHOT else Path(encoder_spec).parent.name,
-                "ranker": Path(ranker_dir).name if ranker_dir else "hand-set weights"}
-    return Resolved(str(Path(features_dir).resolve()), str(Path(index_dir).resolve()), encoder_spec, state_dir,
-                    ranker_dir=str(Path(ranker_dir).resolve()) if ranker_dir else None, versions=versions)
+    versions = {"index": _name(index_dir), "features": _name(features_dir),
+                "encoder": encoder_spec if encoder_spec == ZERO_SHOT else _name(encoder_spec.rstrip("/").rsplit("/", 1)[0]),
+                "ranker": _name(ranker_dir) if ranker_dir else "hand-set weights"}
+    if encoder_spec not in (ZERO_SHOT, LATEST):
+        encoder_spec = _local(encoder_spec)
+    return Resolved(_local(features_dir), _local(index_dir), encoder_spec, state_dir,
+                    ranker_dir=_local(ranker_dir) if ranker_dir else None, versions=versions)
 
 
 __all__ = ["ServingConfig", "RankerServing", "OverloadServing", "Resolved", "resolve", "ConfigError", "FROM_INDEX"]

@@ -139,22 +139,25 @@ class TwoTowerEncoder(torch.nn.Module):
         """Write model.safetensors, tokenizer, HF config and the EncoderConfig to `directory`."""
         from safetensors.torch import save_file
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        from features import artifacts as A
+
         if getattr(self, "quantized", False):
             raise ValueError("a quantised encoder is for inference; save the float checkpoint it was loaded from")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                 if not (self.cfg.share_towers and k.startswith("item_model."))}
-        save_file(state, str(d / WEIGHTS_FILE))
-        self.tokenizer.save_pretrained(str(d))
-        self.query_model.config.save_pretrained(str(d))
-        (d / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
-        return d
+        with A.staged(str(directory)) as d:  # a local folder or a URI
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                     if not (self.cfg.share_towers and k.startswith("item_model."))}
+            save_file(state, str(d / WEIGHTS_FILE))
+            self.tokenizer.save_pretrained(str(d))
+            self.query_model.config.save_pretrained(str(d))
+            (d / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
+        return Path(directory) if not A.is_uri(str(directory)) else directory  # type: ignore[return-value]
 
     @classmethod
     def load(cls, directory: str | Path, **overrides) -> "TwoTowerEncoder":
-        """Load a checkpoint written by `save`; `overrides` change e.g. batch_size or max_length."""
-        d = Path(directory)
+        """Load a checkpoint written by `save` (local or URI); `overrides` change e.g. batch_size."""
+        from features import artifacts as A
+
+        d = Path(A.local_copy(str(directory)))
         if not (d / WEIGHTS_FILE).is_file() or not (d / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{d} is not an encoder checkpoint (needs {WEIGHTS_FILE} and {CONFIG_FILE})")
         cfg = replace(EncoderConfig(**json.loads((d / CONFIG_FILE).read_text())), **overrides)
@@ -206,11 +209,11 @@ def resolve_checkpoint(spec: str, artifacts_root: str = "artifacts") -> str | No
         if version is None:
             raise FileNotFoundError(f"encoder={LATEST!r}: no complete encoder version under {artifacts_root}/encoder; "
                                     f"run `python -m jobs.train_encoder` or use encoder={ZERO_SHOT!r}")
-        return str(Path(version) / "model")
-    p = Path(spec)
+        return A.join(version, "model")
+    p = Path(A.local_copy(spec)) if A.is_uri(spec) else Path(spec)
     for candidate in (p, p / "model", p / "encoder"):
         if (candidate / CONFIG_FILE).is_file() and (candidate / WEIGHTS_FILE).is_file():
-            return str(candidate)
+            return A.join(spec, str(candidate)[len(str(p)):]) if A.is_uri(spec) else str(candidate)
     raise FileNotFoundError(f"encoder={spec!r}: not {LATEST!r}, {ZERO_SHOT!r}, nor a folder holding an encoder "
                             f"checkpoint ({WEIGHTS_FILE} + {CONFIG_FILE}, directly or in model/ or encoder/)")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features import artifacts as A
 from features.retrieval.ranking import FEATURE_NAMES
 
 MODEL_FILE = "model.txt"
@@ -114,17 +115,18 @@ class LearnedRanker:
         return f"learned lambdarank {self.manifest.get('version', '')}".strip()
 
     def save(self, directory: str | Path) -> None:
-        d = Path(directory)
-        for mode, booster in self.boosters.items():
-            (d / mode).mkdir(parents=True, exist_ok=True)
-            booster.save_model(str(d / mode / MODEL_FILE))
+        """Write <mode>/model.txt per mode to a folder (local or URI)."""
+        with A.staged(str(directory)) as d:
+            for mode, booster in self.boosters.items():
+                (d / mode).mkdir(parents=True, exist_ok=True)
+                booster.save_model(str(d / mode / MODEL_FILE))
 
     @classmethod
     def load(cls, directory: str | Path, manifest: dict | None = None) -> "LearnedRanker":
         """Load every mode's text model under `directory`; refuses a model whose features differ."""
         import lightgbm as lgb
 
-        d = Path(directory)
+        d = Path(A.local_copy(str(directory)))
         boosters = {}
         for mode in MODES:
             path = d / mode / MODEL_FILE

@@ -195,14 +195,14 @@ def restore_into(encoder: TwoTowerEncoder, directory: str | Path, opt: torch.opt
 # --- evaluation data ---------------------------------------------------------------------------
 def catalog_frame(features_dir: str) -> pl.DataFrame:
     """(row, item_id, item_text) of a features version, rows numbered in item_id order."""
-    items = pl.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT])
+    items = A.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT])
     return items.sort(S.ITEM_ID).with_row_index("row")
 
 
 def target_log_q(features_dir: str, catalog: pl.DataFrame, kinds: Sequence[str]) -> pl.DataFrame:
     """catalog plus `log_q`: log of each item's share of the train split's targets (items never
     a target get half a count, so the log stays finite)."""
-    train = pl.read_parquet(A.join(features_dir, "examples", S.Split.TRAIN.value), columns=[S.EXAMPLE_KIND, S.TARGET_ITEM_ID])
+    train = A.read_parquet(A.join(features_dir, "examples", S.Split.TRAIN.value), columns=[S.EXAMPLE_KIND, S.TARGET_ITEM_ID])
     counts = (train.filter(pl.col(S.EXAMPLE_KIND).is_in(list(kinds))).group_by(S.TARGET_ITEM_ID).len()
               .rename({S.TARGET_ITEM_ID: S.ITEM_ID, "len": "__n"}))
     out = catalog.join(counts, on=S.ITEM_ID, how="left", maintain_order="left")
@@ -215,7 +215,7 @@ def eval_sample(features_dir: str, split: str, catalog: pl.DataFrame, kinds: Seq
                 seed: int) -> tuple[list[str], np.ndarray]:
     """(anchors, target rows in `catalog`) of a seeded sample of one split's examples; n = 0: all.
     A target missing from the catalog gets metrics.MISSING (scored as a miss, never dropped)."""
-    df = pl.read_parquet(A.join(features_dir, "examples", split), columns=[S.EXAMPLE_KIND, S.ANCHOR_TEXT, S.TARGET_ITEM_ID])
+    df = A.read_parquet(A.join(features_dir, "examples", split), columns=[S.EXAMPLE_KIND, S.ANCHOR_TEXT, S.TARGET_ITEM_ID])
     df = df.filter(pl.col(S.EXAMPLE_KIND).is_in(list(kinds))).sort(S.TARGET_ITEM_ID, S.ANCHOR_TEXT)
     if n and df.height > n:
         df = df.sample(n, seed=seed)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -184,7 +183,7 @@ def _category_matches(category: str | None, want: str) -> bool:
 
 def read_cooccurrence(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
     """item_a -> (neighbour ids by rank, scores) from a features version's cooccurrence/."""
-    df = pl.read_parquet(path, columns=[S.ITEM_A, S.ITEM_B, S.SCORE, S.RANK]).sort([S.ITEM_A, S.RANK])
+    df = A.read_parquet(path, columns=[S.ITEM_A, S.ITEM_B, S.SCORE, S.RANK]).sort([S.ITEM_A, S.RANK])
     out: dict[str, tuple[list[str], np.ndarray]] = {}
     for (a,), g in df.group_by(S.ITEM_A, maintain_order=True):
         out[str(a)] = (g.get_column(S.ITEM_B).cast(pl.String).to_list(), g.get_column(S.SCORE).to_numpy().astype(np.float64))
@@ -195,7 +194,8 @@ def load_catalog(features_dir: str, index_dir: str) -> tuple[Catalog, ItemIndex]
     """The catalog of a features version with the vectors of an index version built from it."""
     index = ItemIndex.load(index_dir)
     vectors = index.vectors()
-    items = pl.read_parquet(A.join(features_dir, "items"))
-    cooc_dir = Path(A.join(features_dir, "cooccurrence"))
-    cooc = read_cooccurrence(str(cooc_dir)) if cooc_dir.exists() else {}
+    items = A.read_parquet(A.join(features_dir, "items"))
+    cooc_dir = A.join(features_dir, "cooccurrence")
+    fs, inner = A.resolve(cooc_dir)
+    cooc = read_cooccurrence(cooc_dir) if fs.get_file_info(inner).type != A.pafs.FileType.NotFound else {}
     return Catalog(index.item_ids, vectors, items, cooc), index

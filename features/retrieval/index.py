@@ -15,6 +15,8 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from features import artifacts as A
+
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 
 
@@ -101,15 +103,15 @@ class ItemIndex:
         return self.index.reconstruct_n(0, self.index.ntotal).astype(np.float32)
 
     def save(self, directory: str | Path) -> None:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(d / "index.faiss"))
-        (d / "index.json").write_text(json.dumps({"kind": self.kind, "params": self.params, "dim": self.dim,
-                                                  "item_ids": self.item_ids}))
+        """Write index.faiss and index.json to a folder (local or URI)."""
+        with A.staged(str(directory)) as d:
+            faiss.write_index(self.index, str(d / "index.faiss"))
+            (d / "index.json").write_text(json.dumps({"kind": self.kind, "params": self.params, "dim": self.dim,
+                                                      "item_ids": self.item_ids}))
 
     @classmethod
     def load(cls, directory: str | Path) -> "ItemIndex":
-        d = Path(directory)
+        d = Path(A.local_copy(str(directory)))
         meta = json.loads((d / "index.json").read_text())
         index = faiss.read_index(str(d / "index.faiss"))
         if index.ntotal != len(meta["item_ids"]):

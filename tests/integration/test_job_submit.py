@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+import requests
 
 from features import artifacts as A
 from tests.helpers import free_port
@@ -58,13 +58,52 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
+def s3(tmp_path_factory):
+    """A local S3-compatible endpoint (moto's server) with one bucket; the AWS_* variables point
+    every process started afterwards (the Ray head, its workers, Serve replicas) at it."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.put(f"{endpoint}/intently-test", timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start")
+                time.sleep(0.5)
+        yield "intently-test"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _stop(proc)
+        log.close()
+
+
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+
+
+@pytest.fixture(scope="module")
+def head(s3, tmp_path_factory):
     """A private head node (own ports and temp dir). `ray start --block` in its own process group:
     teardown stops exactly this cluster, never the session's in-process Ray or a user's
     `make ray-up` (which a global `ray stop` would kill). A start that times out under load (the
     other pytest worker may be busy) is tried again, as an operator would, at most HEAD_ATTEMPTS times."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join the test session's Ray
-    env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0")
+    env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0",
+               INTENTLY_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))  # s3:// copies of this test's artifacts
+    for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "INTENTLY_API_KEY"):  # a plain Serve proxy on a free port; no key
+        env.pop(k, None)
     tmp = Path("/tmp") / f"ray-test-{os.getpid()}"  # Ray socket paths must stay short
     logs = tmp_path_factory.mktemp("head")
     for attempt in range(HEAD_ATTEMPTS):
@@ -98,51 +137,78 @@ def _submit(address: str, env: dict, *args: str) -> str:
     return out
 
 
-def test_features_train_index_search_through_ray_job_submit(head, tmp_path):
-    """The user's path on a cluster: build features, fine-tune (smoke, 2 DDP workers on Ray
-    Train), build the index from that checkpoint, then search the bundled catalog."""
+def _shop_export(canon: Path, out: Path) -> tuple[Path, Path, Path, pl.DataFrame]:
+    """A second, differently shaped data set: a month-sized slice of the bundled log exported the
+    way another shop might (CSV, its own column names and event words, epoch-millisecond times)."""
+    events = pl.read_parquet(canon / "events.parquet").head(30_000)
+    items = pl.read_parquet(canon / "items.parquet").filter(pl.col("item_id").is_in(events["item_id"].unique().implode()))
+    out.mkdir(parents=True, exist_ok=True)
+    events.select(pl.col("user_id").alias("visitor"), pl.col("ts").dt.epoch("ms").alias("time_ms"),
+                  pl.col("event_type").replace({"purchase": "buy", "return": "refund"}).alias("action"),
+                  pl.col("item_id").alias("sku"), pl.col("quantity").alias("qty"), pl.col("price").alias("unit_price"),
+                  pl.col("session_id").alias("basket")).write_csv(out / "log.csv")
+    items.select(pl.col("item_id").alias("sku"), pl.col("title").alias("name"),
+                 pl.col("price").alias("list_price")).write_csv(out / "catalog.csv")
+    (out / "mapping.yaml").write_text(
+        "events:\n"
+        "  columns: {user_id: visitor, ts: time_ms, event_type: action, item_id: sku, quantity: qty,"
+        " price: unit_price, session_id: basket}\n"
+        "  values: {event_type: {buy: purchase, refund: return}}\n"
+        "  ts_unit: ms\n"
+        "items:\n"
+        "  columns: {item_id: sku, title: name, price: list_price}\n")
+    return out / "log.csv", out / "catalog.csv", out / "mapping.yaml", items
+
+
+def test_one_command_pipeline_from_a_shops_s3_export_to_a_serving_api(head, s3, tmp_path):
+    """`ray job submit ... jobs.pipeline` on a differently shaped export kept in S3 (a local
+    S3-compatible server): import through a column mapping, features, a fine-tune (2 DDP workers on
+    Ray Train), index, learned ranker, every artifact written to s3://, then the Serve app deployed
+    from those s3:// artifacts answers search and recommend from this data."""
     address, env = head
     canon = tmp_path / "canonical"
     subprocess.run([sys.executable, "-m", "jobs.import_online_retail", "--set", f"output={canon}"],
                    cwd=ROOT, check=True, capture_output=True, timeout=300)
-    # A month-sized slice and the items it mentions keep the test fast; the whole flow is the same.
-    events = pl.read_parquet(canon / "events.parquet").head(30_000)
-    items = pl.read_parquet(canon / "items.parquet").filter(pl.col("item_id").is_in(events["item_id"].unique().implode()))
-    events.write_parquet(tmp_path / "events.parquet")
-    items.write_parquet(tmp_path / "items.parquet")
-    out = tmp_path / "artifacts"
+    log_csv, catalog_csv, mapping, items = _shop_export(canon, tmp_path / "export")
+    bucket = s3
+    fs, _ = A.resolve(f"s3://{bucket}/x")
+    for f in (log_csv, catalog_csv, mapping):
+        with fs.open_output_stream(f"{bucket}/shop/{f.name}") as out:
+            out.write(f.read_bytes())
+    root = f"s3://{bucket}/intently"
+    port = free_port()
+    out = _submit(address, env, "jobs.pipeline",
+                  "--set", f"mapping=s3://{bucket}/shop/mapping.yaml", "--set", f"events=s3://{bucket}/shop/log.csv",
+                  "--set", f"items=s3://{bucket}/shop/catalog.csv", "--set", f"output_root={root}",
+                  "--set", "stage_args.train_encoder=[--config=jobs/configs/train_encoder_smoke.yaml]",
+                  "--set", f"deploy.http_port={port}", "--set", f"deploy.state_dir={tmp_path / 'state'}",
+                  "--set", f"log_dir={tmp_path / 'logs'}")
+    for stage in ("import", "features", "encoder fine-tune", "index", "learned ranker", "serve"):
+        assert any(line.startswith(f"  {stage}") and " ok in " in line for line in out.splitlines()), (stage, out[-4000:])
+    assert "encoder: latest; ranker: learned" in out
 
-    _submit(address, env, "jobs.build_features", "--set", f"events={tmp_path / 'events.parquet'}",
-            "--set", f"items={tmp_path / 'items.parquet'}", "--set", f"output_root={out}",
-            "--set", "split.valid_days=2", "--set", "split.test_days=2")  # the slice spans 13 days
-    features = A.latest_complete(str(out), "features")
-    assert features is not None
-    fm = json.loads((Path(features) / "manifest.json").read_text())
-    assert fm["metrics"]["events_in"] == fm["metrics"]["events_valid"] == 30_000
+    # Every artifact kind is in S3 with its manifest; the index was built from this encoder.
+    versions = {kind: A.latest_complete(root, kind) for kind in ("features", "encoder", "index", "ranker")}
+    assert all(v and v.startswith("s3://") for v in versions.values()), versions
+    fm = A.read_manifest(versions["features"])
+    assert fm["metrics"]["events_valid"] == 30_000 and fm["metrics"]["items_valid"] == items.height
+    im = A.read_manifest(versions["index"])
+    assert im["inputs"]["encoder"]["checkpoint"] == A.join(versions["encoder"], "model")
+    assert im["outputs"]["item_count"] == items.height
 
-    log = _submit(address, env, "jobs.train_encoder", "--config", "jobs/configs/train_encoder_smoke.yaml",
-                  "--set", f"output_root={out}")
-    encoder = A.latest_complete(str(out), "encoder")
-    assert encoder is not None, log[-3000:]
-    em = json.loads((Path(encoder) / "manifest.json").read_text())
-    assert em["metrics"]["num_workers"] == 2 and em["metrics"]["steps"] == 4
-    assert em["inputs"]["features"]["path"] == features
-    assert 0.0 <= em["metrics"]["valid_best"]["valid_recall@10"] <= 1.0
-    assert (Path(encoder) / "model" / "model.safetensors").is_file()
+    # The deployed app serves exactly those versions (read from s3://) and this shop's catalog.
+    base = f"http://127.0.0.1:{port}"
+    health = requests.get(f"{base}/healthz", timeout=10).json()
+    assert health["versions"]["index"] == versions["index"].rsplit("/", 1)[-1]
+    assert health["versions"]["ranker"] == versions["ranker"].rsplit("/", 1)[-1]
+    from serving.client import Client
 
-    _submit(address, env, "jobs.build_index", "--set", f"output_root={out}", "--set", f"encoder={encoder}")
-    index_dir = A.latest_complete(str(out), "index")
-    assert index_dir is not None
-    im = json.loads((Path(index_dir) / "manifest.json").read_text())
-    assert im["outputs"]["item_count"] == items.height and im["outputs"]["index_type"] == "flat"
-    assert im["inputs"]["encoder"]["weights_sha256"] == em["outputs"]["weights_sha256"]
-
-    from features.models.encoder import TwoTowerEncoder
-    from features.retrieval.index import ItemIndex
-
-    index = ItemIndex.load(index_dir)
-    enc = TwoTowerEncoder.load(Path(encoder) / "model")
-    _, ids = index.search(enc.encode(["lunch bag"]), 5)
-    titles = dict(zip(items["item_id"].to_list(), items["title"].to_list()))
-    hits = [titles[i] for i in ids[0]]
-    assert sum("LUNCH BAG" in t.upper() for t in hits) >= 3, hits
+    client = Client(base)
+    hits = client.search("lunch bag", k=5)["results"]
+    assert sum("LUNCH BAG" in h["title"].upper() for h in hits) >= 3, hits
+    titles = set(items["title"].to_list())
+    assert all(h["title"] in titles for h in hits)
+    shopper = pl.read_csv(log_csv, infer_schema=False)["visitor"].value_counts(sort=True)["visitor"][0]
+    rec = client.recommend(str(shopper), k=5)
+    assert rec["user_known"] is True and len(rec["results"]) == 5
+    assert all(r["title"] in titles for r in rec["results"])

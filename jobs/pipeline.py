@@ -1,0 +1,269 @@
+"""From a shop's logs to a running API in one job: import -> features -> encoder -> index -> ranker -> serve.
+
+    ray job submit --address http://<head>:8265 --working-dir . -- python -m jobs.pipeline \
+        --set events=s3://shop/events/ --set items=s3://shop/items.parquet --set output_root=s3://shop/intently
+    make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml | recbole | uci-online-retail>]
+
+Every stage is the same job a user can run alone (jobs.import_events, build_features, train_encoder,
+build_index, train_ranker), called in this one Ray job with the same config keys; `stage_args.<job>`
+adds `--set` overrides to one stage. Stages that improve results but are not required fall back
+instead of failing the run, and say so: a fine-tune that cannot run (too little data) leaves the
+zero-shot encoder, a ranker that cannot be trained leaves the hand-set weights. On a short log the
+split and ranker windows shrink to fit (printed). The Serve app is then deployed on this cluster
+from the result (artifacts read from output_root, local or URI) and answers sample requests chosen
+from the shop's own data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from features import artifacts as A
+from features.config import ConfigError
+from features.data import schema as S
+from jobs.common import RayConfig, init_ray, load_job_config, parse_args, run_job
+
+STAGES = ("import_events", "build_features", "train_encoder", "build_index", "train_ranker")
+
+
+@dataclass(frozen=True)
+class StageArgs:
+    """Extra `--set key=value` overrides per stage ("--config=<yaml>" replaces the stage's config file)."""
+
+    import_events: tuple[str, ...] = ()
+    build_features: tuple[str, ...] = ()
+    train_encoder: tuple[str, ...] = ("train.max_time_s=240", "test_examples=1000")
+    build_index: tuple[str, ...] = ()
+    train_ranker: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    enabled: bool = True
+    address: str | None = None   # the cluster's dashboard for `serve deploy`; null: this job's cluster
+    state_dir: str = "state"     # the app's online state (event log, profiles); local to the serving node
+    http_port: int | None = None  # null: serving/config.yaml (8000)
+    demo: bool = True            # send sample requests chosen from the data once healthy
+    overrides: tuple[str, ...] = ()  # serving app args, e.g. allow_anonymous_writes=true
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    events: str | None = None    # canonical events (or the shop's export when mapping is set); path or URI
+    items: str | None = None
+    mapping: str | None = None   # null: inputs are canonical; a mapping YAML or preset (recbole, uci-online-retail)
+    output_root: str = "artifacts"
+    fine_tune: bool = True       # false: the zero-shot encoder
+    ranker: bool = True          # false: the hand-set ranking weights
+    ranker_window_days: float = 30.0  # label window of the learned ranker (shrunk to a quarter of a short log)
+    stage_args: StageArgs = field(default_factory=StageArgs)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    log_dir: str | None = None   # local folder for each stage's full output; null: <output_root>/logs/<version>
+    verbose: bool = False        # true: every stage's output on the terminal instead
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def _sets(pairs: dict[str, object], extra: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for k, v in pairs.items():
+        out += ["--set", f"{k}={v}"]
+    for e in extra:  # "key=value", or "--config=<yaml>" to start a stage from another config file
+        out += ["--config", e.split("=", 1)[1]] if e.startswith("--config=") else ["--set", e]
+    return out
+
+
+def _span_days(events: str) -> float | None:
+    """Days between the first and last event, when ts is typed (else None: defaults apply)."""
+    try:
+        ts = A.read_parquet(events, columns=[S.TS]).get_column(S.TS)
+    except Exception:  # noqa: BLE001 - not Parquet, or no ts column: validation will say so
+        return None
+    if not ts.dtype.is_temporal() or ts.drop_nulls().is_empty():
+        return None
+    return (ts.max() - ts.min()).total_seconds() / 86400.0  # type: ignore[operator]
+
+
+def _dashboard(cfg: DeployConfig) -> str | None:
+    if cfg.address:
+        return cfg.address
+    try:
+        from ray._private.services import get_webui_url_from_internal_kv
+
+        url = get_webui_url_from_internal_kv()
+    except Exception:  # noqa: BLE001 - no dashboard on this cluster
+        url = None
+    return None if not url else url if url.startswith("http") else f"http://{url}"
+
+
+class Run:
+    """Runs stages; each stage's full output goes to <log_dir>/<n>-<stage>.log (or the terminal
+    with verbose), and the terminal gets one line per stage plus the stage's closing summary."""
+
+    def __init__(self, log_dir: str | None, verbose: bool) -> None:
+        self.t0 = time.perf_counter()
+        self.summary: list[str] = []
+        self.verbose = verbose
+        self.log_dir = Path(log_dir) if log_dir else None
+        if self.log_dir and not verbose:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            print(f"stage logs: {self.log_dir}", flush=True)
+
+    def stage(self, n: int, name: str, fn, required: bool = True) -> bool:
+        print(f"[{n}/6] {name} ...", flush=True)
+        t = time.perf_counter()
+        log = None if self.verbose or self.log_dir is None else self.log_dir / f"{n}-{name.split(' ')[0]}.log"
+        error = None
+        with open(log or os.devnull, "w") as f, (_to_file(f) if log else contextlib.nullcontext()):
+            try:
+                rc = fn()
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - optional stages fall back; required ones re-raise
+                if required:
+                    raise
+                error, rc = f"{type(e).__name__}: {e}", 1
+        took = time.perf_counter() - t
+        status = "ok" if rc == 0 else "FAILED" if required else "skipped"
+        print(f"      {status} in {took:.0f}s" + (f"  (log: {log})" if log else ""), flush=True)
+        if log:
+            lines = log.read_text(errors="replace").splitlines()
+            tail = _closing_lines(lines) if rc == 0 else lines[-25:]
+            print("\n".join(f"      | {line}" for line in tail), flush=True)
+        if error:
+            print(f"      {error}", flush=True)
+        self.summary.append(f"  {name:<28} {status} in {took:.0f}s")
+        if rc != 0 and required:
+            raise RuntimeError(f"stage {name} failed (exit code {rc}); see {log or 'its output above'}")
+        return rc == 0
+
+
+@contextlib.contextmanager
+def _to_file(f):
+    """Send this process's stdout and stderr, file descriptors included (Ray's C++ core and its
+    worker-log monitor write there too), to `f` for the duration."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(f.fileno(), 1)
+    os.dup2(f.fileno(), 2)
+    try:
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        f.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _closing_lines(lines: list[str], most: int = 12) -> list[str]:
+    """A job's own summary: what it prints after its last `[job n] done` step (or, when nothing
+    follows it, the few lines just before it)."""
+    def plain(line: str) -> bool:
+        return bool(line.strip()) and not line.startswith(("[", "\x1b", "(", "resolved config", "{", "}", " ")) \
+            or line.startswith("  ") and "done in" not in line and not line.startswith("  \"")
+
+    done = [i for i, line in enumerate(lines) if line.startswith("[") and "] done (t=" in line]
+    body = [line for line in (lines[done[-1] + 1:] if done else lines) if plain(line) and "finished in" not in line]
+    if not body and done:
+        body = [line for line in lines[:done[-1]] if plain(line)][-4:]
+    return body[-most:] if not done else body[:most]
+
+
+def run(cfg: PipelineConfig) -> int:
+    from jobs import build_features, build_index, import_events, train_encoder, train_ranker
+
+    if not cfg.events or (not cfg.items and cfg.mapping != "uci-online-retail"):
+        raise ConfigError("events and items are required (paths or URIs); e.g. make run EVENTS=... ITEMS=...")
+    init_ray(cfg.ray)
+    root, sa = cfg.output_root, cfg.stage_args
+    r = Run(cfg.log_dir or (A.join(root, "logs", A.new_version()) if not A.is_uri(root)
+                            else str(A.cache_root() / "logs" / A.new_version())), cfg.verbose)
+    events, items = cfg.events, cfg.items
+    if cfg.mapping:
+        out = A.join(root, "canonical", A.new_version())
+        r.stage(1, f"import the shop's export ({cfg.mapping})", lambda: import_events.main(_sets(
+            {"mapping": cfg.mapping, "events": events, "output": out, **({"items": items} if items else {})}, sa.import_events)))
+        events, items = A.join(out, "events.parquet"), A.join(out, "items.parquet")
+    else:
+        r.summary.append("  import           (inputs are canonical)")
+    assert items is not None
+
+    span = _span_days(events)
+    split: dict[str, object] = {}
+    window = cfg.ranker_window_days
+    if span is not None and span < 300:
+        days = round(max(span * 0.1, 1 / 24), 3)
+        split = {"split.valid_days": days, "split.test_days": days}
+        window = round(min(window, max(span * 0.25, 1 / 24)), 3)
+        print(f"the log spans {span:.1f} days: valid/test splits of {days} days, ranker window {window} days", flush=True)
+
+    r.stage(2, "features", lambda: build_features.main(_sets(
+        {"events": events, "items": items, "output_root": root, **split}, sa.build_features)))
+    encoder = "zero-shot"
+    if cfg.fine_tune:
+        if r.stage(3, "encoder fine-tune", lambda: train_encoder.main(_sets({"output_root": root}, sa.train_encoder)),
+                   required=False):
+            encoder = "latest"
+        else:
+            print("encoder: the fine-tune did not finish; the index uses the zero-shot encoder", flush=True)
+    r.stage(4, "index", lambda: build_index.main(_sets({"output_root": root, "encoder": encoder}, sa.build_index)))
+    ranker = "hand-set weights"
+    if cfg.ranker:
+        stage_root = A.join(root, "ranker_stage")
+
+        def ranker_stage() -> int:
+            rc = build_features.main(_sets({"events": events, "items": items, "output_root": stage_root,
+                                            "as_of": f"latest-{window:g}d", **split}, sa.build_features))
+            return rc or train_ranker.main(_sets({"events": events, "items": items, "output_root": root,
+                                                  "features_root": stage_root, "window_days": window}, sa.train_ranker))
+
+        if r.stage(5, "learned ranker", ranker_stage, required=False):
+            ranker = "learned"
+        else:
+            print("ranker: not trained; serving uses the hand-set weights", flush=True)
+    served = None
+    if cfg.deploy.enabled:
+        served = _deploy(cfg, r)
+    print(f"\npipeline finished in {time.perf_counter() - r.t0:.0f}s", flush=True)
+    print("\n".join(r.summary))
+    print(f"  encoder: {encoder}; ranker: {ranker}; artifacts: {root}")
+    if served:
+        print(f"  serving: {served}")
+    return 0
+
+
+def _deploy(cfg: PipelineConfig, r: Run) -> str | None:
+    import ray
+
+    from serving import deploy as D
+
+    joined = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if not joined:
+        print("[6/6] serve: skipped: this run started a private Ray that ends with it; run the pipeline on a "
+              "cluster (`ray job submit`, or `make run`) to deploy", flush=True)
+        r.summary.append("  serve            skipped (no cluster)")
+        return None
+    address = _dashboard(cfg.deploy)
+    if address is None:
+        raise RuntimeError("deploy: this cluster has no dashboard to `serve deploy` to; set deploy.address")
+    ray.shutdown()  # the Serve app outlives this job; nothing of it should hang on the driver
+    base = f"http://127.0.0.1:{cfg.deploy.http_port or 8000}"
+    r.stage(6, f"serve (serve deploy to {address})", lambda: D.deploy(
+        cfg.output_root, cfg.deploy.state_dir, address, list(cfg.deploy.overrides), cfg.deploy.demo, cfg.deploy.http_port))
+    return base
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("From a shop's logs to a running API in one job.", "pipeline.yaml", argv)
+    return run_job("pipeline", lambda: run(load_job_config(PipelineConfig, args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
