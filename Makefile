@@ -129,11 +129,16 @@ ray-up: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ray start --head --num-cpus=2 --include-dashboard=true --dashboard-host=127.0.0.1 \
 	  --dashboard-port=$(RAY_DASHBOARD_PORT) --disable-usage-stats
 
+# A submitted job runs in an uploaded copy of the checkout without its gitignored files, so inputs are
+# passed as absolute paths (or URIs).
+CANON_ABS = --set events=$(CURDIR)/data/canonical/online_retail/events.parquet \
+  --set items=$(CURDIR)/data/canonical/online_retail/items.parquet
+
 # The feature job through the job server of `make ray-up` (Ray 2.60 clusters require the token
 # in ~/.ray/auth_token; RAY_AUTH_MODE=token makes the CLI send it).
 features-job: venv data
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
-	  python -m jobs.build_features --set output_root=$(ART)
+	  python -m jobs.build_features --set output_root=$(ART) $(CANON_ABS)
 
 encoder-job: venv
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
@@ -145,7 +150,7 @@ index-job: venv
 
 ranker-job: venv
 	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
-	  python -m jobs.train_ranker --set output_root=$(ART) --set features_root=$(ART)/ranker_stage
+	  python -m jobs.train_ranker --set output_root=$(ART) --set features_root=$(ART)/ranker_stage $(CANON_ABS)
 
 # Forget shoppers everywhere: the running app's state (DELETE /v1/users/{id}; the state folder
 # directly when no app runs), every artifact table, evaluation runs; then proves no byte is left.

@@ -1,6 +1,6 @@
 """Map the UCI Online Retail log to the canonical events and items tables.
 
-Choices (also in the README):
+Choices (also in docs/data.md):
 - One `purchase` event per invoice line; a cancellation invoice ("C" prefix) gives `return`
   events with the absolute quantity.
 - user_id is "c<CustomerID>". A line without a CustomerID cannot be linked to any other invoice,
