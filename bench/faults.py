@@ -183,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "faults.json"))
     ns = ap.parse_args(argv)
     import ray
-    import requests
     from ray import serve
 
     from serving.app import build_app_with_options
@@ -231,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(scenario())
-        health = requests.get(f"{base}/healthz", timeout=30).json()["profiles"]
-        missing = [eid for eid, user in load.acked.items()
-                   if not requests.post(f"{base}/v1/recommend", json={"user_id": user, "k": 1},
-                                        timeout=30).json()["user_known"]]
+        from serving.client import Client
+
+        client = Client(base, timeout_s=30)  # after the faults: retries 503 while replicas come back
+        health = client.health()["profiles"]
+        missing = [eid for eid, user in load.acked.items() if not client.recommend(user, k=1)["user_known"]]
         report["acknowledged_events"] = {
             "acknowledged": len(load.acked), "logged_event_ids_after": health["logged_event_ids"],
             "in_log": health["logged_event_ids"] >= len(load.acked),

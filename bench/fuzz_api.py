@@ -85,8 +85,9 @@ def fuzz_openapi(base: str, api_key: str | None, examples: int, seed: int = 0) -
                               "acknowledged_events": 0, "forgotten_events": 0, "items_created": 0}
     t_start = time.perf_counter()
 
-    catalog = [r["item_id"] for r in requests.post(f"{base}/v1/search", json={"query": "bag", "k": 100},
-                                                   timeout=30).json()["results"]]
+    from serving.client import Client
+
+    catalog = [r["item_id"] for r in Client(base, timeout_s=30).search("bag", k=100)["results"]]
     writers: list[str] = []  # shoppers with acknowledged events, for forget
 
     def realistic(case: Any, label: str, pick: int) -> None:
