@@ -113,10 +113,11 @@ class Run:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             print(f"stage logs: {self.log_dir}", flush=True)
 
-    def stage(self, n: int, name: str, fn, required: bool = True) -> bool:
+    def stage(self, n: int, name: str, fn, required: bool = True, show: bool = False) -> bool:
         print(f"[{n}/6] {name} ...", flush=True)
         t = time.perf_counter()
-        log = None if self.verbose or self.log_dir is None else self.log_dir / f"{n}-{name.split(' ')[0]}.log"
+        quiet = not (self.verbose or show or self.log_dir is None)
+        log = self.log_dir / f"{n}-{name.split(' ')[0]}.log" if quiet else None
         error = None
         with open(log or os.devnull, "w") as f, (_to_file(f) if log else contextlib.nullcontext()):
             try:
@@ -210,7 +211,13 @@ def run(cfg: PipelineConfig) -> int:
     if cfg.fine_tune:
         if r.stage(3, "encoder fine-tune", lambda: train_encoder.main(_sets({"output_root": root}, sa.train_encoder)),
                    required=False):
-            encoder = "latest"
+            version = A.latest_complete(root, "encoder")
+            beats = A.read_manifest(version).get("metrics", {}).get("beats_zero_shot_on_valid") if version else None
+            if beats is False:  # the house rule: a fine-tune is used only where it beats zero-shot on valid
+                print("encoder: the fine-tune did not beat the zero-shot model on its valid split; "
+                      "the index uses the zero-shot encoder", flush=True)
+            else:
+                encoder = version or "zero-shot"
         else:
             print("encoder: the fine-tune did not finish; the index uses the zero-shot encoder", flush=True)
     r.stage(4, "index", lambda: build_index.main(_sets({"output_root": root, "encoder": encoder}, sa.build_index)))
@@ -233,7 +240,8 @@ def run(cfg: PipelineConfig) -> int:
         served = _deploy(cfg, r)
     print(f"\npipeline finished in {time.perf_counter() - r.t0:.0f}s", flush=True)
     print("\n".join(r.summary))
-    print(f"  encoder: {encoder}; ranker: {ranker}; artifacts: {root}")
+    print(f"  encoder: {'fine-tuned ' + encoder.rstrip('/').rsplit('/', 1)[-1] if encoder != 'zero-shot' else encoder}; "
+          f"ranker: {ranker}; artifacts: {root}")
     if served:
         print(f"  serving: {served}")
     return 0
@@ -256,7 +264,8 @@ def _deploy(cfg: PipelineConfig, r: Run) -> str | None:
     ray.shutdown()  # the Serve app outlives this job; nothing of it should hang on the driver
     base = f"http://127.0.0.1:{cfg.deploy.http_port or 8000}"
     r.stage(6, f"serve (serve deploy to {address})", lambda: D.deploy(
-        cfg.output_root, cfg.deploy.state_dir, address, list(cfg.deploy.overrides), cfg.deploy.demo, cfg.deploy.http_port))
+        cfg.output_root, cfg.deploy.state_dir, address, list(cfg.deploy.overrides), cfg.deploy.demo, cfg.deploy.http_port),
+        show=True)
     return base
 
 

@@ -185,7 +185,7 @@ def test_one_command_pipeline_from_a_shops_s3_export_to_a_serving_api(head, s3, 
                   "--set", f"log_dir={tmp_path / 'logs'}")
     for stage in ("import", "features", "encoder fine-tune", "index", "learned ranker", "serve"):
         assert any(line.startswith(f"  {stage}") and " ok in " in line for line in out.splitlines()), (stage, out[-4000:])
-    assert "encoder: latest; ranker: learned" in out
+    assert "encoder: fine-tuned " in out and "; ranker: learned" in out
 
     # Every artifact kind is in S3 with its manifest; the index was built from this encoder.
     versions = {kind: A.latest_complete(root, kind) for kind in ("features", "encoder", "index", "ranker")}
