@@ -86,10 +86,16 @@ run: venv
 	@test -n "$(EVENTS)" || { echo 'EVENTS is empty: make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml|recbole|uci-online-retail>]'; exit 2; }
 	@if [ "$(CLUSTER)" = "http://127.0.0.1:$(RAY_DASHBOARD_PORT)" ]; then \
 	  RAY_AUTH_MODE=token $(BIN)/ray status >/dev/null 2>&1 || $(MAKE) --no-print-directory ray-up; fi
-	RAY_AUTH_MODE=token $(BIN)/ray job submit --address $(CLUSTER) --working-dir . -- python -m jobs.pipeline \
+	@mkdir -p state; export RAY_AUTH_MODE=token; \
+	id=$$($(BIN)/ray job submit --no-wait --address $(CLUSTER) --working-dir . -- python -m jobs.pipeline \
 	  --set events=$(call abs_or_uri,$(EVENTS)) $(if $(ITEMS),--set items=$(call abs_or_uri,$(ITEMS))) \
 	  $(if $(MAPPING),--set mapping=$(if $(filter recbole uci-online-retail,$(MAPPING)),$(MAPPING),$(call abs_or_uri,$(MAPPING)))) \
-	  --set output_root=$(call abs_or_uri,$(OUTPUT)) --set deploy.state_dir=$(CURDIR)/state $(RUN_ARGS)
+	  --set output_root=$(call abs_or_uri,$(OUTPUT)) --set deploy.state_dir=$(CURDIR)/state $(RUN_ARGS) \
+	  2>&1 | tee state/submit.log | grep -o "raysubmit_[A-Za-z0-9]*" | head -1); \
+	test -n "$$id" || { cat state/submit.log; echo "ray job submit failed (state/submit.log)"; exit 1; }; \
+	echo "submitted $$id to $(CLUSTER) (ray job logs $$id; ray job stop $$id)"; \
+	$(BIN)/ray job logs --address $(CLUSTER) --follow $$id 2>&1 | grep -v -E "^[0-9-]+ [0-9:,]+\s+INFO (sdk|cli)\.py"; \
+	$(BIN)/ray job status --address $(CLUSTER) $$id 2>&1 | grep -qi "succeeded" || { echo "job $$id did not succeed: ray job status $$id"; exit 1; }
 
 # The bundled real data through the same one-command pipeline, then a few requests chosen from it;
 # the server keeps running (`make ray-down`).
@@ -106,7 +112,7 @@ serve: venv
 # Two pytest workers, each taking whole test files (module fixtures are built once): a Ray test spends
 # much of its time waiting on process start-up and deployments, so the two overlap on 2 cores.
 test: venv
-	set -o pipefail; $(BIN)/python -m pytest tests -n 2 --dist loadfile 2>&1 | tee .pytest-last.log
+	set -o pipefail; $(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=12 2>&1 | tee .pytest-last.log
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit
@@ -126,8 +132,11 @@ bench-encoder: venv
 # A local single-node cluster for `ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT)`.
 # The venv's bin goes first on PATH so a submitted job's `python` is the project's interpreter.
 ray-up: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ray start --head --num-cpus=2 --include-dashboard=true --dashboard-host=127.0.0.1 \
-	  --dashboard-port=$(RAY_DASHBOARD_PORT) --disable-usage-stats
+	@mkdir -p state
+	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ray start --head --num-cpus=2 --include-dashboard=true --dashboard-host=127.0.0.1 \
+	  --dashboard-port=$(RAY_DASHBOARD_PORT) --disable-usage-stats > state/ray-up.log 2>&1 \
+	  && echo "local Ray cluster started: dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT) (state/ray-up.log; make ray-down stops it)" \
+	  || { cat state/ray-up.log; exit 1; }
 
 # A submitted job runs in an uploaded copy of the checkout without its gitignored files, so inputs are
 # passed as absolute paths (or URIs).

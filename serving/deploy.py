@@ -157,9 +157,10 @@ def sample_requests(artifacts: str) -> dict:
     items = items.sort([S.N_USERS, S.ITEM_ID], descending=[True, False], nulls_last=True)
     top = items.row(0, named=True)
     words = [w for w in str(top[S.TITLE]).lower().replace(",", " ").split() if w.isalpha() or len(w) > 2][:2]
-    users = A.read_parquet(A.join(features, "users"), columns=[S.USER_ID, S.RECENT_ITEMS])
-    users = users.with_columns(pl.col(S.RECENT_ITEMS).list.len().alias("__n")).sort(["__n", S.USER_ID],
-                                                                                      descending=[True, False])
+    # The most active returning shopper: most sessions, then the longest recent history.
+    users = A.read_parquet(A.join(features, "users"), columns=[S.USER_ID, S.N_SESSIONS, S.RECENT_ITEMS])
+    users = users.with_columns(pl.col(S.RECENT_ITEMS).list.len().alias("__n")).sort(
+        [S.N_SESSIONS, "__n", S.USER_ID], descending=[True, True, False], nulls_last=True)
     prices = items.get_column(S.PRICE).drop_nulls()
     return {"query": " ".join(words) or str(top[S.TITLE])[:30], "user_id": users[S.USER_ID][0] if users.height else None,
             "item_id": top[S.ITEM_ID], "item_title": top[S.TITLE],
