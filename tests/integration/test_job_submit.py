@@ -47,10 +47,12 @@ def _start_head(env: dict, tmp: Path, log_path: Path) -> tuple[subprocess.Popen,
     return proc, f"http://127.0.0.1:{dash}", log
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM the group, then SIGKILL after grace_s (Serve replicas would otherwise take their
+    20 s graceful-shutdown timeout; nothing of this private cluster needs to survive)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        proc.wait(timeout=grace_s)
     except ProcessLookupError:
         pass
     except subprocess.TimeoutExpired:
@@ -138,9 +140,9 @@ def _submit(address: str, env: dict, *args: str) -> str:
 
 
 def _shop_export(canon: Path, out: Path) -> tuple[Path, Path, Path, pl.DataFrame]:
-    """A second, differently shaped data set: a month-sized slice of the bundled log exported the
+    """A second, differently shaped data set: the first week of the bundled log exported the
     way another shop might (CSV, its own column names and event words, epoch-millisecond times)."""
-    events = pl.read_parquet(canon / "events.parquet").head(30_000)
+    events = pl.read_parquet(canon / "events.parquet").head(15_000)
     items = pl.read_parquet(canon / "items.parquet").filter(pl.col("item_id").is_in(events["item_id"].unique().implode()))
     out.mkdir(parents=True, exist_ok=True)
     events.select(pl.col("user_id").alias("visitor"), pl.col("ts").dt.epoch("ms").alias("time_ms"),
@@ -191,7 +193,7 @@ def test_one_command_pipeline_from_a_shops_s3_export_to_a_serving_api(head, s3, 
     versions = {kind: A.latest_complete(root, kind) for kind in ("features", "encoder", "index", "ranker")}
     assert all(v and v.startswith("s3://") for v in versions.values()), versions
     fm = A.read_manifest(versions["features"])
-    assert fm["metrics"]["events_valid"] == 30_000 and fm["metrics"]["items_valid"] == items.height
+    assert fm["metrics"]["events_valid"] == 15_000 and fm["metrics"]["items_valid"] == items.height
     im = A.read_manifest(versions["index"])
     assert im["inputs"]["encoder"]["checkpoint"] == A.join(versions["encoder"], "model")
     assert im["outputs"]["item_count"] == items.height
