@@ -112,7 +112,7 @@ serve: venv
 # Two pytest workers, each taking whole test files (module fixtures are built once): a Ray test spends
 # much of its time waiting on process start-up and deployments, so the two overlap on 2 cores.
 test: venv
-	set -o pipefail; $(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=12 2>&1 | tee .pytest-last.log
+	set -o pipefail; $(BIN)/python -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --durations=12 2>&1 | tee .pytest-last.log
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit

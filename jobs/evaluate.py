@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -75,7 +76,11 @@ class EncoderStage:
 class SearchEval:
     folds: int = 5  # cross-validation by query for the learned search ranker
     candidates: int = 200  # retrieval candidates handed to the ranker (full-catalog setting)
-    unjudged_negatives: int = 20  # per training query: top unjudged candidates added with grade "irrelevant"
+    # Unjudged retrieval candidates are unknown, not irrelevant: on sparse judgments the best matches
+    # are often unjudged, and labelling them 0 teaches the ranker that good matches are bad. Only
+    # when the judgments are exhaustive ("irrelevant") are the top ones added to training lists as 0.
+    unjudged: Literal["unknown", "irrelevant"] = "unknown"
+    unjudged_negatives: int = 20  # with unjudged=irrelevant: per training query, that many top candidates
 
 
 @dataclass(frozen=True)
@@ -373,7 +378,10 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
 
     steps(f"learned search ranker: {cfg.search.folds}-fold cross-validation by query (Ray tasks)")
     feats = [EM.judged_features(J, q, q_emb[q], catalog, bm25) for q in range(nq)]
-    labels = [np.maximum(J.grades[q] - 1.0, 0.0) for q in range(nq)]
+    # LightGBM's lambdarank takes integer labels (gain 2^label - 1, the gain nDCG uses here at integer
+    # grades): averaged grades (1.67, 2.5, ...) are rounded for training only; every nDCG below uses
+    # the real grades.
+    labels = [np.rint(np.maximum(J.grades[q] - 1.0, 0.0)).astype(np.int32) for q in range(nq)]
     # Training lists also hold the query's top retrieval candidates nobody judged, as irrelevant:
     # the full-catalog setting ranks such items, and a model that only ever saw judged items (all
     # of them plausible results) would not learn to push off-topic candidates down.
@@ -381,11 +389,12 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     for q in range(nq):
         ids, _, _ = live.search(J.queries[q], q_emb[q])
         judged = set(J.items[q])
-        extra = [r for r in catalog.rows(ids) if int(r) not in judged][: cfg.search.unjudged_negatives]
+        n_extra = cfg.search.unjudged_negatives if cfg.search.unjudged == "irrelevant" else 0
+        extra = [r for r in catalog.rows(ids) if int(r) not in judged][:n_extra]
         rows = np.concatenate([np.asarray(J.items[q], np.int64), np.asarray(extra, np.int64)])
         train_feats.append(EM.query_features(J.queries[q], q_emb[q], rows, catalog, bm25))
-        train_labels.append(np.concatenate([labels[q], np.zeros(len(extra))]))
-    futures = []
+        train_labels.append(np.concatenate([labels[q], np.zeros(len(extra), np.int32)]))
+    futures, valid_sets = [], []
     rng = np.random.default_rng(cfg.seed)
     for f in range(cfg.search.folds):
         train_q = [q for q in range(nq) if folds[q] != f]
@@ -396,10 +405,36 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
             return (np.concatenate([train_feats[q] for q in qs]), np.concatenate([train_labels[q] for q in qs]),
                     np.concatenate([np.full(len(train_labels[q]), q) for q in qs]))
         futures.append(_fit_fold.remote(*stack(fit_q), *stack(sorted(valid_q)), cfg.ranker))
+        valid_sets.append(sorted(valid_q))
     fold_models = [lgb.Booster(model_str=s) for s, _ in ray.get(futures)]
+    gains_ideal = [M.grade_gain(J.grades[q]) for q in range(nq)]
+
+    def full_catalog_ndcg(scorer, qs: list[int]) -> float:
+        """nDCG@10 of ranking each query's retrieval candidates, as serving does (unjudged gain 0)."""
+        ranked_gains = []
+        for q in qs:
+            gain_of = dict(zip(np.asarray(J.items[q]).tolist(), gains_ideal[q].tolist()))
+            ids, _, cand_bm = live.search(J.queries[q], q_emb[q])
+            top = rank_candidates(EM.search_context(J.queries[q], q_emb[q]), ids, catalog, scorer, 10, cand_bm)
+            ranked_gains.append(np.array([gain_of.get(int(r.row), 0.0) for r in top]))
+        return M.graded_ndcg(ranked_gains, [gains_ideal[q] for q in qs], 10)
+
+    # A fold's model is used only if it beats the hand weights on that fold's validation queries
+    # (carved from its training folds, never its test fold), ranking retrieval candidates as serving
+    # does; otherwise the fold falls back to the hand weights.
+    fold_report, fold_scorers = [], []
+    for f, (booster, qs) in enumerate(zip(fold_models, valid_sets)):
+        learned = full_catalog_ndcg(WithFallback(LearnedRanker({"search": booster}, {}), hand), qs)
+        hand_v = full_catalog_ndcg(hand, qs)
+        uses = "learned" if learned > hand_v else "hand weights"
+        fold_report.append({"fold": f, "valid_queries": len(qs), "valid_ndcg@10_learned": round(learned, 6),
+                            "valid_ndcg@10_hand_weights": round(hand_v, 6), "uses": uses})
+        fold_scorers.append(booster if uses == "learned" else None)
+    print("  folds (valid nDCG@10, full catalog): " + "; ".join(
+        f"{r['fold']}: learned {r['valid_ndcg@10_learned']:.4f} vs hand {r['valid_ndcg@10_hand_weights']:.4f} -> "
+        f"{r['uses']}" for r in fold_report), flush=True)
 
     steps("score every method: re-ranking the judged items, retrieving from the whole catalog")
-    gains_ideal = [M.grade_gain(J.grades[q]) for q in range(nq)]
     rerank: dict[str, list[np.ndarray]] = {m: [] for m in ("BM25", "zero-shot encoder", "hybrid retrieval (RRF)",
                                                             "system, hand-set weights", "system, learned ranker (CV)")}
     full: dict[str, list[np.ndarray]] = {m: [] for m in rerank}
@@ -412,13 +447,14 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         raw = bm25.scores(J.queries[q], n_items)
         cos = vecs @ q_emb[q]
         x = feats[q]
-        booster = fold_models[folds[q]]
+        booster = fold_scorers[folds[q]]
         judged_scores = {
             "BM25": raw[rows], "zero-shot encoder": cos[rows],
             "hybrid retrieval (RRF)": fuse(cos[rows], raw[rows], cfg.retriever.fusion, cfg.retriever.rrf_k,
                                            cfg.retriever.ann_weight),
             "system, hand-set weights": hand.score(x, "search"),
-            "system, learned ranker (CV)": booster.predict(x.astype(np.float64)),
+            "system, learned ranker (CV)": (booster.predict(x.astype(np.float64)) if booster is not None
+                                            else hand.score(x, "search")),
         }
         for m, s in judged_scores.items():
             rerank[m].append(g[np.argsort(-s, kind="stable")])
@@ -441,7 +477,8 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         full["hybrid retrieval (RRF)"].append(gains(catalog.rows(ids)[:K]))
         ctx = EM.search_context(J.queries[q], q_emb[q])
         for name, scorer in (("system, hand-set weights", hand),
-                             ("system, learned ranker (CV)", WithFallback(LearnedRanker({"search": booster}, {}), hand))):
+                             ("system, learned ranker (CV)", hand if booster is None
+                              else WithFallback(LearnedRanker({"search": booster}, {}), hand))):
             t0 = time.perf_counter()
             ids, _, cand_bm = live.search(J.queries[q], q_emb[q])
             ranked = rank_candidates(ctx, ids, catalog, scorer, K, cand_bm)
@@ -464,7 +501,12 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         "judgments": judg.height, "catalog_items": len(catalog), "queries_without_a_relevant_item": skipped,
         "protocol": (f"gain 2^(grade-1)-1; rerank: each query's judged items ordered by the method; full catalog: the "
                      f"method's top {K} of all items, unjudged items gain 0; learned ranker: {cfg.search.folds}-fold CV "
-                     "by query; encoder zero-shot (no fine-tune on this data)"),
+                     "by query, trained on integer labels round(grade-1), unjudged candidates "
+                     f"{'irrelevant' if cfg.search.unjudged == 'irrelevant' else 'left out (unknown)'}, each fold's "
+                     "model used only where it beats the hand weights on validation queries from its training folds "
+                     "(full-catalog nDCG@10, as serving ranks); "
+                     "encoder zero-shot (no fine-tune on this data)"),
+        "ranker_folds": fold_report,
         "rerank": out_rerank, "full_catalog": out_full,
         "latency": {m: {"p50": EM.percentile(np.array(v), 50), "p95": EM.percentile(np.array(v), 95), "p99": EM.percentile(np.array(v), 99)}
                     for m, v in lat.items()},

@@ -17,9 +17,10 @@ def ray_local():
     ray.shutdown()
 
 
-# The slowest files first. With `-n 2 --dist loadfile` each worker takes whole files in collection
-# order; a long file collected late runs alone at the end while the other worker idles. Starting the
-# longest ones first (longest-processing-time-first scheduling) keeps both workers busy to the end.
+# The slowest files first. With `-n 2 --dist loadfile --no-loadscope-reorder` (make test) each worker
+# takes whole files in collection order (xdist's default order, most tests first, put the one-test
+# pipeline file last, where it ran alone for 6 minutes). Starting the longest ones first
+# (longest-processing-time-first scheduling) keeps both workers busy to the end.
 SLOW_FIRST = (
     "tests/integration/test_job_submit.py",
     "tests/e2e/test_serve_api.py",

@@ -41,7 +41,7 @@ def slice_(tmp_path_factory):
             t = title.lower()
             hits = sum(w in t for w in words)
             if hits or len(rows) % 7 == 0:
-                rows.append((q, item_id, 4.0 if hits == len(words) else 2.0 if hits else 1.0))
+                rows.append((q, item_id, 4.0 if hits == len(words) else 2.5 if hits else 1.0))  # averaged grades too
     pl.DataFrame(rows, schema={"query": pl.String, S.ITEM_ID: pl.String, "grade": pl.Float64}, orient="row").write_parquet(
         base / "judgments.parquet")
     return base, end
@@ -105,6 +105,11 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     # the title-match judgments are easy: lexical matching must find them
     bm25 = next(m for m in srch["rerank"] if m["method"] == "BM25")
     assert bm25["ndcg@10"] > 0.8
+    # Each fold's learned model is used only where it beats the hand weights on its validation queries.
+    assert len(srch["ranker_folds"]) == 2
+    for fold in srch["ranker_folds"]:
+        assert fold["uses"] == ("learned" if fold["valid_ndcg@10_learned"] > fold["valid_ndcg@10_hand_weights"]
+                                else "hand weights")
 
 
 def test_bad_inputs_fail_with_a_clear_message_and_exit_code(ray_local, slice_, tmp_path, capsys):
