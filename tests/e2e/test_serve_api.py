@@ -43,6 +43,15 @@ def artifacts(ray_local, tmp_path_factory):
     return base, out, events
 
 
+def _quick_shutdown(opts: dict) -> None:
+    """Replicas wait at most 5 s for in-flight calls when an app is deleted (Serve's default is 20 s,
+    which the Ingress replicas' periodic metrics pushes to Telemetry use up on every delete here).
+    Every acknowledged event is durable before its reply, so this takes nothing from the restart test."""
+    for name in opts:
+        opts[name]["graceful_shutdown_timeout_s"] = 5.0
+        opts[name]["graceful_shutdown_wait_loop_s"] = 0.5
+
+
 class App:
     def __init__(self, base: Path, out: Path) -> None:
         self.out, self.state = out, base / "state"
@@ -62,6 +71,7 @@ class App:
         # two Ingress replicas: the proxy spreads requests over both, and /metrics must sum them
         opts["Ingress"]["autoscaling_config"] = {**opts["Ingress"]["autoscaling_config"], "min_replicas": 2,
                                                  "max_replicas": 2}
+        _quick_shutdown(opts)
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         serve.run(build_app_with_options(conf["args"], opts), name="intently", route_prefix="/")
 
@@ -432,6 +442,7 @@ def test_rate_limit_and_load_shedding(app, artifacts):
     opts = conf["deployment_options"]
     opts["Ingress"]["ray_actor_options"] = {**opts["Ingress"]["ray_actor_options"],
                                             "runtime_env": {"env_vars": {"INTENTLY_API_KEY": "client-a,client-b"}}}
+    _quick_shutdown(opts)
     serve.run(build_app_with_options(conf["args"], opts), name="intently-rl", route_prefix="/rl")
     try:
         url = f"{app.url}/rl/v1/items/20725/similar?k=3"
