@@ -44,9 +44,10 @@ def artifacts(ray_local, tmp_path_factory):
 
 
 def _quick_shutdown(opts: dict) -> None:
-    """Replicas wait at most 5 s for in-flight calls when an app is deleted (Serve's default is 20 s,
-    which the Ingress replicas' periodic metrics pushes to Telemetry use up on every delete here).
-    Every acknowledged event is durable before its reply, so this takes nothing from the restart test."""
+    """Replicas wait at most 5 s for in-flight calls when an app is deleted (Serve's default is 20 s);
+    the tests delete and redeploy apps with nothing in flight. Every acknowledged event is durable
+    before its reply, so this takes nothing from the restart test. (The 30 s teardown after the last
+    test of this file is serve.shutdown() itself, not this wait.)"""
     for name in opts:
         opts[name]["graceful_shutdown_timeout_s"] = 5.0
         opts[name]["graceful_shutdown_wait_loop_s"] = 0.5
