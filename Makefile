@@ -94,7 +94,7 @@ run: venv
 	  2>&1 | tee state/submit.log | grep -o "raysubmit_[A-Za-z0-9]*" | head -1); \
 	test -n "$$id" || { cat state/submit.log; echo "ray job submit failed (state/submit.log)"; exit 1; }; \
 	echo "submitted $$id to $(CLUSTER) (ray job logs $$id; ray job stop $$id)"; \
-	$(BIN)/ray job logs --address $(CLUSTER) --follow $$id 2>&1 | grep -v -E "^[0-9-]+ [0-9:,]+\s+INFO (sdk|cli)\.py"; \
+	$(BIN)/ray job logs --address $(CLUSTER) --follow $$id 2>&1 | grep --line-buffered -v -E "^[0-9-]+ [0-9:,]+\s+INFO (sdk|cli)\.py"; \
 	$(BIN)/ray job status --address $(CLUSTER) $$id 2>&1 | grep -qi "succeeded" || { echo "job $$id did not succeed: ray job status $$id"; exit 1; }
 
 # The bundled real data through the same one-command pipeline, then a few requests chosen from it;
