@@ -138,6 +138,23 @@ def partition_by_key(
     return ds.sort(keys)
 
 
+def write_table(output: str, name: str, df: pl.DataFrame, schema: pa.Schema | None = None) -> None:
+    """<output>/<name>.parquet (a local folder or a URI); with `schema`, its columns in its order and
+    types (those of its columns the frame has)."""
+    import pyarrow.parquet as pq
+
+    from features import artifacts as A
+
+    fs, inner = A.resolve(output)
+    fs.create_dir(inner, recursive=True)
+    table = df.to_arrow(compat_level=pl.CompatLevel.oldest())
+    if schema is not None:
+        schema = pa.schema([f for f in schema if f.name in df.columns])
+        table = table.select(schema.names).cast(schema)
+    with fs.open_output_stream(A.join(inner, f"{name}.parquet")) as f:
+        pq.write_table(table, f)
+
+
 def to_polars(ds: "ray.data.Dataset") -> pl.DataFrame:
     """Collect a (small) dataset to the driver as one polars frame."""
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]

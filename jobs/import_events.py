@@ -18,15 +18,12 @@ import sys
 from dataclasses import dataclass, replace
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
 from features.data.mapping import Mapping, apply, load_mapping, read_table, recbole_defaults
 from features.data.online_retail import import_online_retail
-from jobs.common import load_job_config, parse_args, run_job
+from jobs.common import load_job_config, parse_args, run_job, write_table
 
 PRESETS = ("recbole", "uci-online-retail")
 
@@ -37,16 +34,6 @@ class ImportEventsConfig:
     events: str | None = None    # the shop's events file/folder/URI; overrides mapping.events.path
     items: str | None = None     # the shop's items file/folder/URI; overrides mapping.items.path
     output: str = "data/canonical/shop"
-
-
-def _write(output: str, name: str, df: pl.DataFrame, schema=None) -> None:
-    fs, inner = A.resolve(output)
-    fs.create_dir(inner, recursive=True)
-    table = df.to_arrow(compat_level=pl.CompatLevel.oldest())
-    if schema is not None:
-        table = table.select(schema.names).cast(schema)
-    with fs.open_output_stream(A.join(inner, f"{name}.parquet")) as f:
-        pq.write_table(table, f)
 
 
 def _resolve_mapping(cfg: ImportEventsConfig) -> Mapping | None:
@@ -93,9 +80,9 @@ def run(cfg: ImportEventsConfig) -> dict:
         rejected = pl.concat([ev_rej.select(pl.lit("events").alias("table"), pl.all()),
                               it_rej.select(pl.lit("items").alias("table"), pl.all())])
         raw_rows = {"events": ev_raw.num_rows, "items": it_raw.num_rows}
-    _write(cfg.output, "events", events, pa.schema([f for f in S.EVENTS_SCHEMA if f.name in events.columns]))
-    _write(cfg.output, "items", items, pa.schema([f for f in S.ITEMS_SCHEMA if f.name in items.columns]))
-    _write(cfg.output, "rejected", rejected)
+    write_table(cfg.output, "events", events, S.EVENTS_SCHEMA)
+    write_table(cfg.output, "items", items, S.ITEMS_SCHEMA)
+    write_table(cfg.output, "rejected", rejected)
     reasons = rejected.group_by(S.REASON).len().sort("len", descending=True) if rejected.height else rejected
     return {"raw_rows": raw_rows, "events": events.height, "items": items.height,
             "users": events.get_column(S.USER_ID).n_unique() if events.height else 0,

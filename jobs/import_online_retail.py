@@ -15,13 +15,11 @@ import sys
 from dataclasses import dataclass
 
 import polars as pl
-import pyarrow.parquet as pq
 
-from features import artifacts as A
 from features.data import schema as S
 from features.data.mapping import read_table
 from features.data.online_retail import import_online_retail
-from jobs.common import load_job_config, parse_args, run_job
+from jobs.common import load_job_config, parse_args, run_job, write_table
 
 
 @dataclass(frozen=True)
@@ -34,14 +32,8 @@ def run(cfg: ImportConfig) -> dict:
     raw = pl.from_arrow(read_table(cfg.input))  # Parquet, CSV or TSV; either UCI layout
     assert isinstance(raw, pl.DataFrame)
     events, items, rejected = import_online_retail(raw)
-    fs, inner = A.resolve(cfg.output)
-    fs.create_dir(inner, recursive=True)
     for name, df, schema in (("events", events, S.EVENTS_SCHEMA), ("items", items, S.ITEMS_SCHEMA), ("rejected", rejected, None)):
-        table = df.to_arrow(compat_level=pl.CompatLevel.oldest())
-        if schema is not None:
-            table = table.cast(schema)
-        with fs.open_output_stream(A.join(inner, f"{name}.parquet")) as f:
-            pq.write_table(table, f)
+        write_table(cfg.output, name, df, schema)
     reasons = rejected.group_by(S.REASON).len().sort("len", descending=True)
     return {
         "raw_rows": raw.height,

@@ -15,14 +15,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 from features.config import apply_overrides
 from serving.app import CONFIG
+from serving.client import ApiError, Client
 
 
 def render(artifacts: str, state: str, overrides: list[str], out: Path, http_port: int | None = None) -> tuple[Path, str]:
@@ -93,19 +92,6 @@ def direct_url(base: str) -> str | None:
     return base.rsplit(":", 1)[0] + f":{port}"
 
 
-def _call(url: str, method: str = "GET", body: object | None = None, timeout_s: float = 10.0) -> tuple[int, object]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    key = os.environ.get("INTENTLY_API_KEY")
-    if key:
-        req.add_header("X-API-Key", key)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
 def _deploy_failure(address: str, env: dict) -> str | None:
     """The message of a failed deployment from `serve status`, or None while it is not failed."""
     serve_bin = Path(sys.executable).parent / "serve"
@@ -128,10 +114,9 @@ def wait_healthy(base: str, address: str, env: dict, timeout_s: float = 600.0) -
         if failure:
             raise RuntimeError(failure)
         try:
-            status, body = _call(f"{base}/healthz", timeout_s=5)
-            if status == 200:
-                return body  # type: ignore[return-value]
-            last = f"HTTP {status}: {body}"
+            return Client(base, timeout_s=5, max_wait_s=0).health()
+        except ApiError as e:
+            last = f"HTTP {e.status}: {e.body}" if e.status else str(e.body)
         except (OSError, ValueError) as e:
             last = str(e)
         print(f"  waiting for {base}/healthz ({time.monotonic() - t0:.0f}s) {last[:120]}", flush=True)
@@ -169,8 +154,6 @@ def sample_requests(artifacts: str) -> dict:
 
 def demo(base: str, artifacts: str) -> None:
     """A few real requests, chosen from the shop's own data, printed as a shopper would see them."""
-    from serving.client import ApiError, Client
-
     client = Client(base, max_wait_s=10)
     sample = sample_requests(artifacts)
 
