@@ -165,13 +165,14 @@ def novelty(lists: np.ndarray, item_share: np.ndarray, k: int, n_users: int) -> 
     return float(np.mean(-np.log2(p)))
 
 
-def list_metrics(lists: np.ndarray, relevant: list[set[int]], ks: Iterable[int]) -> dict[str, float]:
-    """HitRate@k, Recall@k, NDCG@k (binary gains) and MRR of ranked lists against relevant sets.
+def per_request_metrics(lists: np.ndarray, relevant: list[set[int]], ks: Iterable[int]) -> dict[str, np.ndarray]:
+    """HitRate@k, Recall@k, NDCG@k (binary gains) and MRR of ranked lists against relevant sets,
+    one value per request (the means are `list_metrics`; bootstrap intervals resample these).
 
     lists (Q, L): catalog rows best first, -1 padding; relevant[q]: the rows that count as hits.
     A relevant item outside the catalog is passed as a negative row (never matched, still counted
     in |relevant|): missing targets count against the model, as in `target_ranks`.
-    - hit_rate@k: share of requests with at least one relevant row in the top k;
+    - hit_rate@k: at least one relevant row in the top k;
     - recall@k: |relevant in top k| / min(|relevant|, k) (1.0 is reachable for every request);
     - ndcg@k: DCG / ideal DCG, gains 1 / log2(rank + 2);
     - mrr: 1 / (rank of the first relevant row + 1) within the list (0 when none is in it);
@@ -185,42 +186,71 @@ def list_metrics(lists: np.ndarray, relevant: list[set[int]], ks: Iterable[int])
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
     if any(not rel for rel in relevant):
         raise ValueError("every request needs at least one relevant item (drop the others first)")
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("hit_rate", "recall", "ndcg")} | {"mrr": 0.0}
+    n = len(relevant)
+    out = {f"{m}@{k}": np.zeros(n) for k in ks for m in ("hit_rate", "recall", "ndcg")} | {"mrr": np.zeros(n)}
     discount = 1.0 / np.log2(np.arange(lists.shape[1] + max(ks)) + 2.0)
-    for row, rel in zip(lists, relevant):
+    for q, (row, rel) in enumerate(zip(lists, relevant)):
         hit = np.array([int(r) >= 0 and int(r) in rel for r in row], dtype=bool)
         first = np.flatnonzero(hit)
         if len(first):
-            sums["mrr"] += 1.0 / (first[0] + 1.0)
+            out["mrr"][q] = 1.0 / (first[0] + 1.0)
         for k in ks:
             h = hit[:k]
             n_hit = int(h.sum())
             ideal = float(discount[: min(len(rel), k)].sum())
-            sums[f"hit_rate@{k}"] += float(n_hit > 0)
-            sums[f"recall@{k}"] += n_hit / min(len(rel), k)
-            sums[f"ndcg@{k}"] += float(discount[: len(h)][h].sum()) / ideal
+            out[f"hit_rate@{k}"][q] = float(n_hit > 0)
+            out[f"recall@{k}"][q] = n_hit / min(len(rel), k)
+            out[f"ndcg@{k}"][q] = float(discount[: len(h)][h].sum()) / ideal
+    return out
+
+
+def list_metrics(lists: np.ndarray, relevant: list[set[int]], ks: Iterable[int]) -> dict[str, float]:
+    """The means of `per_request_metrics` (0 for no requests), plus "count"."""
+    per = per_request_metrics(lists, relevant, ks)
     n = len(relevant)
-    return {key: (v / n if n else 0.0) for key, v in sums.items()} | {"count": float(n)}
+    return {key: (float(v.mean()) if n else 0.0) for key, v in per.items()} | {"count": float(n)}
 
 
-def graded_ndcg(ranked_gains: list[np.ndarray], ideal_gains: list[np.ndarray], k: int) -> float:
-    """Mean NDCG@k with graded relevance: per query, `ranked_gains` are the gains of the items in
-    the order a method returned them (0 for unjudged items), `ideal_gains` the gains of every
-    judged item of the query (any order). DCG = sum gain / log2(rank + 2). A query whose judged
-    items all have gain 0 has no ideal ordering and is skipped (the caller reports how many)."""
+def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-request `values` (resampling requests).
+    For a paired comparison pass the per-request differences of two methods on the same requests."""
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for lo in range(0, n_boot, 200):  # bounded memory: 200 resamples at a time
+        m = min(200, n_boot - lo)
+        means[lo:lo + m] = v[rng.integers(0, len(v), size=(m, len(v)))].mean(axis=1)
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
+
+
+def graded_ndcg_per_query(ranked_gains: list[np.ndarray], ideal_gains: list[np.ndarray], k: int) -> np.ndarray:
+    """NDCG@k with graded relevance per query: `ranked_gains` are the gains of the items in the
+    order a method returned them (0 for unjudged items), `ideal_gains` the gains of every judged
+    item of the query (any order). DCG = sum gain / log2(rank + 2). A query whose judged items all
+    have gain 0 has no ideal ordering: NaN (skipped by the mean; the caller reports how many)."""
     if len(ranked_gains) != len(ideal_gains):
         raise ValueError(f"{len(ranked_gains)} ranked lists but {len(ideal_gains)} ideal lists")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    values = []
-    for got, ideal in zip(ranked_gains, ideal_gains):
+    out = np.full(len(ranked_gains), np.nan)
+    for q, (got, ideal) in enumerate(zip(ranked_gains, ideal_gains)):
         best = np.sort(np.asarray(ideal, dtype=np.float64))[::-1][:k]
         idcg = float((best / np.log2(np.arange(len(best)) + 2.0)).sum())
         if idcg <= 0:
             continue
         g = np.asarray(got, dtype=np.float64)[:k]
-        values.append(float((g / np.log2(np.arange(len(g)) + 2.0)).sum()) / idcg)
-    return float(np.mean(values)) if values else 0.0
+        out[q] = float((g / np.log2(np.arange(len(g)) + 2.0)).sum()) / idcg
+    return out
+
+
+def graded_ndcg(ranked_gains: list[np.ndarray], ideal_gains: list[np.ndarray], k: int) -> float:
+    """The mean of `graded_ndcg_per_query` over queries with an ideal ordering (0.0 for none)."""
+    v = graded_ndcg_per_query(ranked_gains, ideal_gains, k)
+    v = v[~np.isnan(v)]
+    return float(np.mean(v)) if len(v) else 0.0
 
 
 def grade_gain(grades: np.ndarray, min_grade: float = 1.0) -> np.ndarray:

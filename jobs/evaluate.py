@@ -47,7 +47,7 @@ from features.data.text import item_text_expr
 from features.evaluation import baselines as B
 from features.evaluation import methods as EM
 from features.evaluation import report as R
-from features.evaluation import sasrec as SR
+from features.models import sequence as SQ
 from features.evaluation import splits as ES
 from features.models.encoder import ZERO_SHOT, EncoderConfig, load_encoder
 from features.models.learned_ranker import LearnedRanker, RankerParams, WithFallback, importances, train_booster
@@ -70,6 +70,13 @@ class EncoderStage:
     num_workers: int = 2
     model: EncoderConfig = field(default_factory=lambda: EncoderConfig(max_length=32, batch_size=128))
     index_max_length: int = 64  # the index job's zero-shot max_length (as `make index`)
+
+
+@dataclass(frozen=True)
+class SequenceStage:
+    enabled: bool = True  # false: no behaviour model (no sequence method, no sequence features)
+    model: SQ.SequenceParams = field(default_factory=SQ.SequenceParams)
+    num_workers: int = 1  # Ray Train workers (the job's cpus_per_worker = ray.num_cpus / num_workers)
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,11 @@ class EvaluateConfig:
     output_root: str = "runs"  # writes runs/<version>/
     encoder: EncoderStage = field(default_factory=EncoderStage)
     ranker: RankerParams = field(default_factory=RankerParams)
-    sasrec: SR.SASRecParams = field(default_factory=SR.SASRecParams)
+    sasrec: SQ.SequenceParams = field(default_factory=SQ.sasrec_params)  # the ID-only baseline
+    sequence: SequenceStage = field(default_factory=SequenceStage)
+    # A quick development run, labelled as such everywhere: 1,000 sampled requests per set, no
+    # encoder fine-tune, at most 3 epochs for the sequence models. Never for reported numbers.
+    dev: bool = False
     search: SearchEval = field(default_factory=SearchEval)
     profiles: ProfileParams = field(default_factory=ProfileParams)
     retriever: RetrievalConfig = field(default_factory=RetrievalConfig)
@@ -161,7 +172,9 @@ def _index(cfg: EvaluateConfig, features_dir: str, root: Path, encoder: str) -> 
 
 
 # --- recommendation -----------------------------------------------------------------------------
-def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps) -> dict:
+def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial=lambda **kv: None) -> dict:
+    """Every stage on the training part, every method on the test requests; `partial(**results)`
+    is called as parts finish (the driver writes them at once, so a late failure loses nothing)."""
     from jobs import train_ranker as TRK
 
     ks, L = tuple(sorted(cfg.ks)), max(cfg.ks)
@@ -200,38 +213,119 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps) -> dict
     notes["system encoder"] = ("fine-tuned (it beat zero-shot on the valid split)" if beats else
                                "zero-shot (the fine-tune did not beat it on the valid split)" if ft_index else "zero-shot")
 
+    seq_a = seq_b = None
+    if cfg.sequence.enabled:
+        steps("behaviour model on the ranker stage's events (Ray Train; for the ranker's features)")
+        seq_a = _sequence(cfg, a_events, art / "ranker_stage", sys_index)
+    else:
+        notes["sequence model"] = "sequence.enabled=false"
     steps("learned ranker: candidate lists of the ranker requests, LightGBM on Ray Train")
     rcfg = TRK.TrainRankerConfig(events=cfg.events, items=cfg.items, output_root=str(art), features=fa, index=sys_index,
-                                 exclude_purchased=cfg.exclude_purchased, lightgbm=cfg.ranker, profiles=cfg.profiles,
-                                 retriever=replace(cfg.retriever, lexical=False), hand_weights=cfg.hand_weights,
-                                 seed=cfg.seed, ray=cfg.ray)
+                                 sequence=seq_a, exclude_purchased=cfg.exclude_purchased, lightgbm=cfg.ranker,
+                                 profiles=cfg.profiles, retriever=replace(cfg.retriever, lexical=False),
+                                 hand_weights=cfg.hand_weights, seed=cfg.seed, ray=cfg.ray)
     x, y, g, stats = TRK.build_training_data(rcfg, fa, sys_index, events,
                                              requests=ES.with_in_session(plan.ranker_requests, cfg.reveal))
-    ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index})
+    ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index, "sequence": seq_a})
     learned = LearnedRanker.load(ranker_dir)
     ranker_manifest = A.read_manifest(ranker_dir)
+    if cfg.sequence.enabled:
+        steps("behaviour model on the training events (Ray Train; for the test requests)")
+        seq_b = _sequence(cfg, b_events, art, sys_index)
 
-    steps("SASRec (full softmax over the catalog)")
+    steps("SASRec (ID only) until its validation NDCG@10 stops improving")
     cat_zs, _ = load_catalog(fb, zs_index)
-    seqs = SR.sequences(plan.train_events, cat_zs.row)
-    sasrec, sas_info = SR.train(seqs, len(cat_zs), cfg.sasrec, threads=cfg.ray.num_cpus)
-    ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, learned, sasrec, seqs, L)
+    sasrec, sas_info = _sasrec(cfg, plan.train_events, cat_zs)
+    steps("validation choices on the ranker requests (before the test period): fallback popularity, blend weight")
+    choices = _choose_on_validation(cfg, plan, events, fa, zs_index, L)
+    print(f"  {choices['summary']}", flush=True)
+    partial(choices=choices)
+    ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, learned, sasrec, seq_b, choices, L)
     sets = {}
     for name, frame in (("next_basket", plan.test_requests), ("in_session", ES.in_session(plan.test_requests, cfg.reveal))):
         steps(f"test set {name}: requests, replayed profiles, every method")
-        sets[name] = _score_set(ctx, frame, ks)
+        sets[name] = _score_set(ctx, frame, ks, run_dir / "per_request" / f"{name}.parquet")
+        partial(**{name: sets[name]})
     main = sets["next_basket"]
+    seq_manifest = A.read_manifest(seq_b).get("metrics", {}) if seq_b else {}
     return {
         "dataset": cfg.dataset or Path(cfg.events).parent.name, "split": cfg.split, "ks": list(ks),
         "catalog_items": len(cat_zs), "counts": counts,
-        "requests": main["requests"], "dropped": main["dropped"], "methods": main["methods"], "verdict": main["verdict"],
-        "protocol": PROTOCOL[spec.kind],
-        "in_session": sets["in_session"], "notes": notes,
+        "requests": main.get("requests", 0), "dropped": main.get("dropped", 0), "methods": main.get("methods", []),
+        "verdict": main.get("verdict"), "skipped": main.get("skipped"),
+        "protocol": PROTOCOL[spec.kind], "dev_mode": _dev_label(cfg),
+        "in_session": sets["in_session"], "notes": notes, "validation_choices": choices,
         "ranker": {"path": ranker_dir, **ranker_manifest.get("metrics", {}),
                    "importances": ranker_manifest["outputs"]["importances"]["recommend"]},
         "sasrec": sas_info,
-        "stages": {"features_ranker_stage": fa, "features": fb, "index_zero_shot": zs_index, "index_fine_tuned": ft_index},
+        "sequence": {k: seq_manifest.get(k) for k in ("epochs", "best_epoch", "stopped_by", "valid_ndcg@10", "train_s",
+                                                      "fit_s", "windows", "curve")} | {"path": seq_b},
+        "stages": {"features_ranker_stage": fa, "features": fb, "index_zero_shot": zs_index,
+                   "index_fine_tuned": ft_index, "sequence_ranker_stage": seq_a, "sequence": seq_b},
     }
+
+
+def _sequence(cfg: EvaluateConfig, events_path: str, root: Path, index_dir: str) -> str:
+    from jobs import train_sequence as TS
+
+    sq = cfg.sequence
+    return TS.run(TS.TrainSequenceConfig(
+        events=events_path, index=index_dir, exclude_history=cfg.exclude_purchased, output_root=str(root),
+        model=sq.model, num_workers=sq.num_workers, cpus_per_worker=max(1, cfg.ray.num_cpus // sq.num_workers),
+        ray=cfg.ray))
+
+
+def _sasrec(cfg: EvaluateConfig, train_events: pl.DataFrame, catalog: Catalog) -> tuple[SQ.SequenceScorer, dict]:
+    """The ID-only SASRec baseline: the behaviour model's code without text and event/time inputs,
+    the same validation split and patience (in process: a baseline, not a served model)."""
+    import torch
+
+    p = cfg.sasrec
+    torch.manual_seed(p.seed)
+    torch.set_num_threads(max(1, cfg.ray.num_cpus))
+    seqs = SQ.sequences(train_events, catalog.row)
+    train, hist, targets = SQ.split_valid(seqs, p, cfg.exclude_purchased)
+    model = SQ.SequenceModel(len(catalog), catalog.dim, p)
+    st = SQ.fit(model, train, hist, targets, cfg.exclude_purchased)
+    info = {"epochs": st["epoch"], "best_epoch": st["best_epoch"], "stopped_by": st["stopped_by"],
+            "valid_ndcg@10": round(st["best"], 6), "train_s": round(st["train_s"], 1), "windows": st["windows"],
+            "curve": st["curve"]}
+    return SQ.SequenceScorer(model, catalog.item_ids, catalog.item_ids, catalog.vectors), info
+
+
+BLEND_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+VALID_REQUESTS = 2000
+
+
+def _choose_on_validation(cfg: EvaluateConfig, plan: ES.SplitPlan, events: pl.DataFrame, fa: str, zs_index: str,
+                          L: int) -> dict:
+    """Choices made on the ranker requests (the period before the test; for leave-last each
+    shopper's second-to-last interaction), never on the test: which popularity variant every
+    method falls back to, and the weight of the co-occurrence + recent popularity blend. State
+    as of the ranker stage (its features' co-occurrence, its events' popularity)."""
+    cat, _ = load_catalog(fa, zs_index)
+    reqs = ES.build_requests(events, plan.ranker_requests, cfg.exclude_purchased, VALID_REQUESTS, cfg.seed)
+    if not len(reqs):
+        return {"fallback": "recent", "blend_weight": 1.0, "requests": 0,
+                "summary": "no validation requests: recent popularity and blend weight 1 by default"}
+    reqs.profiles = ES.attach_profiles(reqs, events, cat, cfg.profiles)
+    relevant = [{cat.row.get(i, -2 - j) for j, i in enumerate(rel)} for rel in reqs.relevant]
+    pops = {"all-time": B.popularity_scores(plan.ranker_events, cat.item_ids),
+            "recent": B.popularity_scores(plan.ranker_events, cat.item_ids, as_of=plan.ranker_until,
+                                          half_life_days=POP_HALF_LIFE_DAYS)}
+
+    def ndcg(res: EM.MethodResult) -> float:
+        return M.list_metrics(res.lists, relevant, (10,))["ndcg@10"]
+
+    pop_scores = {k: ndcg(EM.popularity_method(k, v, reqs, cat, L)) for k, v in pops.items()}
+    fallback = max(pop_scores, key=lambda k: pop_scores[k])
+    blend = {w: ndcg(EM.blend_method("blend", reqs, cat, pops["recent"], w, L)) for w in BLEND_WEIGHTS}
+    w = max(blend, key=lambda k: blend[k])
+    return {"requests": len(reqs), "fallback": fallback, "popularity_valid_ndcg@10": pop_scores,
+            "blend_weight": w, "blend_valid_ndcg@10": {str(k): round(v, 6) for k, v in blend.items()},
+            "summary": f"{len(reqs):,} validation requests: fallback {fallback} popularity "
+                       f"({', '.join(f'{k} {v:.4f}' for k, v in pop_scores.items())}); blend weight {w:g} "
+                       f"(NDCG@10 {blend[w]:.4f})"}
 
 
 PROTOCOL = {
@@ -242,6 +336,8 @@ PROTOCOL = {
                    "relevant = its items not bought before; earlier purchases excluded; in session: the same baskets "
                    "with their first half in the session, the second half relevant"),
 }
+BASELINES = ("popularity", "recent popularity", "co-occurrence", "co-occurrence + recent popularity", "SASRec",
+             "zero-shot encoder", "fine-tuned encoder")
 
 
 @dataclass
@@ -254,54 +350,90 @@ class _Stages:
     ft_index: str | None
     sys_index: str
     learned: LearnedRanker
-    sasrec: SR.SASRec
-    seqs: dict
+    sasrec: SQ.SequenceScorer
+    sequence: str | None
+    choices: dict
     L: int
 
 
-def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...]) -> dict:
+def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_request_path: Path) -> dict:
     cfg, plan, L = st.cfg, st.plan, st.L
     cat_zs, idx_zs = load_catalog(st.features_dir, st.zs_index)
     reqs = ES.build_requests(st.events, frame, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
     if not len(reqs):
-        raise ValueError("no test requests with a relevant item; check the split")
+        # A valid data set can have no such request (e.g. one item per interaction leaves no
+        # in-session half): say so and go on, never fail the run.
+        print(f"  skipped: no test request with a relevant item ({reqs.dropped:,} dropped)", flush=True)
+        return {"skipped": "no test request with a relevant item (e.g. interactions of a single item leave no "
+                           "in-session half to predict)", "requests": 0, "dropped": reqs.dropped}
     print(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a relevant item)", flush=True)
     share, n_users = EM.item_shares(plan.train_events, cat_zs)
     pop = B.popularity_scores(plan.train_events, cat_zs.item_ids)
     recent = B.popularity_scores(plan.train_events, cat_zs.item_ids, as_of=plan.train_until, half_life_days=POP_HALF_LIFE_DAYS)
+    fb = recent if st.choices["fallback"] == "recent" else pop  # the strongest on validation, for every method
+    fb_note = f"{st.choices['fallback']} popularity (the stronger on validation) for shoppers without a history"
     results: list[EM.MethodResult] = [
         EM.popularity_method("popularity", pop, reqs, cat_zs, L),
         EM.popularity_method(f"recent popularity ({POP_HALF_LIFE_DAYS:g}d half-life)", recent, reqs, cat_zs, L),
     ]
     by_index = {st.zs_index: ES.attach_profiles(reqs, st.events, cat_zs, cfg.profiles)}  # profiles per item vectors
     reqs.profiles = by_index[st.zs_index]
-    results.append(EM.cooccurrence_method(reqs, cat_zs, pop, L))
-    ex_rows = EM.exclude_rows(reqs, cat_zs)
-
-    def sasrec_one(q: int) -> list[int]:
-        hist = st.seqs.get(reqs.users[q], []) + cat_zs.rows(reqs.revealed[q]).tolist()
-        return EM.top_excluding(SR.scores(st.sasrec, hist) if hist else pop, L, ex_rows[q])
-
-    results.append(EM.timed_method("SASRec", len(reqs), L, sasrec_one, note="popularity for users without history"))
-    results.append(EM.embedding_method("zero-shot encoder", reqs, cat_zs, cfg.profiles, pop, L))
-    hand = cfg.hand_weights
+    results.append(EM.cooccurrence_method(reqs, cat_zs, fb, L, note=fb_note))
+    w = st.choices["blend_weight"]
+    results.append(EM.blend_method("co-occurrence + recent popularity", reqs, cat_zs, recent, w, L,
+                                   note=f"weight {w:g} on popularity, chosen on validation"))
+    results.append(EM.sequence_method("SASRec (ID only)", reqs, cat_zs, st.sasrec, fb, L))
+    results.append(EM.embedding_method("zero-shot encoder", reqs, cat_zs, cfg.profiles, fb, L))
     if st.ft_index is not None:
         cat_ft, _ = load_catalog(st.features_dir, st.ft_index)
         reqs.profiles = by_index[st.ft_index] = ES.attach_profiles(reqs, st.events, cat_ft, cfg.profiles)
-        results.append(EM.embedding_method("fine-tuned encoder (no ranker)", reqs, cat_ft, cfg.profiles, pop, L))
+        results.append(EM.embedding_method("fine-tuned encoder (no ranker)", reqs, cat_ft, cfg.profiles, fb, L))
     cat, idx = load_catalog(st.features_dir, st.sys_index)
     reqs.profiles = by_index[st.sys_index]  # the system's index is one of the two above: replayed already
+    if st.sequence is not None:
+        from features.models.sequence_io import attach
+
+        attach(cat, st.sequence)
+        results.append(EM.sequence_method("sequence model (text + ID)", reqs, cat, cat.sequence, fb, L))
     live = LiveCatalog(cat, idx, None, replace(cfg.retriever, lexical=False))
+    hand = cfg.hand_weights
     results.append(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L))
     results.append(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles, WithFallback(st.learned, hand), L))
     methods = [EM.score_method(r, reqs, cat_zs, ks, share, n_users) for r in results]
+    _write_per_request(per_request_path, reqs, results)
     key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"
-    best = max((m for m in methods if not m["method"].startswith("system")), key=lambda m: m[key])
+    base_rows = [(m, r) for m, r in zip(methods, results) if m["method"].startswith(BASELINES)]
+    best, best_res = max(base_rows, key=lambda mr: mr[0][key])
     full, hand_row = methods[-1], methods[-2]
-    return {"requests": len(reqs), "dropped": reqs.dropped, "methods": methods, "verdict": {
-        "metric": key, "full_system": full[key], "strongest_baseline": best["method"], "strongest_baseline_value": best[key],
-        "full_beats_strongest_baseline": full[key] > best[key], "learned_vs_hand": [full[key], hand_row[key]],
-        "learned_beats_hand": full[key] > hand_row[key]}}
+    diff = results[-1].per_request[key] - best_res.per_request[key]
+    lo, hi = M.bootstrap_ci(diff, seed=cfg.seed)
+    verdict = {"metric": key, "full_system": full[key], "full_system_ci95": full["ci95"][key],
+               "strongest_baseline": best["method"], "strongest_baseline_value": best[key],
+               "strongest_baseline_ci95": best["ci95"][key],
+               "paired_difference": round(float(diff.mean()), 6), "paired_difference_ci95": [round(lo, 6), round(hi, 6)],
+               "ratio_to_strongest_baseline": round(full[key] / best[key], 4) if best[key] > 0 else None,
+               "full_beats_strongest_baseline": lo > 0, "learned_vs_hand": [full[key], hand_row[key]],
+               "learned_beats_hand": full[key] > hand_row[key]}
+    seq = next((r for r in results if r.name.startswith("sequence model")), None)
+    if seq is not None:
+        d = seq.per_request[key] - results[[r.name for r in results].index("SASRec (ID only)")].per_request[key]
+        verdict["sequence_vs_sasrec"] = {"paired_difference": round(float(d.mean()), 6),
+                                         "paired_difference_ci95": [round(x, 6) for x in M.bootstrap_ci(d, seed=cfg.seed)]}
+    return {"requests": len(reqs), "dropped": reqs.dropped, "methods": methods, "verdict": verdict}
+
+
+def _write_per_request(path: Path, reqs: ES.Requests, results: list[EM.MethodResult]) -> None:
+    """Per-request metrics of every method (one row per request and method), for paired tests."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [pl.DataFrame({"method": [r.name] * len(reqs), S.USER_ID: reqs.users, S.TS: reqs.ts,
+                            **{k: v for k, v in (r.per_request or {}).items()}}) for r in results]
+    pl.concat(frames, how="diagonal").write_parquet(path)
+
+
+def _dev_label(cfg: EvaluateConfig) -> str | None:
+    if not cfg.max_requests:
+        return None
+    return (f"DEVELOPMENT RUN: a seeded sample of {cfg.max_requests:,} requests per set; not for reporting")
 
 
 # --- search relevance ---------------------------------------------------------------------------
@@ -515,21 +647,45 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
 
 
 # --- driver -------------------------------------------------------------------------------------
+def dev_config(cfg: EvaluateConfig) -> EvaluateConfig:
+    """The `dev: true` shortcuts (see EvaluateConfig.dev)."""
+    if not cfg.dev:
+        return cfg
+    sq = cfg.sequence
+    return replace(cfg, max_requests=cfg.max_requests or 1000, encoder=replace(cfg.encoder, fine_tune=False),
+                   sasrec=replace(cfg.sasrec, max_epochs=min(cfg.sasrec.max_epochs, 3)),
+                   sequence=replace(sq, model=replace(sq.model, max_epochs=min(sq.model.max_epochs, 3))))
+
+
 def run(cfg: EvaluateConfig) -> str:
     check_config(cfg)
+    cfg = dev_config(cfg)
     steps = Steps("evaluate")
     version = A.new_version()
     run_dir = Path(cfg.output_root, version)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.dev:
+        print(f"evaluate: {_dev_label(cfg)}", flush=True)
     init_ray(cfg.ray)
     t0 = time.perf_counter()
-    result: dict = {"run": version, "config": to_dict(cfg)}
+    result: dict = {"run": version, "config": to_dict(cfg), "status": "running"}
+
+    def save() -> None:  # after every finished part: a late failure never loses the run
+        (run_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=str))
+
+    def partial(**kv) -> None:
+        result.setdefault("recommend_partial", {}).update(kv)
+        save()
+
     if cfg.events is not None:
-        result["recommend"] = evaluate_recommend(cfg, run_dir, steps)
+        result["recommend"] = evaluate_recommend(cfg, run_dir, steps, partial)
+        result.pop("recommend_partial", None)
         result["ranker"] = {"importances": result["recommend"]["ranker"]["importances"]}
+        save()
     if cfg.judgments is not None:
         zs_index = result.get("recommend", {}).get("stages", {}).get("index_zero_shot")
         result["search"] = evaluate_search(cfg, steps, zs_index)
+    result["status"] = "complete"
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["summary"] = _summary_line(result)
     steps(f"write {run_dir}/metrics.json and report.html")
@@ -544,10 +700,19 @@ def run(cfg: EvaluateConfig) -> str:
 def _summary_line(result: dict) -> str:
     parts = []
     if "recommend" in result:
-        for name, v in (("next basket", result["recommend"]["verdict"]),
-                        ("in session", result["recommend"]["in_session"]["verdict"])):
+        rec = result["recommend"]
+        if rec.get("dev_mode"):
+            parts.append(rec["dev_mode"])
+        for name, block in (("next basket", rec), ("in session", rec["in_session"])):
+            v = block.get("verdict")
+            if not v:
+                parts.append(f"recommend ({name}) skipped: {block.get('skipped')}")
+                continue
+            lo, hi = v["paired_difference_ci95"]
             parts.append(f"recommend ({name}) {v['metric']}: full system {v['full_system']:.4f} vs strongest baseline "
-                         f"({v['strongest_baseline']}) {v['strongest_baseline_value']:.4f}; learned vs hand "
+                         f"({v['strongest_baseline']}) {v['strongest_baseline_value']:.4f}, paired difference "
+                         f"{v['paired_difference']:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]"
+                         f"{' (beats)' if v['full_beats_strongest_baseline'] else ' (does not beat)'}; learned vs hand "
                          f"{v['learned_vs_hand'][0]:.4f} vs {v['learned_vs_hand'][1]:.4f}")
     if "search" in result:
         for setting, v in result["search"]["verdict"].items():
@@ -566,6 +731,9 @@ def summary(result: dict) -> str:
             f"{'hit@' + str(k):>9}" for k in ks) + f"{'mrr':>8}{'cov@' + str(ks[0]):>9}{'p50 ms':>9}"
         lines.append(head)
         for title, block in (("next basket", rec), ("in session", rec["in_session"])):
+            if block.get("skipped"):
+                lines.append(f" {title}: skipped: {block['skipped']}")
+                continue
             lines.append(f" {title}: {block['requests']:,} requests")
             for m in block["methods"]:
                 lines.append(f"  {m['method']:<36}" + "".join(f"{m[f'ndcg@{k}']:>10.4f}" for k in ks) + "".join(

@@ -1,11 +1,12 @@
-"""From a shop's logs to a running API in one job: import -> features -> encoder -> index -> ranker -> serve.
+"""From a shop's logs to a running API in one job: import -> features -> encoder -> index -> behaviour model ->
+ranker -> serve.
 
     ray job submit --address http://<head>:8265 --working-dir . -- python -m jobs.pipeline \
         --set events=s3://shop/events/ --set items=s3://shop/items.parquet --set output_root=s3://shop/intently
     make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml | recbole | uci-online-retail>]
 
 Every stage is the same job a user can run alone (jobs.import_events, build_features, train_encoder,
-build_index, train_ranker), called in this one Ray job with the same config keys; `stage_args.<job>`
+build_index, train_sequence, train_ranker), called in this one Ray job with the same config keys; `stage_args.<job>`
 adds `--set` overrides to one stage. Stages that improve results but are not required fall back
 instead of failing the run, and say so: a fine-tune that cannot run (too little data) leaves the
 zero-shot encoder, a ranker that cannot be trained leaves the hand-set weights. On a short log the
@@ -28,7 +29,7 @@ from features.config import ConfigError
 from features.data import schema as S
 from jobs.common import RayConfig, init_ray, load_job_config, parse_args, run_job
 
-STAGES = ("import_events", "build_features", "train_encoder", "build_index", "train_ranker")
+STAGES = ("import_events", "build_features", "train_encoder", "build_index", "train_sequence", "train_ranker")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class StageArgs:
     build_features: tuple[str, ...] = ()
     train_encoder: tuple[str, ...] = ("train.max_time_s=240", "test_examples=1000")
     build_index: tuple[str, ...] = ()
+    train_sequence: tuple[str, ...] = ()
     train_ranker: tuple[str, ...] = ()
 
 
@@ -60,6 +62,7 @@ class PipelineConfig:
     output_root: str = "artifacts"
     fine_tune: bool = True       # false: the zero-shot encoder
     ranker: bool = True          # false: the hand-set ranking weights
+    sequence: bool = True        # false: no behaviour model (retrieval source and ranking features)
     ranker_window_days: float = 30.0  # label window of the learned ranker (shrunk to a quarter of a short log)
     stage_args: StageArgs = field(default_factory=StageArgs)
     deploy: DeployConfig = field(default_factory=DeployConfig)
@@ -178,7 +181,7 @@ def _closing_lines(lines: list[str], most: int = 12) -> list[str]:
 
 
 def run(cfg: PipelineConfig) -> int:
-    from jobs import build_features, build_index, import_events, train_encoder, train_ranker
+    from jobs import build_features, build_index, import_events, train_encoder, train_ranker, train_sequence
 
     if not cfg.events or (not cfg.items and cfg.mapping != "uci-online-retail"):
         raise ConfigError("events and items are required (paths or URIs); e.g. make run EVENTS=... ITEMS=...")
@@ -221,27 +224,45 @@ def run(cfg: PipelineConfig) -> int:
         else:
             print("encoder: the fine-tune did not finish; the index uses the zero-shot encoder", flush=True)
     r.stage(4, "index", lambda: build_index.main(_sets({"output_root": root, "encoder": encoder}, sa.build_index)))
-    ranker = "hand-set weights"
+    ranker, behaviour = "hand-set weights", "none"
+    stage_root = A.join(root, "ranker_stage")
+    as_of = None
     if cfg.ranker:
-        stage_root = A.join(root, "ranker_stage")
-
-        def ranker_stage() -> int:
-            rc = build_features.main(_sets({"events": events, "items": items, "output_root": stage_root,
-                                            "as_of": f"latest-{window:g}d", **split}, sa.build_features))
-            return rc or train_ranker.main(_sets({"events": events, "items": items, "output_root": root,
-                                                  "features_root": stage_root, "window_days": window}, sa.train_ranker))
-
-        if r.stage(5, "learned ranker", ranker_stage, required=False):
+        # The ranker learns from a label window at the end of the log: its features (and the
+        # behaviour model it reads) are built from the events before that window only.
+        if r.stage(5, "features before the ranker's label window", lambda: build_features.main(_sets(
+                {"events": events, "items": items, "output_root": stage_root, "as_of": f"latest-{window:g}d", **split},
+                sa.build_features)), required=False):
+            fv = A.latest_complete(stage_root, "features")
+            as_of = A.read_manifest(fv).get("metrics", {}).get("as_of") if fv else None
+    seq_dir = None
+    if cfg.sequence:
+        # One model serves and feeds the ranker: trained before the label window when there is
+        # one (the ranker must not see features computed from its labels), on everything otherwise.
+        if r.stage(6, "behaviour model (sequence transformer)", lambda: train_sequence.main(_sets(
+                {"events": events, "output_root": root, **({"until": as_of} if as_of else {})}, sa.train_sequence)),
+                required=False):
+            seq_dir = A.latest_complete(root, "sequence")
+            behaviour = seq_dir.rstrip("/").rsplit("/", 1)[-1] if seq_dir else "none"
+        else:
+            print("behaviour model: not trained; serving goes on without it", flush=True)
+    if cfg.ranker and as_of is not None:
+        if r.stage(7, "learned ranker", lambda: train_ranker.main(_sets(
+                {"events": events, "items": items, "output_root": root, "features_root": stage_root,
+                 "window_days": window, **({"sequence": seq_dir} if seq_dir else {})}, sa.train_ranker)),
+                required=False):
             ranker = "learned"
         else:
             print("ranker: not trained; serving uses the hand-set weights", flush=True)
+    elif cfg.ranker:
+        print("ranker: no features before its label window; serving uses the hand-set weights", flush=True)
     served = None
     if cfg.deploy.enabled:
         served = _deploy(cfg, r)
     print(f"\npipeline finished in {time.perf_counter() - r.t0:.0f}s", flush=True)
     print("\n".join(r.summary))
     print(f"  encoder: {'fine-tuned ' + encoder.rstrip('/').rsplit('/', 1)[-1] if encoder != 'zero-shot' else encoder}; "
-          f"ranker: {ranker}; artifacts: {root}")
+          f"behaviour model: {behaviour}; ranker: {ranker}; artifacts: {root}")
     if served:
         print(f"  serving: {served}")
     return 0
@@ -263,7 +284,7 @@ def _deploy(cfg: PipelineConfig, r: Run) -> str | None:
         raise RuntimeError("deploy: this cluster has no dashboard to `serve deploy` to; set deploy.address")
     ray.shutdown()  # the Serve app outlives this job; nothing of it should hang on the driver
     base = f"http://127.0.0.1:{cfg.deploy.http_port or 8000}"
-    r.stage(6, f"serve (serve deploy to {address})", lambda: D.deploy(
+    r.stage(8, f"serve (serve deploy to {address})", lambda: D.deploy(
         cfg.output_root, cfg.deploy.state_dir, address, list(cfg.deploy.overrides), cfg.deploy.demo, cfg.deploy.http_port),
         show=True)
     return base

@@ -52,6 +52,9 @@ class TrainRankerConfig:
     features: str | None = None  # a features version folder; null: the newest complete one under features_root
     features_root: str = "artifacts/ranker_stage"  # where `make ranker` writes the as_of-in-the-past features
     index: str | None = None  # an index version folder; null: the newest complete one under output_root
+    # A behaviour-model version (jobs.train_sequence) trained on events before the label window
+    # (--set until=<the features' as_of>); its score and rank become features. null: none.
+    sequence: str | None = None
     output_root: str = "artifacts"
     window_days: float = 30.0  # requests: each user's first interactions within this long after as_of
     requests_per_user: int = 3  # that many per user, each with its own context
@@ -130,6 +133,10 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
                         requests: pl.DataFrame | None = None, log=print) -> tuple:
     """(X, y, group ids, stats) from the candidate lists of the requests (see the module doc)."""
     catalog, index = load_catalog(features_dir, index_dir)
+    if cfg.sequence:
+        from features.models.sequence_io import attach
+
+        attach(catalog, cfg.sequence)
     if requests is None:
         start, end = window
         inter = ES.interactions(events)
@@ -145,6 +152,7 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
     reqs.profiles = ES.attach_profiles(reqs, events, catalog, cfg.profiles)
     live = LiveCatalog(catalog, index, None, cfg.retriever)
     x, y, g, stats = EM.candidate_lists(reqs, live, cfg.profiles)
+    stats["request_users"] = list(reqs.users)  # train() splits lists by shopper and drops this
     log(f"  {stats['rows']:,} candidate rows; {stats['candidate_hit_rate']:.1%} of requests have a relevant candidate")
     return x, y, g, stats
 
@@ -156,15 +164,18 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     from ray.train.lightgbm import LightGBMTrainer
 
     rng = np.random.default_rng(cfg.seed)
-    groups = np.unique(g)
-    valid_groups = set(rng.choice(groups, max(1, int(len(groups) * cfg.valid_fraction)), replace=False).tolist())
-    is_valid = np.isin(g, list(valid_groups))
+    # Lists are split by shopper: one shopper's lists never land on both sides.
+    req_users = np.asarray(stats.pop("request_users"), dtype=object)
+    shoppers = np.unique(req_users[np.unique(g)].astype(str))
+    valid_users = set(rng.choice(shoppers, max(1, int(len(shoppers) * cfg.valid_fraction)), replace=False).tolist())
+    is_valid = np.isin(req_users[g].astype(str), list(valid_users))
     keep = informative_groups(y, g)  # lists without a positive teach lambdarank nothing
     tr, va = keep & ~is_valid, keep & is_valid
     if tr.sum() == 0 or va.sum() == 0:
         raise ValueError(f"too few request lists with a relevant candidate to train a ranker "
                          f"({int(len(np.unique(g[keep])))} lists); use more requests or a wider window")
-    log(f"  training lists: {len(np.unique(g[tr])):,} ({int(tr.sum()):,} rows), valid lists: {len(np.unique(g[va])):,}")
+    log(f"  training lists: {len(np.unique(g[tr])):,} ({int(tr.sum()):,} rows), valid lists: {len(np.unique(g[va])):,} "
+        f"({len(valid_users):,} of {len(shoppers):,} shoppers held out)")
     data_ref = ray.put((x[tr], y[tr], g[tr], x[va], y[va], g[va]))
     storage = str(Path(cfg.output_root, "train_runs").resolve()) if not A.is_uri(cfg.output_root) else A.join(cfg.output_root, "train_runs")
     t0 = time.perf_counter()
@@ -228,6 +239,7 @@ def run(cfg: TrainRankerConfig) -> str:
     x, y, g, stats = build_training_data(cfg, features_dir, index_dir, events.filter(pl.col(S.TS) <= end), (as_of, end))
     steps(f"LightGBM lambdarank on Ray Train ({cfg.num_workers} worker(s))")
     inputs = {"features": {"path": str(features_dir), "version": fm.get("version"), "as_of": as_of.isoformat()},
+              "sequence": cfg.sequence,
               "index": {"path": str(index_dir), "version": A.read_manifest(index_dir).get("version")},
               "events": A.fingerprint(cfg.events), "label_window_end": end.isoformat()}
     out = train(cfg, x, y, g, stats, inputs)

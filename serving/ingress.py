@@ -238,9 +238,7 @@ class Ingress:
             ctx, known = await hops("profile", self.profiles.context.remote(req.user_id, "recommend", time.time(),
                                                                             context_item=req.context_item_id))
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
-            ids = await hops("retrieve", self.retriever.recommend.remote(
-                ctx.user_vector(), [i for i, _ in ctx.recent_items], req.context_item_id, _filters(req.filters),
-                exclude))
+            ids, ctx.seq_vector = await hops("retrieve", self.retriever.recommend.remote(ctx, _filters(req.filters), exclude))
             results = await hops("rank", self.ranker.rank.remote(ctx, ids, req.k, None, req.diversity))
             return self._answer(results, known, hops)
         return await self._timed("recommend", run, request)

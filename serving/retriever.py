@@ -8,6 +8,7 @@ from ray import serve
 from features.errors import UnknownItem
 from features.retrieval.catalog import ItemUpdate, load_catalog
 from features.retrieval.live import Filters, LiveCatalog
+from features.retrieval.ranking import RankContext, attach_sequence
 from serving.http import quiet_client_errors
 from serving.settings import Resolved, ServingConfig
 
@@ -18,6 +19,10 @@ def open_live_catalog(cfg: ServingConfig, res: Resolved, lexical: bool) -> LiveC
     from pathlib import Path
 
     catalog, index = load_catalog(res.features_dir, res.index_dir)
+    if res.sequence_dir:
+        from features.models.sequence_io import attach
+
+        attach(catalog, res.sequence_dir)
     return LiveCatalog(catalog, index, Path(res.state_dir) / "items", replace(cfg.retriever, lexical=lexical),
                        fsync=cfg.profiles.fsync)
 
@@ -33,13 +38,17 @@ class Retriever:
         self.live.sync()
         return self.live.search(query, query_emb, filters, exclude)
 
-    def recommend(self, user_vec: np.ndarray | None, recent_items: list[str], context_item: str | None,
-                  filters: Filters | None, exclude: frozenset[str]) -> list[str]:
-        """Candidate ids; UnknownItem when `context_item` is not in the catalog."""
+    def recommend(self, ctx: RankContext, filters: Filters | None, exclude: frozenset[str]
+                  ) -> tuple[list[str], np.ndarray | None]:
+        """(candidate ids, the behaviour model's user vector or None); UnknownItem when the
+        context item is not in the catalog. The vector travels on to the Ranker (computed once)."""
         self.live.sync()
-        if context_item is not None and context_item not in self.live.catalog.row:
-            raise UnknownItem(f"context_item_id: unknown item {context_item!r}", "context_item_id")
-        return self.live.recommend(user_vec, recent_items, context_item, filters, exclude)
+        if ctx.context_item is not None and ctx.context_item not in self.live.catalog.row:
+            raise UnknownItem(f"context_item_id: unknown item {ctx.context_item!r}", "context_item_id")
+        seq_vec = attach_sequence(ctx, self.live.catalog)
+        ids = self.live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], ctx.context_item, filters,
+                                  exclude, seq_vec)
+        return ids, seq_vec
 
     def upsert(self, item: ItemUpdate, vector: np.ndarray) -> bool:
         """Log and apply; returns True when the item is new (CatalogFull past retriever.max_items)."""

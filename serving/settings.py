@@ -103,6 +103,9 @@ class ServingConfig:
     retriever: RetrievalConfig = RetrievalConfig()
     ranker: RankerServing = RankerServing()
     profiles: ProfilesServing = ProfilesServing()
+    # The behaviour model (jobs.train_sequence): latest = the newest complete sequence version
+    # trained on the served index (none when there is none) | none | a sequence version folder.
+    sequence: str = LATEST
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "ServingConfig":
@@ -119,6 +122,7 @@ class Resolved:
     state_dir: str
     ranker_dir: str | None = None  # None: hand-set weights
     versions: dict[str, str] = field(default_factory=dict)
+    sequence_dir: str | None = None  # None: no behaviour model
 
 
 def _complete(path: str | None) -> bool:
@@ -173,13 +177,38 @@ def resolve(cfg: ServingConfig) -> Resolved:
         if not _complete(ranker_dir):
             raise FileNotFoundError(f"ranker.model={ranker_dir!r}: not a complete ranker version (no {A.MANIFEST}); "
                                     "allowed: latest, none, or a folder written by jobs.train_ranker")
+    sequence_dir = _sequence_for(cfg, index_dir, index_manifest)
     versions = {"index": _name(index_dir), "features": _name(features_dir),
+                "sequence": _name(sequence_dir) if sequence_dir else "none",
                 "encoder": encoder_spec if encoder_spec == ZERO_SHOT else _name(encoder_spec.rstrip("/").rsplit("/", 1)[0]),
                 "ranker": _name(ranker_dir) if ranker_dir else "hand-set weights"}
     if encoder_spec not in (ZERO_SHOT, LATEST):
         encoder_spec = _local(encoder_spec)
     return Resolved(_local(features_dir), _local(index_dir), encoder_spec, state_dir,
-                    ranker_dir=_local(ranker_dir) if ranker_dir else None, versions=versions)
+                    ranker_dir=_local(ranker_dir) if ranker_dir else None, versions=versions,
+                    sequence_dir=_local(sequence_dir) if sequence_dir else None)
+
+
+def _sequence_for(cfg: ServingConfig, index_dir: str, index_manifest: dict) -> str | None:
+    if cfg.sequence == "none":
+        return None
+    if cfg.sequence != LATEST:
+        if not _complete(cfg.sequence):
+            raise FileNotFoundError(f"sequence={cfg.sequence!r}: not a complete sequence version (no {A.MANIFEST}); "
+                                    "allowed: latest, none, or a folder written by jobs.train_sequence")
+        return cfg.sequence
+    # The newest version trained on THIS index (its item vectors are the adapter's input).
+    root = A.join(cfg.artifacts_root, "sequence")
+    fs, inner = A.resolve(root)
+    if fs.get_file_info(inner).type == A.pafs.FileType.NotFound:
+        return None
+    want = index_manifest.get("version")
+    for info in sorted(fs.get_file_info(A.pafs.FileSelector(inner)), key=lambda i: i.base_name, reverse=True):
+        path = A.join(root, info.base_name)
+        if info.type == A.pafs.FileType.Directory and _complete(path):
+            if A.read_manifest(path).get("inputs", {}).get("index", {}).get("version") == want:
+                return path
+    return None
 
 
 __all__ = ["ServingConfig", "RankerServing", "OverloadServing", "Resolved", "resolve", "ConfigError", "FROM_INDEX"]

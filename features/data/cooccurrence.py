@@ -1,4 +1,5 @@
-"""Item-to-item co-occurrence in polars: pairs of items a shopper interacted with in one session,
+"""Item-to-item co-occurrence in polars: pairs of items a shopper interacted with in one session
+(and, for logs without baskets, consecutive single-item sessions of a user; see `_sequence_pairs`),
 counted per batch (`cooccurrence_partials`, mergeable across Ray Data blocks), then normalised and
 cut to each item's top neighbours (`cooccurrence_top`).
 """
@@ -28,7 +29,7 @@ def cooccurrence_partials(events: pl.DataFrame, codes: pl.DataFrame, p: FeatureP
     broken by item code, so the result is deterministic). When the catalog is small enough the
     pairs are counted with a dense bincount, an order of magnitude faster than a group-by.
     """
-    lists = (
+    sessions = (
         events.filter(positive_expr())
         .select(S.USER_ID, SESSION_KEY, S.ITEM_ID, S.TS)
         .join(codes, on=S.ITEM_ID)
@@ -38,16 +39,20 @@ def cooccurrence_partials(events: pl.DataFrame, codes: pl.DataFrame, p: FeatureP
         .agg(
             pl.col("__code")
             .sort_by(["__last", "__code"], descending=[True, False])
-            .head(p.cooc_max_items_per_session)
+            .head(p.cooc_max_items_per_session),
+            pl.col("__last").min().alias("__start"),
+            pl.col("__last").max().alias("__end"),
         )
-        .filter(pl.col("__code").list.len() > 1)
     )
     half = (
-        lists.select(pl.col("__code").alias(S.ITEM_A), pl.col("__code").alias(S.ITEM_B))
+        sessions.filter(pl.col("__code").list.len() > 1)
+        .select(pl.col("__code").alias(S.ITEM_A), pl.col("__code").alias(S.ITEM_B))
         .explode(S.ITEM_A)
         .explode(S.ITEM_B)
         .filter(pl.col(S.ITEM_A) < pl.col(S.ITEM_B))
     )
+    if p.cooc_sequence_window_s > 0:
+        half = pl.concat([half, _sequence_pairs(sessions, p.cooc_sequence_window_s)])
     n = codes.height
     if n * n <= DENSE_PAIR_CELLS:
         a = half.get_column(S.ITEM_A).to_numpy().astype(np.int64)
@@ -66,6 +71,29 @@ def cooccurrence_partials(events: pl.DataFrame, codes: pl.DataFrame, p: FeatureP
 
 
 PAIR_SCHEMA = {S.ITEM_A: pl.UInt32, S.ITEM_B: pl.UInt32, S.COUNT: pl.Int64}
+
+
+def _sequence_pairs(sessions: pl.DataFrame, window_s: float) -> pl.DataFrame:
+    """(item_a < item_b) pairs for logs without baskets: a session with ONE distinct item is paired
+    with the most recent item of the same user's previous session when it ended at most `window_s`
+    earlier (consecutive interactions, as item-to-item recommenders count them). Sessions with
+    several items are left to the in-session pairs."""
+    seq = (
+        sessions.sort([S.USER_ID, "__start", SESSION_KEY])
+        .with_columns(
+            pl.col("__code").list.first().shift(1).over(S.USER_ID).alias("__prev"),
+            pl.col("__end").shift(1).over(S.USER_ID).alias("__prev_end"),
+        )
+        .filter(
+            (pl.col("__code").list.len() == 1)
+            & pl.col("__prev").is_not_null()
+            & ((pl.col("__start") - pl.col("__prev_end")).dt.total_microseconds() <= window_s * 1e6)
+        )
+        .select(pl.col("__code").list.first().alias("__cur"), "__prev")
+        .filter(pl.col("__cur") != pl.col("__prev"))
+    )
+    return seq.select(pl.min_horizontal("__cur", "__prev").alias(S.ITEM_A),
+                      pl.max_horizontal("__cur", "__prev").alias(S.ITEM_B))
 
 
 def cooccurrence_top(

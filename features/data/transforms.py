@@ -55,6 +55,9 @@ class FeatureParams:
     cooc_max_items_per_session: int = 50  # caps the quadratic pair blow-up of huge baskets
     cooc_top_m: int = 20
     cooc_min_count: int = 2
+    # Logs without sessions or baskets (one item per session): pair a single-item session with the
+    # user's previous item when it came at most this long before; 0 counts in-session pairs only.
+    cooc_sequence_window_s: float = 7 * 86400.0
     history_len: int = 10  # entries in a history text
     query_window_s: float = 1800.0  # a search explains positive events up to this long after it
 
@@ -70,6 +73,9 @@ class FeatureParams:
                      "cooc_top_m", "history_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"features.{name} must be >= 1, got {getattr(self, name)}")
+        if self.cooc_sequence_window_s < 0:
+            raise ValueError(f"features.cooc_sequence_window_s must be >= 0 (0: in-session pairs only), "
+                             f"got {self.cooc_sequence_window_s}")
 
     def weight(self, event_type: str) -> float:
         return self.event_weights.get(event_type, default_event_weights()[event_type])

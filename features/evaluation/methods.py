@@ -22,7 +22,8 @@ from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import Catalog
 from features.retrieval.lexical import BM25
 from features.retrieval.live import LiveCatalog
-from features.retrieval.ranking import RankContext, Scorer, candidate_features, context_for, rank_candidates
+from features.retrieval.ranking import (RankContext, Scorer, attach_sequence, candidate_features, context_for,
+                                        rank_candidates)
 
 
 # --- methods ------------------------------------------------------------------------------------
@@ -32,6 +33,7 @@ class MethodResult:
     lists: np.ndarray  # (Q, L) catalog rows
     latency_ms: np.ndarray  # (Q,) per-request scoring time, in process
     note: str = ""
+    per_request: dict[str, np.ndarray] | None = None  # filled by score_method: metric -> (Q,)
 
 
 def timed_method(name: str, n: int, L: int, fn: Callable[[int], list[int]], note: str = "") -> MethodResult:
@@ -63,7 +65,8 @@ def popularity_method(name: str, scores: np.ndarray, reqs: Requests, catalog: Ca
     return timed_method(name, len(reqs), L, lambda q: top_excluding(scores, L, ex[q]))
 
 
-def cooccurrence_method(reqs: Requests, catalog: Catalog, fallback: np.ndarray, L: int) -> MethodResult:
+def cooccurrence_method(reqs: Requests, catalog: Catalog, fallback: np.ndarray, L: int,
+                        note: str = "") -> MethodResult:
     ex = exclude_rows(reqs, catalog)
 
     def one(q: int) -> list[int]:
@@ -72,7 +75,51 @@ def cooccurrence_method(reqs: Requests, catalog: Catalog, fallback: np.ndarray, 
         out = B.cooccurrence_lists(catalog.cooc, [hist], catalog.row, fallback, L, [set(ex[q].tolist())])
         return [int(r) for r in out[0] if r >= 0]
 
-    return timed_method("co-occurrence", len(reqs), L, one)
+    return timed_method("co-occurrence", len(reqs), L, one, note=note)
+
+
+def blend_scores(hist: list[str], catalog: Catalog, pop_norm: np.ndarray, weight: float) -> np.ndarray:
+    """co-occurrence with the last 10 items (discounted 0.85 per step, as `cooccurrence_lists`)
+    + weight * popularity scaled to [0, 1]."""
+    s = weight * pop_norm
+    s = s.copy()
+    for step, src in enumerate(hist[:10]):
+        nbrs = catalog.cooc.get(src)
+        if nbrs is None:
+            continue
+        for nbr, v in zip(nbrs[0], nbrs[1]):
+            r = catalog.row.get(nbr)
+            if r is not None:
+                s[r] += 0.85 ** step * float(v)
+    return s
+
+
+def blend_method(name: str, reqs: Requests, catalog: Catalog, pop: np.ndarray, weight: float, L: int,
+                 note: str = "") -> MethodResult:
+    """The "co-occurrence + recent popularity" baseline (weight chosen on validation requests)."""
+    ex = exclude_rows(reqs, catalog)
+    pop_norm = pop / max(float(pop.max(initial=0.0)), 1e-12)
+
+    def one(q: int) -> list[int]:
+        prof = reqs.profiles[q]
+        hist = [i for i, _, _ in prof.recent_items] if prof is not None else []
+        return top_excluding(blend_scores(hist, catalog, pop_norm, weight), L, ex[q])
+
+    return timed_method(name, len(reqs), L, one, note=note)
+
+
+def sequence_method(name: str, reqs: Requests, catalog: Catalog, scorer, fallback: np.ndarray, L: int) -> MethodResult:
+    """A behaviour model (features/models/sequence.py's SequenceScorer bound to `catalog`) scoring
+    the whole catalog from the replayed profile's recent items, as serving does; shoppers without
+    a history get `fallback`."""
+    ex = exclude_rows(reqs, catalog)
+
+    def one(q: int) -> list[int]:
+        prof = reqs.profiles[q]
+        u = scorer.user_vector(prof.recent_items, catalog.row) if prof is not None else None
+        return top_excluding(fallback if u is None else scorer.vectors @ u, L, ex[q])
+
+    return timed_method(name, len(reqs), L, one, note="the strongest popularity for shoppers without a history")
 
 
 def embedding_method(name: str, reqs: Requests, catalog: Catalog, params: ProfileParams, fallback: np.ndarray,
@@ -98,7 +145,8 @@ def system_method(name: str, reqs: Requests, live: LiveCatalog, params: ProfileP
 
     def one(q: int) -> list[int]:
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
-        ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q])
+        ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q],
+                             attach_sequence(ctx, cat))
         return [r.row for r in rank_candidates(ctx, ids, cat, scorer, L)]
 
     return timed_method(name, len(reqs), L, one)
@@ -111,7 +159,8 @@ def candidate_lists(reqs: Requests, live: LiveCatalog, params: ProfileParams) ->
     found = 0
     for q in range(len(reqs)):
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
-        ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q])
+        ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q],
+                             attach_sequence(ctx, live.catalog))
         rows = live.catalog.rows(ids)
         y = np.array([live.catalog.item_ids[r] in reqs.relevant[q] for r in rows], dtype=np.float64)
         found += int(y.sum() > 0)
@@ -132,7 +181,10 @@ def score_method(res: MethodResult, reqs: Requests, catalog: Catalog, ks: tuple[
     relevant = [{r if r >= 0 else -2 - j for j, r in enumerate(rel_rows)} for rel_rows in
                 ([catalog.row.get(i, -1) for i in rel] for rel in reqs.relevant)]
     out: dict = {"method": res.name, "requests": len(reqs)}
-    out |= {k: round(v, 6) for k, v in M.list_metrics(res.lists, relevant, ks).items() if k != "count"}
+    res.per_request = M.per_request_metrics(res.lists, relevant, ks)
+    out |= {k: round(float(v.mean()), 6) for k, v in res.per_request.items()}
+    out["ci95"] = {k: [round(x, 6) for x in M.bootstrap_ci(v)] for k, v in res.per_request.items()
+                   if k.startswith("ndcg@") or k == "mrr"}
     for k in ks:
         out |= {key: round(v, 6) for key, v in M.set_metrics_at_k(res.lists, relevant, k).items()
                 if not key.startswith("recall@")}  # recall@k is list_metrics' (capped at k)

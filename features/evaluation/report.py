@@ -107,6 +107,21 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _with_ci(methods: list[dict], key: str) -> list[dict]:
+    return [m | ({f"{key} 95% CI": f"{m['ci95'][key][0]:.4f} to {m['ci95'][key][1]:.4f}"} if key in m.get("ci95", {})
+                 else {}) for m in methods]
+
+
+def _verdict(v: dict | None) -> str:
+    if not v or "paired_difference_ci95" not in v:
+        return ""
+    lo, hi = v["paired_difference_ci95"]
+    word = "beats" if v["full_beats_strongest_baseline"] else "does not beat"
+    return (f"<p>Full system {v['full_system']:.4f} vs the strongest baseline ({_esc(v['strongest_baseline'])}) "
+            f"{v['strongest_baseline_value']:.4f}: paired difference {v['paired_difference']:+.4f}, 95% CI "
+            f"[{lo:+.4f}, {hi:+.4f}] (bootstrap over requests): it {word} it.</p>")
+
+
 def render(result: dict) -> str:
     """The HTML page of an evaluation result (jobs/evaluate.py's metrics.json)."""
     parts = [f"<h1>intently evaluation {_esc(result.get('run', ''))}</h1>",
@@ -119,17 +134,26 @@ def render(result: dict) -> str:
         parts.append(f"<p>{rec['requests']} test requests ({rec['dropped']} dropped without a relevant item), "
                      f"{rec['catalog_items']} catalog items, full-catalog ranking, top {max(ks)} per method. "
                      f"{_esc(rec.get('protocol', ''))}</p>")
-        cols = ["method"] + [f"ndcg@{k}" for k in ks] + [f"hit_rate@{k}" for k in ks] + [f"recall@{k}" for k in ks] + \
-               ["mrr", f"precision@{ks[0]}", f"f1@{ks[0]}", f"coverage@{ks[0]}", f"diversity@{ks[0]}", f"novelty@{ks[0]}"]
-        parts.append(table(methods, cols))
+        key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"
+        cols = ["method"] + [f"ndcg@{k}" for k in ks] + [f"{key} 95% CI"] + [f"hit_rate@{k}" for k in ks] + \
+               [f"recall@{k}" for k in ks] + ["mrr", f"precision@{ks[0]}", f"f1@{ks[0]}", f"coverage@{ks[0]}",
+                                                f"diversity@{ks[0]}", f"novelty@{ks[0]}"]
+        if rec.get("skipped"):
+            parts.append(f"<p>Next basket skipped: {_esc(rec['skipped'])}</p>")
+        parts.append(table(_with_ci(methods, key), cols))
+        parts.append(_verdict(rec.get("verdict")))
         parts.append(table([{"method": m["method"], **{f"latency {q} ms": m["latency_ms"][q] for q in ("p50", "p95", "p99")}}
                             for m in methods], ["method", "latency p50 ms", "latency p95 ms", "latency p99 ms"]))
         for metric in ("ndcg", "hit_rate", "recall"):
             parts.append(line_chart(f"{metric}@k", ks, {m["method"]: [m[f"{metric}@{k}"] for k in ks] for m in methods}, metric))
-        if rec.get("in_session"):
-            ins = rec["in_session"]
+        ins = rec.get("in_session") or {}
+        if ins.get("skipped"):
+            parts.append(f"<h3>In session: skipped</h3><p>{_esc(ins['skipped'])}</p>")
+        elif ins.get("methods"):
             parts.append(f"<h3>In session: the rest of the basket given its first half ({ins['requests']} requests)</h3>")
-            parts.append(table(ins["methods"], ["method"] + [f"ndcg@{k}" for k in ks] + [f"hit_rate@{k}" for k in ks] + ["mrr"]))
+            parts.append(table(_with_ci(ins["methods"], key), ["method"] + [f"ndcg@{k}" for k in ks] + [f"{key} 95% CI"]
+                               + [f"hit_rate@{k}" for k in ks] + ["mrr"]))
+            parts.append(_verdict(ins.get("verdict")))
             parts.append(line_chart("in session: ndcg@k", ks, {m["method"]: [m[f"ndcg@{k}"] for k in ks] for m in ins["methods"]}, "ndcg"))
         parts.append(bar_chart(f"catalog coverage@{ks[0]}", {m["method"]: m[f"coverage@{ks[0]}"] for m in methods}))
         parts.append(latency_chart("latency per request (in process)", {m["method"]: m["latency_ms"] for m in methods}))

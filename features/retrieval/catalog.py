@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -45,6 +45,16 @@ class ItemUpdate:
 
     def to_record(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("item_id", "title", "description", "category", "brand", "price", "in_stock")}
+
+
+class SequenceSource(Protocol):
+    """A behaviour model bound to a catalog's rows (features/models/sequence.py's SequenceScorer)."""
+
+    vectors: np.ndarray  # (N, d') item vectors in the model's space, rows as the catalog's
+
+    def user_vector(self, history: list[tuple[str, str, float]], row: dict[str, int]) -> np.ndarray | None: ...
+
+    def set_row(self, r: int, item_id: str, text_vector: np.ndarray) -> None: ...
 
 
 class Catalog:
@@ -86,6 +96,7 @@ class Catalog:
         self._short_log_max = max(math.log1p(float(self.popularity_short.max(initial=0.0))), 1e-9)
         self._long_log_max = max(math.log1p(float(self.popularity_long.max(initial=0.0))), 1e-9)
         self.version = 0  # bumps on every upsert
+        self.sequence: SequenceSource | None = None  # the behaviour model bound to these rows, if any
 
     @property
     def vectors(self) -> np.ndarray:
@@ -141,6 +152,8 @@ class Catalog:
             self.price[r] = np.nan if item.price is None else item.price
             self.in_stock[r] = item.in_stock
         self._vec[r] = v
+        if self.sequence is not None:
+            self.sequence.set_row(r, item.item_id, v)
         self.version += 1
         return r, created
 

@@ -40,6 +40,7 @@ class RetrievalConfig:
     bm25_b: float = 0.75
     cooc_candidates: int = 100  # recommend: co-occurrence neighbours of the context and recent items
     popular_candidates: int = 50  # recommend: the most popular items (cold start)
+    sequence_candidates: int = 100  # recommend: the behaviour model's top items (when one is loaded)
     max_items: int = 2_000_000  # PUT /v1/items may not grow the catalog past this (409); changes always allowed
 
     def __post_init__(self) -> None:
@@ -206,8 +207,11 @@ class LiveCatalog:
         return [self.catalog.item_ids[r] for r in rows], cos[top].astype(np.float32), lex[top]
 
     def recommend(self, user_vec: np.ndarray | None, recent_items: list[str], context_item: str | None,
-                  filters: Filters | None = None, exclude: frozenset[str] = frozenset()) -> list[str]:
-        """Recommend candidates from the user vector, the context item, co-occurrence and popularity."""
+                  filters: Filters | None = None, exclude: frozenset[str] = frozenset(),
+                  seq_vec: np.ndarray | None = None) -> list[str]:
+        """Recommend candidates from the user vector, the context item, the behaviour model's user
+        vector (`seq_vec`, scored exactly against the model's item vectors), co-occurrence and
+        popularity."""
         cfg, cat = self.cfg, self.catalog
         allowed = self.allowed(filters)
         excluded = cat.rows(list(exclude | ({context_item} if context_item else set())))
@@ -218,6 +222,15 @@ class LiveCatalog:
             if vec is not None:
                 _, rows = self.ann(vec, cfg.num_candidates, allowed, excluded)
                 picked.update(dict.fromkeys(rows.tolist()))
+        if seq_vec is not None and cat.sequence is not None and cfg.sequence_candidates:
+            s = cat.sequence.vectors @ np.asarray(seq_vec, np.float32)
+            if allowed is not None:
+                s[np.setdiff1d(np.arange(len(s)), allowed)] = -np.inf
+            s[excluded] = -np.inf
+            k = min(cfg.sequence_candidates, len(s))
+            top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+            top = top[np.argsort(-s[top], kind="stable")]
+            picked.update(dict.fromkeys(int(r) for r in top if np.isfinite(s[r])))
         sources = ([context_item] if context_item else []) + recent_items[:10]
         n_cooc = 0
         for src in sources:

@@ -41,6 +41,11 @@ FEATURES: dict[str, str] = {
     "seen_before": "1 when the item is among the shopper's recent items",
     "title_match": "share of the query's distinct tokens found in the item's title; 0 without a query",
     "text_match": "share of the query's distinct tokens found anywhere in the item's text; 0 without a query",
+    "seq_score": "the behaviour model's score (user . item) minus the best among the candidates (<= 0); "
+                 "-1 without a model or a history",
+    "seq_rank": "rank by the behaviour model's score among the candidates / their number (0: best); 1 without",
+    "category_recency": "exp(-days since the shopper's newest recent interaction in the item's category / 7); "
+                        "0 without one",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -67,6 +72,9 @@ class RankContext:
     category_affinity: dict[str, float] = field(default_factory=dict)
     price_stats: tuple[float, float] | None = None
     purchased: frozenset[str] = frozenset()
+    now: float = 0.0  # request time, epoch seconds
+    history: list[tuple[str, str, float]] = field(default_factory=list)  # (item_id, event_type, ts), newest first
+    seq_vector: np.ndarray | None = None  # the behaviour model's user vector (see `attach_sequence`)
 
     def user_vector(self) -> np.ndarray | None:
         """The shopper's vector (see features/profiles/profile.py), None for a shopper without one."""
@@ -76,9 +84,10 @@ class RankContext:
 def context_for(mode: Mode, profile: Profile | None, now: float, p: ProfileParams, query: str | None = None,
                 query_emb: np.ndarray | None = None, context_item: str | None = None) -> RankContext:
     """The RankContext of a request by a shopper with `profile` (None: anonymous or unknown)."""
-    ctx = RankContext(mode=mode, query=query, query_emb=query_emb, context_item=context_item)
+    ctx = RankContext(mode=mode, query=query, query_emb=query_emb, context_item=context_item, now=now)
     if profile is None:
         return ctx
+    ctx.history = list(profile.recent_items)
     ctx.intent = profile.intent()
     ctx.alpha = profile.alpha(now, p) if ctx.intent is not None else 0.0
     ctx.preference = profile.preference()
@@ -95,6 +104,14 @@ def context_for(mode: Mode, profile: Profile | None, now: float, p: ProfileParam
     ctx.price_stats = profile.price_stats()
     ctx.purchased = frozenset(profile.purchased)
     return ctx
+
+
+def attach_sequence(ctx: RankContext, catalog: Catalog) -> np.ndarray | None:
+    """ctx.seq_vector from the shopper's history, when the catalog carries a behaviour model
+    (features/models/sequence.py); computed once per request, None without a model or history."""
+    if ctx.seq_vector is None and catalog.sequence is not None and ctx.history:
+        ctx.seq_vector = catalog.sequence.user_vector(ctx.history, catalog.row)
+    return ctx.seq_vector
 
 
 def _cos(vec: np.ndarray | None, item_vecs: np.ndarray) -> np.ndarray:
@@ -160,6 +177,23 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
     if ctx.recent_items:
         seen = {i for i, _ in ctx.recent_items}
         x[:, _F["seen_before"]] = [catalog.item_ids[r] in seen for r in rows]
+    x[:, _F["seq_score"]], x[:, _F["seq_rank"]] = -1.0, 1.0
+    seq = catalog.sequence
+    if seq is not None and ctx.seq_vector is not None:
+        s = seq.vectors[rows] @ np.asarray(ctx.seq_vector, np.float32)
+        x[:, _F["seq_score"]] = s - s.max()
+        x[:, _F["seq_rank"]] = np.argsort(np.argsort(-s, kind="stable"), kind="stable") / c
+    if ctx.history:
+        newest: dict[str, float] = {}
+        for item, _, t in ctx.history:
+            r = catalog.row.get(item)
+            cat = catalog.category[r] if r is not None else None
+            if cat is not None and t > newest.get(cat, -np.inf):
+                newest[cat] = t
+        if newest:
+            ages = np.array([(ctx.now - newest[catalog.category[r]]) / 86400.0 if catalog.category[r] in newest
+                             else np.inf for r in rows])
+            x[:, _F["category_recency"]] = np.exp(-np.maximum(ages, 0.0) / 7.0)
     q_tokens = set(tokenize(ctx.query)) if ctx.query else set()
     if q_tokens:
         n = len(q_tokens)

@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from features.data.validate import ValidationConfig
-from jobs import build_features, build_index, import_online_retail
+from features.models.sequence import SequenceParams
+from jobs import build_features, build_index, import_online_retail, train_sequence
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,10 @@ def artifacts(ray_local, tmp_path_factory):
         split=build_features.SplitConfig(valid_days=3, test_days=3)))
     assert build_index.run(build_index.BuildIndexConfig(output_root=str(out), encoder="zero-shot",
                                                         probe_queries=())) == 0
+    # A small behaviour model on the same index: serving picks it up ("latest" for this index).
+    train_sequence.run(train_sequence.TrainSequenceConfig(
+        events=str(base / "events.parquet"), output_root=str(out), cpus_per_worker=1,
+        model=SequenceParams(dim=16, heads=2, layers=1, max_epochs=2, valid_users=300)))
     return base, out, events
 
 
@@ -119,6 +124,8 @@ def test_search_and_recommend_sensible_items(app, artifacts):
     user = buyer["user_id"][0]
     rec = app.recommend(user, 10)
     assert rec["user_known"] and len(rec["results"]) == 10 and all(x["reasons"] for x in rec["results"])
+    health = requests.get(f"{app.url}/healthz", timeout=30).json()
+    assert health["versions"]["sequence"] != "none"  # the behaviour model is served (retrieval + features)
     bought = set(events.filter((pl.col("user_id") == user) & (pl.col("event_type") == "purchase"))["item_id"].tail(50))
     assert not bought & {x["item_id"] for x in rec["results"]}  # already-bought items excluded by default
 

@@ -57,7 +57,8 @@ def evaluated(ray_local, slice_, tmp_path_factory):
         events=str(base / "events.parquet"), items=str(base / "items.parquet"), judgments=str(base / "judgments.parquet"),
         split=f"time:{split_at.isoformat()}", ranker_days=14, ks=(5, 10), output_root=str(tmp_path_factory.mktemp("runs")),
         encoder=evaluate.EncoderStage(fine_tune=False),
-        sasrec=evaluate.SR.SASRecParams(dim=16, heads=2, layers=1, epochs=1),
+        sasrec=evaluate.SQ.SequenceParams(text=False, events=False, dim=16, heads=2, layers=1, max_epochs=2),
+        sequence=evaluate.SequenceStage(model=evaluate.SQ.SequenceParams(dim=16, heads=2, layers=1, max_epochs=2)),
         search=evaluate.SearchEval(folds=2, candidates=50, unjudged_negatives=10),
         ranker=evaluate.RankerParams(num_rounds=20, min_data_in_leaf=5))
     return Path(evaluate.run(cfg)), split_at
@@ -72,8 +73,32 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
 
     rec = result["recommend"]
     names = [m["method"] for m in rec["methods"]]
-    assert names == ["popularity", "recent popularity (7d half-life)", "co-occurrence", "SASRec", "zero-shot encoder",
-                     "system, hand-set weights", "system, learned ranker (full)"]
+    assert names == ["popularity", "recent popularity (7d half-life)", "co-occurrence",
+                     "co-occurrence + recent popularity", "SASRec (ID only)", "zero-shot encoder",
+                     "sequence model (text + ID)", "system, hand-set weights", "system, learned ranker (full)"]
+    assert result["status"] == "complete"
+    # choices made on the ranker requests (before the test period), and used
+    ch = rec["validation_choices"]
+    assert ch["requests"] > 0 and ch["fallback"] in ("all-time", "recent")
+    assert ch["blend_valid_ndcg@10"][str(ch["blend_weight"])] == max(ch["blend_valid_ndcg@10"].values())
+    assert ch["fallback"] in next(m for m in rec["methods"] if m["method"] == "co-occurrence")["note"]
+    # every method has an interval; the verdict is a paired interval, "beats" only when it excludes 0
+    v = rec["verdict"]
+    for m in rec["methods"]:
+        lo, hi = m["ci95"]["ndcg@10"]
+        assert lo <= m["ndcg@10"] <= hi
+    lo, hi = v["paired_difference_ci95"]
+    assert lo <= v["paired_difference"] <= hi and v["full_beats_strongest_baseline"] == (lo > 0)
+    assert not v["strongest_baseline"].startswith(("system", "sequence model"))
+    assert "sequence_vs_sasrec" in v
+    per = pl.read_parquet(run_dir / "per_request" / "next_basket.parquet")
+    assert per.height == rec["requests"] * len(names)
+    full = per.filter(pl.col("method") == names[-1])["ndcg@10"].mean()
+    assert full == pytest.approx(rec["methods"][-1]["ndcg@10"], abs=1e-5)
+    # the behaviour model: trained by its Ray Train job, early-stopped on validation, used as a feature
+    assert rec["sequence"]["epochs"] >= rec["sequence"]["best_epoch"] >= 1 and rec["sasrec"]["epochs"] >= 1
+    assert (Path(rec["stages"]["sequence"]) / "model.safetensors").is_file()
+    assert {"seq_score", "seq_rank", "category_recency"} <= set(rec["ranker"]["importances"])
     assert rec["notes"]["fine-tuned encoder"] == "encoder.fine_tune=false"
     assert rec["requests"] > 20 and rec["in_session"]["requests"] > 5
     for block in (rec["methods"], rec["in_session"]["methods"]):
@@ -143,3 +168,40 @@ def test_train_ranker_job_learns_from_the_window_after_the_features(evaluated, s
     assert x["train_lists"] > 10 and x["valid_lists"] > 0 and 0 <= x["valid_ndcg@10_learned"] <= 1
     assert sum(v["gain_share"] for v in m["outputs"]["importances"]["recommend"].values()) == pytest.approx(1, abs=1e-3)
     assert m["outputs"]["format"] == "lightgbm text"
+
+
+def test_single_item_interactions_and_no_sessions_finish_with_the_empty_set_skipped(ray_local, tmp_path):
+    """A valid data set whose interactions are single items, without session ids (as many shops'
+    logs): the in-session set is empty and is skipped with a note; everything else is scored,
+    and co-occurrence counts consecutive items instead of baskets."""
+    import random
+
+    rnd = random.Random(0)
+    items = pl.DataFrame({S.ITEM_ID: [f"p{k}" for k in range(30)],
+                          S.TITLE: [f"{['red', 'blue', 'green'][k % 3]} {['mug', 'lamp', 'chair', 'vase', 'rug'][k % 5]} {k}"
+                                    for k in range(30)]})
+    t0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    rows = []
+    for u in range(40):
+        start = rnd.randrange(30)
+        for n in range(10):  # each shopper walks the catalog in steps of 1 or 2, one item every day or two
+            rows.append({S.EVENT_ID: f"e{u}-{n}", S.TS: t0 + dt.timedelta(days=n * 1.5 + u * 0.1),
+                         S.USER_ID: f"u{u}", S.SESSION_ID: None, S.EVENT_TYPE: "purchase",
+                         S.ITEM_ID: f"p{(start + n * rnd.choice([1, 2])) % 30}", S.QUERY: None,
+                         S.QUANTITY: 1, S.PRICE: 1.0})
+    pl.DataFrame(rows).write_parquet(tmp_path / "events.parquet")
+    items.write_parquet(tmp_path / "items.parquet")
+    cfg = evaluate.EvaluateConfig(
+        events=str(tmp_path / "events.parquet"), items=str(tmp_path / "items.parquet"), split="leave-last",
+        ks=(5, 10), output_root=str(tmp_path / "runs"), encoder=evaluate.EncoderStage(fine_tune=False),
+        sasrec=evaluate.SQ.SequenceParams(text=False, events=False, dim=16, heads=2, layers=1, max_epochs=2),
+        sequence=evaluate.SequenceStage(model=evaluate.SQ.SequenceParams(dim=16, heads=2, layers=1, max_epochs=2)),
+        ranker=evaluate.RankerParams(num_rounds=10, min_data_in_leaf=2))
+    result = json.loads((Path(evaluate.run(cfg)) / "metrics.json").read_text())
+    rec = result["recommend"]
+    assert result["status"] == "complete" and rec["requests"] > 10
+    assert rec["in_session"]["skipped"] and "single item" in rec["in_session"]["skipped"]
+    assert "in session) skipped" in result["summary"]
+    cooc = next(m for m in rec["methods"] if m["method"] == "co-occurrence")
+    pop = next(m for m in rec["methods"] if m["method"] == "popularity")
+    assert cooc["ndcg@10"] != pop["ndcg@10"]  # consecutive items made pairs: not popularity in disguise

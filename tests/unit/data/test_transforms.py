@@ -153,7 +153,40 @@ def brute_cooc(ev: pl.DataFrame) -> dict[tuple[str, str], int]:
             for b in kept:
                 if a != b:
                     counts[(a, b)] += 1
+    # Logs without baskets: a single-item session pairs with the user's previous session's newest item.
+    by_user = defaultdict(list)
+    for (u, key), last in sessions.items():
+        newest = sorted(last, key=lambda i: (-last[i].timestamp(), i))[0]
+        by_user[u].append((min(last.values()), key, newest, max(last.values()), len(last)))
+    for rows in by_user.values():
+        rows.sort(key=lambda r: (r[0], r[1]))
+        for prev, cur in zip(rows, rows[1:]):
+            if (cur[4] == 1 and cur[2] != prev[2]
+                    and (cur[0] - prev[3]).total_seconds() <= P.cooc_sequence_window_s):
+                counts[(cur[2], prev[2])] += 1
+                counts[(prev[2], cur[2])] += 1
     return counts
+
+
+def test_cooccurrence_without_sessions_pairs_consecutive_items():
+    """A log of single-item sessions (no baskets, no session ids, days apart) still yields pairs:
+    each item with the same user's previous one within the window, none across a longer gap."""
+    day = 24 * 60.0
+    rows = [event("a1", 0, "u1", "view", "i1"), event("a2", 1 * day, "u1", "purchase", "i2"),
+            event("a3", 30 * day, "u1", "view", "i3"),  # 29 days later: no pair with i2
+            event("b1", 0, "u2", "view", "i1"), event("b2", 2 * day, "u2", "view", "i2")]
+    ok, bad = validate_events(events_table(rows), pl.Series([i for i, _ in ITEMS]),
+                              ValidationConfig(now="2030-01-01T00:00:00Z"))
+    assert bad.is_empty()
+    ev = T.with_sessions(ok, P.session_gap_s)
+    codes = CO.item_codes(catalog().get_column(S.ITEM_ID))
+    ids = codes.get_column(S.ITEM_ID)
+    got = {(ids[a], ids[b]): c for a, b, c in CO.cooccurrence_partials(ev, codes, P).iter_rows()}
+    assert got == {("i1", "i2"): 2, ("i2", "i1"): 2}
+    off = T.FeatureParams(**{**P.__dict__, "cooc_sequence_window_s": 0.0})
+    assert CO.cooccurrence_partials(ev, codes, off).is_empty()
+    with pytest.raises(ValueError, match="cooc_sequence_window_s"):
+        T.FeatureParams(cooc_sequence_window_s=-1)
 
 
 def test_cooccurrence_matches_brute_force(log):

@@ -1,4 +1,4 @@
-"""SASRec learns a sequential pattern; the report is self-contained HTML; the Crowdflower importer."""
+"""The report is self-contained HTML; the Crowdflower importer."""
 
 from __future__ import annotations
 
@@ -11,31 +11,6 @@ import pytest
 from features.data import schema as S
 from features.data.crowdflower import clean_text, import_crowdflower
 from features.evaluation import report as R
-from features.evaluation import sasrec as SR
-
-
-def test_sasrec_learns_a_cycle_and_windows_cover_long_sequences():
-    # Every user walks the cycle 0 -> 1 -> ... -> 7 -> 0 from a random start: the next item is
-    # determined by the last one, which popularity (uniform here) cannot know.
-    rng = np.random.default_rng(0)
-    seqs = {f"u{n}": [int((s + t) % 8) for t in range(12)] for n, s in enumerate(rng.integers(0, 8, 60))}
-    x, y = SR._windows([list(range(30))], 10)
-    # ids are rows + 1 (0 pads): the last window holds rows 19..28 and targets rows 20..29
-    assert x.shape == (3, 10) and x[0].tolist() == list(range(20, 30)) and y[0].tolist() == list(range(21, 31))
-    model, info = SR.train(seqs, 8, SR.SASRecParams(dim=16, heads=2, layers=1, max_len=10, epochs=60, lr=5e-3,
-                                                     dropout=0.0, max_time_s=60), log=None)
-    hits = sum(int(np.argmax(SR.scores(model, [(s + t) % 8 for t in range(5)])) == (s + 5) % 8) for s in range(8))
-    assert hits == 8, info
-    assert SR.scores(model, []).tolist() == [0.0] * 8
-
-
-def test_sasrec_sequences_follow_time_and_collapse_repeats():
-    t = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-    ev = pl.DataFrame({S.EVENT_ID: ["e1", "e2", "e3", "e4", "e5"], S.USER_ID: ["u"] * 5,
-                       S.TS: [t + dt.timedelta(hours=h) for h in (3, 1, 2, 2, 4)],
-                       S.EVENT_TYPE: ["purchase", "view", "view", "view", "return"],
-                       S.ITEM_ID: ["b", "a", "c", "c", "a"]})
-    assert SR.sequences(ev, {"a": 0, "b": 1, "c": 2}) == {"u": [0, 2, 1]}  # the return is not positive
 
 
 def test_report_is_one_self_contained_page():
