@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from features import artifacts as A
@@ -125,7 +124,6 @@ def run(cfg: TrainSequenceConfig) -> str:
     """Train and export; returns the version folder."""
     import ray
     import ray.train
-    import torch
     from ray.train.torch import TorchTrainer
 
     check_config(cfg)

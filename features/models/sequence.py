@@ -76,6 +76,15 @@ class Seq:
     types: list[int]  # EVENT_CODE
     ts: list[float]  # epoch seconds
 
+    def push(self, r: int, etype: str, t: float) -> None:
+        """Append an interaction; a repeat of the newest item replaces it (its newest event kept)."""
+        if self.rows and self.rows[-1] == r:
+            self.types[-1], self.ts[-1] = EVENT_CODE[etype], t
+        else:
+            self.rows.append(r)
+            self.types.append(EVENT_CODE[etype])
+            self.ts.append(t)
+
 
 def gap_bucket(gaps_s: np.ndarray) -> np.ndarray:
     """1..len(GAP_EDGES_S)+1 bucket of each gap (0 is padding); the first position's gap is 0 s."""
@@ -93,32 +102,21 @@ def sequences(events: pl.DataFrame, row: dict[str, int]) -> dict[str, Seq]:
         s = Seq([], [], [])
         for item, etype, t in g.select(S.ITEM_ID, S.EVENT_TYPE, "__t").iter_rows():
             r = row.get(item)
-            if r is None:
-                continue
-            if s.rows and s.rows[-1] == r:
-                s.types[-1], s.ts[-1] = EVENT_CODE[etype], t
-            else:
-                s.rows.append(r)
-                s.types.append(EVENT_CODE[etype])
-                s.ts.append(t)
+            if r is not None:
+                s.push(r, etype, t)
         if s.rows:
             out[str(user)] = s
     return out
 
 
 def history_seq(history: list[tuple[str, str, float]], row: dict[str, int]) -> Seq:
-    """Serving's profile.recent_items (item_id, event_type, ts), NEWEST first -> a Seq, oldest first."""
+    """Serving's profile.recent_items (item_id, event_type, ts), NEWEST first -> a Seq, oldest first,
+    built as `sequences` builds training sequences (positive events of catalog items)."""
     s = Seq([], [], [])
     for item, etype, t in reversed(history):
         r = row.get(item)
-        if r is None or etype not in EVENT_CODE:
-            continue
-        if s.rows and s.rows[-1] == r:
-            s.types[-1], s.ts[-1] = EVENT_CODE[etype], t
-        else:
-            s.rows.append(r)
-            s.types.append(EVENT_CODE[etype])
-            s.ts.append(t)
+        if r is not None and etype in S.POSITIVE_EVENT_TYPES:
+            s.push(r, etype, t)
     return s
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 
-import numpy as np
 import polars as pl
 import pytest
 

@@ -80,7 +80,7 @@ def test_sequences_follow_time_collapse_repeats_and_match_serving_history():
     assert seq.types == [SQ.EVENT_CODE["view"], SQ.EVENT_CODE["add_to_cart"], SQ.EVENT_CODE["purchase"]]
     # serving's profile keeps (item, event type, ts) newest first: the same sequence comes out
     history = [("b", "purchase", seq.ts[2]), ("c", "add_to_cart", seq.ts[1]), ("a", "view", seq.ts[0]),
-               ("zz-unknown", "view", seq.ts[0] - 1)]
+               ("zz-unknown", "view", seq.ts[0] - 1), ("c", "return", seq.ts[0] - 2)]
     got = SQ.history_seq(history, row)
     assert (got.rows, got.types, got.ts) == (seq.rows, seq.types, seq.ts)
 
