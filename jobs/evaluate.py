@@ -668,7 +668,7 @@ def run(cfg: EvaluateConfig) -> str:
         print(f"evaluate: {_dev_label(cfg)}", flush=True)
     init_ray(cfg.ray)
     t0 = time.perf_counter()
-    result: dict = {"run": version, "config": to_dict(cfg), "status": "running"}
+    result: dict = {"run": version, "commit": A.git_commit(), "config": to_dict(cfg), "status": "running"}
 
     def save() -> None:  # after every finished part: a late failure never loses the run
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=str))
