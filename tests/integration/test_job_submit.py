@@ -185,12 +185,12 @@ def test_one_command_pipeline_from_a_shops_s3_export_to_a_serving_api(head, s3, 
                   "--set", "stage_args.train_encoder=[--config=jobs/configs/train_encoder_smoke.yaml]",
                   "--set", f"deploy.http_port={port}", "--set", f"deploy.state_dir={tmp_path / 'state'}",
                   "--set", f"log_dir={tmp_path / 'logs'}")
-    for stage in ("import", "features", "encoder fine-tune", "index", "learned ranker", "serve"):
+    for stage in ("import", "features", "encoder fine-tune", "index", "behaviour model", "learned ranker", "serve"):
         assert any(line.startswith(f"  {stage}") and " ok in " in line for line in out.splitlines()), (stage, out[-4000:])
     assert "encoder: fine-tuned " in out and "; ranker: learned" in out
 
     # Every artifact kind is in S3 with its manifest; the index was built from this encoder.
-    versions = {kind: A.latest_complete(root, kind) for kind in ("features", "encoder", "index", "ranker")}
+    versions = {kind: A.latest_complete(root, kind) for kind in ("features", "encoder", "index", "sequence", "ranker")}
     assert all(v and v.startswith("s3://") for v in versions.values()), versions
     fm = A.read_manifest(versions["features"])
     assert fm["metrics"]["events_valid"] == 15_000 and fm["metrics"]["items_valid"] == items.height
@@ -203,6 +203,11 @@ def test_one_command_pipeline_from_a_shops_s3_export_to_a_serving_api(head, s3, 
     health = requests.get(f"{base}/healthz", timeout=10).json()
     assert health["versions"]["index"] == versions["index"].rsplit("/", 1)[-1]
     assert health["versions"]["ranker"] == versions["ranker"].rsplit("/", 1)[-1]
+    assert health["versions"]["sequence"] == versions["sequence"].rsplit("/", 1)[-1]
+    # the behaviour model was trained before the ranker's label window and feeds the ranker
+    sm, rm = A.read_manifest(versions["sequence"]), A.read_manifest(versions["ranker"])
+    assert sm["inputs"]["events"]["until"] == rm["inputs"]["features"]["as_of"]
+    assert rm["inputs"]["sequence"] == versions["sequence"]
     from serving.client import Client
 
     client = Client(base)
