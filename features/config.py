@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,6 +27,9 @@ class ConfigError(ValueError):
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+_FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -70,6 +74,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value.isoformat()  # YAML reads 2011-11-09 as a date; string fields keep ISO text
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 5e-5 (no dot) as a string; it is the number a user meant
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp in (int, float) and isinstance(value, bool):

@@ -39,6 +39,8 @@ def test_defaults_overrides_and_types(tmp_path):
     cfg = load_config(Outer, f, ["inner.mode=ivf", "sizes=[3, 4]", "when=2024-01-01"])
     assert cfg == Outer(name="y", sizes=(3, 4), inner=Inner(rate=1.0, mode="ivf"), when="2024-01-01")
     assert to_dict(cfg)["sizes"] == [3, 4]
+    # YAML 1.1 reads 5e-5 (no dot) as a string: a float field takes it as the number meant
+    assert load_config(Outer, None, ["inner.rate=5e-5"]).inner.rate == 5e-5
 
 
 @pytest.mark.parametrize("override, message", [
