@@ -77,6 +77,7 @@ class SequenceStage:
     enabled: bool = True  # false: no behaviour model (no sequence method, no sequence features)
     model: SQ.SequenceParams = field(default_factory=SQ.SequenceParams)
     num_workers: int = 1  # Ray Train workers (the job's cpus_per_worker = ray.num_cpus / num_workers)
+    trainer: Literal["ray", "local"] = "ray"  # local: the same loop in this process (dev runs, tests)
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ def _sequence(cfg: EvaluateConfig, events_path: str, root: Path, index_dir: str)
     return TS.run(TS.TrainSequenceConfig(
         events=events_path, index=index_dir, exclude_history=cfg.exclude_purchased, output_root=str(root),
         model=sq.model, num_workers=sq.num_workers, cpus_per_worker=max(1, cfg.ray.num_cpus // sq.num_workers),
-        ray=cfg.ray))
+        trainer=sq.trainer, ray=cfg.ray))
 
 
 def _sasrec(cfg: EvaluateConfig, train_events: pl.DataFrame, catalog: Catalog) -> tuple[SQ.SequenceScorer, dict]:
@@ -654,7 +655,7 @@ def dev_config(cfg: EvaluateConfig) -> EvaluateConfig:
     sq = cfg.sequence
     return replace(cfg, max_requests=cfg.max_requests or 1000, encoder=replace(cfg.encoder, fine_tune=False),
                    sasrec=replace(cfg.sasrec, max_epochs=min(cfg.sasrec.max_epochs, 3)),
-                   sequence=replace(sq, model=replace(sq.model, max_epochs=min(sq.model.max_epochs, 3))))
+                   sequence=replace(sq, trainer="local", model=replace(sq.model, max_epochs=min(sq.model.max_epochs, 3))))
 
 
 def run(cfg: EvaluateConfig) -> str:

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -47,6 +48,9 @@ class TrainSequenceConfig:
     num_workers: int = 1
     cpus_per_worker: int = 2
     use_gpu: bool = False
+    # ray: the Ray Train job (DDP, checkpoints, resume); local: the same training loop in this
+    # process (no checkpoints; quick runs and tests on one machine)
+    trainer: Literal["ray", "local"] = "ray"
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -119,13 +123,41 @@ def train_loop(config: dict) -> None:
         ray.train.report(final)
 
 
-# --- driver -------------------------------------------------------------------------------------
-def run(cfg: TrainSequenceConfig) -> str:
-    """Train and export; returns the version folder."""
+def _fit_on_ray_train(cfg: TrainSequenceConfig, run_name: str, data: tuple, steps: Steps) -> tuple:
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    p = cfg.model
+    vectors = data[3]
+    storage = (A.join(cfg.output_root, "train_runs") if A.is_uri(cfg.output_root)
+               else str(Path(cfg.output_root, "train_runs").resolve()))
+    fs, inner = A.resolve(A.join(storage, run_name))
+    resumed = fs.get_file_info(inner).type != A.pafs.FileType.NotFound
+    steps(f"train on Ray Train: {cfg.num_workers} worker(s) x {cfg.cpus_per_worker} CPU"
+          f"{' + 1 GPU' if cfg.use_gpu else ''}, run {run_name}{' (resuming)' if resumed else ''}")
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"params": p, "threads": cfg.cpus_per_worker, "exclude_history": cfg.exclude_history,
+                           "data_ref": ray.put(data)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}
+                                               | ({"GPU": 1} if cfg.use_gpu else {})),
+        run_config=ray.train.RunConfig(name=run_name, storage_path=storage,
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} reported no checkpoint")
+    model = SQ.SequenceModel(len(vectors), vectors.shape[1], p)
+    with result.checkpoint.as_directory() as d:
+        st = load_state(d, model)  # the final checkpoint holds the best epoch's weights
+    return model, st
+
+
+# --- driver -------------------------------------------------------------------------------------
+def run(cfg: TrainSequenceConfig) -> str:
+    """Train and export; returns the version folder."""
     check_config(cfg)
     p = cfg.model
     steps = Steps("train_sequence")
@@ -153,30 +185,19 @@ def run(cfg: TrainSequenceConfig) -> str:
           f"layers={p.layers} max_len={p.max_len}", flush=True)
 
     run_name = cfg.run_name or f"sequence-{A.new_version()}"
-    storage = (A.join(cfg.output_root, "train_runs") if A.is_uri(cfg.output_root)
-               else str(Path(cfg.output_root, "train_runs").resolve()))
-    fs, inner = A.resolve(A.join(storage, run_name))
-    resumed = fs.get_file_info(inner).type != A.pafs.FileType.NotFound
-    steps(f"train on Ray Train: {cfg.num_workers} worker(s) x {cfg.cpus_per_worker} CPU"
-          f"{' + 1 GPU' if cfg.use_gpu else ''}, run {run_name}{' (resuming)' if resumed else ''}")
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"params": p, "threads": cfg.cpus_per_worker, "exclude_history": cfg.exclude_history,
-                           "data_ref": ray.put((train, hist, targets, vectors))},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cfg.cpus_per_worker}
-                                               | ({"GPU": 1} if cfg.use_gpu else {})),
-        run_config=ray.train.RunConfig(name=run_name, storage_path=storage,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-    )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    if cfg.trainer == "local":
+        import torch
+
+        steps(f"train in this process ({cfg.cpus_per_worker} threads; trainer=local)")
+        torch.manual_seed(p.seed)
+        torch.set_num_threads(cfg.cpus_per_worker)
+        model = SQ.SequenceModel(len(vectors), vectors.shape[1], p, vectors)
+        st = SQ.fit(model, train, hist, targets, cfg.exclude_history)
+        run_name = None
+    else:
+        model, st = _fit_on_ray_train(cfg, run_name, (train, hist, targets, vectors), steps)
     fit_s = time.perf_counter() - t0
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {run_name} reported no checkpoint")
-    model = SQ.SequenceModel(len(vectors), vectors.shape[1], p)
-    with result.checkpoint.as_directory() as d:
-        st = load_state(d, model)  # the final checkpoint holds the best epoch's weights
 
     version = A.new_version()
     out_dir = A.join(cfg.output_root, KIND, version)
@@ -196,7 +217,7 @@ def run(cfg: TrainSequenceConfig) -> str:
                           "encoder": (idx_manifest.get("config") or {}).get("encoder")}},
         outputs={"model": MODEL_FILE, "dim": p.dim}, metrics=metrics))
     steps("done")
-    print(f"sequence -> {out_dir}   (run {run_name}; resume with --set run_name={run_name})\n"
+    print(f"sequence -> {out_dir}" + (f"   (run {run_name}; resume with --set run_name={run_name})" if run_name else "") + "\n"
           f"  best valid NDCG@10 {st['best']:.4f} at epoch {st['best_epoch']} of {st['epoch']} "
           f"(stopped by {st.get('stopped_by')}); train {st['train_s']:.0f}s on {cfg.num_workers} "
           f"{'gpu' if cfg.use_gpu else 'cpu'} worker(s)", flush=True)

@@ -44,7 +44,7 @@ def artifacts(ray_local, tmp_path_factory):
     # A small behaviour model on the same index: serving picks it up ("latest" for this index).
     train_sequence.run(train_sequence.TrainSequenceConfig(
         events=str(base / "events.parquet"), output_root=str(out), cpus_per_worker=1,
-        model=SequenceParams(dim=16, heads=2, layers=1, max_epochs=2, valid_users=300)))
+        model=SequenceParams(dim=16, heads=2, layers=1, max_epochs=1, valid_users=300)))
     return base, out, events
 
 

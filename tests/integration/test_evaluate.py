@@ -58,7 +58,8 @@ def evaluated(ray_local, slice_, tmp_path_factory):
         split=f"time:{split_at.isoformat()}", ranker_days=14, ks=(5, 10), output_root=str(tmp_path_factory.mktemp("runs")),
         encoder=evaluate.EncoderStage(fine_tune=False),
         sasrec=evaluate.SQ.SequenceParams(text=False, events=False, dim=16, heads=2, layers=1, max_epochs=2),
-        sequence=evaluate.SequenceStage(model=evaluate.SQ.SequenceParams(dim=16, heads=2, layers=1, max_epochs=2)),
+        sequence=evaluate.SequenceStage(trainer="local",  # Ray Train is covered by e2e and the pipeline test
+                                       model=evaluate.SQ.SequenceParams(dim=16, heads=2, layers=1, max_epochs=2)),
         search=evaluate.SearchEval(folds=2, candidates=50, unjudged_negatives=10),
         ranker=evaluate.RankerParams(num_rounds=20, min_data_in_leaf=5))
     return Path(evaluate.run(cfg)), split_at
@@ -195,7 +196,8 @@ def test_single_item_interactions_and_no_sessions_finish_with_the_empty_set_skip
         events=str(tmp_path / "events.parquet"), items=str(tmp_path / "items.parquet"), split="leave-last",
         ks=(5, 10), output_root=str(tmp_path / "runs"), encoder=evaluate.EncoderStage(fine_tune=False),
         sasrec=evaluate.SQ.SequenceParams(text=False, events=False, dim=16, heads=2, layers=1, max_epochs=2),
-        sequence=evaluate.SequenceStage(model=evaluate.SQ.SequenceParams(dim=16, heads=2, layers=1, max_epochs=2)),
+        sequence=evaluate.SequenceStage(trainer="local",  # Ray Train is covered by e2e and the pipeline test
+                                       model=evaluate.SQ.SequenceParams(dim=16, heads=2, layers=1, max_epochs=2)),
         ranker=evaluate.RankerParams(num_rounds=10, min_data_in_leaf=2))
     result = json.loads((Path(evaluate.run(cfg)) / "metrics.json").read_text())
     rec = result["recommend"]
