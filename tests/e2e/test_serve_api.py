@@ -42,8 +42,9 @@ def artifacts(ray_local, tmp_path_factory):
     assert build_index.run(build_index.BuildIndexConfig(output_root=str(out), encoder="zero-shot",
                                                         probe_queries=())) == 0
     # A small behaviour model on the same index: serving picks it up ("latest" for this index).
+    # In process: its Ray Train path is covered by the pipeline test (tests/integration/test_job_submit.py).
     train_sequence.run(train_sequence.TrainSequenceConfig(
-        events=str(base / "events.parquet"), output_root=str(out), cpus_per_worker=1,
+        events=str(base / "events.parquet"), output_root=str(out), cpus_per_worker=1, trainer="local",
         model=SequenceParams(dim=16, heads=2, layers=1, max_epochs=1, valid_users=300)))
     return base, out, events
 

@@ -18,7 +18,7 @@ from features.models.sequence_io import load_model, save_model, scorer_for
 
 N = 8
 P = SQ.SequenceParams(dim=16, heads=2, layers=1, max_len=10, dropout=0.0, lr=1e-2, batch_size=32, max_epochs=40,
-                      patience=40, valid_users=0)
+                      patience=12, min_delta=0.0, valid_users=0)
 
 
 def cycle_seqs(n_users: int = 60, length: int = 12) -> dict[str, SQ.Seq]:
