@@ -359,7 +359,6 @@ class _Stages:
 
 def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_request_path: Path) -> dict:
     cfg, plan, L = st.cfg, st.plan, st.L
-    cat_zs, idx_zs = load_catalog(st.features_dir, st.zs_index)
     reqs = ES.build_requests(st.events, frame, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
     if not len(reqs):
         # A valid data set can have no such request (e.g. one item per interaction leaves no
@@ -368,6 +367,7 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
         return {"skipped": "no test request with a relevant item (e.g. interactions of a single item leave no "
                            "in-session half to predict)", "requests": 0, "dropped": reqs.dropped}
     print(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a relevant item)", flush=True)
+    cat_zs, _ = load_catalog(st.features_dir, st.zs_index)
     share, n_users = EM.item_shares(plan.train_events, cat_zs)
     pop = B.popularity_scores(plan.train_events, cat_zs.item_ids)
     recent = B.popularity_scores(plan.train_events, cat_zs.item_ids, as_of=plan.train_until, half_life_days=POP_HALF_LIFE_DAYS)

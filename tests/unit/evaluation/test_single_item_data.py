@@ -1,0 +1,48 @@
+"""A valid data set whose interactions are single items, without session ids (as many shops' logs):
+the leave-last split plans, the in-session set is empty, and the evaluation skips it with a note
+in the result, the summary and the report instead of failing the run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import polars as pl
+
+from features.data import schema as S
+from features.evaluation import report as R
+from features.evaluation import splits as ES
+from jobs import evaluate
+
+
+def single_item_log() -> pl.DataFrame:
+    rnd = random.Random(0)
+    t0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    rows = []
+    for u in range(40):
+        start = rnd.randrange(30)
+        for n in range(10):  # one item every day or two, no session id
+            rows.append({S.EVENT_ID: f"e{u}-{n}", S.TS: t0 + dt.timedelta(days=n * 1.5 + u * 0.1), S.USER_ID: f"u{u}",
+                         S.SESSION_ID: None, S.EVENT_TYPE: "purchase", S.ITEM_ID: f"p{(start + n * rnd.choice([1, 2])) % 30}",
+                         S.QUERY: None, S.QUANTITY: 1, S.PRICE: 1.0})
+    return pl.DataFrame(rows)
+
+
+def test_single_item_interactions_leave_no_in_session_set_and_the_run_says_so():
+    events = single_item_log()
+    plan = ES.plan_split(events, ES.SplitSpec.parse("leave-last"), 30.0, 3)
+    assert plan.test_requests.height == 40  # every shopper's last purchase is a next-basket request
+    frame = ES.in_session(plan.test_requests, 0.5)
+    assert frame.height == 0  # nothing to reveal: one item per interaction
+    cfg = evaluate.EvaluateConfig(split="leave-last")
+    st = evaluate._Stages(cfg, plan, events, "unused", "unused", None, "unused", None, None, None, {}, 10)
+    block = evaluate._score_set(st, frame, (10,), None)  # returns before any artifact is read
+    assert block["requests"] == 0 and "single item" in block["skipped"]
+    result = {"run": "r", "seconds": 1.0, "recommend": {
+        "dataset": "d", "split": "leave-last", "ks": [10], "catalog_items": 30, "requests": 0, "dropped": 0,
+        "methods": [], "verdict": None, "skipped": None, "in_session": block}}
+    result["summary"] = evaluate._summary_line(result)
+    assert "recommend (next basket) skipped" in result["summary"] and "in session) skipped" in result["summary"]
+    assert "skipped: no test request" in evaluate.summary(result)
+    page = R.render(result)
+    assert "In session: skipped" in page
