@@ -16,6 +16,7 @@ import polars as pl
 import pyarrow as pa
 import ray
 
+from features import artifacts as A
 from features.config import ConfigError, load_config, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -102,6 +103,15 @@ def run_job(name: str, fn: Callable[[], int]) -> int:
         return 2
     print(f"{name}: finished in {time.perf_counter() - t0:.1f}s", flush=True)
     return code
+
+
+def train_run_dir(output_root: str, run_name: str) -> tuple[str, bool]:
+    """(storage_path for Ray Train's RunConfig, whether run `run_name` already exists there: a resume).
+    Runs live under <output_root>/train_runs/, local (made absolute) or a URI."""
+    storage = (A.join(output_root, "train_runs") if A.is_uri(output_root)
+               else str(Path(output_root, "train_runs").resolve()))
+    fs, inner = A.resolve(A.join(storage, run_name))
+    return storage, fs.get_file_info(inner).type != A.pafs.FileType.NotFound
 
 
 # --- data movement --------------------------------------------------------------------------

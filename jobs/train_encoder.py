@@ -34,7 +34,7 @@ from features.config import ConfigError, to_dict
 from features.data import schema as S
 from features.models import training as TR
 from features.models.encoder import EncoderConfig, TwoTowerEncoder
-from jobs.common import RayConfig, Steps, cached_get, init_ray, load_job_config, parse_args, run_job
+from jobs.common import RayConfig, Steps, cached_get, init_ray, load_job_config, parse_args, run_job, train_run_dir
 
 KIND = "encoder"
 SCORE_METRIC = "valid_ndcg@10"
@@ -269,9 +269,7 @@ def run(cfg: TrainEncoderConfig) -> int:
           flush=True)
 
     run_name = cfg.run_name or f"encoder-{A.new_version()}"
-    storage = str(Path(cfg.output_root, "train_runs").resolve()) if not A.is_uri(cfg.output_root) else A.join(cfg.output_root, "train_runs")
-    fs, inner = A.resolve(A.join(storage, run_name))
-    resumed = fs.get_file_info(inner).type != A.pafs.FileType.NotFound
+    storage, resumed = train_run_dir(cfg.output_root, run_name)
     steps(f"fine-tune on Ray Train: {p.num_workers} worker(s) x {p.cpus_per_worker} CPU"
           f"{' + 1 GPU' if p.use_gpu else ''}, run {run_name}{' (resuming)' if resumed else ''}")
     trainer = TorchTrainer(

@@ -40,7 +40,7 @@ from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import load_catalog
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import FEATURE_NAMES, HandWeights
-from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
+from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job, train_run_dir
 
 KIND = "ranker"
 
@@ -177,13 +177,14 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     log(f"  training lists: {len(np.unique(g[tr])):,} ({int(tr.sum()):,} rows), valid lists: {len(np.unique(g[va])):,} "
         f"({len(valid_users):,} of {len(shoppers):,} shoppers held out)")
     data_ref = ray.put((x[tr], y[tr], g[tr], x[va], y[va], g[va]))
-    storage = str(Path(cfg.output_root, "train_runs").resolve()) if not A.is_uri(cfg.output_root) else A.join(cfg.output_root, "train_runs")
+    run_name = f"ranker-{A.new_version()}"
+    storage, _ = train_run_dir(cfg.output_root, run_name)
     t0 = time.perf_counter()
     trainer = LightGBMTrainer(
         train_loop,
         train_loop_config={"data_ref": data_ref, "params": cfg.lightgbm, "threads": cfg.cpus_per_worker},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name=f"ranker-{A.new_version()}", storage_path=storage),
+        run_config=ray.train.RunConfig(name=run_name, storage_path=storage),
     )
     result = trainer.fit()
     fit_s = time.perf_counter() - t0

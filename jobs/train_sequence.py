@@ -20,7 +20,6 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -31,7 +30,7 @@ from features.data import schema as S
 from features.models import sequence as SQ
 from features.models.sequence_io import MODEL_FILE, load_state, save_model, save_state
 from features.retrieval.index import ItemIndex
-from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
+from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job, train_run_dir
 
 KIND = "sequence"
 
@@ -130,10 +129,7 @@ def _fit_on_ray_train(cfg: TrainSequenceConfig, run_name: str, data: tuple, step
 
     p = cfg.model
     vectors = data[3]
-    storage = (A.join(cfg.output_root, "train_runs") if A.is_uri(cfg.output_root)
-               else str(Path(cfg.output_root, "train_runs").resolve()))
-    fs, inner = A.resolve(A.join(storage, run_name))
-    resumed = fs.get_file_info(inner).type != A.pafs.FileType.NotFound
+    storage, resumed = train_run_dir(cfg.output_root, run_name)
     steps(f"train on Ray Train: {cfg.num_workers} worker(s) x {cfg.cpus_per_worker} CPU"
           f"{' + 1 GPU' if cfg.use_gpu else ''}, run {run_name}{' (resuming)' if resumed else ''}")
     trainer = TorchTrainer(

@@ -46,6 +46,21 @@ def top_k(scores: np.ndarray, k: int, exclude: list[set[int]]) -> np.ndarray:
     return out
 
 
+def cooccurrence_scores(cooc: dict[str, tuple[list[str], np.ndarray]], hist: list[str], row: dict[str, int],
+                        discount: float = 0.85, history_len: int = 10) -> dict[int, float]:
+    """row -> sum over the last `history_len` items (newest first) of discount ** step * co-occurrence."""
+    acc: dict[int, float] = {}
+    for step, src in enumerate(hist[:history_len]):
+        nbrs = cooc.get(src)
+        if nbrs is None:
+            continue
+        for nbr, s in zip(nbrs[0], nbrs[1]):
+            r = row.get(nbr)
+            if r is not None:
+                acc[r] = acc.get(r, 0.0) + discount ** step * float(s)
+    return acc
+
+
 def cooccurrence_lists(cooc: dict[str, tuple[list[str], np.ndarray]], histories: list[list[str]],
                        row: dict[str, int], fallback: np.ndarray, k: int, exclude: list[set[int]],
                        discount: float = 0.85, history_len: int = 10) -> np.ndarray:
@@ -56,15 +71,7 @@ def cooccurrence_lists(cooc: dict[str, tuple[list[str], np.ndarray]], histories:
     fb = top_k(fallback, k, [set() for _ in histories]) if len(histories) else np.zeros((0, k), np.int64)
     out = np.full((len(histories), k), -1, dtype=np.int64)
     for q, (hist, ex) in enumerate(zip(histories, exclude)):
-        acc: dict[int, float] = {}
-        for step, src in enumerate(hist[:history_len]):
-            nbrs = cooc.get(src)
-            if nbrs is None:
-                continue
-            for nbr, s in zip(nbrs[0], nbrs[1]):
-                r = row.get(nbr)
-                if r is not None and r not in ex:
-                    acc[r] = acc.get(r, 0.0) + discount ** step * float(s)
+        acc = {r: v for r, v in cooccurrence_scores(cooc, hist, row, discount, history_len).items() if r not in ex}
         ranked = sorted(acc, key=lambda r: (-acc[r], -fallback[r], r))[:k]
         for r in fb[q]:
             if len(ranked) >= k:

@@ -82,15 +82,8 @@ def blend_scores(hist: list[str], catalog: Catalog, pop_norm: np.ndarray, weight
     """co-occurrence with the last 10 items (discounted 0.85 per step, as `cooccurrence_lists`)
     + weight * popularity scaled to [0, 1]."""
     s = weight * pop_norm
-    s = s.copy()
-    for step, src in enumerate(hist[:10]):
-        nbrs = catalog.cooc.get(src)
-        if nbrs is None:
-            continue
-        for nbr, v in zip(nbrs[0], nbrs[1]):
-            r = catalog.row.get(nbr)
-            if r is not None:
-                s[r] += 0.85 ** step * float(v)
+    for r, v in B.cooccurrence_scores(catalog.cooc, hist, catalog.row).items():
+        s[r] += v
     return s
 
 
