@@ -1,15 +1,18 @@
-"""Benchmark: catalog encoding throughput, single-request encode latency, and what int8 costs.
+"""Benchmark: catalog encoding throughput, single-request encode latency, ONNX Runtime vs torch, int8.
 
     python -m bench.encoder [--encoder latest|zero-shot|PATH] [--valid 1000] [--requests 200]
 
-In one run, on one machine, for the float32 encoder and its dynamically quantised int8 twin
-(features.encoder.quantize_int8):
+In one run, on one machine, for the float32 torch encoder, its dynamically quantised int8 twin
+(features.encoder.quantize_int8) and the same weights exported to ONNX and run by ONNX Runtime
+(features/models/onnx_encoder.py, what the index job and serving use):
   - catalog throughput: every item text of the newest features version, batch 128, 2 threads
     (the build_index job's work), items/s;
   - latency of one request, 1 thread (a serving replica's share): a search query (a catalog title
     in lower case) and a history text (a real valid-split anchor), p50/p99 ms over --requests;
   - quality: Recall@10 / NDCG@10 on a seeded valid-split sample against the full catalog.
 The int8 option is worth offering if it is >= 1.5x faster and loses < 1% of Recall@10 (relative).
+ONNX target: query p50 at batch 1 >= 1.5x faster than torch float32, with the same quality and a
+minimum cosine >= 0.999 between their vectors of the catalog.
 Writes bench/results/encoder.json.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -27,11 +31,12 @@ from features import artifacts as A
 from features.artifacts import git_commit
 from features.data import schema as S
 from features.models import training as TR
-from features.models.encoder import LATEST, ZERO_SHOT, EncoderConfig, TwoTowerEncoder, load_encoder, quantize_int8
+from features.models import onnx_encoder as OX
+from features.models.encoder import LATEST, ZERO_SHOT, EncoderConfig, load_encoder, quantize_int8
 
 
-def _latency_ms(encoder: TwoTowerEncoder, texts: list[str]) -> dict:
-    torch.set_num_threads(1)
+def _latency_ms(encoder, texts: list[str]) -> dict:
+    torch.set_num_threads(1)  # an OnnxEncoder's threads are fixed when its session is built
     encoder.encode(texts[:5])  # warm-up
     times = []
     for t in texts:
@@ -42,7 +47,7 @@ def _latency_ms(encoder: TwoTowerEncoder, texts: list[str]) -> dict:
             "mean_ms": float(np.mean(times)), "n": len(times)}
 
 
-def _throughput(encoder: TwoTowerEncoder, texts: list[str], threads: int) -> dict:
+def _throughput(encoder, texts: list[str], threads: int) -> dict:
     torch.set_num_threads(threads)
     encoder.encode(texts[:128], tower="item", batch_size=128)
     t0 = time.perf_counter()
@@ -80,15 +85,19 @@ def main() -> None:
           f"{len(anchors):,} valid examples; machine: {machine()}", flush=True)
     int8, _ = load_encoder(spec, a.artifacts, EncoderConfig())
     quantize_int8(int8)
+    onnx_dir = OX.export_onnx(fp32, tempfile.mkdtemp(prefix="bench-onnx-"), path)
+    # (for throughput, for single requests): ONNX Runtime sessions with 2 and 1 intra-op threads
+    variants = {"float32": (fp32, fp32), "int8": (int8, int8),
+                "onnx_float32": (OX.OnnxEncoder(onnx_dir, threads=2), OX.OnnxEncoder(onnx_dir, threads=1))}
     rows = {}
-    for name, enc in (("float32", fp32), ("int8", int8)):
+    for name, (enc, single) in variants.items():
         row = {"catalog": _throughput(enc, item_texts, threads=2)}
-        row["latency_query"] = _latency_ms(enc, queries)
-        row["latency_history"] = _latency_ms(enc, histories)
+        row["latency_query"] = _latency_ms(single, queries)
+        row["latency_history"] = _latency_ms(single, histories)
         torch.set_num_threads(2)
         row["quality"] = TR.evaluate(enc, item_texts, anchors, targets, ks=(10,))
         rows[name] = row
-        print(f"  {name:<8} catalog {row['catalog']['items_per_s']:7.0f} items/s | query p50 "
+        print(f"  {name:<12} catalog {row['catalog']['items_per_s']:7.0f} items/s | query p50 "
               f"{row['latency_query']['p50_ms']:6.1f} p99 {row['latency_query']['p99_ms']:6.1f} ms | history p50 "
               f"{row['latency_history']['p50_ms']:6.1f} p99 {row['latency_history']['p99_ms']:6.1f} ms | "
               f"Recall@10 {row['quality']['recall@10']:.4f} NDCG@10 {row['quality']['ndcg@10']:.4f}", flush=True)
@@ -100,6 +109,23 @@ def main() -> None:
     verdict = speedup >= 1.5 and recall_drop < 0.01
     summary = {"int8_catalog_speedup": speedup, "int8_history_latency_speedup": latency_speedup,
                "int8_recall_at_10_relative_drop": recall_drop, "int8_worth_offering": verdict}
+    o = rows["onnx_float32"]
+    torch.set_num_threads(2)
+    sample = item_texts[:1000]
+    cos = (fp32.encode(sample, "item") * variants["onnx_float32"][0].encode(sample, "item")).sum(1)
+    zero = ~fp32.encode(sample, "item").any(1)  # blank texts: zero rows in both
+    onnx = {"query_p50_speedup": f["latency_query"]["p50_ms"] / o["latency_query"]["p50_ms"],
+            "history_p50_speedup": f["latency_history"]["p50_ms"] / o["latency_history"]["p50_ms"],
+            "catalog_speedup": o["catalog"]["items_per_s"] / f["catalog"]["items_per_s"],
+            "min_cosine_vs_torch": float(cos[~zero].min()),
+            "ndcg_at_10_relative_change": (o["quality"]["ndcg@10"] - f["quality"]["ndcg@10"]) / f["quality"]["ndcg@10"]
+            if f["quality"]["ndcg@10"] else 0.0}
+    onnx["target_query_p50_1_5x_met"] = onnx["query_p50_speedup"] >= 1.5 and onnx["min_cosine_vs_torch"] >= 0.999
+    summary["onnx_vs_torch"] = onnx
+    print(f"ONNX Runtime vs torch: query p50 {onnx['query_p50_speedup']:.2f}x, history p50 "
+          f"{onnx['history_p50_speedup']:.2f}x, catalog {onnx['catalog_speedup']:.2f}x, min cosine "
+          f"{onnx['min_cosine_vs_torch']:.5f} -> target (>= 1.5x at batch 1, cosine >= 0.999) "
+          f"{'MET' if onnx['target_query_p50_1_5x_met'] else 'MISSED'}")
     print(f"int8 vs float32: catalog {speedup:.2f}x, history latency {latency_speedup:.2f}x, "
           f"Recall@10 relative drop {recall_drop:+.2%} -> {'offer it' if verdict else 'not worth offering'} "
           f"(rule: >= 1.5x and < 1% drop)")

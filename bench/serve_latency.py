@@ -163,17 +163,14 @@ def wait_http(url: str, timeout_s: float = 300.0) -> None:
 # --- the in-process floor ----------------------------------------------------------------------
 def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> dict[str, Any]:
     """Sequential per-request latency of encoder + retrieval + ranking in this process."""
-    import torch
-
-    from features.models.encoder import load_encoder
+    from features.models.onnx_encoder import runtime_encoder
     from features.profiles.profile import seed_profiles
     from features.retrieval.catalog import load_catalog
     from features.retrieval.live import LiveCatalog
     from features.retrieval.ranking import context_for, rank_candidates
 
-    torch.set_num_threads(cfg.encoder.torch_threads)
-    encoder, _ = load_encoder(res.encoder_spec, cfg.artifacts_root, cfg.encoder.zero_shot)
-    encoder.eval()
+    e = cfg.encoder
+    encoder, _ = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime, e.threads, res.encoder_onnx)
     catalog, index = load_catalog(res.features_dir, res.index_dir)
     live = LiveCatalog(catalog, index, None, cfg.retriever)
     import polars as pl

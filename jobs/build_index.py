@@ -8,12 +8,21 @@ the encoder once) -> item vectors to the driver -> FAISS index whose type follow
 and config (exact inner product below index.exact_below items, else HNSW; or as configured) ->
 artifacts/index/<version>/ (index.faiss, index.json, manifest.json last), then a few probe
 queries as a sanity check.
+
+runtime=onnx (default, CPU): the driver exports the encoder to ONNX once
+(features/models/onnx_encoder.py), the actors encode with ONNX Runtime, and the exported folder
+is written into the version as encoder_onnx/, where serving and evaluation read it, so the item
+vectors and the query vectors come from the same file. runtime=torch, or gpus_per_actor > 0,
+encodes with torch (on CUDA with a GPU); serving then exports its own copy at start.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +31,7 @@ import ray
 from features import artifacts as A
 from features.config import ConfigError, to_dict
 from features.data import schema as S
+from features.models import onnx_encoder as OX
 from features.models.encoder import LATEST, EncoderConfig, load_encoder, resolve_checkpoint
 from features.retrieval.index import IndexConfig, ItemIndex
 from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
@@ -37,6 +47,7 @@ class BuildIndexConfig:
     encoder: str = LATEST  # "latest", "zero-shot", or a folder (encoder version, checkpoint, training checkpoint)
     zero_shot: EncoderConfig = field(default_factory=EncoderConfig)  # the model used when encoder=zero-shot
     index: IndexConfig = field(default_factory=IndexConfig)
+    runtime: str = "onnx"  # onnx (ONNX Runtime, CPU; exported into the version) | torch
     encode_batch_size: int = 256
     num_actors: int = 2  # encoder replicas in the Ray Data actor pool
     cpus_per_actor: int = 1  # and torch threads per actor
@@ -46,9 +57,16 @@ class BuildIndexConfig:
 
 
 class ItemEncoder:
-    """Ray Data actor: loads the encoder once, then maps item batches to item vectors."""
+    """Ray Data actor: loads the encoder once, then maps item batches to item vectors.
 
-    def __init__(self, spec: str, artifacts_root: str, zero_shot: EncoderConfig, threads: int, use_gpu: bool) -> None:
+    `onnx`: the exported folder's files ({name: bytes}, from the object store, so an actor on
+    another node has them too); None: the torch model for `spec`."""
+
+    def __init__(self, spec: str, artifacts_root: str, zero_shot: EncoderConfig, threads: int, use_gpu: bool,
+                 onnx: "ray.ObjectRef | dict[str, bytes] | None" = None) -> None:
+        if onnx is not None:
+            self.encoder = OX.from_files(ray.get(onnx) if isinstance(onnx, ray.ObjectRef) else onnx, threads)
+            return
         import torch
 
         torch.set_num_threads(threads)
@@ -68,6 +86,18 @@ def check_config(cfg: BuildIndexConfig) -> None:
     for name in ("encode_batch_size", "num_actors", "cpus_per_actor"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    try:
+        OX.check_runtime(cfg.runtime, "runtime")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def export_for_index(cfg: BuildIndexConfig, checkpoint: str | None) -> Path | None:
+    """The ONNX folder the actors, the probes and the version share (None: encode with torch)."""
+    if cfg.runtime != "onnx" or cfg.gpus_per_actor > 0:
+        return None
+    model, _ = load_encoder(checkpoint or cfg.encoder, cfg.output_root, cfg.zero_shot)
+    return OX.export_onnx(model, tempfile.mkdtemp(prefix="intently-onnx-"), checkpoint)
 
 
 def run(cfg: BuildIndexConfig) -> int:
@@ -79,16 +109,20 @@ def run(cfg: BuildIndexConfig) -> int:
         raise FileNotFoundError(f"no complete features version under {cfg.output_root}/features; run jobs.build_features first")
     init_ray(cfg.ray)
 
-    steps(f"encode the catalog of {features_dir} with {checkpoint or 'the zero-shot model'} "
+    onnx_dir = export_for_index(cfg, checkpoint)
+    runtime = "torch" if onnx_dir is None else "onnx"
+    steps(f"encode the catalog of {features_dir} with {checkpoint or 'the zero-shot model'} on {runtime} "
           f"(Ray Data, {cfg.num_actors} actors x {cfg.cpus_per_actor} CPU)")
     t0 = time.perf_counter()
+    onnx_files = None if onnx_dir is None else ray.put(OX.folder_files(onnx_dir))
     # Materialised first: the read tasks then never wait for CPUs the encoder actors hold (with
     # num_actors x cpus_per_actor = all CPUs, a streaming read would deadlock).
     items = ray.data.read_parquet(A.join(features_dir, "items")).select_columns([S.ITEM_ID, S.ITEM_TEXT]).materialize()
     ds = items.map_batches(
         ItemEncoder,
         fn_constructor_kwargs=dict(spec=checkpoint or cfg.encoder, artifacts_root=cfg.output_root,
-                                   zero_shot=cfg.zero_shot, threads=cfg.cpus_per_actor, use_gpu=cfg.gpus_per_actor > 0),
+                                   zero_shot=cfg.zero_shot, threads=cfg.cpus_per_actor, use_gpu=cfg.gpus_per_actor > 0,
+                                   onnx=onnx_files),
         batch_size=cfg.encode_batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
     )
@@ -111,7 +145,10 @@ def run(cfg: BuildIndexConfig) -> int:
     out_dir = A.join(cfg.output_root, KIND, version)
     steps(f"write {out_dir}")
     index.save(out_dir)
-    encoder_info: dict = {"spec": cfg.encoder, "checkpoint": checkpoint, "zero_shot": checkpoint is None}
+    if onnx_dir is not None:
+        A.upload_dir(onnx_dir, A.join(out_dir, OX.FOLDER))
+    encoder_info: dict = {"spec": cfg.encoder, "checkpoint": checkpoint, "zero_shot": checkpoint is None,
+                          "runtime": runtime, "onnx": None if onnx_dir is None else OX.FOLDER}
     if checkpoint is not None:
         encoder_info["weights_sha256"] = A.fingerprint(A.join(checkpoint, "model.safetensors"))["sha256"]
     A.write_manifest(out_dir, A.manifest(
@@ -126,12 +163,16 @@ def run(cfg: BuildIndexConfig) -> int:
     probes: list[tuple[str, list[tuple[str, float]]]] = []
     if cfg.probe_queries:
         steps("probe queries")
-        encoder, _ = load_encoder(cfg.encoder if checkpoint is None else checkpoint, cfg.output_root, cfg.zero_shot)
+        encoder, _ = OX.runtime_encoder(cfg.encoder if checkpoint is None else checkpoint, cfg.output_root,
+                                        cfg.zero_shot, runtime="torch" if onnx_dir is None else "onnx",
+                                        onnx_dir=None if onnx_dir is None else str(onnx_dir))
         scores, ids = index.search(encoder.encode(list(cfg.probe_queries)), 3)
         items = A.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT])
         text = {str(k): v for k, v in items.iter_rows()}
         for q, row_ids, row_scores in zip(cfg.probe_queries, ids, scores):
             probes.append((q, [(f"{i} {text.get(i, '')}", float(s)) for i, s in zip(row_ids, row_scores) if i]))
+    if onnx_dir is not None:
+        shutil.rmtree(onnx_dir, ignore_errors=True)
     steps("done")
     print(f"index {version} -> {out_dir}")
     print(f"  {len(index):,} items, {index.dim}-d, {index.kind} {index.params or ''}; encoder: {checkpoint or 'zero-shot'}")

@@ -1,4 +1,7 @@
-"""QueryEncoder deployment: text -> embedding, with queries batched across requests by @serve.batch."""
+"""QueryEncoder deployment: text -> embedding, with queries batched across requests by @serve.batch.
+
+On ONNX Runtime by default, from the exported model the index version carries (the same file its
+item vectors came from); encoder.runtime=torch serves the eager PyTorch model."""
 
 from __future__ import annotations
 
@@ -8,19 +11,19 @@ from collections import OrderedDict
 import numpy as np
 from ray import serve
 
-from features.models.encoder import ZERO_SHOT, load_encoder
+from features.models.encoder import ZERO_SHOT
+from features.models.onnx_encoder import runtime_encoder
 from serving.settings import Resolved, ServingConfig
 
 
 @serve.deployment(name="QueryEncoder")
 class QueryEncoder:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
-        import torch
-
-        torch.set_num_threads(cfg.encoder.torch_threads)
-        spec = res.encoder_spec
-        self.encoder, self.checkpoint = load_encoder(spec, cfg.artifacts_root, cfg.encoder.zero_shot)
-        self.encoder.eval()
+        e = cfg.encoder
+        self.encoder, self.checkpoint = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime,
+                                                        e.threads, onnx_dir=res.encoder_onnx)
+        self.runtime = e.runtime
+        self.exported_at_start = e.runtime == "onnx" and res.encoder_onnx is None
         self.cache_size = cfg.encoder.cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.stats = {"queries": 0, "cache_hits": 0, "batches": 0, "batched_texts": 0, "encode_s": 0.0}
@@ -58,5 +61,5 @@ class QueryEncoder:
         return self.encoder.encode(texts, "item")
 
     def info(self) -> dict:
-        return {"checkpoint": self.version, **self.stats, "cache_entries": len(self._cache),
+        return {"checkpoint": self.version, "runtime": self.runtime, "exported_at_start": self.exported_at_start, **self.stats, "cache_entries": len(self._cache),
                 "time": time.time()}

@@ -26,9 +26,22 @@ FROM_INDEX = "from-index"
 class EncoderServing:
     spec: str = FROM_INDEX  # from-index (the encoder the index was built with) | latest | zero-shot | a folder
     zero_shot: EncoderConfig = EncoderConfig()
+    # onnx: ONNX Runtime, the model the index job exported into the index version (exported at
+    # start when the index has none or spec is not from-index) | torch: eager PyTorch
+    runtime: str = "onnx"
     max_batch_size: int = 16  # @serve.batch: queries encoded in one forward pass
     batch_wait_timeout_s: float = 0.002
-    torch_threads: int = 1  # per replica; replicas, not threads, scale it
+    threads: int = 1  # intra-op threads per replica; replicas, not threads, scale it
+
+    def __post_init__(self) -> None:
+        from features.models.onnx_encoder import check_runtime
+
+        try:
+            check_runtime(self.runtime)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.threads < 1:
+            raise ConfigError(f"encoder.threads must be >= 1, got {self.threads}")
     cache_size: int = 10_000  # query -> embedding LRU (0: off)
 
 
@@ -123,6 +136,7 @@ class Resolved:
     ranker_dir: str | None = None  # None: hand-set weights
     versions: dict[str, str] = field(default_factory=dict)
     sequence_dir: str | None = None  # None: no behaviour model
+    encoder_onnx: str | None = None  # the index's exported encoder when serving uses the index's encoder
 
 
 def _complete(path: str | None) -> bool:
@@ -184,9 +198,11 @@ def resolve(cfg: ServingConfig) -> Resolved:
                 "ranker": _name(ranker_dir) if ranker_dir else "hand-set weights"}
     if encoder_spec not in (ZERO_SHOT, LATEST):
         encoder_spec = _local(encoder_spec)
+    onnx = index_manifest.get("inputs", {}).get("encoder", {}).get("onnx") if cfg.encoder.spec == FROM_INDEX else None
     return Resolved(_local(features_dir), _local(index_dir), encoder_spec, state_dir,
                     ranker_dir=_local(ranker_dir) if ranker_dir else None, versions=versions,
-                    sequence_dir=_local(sequence_dir) if sequence_dir else None)
+                    sequence_dir=_local(sequence_dir) if sequence_dir else None,
+                    encoder_onnx=str(Path(_local(index_dir)) / onnx) if onnx else None)
 
 
 def _sequence_for(cfg: ServingConfig, index_dir: str, index_manifest: dict) -> str | None:
