@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,6 +48,7 @@ from features.data.text import item_text_expr
 from features.evaluation import baselines as B
 from features.evaluation import methods as EM
 from features.evaluation import report as R
+from features.models import onnx_encoder as OX
 from features.models import sequence as SQ
 from features.evaluation import splits as ES
 from features.models.encoder import ZERO_SHOT, EncoderConfig, load_encoder
@@ -446,14 +448,15 @@ def read_judgments(path: str) -> pl.DataFrame:
     return df.select(pl.col("query").cast(pl.String), pl.col(S.ITEM_ID).cast(pl.String), pl.col("grade").cast(pl.Float64))
 
 
-def _encode_items(items: pl.DataFrame, spec: str, cfg: EvaluateConfig) -> np.ndarray:
-    """Item vectors through the index job's Ray Data actor pool (same code, no features version)."""
+def _encode_items(items: pl.DataFrame, onnx_dir: Path, cfg: EvaluateConfig) -> np.ndarray:
+    """Item vectors through the index job's Ray Data actor pool (same code and exported model, no
+    features version)."""
     from jobs.build_index import EMB_COLUMN, ItemEncoder
 
     ds = ray.data.from_arrow(items.select(S.ITEM_ID, S.ITEM_TEXT).to_arrow()).repartition(4 * max(1, cfg.ray.num_cpus)).materialize()
     out = ds.map_batches(ItemEncoder, fn_constructor_kwargs=dict(
-        spec=spec, artifacts_root=cfg.output_root, zero_shot=replace(EncoderConfig(), max_length=cfg.encoder.index_max_length),
-        threads=1, use_gpu=False), batch_size=256, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.num_cpus)), num_cpus=1)
+        spec=ZERO_SHOT, artifacts_root=cfg.output_root, zero_shot=EncoderConfig(), threads=1, use_gpu=False,
+        onnx=ray.put(OX.folder_files(onnx_dir))), batch_size=256, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=max(1, cfg.ray.num_cpus)), num_cpus=1)
     tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
     import pyarrow as pa
 
@@ -493,15 +496,22 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     items = items.with_columns(item_text_expr())
     judg = read_judgments(cfg.judgments)
     vecs = _vectors_from_index(items, zero_shot_index)
+    # Queries and items through the same exported model: the zero-shot index's, else one exported here.
+    onnx_dir, tmp = Path(zero_shot_index or ".", OX.FOLDER), None
+    if vecs is None or not OX.is_onnx_folder(onnx_dir):
+        tmp = tempfile.TemporaryDirectory(prefix="intently-onnx-")
+        zs = replace(EncoderConfig(), max_length=cfg.encoder.index_max_length)
+        onnx_dir = OX.export_onnx(load_encoder(ZERO_SHOT, cfg.output_root, zs)[0], tmp.name)
     if vecs is None:
-        steps(f"encode {items.height:,} items (Ray Data) and the queries, zero-shot")
-        vecs = _encode_items(items, ZERO_SHOT, cfg)
+        steps(f"encode {items.height:,} items (Ray Data) and the queries, zero-shot (ONNX Runtime)")
+        vecs = _encode_items(items, onnx_dir, cfg)
     else:
         steps(f"encode the queries, zero-shot ({items.height:,} item vectors from this run's zero-shot index)")
     catalog = Catalog(items[S.ITEM_ID].to_list(), vecs, items, {})
     J = EM.Judgments.from_frame(judg, catalog)
-    enc, _ = load_encoder(ZERO_SHOT, cfg.output_root, replace(EncoderConfig(), max_length=cfg.encoder.index_max_length))
-    q_emb = enc.encode(J.queries, tower="query")
+    q_emb = OX.OnnxEncoder(onnx_dir, threads=max(1, cfg.ray.num_cpus)).encode(J.queries, tower="query")
+    if tmp is not None:
+        tmp.cleanup()
     live = LiveCatalog(catalog, ItemIndex.build(catalog.item_ids, vecs), None,
                        replace(cfg.retriever, lexical=True, num_candidates=cfg.search.candidates))
     bm25 = live.bm25
