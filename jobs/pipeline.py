@@ -29,6 +29,7 @@ from features.config import ConfigError
 from features.data import schema as S
 from jobs.common import RayConfig, init_ray, load_job_config, parse_args, run_job
 
+N_STAGES = 8  # import, features, encoder, index, features before the label window, behaviour model, ranker, serve
 STAGES = ("import_events", "build_features", "train_encoder", "build_index", "train_sequence", "train_ranker")
 
 
@@ -119,7 +120,7 @@ class Run:
             print(f"stage logs: {self.log_dir}", flush=True)
 
     def stage(self, n: int, name: str, fn, required: bool = True, show: bool = False) -> bool:
-        print(f"[{n}/6] {name} ...", flush=True)
+        print(f"[{n}/{N_STAGES}] {name} ...", flush=True)
         t = time.perf_counter()
         quiet = not (self.verbose or show or self.log_dir is None)
         log = self.log_dir / f"{n}-{name.split(' ')[0]}.log" if quiet else None
@@ -277,18 +278,19 @@ def _deploy(cfg: PipelineConfig, r: Run) -> str | None:
 
     joined = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if not joined:
-        print("[6/6] serve: skipped: this run started a private Ray that ends with it; run the pipeline on a "
+        print(f"[{N_STAGES}/{N_STAGES}] serve: skipped: this run started a private Ray that ends with it; run the pipeline on a "
               "cluster (`ray job submit`, or `make run`) to deploy", flush=True)
         r.summary.append("  serve            skipped (no cluster)")
         return None
     address = _dashboard(cfg.deploy)
     if address is None:
         raise RuntimeError("deploy: this cluster has no dashboard to `serve deploy` to; set deploy.address")
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # the replicas and limits are sized to the cluster
     ray.shutdown()  # the Serve app outlives this job; nothing of it should hang on the driver
     base = f"http://127.0.0.1:{cfg.deploy.http_port or 8000}"
     r.stage(8, f"serve (serve deploy to {address})", lambda: D.deploy(
-        cfg.output_root, cfg.deploy.state_dir, address, list(cfg.deploy.overrides), cfg.deploy.demo, cfg.deploy.http_port),
-        show=True)
+        cfg.output_root, cfg.deploy.state_dir, address, list(cfg.deploy.overrides), cfg.deploy.demo, cfg.deploy.http_port,
+        cpus), show=True)
     return base
 
 

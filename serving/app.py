@@ -21,12 +21,11 @@ from features.config import ConfigError, apply_overrides
 from serving.encoder import QueryEncoder
 from serving.ingress import Ingress
 from serving.profiles import Profiles
-from serving.ranker import Ranker
 from serving.retriever import Retriever
 from serving.settings import ServingConfig, resolve
 from serving.telemetry import Telemetry
 
-DEPLOYMENTS = (QueryEncoder, Retriever, Ranker, Profiles, Telemetry, Ingress)
+DEPLOYMENTS = (QueryEncoder, Retriever, Profiles, Telemetry, Ingress)
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
@@ -49,10 +48,9 @@ def build_app_with_options(args: dict[str, Any] | None, deployment_options: dict
 
     encoder = dep(QueryEncoder).bind(cfg, res)
     retriever = dep(Retriever).bind(cfg, res)
-    ranker = dep(Ranker).bind(cfg, res)
     profiles = dep(Profiles).bind(cfg, res)
     telemetry = dep(Telemetry).bind(cfg, res)
-    return dep(Ingress).bind(cfg, res, encoder, retriever, ranker, profiles, telemetry)
+    return dep(Ingress).bind(cfg, res, encoder, retriever, profiles, telemetry)
 
 
 def load_serve_config(path: str | Path = CONFIG, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -4,7 +4,8 @@
     python -m serving.deploy --demo          # then send a few real requests and print the answers
 
 The config is rendered with absolute paths to state/serve_config.yaml (the replicas do not run in
-the repository folder), then handed to `serve deploy`; the command returns once /healthz answers.
+the repository folder) and sized to the node's CPUs (serving/sizing.py; --cpus N for a remote
+cluster), then handed to `serve deploy`; the command returns once /healthz answers.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from serving.app import CONFIG
 from serving.client import ApiError, Client
 
 
-def render(artifacts: str, state: str, overrides: list[str], out: Path, http_port: int | None = None) -> tuple[Path, str]:
+def render(artifacts: str, state: str, overrides: list[str], out: Path, http_port: int | None = None,
+           cpus: int | str | None = "auto") -> tuple[Path, str]:
     from features import artifacts as A
+    from serving import sizing
 
-    conf = yaml.safe_load(CONFIG.read_text())
+    conf, chosen = sizing.size(yaml.safe_load(CONFIG.read_text()), sizing.parse_cpus(cpus))
+    print(f"sizing: {json.dumps(chosen)}", flush=True)
     app = conf["applications"][0]
     root = artifacts if A.is_uri(artifacts) else str(Path(artifacts).resolve())
     app["args"] = apply_overrides(app.get("args") or {}, [f"artifacts_root={root}",
@@ -185,12 +189,12 @@ def demo(base: str, artifacts: str) -> None:
 
 
 def deploy(artifacts: str, state: str, address: str = "http://127.0.0.1:8265", overrides: list[str] | None = None,
-           show_demo: bool = False, http_port: int | None = None) -> int:
+           show_demo: bool = False, http_port: int | None = None, cpus: int | str | None = "auto") -> int:
     """Render the config, `serve deploy` it, wait for /healthz; with show_demo, send sample requests."""
     overrides = list(overrides or [])
     if show_demo and not os.environ.get("INTENTLY_API_KEY"):
         overrides.insert(0, "allow_anonymous_writes=true")  # the local demo logs an event without a key
-    path, base = render(artifacts, state, overrides, Path(state) / "serve_config.yaml", http_port)
+    path, base = render(artifacts, state, overrides, Path(state) / "serve_config.yaml", http_port, cpus)
     print(f"serve deploy {path} (address {address})", flush=True)
     serve_bin = Path(sys.executable).parent / "serve"
     env = dict(os.environ, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
@@ -218,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard (serve deploy)")
     ap.add_argument("--http-port", type=int, default=None, help="the Serve proxy's port (default: serving/config.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an app arg")
+    ap.add_argument("--cpus", default="auto", help="size replicas and limits for this many CPUs (serving/sizing.py); "
+                    "auto: this machine's; 2: serving/config.yaml as written")
     ap.add_argument("--demo", action="store_true", help="send a few requests chosen from the data once healthy")
     ap.add_argument("--kuberay", metavar="FILE", help="write the KubeRay RayService manifest instead of deploying "
                     "(--artifacts is then the S3 URI the pods read, --state a path inside the pod)")
@@ -227,7 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         Path(ns.kuberay).write_text(render_rayservice(ns.artifacts, ns.state, ns.image))
         print(f"wrote {ns.kuberay}")
         return 0
-    return deploy(ns.artifacts, ns.state, ns.address, ns.set, ns.demo, ns.http_port)
+    try:
+        from serving.sizing import parse_cpus
+
+        cpus = parse_cpus(ns.cpus)
+    except ValueError as e:
+        ap.error(f"--{e}")
+    return deploy(ns.artifacts, ns.state, ns.address, ns.set, ns.demo, ns.http_port, cpus)
 
 
 if __name__ == "__main__":

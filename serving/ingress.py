@@ -1,7 +1,7 @@
 """Ingress deployment: the FastAPI HTTP API (DESIGN.md section 4) in front of the other deployments.
 
 It admits (load shedding, per-client rate limits), authorises writes, validates, and fans out to
-QueryEncoder / Profiles / Retriever / Ranker through Serve handles (awaited, never `.result()`).
+QueryEncoder / Profiles / Retriever (which also ranks) through Serve handles (awaited, never `.result()`).
 HTTP plumbing (bodies, error answers, the typed-error -> status mapping, OpenAPI helpers) is in
 serving/http.py; the admission policy in features/admission.py; the metrics in serving/metrics.py.
 """
@@ -84,10 +84,10 @@ def _filters(f: FiltersIn | None) -> Filters | None:
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, cfg: ServingConfig, res: Resolved, encoder: Any, retriever: Any, ranker: Any,
+    def __init__(self, cfg: ServingConfig, res: Resolved, encoder: Any, retriever: Any,
                  profiles: Any, telemetry: Any) -> None:
         self.cfg, self.res = cfg, res
-        self.encoder, self.retriever, self.ranker, self.profiles = encoder, retriever, ranker, profiles
+        self.encoder, self.retriever, self.profiles = encoder, retriever, profiles
         self.telemetry = telemetry
         self.api_keys = tuple(k.strip() for k in os.environ.get(cfg.api_key_env, "").split(",") if k.strip())
         self.trusted_proxies = parse_networks(cfg.rate_limit.trusted_proxies)
@@ -221,9 +221,9 @@ class Ingress:
                     self.profiles.context.remote(req.user_id, "search", now, req.query)))
             ctx.query_emb = emb
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
-            ids, _, bm25 = await hops("retrieve", self.retriever.search.remote(req.query, emb, _filters(req.filters),
-                                                                               exclude))
-            results = await hops("rank", self.ranker.rank.remote(ctx, ids, req.k, bm25, req.diversity))
+            results, inner = await hops("retrieve+rank", self.retriever.search.remote(
+                ctx, _filters(req.filters), exclude, req.k, req.diversity))
+            hops.ms.update(inner)
             return self._answer(results, known, hops)
         return await self._timed("search", run, request)
 
@@ -238,8 +238,9 @@ class Ingress:
             ctx, known = await hops("profile", self.profiles.context.remote(req.user_id, "recommend", time.time(),
                                                                             context_item=req.context_item_id))
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
-            ids, ctx.seq_vector = await hops("retrieve", self.retriever.recommend.remote(ctx, _filters(req.filters), exclude))
-            results = await hops("rank", self.ranker.rank.remote(ctx, ids, req.k, None, req.diversity))
+            results, inner = await hops("retrieve+rank", self.retriever.recommend.remote(
+                ctx, _filters(req.filters), exclude, req.k, req.diversity))
+            hops.ms.update(inner)
             return self._answer(results, known, hops)
         return await self._timed("recommend", run, request)
 

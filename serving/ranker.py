@@ -1,17 +1,23 @@
-"""Ranker deployment: features/retrieval/ranking.py's feature function, scored by the learned ranker
-(features/models/learned_ranker.py, a LightGBM text model from jobs.train_ranker) for the modes it was
-trained on and by the hand-set weights otherwise (and when no ranker version exists)."""
+"""Ranking inside the Retriever replica: features/retrieval/ranking.py's feature function, scored by
+the learned ranker (features/models/learned_ranker.py, a LightGBM text model from jobs.train_ranker)
+for the modes it was trained on and by the hand-set weights otherwise (and when no ranker version
+exists).
+
+Not a deployment of its own: a separate Ranker replica cost one more Serve hop per request (about
+4 ms of CPU on each side on 2 cores, plus a second copy of the catalog), more than ranking itself.
+The Retriever replica ranks its own candidates on the catalog it already holds
+(bench/serve_latency.py measures the hops; docs/serving.md).
+"""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-from ray import serve
 
 from features.models.learned_ranker import LearnedRanker, WithFallback
+from features.retrieval.live import LiveCatalog
 from features.retrieval.ranking import RankContext, rank_candidates
-from serving.retriever import open_live_catalog
 from serving.settings import Resolved, ServingConfig
 
 log = logging.getLogger("ray.serve")
@@ -24,17 +30,16 @@ def load_scorer(cfg: ServingConfig, res: Resolved) -> WithFallback:
     return WithFallback(learned, cfg.ranker.weights)
 
 
-@serve.deployment(name="Ranker")
 class Ranker:
-    def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
-        self.live = open_live_catalog(cfg, res, lexical=False)
+    """Top-k of candidate ids on a live catalog, as result dicts (item fields, score, reasons)."""
+
+    def __init__(self, cfg: ServingConfig, res: Resolved, live: LiveCatalog) -> None:
+        self.live = live
         self.scorer = load_scorer(cfg, res)
         log.info("ranker: search by %s, recommend by %s", self.scorer.describe("search"), self.scorer.describe("recommend"))
 
     def rank(self, ctx: RankContext, item_ids: list[str], k: int, bm25: np.ndarray | None = None,
              diversity: float = 0.0) -> list[dict]:
-        """Top-k of the candidates as result dicts (item fields, score, reasons)."""
-        self.live.sync()
         cat = self.live.catalog
         ranked = rank_candidates(ctx, item_ids, cat, self.scorer, k, bm25, diversity)
         return [{**cat.describe(r.row), "score": round(r.score, 6), "reasons": r.reasons} for r in ranked]

@@ -1,6 +1,9 @@
-"""Retriever deployment: FAISS ANN + BM25 fused (search), recommend candidates, similar items, upserts."""
+"""Retriever deployment: FAISS ANN + BM25 fused (search) and recommend candidates, ranked in the same
+replica (serving/ranker.py); similar items, upserts."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 from ray import serve
@@ -10,6 +13,7 @@ from features.retrieval.catalog import ItemUpdate, load_catalog
 from features.retrieval.live import Filters, LiveCatalog
 from features.retrieval.ranking import RankContext, attach_sequence
 from serving.http import quiet_client_errors
+from serving.ranker import Ranker
 from serving.settings import Resolved, ServingConfig
 
 
@@ -27,28 +31,41 @@ def open_live_catalog(cfg: ServingConfig, res: Resolved, lexical: bool) -> LiveC
                        fsync=cfg.profiles.fsync)
 
 
+def _ms(t0: float, t1: float) -> float:
+    return round((t1 - t0) * 1e3, 2)
+
+
 @serve.deployment(name="Retriever")
 class Retriever:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
         self.live = open_live_catalog(cfg, res, lexical=cfg.retriever.lexical)
+        self.ranker = Ranker(cfg, res, self.live)
         quiet_client_errors()  # unknown ids are answered as 404/422, not logged as failures
 
-    def search(self, query: str, query_emb: np.ndarray, filters: Filters | None,
-               exclude: frozenset[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def search(self, ctx: RankContext, filters: Filters | None, exclude: frozenset[str], k: int,
+               diversity: float = 0.0) -> tuple[list[dict], dict[str, float]]:
+        """(top-k result dicts, {"retrieve": ms, "rank": ms}); ctx carries the query and its vector."""
         self.live.sync()
-        return self.live.search(query, query_emb, filters, exclude)
+        t0 = time.perf_counter()
+        ids, _, bm25 = self.live.search(ctx.query or "", ctx.query_emb, filters, exclude)
+        t1 = time.perf_counter()
+        results = self.ranker.rank(ctx, ids, k, bm25, diversity)
+        return results, {"retrieve": _ms(t0, t1), "rank": _ms(t1, time.perf_counter())}
 
-    def recommend(self, ctx: RankContext, filters: Filters | None, exclude: frozenset[str]
-                  ) -> tuple[list[str], np.ndarray | None]:
-        """(candidate ids, the behaviour model's user vector or None); UnknownItem when the
-        context item is not in the catalog. The vector travels on to the Ranker (computed once)."""
+    def recommend(self, ctx: RankContext, filters: Filters | None, exclude: frozenset[str], k: int,
+                  diversity: float = 0.0) -> tuple[list[dict], dict[str, float]]:
+        """(top-k result dicts, {"retrieve": ms, "rank": ms}); UnknownItem when the context item is
+        not in the catalog. The behaviour model's user vector is computed once, for both."""
         self.live.sync()
+        t0 = time.perf_counter()
         if ctx.context_item is not None and ctx.context_item not in self.live.catalog.row:
             raise UnknownItem(f"context_item_id: unknown item {ctx.context_item!r}", "context_item_id")
-        seq_vec = attach_sequence(ctx, self.live.catalog)
+        ctx.seq_vector = attach_sequence(ctx, self.live.catalog)
         ids = self.live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], ctx.context_item, filters,
-                                  exclude, seq_vec)
-        return ids, seq_vec
+                                  exclude, ctx.seq_vector)
+        t1 = time.perf_counter()
+        results = self.ranker.rank(ctx, ids, k, None, diversity)
+        return results, {"retrieve": _ms(t0, t1), "rank": _ms(t1, time.perf_counter())}
 
     def upsert(self, item: ItemUpdate, vector: np.ndarray) -> bool:
         """Log and apply; returns True when the item is new (CatalogFull past retriever.max_items)."""
@@ -73,4 +90,4 @@ class Retriever:
     def info(self) -> dict:
         self.live.sync()
         return {"items": len(self.live.catalog), "upserted": self.live.n_changed,
-                "index_type": self.live.index.kind}
+                "index_type": self.live.index.kind, "ranker": self.ranker.info()}

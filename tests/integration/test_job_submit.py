@@ -104,9 +104,18 @@ def head(s3, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join the test session's Ray
     env.update(PATH=f"{BIN}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0",
                INTENTLY_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))  # s3:// copies of this test's artifacts
-    for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "INTENTLY_API_KEY"):  # a plain Serve proxy on a free port; no key
-        env.pop(k, None)
+    env.pop("INTENTLY_API_KEY", None)
     tmp = Path("/tmp") / f"ray-test-{os.getpid()}"  # Ray socket paths must stay short
+    # The stable URL as `make ray-up` runs it: HAProxy mode in front of direct ingress, on this
+    # test's own ports and paths (a developer's `make serve` may hold the defaults).
+    direct, hap = free_port(), tmp / "h"
+    env.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_METRICS_ENABLED="0",
+               RAY_SERVE_HAPROXY_NBTHREAD="1", RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(direct),
+               RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(direct + 20),
+               RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()), RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+               RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(hap / "haproxy.cfg"), RAY_SERVE_HAPROXY_SOCKET_PATH=str(hap / "admin.sock"),
+               RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(hap), RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(hap / "server-state"),
+               RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH=str(hap / "metrics.sock"))
     logs = tmp_path_factory.mktemp("head")
     for attempt in range(HEAD_ATTEMPTS):
         try:
@@ -199,8 +208,10 @@ def test_one_command_pipeline_from_a_shops_s3_export_to_a_serving_api(head, s3, 
     assert im["inputs"]["encoder"]["checkpoint"] == A.join(versions["encoder"], "model")
     assert im["outputs"]["item_count"] == items.height
 
-    # The deployed app serves exactly those versions (read from s3://) and this shop's catalog.
+    # The deployed app serves exactly those versions (read from s3://) and this shop's catalog, on
+    # the stable URL that HAProxy owns (its stats page answers on its own port).
     base = f"http://127.0.0.1:{port}"
+    assert requests.get(f"http://127.0.0.1:{env['RAY_SERVE_HAPROXY_STATS_PORT']}/stats", timeout=10).status_code == 200
     health = requests.get(f"{base}/healthz", timeout=10).json()
     assert health["versions"]["index"] == versions["index"].rsplit("/", 1)[-1]
     assert health["versions"]["ranker"] == versions["ranker"].rsplit("/", 1)[-1]

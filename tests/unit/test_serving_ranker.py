@@ -1,4 +1,4 @@
-"""The serving Ranker loads the learned ranker version (ranker.model), falls back to the hand-set
+"""The serving ranker (inside the Retriever replica) loads the learned ranker version (ranker.model), falls back to the hand-set
 weights without one, and refuses a folder that is not a ranker version (no Serve needed: the
 deployment's class is instantiated directly over real artifact folders)."""
 
@@ -11,6 +11,7 @@ from features import artifacts as A
 from features.models.learned_ranker import LearnedRanker, RankerParams, train_booster
 from features.retrieval.ranking import RankContext, candidate_features
 from serving.ranker import Ranker
+from serving.retriever import open_live_catalog
 from serving.settings import RankerServing, ServingConfig, resolve
 from tests.helpers import small_catalog, synthetic_lists
 
@@ -49,7 +50,7 @@ def _cfg(root, model: str = "latest") -> ServingConfig:
 def test_without_a_version_the_hand_weights_rank(root):
     res = resolve(_cfg(root))
     assert res.ranker_dir is None and res.versions["ranker"] == "hand-set weights"
-    r = Ranker.func_or_class(_cfg(root), res)
+    r = Ranker(_cfg(root), res, open_live_catalog(_cfg(root), res, lexical=False))
     assert r.info() == {"search": "hand-set weights", "recommend": "hand-set weights"}
     out = r.rank(RankContext(mode="recommend"), ["i001", "i002", "i003"], k=2)
     assert len(out) == 2 and out[0]["score"] >= out[1]["score"]
@@ -59,7 +60,7 @@ def test_the_latest_version_ranks_recommend_and_search_falls_back(root):
     out_dir, booster = _ranker_version(root)
     res = resolve(_cfg(root))
     assert res.ranker_dir == str(out_dir.resolve()) and res.versions["ranker"] == out_dir.name
-    r = Ranker.func_or_class(_cfg(root), res)
+    r = Ranker(_cfg(root), res, open_live_catalog(_cfg(root), res, lexical=False))
     assert r.info()["recommend"].startswith("learned") and r.info()["search"] == "hand-set weights"
     ids = [f"i{k:03d}" for k in range(20)]
     got = r.rank(RankContext(mode="recommend"), ids, k=5)

@@ -1,0 +1,59 @@
+"""Serving sized to the node's CPUs: the 2-CPU reference is the file as written; bigger nodes scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving import sizing
+from serving.settings import ServingConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def conf() -> dict:
+    return yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())
+
+
+def _deps(c: dict) -> dict:
+    return {d["name"]: d for d in c["applications"][0]["deployments"]}
+
+
+def test_reference_node_keeps_the_file_as_written(conf):
+    for cpus in (1, 2):
+        sized, chosen = sizing.size(conf, cpus)
+        assert sized == conf and chosen["cpus"] == cpus and "reference" in chosen["profile"]
+
+
+def test_a_16_cpu_node_gets_more_replicas_and_limits_and_still_passes_serves_schema(conf):
+    from ray.serve.schema import ServeDeploySchema
+
+    sized, chosen = sizing.size(conf, 16)
+    d = _deps(sized)
+    assert d["QueryEncoder"]["autoscaling_config"]["max_replicas"] == 8
+    assert d["QueryEncoder"]["ray_actor_options"]["num_cpus"] == 1.0
+    for name in ("Ingress", "Retriever"):
+        assert d[name]["autoscaling_config"]["max_replicas"] == 4
+    for name in ("Telemetry", "Profiles"):  # single replicas by design
+        assert d[name]["autoscaling_config"]["max_replicas"] == 1
+    args = sized["applications"][0]["args"]
+    assert args["overload"] == {"max_in_flight": 256, "write_reserve": 128}
+    # the Ingress scales out before it sheds, and may hold what it admits
+    assert d["Ingress"]["autoscaling_config"]["target_ongoing_requests"] < args["overload"]["max_in_flight"]
+    assert d["Ingress"]["max_ongoing_requests"] >= args["overload"]["max_in_flight"] + args["overload"]["write_reserve"]
+    assert chosen["haproxy_threads"] == 4 and chosen["max_in_flight"] == 256
+    ServeDeploySchema.model_validate(sized)
+    ServingConfig.from_args(args)  # the args are still a valid serving config
+    assert _deps(conf)["QueryEncoder"]["ray_actor_options"]["num_cpus"] == 0.5  # the input is not modified
+
+
+def test_cpus_are_validated_and_auto_reads_the_host():
+    assert sizing.parse_cpus("auto") == sizing.host_cpus() >= 1
+    assert sizing.parse_cpus("4") == 4
+    for bad in ("0", "-2", "many", 0):
+        with pytest.raises(ValueError, match="cpus=.*allowed: auto or a positive integer"):
+            sizing.parse_cpus(bad)
+    assert [sizing.haproxy_threads(c) for c in (1, 2, 8, 16, 64)] == [1, 1, 2, 4, 4]
