@@ -194,22 +194,22 @@ def wait_http(url: str, timeout_s: float = 300.0) -> None:
 
 # --- the in-process floor ----------------------------------------------------------------------
 def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> dict[str, Any]:
-    """Sequential per-request latency of encoder + retrieval + ranking in this process."""
-    from features.models.onnx_encoder import runtime_encoder
-    from features.profiles.profile import seed_profiles
-    from features.retrieval.catalog import load_catalog
-    from features.retrieval.live import LiveCatalog
-    from features.retrieval.ranking import context_for, rank_candidates
-
-    e = cfg.encoder
-    encoder, _ = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime, e.threads, res.encoder_onnx)
-    catalog, index = load_catalog(res.features_dir, res.index_dir)
-    live = LiveCatalog(catalog, index, None, cfg.retriever)
+    """Sequential per-request latency of the app's own encoder, retrieval and ranking code (the
+    Retriever deployment's class body, with the behaviour model and the learned ranker) in this
+    process: no HTTP, no Serve hops."""
     import polars as pl
 
     from features import artifacts as A
     from features.data import schema as S
+    from features.models.onnx_encoder import runtime_encoder
+    from features.profiles.profile import seed_profiles
+    from features.retrieval.ranking import context_for
+    from serving.retriever import Retriever
 
+    e = cfg.encoder
+    encoder, _ = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime, e.threads, res.encoder_onnx)
+    retriever = Retriever.func_or_class(cfg, res)
+    catalog = retriever.live.catalog
     p = cfg.profiles.params
     rows = pl.read_parquet(A.join(res.features_dir, "users")).filter(pl.col(S.USER_ID).is_in(users))
     profiles = {prof.user_id: prof for prof in seed_profiles(rows, catalog.lookup, p)}
@@ -218,19 +218,15 @@ def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> d
     for i in range(n):
         t0 = time.perf_counter()
         q = queries[i % len(queries)]
-        emb = encoder.encode([q], "query")[0]
-        ctx = context_for("search", None, time.time(), p, q, emb)
-        ids, _, bm = live.search(q, emb)
-        rank_candidates(ctx, ids, catalog, cfg.ranker, 10, bm)
+        ctx = context_for("search", None, time.time(), p, q, encoder.encode([q], "query")[0])
+        retriever.search(ctx, None, frozenset(), 10)
         lat.append((time.perf_counter() - t0) * 1e3)
     out["search"] = {"n": n, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
     lat = []
     for i in range(n):
         t0 = time.perf_counter()
-        u = users[i % len(users)]
-        ctx = context_for("recommend", profiles.get(u), time.time(), p)
-        ids = live.recommend(ctx.user_vector(), [x for x, _ in ctx.recent_items], None, None, ctx.purchased)
-        rank_candidates(ctx, ids, catalog, cfg.ranker, 10)
+        ctx = context_for("recommend", profiles.get(users[i % len(users)]), time.time(), p)
+        retriever.recommend(ctx, None, ctx.purchased, 10)
         lat.append((time.perf_counter() - t0) * 1e3)
     out["recommend"] = {"n": n, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
     return out
