@@ -1,4 +1,6 @@
-"""QueryEncoder deployment: text -> embedding, with queries batched across requests by @serve.batch.
+"""Query and item encoding: the QueryEncoder deployment (queries batched across requests by
+@serve.batch; item upserts) and the InlineQueryEncoder an Ingress replica uses for queries when
+encoder.placement is ingress (the default).
 
 On ONNX Runtime by default, from the exported model the index version carries (the same file its
 item vectors came from); encoder.runtime=torch serves the eager PyTorch model."""
@@ -16,6 +18,68 @@ from features.models.onnx_encoder import runtime_encoder
 from serving.settings import Resolved, ServingConfig
 
 
+class QueryCache:
+    """query text (stripped) -> embedding, least recently used evicted; 0 entries: off."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, key: str) -> np.ndarray | None:
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.entries.move_to_end(key)
+        return hit
+
+    def put(self, key: str, vec: np.ndarray) -> None:
+        if self.size:
+            self.entries[key] = vec
+            if len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+
+
+class InlineQueryEncoder:
+    """Queries encoded inside the Ingress replica (encoder.placement: ingress, the default).
+
+    On ONNX Runtime a short query takes about 4 ms on one thread here, while the Serve hop to the
+    QueryEncoder deployment cost about 6 ms more (bench/serve_latency.py's hop breakdown) and CPU
+    on both sides; so the Ingress encodes queries itself, on one worker thread (the event loop
+    stays free), from the same exported model. Item upserts still go to the QueryEncoder."""
+
+    def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        e = cfg.encoder
+        self.encoder, self.checkpoint = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime,
+                                                        e.threads, onnx_dir=res.encoder_onnx)
+        self.runtime = e.runtime
+        self.cache = QueryCache(e.cache_size)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-encoder")
+        self.stats = {"queries": 0, "cache_hits": 0, "encode_s": 0.0}
+
+    def _encode(self, text: str) -> np.ndarray:
+        t0 = time.perf_counter()
+        vec = self.encoder.encode([text], "query")[0]
+        self.stats["encode_s"] += time.perf_counter() - t0
+        return vec
+
+    async def encode_query(self, text: str) -> np.ndarray:
+        import asyncio
+
+        self.stats["queries"] += 1
+        key = text.strip()
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats["cache_hits"] += 1
+            return hit
+        vec = await asyncio.get_running_loop().run_in_executor(self.pool, self._encode, key)
+        self.cache.put(key, vec)
+        return vec
+
+    def info(self) -> dict:
+        return {"placement": "ingress", "runtime": self.runtime, **self.stats, "cache_entries": len(self.cache.entries)}
+
+
 @serve.deployment(name="QueryEncoder")
 class QueryEncoder:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
@@ -24,8 +88,7 @@ class QueryEncoder:
                                                         e.threads, onnx_dir=res.encoder_onnx)
         self.runtime = e.runtime
         self.exported_at_start = e.runtime == "onnx" and res.encoder_onnx is None
-        self.cache_size = cfg.encoder.cache_size
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache = QueryCache(cfg.encoder.cache_size)
         self.stats = {"queries": 0, "cache_hits": 0, "batches": 0, "batched_texts": 0, "encode_s": 0.0}
         self.encode_batch.set_max_batch_size(cfg.encoder.max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(cfg.encoder.batch_wait_timeout_s)
@@ -44,16 +107,12 @@ class QueryEncoder:
         """One query -> (d,) float32 unit vector (cached by its exact, stripped text)."""
         self.stats["queries"] += 1
         key = text.strip()
-        hit = self._cache.get(key)
+        hit = self.cache.get(key)
         if hit is not None:
-            self._cache.move_to_end(key)
             self.stats["cache_hits"] += 1
             return hit
         vec = await self.encode_batch(key)
-        if self.cache_size:
-            self._cache[key] = vec
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        self.cache.put(key, vec)
         return vec
 
     def encode_items(self, texts: list[str]) -> np.ndarray:
@@ -61,5 +120,5 @@ class QueryEncoder:
         return self.encoder.encode(texts, "item")
 
     def info(self) -> dict:
-        return {"checkpoint": self.version, "runtime": self.runtime, "exported_at_start": self.exported_at_start, **self.stats, "cache_entries": len(self._cache),
+        return {"checkpoint": self.version, "runtime": self.runtime, "exported_at_start": self.exported_at_start, **self.stats, "cache_entries": len(self.cache.entries),
                 "time": time.time()}

@@ -40,6 +40,7 @@ from serving.http import (
     read_json,
     sent_key,
 )
+from serving.encoder import InlineQueryEncoder
 from serving.metrics import IngressMetrics
 from serving.schemas import (
     EventIn,
@@ -88,6 +89,8 @@ class Ingress:
                  profiles: Any, telemetry: Any) -> None:
         self.cfg, self.res = cfg, res
         self.encoder, self.retriever, self.profiles = encoder, retriever, profiles
+        # queries encoded in this replica (placement ingress) or by the QueryEncoder deployment
+        self.inline = InlineQueryEncoder(cfg, res) if cfg.encoder.placement == "ingress" else None
         self.telemetry = telemetry
         self.api_keys = tuple(k.strip() for k in os.environ.get(cfg.api_key_env, "").split(",") if k.strip())
         self.trusted_proxies = parse_networks(cfg.rate_limit.trusted_proxies)
@@ -124,6 +127,10 @@ class Ingress:
         peer = request.client.host if request.client else None
         address = client_address(peer, request.headers.get("x-forwarded-for"), self.trusted_proxies)
         return client_id(sent_key(request), self.api_keys, address)
+
+    def _encode(self, query: str) -> Any:
+        """An awaitable of the query's (d,) vector."""
+        return self.inline.encode_query(query) if self.inline else self.encoder.encode_query.remote(query)
 
     def _check_k(self, k: int) -> None:
         if k > self.cfg.max_k:
@@ -213,11 +220,11 @@ class Ingress:
                                "query")
             now = time.time()
             if req.user_id is None:  # anonymous: no Profiles hop
-                emb = await hops("encode", self.encoder.encode_query.remote(req.query))
+                emb = await hops("encode", self._encode(req.query))
                 ctx, known = context_for("search", None, now, self.cfg.profiles.params, req.query), False
             else:
                 emb, (ctx, known) = await hops("encode+profile", asyncio.gather(
-                    self.encoder.encode_query.remote(req.query),
+                    self._encode(req.query),
                     self.profiles.context.remote(req.user_id, "search", now, req.query)))
             ctx.query_emb = emb
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
@@ -279,7 +286,7 @@ class Ingress:
                 events.append(parse(EventIn, e, (i,)))
             records = event_records(events, dt.datetime.now(dt.timezone.utc), self.cfg.max_future_s)
             searches = [r for r in records if r[S.EVENT_TYPE] == EV.SEARCH]
-            vecs = await asyncio.gather(*[self.encoder.encode_query.remote(r[S.QUERY].strip()) for r in searches])
+            vecs = await asyncio.gather(*[self._encode(r[S.QUERY].strip()) for r in searches])
             for rec, vec in zip(searches, vecs):
                 rec[EV.QUERY_VECTOR] = EV.encode_vector(vec)
             accepted, duplicates = await self.profiles.append.remote(records)
@@ -327,6 +334,7 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 - any failing dependency makes the app unhealthy
             return JSONResponse({"status": "unavailable", "reason": f"{type(e).__name__}: {e}"[:500]}, status_code=503)
         enc, ret, prof = infos
+        enc = {**enc, "placement": self.cfg.encoder.placement, **({"inline": self.inline.info()} if self.inline else {})}
         return {"status": "ok", "versions": self.res.versions, "writes_need_api_key": bool(self.api_keys),
                 "writes": self.write_policy(), "encoder": enc, "retriever": ret, "profiles": prof}
 

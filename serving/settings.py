@@ -20,6 +20,7 @@ from features.retrieval.live import RetrievalConfig
 from features.retrieval.ranking import HandWeights
 
 FROM_INDEX = "from-index"
+PLACEMENTS = ("ingress", "deployment")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class EncoderServing:
     # onnx: ONNX Runtime, the model the index job exported into the index version (exported at
     # start when the index has none or spec is not from-index) | torch: eager PyTorch
     runtime: str = "onnx"
+    # ingress: each Ingress replica encodes queries itself (one hop less; serving/encoder.py) |
+    # deployment: queries go to the QueryEncoder deployment, batched (e.g. a GPU encoder replica).
+    # Item upserts always use the QueryEncoder deployment.
+    placement: str = "ingress"
     max_batch_size: int = 16  # @serve.batch: queries encoded in one forward pass
     batch_wait_timeout_s: float = 0.002
     threads: int = 1  # intra-op threads per replica; replicas, not threads, scale it
@@ -42,6 +47,8 @@ class EncoderServing:
             raise ConfigError(str(e)) from None
         if self.threads < 1:
             raise ConfigError(f"encoder.threads must be >= 1, got {self.threads}")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"encoder.placement={self.placement!r}; allowed: {', '.join(PLACEMENTS)}")
     cache_size: int = 10_000  # query -> embedding LRU (0: off)
 
 

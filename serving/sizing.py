@@ -4,9 +4,11 @@ serving/config.yaml is written for the reference profile, a 2-CPU node; on it `s
 nothing. On a bigger node (`make serve` uses the CPUs of the machine it runs on; `--cpus N` for a
 remote cluster, `--cpus 2` keeps the file as written) it scales what limits throughput:
 
-- QueryEncoder, the heavy hop: up to cpus/2 replicas, each a whole CPU (its ONNX Runtime session
-  uses encoder.threads intra-op threads); on 2 CPUs two half-CPU replicas.
-- Ingress, Retriever (which ranks too): up to cpus/4 replicas each (never fewer than the file's max).
+- The replicas that encode queries (the Ingress with encoder.placement ingress, the default; the
+  QueryEncoder with placement deployment): up to cpus/2 replicas, each a whole CPU (its ONNX
+  Runtime session uses encoder.threads intra-op threads).
+- Ingress, Retriever (which ranks too): up to cpus/4 replicas each when they do not encode
+  (never fewer than the file's max).
 - overload.max_in_flight = 16 per CPU (32 on 2; write_reserve half of it), and on more than 2
   CPUs the Ingress scales out at 3/4 of that limit, before it sheds (on 2 CPUs a second Ingress
   only adds waiting, so the file's target stays above the limit; docs/reliability.md).
@@ -72,16 +74,18 @@ def size(conf: dict[str, Any], cpus: int) -> tuple[dict[str, Any], dict[str, Any
     def autoscale(name: str) -> dict[str, Any]:
         return deps[name].setdefault("autoscaling_config", {})
 
-    if "QueryEncoder" in deps:
-        a = autoscale("QueryEncoder")
-        a["max_replicas"] = max(int(a.get("max_replicas", 1)), cpus // 2)
-        deps["QueryEncoder"].setdefault("ray_actor_options", {})["num_cpus"] = 1.0
-        chosen["QueryEncoder"] = {"max_replicas": a["max_replicas"], "num_cpus": 1.0}
-    for name in SCALED:
-        if name in deps:
-            a = autoscale(name)
-            a["max_replicas"] = max(int(a.get("max_replicas", 1)), cpus // 4)
-            chosen[name] = {"max_replicas": a["max_replicas"]}
+    # The replicas that encode queries are the heavy ones: the Ingress (encoder.placement ingress,
+    # the default) or the QueryEncoder deployment (placement deployment).
+    heavy = "QueryEncoder" if args.get("encoder", {}).get("placement", "ingress") == "deployment" else "Ingress"
+    for name in (heavy, *[n for n in SCALED if n != heavy]):
+        if name not in deps:
+            continue
+        a = autoscale(name)
+        a["max_replicas"] = max(int(a.get("max_replicas", 1)), cpus // 2 if name == heavy else cpus // 4)
+        chosen[name] = {"max_replicas": a["max_replicas"]}
+        if name == heavy:
+            deps[name].setdefault("ray_actor_options", {})["num_cpus"] = 1.0
+            chosen[name]["num_cpus"] = 1.0
     if "Ingress" in deps:
         a = autoscale("Ingress")
         a["target_ongoing_requests"] = max(1, in_flight * 3 // 4)

@@ -127,6 +127,10 @@ def test_search_and_recommend_sensible_items(app, artifacts):
     assert rec["user_known"] and len(rec["results"]) == 10 and all(x["reasons"] for x in rec["results"])
     health = requests.get(f"{app.url}/healthz", timeout=30).json()
     assert health["versions"]["sequence"] != "none"  # the behaviour model is served (retrieval + features)
+    # queries are encoded in the Ingress replica, on ONNX Runtime, from the index's exported model
+    enc = health["encoder"]
+    assert enc["placement"] == "ingress" and enc["inline"]["runtime"] == "onnx", enc
+    assert enc["runtime"] == "onnx" and enc["exported_at_start"] is False
     bought = set(events.filter((pl.col("user_id") == user) & (pl.col("event_type") == "purchase"))["item_id"].tail(50))
     assert not bought & {x["item_id"] for x in rec["results"]}  # already-bought items excluded by default
 

@@ -234,3 +234,15 @@ def test_modules_stay_small_and_no_private_name_crosses_a_module():
                         "features", "serving", "jobs", "bench", "tests"):
                     private = [a.name for a in node.names if a.name.startswith("_")]
                     assert not private, f"{path.relative_to(ROOT)} imports private {private} from {node.module}"
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"encoder": {"runtime": "tensorrt"}}, "encoder.runtime='tensorrt'; allowed: onnx, torch"),
+    ({"encoder": {"placement": "edge"}}, "encoder.placement='edge'; allowed: ingress, deployment"),
+    ({"encoder": {"threads": 0}}, "encoder.threads must be >= 1"),
+])
+def test_serving_encoder_settings_name_the_key_and_the_allowed_values(args, message):
+    from serving.settings import ServingConfig
+
+    with pytest.raises(ConfigError, match=message):
+        ServingConfig.from_args(args)

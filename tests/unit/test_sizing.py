@@ -33,10 +33,11 @@ def test_a_16_cpu_node_gets_more_replicas_and_limits_and_still_passes_serves_sch
 
     sized, chosen = sizing.size(conf, 16)
     d = _deps(sized)
-    assert d["QueryEncoder"]["autoscaling_config"]["max_replicas"] == 8
-    assert d["QueryEncoder"]["ray_actor_options"]["num_cpus"] == 1.0
-    for name in ("Ingress", "Retriever"):
-        assert d[name]["autoscaling_config"]["max_replicas"] == 4
+    # queries are encoded in the Ingress (encoder.placement: ingress): it is the heavy replica
+    assert d["Ingress"]["autoscaling_config"]["max_replicas"] == 8
+    assert d["Ingress"]["ray_actor_options"]["num_cpus"] == 1.0
+    assert d["Retriever"]["autoscaling_config"]["max_replicas"] == 4
+    assert d["QueryEncoder"]["autoscaling_config"]["max_replicas"] == 2  # item upserts only
     for name in ("Telemetry", "Profiles"):  # single replicas by design
         assert d[name]["autoscaling_config"]["max_replicas"] == 1
     args = sized["applications"][0]["args"]
@@ -57,3 +58,14 @@ def test_cpus_are_validated_and_auto_reads_the_host():
         with pytest.raises(ValueError, match="cpus=.*allowed: auto or a positive integer"):
             sizing.parse_cpus(bad)
     assert [sizing.haproxy_threads(c) for c in (1, 2, 8, 16, 64)] == [1, 1, 2, 4, 4]
+
+
+def test_with_the_encoder_as_a_deployment_it_is_the_one_scaled(conf):
+    import copy
+
+    c = copy.deepcopy(conf)
+    c["applications"][0]["args"]["encoder"]["placement"] = "deployment"
+    d = _deps(sizing.size(c, 16)[0])
+    assert d["QueryEncoder"]["autoscaling_config"]["max_replicas"] == 8
+    assert d["QueryEncoder"]["ray_actor_options"]["num_cpus"] == 1.0
+    assert d["Ingress"]["autoscaling_config"]["max_replicas"] == 4
