@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from typing import Awaitable, Callable
 
 import numpy as np
 from ray import serve
@@ -37,6 +38,25 @@ class QueryCache:
             if len(self.entries) > self.size:
                 self.entries.popitem(last=False)
 
+    async def get_or_encode(self, text: str, stats: dict, encode: Callable[[str], Awaitable[np.ndarray]]) -> np.ndarray:
+        """One query -> (d,) float32 unit vector, cached by its exact, stripped text."""
+        stats["queries"] += 1
+        key = text.strip()
+        hit = self.get(key)
+        if hit is not None:
+            stats["cache_hits"] += 1
+            return hit
+        vec = await encode(key)
+        self.put(key, vec)
+        return vec
+
+
+def load_query_encoder(cfg: ServingConfig, res: Resolved):
+    """(encoder, checkpoint or None) on the configured runtime, from the index's export when it has one."""
+    e = cfg.encoder
+    return runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime, e.threads,
+                           onnx_dir=res.encoder_onnx)
+
 
 class InlineQueryEncoder:
     """Queries encoded inside the Ingress replica (encoder.placement: ingress, the default).
@@ -49,11 +69,9 @@ class InlineQueryEncoder:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        e = cfg.encoder
-        self.encoder, self.checkpoint = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime,
-                                                        e.threads, onnx_dir=res.encoder_onnx)
-        self.runtime = e.runtime
-        self.cache = QueryCache(e.cache_size)
+        self.encoder, self.checkpoint = load_query_encoder(cfg, res)
+        self.runtime = cfg.encoder.runtime
+        self.cache = QueryCache(cfg.encoder.cache_size)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-encoder")
         self.stats = {"queries": 0, "cache_hits": 0, "encode_s": 0.0}
 
@@ -66,15 +84,8 @@ class InlineQueryEncoder:
     async def encode_query(self, text: str) -> np.ndarray:
         import asyncio
 
-        self.stats["queries"] += 1
-        key = text.strip()
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.stats["cache_hits"] += 1
-            return hit
-        vec = await asyncio.get_running_loop().run_in_executor(self.pool, self._encode, key)
-        self.cache.put(key, vec)
-        return vec
+        loop = asyncio.get_running_loop()
+        return await self.cache.get_or_encode(text, self.stats, lambda key: loop.run_in_executor(self.pool, self._encode, key))
 
     def info(self) -> dict:
         return {"placement": "ingress", "runtime": self.runtime, **self.stats, "cache_entries": len(self.cache.entries)}
@@ -83,11 +94,9 @@ class InlineQueryEncoder:
 @serve.deployment(name="QueryEncoder")
 class QueryEncoder:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
-        e = cfg.encoder
-        self.encoder, self.checkpoint = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime,
-                                                        e.threads, onnx_dir=res.encoder_onnx)
-        self.runtime = e.runtime
-        self.exported_at_start = e.runtime == "onnx" and res.encoder_onnx is None
+        self.encoder, self.checkpoint = load_query_encoder(cfg, res)
+        self.runtime = cfg.encoder.runtime
+        self.exported_at_start = self.runtime == "onnx" and res.encoder_onnx is None
         self.cache = QueryCache(cfg.encoder.cache_size)
         self.stats = {"queries": 0, "cache_hits": 0, "batches": 0, "batched_texts": 0, "encode_s": 0.0}
         self.encode_batch.set_max_batch_size(cfg.encoder.max_batch_size)
@@ -105,20 +114,12 @@ class QueryEncoder:
 
     async def encode_query(self, text: str) -> np.ndarray:
         """One query -> (d,) float32 unit vector (cached by its exact, stripped text)."""
-        self.stats["queries"] += 1
-        key = text.strip()
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.stats["cache_hits"] += 1
-            return hit
-        vec = await self.encode_batch(key)
-        self.cache.put(key, vec)
-        return vec
+        return await self.cache.get_or_encode(text, self.stats, self.encode_batch)
 
     def encode_items(self, texts: list[str]) -> np.ndarray:
         """Item texts -> (N, d) with the item tower (upserts; not batched across requests)."""
         return self.encoder.encode(texts, "item")
 
     def info(self) -> dict:
-        return {"checkpoint": self.version, "runtime": self.runtime, "exported_at_start": self.exported_at_start, **self.stats, "cache_entries": len(self.cache.entries),
-                "time": time.time()}
+        return {"checkpoint": self.version, "runtime": self.runtime, "exported_at_start": self.exported_at_start,
+                **self.stats, "cache_entries": len(self.cache.entries), "time": time.time()}
