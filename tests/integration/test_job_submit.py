@@ -129,8 +129,20 @@ def head(s3, tmp_path_factory):
         yield address, env
     finally:
         _stop(proc)
+        _stop_haproxy(str(hap))  # Serve starts haproxy in a session of its own: the group kill misses it
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stop_haproxy(marker: str) -> None:
+    """SIGTERM every process whose command line names this cluster's haproxy folder (Linux /proc)."""
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if marker in cmd and "haproxy" in cmd:
+                os.kill(int(pid_dir.name), signal.SIGTERM)
+        except (OSError, ValueError):
+            continue
 
 
 def _submit(address: str, env: dict, *args: str) -> str:
