@@ -96,8 +96,8 @@ def export_for_index(cfg: BuildIndexConfig, checkpoint: str | None) -> Path | No
     """The ONNX folder the actors, the probes and the version share (None: encode with torch)."""
     if cfg.runtime != "onnx" or cfg.gpus_per_actor > 0:
         return None
-    model, _ = load_encoder(checkpoint or cfg.encoder, cfg.output_root, cfg.zero_shot)
-    return OX.export_onnx(model, tempfile.mkdtemp(prefix="intently-onnx-"), checkpoint)
+    return OX.export_spec(checkpoint or cfg.encoder, cfg.output_root, cfg.zero_shot,
+                          tempfile.mkdtemp(prefix="intently-onnx-"))[0]
 
 
 def run(cfg: BuildIndexConfig) -> int:

@@ -51,7 +51,7 @@ from features.evaluation import report as R
 from features.models import onnx_encoder as OX
 from features.models import sequence as SQ
 from features.evaluation import splits as ES
-from features.models.encoder import ZERO_SHOT, EncoderConfig, load_encoder
+from features.models.encoder import ZERO_SHOT, EncoderConfig
 from features.models.learned_ranker import LearnedRanker, RankerParams, WithFallback, importances, train_booster
 from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import Catalog, load_catalog
@@ -501,7 +501,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     if vecs is None or not OX.is_onnx_folder(onnx_dir):
         tmp = tempfile.TemporaryDirectory(prefix="intently-onnx-")
         zs = replace(EncoderConfig(), max_length=cfg.encoder.index_max_length)
-        onnx_dir = OX.export_onnx(load_encoder(ZERO_SHOT, cfg.output_root, zs)[0], tmp.name)
+        onnx_dir, _ = OX.export_spec(ZERO_SHOT, cfg.output_root, zs, tmp.name)
     if vecs is None:
         steps(f"encode {items.height:,} items (Ray Data) and the queries, zero-shot (ONNX Runtime)")
         vecs = _encode_items(items, onnx_dir, cfg)

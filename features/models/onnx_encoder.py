@@ -153,6 +153,14 @@ def from_files(files: dict[str, bytes], threads: int = 1) -> OnnxEncoder:
         return OnnxEncoder(d, threads)  # sessions and tokenizer are in memory once built
 
 
+def export_spec(spec: str, artifacts_root: str, zero_shot: EncoderConfig, directory: str | Path,
+                **overrides) -> tuple[Path, str | None]:
+    """Load the torch encoder for a `load_encoder` spec and export it into `directory`:
+    (the folder, the checkpoint it came from or None for zero-shot)."""
+    model, checkpoint = load_encoder(spec, artifacts_root, zero_shot, **overrides)
+    return export_onnx(model, directory, checkpoint), checkpoint
+
+
 def runtime_encoder(spec: str, artifacts_root: str = "artifacts", zero_shot: EncoderConfig = EncoderConfig(),
                     runtime: str = "onnx", threads: int = 1, onnx_dir: str | None = None, **overrides):
     """(encoder, checkpoint folder or None) for inference on the chosen runtime.
@@ -168,11 +176,10 @@ def runtime_encoder(spec: str, artifacts_root: str = "artifacts", zero_shot: Enc
     import torch
 
     torch.set_num_threads(threads)
-    model, checkpoint = load_encoder(spec, artifacts_root, zero_shot, **overrides)
-    model.eval()
     if runtime == "torch":
-        return model, checkpoint
+        model, checkpoint = load_encoder(spec, artifacts_root, zero_shot, **overrides)
+        return model.eval(), checkpoint
     with tempfile.TemporaryDirectory(prefix="intently-onnx-") as d:
-        export_onnx(model, d, checkpoint)
+        _, checkpoint = export_spec(spec, artifacts_root, zero_shot, d, **overrides)
         return OnnxEncoder(d, threads), checkpoint
 
