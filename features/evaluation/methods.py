@@ -253,7 +253,14 @@ def judged_features(j: Judgments, q: int, q_emb: np.ndarray, catalog: Catalog, b
 
 def query_features(query: str, q_emb: np.ndarray, rows: np.ndarray, catalog: Catalog, bm25: BM25) -> np.ndarray:
     """Search features of any item set, scaled by the catalog-wide best BM25 and cosine of the
-    query: what serving's candidates (always holding the top hits of both) are scaled by."""
+    query: what serving's candidates (always holding the top hits of both) are scaled by, with
+    their dense and lexical ranks over the whole catalog (serving's are the same at the top)."""
     raw = bm25.scores(query, len(catalog))
+    cos = catalog.vectors @ q_emb
+    rank_of = np.empty(len(catalog), np.float64)
+    rank_of[np.argsort(-cos, kind="stable")] = np.arange(len(catalog))
+    lex_of = np.full(len(catalog), -1.0)
+    hit = np.flatnonzero(raw > 0)
+    lex_of[hit[np.argsort(-raw[hit], kind="stable")]] = np.arange(len(hit))
     return candidate_features(search_context(query, q_emb), rows, catalog, raw[rows], bm25_max=float(raw.max()),
-                              query_sim_max=float((catalog.vectors @ q_emb).max()))
+                              query_sim_max=float(cos.max()), ranks=(rank_of[rows], lex_of[rows]))

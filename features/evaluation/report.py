@@ -119,7 +119,7 @@ def _verdict(v: dict | None) -> str:
     word = "beats" if v["full_beats_strongest_baseline"] else "does not beat"
     return (f"<p>Full system {v['full_system']:.4f} vs the strongest baseline ({_esc(v['strongest_baseline'])}) "
             f"{v['strongest_baseline_value']:.4f}: paired difference {v['paired_difference']:+.4f}, 95% CI "
-            f"[{lo:+.4f}, {hi:+.4f}] (bootstrap over requests): it {word} it.</p>")
+            f"[{lo:+.4f}, {hi:+.4f}] (bootstrap over requests or queries): it {word} it.</p>")
 
 
 def render(result: dict) -> str:
@@ -166,7 +166,9 @@ def render(result: dict) -> str:
         for setting in ("rerank", "full_catalog"):
             rows = srch[setting]
             parts.append(f"<h3>{'re-ranking the judged items' if setting == 'rerank' else 'retrieving from the whole catalog'}</h3>")
-            parts.append(table(rows, ["method"] + [f"ndcg@{k}" for k in ks]))
+            key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"
+            parts.append(table(_with_ci(rows, key), ["method"] + [f"ndcg@{k}" for k in ks] + [f"{key} 95% CI"]))
+            parts.append(_verdict(srch.get("verdict", {}).get(setting)))
             parts.append(line_chart(f"nDCG@k ({setting})", ks, {m["method"]: [m[f"ndcg@{k}"] for k in ks] for m in rows}, "nDCG"))
         if srch.get("latency"):
             parts.append(latency_chart("search latency per query (in process)", srch["latency"]))

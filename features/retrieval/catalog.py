@@ -21,8 +21,9 @@ import polars as pl
 
 from features import artifacts as A
 from features.data import schema as S
-from features.data.text import item_text
+from features.data.text import ITEM_TEXT_MAX_CHARS, item_text
 from features.retrieval.index import ItemIndex
+from features.retrieval.lexical import Analyzer
 
 POPULARITY_HALF_LIFE_DAYS = 7.0  # "popular this week"
 POPULARITY_SHORT_DAYS, POPULARITY_LONG_DAYS = 1.0, 30.0
@@ -97,6 +98,7 @@ class Catalog:
         self._long_log_max = max(math.log1p(float(self.popularity_long.max(initial=0.0))), 1e-9)
         self.version = 0  # bumps on every upsert
         self.sequence: SequenceSource | None = None  # the behaviour model bound to these rows, if any
+        self.analyzer = Analyzer()  # text -> terms for the ranker's match features (LiveCatalog sets BM25's own)
 
     @property
     def vectors(self) -> np.ndarray:
@@ -105,6 +107,13 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    def fields(self, r: int) -> dict[str, str | None]:
+        """Row r's searchable fields (features/retrieval/lexical.py FIELDS); the description is cut
+        at the item text's length limit."""
+        desc = self.description[r]
+        return {"title": self.title[r], "brand": self.brand[r], "category": self.category[r],
+                "description": desc[:ITEM_TEXT_MAX_CHARS] if desc else None}
 
     def rows(self, item_ids: list[str]) -> np.ndarray:
         """Row numbers of known ids (unknown ids are skipped)."""

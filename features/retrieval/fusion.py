@@ -1,14 +1,30 @@
 """The ONE fusion of dense (embedding) and lexical (BM25) retrieval scores, used by serving's
 search (features/retrieval/live.py) and by the offline evaluation, so the evaluation's hybrid row
-measures exactly what serving does."""
+measures exactly what serving does; and `fit_fusion`, which picks the fusion's method and constant
+on judged queries (the evaluation fits it on training queries only)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from features import metrics as M
+
 Fusion = Literal["rrf", "weighted"]
+RRF_KS = (5, 10, 20, 40, 60, 100, 200)
+ANN_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True)
+class FusionParams:
+    method: Fusion = "rrf"
+    rrf_k: int = 60
+    ann_weight: float = 0.5
+
+    def describe(self) -> str:
+        return f"rrf, k={self.rrf_k}" if self.method == "rrf" else f"weighted, ann_weight={self.ann_weight}"
 
 
 def fuse(cos: np.ndarray, bm25: np.ndarray, method: Fusion = "rrf", rrf_k: int = 60, ann_weight: float = 0.5,
@@ -37,3 +53,41 @@ def fuse(cos: np.ndarray, bm25: np.ndarray, method: Fusion = "rrf", rrf_k: int =
         order = members[np.argsort(-scores[members], kind="stable")]
         fused[order] += 1.0 / (rrf_k + np.arange(1, len(order) + 1))
     return fused
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One judged query's retrieval pool: the candidates' cos, BM25, list membership and gains
+    (0 for unjudged), and the gains of all its judged items (for the ideal ordering)."""
+
+    cos: np.ndarray
+    bm25: np.ndarray
+    in_dense: np.ndarray
+    in_lexical: np.ndarray
+    gains: np.ndarray
+    ideal: np.ndarray
+
+
+def fusion_ndcg(pools: list[Pool], p: FusionParams, k: int = 10) -> float:
+    """Mean nDCG@k of the queries' candidates ordered by fusion `p`."""
+    ranked = []
+    for q in pools:
+        s = fuse(q.cos, q.bm25, p.method, p.rrf_k, p.ann_weight, q.in_dense, q.in_lexical)
+        ranked.append(q.gains[np.argsort(-s, kind="stable")[:k]])
+    return M.graded_ndcg(ranked, [q.ideal for q in pools], k)
+
+
+def fit_fusion(pools: list[Pool], k: int = 10, default: FusionParams = FusionParams()) -> tuple[FusionParams, dict[str, float]]:
+    """The fusion (RRF with k in RRF_KS, or weighted with ANN_WEIGHTS) with the best mean nDCG@k on
+    `pools`; `default` wins ties (and an empty `pools`). Returns it and every candidate's score."""
+    grid = [default] + [FusionParams("rrf", rk) for rk in RRF_KS] + [FusionParams("weighted", ann_weight=w) for w in ANN_WEIGHTS]
+    scores: dict[str, float] = {}
+    best, best_v = default, -1.0
+    for p in grid:
+        if p.describe() in scores:
+            continue
+        v = fusion_ndcg(pools, p, k) if pools else 0.0
+        scores[p.describe()] = round(v, 6)
+        if v > best_v + 1e-12:
+            best, best_v = p, v
+    return best, scores

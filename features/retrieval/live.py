@@ -13,7 +13,7 @@ Per-request exclusions (a buyer's purchases) do not: the ANN is asked for that m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,9 @@ from features.errors import CatalogFull
 from features.profiles.eventlog import RecordLog
 from features.profiles.events import decode_vector, encode_vector
 from features.retrieval.catalog import Catalog, ItemUpdate
-from features.retrieval.fusion import Fusion, fuse
+from features.retrieval.fusion import Fusion, FusionParams, fuse
 from features.retrieval.index import ItemIndex
-from features.retrieval.lexical import BM25
+from features.retrieval.lexical import BM25, DEFAULT_FIELD_WEIGHTS, FIELDS, Analyzer
 
 COMPACT_SLACK = 1000  # the item log is compacted once it holds this many records more than 2 per changed item
 
@@ -38,6 +38,10 @@ class RetrievalConfig:
     ann_weight: float = 0.5
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
+    # BM25F field weights (title, brand, category, description; a field left out is not searched)
+    field_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FIELD_WEIGHTS))
+    stemmer: str = "english"  # a Snowball language for BM25's terms, or "none" (plural fold only)
+    typo_tolerance: bool = True  # a query word no item holds matches the closest word (1-2 edits)
     cooc_candidates: int = 100  # recommend: co-occurrence neighbours of the context and recent items
     popular_candidates: int = 50  # recommend: the most popular items (cold start)
     sequence_candidates: int = 100  # recommend: the behaviour model's top items (when one is loaded)
@@ -50,6 +54,18 @@ class RetrievalConfig:
             raise ValueError(f"retriever.max_items must be >= 1, got {self.max_items}")
         if not 0.0 <= self.ann_weight <= 1.0:
             raise ValueError(f"retriever.ann_weight must be in [0, 1], got {self.ann_weight}")
+        unknown = sorted(set(self.field_weights) - set(FIELDS))
+        if unknown or not self.field_weights:
+            raise ValueError(f"retriever.field_weights: unknown field(s) {unknown or '(none given)'}; allowed: {', '.join(FIELDS)}")
+        Analyzer(self.stemmer)  # raises on an unknown language, naming the allowed ones
+
+    def fusion_params(self) -> FusionParams:
+        return FusionParams(self.fusion, self.rrf_k, self.ann_weight)
+
+    def lexical_index(self, docs: list) -> BM25:
+        """A BM25F index over `docs` (field mappings, see `item_fields`) with these settings."""
+        return BM25.build(docs, self.bm25_k1, self.bm25_b, fields=self.field_weights, stemmer=self.stemmer,
+                          typo_tolerance=self.typo_tolerance)
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,9 @@ class LiveCatalog:
         self.cfg = cfg
         self.n_indexed = len(index.item_ids)
         self._changed: set[int] = set()  # rows whose vector is not (or no longer) the index's
-        self.bm25 = BM25.build(catalog.text, cfg.bm25_k1, cfg.bm25_b) if cfg.lexical else None
+        self.bm25 = cfg.lexical_index([catalog.fields(r) for r in range(len(catalog))]) if cfg.lexical else None
+        if self.bm25 is not None:
+            catalog.analyzer = self.bm25.analyzer  # the ranker's title/text match features use the same terms
         self.log = RecordLog(item_log_dir, fsync=fsync) if item_log_dir is not None else None
         self.log_records = 0  # records in the item log, as far as this process knows
         if self.log is not None:
@@ -93,7 +111,7 @@ class LiveCatalog:
         self._changed.add(row)
         self.log_records += 1
         if self.bm25 is not None:
-            self.bm25.set_doc(row, self.catalog.text[row])
+            self.bm25.set_doc(row, self.catalog.fields(row))
         return row, created
 
     def sync(self) -> int:
@@ -178,11 +196,11 @@ class LiveCatalog:
         top = np.argsort(-s, kind="stable")[:k]
         return s[top].astype(np.float32), rows[top]
 
-    def search(self, query: str, query_emb: np.ndarray, filters: Filters | None = None,
-               exclude: frozenset[str] = frozenset()) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Search candidates: (item_ids, ann cosine (C,), raw BM25 (C,)), best fused first."""
-        cfg = self.cfg
-        n = cfg.num_candidates
+    def search_pool(self, query: str, query_emb: np.ndarray, filters: Filters | None = None,
+                    exclude: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The search pool before fusion: the union of the dense top-n and the lexical top-n rows
+        (sorted by row), their cosine, raw BM25 and membership of each list."""
+        n = self.cfg.num_candidates
         allowed = self.allowed(filters)
         excluded = self.catalog.rows(list(exclude))
         ann_s, ann_rows = self.ann(query_emb, n, allowed, excluded)
@@ -200,9 +218,17 @@ class LiveCatalog:
         pool = np.union1d(ann_rows, lex_rows).astype(np.int64)  # sorted by row: ties keep row order
         cos = self.catalog.vectors[pool] @ np.asarray(query_emb, np.float32)
         lex = bm[pool] if bm is not None else np.zeros(len(pool))
-        fused = fuse(cos, lex, cfg.fusion, cfg.rrf_k, cfg.ann_weight, in_dense=np.isin(pool, ann_rows),
-                     in_lexical=np.isin(pool, lex_rows))
-        top = np.argsort(-fused, kind="stable")[:n]
+        return pool, cos, lex, np.isin(pool, ann_rows), np.isin(pool, lex_rows)
+
+    def search(self, query: str, query_emb: np.ndarray, filters: Filters | None = None,
+               exclude: frozenset[str] = frozenset(), fusion: FusionParams | None = None,
+               ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Search candidates: (item_ids, ann cosine (C,), raw BM25 (C,)), best fused first, fused by
+        `fusion` (default: the config's)."""
+        pool, cos, lex, in_dense, in_lexical = self.search_pool(query, query_emb, filters, exclude)
+        p = fusion or self.cfg.fusion_params()
+        fused = fuse(cos, lex, p.method, p.rrf_k, p.ann_weight, in_dense=in_dense, in_lexical=in_lexical)
+        top = np.argsort(-fused, kind="stable")[: self.cfg.num_candidates]
         rows = pool[top]
         return [self.catalog.item_ids[r] for r in rows], cos[top].astype(np.float32), lex[top]
 

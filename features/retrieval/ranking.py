@@ -19,7 +19,6 @@ import numpy as np
 
 from features.profiles.profile import Profile, ProfileParams, mix
 from features.retrieval.catalog import Catalog
-from features.retrieval.lexical import tokenize
 
 Mode = Literal["search", "recommend"]
 
@@ -46,6 +45,10 @@ FEATURES: dict[str, str] = {
     "seq_rank": "rank by the behaviour model's score among the candidates / their number (0: best); 1 without",
     "category_recency": "exp(-days since the shopper's newest recent interaction in the item's category / 7); "
                         "0 without one",
+    "dense_rank": "1 / log2(2 + the candidate's rank by query_sim, best 0): the dense retriever's list position; "
+                  "0 without a query",
+    "lexical_rank": "1 / log2(2 + its rank by BM25 among the items with a match): the lexical list position; "
+                    "0 without a match",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -136,12 +139,16 @@ def cooc_scores(ctx: RankContext, catalog: Catalog) -> dict[str, float]:
 
 def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
                        bm25: np.ndarray | None = None, bm25_max: float | None = None,
-                       query_sim_max: float | None = None) -> np.ndarray:
+                       query_sim_max: float | None = None,
+                       ranks: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """(C, F) float32 features of the candidate rows, columns in FEATURE_NAMES order.
 
     bm25: raw BM25 scores of the candidates for ctx.query (None or zeros without a query), scaled
     by bm25_max (default: the best among the candidates, which serving's candidates always hold);
     query_sim_max likewise for query_sim_gap (offline re-ranking of a fixed item set passes both).
+    ranks: the candidates' (dense, lexical) ranks from 0 over the whole catalog, -1 for no lexical
+    match (offline re-ranking passes them); by default they are ranks among the candidates, which
+    for serving's candidates (the union of both retrievers' top lists) are the same at the top.
     """
     rows = np.asarray(rows, dtype=np.int64)
     c = len(rows)
@@ -194,12 +201,31 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
             ages = np.array([(ctx.now - newest[catalog.category[r]]) / 86400.0 if catalog.category[r] in newest
                              else np.inf for r in rows])
             x[:, _F["category_recency"]] = np.exp(-np.maximum(ages, 0.0) / 7.0)
-    q_tokens = set(tokenize(ctx.query)) if ctx.query else set()
+    if ctx.query_emb is not None:
+        if ranks is None:
+            dense = _ranks(x[:, _F["query_sim"]], rows)
+            lex = _ranks(bm25, rows) if bm25 is not None and len(bm25) else np.full(c, -1)
+            if bm25 is not None and len(bm25):
+                lex = np.where(np.asarray(bm25) > 0, lex, -1)
+        else:
+            dense, lex = (np.asarray(r, np.float64) for r in ranks)
+        x[:, _F["dense_rank"]] = 1.0 / np.log2(2.0 + dense)
+        x[:, _F["lexical_rank"]] = np.where(lex >= 0, 1.0 / np.log2(2.0 + np.maximum(lex, 0)), 0.0)
+    tokens = catalog.analyzer.tokens
+    q_tokens = set(tokens(ctx.query)) if ctx.query else set()
     if q_tokens:
         n = len(q_tokens)
-        x[:, _F["title_match"]] = [len(q_tokens.intersection(tokenize(catalog.title[r]))) / n for r in rows]
-        x[:, _F["text_match"]] = [len(q_tokens.intersection(tokenize(catalog.text[r]))) / n for r in rows]
+        x[:, _F["title_match"]] = [len(q_tokens.intersection(tokens(catalog.title[r]))) / n for r in rows]
+        x[:, _F["text_match"]] = [len(q_tokens.intersection(tokens(catalog.text[r]))) / n for r in rows]
     return x
+
+
+def _ranks(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rank from 0 of each score, best first; ties by catalog row (as a catalog-wide ranking)."""
+    order = np.lexsort((rows, -np.asarray(scores, np.float64)))
+    out = np.empty(len(order), np.float64)
+    out[order] = np.arange(len(order))
+    return out
 
 
 def _default_search() -> dict[str, float]:

@@ -129,13 +129,26 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     assert srch["queries"] == len(QUERIES)
     assert [m["method"] for m in srch["full_catalog"]][-1] == "system, learned ranker (CV)"
     # the title-match judgments are easy: lexical matching must find them
-    bm25 = next(m for m in srch["rerank"] if m["method"] == "BM25")
+    bm25 = next(m for m in srch["rerank"] if m["method"] == "BM25F (fields, stemming, typos)")
     assert bm25["ndcg@10"] > 0.8
-    # Each fold's learned model is used only where it beats the hand weights on its validation queries.
+    for setting in ("rerank", "full_catalog"):  # every method with a 95% interval around its mean
+        for m in srch[setting]:
+            lo, hi = m["ci95"]["ndcg@10"]
+            assert lo <= m["ndcg@10"] <= hi
+        v = srch["verdict"][setting]
+        assert v["full_beats_strongest_baseline"] == (v["paired_difference_ci95"][0] > 0)
+    # Each fold's learned model is used only where it beats the hand weights on its validation
+    # queries, and its query adapter only where it beats the zero-shot vectors there.
     assert len(srch["ranker_folds"]) == 2
     for fold in srch["ranker_folds"]:
         assert fold["uses"] == ("learned" if fold["valid_ndcg@10_learned"] > fold["valid_ndcg@10_hand_weights"]
                                 else "hand weights")
+        qa = fold["query_adapter"]
+        assert qa["used"] == (qa["best"] > qa["zero_shot"]) and fold["fusion"]
+    per = pl.read_parquet(run_dir / "per_query" / "search.parquet")
+    assert per.height == 2 * len(srch["full_catalog"]) * len(QUERIES)
+    sys_full = per.filter((pl.col("setting") == "full_catalog") & (pl.col("method") == "system, learned ranker (CV)"))
+    assert sys_full["ndcg@10"].drop_nans().mean() == pytest.approx(srch["full_catalog"][-1]["ndcg@10"], abs=1e-5)
 
 
 def test_bad_inputs_fail_with_a_clear_message_and_exit_code(ray_local, slice_, tmp_path, capsys):

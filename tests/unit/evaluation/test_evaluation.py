@@ -218,3 +218,21 @@ def test_rank_candidates_orders_by_the_learned_scores():
     s = booster.predict(candidate_features(ctx, cat.rows(ids), cat).astype(np.float64))
     assert [r.item_id for r in ranked] == [ids[j] for j in np.argsort(-s, kind="stable")[:5]]
     assert [r.score for r in ranked] == pytest.approx(sorted(s, reverse=True)[:5])
+
+
+def test_search_rows_carry_intervals_and_the_verdict_is_paired_by_query():
+    from features.evaluation import search as SE
+
+    rng = np.random.default_rng(0)
+    base = rng.random(200)
+    per = {"a": {"ndcg@10": base}, "b": {"ndcg@10": base + 0.05}, "hand": {"ndcg@10": base + 0.01},
+           "sys": {"ndcg@10": np.where(np.arange(200) == 3, np.nan, base + 0.02 + 0.001 * rng.normal(size=200))}}
+    rows = [SE.summarize(m, v) for m, v in per.items()]
+    for r in rows:
+        lo, hi = r["ci95"]["ndcg@10"]
+        assert lo < r["ndcg@10"] < hi
+    v = SE.verdict(rows, per, "sys", "hand", ["a", "b"], "ndcg@10")
+    assert v["strongest_baseline"] == "b" and v["queries"] == 199  # the NaN query is left out of the pair
+    assert v["paired_difference"] == pytest.approx(-0.03, abs=0.001) and v["paired_difference_ci95"][1] < 0
+    assert not v["full_beats_strongest_baseline"] and v["learned_beats_hand"]
+    assert SE.verdict(rows, per, "sys", "hand", ["a"], "ndcg@10")["full_beats_strongest_baseline"]

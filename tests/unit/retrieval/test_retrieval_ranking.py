@@ -9,7 +9,7 @@ import pytest
 
 from features.retrieval.catalog import ItemUpdate
 from features.retrieval.index import brute_force
-from features.retrieval.lexical import BM25, tokenize
+from features.retrieval.lexical import BM25, Analyzer, tokenize
 from features.retrieval.live import Filters, LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import (
     FEATURE_NAMES,
@@ -24,13 +24,61 @@ from tests.helpers import D, small_catalog
 
 
 # --- BM25 --------------------------------------------------------------------------------------
-def test_tokenize_folds_plurals():
+def test_tokenize_stems_with_snowball_and_none_keeps_a_plural_fold():
     assert tokenize("Lunch BAGS, boxes & glass") == ["lunch", "bag", "box", "glass"]
+    assert tokenize("Running Lights") == ["run", "light"]
+    assert Analyzer("none").tokens("Running Lights boxes") == ["running", "light", "box"]
+    with pytest.raises(ValueError, match="retriever.stemmer: 'klingon'; allowed: 'none', .*'english'"):
+        Analyzer("klingon")
+    with pytest.raises(ValueError, match="retriever.stemmer"):
+        RetrievalConfig(stemmer="klingon")
+    with pytest.raises(ValueError, match="retriever.field_weights: unknown field.*'colour'.*allowed: title, brand"):
+        RetrievalConfig(field_weights={"title": 2.0, "colour": 1.0})
+    with pytest.raises(ValueError, match="weights must be > 0"):
+        BM25(fields={"title": 0.0})
+
+
+def test_bm25f_weights_fields_and_normalises_each_on_its_own():
+    docs = [{"title": "red mug", "description": "a mug for tea"},
+            {"title": "tea pot", "description": "red glaze, matches the red mug"},
+            {"title": "blue lamp", "description": None}]
+    bm = BM25.build(docs, fields={"title": 2.0, "description": 1.0})
+    s = bm.scores("red", 3)
+    assert s[0] > s[1] > 0 and s[2] == 0  # once in a title beats twice in a description
+    flat = BM25.build(docs, fields={"title": 1.0, "description": 1.0})
+    assert flat.scores("red", 3)[1] > flat.scores("red", 3)[0]  # equal weights: the two mentions win
+    # by hand: tf~ = sum_f w_f tf_f / (1 - b + b len_f / avg_f), saturated once
+    avg_t, avg_d = 6 / 3, 10 / 3  # descriptions: 4 + 6 + 0 terms
+    idf = math.log(1 + (3 - 2 + 0.5) / (2 + 0.5))
+    tf1 = 1.0 * 2 / (0.25 + 0.75 * 6 / avg_d)
+    assert flat.scores("red", 3)[1] == pytest.approx(idf * tf1 * 2.2 / (tf1 + 1.2))
+    tf0 = 2.0 * 1 / (0.25 + 0.75 * 2 / avg_t)
+    assert s[0] == pytest.approx(idf * tf0 * 2.2 / (tf0 + 1.2))
+    bm.set_doc(0, {"title": "green mug"})  # re-indexing moves df and the field lengths
+    assert bm.scores("red", 3)[0] == 0 and bm.scores("green", 3)[0] > 0
+
+
+def test_typos_match_the_closest_catalog_word_and_known_words_are_never_changed():
+    titles = ["angle bracket steel", "samsung galaxy case", "brake pads", "bracelet silver"]
+    bm = BM25.build(titles)
+    assert int(np.argmax(bm.scores("angle braket", 4))) == 0
+    assert int(np.argmax(bm.scores("samsun case", 4))) == 1
+    assert bm.query_terms("braket") == ["bracket", "brake"]  # every closest word (equally frequent: a-z)
+    assert bm.query_terms("brake") == ["brake"]  # a word the catalog holds stays itself
+    assert bm.query_terms("qz") == []  # too short to correct, not in the catalog: dropped
+    assert bm.query_terms("xylophone") == []  # nothing within 2 edits
+    assert bm.scores("samsun", 4).max() > 0
+    off = BM25.build(titles, typo_tolerance=False)
+    assert off.scores("samsun", 4).max() == 0
+    bm.set_doc(4, "samsun tv")  # the word now exists: it is matched as itself
+    assert bm.query_terms("samsun") == ["samsun"]
+    many = BM25.build(["brake"] * 3 + ["bracket"])
+    assert many.query_terms("braket") == ["brake", "bracket"]  # most frequent first
 
 
 def test_cjk_text_is_indexed_as_character_bigrams_so_partial_queries_match():
     assert tokenize("夏季新款连衣裙") == ["夏季", "季新", "新款", "款连", "连衣", "衣裙"]
-    assert tokenize("iPhone手机壳 Cases") == ["iphone", "手机", "机壳", "case"]
+    assert tokenize("iPhone手机壳 Cases") == ["iphon", "手机", "机壳", "case"]
     assert tokenize("裙") == ["裙"]
     titles = ["夏季新款连衣裙 女", "男士运动鞋", "不锈钢保温杯 500ml", "儿童连体衣", "手机壳 iPhone 15"]
     bm = BM25.build(titles)
@@ -114,6 +162,30 @@ def test_recommend_candidates_include_cooc_context_and_popular(tmp_path):
 
 
 # --- ranking -----------------------------------------------------------------------------------
+def test_rank_features_of_serving_candidates_equal_the_offline_catalog_wide_ranks():
+    cat, index = small_catalog()
+    live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=50))
+    q = cat.vectors[cat.row["i004"]]
+    ids, _, bm = live.search("red lamp", q)
+    rows = cat.rows(ids)
+    ctx = RankContext(mode="search", query="red lamp", query_emb=q)
+    x = candidate_features(ctx, rows, cat, bm)
+    f = {n: x[:, i] for i, n in enumerate(FEATURE_NAMES)}
+    top = int(np.argmax(f["query_sim"]))
+    assert f["dense_rank"][top] == pytest.approx(1.0)  # 1 / log2(2 + 0)
+    best = np.flatnonzero(bm == bm.max())
+    first = best[np.argmin(rows[best])]  # ties rank by catalog row, as a catalog-wide ranking does
+    assert (f["lexical_rank"][bm == 0] == 0).all() and f["lexical_rank"][first] == pytest.approx(1.0)
+    # offline: ranks over the whole catalog (methods.query_features); every item is a candidate here
+    from features.evaluation.methods import query_features
+
+    off = query_features("red lamp", q, rows, cat, live.bm25)
+    np.testing.assert_allclose(off[:, FEATURE_NAMES.index("dense_rank")], f["dense_rank"], atol=1e-6)
+    np.testing.assert_allclose(off[:, FEATURE_NAMES.index("lexical_rank")], f["lexical_rank"], atol=1e-6)
+    anon = candidate_features(RankContext(mode="recommend"), rows, cat)
+    assert (anon[:, FEATURE_NAMES.index("dense_rank")] == 0).all()
+
+
 def test_candidate_features_by_hand():
     cat, _ = small_catalog()
     intent = cat.vectors[cat.row["i001"]]

@@ -1,0 +1,71 @@
+"""Search-relevance evaluation helpers (no Ray): each judged query's retrieval pool, per-query
+nDCG with bootstrap intervals, and the paired verdict against the strongest baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features import metrics as M
+from features.evaluation.methods import Judgments
+from features.retrieval.fusion import Pool
+from features.retrieval.live import LiveCatalog
+
+
+def gains_of(j: Judgments, q: int) -> dict[int, float]:
+    """Catalog row -> gain 2^(grade-1) - 1 of query q's judged items."""
+    return dict(zip(np.asarray(j.items[q]).tolist(), M.grade_gain(j.grades[q]).tolist()))
+
+
+def pool(live: LiveCatalog, j: Judgments, q: int, q_emb: np.ndarray) -> Pool:
+    """Query q's retrieval pool as serving builds it (both retrievers' top lists), with gains
+    (unjudged candidates gain 0)."""
+    rows, cos, bm, in_dense, in_lexical = live.search_pool(j.queries[q], q_emb)
+    g = gains_of(j, q)
+    return Pool(cos, bm, in_dense, in_lexical, np.array([g.get(int(r), 0.0) for r in rows]), M.grade_gain(j.grades[q]))
+
+
+def ranked_gains(j: Judgments, q: int, rows) -> np.ndarray:
+    g = gains_of(j, q)
+    return np.array([g.get(int(r), 0.0) for r in rows])
+
+
+def per_query_ndcg(lists: list[np.ndarray], ideal: list[np.ndarray], ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """metric -> (Q,) nDCG@k per query (NaN for a query without a relevant item)."""
+    return {f"ndcg@{k}": M.graded_ndcg_per_query(lists, ideal, k) for k in ks}
+
+
+def summarize(name: str, per_query: dict[str, np.ndarray], seed: int = 0) -> dict:
+    """A method's row: mean nDCG@k over queries with a relevant item, and its 95% bootstrap interval."""
+    row: dict = {"method": name}
+    ci: dict[str, list[float]] = {}
+    for metric, v in per_query.items():
+        v = v[~np.isnan(v)]
+        row[metric] = round(float(v.mean()), 6) if len(v) else 0.0
+        ci[metric] = [round(x, 6) for x in M.bootstrap_ci(v, seed=seed)]
+    row["ci95"] = ci
+    return row
+
+
+def paired(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
+    """Mean of a - b over the queries both score, with its 95% bootstrap interval (paired by query)."""
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = a[keep] - b[keep]
+    lo, hi = M.bootstrap_ci(d, seed=seed)
+    return {"paired_difference": round(float(d.mean()), 6) if len(d) else 0.0,
+            "paired_difference_ci95": [round(lo, 6), round(hi, 6)], "queries": int(keep.sum())}
+
+
+def verdict(rows: list[dict], per_query: dict[str, dict[str, np.ndarray]], system: str, hand: str,
+            baselines: list[str], key: str, seed: int = 0) -> dict:
+    """The full system against the strongest baseline (by mean `key`) and against BM25-style
+    baselines: paired differences with intervals; "beats" means the interval excludes 0."""
+    by = {r["method"]: r for r in rows}
+    best = max(baselines, key=lambda m: by[m][key])
+    p = paired(per_query[system][key], per_query[best][key], seed)
+    mine, base = by[system][key], by[best][key]
+    return {"metric": key, "full_system": mine, "full_system_ci95": by[system]["ci95"][key],
+            "strongest_baseline": best, "strongest_baseline_value": base,
+            "strongest_baseline_ci95": by[best]["ci95"][key], **p,
+            "ratio_to_strongest_baseline": round(mine / base, 4) if base > 0 else None,
+            "full_beats_strongest_baseline": p["paired_difference_ci95"][0] > 0,
+            "learned_vs_hand": [mine, by[hand][key]], "learned_beats_hand": mine > by[hand][key]}
