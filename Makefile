@@ -30,7 +30,7 @@ HAPROXY ?= 1
 HAPROXY_ENV = RAY_SERVE_ENABLE_HA_PROXY=$(HAPROXY) RAY_SERVE_HAPROXY_METRICS_ENABLED=0 \
   RAY_SERVE_HAPROXY_NBTHREAD=$$($(BIN)/python -c "from serving.sizing import haproxy_threads, host_cpus; print(haproxy_threads(host_cpus()))")
 
-.PHONY: kuberay run forget venv data features encoder index ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
+.PHONY: kuberay run forget venv data features encoder index search ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit bench bench-encoder bench-serve ray-up ray-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -62,6 +62,12 @@ index: venv
 ranker: venv data
 	$(BIN)/python -m jobs.build_features --set output_root=$(ART)/ranker_stage --set as_of=latest-30d
 	$(BIN)/python -m jobs.train_ranker --set output_root=$(ART) --set features_root=$(ART)/ranker_stage
+
+# The search side fitted on the shop's judgments (a JUDGMENTS=query,item_id,grade file) and the log's
+# searches followed by clicks, carts or purchases: the query adapter and the fusion, each kept only
+# where it beats the defaults on held-out queries. Serving uses the newest version for its index.
+search: venv
+	$(BIN)/python -m jobs.train_search --set output_root=$(ART) $(if $(JUDGMENTS),--set judgments=$(JUDGMENTS))
 
 # Offline evaluation against the baselines on the bundled data (a time split on its last month;
 # every stage retrained inside runs/<version>/; about 20 minutes here). EVAL_ARGS adds overrides,
@@ -98,6 +104,7 @@ run: venv
 	id=$$($(BIN)/ray job submit --no-wait --address $(CLUSTER) --working-dir . -- python -m jobs.pipeline \
 	  --set events=$(call abs_or_uri,$(EVENTS)) $(if $(ITEMS),--set items=$(call abs_or_uri,$(ITEMS))) \
 	  $(if $(MAPPING),--set mapping=$(if $(filter recbole uci-online-retail,$(MAPPING)),$(MAPPING),$(call abs_or_uri,$(MAPPING)))) \
+	  $(if $(JUDGMENTS),--set judgments=$(call abs_or_uri,$(JUDGMENTS))) \
 	  --set output_root=$(call abs_or_uri,$(OUTPUT)) --set deploy.state_dir=$(CURDIR)/state $(RUN_ARGS) \
 	  2>&1 | tee state/submit.log | grep -o "raysubmit_[A-Za-z0-9]*" | head -1); \
 	test -n "$$id" || { cat state/submit.log; echo "ray job submit failed (state/submit.log)"; exit 1; }; \

@@ -43,6 +43,7 @@ from features import artifacts as A
 from features import metrics as M
 from features.config import ConfigError, to_dict
 from features.data import schema as S
+from features.data.judgments import read_judgments
 from features.data.pipeline import SplitConfig
 from features.data.text import item_text_expr
 from features.evaluation import baselines as B
@@ -445,14 +446,6 @@ def _dev_label(cfg: EvaluateConfig) -> str | None:
 
 
 # --- search relevance ---------------------------------------------------------------------------
-def read_judgments(path: str) -> pl.DataFrame:
-    df = pl.read_csv(path) if path.endswith(".csv") else pl.read_parquet(path)
-    missing = [c for c in ("query", S.ITEM_ID, "grade") if c not in df.columns]
-    if missing:
-        raise ValueError(f"judgments {path}: missing column(s) {missing}; required: query, item_id, grade")
-    return df.select(pl.col("query").cast(pl.String), pl.col(S.ITEM_ID).cast(pl.String), pl.col("grade").cast(pl.Float64))
-
-
 def _encode_items(items: pl.DataFrame, onnx_dir: Path, cfg: EvaluateConfig) -> np.ndarray:
     """Item vectors through the index job's Ray Data actor pool (same code and exported model, no
     features version)."""

@@ -1,12 +1,12 @@
-"""From a shop's logs to a running API in one job: import -> features -> encoder -> index -> behaviour model ->
-ranker -> serve.
+"""From a shop's logs to a running API in one job: import -> features -> encoder -> index -> search (query
+adapter, fusion) -> behaviour model -> ranker -> serve.
 
     ray job submit --address http://<head>:8265 --working-dir . -- python -m jobs.pipeline \
         --set events=s3://shop/events/ --set items=s3://shop/items.parquet --set output_root=s3://shop/intently
     make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml | recbole | uci-online-retail>]
 
 Every stage is the same job a user can run alone (jobs.import_events, build_features, train_encoder,
-build_index, train_sequence, train_ranker), called in this one Ray job with the same config keys; `stage_args.<job>`
+build_index, train_search, train_sequence, train_ranker), called in this one Ray job with the same config keys; `stage_args.<job>`
 adds `--set` overrides to one stage. Stages that improve results but are not required fall back
 instead of failing the run, and say so: a fine-tune that cannot run (too little data) leaves the
 zero-shot encoder, a ranker that cannot be trained leaves the hand-set weights. On a short log the
@@ -29,8 +29,9 @@ from features.config import ConfigError
 from features.data import schema as S
 from jobs.common import RayConfig, init_ray, load_job_config, parse_args, run_job
 
-N_STAGES = 8  # import, features, encoder, index, features before the label window, behaviour model, ranker, serve
-STAGES = ("import_events", "build_features", "train_encoder", "build_index", "train_sequence", "train_ranker")
+N_STAGES = 9  # import, features, encoder, index, search, features before the label window, behaviour model, ranker, serve
+STAGES = ("import_events", "build_features", "train_encoder", "build_index", "train_search", "train_sequence",
+          "train_ranker")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class StageArgs:
     build_features: tuple[str, ...] = ()
     train_encoder: tuple[str, ...] = ("train.max_time_s=240", "test_examples=1000")
     build_index: tuple[str, ...] = ()
+    train_search: tuple[str, ...] = ()
     # On 2 CPUs the behaviour model reaches 98% of its best validation NDCG@10 by 150 s (the curve in
     # bench/results/evaluation/); the cap keeps `make demo` short. More CPUs or a GPU: raise it.
     train_sequence: tuple[str, ...] = ("model.max_time_s=150",)
@@ -66,6 +68,8 @@ class PipelineConfig:
     fine_tune: bool = True       # false: the zero-shot encoder
     ranker: bool = True          # false: the hand-set ranking weights
     sequence: bool = True        # false: no behaviour model (retrieval source and ranking features)
+    search: bool = True          # false: no query adapter / fitted fusion (jobs.train_search)
+    judgments: str | None = None  # query,item_id,grade file for jobs.train_search (the log's searches are used too)
     ranker_window_days: float = 30.0  # label window of the learned ranker (shrunk to a quarter of a short log)
     stage_args: StageArgs = field(default_factory=StageArgs)
     deploy: DeployConfig = field(default_factory=DeployConfig)
@@ -184,7 +188,7 @@ def _closing_lines(lines: list[str], most: int = 12) -> list[str]:
 
 
 def run(cfg: PipelineConfig) -> int:
-    from jobs import build_features, build_index, import_events, train_encoder, train_ranker, train_sequence
+    from jobs import build_features, build_index, import_events, train_encoder, train_ranker, train_search, train_sequence
 
     if not cfg.events or (not cfg.items and cfg.mapping != "uci-online-retail"):
         raise ConfigError("events and items are required (paths or URIs); e.g. make run EVENTS=... ITEMS=...")
@@ -227,13 +231,23 @@ def run(cfg: PipelineConfig) -> int:
         else:
             print("encoder: the fine-tune did not finish; the index uses the zero-shot encoder", flush=True)
     r.stage(4, "index", lambda: build_index.main(_sets({"output_root": root, "encoder": encoder}, sa.build_index)))
+    search = "zero-shot queries"
+    if cfg.search:
+        # The query adapter and the fusion, from the judgments file and the log's searches; each kept
+        # only where it beats the defaults on held-out queries (a log without searches fits nothing).
+        if r.stage(5, "search: query adapter and fusion from judgments", lambda: train_search.main(_sets(
+                {"output_root": root, "events": events, **({"judgments": cfg.judgments} if cfg.judgments else {})},
+                sa.train_search)), required=False):
+            sv = A.latest_complete(root, "search")
+            spec = (A.read_manifest(sv).get("outputs") or {}) if sv else {}
+            search = "query adapter" if spec.get("adapter") else "zero-shot queries (no adapter beat them)"
     ranker, behaviour = "hand-set weights", "none"
     stage_root = A.join(root, "ranker_stage")
     as_of = None
     if cfg.ranker:
         # The ranker learns from a label window at the end of the log: its features (and the
         # behaviour model it reads) are built from the events before that window only.
-        if r.stage(5, "features before the ranker's label window", lambda: build_features.main(_sets(
+        if r.stage(6, "features before the ranker's label window", lambda: build_features.main(_sets(
                 {"events": events, "items": items, "output_root": stage_root, "as_of": f"latest-{window:g}d", **split},
                 sa.build_features)), required=False):
             fv = A.latest_complete(stage_root, "features")
@@ -242,7 +256,7 @@ def run(cfg: PipelineConfig) -> int:
     if cfg.sequence:
         # One model serves and feeds the ranker: trained before the label window when there is
         # one (the ranker must not see features computed from its labels), on everything otherwise.
-        if r.stage(6, "behaviour model (sequence transformer)", lambda: train_sequence.main(_sets(
+        if r.stage(7, "behaviour model (sequence transformer)", lambda: train_sequence.main(_sets(
                 {"events": events, "output_root": root, **({"until": as_of} if as_of else {})}, sa.train_sequence)),
                 required=False):
             seq_dir = A.latest_complete(root, "sequence")
@@ -250,7 +264,7 @@ def run(cfg: PipelineConfig) -> int:
         else:
             print("behaviour model: not trained; serving goes on without it", flush=True)
     if cfg.ranker and as_of is not None:
-        if r.stage(7, "learned ranker", lambda: train_ranker.main(_sets(
+        if r.stage(8, "learned ranker", lambda: train_ranker.main(_sets(
                 {"events": events, "items": items, "output_root": root, "features_root": stage_root,
                  "window_days": window, **({"sequence": seq_dir} if seq_dir else {})}, sa.train_ranker)),
                 required=False):
@@ -265,7 +279,7 @@ def run(cfg: PipelineConfig) -> int:
     print(f"\npipeline finished in {time.perf_counter() - r.t0:.0f}s", flush=True)
     print("\n".join(r.summary))
     print(f"  encoder: {'fine-tuned ' + encoder.rstrip('/').rsplit('/', 1)[-1] if encoder != 'zero-shot' else encoder}; "
-          f"behaviour model: {behaviour}; ranker: {ranker}; artifacts: {root}")
+          f"search: {search}; behaviour model: {behaviour}; ranker: {ranker}; artifacts: {root}")
     if served:
         print(f"  serving: {served}")
     return 0
@@ -288,7 +302,7 @@ def _deploy(cfg: PipelineConfig, r: Run) -> str | None:
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # the replicas and limits are sized to the cluster
     ray.shutdown()  # the Serve app outlives this job; nothing of it should hang on the driver
     base = f"http://127.0.0.1:{cfg.deploy.http_port or 8000}"
-    r.stage(8, f"serve (serve deploy to {address})", lambda: D.deploy(
+    r.stage(9, f"serve (serve deploy to {address})", lambda: D.deploy(
         cfg.output_root, cfg.deploy.state_dir, address, list(cfg.deploy.overrides), cfg.deploy.demo, cfg.deploy.http_port,
         cpus), show=True)
     return base

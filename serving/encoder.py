@@ -16,6 +16,7 @@ from ray import serve
 
 from features.models.encoder import ZERO_SHOT
 from features.models.onnx_encoder import runtime_encoder
+from features.models.query_adapter import AdaptedEncoder, read_search_version
 from serving.settings import Resolved, ServingConfig
 
 
@@ -52,10 +53,16 @@ class QueryCache:
 
 
 def load_query_encoder(cfg: ServingConfig, res: Resolved):
-    """(encoder, checkpoint or None) on the configured runtime, from the index's export when it has one."""
+    """(encoder, checkpoint or None) on the configured runtime, from the index's export when it has
+    one; its query tower followed by the search version's adapter when that version kept one."""
     e = cfg.encoder
-    return runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime, e.threads,
-                           onnx_dir=res.encoder_onnx)
+    encoder, checkpoint = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime, e.threads,
+                                          onnx_dir=res.encoder_onnx)
+    if res.search_dir is not None:
+        adapter, _ = read_search_version(res.search_dir)
+        if adapter is not None:
+            encoder = AdaptedEncoder(encoder, adapter)
+    return encoder, checkpoint
 
 
 class InlineQueryEncoder:

@@ -27,8 +27,13 @@ def open_live_catalog(cfg: ServingConfig, res: Resolved, lexical: bool) -> LiveC
         from features.models.sequence_io import attach
 
         attach(catalog, res.sequence_dir)
-    return LiveCatalog(catalog, index, Path(res.state_dir) / "items", replace(cfg.retriever, lexical=lexical),
-                       fsync=cfg.profiles.fsync)
+    retriever = replace(cfg.retriever, lexical=lexical)
+    if res.search_dir:  # the fusion fitted on the shop's judgments (jobs.train_search)
+        from features.models.query_adapter import read_search_version
+
+        f = read_search_version(res.search_dir)[1]["fusion"]
+        retriever = replace(retriever, fusion=f["method"], rrf_k=int(f["rrf_k"]), ann_weight=float(f["ann_weight"]))
+    return LiveCatalog(catalog, index, Path(res.state_dir) / "items", retriever, fsync=cfg.profiles.fsync)
 
 
 def _ms(t0: float, t1: float) -> float:

@@ -126,6 +126,10 @@ class ServingConfig:
     # The behaviour model (jobs.train_sequence): latest = the newest complete sequence version
     # trained on the served index (none when there is none) | none | a sequence version folder.
     sequence: str = LATEST
+    # The query adapter and retrieval fusion fitted on the shop's judgments (jobs.train_search):
+    # latest = the newest complete search version trained on the served index (none when there is
+    # none) | none | a search version folder.
+    search: str = LATEST
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "ServingConfig":
@@ -144,6 +148,7 @@ class Resolved:
     versions: dict[str, str] = field(default_factory=dict)
     sequence_dir: str | None = None  # None: no behaviour model
     encoder_onnx: str | None = None  # the index's exported encoder when serving uses the index's encoder
+    search_dir: str | None = None  # None: zero-shot queries and the configured fusion
 
 
 def _complete(path: str | None) -> bool:
@@ -198,9 +203,11 @@ def resolve(cfg: ServingConfig) -> Resolved:
         if not _complete(ranker_dir):
             raise FileNotFoundError(f"ranker.model={ranker_dir!r}: not a complete ranker version (no {A.MANIFEST}); "
                                     "allowed: latest, none, or a folder written by jobs.train_ranker")
-    sequence_dir = _sequence_for(cfg, index_dir, index_manifest)
+    sequence_dir = _trained_on_index(cfg, "sequence", cfg.sequence, "jobs.train_sequence", index_manifest)
+    search_dir = _trained_on_index(cfg, "search", cfg.search, "jobs.train_search", index_manifest)
     versions = {"index": _name(index_dir), "features": _name(features_dir),
                 "sequence": _name(sequence_dir) if sequence_dir else "none",
+                "search": _name(search_dir) if search_dir else "none",
                 "encoder": encoder_spec if encoder_spec == ZERO_SHOT else _name(encoder_spec.rstrip("/").rsplit("/", 1)[0]),
                 "ranker": _name(ranker_dir) if ranker_dir else "hand-set weights"}
     if encoder_spec not in (ZERO_SHOT, LATEST):
@@ -209,19 +216,21 @@ def resolve(cfg: ServingConfig) -> Resolved:
     return Resolved(_local(features_dir), _local(index_dir), encoder_spec, state_dir,
                     ranker_dir=_local(ranker_dir) if ranker_dir else None, versions=versions,
                     sequence_dir=_local(sequence_dir) if sequence_dir else None,
-                    encoder_onnx=str(Path(_local(index_dir)) / onnx) if onnx else None)
+                    encoder_onnx=str(Path(_local(index_dir)) / onnx) if onnx else None,
+                    search_dir=_local(search_dir) if search_dir else None)
 
 
-def _sequence_for(cfg: ServingConfig, index_dir: str, index_manifest: dict) -> str | None:
-    if cfg.sequence == "none":
+def _trained_on_index(cfg: ServingConfig, kind: str, value: str, job: str, index_manifest: dict) -> str | None:
+    """The `kind` version to serve for `value` (latest | none | a folder): latest is the newest
+    complete version trained on THIS index (its vectors are the model's input space)."""
+    if value == "none":
         return None
-    if cfg.sequence != LATEST:
-        if not _complete(cfg.sequence):
-            raise FileNotFoundError(f"sequence={cfg.sequence!r}: not a complete sequence version (no {A.MANIFEST}); "
-                                    "allowed: latest, none, or a folder written by jobs.train_sequence")
-        return cfg.sequence
-    # The newest version trained on THIS index (its item vectors are the adapter's input).
-    root = A.join(cfg.artifacts_root, "sequence")
+    if value != LATEST:
+        if not _complete(value):
+            raise FileNotFoundError(f"{kind}={value!r}: not a complete {kind} version (no {A.MANIFEST}); "
+                                    f"allowed: latest, none, or a folder written by {job}")
+        return value
+    root = A.join(cfg.artifacts_root, kind)
     fs, inner = A.resolve(root)
     if fs.get_file_info(inner).type == A.pafs.FileType.NotFound:
         return None

@@ -25,6 +25,7 @@ import numpy as np
 
 WEIGHTS_FILE = "query_adapter.safetensors"
 META_FILE = "query_adapter.json"
+SEARCH_FILE = "search.json"  # a search version's choices: {"adapter": bool, "fusion": {...}, metrics}
 
 
 @dataclass(frozen=True)
@@ -144,3 +145,26 @@ def train_adapter(queries: np.ndarray, targets: list[Targets], items: np.ndarray
             "train_queries": n, "seconds": round(time.perf_counter() - t0, 2), "better_than_zero_shot": best > zero,
             "params": asdict(p)}
     return best_adapter, info
+
+
+class AdaptedEncoder:
+    """An encoder whose query tower is followed by `adapter` (items are encoded as before)."""
+
+    def __init__(self, encoder, adapter: QueryAdapter) -> None:
+        self.encoder = encoder
+        self.adapter = adapter
+
+    def encode(self, texts, tower: str = "query", **kw) -> np.ndarray:
+        vecs = self.encoder.encode(texts, tower, **kw)
+        return self.adapter.apply(vecs) if tower == "query" else vecs
+
+    def __getattr__(self, name: str):
+        return getattr(self.encoder, name)
+
+
+def read_search_version(folder: str | Path) -> tuple[QueryAdapter | None, dict]:
+    """(the adapter, or None where the version keeps zero-shot queries; search.json's contents)."""
+    folder = Path(folder)
+    spec = json.loads((folder / SEARCH_FILE).read_text())
+    adapter = QueryAdapter.load(folder) if spec.get("adapter") else None
+    return adapter, spec

@@ -183,3 +183,43 @@ def test_train_ranker_job_learns_from_the_window_after_the_features(evaluated, s
     assert sum(v["gain_share"] for v in m["outputs"]["importances"]["recommend"].values()) == pytest.approx(1, abs=1e-3)
     assert m["outputs"]["format"] == "lightgbm text"
 
+
+
+def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evaluated, slice_):
+    """jobs.train_search on the slice's judgments against the run's zero-shot index: a version
+    that says what it kept (the adapter only where it beat zero-shot on validation), found by
+    serving for that index and applied to its query encoder and fusion."""
+    from features.models.query_adapter import AdaptedEncoder, read_search_version
+    from jobs import train_search
+    from serving.encoder import load_query_encoder
+    from serving.settings import ServingConfig, resolve
+
+    run_dir, _ = evaluated
+    base, _ = slice_
+    rec = json.loads((run_dir / "metrics.json").read_text())["recommend"]
+    index_dir = Path(rec["stages"]["index_zero_shot"])
+    root = index_dir.parent.parent
+    out = Path(train_search.run(train_search.TrainSearchConfig(
+        judgments=str(base / "judgments.parquet"), events=None, index=str(index_dir), output_root=str(root),
+        min_queries=2, valid_share=0.4, adapter=train_search.QA.AdapterParams(max_epochs=5, patience=2))))
+    adapter, spec = read_search_version(out)
+    m = spec["metrics"]
+    assert spec["fitted"] and m["queries"] == len(QUERIES) and m["valid"]["queries"] == 2
+    assert spec["adapter"] == m["adapter"]["better_than_zero_shot"] == (adapter is not None)
+    assert spec["adapter"] == (out / "query_adapter.safetensors").is_file()
+    assert spec["fusion"]["method"] in ("rrf", "weighted")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["index"]["version"] == index_dir.name
+    # serving, with this index: the version is found, and its adapter (if any) follows the query tower
+    cfg = ServingConfig(artifacts_root=str(root), index=str(index_dir), state_dir=str(run_dir / "state"))
+    res = resolve(cfg)
+    assert res.search_dir == str(out.resolve()) and res.versions["search"] == out.name
+    enc, _ = load_query_encoder(cfg, res)
+    assert isinstance(enc, AdaptedEncoder) == spec["adapter"]
+    assert resolve(ServingConfig(artifacts_root=str(root), index=str(index_dir), search="none")).search_dir is None
+    # too few judged queries: nothing fitted, and the version says why
+    few = Path(train_search.run(train_search.TrainSearchConfig(
+        judgments=str(base / "judgments.parquet"), events=None, index=str(index_dir), output_root=str(root / "few"),
+        min_queries=50)))
+    _, spec = read_search_version(few)
+    assert not spec["fitted"] and not spec["adapter"] and "fewer than min_queries=50" in spec["why_not_fitted"]

@@ -1,0 +1,191 @@
+"""Fit the search side on the shop's own judgments: the query tower's adapter and the fusion of
+dense and lexical retrieval.
+
+    python -m jobs.train_search [--config jobs/configs/train_search.yaml] [--set key=value ...]
+    python -m jobs.train_search --set judgments=<query,item_id,grade file>
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.train_search ...
+
+Judgments: a file of query, item_id, grade (1-4; averages allowed) and/or what the event log
+implies (a search followed in the same session by a click, cart or purchase: grades 2, 3, 4; see
+features/data/judgments.py). Queries are split (seeded) into fitting and validation queries. On
+the fitting queries the adapter (features/models/query_adapter.py) is trained, early-stopped on
+the validation queries and KEPT ONLY IF it beats the zero-shot query vectors there (full-catalog
+nDCG@10 of dense retrieval); then the fusion (features/retrieval/fusion.py) is fitted and kept only
+if it beats the configured fusion on the validation queries. Too few judged queries: nothing is
+fitted and the version says why. Writes <output_root>/search/<version>/ (search.json, the adapter
+when kept, manifest.json); serving uses the newest version trained on the served index.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import polars as pl
+
+from features import artifacts as A
+from features import metrics as M
+from features.config import ConfigError, to_dict
+from features.data import schema as S
+from features.data.judgments import judgments_from_events, read_judgments
+from features.evaluation.methods import Judgments
+from features.evaluation.search import pool, ranked_gains
+from features.models import query_adapter as QA
+from features.models.encoder import ZERO_SHOT, EncoderConfig
+from features.models.onnx_encoder import runtime_encoder
+from features.retrieval.catalog import load_catalog
+from features.retrieval.fusion import fit_fusion, fusion_ndcg
+from features.retrieval.live import LiveCatalog, RetrievalConfig
+from jobs.common import Steps, load_job_config, parse_args, run_job
+
+KIND = "search"
+
+
+@dataclass(frozen=True)
+class TrainSearchConfig:
+    judgments: str | None = None  # a query, item_id, grade file (Parquet or CSV); null: the log's only
+    events: str | None = "features"  # features: the events the index's features version was built from | a path | null
+    window_s: float = 1800.0  # a click, cart or purchase this long after a search is judged for it
+    index: str | None = None  # the index version (its encoder and item vectors); null: the newest
+    output_root: str = "artifacts"
+    valid_share: float = 0.2  # of the judged queries, for early stopping and for keeping a choice
+    min_queries: int = 20  # fewer judged queries than this: nothing is fitted (the version says so)
+    seed: int = 0
+    threads: int = 2  # ONNX Runtime threads for encoding the queries
+    retriever: RetrievalConfig = field(default_factory=RetrievalConfig)  # BM25F settings and the fusion to beat
+    adapter: QA.AdapterParams = field(default_factory=QA.AdapterParams)
+
+
+def check_config(cfg: TrainSearchConfig) -> None:
+    if not 0.0 < cfg.valid_share < 1.0:
+        raise ConfigError(f"valid_share must be in (0, 1), got {cfg.valid_share}")
+    if cfg.min_queries < 2:
+        raise ConfigError(f"min_queries must be >= 2, got {cfg.min_queries}")
+    if cfg.window_s <= 0:
+        raise ConfigError(f"window_s must be > 0, got {cfg.window_s}")
+    if cfg.judgments is None and cfg.events is None:
+        raise ConfigError("judgments and events are both null: give a judgments file and/or events with searches")
+
+
+def _judgments(cfg: TrainSearchConfig, features_dir: str) -> tuple[pl.DataFrame, dict]:
+    parts, info = [], {}
+    if cfg.judgments is not None:
+        j = read_judgments(cfg.judgments)
+        parts.append(j)
+        info["file"] = {"path": cfg.judgments, "rows": j.height}
+    events = cfg.events
+    if events == "features":
+        events = (A.read_manifest(features_dir).get("inputs", {}).get("events") or {}).get("path")
+    if events is not None:
+        ev = A.read_parquet(events)
+        j = judgments_from_events(ev, cfg.window_s).select("query", S.ITEM_ID, "grade")
+        parts.append(j)
+        info["events"] = {"path": events, "pairs": j.height, "searches": int((ev[S.EVENT_TYPE] == "search").sum())}
+    if not parts:
+        return pl.DataFrame(schema={"query": pl.String, S.ITEM_ID: pl.String, "grade": pl.Float64}), info
+    # A pair judged in the file and implied by the log keeps the file's grade (a person judged it).
+    return pl.concat(parts).unique(["query", S.ITEM_ID], keep="first", maintain_order=True), info
+
+
+def run(cfg: TrainSearchConfig) -> str:
+    check_config(cfg)
+    steps = Steps("train_search")
+    index_dir = cfg.index or A.latest_complete(cfg.output_root, "index")
+    if index_dir is None:
+        raise FileNotFoundError(f"no complete index version under {cfg.output_root}/index; run jobs.build_index first")
+    idx_manifest = A.read_manifest(index_dir)
+    features_dir = (idx_manifest.get("inputs", {}).get("features") or {}).get("path") or A.latest_complete(cfg.output_root, "features")
+    steps(f"read the judgments; load the catalog of {index_dir}")
+    judg, sources = _judgments(cfg, features_dir)
+    catalog, index = load_catalog(A.local_copy(features_dir) if A.is_uri(features_dir) else features_dir,
+                                  A.local_copy(index_dir) if A.is_uri(index_dir) else index_dir)
+    known = judg.filter(pl.col(S.ITEM_ID).is_in(catalog.item_ids))
+    if known.height < judg.height:
+        print(f"  {judg.height - known.height:,} judgment row(s) name items the index does not hold: not used", flush=True)
+    J = Judgments.from_frame(known, catalog)
+    with_rel = [q for q in range(len(J.queries)) if (J.grades[q] > 1.0).any()]
+    print(f"  {known.height:,} judgments, {len(J.queries):,} queries ({len(with_rel):,} with a relevant item); "
+          f"sources: {json.dumps(sources)}", flush=True)
+    t0 = time.perf_counter()
+    metrics: dict = {"queries": len(J.queries), "queries_with_a_relevant_item": len(with_rel), "sources": sources}
+    spec: dict = {"adapter": False, "fusion": asdict(cfg.retriever.fusion_params()), "fitted": False}
+    adapter = None
+    if len(with_rel) < cfg.min_queries:
+        spec["why_not_fitted"] = (f"{len(with_rel)} judged queries with a relevant item, fewer than min_queries="
+                                  f"{cfg.min_queries}: zero-shot queries and the configured fusion are kept")
+        print(f"  {spec['why_not_fitted']}", flush=True)
+    else:
+        adapter = _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec, metrics)
+    metrics["fit_s"] = round(time.perf_counter() - t0, 2)
+    version = A.new_version()
+    out_dir = A.join(cfg.output_root, KIND, version)
+    steps(f"write {out_dir}")
+    with A.staged(out_dir) as local:
+        if adapter is not None:
+            adapter.save(local, metrics.get("adapter"))
+        (local / QA.SEARCH_FILE).write_text(json.dumps(spec | {"metrics": metrics}, indent=1, default=str))
+    A.write_manifest(out_dir, A.manifest(
+        KIND, version, to_dict(cfg), inputs={"judgments": sources, "index": {"path": str(index_dir),
+                                                                               "version": idx_manifest.get("version")}},
+        outputs={"search": QA.SEARCH_FILE, "adapter": QA.WEIGHTS_FILE if adapter is not None else None}, metrics=metrics))
+    steps("done")
+    print(f"search -> {out_dir}: query adapter {'kept' if spec['adapter'] else 'not used'}, fusion "
+          f"{spec['fusion']}" + (f"; validation nDCG@10 {metrics['valid']}" if "valid" in metrics else ""), flush=True)
+    return out_dir
+
+
+def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec, metrics):
+    steps("encode the queries with the index's encoder")
+    enc_in = idx_manifest.get("inputs", {}).get("encoder", {})
+    onnx = enc_in.get("onnx")
+    local_index = A.local_copy(index_dir) if A.is_uri(index_dir) else index_dir
+    encoder, _ = runtime_encoder(enc_in.get("checkpoint") or ZERO_SHOT, cfg.output_root, EncoderConfig(), "onnx",
+                                 cfg.threads, onnx_dir=f"{local_index}/{onnx}" if onnx else None)
+    q_emb = np.asarray(encoder.encode(J.queries, "query"), np.float32)
+    vecs = catalog.vectors
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(with_rel)
+    n_valid = max(1, int(round(len(order) * cfg.valid_share)))
+    valid_q, fit_q = sorted(order[:n_valid].tolist()), sorted(order[n_valid:].tolist())
+    gains = [M.grade_gain(g) for g in J.grades]
+
+    def dense_ndcg(qv: np.ndarray, qs: list[int]) -> float:
+        top = np.argsort(-(qv[qs] @ vecs.T), axis=1, kind="stable")[:, :10]
+        return M.graded_ndcg([ranked_gains(J, q, t) for q, t in zip(qs, top)], [gains[q] for q in qs], 10)
+
+    steps(f"train the query adapter on {len(fit_q)} queries, early-stopped on {len(valid_q)}")
+    adapter, info = QA.train_adapter(q_emb[fit_q], [QA.Targets(np.asarray(J.items[q]), gains[q]) for q in fit_q], vecs,
+                                     lambda a: dense_ndcg(q_emb if a is None else a.apply(q_emb), valid_q), cfg.adapter)
+    metrics["adapter"] = {k: v for k, v in info.items() if k != "params"}
+    spec["adapter"] = bool(info["better_than_zero_shot"])
+    qv = adapter.apply(q_emb) if spec["adapter"] else q_emb
+    steps("fit the fusion of dense and lexical retrieval on the fitting queries")
+    live = LiveCatalog(catalog, index, None, cfg.retriever)
+    pools = {q: pool(live, J, q, qv[q]) for q in with_rel}
+    default = cfg.retriever.fusion_params()
+    fitted, grid = fit_fusion([pools[q] for q in fit_q], 10, default)
+    v_fit, v_default = (fusion_ndcg([pools[q] for q in valid_q], p, 10) for p in (fitted, default))
+    keep = v_fit > v_default
+    spec["fusion"] = asdict(fitted if keep else default)
+    spec["fitted"] = True
+    zero_pools = [pool(live, J, q, q_emb[q]) for q in valid_q]
+    metrics["fusion"] = {"fitted": fitted.describe(), "kept": keep, "grid_fit_ndcg@10": grid}
+    metrics["valid"] = {"zero_shot_configured_fusion": round(fusion_ndcg(zero_pools, default, 10), 6),
+                        "chosen": round(max(v_fit, v_default), 6), "queries": len(valid_q)}
+    return adapter if spec["adapter"] else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("Fit the query adapter and the retrieval fusion on the shop's judgments.", "train_search.yaml", argv)
+
+    def body() -> int:
+        run(load_job_config(TrainSearchConfig, args))
+        return 0
+
+    return run_job("train_search", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Search judgments from a file (validated, fractional grades kept) and from the event log (a
+search followed in its session by a click, cart or purchase, within the window)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from features.data.judgments import judgments_from_events, read_judgments
+
+
+def _t(minute: int) -> dt.datetime:
+    return dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=minute)
+
+
+def test_the_log_judges_what_followed_each_search_in_its_session():
+    ev = pl.DataFrame({
+        "user_id": ["u1"] * 6 + ["u2"] * 3,
+        "session_id": ["s1", "s1", "s1", "s1", "s1", "s2", None, None, None],
+        "ts": [_t(0), _t(1), _t(2), _t(3), _t(4), _t(5), _t(0), _t(1), _t(50)],
+        "event_type": ["search", "click", "purchase", "search", "view", "click", "search", "add_to_cart", "click"],
+        "item_id": [None, "a", "a", None, "b", "c", None, "c", "d"],
+        "query": ["Red Mug ", None, None, "lamp", None, None, "red mug", None, None]})
+    got = {(q, i): (g, n) for q, i, g, n in judgments_from_events(ev, window_s=1800).iter_rows()}
+    # "a": clicked then bought after "Red Mug" (best grade kept, seen twice); "c": carted by u2 after
+    # "red mug" (no session id: the shopper is the session); a view is no judgment; "c" clicked in
+    # s2 had no search before it in s2; "d" came 49 minutes after the search
+    assert got == {("red mug", "a"): (4.0, 2), ("red mug", "c"): (3.0, 1)}
+    assert judgments_from_events(ev.drop("session_id"), window_s=60).height == 2
+
+
+def test_a_judgments_file_is_validated_and_keeps_fractional_grades(tmp_path):
+    ok = tmp_path / "j.csv"
+    pl.DataFrame({"query": ["mug", "mug"], "item_id": ["a", "b"], "grade": [2.33, 4]}).write_csv(ok)
+    assert read_judgments(str(ok))["grade"].to_list() == [2.33, 4.0]
+    bad = tmp_path / "bad.parquet"
+    pl.DataFrame({"query": ["mug"], "item_id": ["a"], "grade": [7.0]}).write_parquet(bad)
+    with pytest.raises(ValueError, match=r"grade outside 1\.\.4, e\.g\. query='mug' item_id='a' grade=7\.0"):
+        read_judgments(str(bad))
+    missing = tmp_path / "m.parquet"
+    pl.DataFrame({"query": ["mug"], "item": ["a"]}).write_parquet(missing)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['item_id', 'grade'\]"):
+        read_judgments(str(missing))
