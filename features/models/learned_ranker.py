@@ -90,6 +90,17 @@ class LearnedRanker:
     def __init__(self, boosters: dict, manifest: dict) -> None:
         self.boosters = boosters  # mode -> lightgbm.Booster
         self.manifest = manifest
+        # mode -> the FEATURE_NAMES columns its model reads, in its order (None: all of them): a
+        # model trained before features were added keeps working on the ones it knows.
+        self.columns: dict[str, np.ndarray | None] = {}
+        for mode, b in boosters.items():
+            names = tuple(b.feature_name())
+            self.columns[mode] = None if names == FEATURE_NAMES else np.array([FEATURE_NAMES.index(n) for n in names])
+
+    def _x(self, x: np.ndarray, mode: str) -> np.ndarray:
+        cols = self.columns.get(mode)
+        x = np.asarray(x, np.float64)
+        return x if cols is None else x[:, cols]
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -102,14 +113,19 @@ class LearnedRanker:
         """(C,) scores of (C, F) features."""
         if not len(x):
             return np.zeros(0, np.float64)
-        return np.asarray(self.boosters[mode].predict(np.asarray(x, np.float64), num_threads=1), dtype=np.float64)
+        return np.asarray(self.boosters[mode].predict(self._x(x, mode), num_threads=1), dtype=np.float64)
 
     def contributions(self, x: np.ndarray, mode: str) -> np.ndarray:
         """(C, F) per-feature contributions (TreeSHAP); each row sums to score - the expected value."""
         if not len(x):
             return np.zeros((0, len(FEATURE_NAMES)))
-        c = self.boosters[mode].predict(np.asarray(x, np.float64), pred_contrib=True, num_threads=1)
-        return np.asarray(c, dtype=np.float64)[:, : len(FEATURE_NAMES)]
+        c = np.asarray(self.boosters[mode].predict(self._x(x, mode), pred_contrib=True, num_threads=1), np.float64)
+        cols = self.columns.get(mode)
+        if cols is None:
+            return c[:, : len(FEATURE_NAMES)]
+        out = np.zeros((len(c), len(FEATURE_NAMES)))
+        out[:, cols] = c[:, : len(cols)]
+        return out
 
     def describe(self, mode: str) -> str:
         return f"learned lambdarank {self.manifest.get('version', '')}".strip()
@@ -123,7 +139,8 @@ class LearnedRanker:
 
     @classmethod
     def load(cls, directory: str | Path, manifest: dict | None = None) -> "LearnedRanker":
-        """Load every mode's text model under `directory`; refuses a model whose features differ."""
+        """Load every mode's text model under `directory`; a model trained on fewer features (an
+        older version) reads those; one that needs a feature this code does not compute is refused."""
         import lightgbm as lgb
 
         d = Path(A.local_copy(str(directory)))
@@ -134,9 +151,10 @@ class LearnedRanker:
                 continue
             booster = lgb.Booster(model_file=str(path))
             names = tuple(booster.feature_name())
-            if names != FEATURE_NAMES:
-                raise ValueError(f"ranker model {path} was trained on features {list(names)}, this code computes "
-                                 f"{list(FEATURE_NAMES)}; retrain it with jobs.train_ranker")
+            unknown = [n for n in names if n not in FEATURE_NAMES]
+            if unknown:
+                raise ValueError(f"ranker model {path} was trained on features {unknown} this code does not compute "
+                                 f"(it computes {list(FEATURE_NAMES)}); retrain it with jobs.train_ranker")
             boosters[mode] = booster
         if not boosters:
             raise FileNotFoundError(f"no ranker model under {d} (expected {'/'.join(MODES)}/{MODEL_FILE})")

@@ -205,6 +205,24 @@ def test_a_model_trained_on_other_features_is_refused(tmp_path):
         LearnedRanker.load(tmp_path / "nothing")
 
 
+def test_a_model_from_before_features_were_added_reads_the_ones_it_knows(tmp_path):
+    import lightgbm as lgb
+
+    from features.retrieval.ranking import FEATURE_NAMES
+
+    old = list(FEATURE_NAMES[:-2])  # e.g. trained before dense_rank and lexical_rank existed
+    x, y, g = synthetic_lists(60, 3)
+    ds = lgb.Dataset(x[:, :-2].astype(np.float64), label=y, group=group_sizes(g), feature_name=old)
+    b = lgb.train({"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 5}, ds, num_boost_round=10)
+    (tmp_path / "recommend").mkdir()
+    b.save_model(str(tmp_path / "recommend" / "model.txt"))
+    loaded = LearnedRanker.load(tmp_path)
+    np.testing.assert_allclose(loaded.score(x, "recommend"), b.predict(x[:, :-2].astype(np.float64)))
+    c = loaded.contributions(x[:4], "recommend")
+    assert c.shape == (4, len(FEATURE_NAMES)) and (c[:, -2:] == 0).all()
+    np.testing.assert_allclose(c[:, :-2], b.predict(x[:4, :-2].astype(np.float64), pred_contrib=True)[:, :-1])
+
+
 def test_rank_candidates_orders_by_the_learned_scores():
     cat, _ = small_catalog()
     x, y, g = synthetic_lists(100, 2)
