@@ -67,6 +67,7 @@ def test_typos_match_the_closest_catalog_word_and_known_words_are_never_changed(
     assert bm.query_terms("brake") == ["brake"]  # a word the catalog holds stays itself
     assert bm.query_terms("qz") == []  # too short to correct, not in the catalog: dropped
     assert bm.query_terms("xylophone") == []  # nothing within 2 edits
+    assert bm.query_terms("xamsung") == []  # a correction keeps the first letter (Lucene's prefixLength 1)
     assert bm.scores("samsun", 4).max() > 0
     off = BM25.build(titles, typo_tolerance=False)
     assert off.scores("samsun", 4).max() == 0
