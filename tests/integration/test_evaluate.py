@@ -216,6 +216,12 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     assert res.search_dir == str(out.resolve()) and res.versions["search"] == out.name
     enc, _ = load_query_encoder(cfg, res)
     assert isinstance(enc, AdaptedEncoder) == spec["adapter"]
+    from features.retrieval.fusion import FusionParams
+    from serving.retriever import open_live_catalog
+
+    live = open_live_catalog(cfg, res, lexical=True)
+    f = spec["fusion"]
+    assert live.cfg.fusion_params() == FusionParams(f["method"], f["rrf_k"], f["ann_weight"])
     assert resolve(ServingConfig(artifacts_root=str(root), index=str(index_dir), search="none")).search_dir is None
     # too few judged queries: nothing fitted, and the version says why
     few = Path(train_search.run(train_search.TrainSearchConfig(
