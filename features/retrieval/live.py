@@ -57,6 +57,9 @@ class RetrievalConfig:
         unknown = sorted(set(self.field_weights) - set(FIELDS))
         if unknown or not self.field_weights:
             raise ValueError(f"retriever.field_weights: unknown field(s) {unknown or '(none given)'}; allowed: {', '.join(FIELDS)}")
+        bad = {f: w for f, w in self.field_weights.items() if not w > 0}
+        if bad:
+            raise ValueError(f"retriever.field_weights: weights must be > 0, got {bad}")
         Analyzer(self.stemmer)  # raises on an unknown language, naming the allowed ones
 
     def fusion_params(self) -> FusionParams:
