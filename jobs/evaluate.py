@@ -542,26 +542,27 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     futures, valid_sets, fusions, fusion_grids, q_fold, adapters = [], [], [], [], [], []
     rng = np.random.default_rng(cfg.seed)
 
-    def dense_ndcg(qv: np.ndarray, qs: list[int]) -> float:
-        top = np.argsort(-(qv[qs] @ vecs.T), axis=1, kind="stable")[:, :10]
-        return M.graded_ndcg([SE.ranked_gains(J, q, t) for q, t in zip(qs, top)], [gains_ideal[q] for q in qs], 10)
-
     for f in range(cfg.search.folds):
         train_q = [q for q in range(nq) if folds[q] != f]
         valid_q = set(rng.choice(train_q, max(1, len(train_q) // 10), replace=False).tolist())
         fit_q = [q for q in train_q if q not in valid_q]
         # The query tower: an adapter trained on the fitting queries, early-stopped on the validation
-        # queries, used for this fold only where it beats the zero-shot query vectors there.
+        # queries, used for this fold only where it beats the zero-shot query vectors there (paired
+        # interval above 0, SE.beats).
         q_fold.append(q_emb)
         adapters.append({"used": False})
         if cfg.search.query_adapter:
             vq = sorted(valid_q)
             adapter, info = QA.train_adapter(
                 q_emb[fit_q], [QA.Targets(np.asarray(J.items[q]), gains_ideal[q]) for q in fit_q], vecs,
-                lambda a: dense_ndcg(q_emb if a is None else a.apply(q_emb), vq), cfg.search.adapter)
-            adapters[-1] = {"used": info["better_than_zero_shot"], **{k: v for k, v in info.items() if k != "params"}}
-            if info["better_than_zero_shot"]:
-                q_fold[-1] = adapter.apply(q_emb)
+                lambda a: SE.nanmean(SE.dense_ndcg_per_query(J, q_emb if a is None else a.apply(q_emb), vecs, vq)),
+                cfg.search.adapter)
+            qa = adapter.apply(q_emb)
+            won = SE.beats(SE.dense_ndcg_per_query(J, qa, vecs, vq), SE.dense_ndcg_per_query(J, q_emb, vecs, vq), cfg.seed)
+            adapters[-1] = {"used": won["beats"], "valid_vs_zero_shot": won,
+                            **{k: v for k, v in info.items() if k != "params"}}
+            if won["beats"]:
+                q_fold[-1] = qa
         # The fusion of the two retrievers, fitted on this fold's fitting queries only.
         p, grid = fit_fusion([pools[q] for q in fit_q], 10, cfg.retriever.fusion_params())
         fusions.append(p)
@@ -574,27 +575,29 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         valid_sets.append(sorted(valid_q))
     fold_models = [lgb.Booster(model_str=s) for s, _ in ray.get(futures)]
 
-    def full_catalog_ndcg(scorer, qs: list[int], fusion: FusionParams, qv: np.ndarray) -> float:
-        """nDCG@10 of ranking each query's retrieval candidates, as serving does (unjudged gain 0)."""
+    def full_catalog_ndcg(scorer, qs: list[int], fusion: FusionParams, qv: np.ndarray) -> np.ndarray:
+        """nDCG@10 per query of ranking its retrieval candidates, as serving does (unjudged gain 0)."""
         got = []
         for q in qs:
             ids, _, cand_bm = live.search(J.queries[q], qv[q], fusion=fusion)
             top = rank_candidates(EM.search_context(J.queries[q], qv[q]), ids, catalog, scorer, 10, cand_bm)
             got.append(SE.ranked_gains(J, q, [r.row for r in top]))
-        return M.graded_ndcg(got, [gains_ideal[q] for q in qs], 10)
+        return M.graded_ndcg_per_query(got, [gains_ideal[q] for q in qs], 10)
 
     # A fold's model is used only if it beats the hand weights on that fold's validation queries
-    # (carved from its training folds, never its test fold), ranking retrieval candidates as serving
-    # does; otherwise the fold falls back to the hand weights.
+    # (carved from its training folds, never its test fold; paired interval above 0), ranking
+    # retrieval candidates as serving does; otherwise the fold falls back to the hand weights.
     fold_report, fold_scorers = [], []
     for f, (booster, qs) in enumerate(zip(fold_models, valid_sets)):
         learned = full_catalog_ndcg(WithFallback(LearnedRanker({"search": booster}, {}), hand), qs, fusions[f], q_fold[f])
         hand_v = full_catalog_ndcg(hand, qs, fusions[f], q_fold[f])
-        uses = "learned" if learned > hand_v else "hand weights"
+        won = SE.beats(learned, hand_v, cfg.seed)
+        uses = "learned" if won["beats"] else "hand weights"
         fold_report.append({"fold": f, "query_adapter": adapters[f], "fusion": fusions[f].describe(),
                             "fusion_fit_ndcg@10": fusion_grids[f],
-                            "valid_queries": len(qs), "valid_ndcg@10_learned": round(learned, 6),
-                            "valid_ndcg@10_hand_weights": round(hand_v, 6), "uses": uses})
+                            "valid_queries": len(qs), "valid_ndcg@10_learned": round(SE.nanmean(learned), 6),
+                            "valid_ndcg@10_hand_weights": round(SE.nanmean(hand_v), 6),
+                            "valid_learned_vs_hand": won, "uses": uses})
         fold_scorers.append(WithFallback(LearnedRanker({"search": booster}, {}), hand) if uses == "learned" else hand)
     print("  folds (valid nDCG@10, full catalog): " + "; ".join(
         f"{r['fold']}: query adapter {'used' if r['query_adapter']['used'] else 'not used'}, fusion {r['fusion']}, learned {r['valid_ndcg@10_learned']:.4f} vs hand "
@@ -677,7 +680,8 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
                      "learned ranker on them (integer labels round(grade-1), unjudged candidates "
                      f"{'irrelevant' if cfg.search.unjudged == 'irrelevant' else 'left out (unknown)'}), using the model "
                      "only where it beats the hand weights on validation queries carved from its training folds "
-                     "(full-catalog nDCG@10, ranked as serving ranks); 95% intervals: bootstrap over queries; "
+                     "(full-catalog nDCG@10, ranked as serving ranks; 'beats': the paired 95% interval is above 0, "
+                     "as for the query adapter against zero-shot); 95% intervals: bootstrap over queries; "
                      "encoder zero-shot (no fine-tune on this data); lexical analysis (fields and weights, Snowball "
                      "stemming, AUTO typo distance) set from published defaults, not tuned on this data"),
         "ranker_folds": fold_report,

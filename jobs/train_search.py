@@ -10,8 +10,9 @@ implies (a search followed in the same session by a click, cart or purchase: gra
 features/data/judgments.py). Queries are split (seeded) into fitting and validation queries. On
 the fitting queries the adapter (features/models/query_adapter.py) is trained, early-stopped on
 the validation queries and KEPT ONLY IF it beats the zero-shot query vectors there (full-catalog
-nDCG@10 of dense retrieval); then the fusion (features/retrieval/fusion.py) is fitted and kept only
-if it beats the configured fusion on the validation queries. Too few judged queries: nothing is
+nDCG@10 of dense retrieval; "beats": the paired 95% bootstrap interval over validation queries is
+above 0); then the fusion (features/retrieval/fusion.py) is fitted and kept only if it beats the
+configured fusion on the validation queries in the same sense. Too few judged queries: nothing is
 fitted and the version says why. Writes <output_root>/search/<version>/ (search.json, the adapter
 when kept, manifest.json); serving uses the newest version trained on the served index.
 """
@@ -31,12 +32,13 @@ from features.config import ConfigError, to_dict
 from features.data import schema as S
 from features.data.judgments import judgments_from_events, read_judgments
 from features.evaluation.methods import Judgments
-from features.evaluation.search import pool, ranked_gains
+from features.evaluation import search as SE
+from features.evaluation.search import pool
 from features.models import query_adapter as QA
 from features.models.encoder import ZERO_SHOT, EncoderConfig
 from features.models.onnx_encoder import runtime_encoder
 from features.retrieval.catalog import load_catalog
-from features.retrieval.fusion import fit_fusion, fusion_ndcg
+from features.retrieval.fusion import fit_fusion, fusion_ndcg, fusion_ndcg_per_query
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from jobs.common import Steps, load_job_config, parse_args, run_job
 
@@ -151,29 +153,29 @@ def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec,
     valid_q, fit_q = sorted(order[:n_valid].tolist()), sorted(order[n_valid:].tolist())
     gains = [M.grade_gain(g) for g in J.grades]
 
-    def dense_ndcg(qv: np.ndarray, qs: list[int]) -> float:
-        top = np.argsort(-(qv[qs] @ vecs.T), axis=1, kind="stable")[:, :10]
-        return M.graded_ndcg([ranked_gains(J, q, t) for q, t in zip(qs, top)], [gains[q] for q in qs], 10)
-
     steps(f"train the query adapter on {len(fit_q)} queries, early-stopped on {len(valid_q)}")
-    adapter, info = QA.train_adapter(q_emb[fit_q], [QA.Targets(np.asarray(J.items[q]), gains[q]) for q in fit_q], vecs,
-                                     lambda a: dense_ndcg(q_emb if a is None else a.apply(q_emb), valid_q), cfg.adapter)
-    metrics["adapter"] = {k: v for k, v in info.items() if k != "params"}
-    spec["adapter"] = bool(info["better_than_zero_shot"])
+    adapter, info = QA.train_adapter(
+        q_emb[fit_q], [QA.Targets(np.asarray(J.items[q]), gains[q]) for q in fit_q], vecs,
+        lambda a: SE.nanmean(SE.dense_ndcg_per_query(J, q_emb if a is None else a.apply(q_emb), vecs, valid_q)), cfg.adapter)
+    won = SE.beats(SE.dense_ndcg_per_query(J, adapter.apply(q_emb), vecs, valid_q),
+                   SE.dense_ndcg_per_query(J, q_emb, vecs, valid_q), cfg.seed)
+    metrics["adapter"] = {**{k: v for k, v in info.items() if k != "params"}, "valid_vs_zero_shot": won}
+    spec["adapter"] = bool(won["beats"])
     qv = adapter.apply(q_emb) if spec["adapter"] else q_emb
     steps("fit the fusion of dense and lexical retrieval on the fitting queries")
     live = LiveCatalog(catalog, index, None, cfg.retriever)
     pools = {q: pool(live, J, q, qv[q]) for q in with_rel}
     default = cfg.retriever.fusion_params()
     fitted, grid = fit_fusion([pools[q] for q in fit_q], 10, default)
-    v_fit, v_default = (fusion_ndcg([pools[q] for q in valid_q], p, 10) for p in (fitted, default))
-    keep = v_fit > v_default
+    v_fit, v_default = (fusion_ndcg_per_query([pools[q] for q in valid_q], p, 10) for p in (fitted, default))
+    won = SE.beats(v_fit, v_default, cfg.seed)
+    keep = bool(won["beats"])
     spec["fusion"] = asdict(fitted if keep else default)
     spec["fitted"] = True
     zero_pools = [pool(live, J, q, q_emb[q]) for q in valid_q]
-    metrics["fusion"] = {"fitted": fitted.describe(), "kept": keep, "grid_fit_ndcg@10": grid}
+    metrics["fusion"] = {"fitted": fitted.describe(), "kept": keep, "valid_vs_configured": won, "grid_fit_ndcg@10": grid}
     metrics["valid"] = {"zero_shot_configured_fusion": round(fusion_ndcg(zero_pools, default, 10), 6),
-                        "chosen": round(max(v_fit, v_default), 6), "queries": len(valid_q)}
+                        "chosen": round(SE.nanmean(v_fit if keep else v_default), 6), "queries": len(valid_q)}
     return adapter if spec["adapter"] else None
 
 

@@ -29,6 +29,28 @@ def ranked_gains(j: Judgments, q: int, rows) -> np.ndarray:
     return np.array([g.get(int(r), 0.0) for r in rows])
 
 
+def dense_ndcg_per_query(j: Judgments, qv: np.ndarray, item_vecs: np.ndarray, qs: list[int], k: int = 10) -> np.ndarray:
+    """nDCG@k per query (of `qs`) of dense retrieval over the whole catalog with query vectors `qv`."""
+    top = np.argsort(-(qv[qs] @ item_vecs.T), axis=1, kind="stable")[:, :k]
+    return M.graded_ndcg_per_query([ranked_gains(j, q, t) for q, t in zip(qs, top)],
+                                   [M.grade_gain(j.grades[q]) for q in qs], k)
+
+
+def beats(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
+    """Whether per-query scores `a` beat `b` as this project defines it (the paired 95% bootstrap
+    interval of the difference is above 0), with the difference and interval. Every learned part
+    of search is used only where it beats its default on validation queries in this sense: on a
+    few dozen queries a higher mean alone is mostly noise."""
+    p = paired(a, b, seed)
+    return {"beats": p["paired_difference_ci95"][0] > 0, **p}
+
+
+def nanmean(v: np.ndarray) -> float:
+    v = np.asarray(v, np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else 0.0
+
+
 def per_query_ndcg(lists: list[np.ndarray], ideal: list[np.ndarray], ks: tuple[int, ...]) -> dict[str, np.ndarray]:
     """metric -> (Q,) nDCG@k per query (NaN for a query without a relevant item)."""
     return {f"ndcg@{k}": M.graded_ndcg_per_query(lists, ideal, k) for k in ks}

@@ -68,13 +68,20 @@ class Pool:
     ideal: np.ndarray
 
 
-def fusion_ndcg(pools: list[Pool], p: FusionParams, k: int = 10) -> float:
-    """Mean nDCG@k of the queries' candidates ordered by fusion `p`."""
+def fusion_ndcg_per_query(pools: list[Pool], p: FusionParams, k: int = 10) -> np.ndarray:
+    """nDCG@k of each query's candidates ordered by fusion `p` (NaN without a relevant item)."""
     ranked = []
     for q in pools:
         s = fuse(q.cos, q.bm25, p.method, p.rrf_k, p.ann_weight, q.in_dense, q.in_lexical)
         ranked.append(q.gains[np.argsort(-s, kind="stable")[:k]])
-    return M.graded_ndcg(ranked, [q.ideal for q in pools], k)
+    return M.graded_ndcg_per_query(ranked, [q.ideal for q in pools], k)
+
+
+def fusion_ndcg(pools: list[Pool], p: FusionParams, k: int = 10) -> float:
+    """Mean nDCG@k of the queries' candidates ordered by fusion `p`."""
+    v = fusion_ndcg_per_query(pools, p, k) if pools else np.zeros(0)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else 0.0
 
 
 def fit_fusion(pools: list[Pool], k: int = 10, default: FusionParams = FusionParams()) -> tuple[FusionParams, dict[str, float]]:
