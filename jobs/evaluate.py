@@ -238,6 +238,12 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index, "sequence": seq_a})
     learned = LearnedRanker.load(ranker_dir)
     ranker_manifest = A.read_manifest(ranker_dir)
+    served_learned: LearnedRanker | None = learned
+    if ranker_manifest.get("metrics", {}).get("learned_beats_hand_weights_on_valid") is False:
+        # As serving does: a ranker that did not beat the hand weights on its valid lists is not used.
+        served_learned = None
+        notes["learned ranker"] = ("did not beat the hand-set weights on its valid lists (paired interval): the "
+                                   "'system, learned ranker' rows use the hand-set weights, as serving would")
     if cfg.sequence.enabled:
         steps("behaviour model on the training events (Ray Train; for the test requests)")
         seq_b = _sequence(cfg, b_events, art, sys_index)
@@ -249,7 +255,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     choices = _choose_on_validation(cfg, plan, events, fa, zs_index, L)
     print(f"  {choices['summary']}", flush=True)
     partial(choices=choices)
-    ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, learned, sasrec, seq_b, choices, L)
+    ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, served_learned, sasrec, seq_b, choices, L)
     sets = {}
     for name, frame in (("next_basket", plan.test_requests), ("in_session", ES.in_session(plan.test_requests, cfg.reveal))):
         steps(f"test set {name}: requests, replayed profiles, every method")
@@ -358,7 +364,7 @@ class _Stages:
     zs_index: str
     ft_index: str | None
     sys_index: str
-    learned: LearnedRanker
+    learned: LearnedRanker | None  # None: it did not beat the hand weights on validation (serving would not use it)
     sasrec: SQ.SequenceScorer
     sequence: str | None
     choices: dict

@@ -268,7 +268,9 @@ def run(cfg: PipelineConfig) -> int:
                 {"events": events, "items": items, "output_root": root, "features_root": stage_root,
                  "window_days": window, **({"sequence": seq_dir} if seq_dir else {})}, sa.train_ranker)),
                 required=False):
-            ranker = "learned"
+            rv = A.latest_complete(root, "ranker")
+            beats = A.read_manifest(rv).get("metrics", {}).get("learned_beats_hand_weights_on_valid") if rv else None
+            ranker = "learned" if beats is not False else "hand-set weights (the learned ranker did not beat them on validation)"
         else:
             print("ranker: not trained; serving uses the hand-set weights", flush=True)
     elif cfg.ranker:

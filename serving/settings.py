@@ -194,8 +194,14 @@ def resolve(cfg: ServingConfig) -> Resolved:
         if fs.get_file_info(inner).type == A.pafs.FileType.NotFound:
             raise FileNotFoundError(f"encoder.spec={encoder_spec!r} does not exist")
     state_dir = str(Path(cfg.state_dir).expanduser().resolve())
+    ranker_note = None
     if cfg.ranker.model == LATEST:
         ranker_dir = A.latest_complete(root, "ranker")
+        # The house rule, as for the encoder against zero-shot: a version that did not beat the
+        # hand-set weights on its valid lists is not served unless named explicitly.
+        if ranker_dir and A.read_manifest(ranker_dir).get("metrics", {}).get("learned_beats_hand_weights_on_valid") is False:
+            ranker_note = f"hand-set weights (ranker {_name(ranker_dir)} did not beat them on validation)"
+            ranker_dir = None
     elif cfg.ranker.model == "none":
         ranker_dir = None
     else:
@@ -209,7 +215,7 @@ def resolve(cfg: ServingConfig) -> Resolved:
                 "sequence": _name(sequence_dir) if sequence_dir else "none",
                 "search": _name(search_dir) if search_dir else "none",
                 "encoder": encoder_spec if encoder_spec == ZERO_SHOT else _name(encoder_spec.rstrip("/").rsplit("/", 1)[0]),
-                "ranker": _name(ranker_dir) if ranker_dir else "hand-set weights"}
+                "ranker": _name(ranker_dir) if ranker_dir else (ranker_note or "hand-set weights")}
     if encoder_spec not in (ZERO_SHOT, LATEST):
         encoder_spec = _local(encoder_spec)
     onnx = index_manifest.get("inputs", {}).get("encoder", {}).get("onnx") if cfg.encoder.spec == FROM_INDEX else None

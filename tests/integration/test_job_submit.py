@@ -207,9 +207,12 @@ def test_one_command_pipeline_from_a_shops_s3_export_to_a_serving_api(head, s3, 
                   "--set", "stage_args.train_sequence=[model.dim=16,model.layers=1,model.max_epochs=1,model.valid_users=100]",
                   "--set", f"deploy.http_port={port}", "--set", f"deploy.state_dir={tmp_path / 'state'}",
                   "--set", f"log_dir={tmp_path / 'logs'}")
-    for stage in ("import", "features", "encoder fine-tune", "index", "behaviour model", "learned ranker", "serve"):
+    for stage in ("import", "features", "encoder fine-tune", "index", "search", "behaviour model", "learned ranker",
+                  "serve"):
         assert any(line.startswith(f"  {stage}") and " ok in " in line for line in out.splitlines()), (stage, out[-4000:])
-    assert "encoder: fine-tuned " in out and "; ranker: learned" in out
+    # the learned ranker is served only where it beat the hand-set weights on its valid lists
+    beats = A.read_manifest(A.latest_complete(root, "ranker"))["metrics"]["learned_beats_hand_weights_on_valid"]
+    assert "encoder: fine-tuned " in out and ("; ranker: learned" in out) == beats
 
     # Every artifact kind is in S3 with its manifest; the index was built from this encoder.
     versions = {kind: A.latest_complete(root, kind) for kind in ("features", "encoder", "index", "sequence", "ranker")}
@@ -226,7 +229,9 @@ def test_one_command_pipeline_from_a_shops_s3_export_to_a_serving_api(head, s3, 
     assert requests.get(f"http://127.0.0.1:{env['RAY_SERVE_HAPROXY_STATS_PORT']}/stats", timeout=10).status_code == 200
     health = requests.get(f"{base}/healthz", timeout=10).json()
     assert health["versions"]["index"] == versions["index"].rsplit("/", 1)[-1]
-    assert health["versions"]["ranker"] == versions["ranker"].rsplit("/", 1)[-1]
+    ranker_name = versions["ranker"].rsplit("/", 1)[-1]
+    assert health["versions"]["ranker"] == (ranker_name if beats else
+                                            f"hand-set weights (ranker {ranker_name} did not beat them on validation)")
     assert health["versions"]["sequence"] == versions["sequence"].rsplit("/", 1)[-1]
     # the behaviour model was trained before the ranker's label window and feeds the ranker
     sm, rm = A.read_manifest(versions["sequence"]), A.read_manifest(versions["ranker"])

@@ -34,12 +34,12 @@ def root(tmp_path):
     return tmp_path
 
 
-def _ranker_version(root, name: str = "20260101T000000Z-test"):
+def _ranker_version(root, name: str = "20260101T000000Z-test", metrics: dict | None = None):
     x, y, g = synthetic_lists(80, 0)
     booster, _ = train_booster(x, y, g, RankerParams(num_rounds=20, min_data_in_leaf=10))
     out = root / "ranker" / name
     LearnedRanker({"recommend": booster}, {}).save(out)
-    A.write_manifest(str(out), A.manifest("ranker", name, {}, {}, {"modes": ["recommend"]}, {}))
+    A.write_manifest(str(out), A.manifest("ranker", name, {}, {}, {"modes": ["recommend"]}, metrics or {}))
     return out, booster
 
 
@@ -68,6 +68,14 @@ def test_the_latest_version_ranks_recommend_and_search_falls_back(root):
     s = booster.predict(candidate_features(RankContext(mode="recommend"), cat.rows(ids), cat).astype(np.float64))
     assert [x["item_id"] for x in got] == [ids[j] for j in np.argsort(-s, kind="stable")[:5]]
     assert resolve(_cfg(root, "none")).ranker_dir is None
+
+
+def test_a_latest_version_that_did_not_beat_the_hand_weights_is_not_served_unless_named(root):
+    out_dir, _ = _ranker_version(root, "20260102T000000Z-lost", {"learned_beats_hand_weights_on_valid": False})
+    res = resolve(_cfg(root))
+    assert res.ranker_dir is None
+    assert res.versions["ranker"] == f"hand-set weights (ranker {out_dir.name} did not beat them on validation)"
+    assert resolve(_cfg(root, str(out_dir))).ranker_dir == str(out_dir.resolve())  # named explicitly: used
 
 
 def test_a_folder_that_is_not_a_ranker_version_is_refused(root):
