@@ -235,7 +235,7 @@ def run(cfg: PipelineConfig) -> int:
     if cfg.search:
         # The query adapter and the fusion, from the judgments file and the log's searches; each kept
         # only where it beats the defaults on held-out queries (a log without searches fits nothing).
-        if r.stage(5, "search: query adapter and fusion from judgments", lambda: train_search.main(_sets(
+        if r.stage(5, "search (query adapter, fusion) from judgments", lambda: train_search.main(_sets(
                 {"output_root": root, "events": events, **({"judgments": cfg.judgments} if cfg.judgments else {})},
                 sa.train_search)), required=False):
             sv = A.latest_complete(root, "search")

@@ -38,10 +38,12 @@ def read_judgments(path: str) -> pl.DataFrame:
 
 def judgments_from_events(events: pl.DataFrame, window_s: float = 1800.0) -> pl.DataFrame:
     """query, item_id, grade, n: what shoppers did after each search (see module doc)."""
-    need = (S.USER_ID, S.TS, S.EVENT_TYPE, S.ITEM_ID, S.QUERY)
+    need = (S.USER_ID, S.TS, S.EVENT_TYPE, S.ITEM_ID)
     missing = [c for c in need if c not in events.columns]
     if missing:
         raise ValueError(f"events: missing column(s) {missing}; see docs/data.md for the canonical schema")
+    if S.QUERY not in events.columns:  # optional in the contract: a log without searches judges nothing
+        return pl.DataFrame(schema={"query": pl.String, S.ITEM_ID: pl.String, "grade": pl.Float64, "n": pl.UInt32})
     key = pl.coalesce(pl.col(S.SESSION_ID), pl.col(S.USER_ID)) if S.SESSION_ID in events.columns else pl.col(S.USER_ID)
     ev = (events.filter(pl.col(S.EVENT_TYPE).is_in(["search", *GRADE_OF_EVENT]))
           .select(key.alias("_k"), S.TS, S.EVENT_TYPE, S.ITEM_ID, S.QUERY)

@@ -29,6 +29,8 @@ def test_the_log_judges_what_followed_each_search_in_its_session():
     # s2 had no search before it in s2; "d" came 49 minutes after the search
     assert got == {("red mug", "a"): (4.0, 2), ("red mug", "c"): (3.0, 1)}
     assert judgments_from_events(ev.drop("session_id"), window_s=60).height == 2
+    none = judgments_from_events(ev.drop("query"))  # the query column is optional: no searches, no judgments
+    assert none.height == 0 and none.columns == ["query", "item_id", "grade", "n"]
 
 
 def test_a_judgments_file_is_validated_and_keeps_fractional_grades(tmp_path):
