@@ -544,8 +544,11 @@ def print_table(report: dict, rates: list[float]) -> None:
         print(f"{'floor (in process)':<22}{ep:<11}{'serial':>6}{'':>10}{r['p50_ms']:9.1f}{'':>9}{r['p99_ms']:9.1f}")
     print(f"handrolled configuration: {report['handrolled']['configuration']}")
     fr = report["freshness"]
-    print(f"freshness (ack -> visible in /v1/recommend): p50 {fr['p50_ms']:.1f} ms, p99 {fr['p99_ms']:.1f} ms, "
-          f"{fr['not_visible_after_50_requests']} of {fr['trials']} never visible")
+    if fr.get("trials") and fr.get("p50_ms") is not None:
+        print(f"freshness (ack -> visible in /v1/recommend): p50 {fr['p50_ms']:.1f} ms, p99 {fr['p99_ms']:.1f} ms, "
+              f"{fr['not_visible_after_50_requests']} of {fr['trials']} never visible")
+    else:
+        print("freshness: not measured (--freshness-trials 0)")
     for name, t in report["targets"].items():
         print(f"  target {name}: {'MET' if t['met'] else 'MISSED'} {json.dumps({k: v for k, v in t.items() if k != 'met'})}")
 
