@@ -239,8 +239,10 @@ def run(cfg: PipelineConfig) -> int:
                 {"output_root": root, "events": events, **({"judgments": cfg.judgments} if cfg.judgments else {})},
                 sa.train_search)), required=False):
             sv = A.latest_complete(root, "search")
-            spec = (A.read_manifest(sv).get("outputs") or {}) if sv else {}
-            search = "query adapter" if spec.get("adapter") else "zero-shot queries (no adapter beat them)"
+            m = A.read_manifest(sv) if sv else {}
+            fitted = "valid" in (m.get("metrics") or {})
+            search = ("query adapter" if (m.get("outputs") or {}).get("adapter") else
+                      "zero-shot queries (no adapter beat them)" if fitted else "zero-shot queries (too few judged searches)")
     ranker, behaviour = "hand-set weights", "none"
     stage_root = A.join(root, "ranker_stage")
     as_of = None

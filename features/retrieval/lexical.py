@@ -29,6 +29,9 @@ import threading
 from collections.abc import Mapping
 
 import numpy as np
+import Stemmer
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
 
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 # Han (incl. extension A and compatibility), Hiragana, Katakana, Hangul syllables and Jamo.
@@ -48,8 +51,6 @@ def _fold(token: str) -> str:
 
 
 def stemmer_languages() -> list[str]:
-    import Stemmer
-
     return sorted(Stemmer.algorithms())
 
 
@@ -67,8 +68,6 @@ class Analyzer:
             return [_fold(w) for w in words]
         stem = getattr(self._local, "stem", None)
         if stem is None:
-            import Stemmer
-
             stem = self._local.stem = Stemmer.Stemmer(self.stemmer).stemWords
         return stem(words)
 
@@ -223,9 +222,6 @@ class BM25:
         known = self._corrections.setdefault(term[0], {})
         if term in known:
             return known[term]
-        from rapidfuzz import process
-        from rapidfuzz.distance import Levenshtein
-
         terms = self._lists.get(term[0])
         if terms is None:
             terms = self._lists[term[0]] = sorted(self._by_first.get(term[0], ()))
