@@ -16,9 +16,12 @@ system with the learned ranker. Metrics at each k: HitRate, Recall, NDCG, MRR, p
 coverage, diversity, novelty, and per-request latency.
 
 Search relevance (items + a judgments file of query, item_id, grade): nDCG@k re-ranking each
-query's judged items and retrieving from the whole catalog, for BM25, the zero-shot encoder, the
-hybrid retrieval (RRF of both), the system with hand-set weights and with a learned ranker trained
-by cross-validation over queries (a query's judgments never train the model scored on it).
+query's judged items and retrieving from the whole catalog, for plain BM25, BM25F (fields, stems,
+typos), the zero-shot encoder and their hybrid (RRF), against the system: the query tower's
+adapter, the fitted fusion, and the ranker with hand-set weights and learned, each fitted by
+cross-validation over queries (a query's judgments never fit what is scored on it) and used only
+where it beats its default on validation queries (paired interval above 0). Per-query nDCG is
+written to runs/<version>/per_query/search.parquet; every method gets a 95% bootstrap interval.
 
 Writes runs/<version>/metrics.json and report.html (plots), plus the stages' artifacts.
 """
@@ -636,7 +639,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         raw = timed(BASE[1], lambda: bm25.scores(J.queries[q], n_items))
         cos = timed(BASE[2], lambda: vecs @ q_emb[q])
         cos_a = timed(SYS[0], lambda: vecs @ qa)
-        xa = feats[q] if qa is q_emb[q] else EM.judged_features(J, q, qa, catalog, bm25)
+        xa = feats[q] if q_fold[folds[q]] is q_emb else EM.judged_features(J, q, qa, catalog, bm25)
         fz, scorer = fusions[folds[q]], fold_scorers[folds[q]]
         judged_scores = {
             BASE[0]: raw_plain[rows], BASE[1]: raw[rows], BASE[2]: cos[rows],
