@@ -34,6 +34,7 @@ from features import metrics as M
 from features.config import ConfigError, to_dict
 from features.data import schema as S
 from features.evaluation import methods as EM
+from features.evaluation import search as SE
 from features.evaluation import splits as ES
 from features.models.learned_ranker import LearnedRanker, RankerParams, group_sizes, importances, informative_groups
 from features.profiles.profile import ProfileParams
@@ -201,16 +202,17 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     hand_v = _ndcg_per_group(hand.score(vx, "recommend"), vy, vg)
     learned_ndcg = float(learned_v.mean()) if len(learned_v) else 0.0
     hand_ndcg = float(hand_v.mean()) if len(hand_v) else 0.0
-    # "Beats" as every report here means it: the paired 95% interval over the valid lists is above 0.
-    # Serving uses a version that does not beat the hand weights only when named explicitly.
-    lo, hi = M.bootstrap_ci(learned_v - hand_v, seed=cfg.seed) if len(learned_v) else (0.0, 0.0)
+    # "Beats" as every report here means it (SE.beats: the paired 95% interval over the valid lists
+    # is above 0). Serving uses a version that does not beat the hand weights only when named.
+    won = SE.beats(learned_v, hand_v, cfg.seed) if len(learned_v) else {"beats": False, "paired_difference_ci95": [0.0, 0.0]}
+    lo, hi = won["paired_difference_ci95"]
     booster = model.boosters["recommend"]
     metrics = {
         "candidates": stats, "train_lists": int(len(np.unique(g[tr]))), "valid_lists": int(len(np.unique(vg))),
         "train_rows": int(tr.sum()), "best_iteration": int(result.metrics.get("best_iteration", 0)),
         "valid_ndcg@10_learned": round(learned_ndcg, 6), "valid_ndcg@10_hand_weights": round(hand_ndcg, 6),
         "valid_paired_difference_ci95": [round(lo, 6), round(hi, 6)],
-        "learned_beats_hand_weights_on_valid": bool(lo > 0),
+        "learned_beats_hand_weights_on_valid": bool(won["beats"]),
         "fit_s": round(fit_s, 2), "num_workers": cfg.num_workers,
     }
     manifest = A.manifest(KIND, version, to_dict(cfg), inputs=inputs,
@@ -221,7 +223,7 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     log(f"ranker {version} -> {out_dir}")
     log(f"  valid NDCG@10 on the candidate lists: learned {learned_ndcg:.4f} vs hand-set weights {hand_ndcg:.4f}, "
         f"paired difference [95% CI {lo:+.4f}, {hi:+.4f}]: "
-        + ("serving will use it" if lo > 0 else "it does not beat them; serving keeps the hand-set weights"))
+        + ("serving will use it" if won["beats"] else "it does not beat them; serving keeps the hand-set weights"))
     top = sorted(importances(booster).items(), key=lambda kv: -kv[1]["gain_share"])[:5]
     log("  top features (gain share): " + ", ".join(f"{k} {v['gain_share']:.2f}" for k, v in top))
     return out_dir
