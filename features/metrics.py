@@ -246,11 +246,17 @@ def graded_ndcg_per_query(ranked_gains: list[np.ndarray], ideal_gains: list[np.n
     return out
 
 
-def graded_ndcg(ranked_gains: list[np.ndarray], ideal_gains: list[np.ndarray], k: int) -> float:
-    """The mean of `graded_ndcg_per_query` over queries with an ideal ordering (0.0 for none)."""
-    v = graded_ndcg_per_query(ranked_gains, ideal_gains, k)
+def nanmean(values: np.ndarray) -> float:
+    """The mean over the non-NaN values (per-query metrics: NaN marks a query without an ideal
+    ordering); 0.0 when there are none."""
+    v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     return float(np.mean(v)) if len(v) else 0.0
+
+
+def graded_ndcg(ranked_gains: list[np.ndarray], ideal_gains: list[np.ndarray], k: int) -> float:
+    """The mean of `graded_ndcg_per_query` over queries with an ideal ordering (0.0 for none)."""
+    return nanmean(graded_ndcg_per_query(ranked_gains, ideal_gains, k))
 
 
 def grade_gain(grades: np.ndarray, min_grade: float = 1.0) -> np.ndarray:

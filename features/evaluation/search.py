@@ -45,10 +45,7 @@ def beats(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
     return {"beats": p["paired_difference_ci95"][0] > 0, **p}
 
 
-def nanmean(v: np.ndarray) -> float:
-    v = np.asarray(v, np.float64)
-    v = v[~np.isnan(v)]
-    return float(v.mean()) if len(v) else 0.0
+nanmean = M.nanmean  # the mean over queries with a relevant item
 
 
 def per_query_ndcg(lists: list[np.ndarray], ideal: list[np.ndarray], ks: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -61,9 +58,8 @@ def summarize(name: str, per_query: dict[str, np.ndarray], seed: int = 0) -> dic
     row: dict = {"method": name}
     ci: dict[str, list[float]] = {}
     for metric, v in per_query.items():
-        v = v[~np.isnan(v)]
-        row[metric] = round(float(v.mean()), 6) if len(v) else 0.0
-        ci[metric] = [round(x, 6) for x in M.bootstrap_ci(v, seed=seed)]
+        row[metric] = round(M.nanmean(v), 6)
+        ci[metric] = [round(x, 6) for x in M.bootstrap_ci(v[~np.isnan(v)], seed=seed)]
     row["ci95"] = ci
     return row
 

@@ -79,9 +79,7 @@ def fusion_ndcg_per_query(pools: list[Pool], p: FusionParams, k: int = 10) -> np
 
 def fusion_ndcg(pools: list[Pool], p: FusionParams, k: int = 10) -> float:
     """Mean nDCG@k of the queries' candidates ordered by fusion `p`."""
-    v = fusion_ndcg_per_query(pools, p, k) if pools else np.zeros(0)
-    v = v[~np.isnan(v)]
-    return float(v.mean()) if len(v) else 0.0
+    return M.nanmean(fusion_ndcg_per_query(pools, p, k)) if pools else 0.0
 
 
 def fit_fusion(pools: list[Pool], k: int = 10, default: FusionParams = FusionParams()) -> tuple[FusionParams, dict[str, float]]:
