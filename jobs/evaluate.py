@@ -51,6 +51,7 @@ from features.data.pipeline import SplitConfig
 from features.data.text import item_text_expr
 from features.evaluation import baselines as B
 from features.evaluation import methods as EM
+from features.evaluation import point_in_time as PIT
 from features.evaluation import report as R
 from features.models import onnx_encoder as OX
 from features.models import query_adapter as QA
@@ -237,7 +238,8 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
                                  profiles=cfg.profiles, retriever=replace(cfg.retriever, lexical=False),
                                  hand_weights=cfg.hand_weights, seed=cfg.seed, ray=cfg.ray)
     x, y, g, stats = TRK.build_training_data(rcfg, fa, sys_index, events,
-                                             requests=ES.with_in_session(plan.ranker_requests, cfg.reveal))
+                                             requests=ES.with_in_session(plan.ranker_requests, cfg.reveal),
+                                             point_in_time=_clock_events(plan, plan.ranker_events))
     ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index, "sequence": seq_a})
     learned = LearnedRanker.load(ranker_dir)
     ranker_manifest = A.read_manifest(ranker_dir)
@@ -311,6 +313,28 @@ def _sasrec(cfg: EvaluateConfig, train_events: pl.DataFrame, catalog: Catalog) -
     return SQ.SequenceScorer(model, catalog.item_ids, catalog.item_ids, catalog.vectors), info
 
 
+def _clock_events(plan: ES.SplitPlan, events: pl.DataFrame) -> pl.DataFrame | None:
+    """Under leave-last the training part runs past most requests (other shoppers' later events):
+    popularity is then rebuilt for each request from these events before it, for the system and
+    the baselines alike (features/evaluation/point_in_time.py). Under a time split every request
+    comes after all training events: one features version serves them all, as it would in serving."""
+    return events if plan.spec.kind == "leave-last" else None
+
+
+def _in_time_order(plan: ES.SplitPlan, requests: pl.DataFrame) -> pl.DataFrame:
+    return requests.sort([S.TS, S.USER_ID]) if plan.spec.kind == "leave-last" else requests
+
+
+def _popularity(plan: ES.SplitPlan, events: pl.DataFrame, until: dt.datetime, item_ids: list[str],
+                reqs: ES.Requests) -> tuple[EM.PerRequest, EM.PerRequest]:
+    """(all-time, recent) popularity of the baselines: of the whole training part (time split), or
+    of each request's own time (leave-last, see `_clock_events`)."""
+    if _clock_events(plan, events) is not None:
+        return PIT.baseline_popularity(events, item_ids, reqs.ts, POP_HALF_LIFE_DAYS)
+    return (B.popularity_scores(events, item_ids),
+            B.popularity_scores(events, item_ids, as_of=until, half_life_days=POP_HALF_LIFE_DAYS))
+
+
 BLEND_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 VALID_REQUESTS = 2000
 
@@ -322,15 +346,14 @@ def _choose_on_validation(cfg: EvaluateConfig, plan: ES.SplitPlan, events: pl.Da
     method falls back to, and the weight of the co-occurrence + recent popularity blend. State
     as of the ranker stage (its features' co-occurrence, its events' popularity)."""
     cat, _ = load_catalog(fa, zs_index)
-    reqs = ES.build_requests(events, plan.ranker_requests, cfg.exclude_purchased, VALID_REQUESTS, cfg.seed)
+    reqs = ES.build_requests(events, _in_time_order(plan, plan.ranker_requests), cfg.exclude_purchased,
+                             VALID_REQUESTS, cfg.seed)
     if not len(reqs):
         return {"fallback": "recent", "blend_weight": 1.0, "requests": 0,
                 "summary": "no validation requests: recent popularity and blend weight 1 by default"}
     reqs.profiles = ES.attach_profiles(reqs, events, cat, cfg.profiles)
     relevant = [{cat.row.get(i, -2 - j) for j, i in enumerate(rel)} for rel in reqs.relevant]
-    pops = {"all-time": B.popularity_scores(plan.ranker_events, cat.item_ids),
-            "recent": B.popularity_scores(plan.ranker_events, cat.item_ids, as_of=plan.ranker_until,
-                                          half_life_days=POP_HALF_LIFE_DAYS)}
+    pops = dict(zip(("all-time", "recent"), _popularity(plan, plan.ranker_events, plan.ranker_until, cat.item_ids, reqs)))
 
     def ndcg(res: EM.MethodResult) -> float:
         return M.list_metrics(res.lists, relevant, (10,))["ndcg@10"]
@@ -352,7 +375,9 @@ PROTOCOL = {
              "with their first half already in the session (context), the second half relevant"),
     "leave-last": ("next basket: each user's last interaction is a request (the one before it the ranker's); "
                    "relevant = its items not bought before; earlier purchases excluded; in session: the same baskets "
-                   "with their first half in the session, the second half relevant"),
+                   "with their first half in the session, the second half relevant; popularity (the system's features "
+                   "and candidates, the baselines, every fallback) is of each request's own time, from the training "
+                   "events before it"),
 }
 BASELINES = ("popularity", "recent popularity", "co-occurrence", "co-occurrence + recent popularity", "SASRec",
              "zero-shot encoder", "fine-tuned encoder")
@@ -376,7 +401,7 @@ class _Stages:
 
 def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_request_path: Path) -> dict:
     cfg, plan, L = st.cfg, st.plan, st.L
-    reqs = ES.build_requests(st.events, frame, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
+    reqs = ES.build_requests(st.events, _in_time_order(plan, frame), cfg.exclude_purchased, cfg.max_requests, cfg.seed)
     if not len(reqs):
         # A valid data set can have no such request (e.g. one item per interaction leaves no
         # in-session half): say so and go on, never fail the run.
@@ -386,8 +411,7 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
     print(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a relevant item)", flush=True)
     cat_zs, _ = load_catalog(st.features_dir, st.zs_index)
     share, n_users = EM.item_shares(plan.train_events, cat_zs)
-    pop = B.popularity_scores(plan.train_events, cat_zs.item_ids)
-    recent = B.popularity_scores(plan.train_events, cat_zs.item_ids, as_of=plan.train_until, half_life_days=POP_HALF_LIFE_DAYS)
+    pop, recent = _popularity(plan, plan.train_events, plan.train_until, cat_zs.item_ids, reqs)
     fb = recent if st.choices["fallback"] == "recent" else pop  # the strongest on validation, for every method
     fb_note = f"{st.choices['fallback']} popularity (the stronger on validation) for shoppers without a history"
     results: list[EM.MethodResult] = [
@@ -415,8 +439,11 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
         results.append(EM.sequence_method("sequence model (text + ID)", reqs, cat, cat.sequence, fb, L))
     live = LiveCatalog(cat, idx, None, replace(cfg.retriever, lexical=False))
     hand = cfg.hand_weights
-    results.append(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L))
-    results.append(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles, WithFallback(st.learned, hand), L))
+    events_pit = _clock_events(plan, plan.train_events)
+    clock = None if events_pit is None else PIT.catalog_clock(events_pit, cat)
+    results.append(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L, clock))
+    results.append(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles,
+                                    WithFallback(st.learned, hand), L, clock))
     methods = [EM.score_method(r, reqs, cat_zs, ks, share, n_users) for r in results]
     _write_per_request(per_request_path, reqs, results)
     key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"

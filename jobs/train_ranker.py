@@ -131,8 +131,12 @@ def _ndcg_per_group(scores: np.ndarray, y: np.ndarray, g: np.ndarray, k: int = 1
 
 def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: str, events: pl.DataFrame,
                         window: tuple[dt.datetime, dt.datetime] | None = None,
-                        requests: pl.DataFrame | None = None, log=print) -> tuple:
-    """(X, y, group ids, stats) from the candidate lists of the requests (see the module doc)."""
+                        requests: pl.DataFrame | None = None, log=print,
+                        point_in_time: pl.DataFrame | None = None) -> tuple:
+    """(X, y, group ids, stats) from the candidate lists of the requests (see the module doc).
+    point_in_time: events to rebuild popularity from for each request's own time (the offline
+    evaluation's leave-last split, features/evaluation/point_in_time.py); None: the features
+    version's popularity for every request."""
     catalog, index = load_catalog(features_dir, index_dir)
     if cfg.sequence:
         from features.models.sequence_io import attach
@@ -145,6 +149,8 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
                                     cfg.requests_per_user)
         if cfg.in_session_reveal > 0:
             requests = ES.with_in_session(requests, cfg.in_session_reveal)
+    if point_in_time is not None:  # in time order: the popularity clock walks forward
+        requests = requests.sort([S.TS, S.USER_ID])
     reqs = ES.build_requests(events, requests, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
     if not len(reqs):
         raise ValueError("no ranker requests: no user has an interaction (with an item not bought before) in the "
@@ -152,7 +158,12 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
     log(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a new item); replaying profiles")
     reqs.profiles = ES.attach_profiles(reqs, events, catalog, cfg.profiles)
     live = LiveCatalog(catalog, index, None, cfg.retriever)
-    x, y, g, stats = EM.candidate_lists(reqs, live, cfg.profiles)
+    clock = None
+    if point_in_time is not None:
+        from features.evaluation.point_in_time import catalog_clock
+
+        clock = catalog_clock(point_in_time, catalog)
+    x, y, g, stats = EM.candidate_lists(reqs, live, cfg.profiles, clock)
     stats["request_users"] = list(reqs.users)  # train() splits lists by shopper and drops this
     log(f"  {stats['rows']:,} candidate rows; {stats['candidate_hit_rate']:.1%} of requests have a relevant candidate")
     return x, y, g, stats

@@ -60,19 +60,30 @@ def exclude_rows(reqs: Requests, catalog: Catalog) -> list[np.ndarray]:
     return [catalog.rows(sorted(ex)) for ex in reqs.exclude]
 
 
-def popularity_method(name: str, scores: np.ndarray, reqs: Requests, catalog: Catalog, L: int) -> MethodResult:
+# Popularity is one array for every request, or a function q -> array where it depends on the
+# request's time (features/evaluation/point_in_time.py).
+PerRequest = np.ndarray | Callable[[int], np.ndarray]
+
+
+def per_request(x: PerRequest) -> Callable[[int], np.ndarray]:
+    return x if callable(x) else (lambda q: x)
+
+
+def popularity_method(name: str, scores: PerRequest, reqs: Requests, catalog: Catalog, L: int) -> MethodResult:
     ex = exclude_rows(reqs, catalog)
-    return timed_method(name, len(reqs), L, lambda q: top_excluding(scores, L, ex[q]))
+    at = per_request(scores)
+    return timed_method(name, len(reqs), L, lambda q: top_excluding(at(q), L, ex[q]))
 
 
-def cooccurrence_method(reqs: Requests, catalog: Catalog, fallback: np.ndarray, L: int,
+def cooccurrence_method(reqs: Requests, catalog: Catalog, fallback: PerRequest, L: int,
                         note: str = "") -> MethodResult:
     ex = exclude_rows(reqs, catalog)
+    fb = per_request(fallback)
 
     def one(q: int) -> list[int]:
         prof = reqs.profiles[q]
         hist = [i for i, _, _ in prof.recent_items] if prof is not None else []
-        out = B.cooccurrence_lists(catalog.cooc, [hist], catalog.row, fallback, L, [set(ex[q].tolist())])
+        out = B.cooccurrence_lists(catalog.cooc, [hist], catalog.row, fb(q), L, [set(ex[q].tolist())])
         return [int(r) for r in out[0] if r >= 0]
 
     return timed_method("co-occurrence", len(reqs), L, one, note=note)
@@ -87,56 +98,63 @@ def blend_scores(hist: list[str], catalog: Catalog, pop_norm: np.ndarray, weight
     return s
 
 
-def blend_method(name: str, reqs: Requests, catalog: Catalog, pop: np.ndarray, weight: float, L: int,
+def blend_method(name: str, reqs: Requests, catalog: Catalog, pop: PerRequest, weight: float, L: int,
                  note: str = "") -> MethodResult:
     """The "co-occurrence + recent popularity" baseline (weight chosen on validation requests)."""
     ex = exclude_rows(reqs, catalog)
-    pop_norm = pop / max(float(pop.max(initial=0.0)), 1e-12)
+    pop_at = per_request(pop)
 
     def one(q: int) -> list[int]:
         prof = reqs.profiles[q]
         hist = [i for i, _, _ in prof.recent_items] if prof is not None else []
+        p = pop_at(q)
+        pop_norm = p / max(float(p.max(initial=0.0)), 1e-12)
         return top_excluding(blend_scores(hist, catalog, pop_norm, weight), L, ex[q])
 
     return timed_method(name, len(reqs), L, one, note=note)
 
 
-def sequence_method(name: str, reqs: Requests, catalog: Catalog, scorer, fallback: np.ndarray, L: int) -> MethodResult:
+def sequence_method(name: str, reqs: Requests, catalog: Catalog, scorer, fallback: PerRequest, L: int) -> MethodResult:
     """A behaviour model (features/models/sequence.py's SequenceScorer bound to `catalog`) scoring
     the whole catalog from the replayed profile's recent items, as serving does; shoppers without
     a history get `fallback`."""
     ex = exclude_rows(reqs, catalog)
+    fb = per_request(fallback)
 
     def one(q: int) -> list[int]:
         prof = reqs.profiles[q]
         u = scorer.user_vector(prof.recent_items, catalog.row) if prof is not None else None
-        return top_excluding(fallback if u is None else scorer.vectors @ u, L, ex[q])
+        return top_excluding(fb(q) if u is None else scorer.vectors @ u, L, ex[q])
 
     return timed_method(name, len(reqs), L, one, note="the strongest popularity for shoppers without a history")
 
 
-def embedding_method(name: str, reqs: Requests, catalog: Catalog, params: ProfileParams, fallback: np.ndarray,
+def embedding_method(name: str, reqs: Requests, catalog: Catalog, params: ProfileParams, fallback: PerRequest,
                      L: int) -> MethodResult:
     """The user vector of the replayed profile (serving's formula) against every item vector;
     users without a vector get `fallback` (popularity), as serving's cold start does."""
     ex = exclude_rows(reqs, catalog)
     vecs = catalog.vectors
+    fb = per_request(fallback)
 
     def one(q: int) -> list[int]:
         prof = reqs.profiles[q]
         u = prof.user_vector(float(reqs.ts[q]), params)[0] if prof is not None else None
-        return top_excluding(fallback if u is None else vecs @ u, L, ex[q])
+        return top_excluding(fb(q) if u is None else vecs @ u, L, ex[q])
 
     return timed_method(name, len(reqs), L, one, note="popularity for users without a vector")
 
 
 def system_method(name: str, reqs: Requests, live: LiveCatalog, params: ProfileParams, scorer: Scorer,
-                  L: int) -> MethodResult:
+                  L: int, clock: Callable[[float], None] | None = None) -> MethodResult:
     """Serving's recommend path, function for function: the profile's context, LiveCatalog.recommend
-    candidates, rank_candidates (features, scorer, reasons) -> top L."""
+    candidates, rank_candidates (features, scorer, reasons) -> top L. `clock(t)`, if given, sets
+    the catalog's popularity to the request's time first (point_in_time.catalog_clock)."""
     cat = live.catalog
 
     def one(q: int) -> list[int]:
+        if clock is not None:
+            clock(float(reqs.ts[q]))
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
         ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q],
                              attach_sequence(ctx, cat))
@@ -145,12 +163,16 @@ def system_method(name: str, reqs: Requests, live: LiveCatalog, params: ProfileP
     return timed_method(name, len(reqs), L, one)
 
 
-def candidate_lists(reqs: Requests, live: LiveCatalog, params: ProfileParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def candidate_lists(reqs: Requests, live: LiveCatalog, params: ProfileParams,
+                    clock: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """The ranker's training rows: for each request, serving's recommend candidates with their
-    features and label 1 for a relevant item. Returns (X, y, group ids, stats incl. candidate recall)."""
+    features and label 1 for a relevant item (popularity of the request's time where `clock` is
+    given, as in `system_method`). Returns (X, y, group ids, stats incl. candidate recall)."""
     xs, ys, gs = [], [], []
     found = 0
     for q in range(len(reqs)):
+        if clock is not None:
+            clock(float(reqs.ts[q]))
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
         ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q],
                              attach_sequence(ctx, live.catalog))

@@ -93,9 +93,7 @@ class Catalog:
                                         dtype=np.float64)
         self.n_users = np.array([0 if p is None else p for p in col(S.N_USERS, 0)], dtype=np.int64)
         self.cooc = cooc
-        self._pop_log_max = max(math.log1p(float(self.popularity.max(initial=0.0))), 1e-9)
-        self._short_log_max = max(math.log1p(float(self.popularity_short.max(initial=0.0))), 1e-9)
-        self._long_log_max = max(math.log1p(float(self.popularity_long.max(initial=0.0))), 1e-9)
+        self.set_popularity(self.popularity, self.popularity_short, self.popularity_long)
         self.version = 0  # bumps on every upsert
         self.sequence: SequenceSource | None = None  # the behaviour model bound to these rows, if any
         self.analyzer = Analyzer()  # text -> terms for the ranker's match features (LiveCatalog sets BM25's own)
@@ -118,6 +116,21 @@ class Catalog:
     def rows(self, item_ids: list[str]) -> np.ndarray:
         """Row numbers of known ids (unknown ids are skipped)."""
         return np.array([self.row[i] for i in item_ids if i in self.row], dtype=np.int64)
+
+    def set_popularity(self, weekly: np.ndarray, short: np.ndarray, long: np.ndarray) -> None:
+        """Replace the decayed popularity (7-, 1- and 30-day half-lives, one value per row), as a
+        features version computed at another instant would hold it; the scaling maxima follow.
+        The offline evaluation uses it to score a request with the popularity of its own time."""
+        n = len(self.item_ids)
+        for name, a in (("weekly", weekly), ("short", short), ("long", long)):
+            if np.shape(a) != (n,):
+                raise ValueError(f"set_popularity: {name} has shape {np.shape(a)}, the catalog has {n} rows")
+        self.popularity = np.array(weekly, dtype=np.float64)
+        self.popularity_short = np.array(short, dtype=np.float64)
+        self.popularity_long = np.array(long, dtype=np.float64)
+        self._pop_log_max = max(math.log1p(float(self.popularity.max(initial=0.0))), 1e-9)
+        self._short_log_max = max(math.log1p(float(self.popularity_short.max(initial=0.0))), 1e-9)
+        self._long_log_max = max(math.log1p(float(self.popularity_long.max(initial=0.0))), 1e-9)
 
     def popularity_norm(self, rows: np.ndarray) -> np.ndarray:
         """log1p(weekly popularity) scaled to [0, 1] by the catalog maximum at load time."""
