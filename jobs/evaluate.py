@@ -239,7 +239,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
                                  hand_weights=cfg.hand_weights, seed=cfg.seed, ray=cfg.ray)
     x, y, g, stats = TRK.build_training_data(rcfg, fa, sys_index, events,
                                              requests=ES.with_in_session(plan.ranker_requests, cfg.reveal),
-                                             point_in_time=_clock_events(plan, plan.ranker_events))
+                                             point_in_time=plan.ranker_events if _point_in_time(plan) else None)
     ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index, "sequence": seq_a})
     learned = LearnedRanker.load(ranker_dir)
     ranker_manifest = A.read_manifest(ranker_dir)
@@ -313,23 +313,24 @@ def _sasrec(cfg: EvaluateConfig, train_events: pl.DataFrame, catalog: Catalog) -
     return SQ.SequenceScorer(model, catalog.item_ids, catalog.item_ids, catalog.vectors), info
 
 
-def _clock_events(plan: ES.SplitPlan, events: pl.DataFrame) -> pl.DataFrame | None:
+def _point_in_time(plan: ES.SplitPlan) -> bool:
     """Under leave-last the training part runs past most requests (other shoppers' later events):
-    popularity is then rebuilt for each request from these events before it, for the system and
-    the baselines alike (features/evaluation/point_in_time.py). Under a time split every request
-    comes after all training events: one features version serves them all, as it would in serving."""
-    return events if plan.spec.kind == "leave-last" else None
+    popularity is then rebuilt for each request from the training events before it, for the
+    system and the baselines alike (features/evaluation/point_in_time.py), with the requests in
+    time order. Under a time split every request comes after all training events: one features
+    version serves them all, as it would in serving."""
+    return plan.spec.kind == "leave-last"
 
 
 def _in_time_order(plan: ES.SplitPlan, requests: pl.DataFrame) -> pl.DataFrame:
-    return requests.sort([S.TS, S.USER_ID]) if plan.spec.kind == "leave-last" else requests
+    return requests.sort([S.TS, S.USER_ID]) if _point_in_time(plan) else requests
 
 
 def _popularity(plan: ES.SplitPlan, events: pl.DataFrame, until: dt.datetime, item_ids: list[str],
                 reqs: ES.Requests) -> tuple[EM.PerRequest, EM.PerRequest]:
     """(all-time, recent) popularity of the baselines: of the whole training part (time split), or
-    of each request's own time (leave-last, see `_clock_events`)."""
-    if _clock_events(plan, events) is not None:
+    of each request's own time (leave-last, see `_point_in_time`)."""
+    if _point_in_time(plan):
         return PIT.baseline_popularity(events, item_ids, reqs.ts, POP_HALF_LIFE_DAYS)
     return (B.popularity_scores(events, item_ids),
             B.popularity_scores(events, item_ids, as_of=until, half_life_days=POP_HALF_LIFE_DAYS))
@@ -439,8 +440,7 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
         results.append(EM.sequence_method("sequence model (text + ID)", reqs, cat, cat.sequence, fb, L))
     live = LiveCatalog(cat, idx, None, replace(cfg.retriever, lexical=False))
     hand = cfg.hand_weights
-    events_pit = _clock_events(plan, plan.train_events)
-    clock = None if events_pit is None else PIT.catalog_clock(events_pit, cat)
+    clock = PIT.catalog_clock(plan.train_events, cat) if _point_in_time(plan) else None
     results.append(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L, clock))
     results.append(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles,
                                     WithFallback(st.learned, hand), L, clock))

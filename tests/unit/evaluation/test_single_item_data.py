@@ -1,6 +1,7 @@
 """A valid data set whose interactions are single items, without session ids (as many shops' logs):
 the leave-last split plans, the in-session set is empty, and the evaluation skips it with a note
-in the result, the summary and the report instead of failing the run."""
+in the result, the summary and the report instead of failing the run; its requests are scored with
+the popularity of their own time."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import polars as pl
 
 from features.data import schema as S
 from features.evaluation import report as R
+from features.evaluation.baselines import popularity_scores
 from features.evaluation import splits as ES
 from jobs import evaluate
 
@@ -46,3 +48,23 @@ def test_single_item_interactions_leave_no_in_session_set_and_the_run_says_so():
     assert "skipped: no test request" in evaluate.summary(result)
     page = R.render(result)
     assert "In session: skipped" in page
+
+
+def test_leave_last_scores_each_request_with_the_popularity_of_its_time():
+    """jobs.evaluate's wiring: under leave-last the requests come in time order and the baselines'
+    popularity is a function of the request (the clock's, from the training events before it);
+    under a time split it is one array of the whole training part."""
+    events = single_item_log()
+    plan = ES.plan_split(events, ES.SplitSpec.parse("leave-last"), 30.0, 3)
+    reqs = ES.build_requests(events, evaluate._in_time_order(plan, plan.test_requests))
+    assert list(reqs.ts) == sorted(reqs.ts)
+    items = [f"p{k}" for k in range(30)]
+    count, recent = evaluate._popularity(plan, plan.train_events, plan.train_until, items, reqs)
+    for q in (0, len(reqs) // 2, len(reqs) - 1):
+        at = dt.datetime.fromtimestamp(reqs.ts[q], dt.timezone.utc)
+        before = plan.train_events.filter(pl.col(S.TS) < at)
+        assert list(count(q)) == list(popularity_scores(before, items))
+        assert max(abs(a - b) for a, b in zip(recent(q), popularity_scores(before, items, at, 7.0))) < 1e-9
+    timed = ES.plan_split(events, ES.SplitSpec.parse("time:2024-01-10T00:00:00Z"), 3.0, 3)
+    whole, _ = evaluate._popularity(timed, timed.train_events, timed.train_until, items, reqs)
+    assert list(whole) == list(popularity_scores(timed.train_events, items))
