@@ -115,6 +115,17 @@ def train_loop(config: dict) -> None:
         ray.train.report(info)
 
 
+def _segment(learned: np.ndarray, hand: np.ndarray, seed: int) -> dict:
+    """Learned vs hand weights on some valid lists (per-list NDCG@10, paired as SE.beats)."""
+    if not len(learned):
+        return {"lists": 0}
+    won = SE.beats(learned, hand, seed)
+    return {"lists": int(len(learned)), "learned": round(float(learned.mean()), 6),
+            "hand_weights": round(float(hand.mean()), 6),
+            "paired_difference_ci95": [round(float(v), 6) for v in won["paired_difference_ci95"]],
+            "beats": bool(won["beats"])}
+
+
 def _ndcg_per_group(scores: np.ndarray, y: np.ndarray, g: np.ndarray, k: int = 10) -> np.ndarray:
     """NDCG@k of each group with a positive, ranking its rows by `scores`."""
     values = []
@@ -165,6 +176,8 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
         clock = catalog_clock(point_in_time, catalog)
     x, y, g, stats = EM.candidate_lists(reqs, live, cfg.profiles, clock)
     stats["request_users"] = list(reqs.users)  # train() splits lists by shopper and drops this
+    # ... and compares learned and hand weights on valid lists with and without a shopper history
+    stats["request_has_history"] = [p is not None and bool(p.recent_items) for p in reqs.profiles]
     log(f"  {stats['rows']:,} candidate rows; {stats['candidate_hit_rate']:.1%} of requests have a relevant candidate")
     return x, y, g, stats
 
@@ -178,6 +191,7 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     rng = np.random.default_rng(cfg.seed)
     # Lists are split by shopper: one shopper's lists never land on both sides.
     req_users = np.asarray(stats.pop("request_users"), dtype=object)
+    has_history = stats.pop("request_has_history", None)
     shoppers = np.unique(req_users[np.unique(g)].astype(str))
     valid_users = set(rng.choice(shoppers, max(1, int(len(shoppers) * cfg.valid_fraction)), replace=False).tolist())
     is_valid = np.isin(req_users[g].astype(str), list(valid_users))
@@ -226,6 +240,14 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
         "learned_beats_hand_weights_on_valid": bool(won["beats"]),
         "fit_s": round(fit_s, 2), "num_workers": cfg.num_workers,
     }
+    first = np.r_[True, vg[1:] != vg[:-1]] if len(vg) else np.zeros(0, bool)  # one per valid list, in order
+    if has_history is not None and len(learned_v) and len(learned_v) == int(first.sum()):
+        # The same comparison on the valid lists of shoppers with and without a history (a guest's
+        # list holds popular candidates only): recorded for the operator, not yet used to choose.
+        warm = np.asarray(has_history, dtype=bool)[vg[first]]
+        metrics["valid_by_history"] = {
+            name: _segment(learned_v[mask], hand_v[mask], cfg.seed)
+            for name, mask in (("with_history", warm), ("without_history", ~warm))}
     manifest = A.manifest(KIND, version, to_dict(cfg), inputs=inputs,
                           outputs={"modes": ["recommend"], "model": "recommend/model.txt", "format": "lightgbm text",
                                    "features": list(FEATURE_NAMES), "importances": {"recommend": importances(booster)}},
@@ -235,6 +257,11 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     log(f"  valid NDCG@10 on the candidate lists: learned {learned_ndcg:.4f} vs hand-set weights {hand_ndcg:.4f}, "
         f"paired difference [95% CI {lo:+.4f}, {hi:+.4f}]: "
         + ("serving will use it" if won["beats"] else "it does not beat them; serving keeps the hand-set weights"))
+    for name, seg in metrics.get("valid_by_history", {}).items():
+        if seg["lists"]:
+            log(f"  {name.replace('_', ' ')}: {seg['lists']:,} valid lists, learned {seg['learned']:.4f} vs hand "
+                f"{seg['hand_weights']:.4f}, paired [95% CI {seg['paired_difference_ci95'][0]:+.4f}, "
+                f"{seg['paired_difference_ci95'][1]:+.4f}]")
     top = sorted(importances(booster).items(), key=lambda kv: -kv[1]["gain_share"])[:5]
     log("  top features (gain share): " + ", ".join(f"{k} {v['gain_share']:.2f}" for k, v in top))
     return out_dir

@@ -180,6 +180,13 @@ def test_train_ranker_job_learns_from_the_window_after_the_features(evaluated, s
     assert m["inputs"]["features"]["as_of"] < (split_at - dt.timedelta(days=14)).isoformat()
     assert m["inputs"]["label_window_end"] <= split_at.isoformat()
     assert x["train_lists"] > 10 and x["valid_lists"] > 0 and 0 <= x["valid_ndcg@10_learned"] <= 1
+    # the valid lists split into shoppers with and without a history, each compared on its own
+    seg = x["valid_by_history"]
+    assert seg["with_history"]["lists"] + seg["without_history"]["lists"] == x["valid_lists"]
+    for part in seg.values():
+        if part["lists"]:
+            lo, hi = part["paired_difference_ci95"]
+            assert lo <= part["learned"] - part["hand_weights"] + 1e-6 and part["beats"] == (lo > 0)
     assert sum(v["gain_share"] for v in m["outputs"]["importances"]["recommend"].values()) == pytest.approx(1, abs=1e-3)
     assert m["outputs"]["format"] == "lightgbm text"
 
