@@ -116,9 +116,10 @@ def train_loop(config: dict) -> None:
 
 
 def _segment(learned: np.ndarray, hand: np.ndarray, seed: int) -> dict:
-    """Learned vs hand weights on some valid lists (per-list NDCG@10, paired as SE.beats)."""
+    """Learned vs hand weights on some valid lists (per-list NDCG@10). "Beats" as every report here
+    means it (SE.beats: the paired 95% interval over the lists is above 0); no lists: no win."""
     if not len(learned):
-        return {"lists": 0}
+        return {"lists": 0, "learned": 0.0, "hand_weights": 0.0, "paired_difference_ci95": [0.0, 0.0], "beats": False}
     won = SE.beats(learned, hand, seed)
     return {"lists": int(len(learned)), "learned": round(float(learned.mean()), 6),
             "hand_weights": round(float(hand.mean()), 6),
@@ -225,19 +226,16 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     vx, vy, vg = x[va], y[va], g[va]
     learned_v = _ndcg_per_group(model.score(vx, "recommend"), vy, vg)
     hand_v = _ndcg_per_group(hand.score(vx, "recommend"), vy, vg)
-    learned_ndcg = float(learned_v.mean()) if len(learned_v) else 0.0
-    hand_ndcg = float(hand_v.mean()) if len(hand_v) else 0.0
-    # "Beats" as every report here means it (SE.beats: the paired 95% interval over the valid lists
-    # is above 0). Serving uses a version that does not beat the hand weights only when named.
-    won = SE.beats(learned_v, hand_v, cfg.seed) if len(learned_v) else {"beats": False, "paired_difference_ci95": [0.0, 0.0]}
+    # Serving uses a version that does not beat the hand weights only when named.
+    won = _segment(learned_v, hand_v, cfg.seed)
+    learned_ndcg, hand_ndcg = won["learned"], won["hand_weights"]
     lo, hi = won["paired_difference_ci95"]
     booster = model.boosters["recommend"]
     metrics = {
         "candidates": stats, "train_lists": int(len(np.unique(g[tr]))), "valid_lists": int(len(np.unique(vg))),
         "train_rows": int(tr.sum()), "best_iteration": int(result.metrics.get("best_iteration", 0)),
-        "valid_ndcg@10_learned": round(learned_ndcg, 6), "valid_ndcg@10_hand_weights": round(hand_ndcg, 6),
-        "valid_paired_difference_ci95": [round(lo, 6), round(hi, 6)],
-        "learned_beats_hand_weights_on_valid": bool(won["beats"]),
+        "valid_ndcg@10_learned": learned_ndcg, "valid_ndcg@10_hand_weights": hand_ndcg,
+        "valid_paired_difference_ci95": [lo, hi], "learned_beats_hand_weights_on_valid": won["beats"],
         "fit_s": round(fit_s, 2), "num_workers": cfg.num_workers,
     }
     first = np.r_[True, vg[1:] != vg[:-1]] if len(vg) else np.zeros(0, bool)  # one per valid list, in order
