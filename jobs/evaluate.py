@@ -59,7 +59,8 @@ from features.models import sequence as SQ
 from features.evaluation import search as SE
 from features.evaluation import splits as ES
 from features.models.encoder import ZERO_SHOT, EncoderConfig
-from features.models.learned_ranker import LearnedRanker, RankerParams, WithFallback, importances, train_booster
+from features.models.learned_ranker import (SEGMENTS, LearnedRanker, RankerParams, WithFallback, importances,
+                                            served_segments, train_booster)
 from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import Catalog, load_catalog
 from features.retrieval.fusion import FusionParams, fit_fusion, fuse
@@ -241,14 +242,16 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
                                              requests=ES.with_in_session(plan.ranker_requests, cfg.reveal),
                                              point_in_time=plan.ranker_events if _point_in_time(plan) else None)
     ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index, "sequence": seq_a})
-    learned = LearnedRanker.load(ranker_dir)
+    # As serving does: the learned ranker ranks only the shoppers (with a history, guests) on whose
+    # valid lists it beat the hand-set weights (paired interval); the others get the hand weights.
     ranker_manifest = A.read_manifest(ranker_dir)
-    served_learned: LearnedRanker | None = learned
-    if ranker_manifest.get("metrics", {}).get("learned_beats_hand_weights_on_valid") is False:
-        # As serving does: a ranker that did not beat the hand weights on its valid lists is not used.
-        served_learned = None
-        notes["learned ranker"] = ("did not beat the hand-set weights on its valid lists (paired interval): the "
-                                   "'system, learned ranker' rows use the hand-set weights, as serving would")
+    segments = served_segments(ranker_manifest.get("metrics", {}))
+    system_scorer = WithFallback(LearnedRanker.load(ranker_dir) if segments else None, cfg.hand_weights, segments)
+    if segments != SEGMENTS:
+        notes["learned ranker"] = (
+            ("used for shoppers " + " and ".join(segments).replace("_", " ") if segments else "not used")
+            + ": it did not beat the hand-set weights on the other valid lists (paired interval), so the 'system, "
+            "learned ranker' rows use the hand-set weights there, as serving would")
     if cfg.sequence.enabled:
         steps("behaviour model on the training events (Ray Train; for the test requests)")
         seq_b = _sequence(cfg, b_events, art, sys_index)
@@ -260,7 +263,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     choices = _choose_on_validation(cfg, plan, events, fa, zs_index, L)
     print(f"  {choices['summary']}", flush=True)
     partial(choices=choices)
-    ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, served_learned, sasrec, seq_b, choices, L)
+    ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, system_scorer, sasrec, seq_b, choices, L)
     sets = {}
     for name, frame in (("next_basket", plan.test_requests), ("in_session", ES.in_session(plan.test_requests, cfg.reveal))):
         steps(f"test set {name}: requests, replayed profiles, every method")
@@ -393,7 +396,7 @@ class _Stages:
     zs_index: str
     ft_index: str | None
     sys_index: str
-    learned: LearnedRanker | None  # None: it did not beat the hand weights on validation (serving would not use it)
+    scorer: WithFallback  # the system's: the learned ranker where it beat the hand weights on validation
     sasrec: SQ.SequenceScorer
     sequence: str | None
     choices: dict
@@ -443,7 +446,7 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
     clock = PIT.catalog_clock(plan.train_events, cat) if _point_in_time(plan) else None
     results.append(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L, clock))
     results.append(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles,
-                                    WithFallback(st.learned, hand), L, clock))
+                                    st.scorer, L, clock))
     methods = [EM.score_method(r, reqs, cat_zs, ks, share, n_users) for r in results]
     _write_per_request(per_request_path, reqs, results)
     key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"

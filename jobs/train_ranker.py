@@ -14,7 +14,9 @@ Steps: replay profiles -> candidates + features per request (features/evaluation
 functions serving calls) -> group-wise train/valid split -> Ray Train LightGBMTrainer (workers
 train on whole request groups; data-parallel over LightGBM's network when num_workers > 1) ->
 artifacts/ranker/<version>/{recommend/model.txt, manifest.json} with feature importances and the
-valid NDCG@10 of the model next to the hand-set weights on the same candidate lists.
+valid NDCG@10 of the model next to the hand-set weights on the same candidate lists, overall and
+for the lists of shoppers with and without a history; serving and evaluation use the model for a
+segment only where it beat the hand weights there (`serves_learned_for`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from features.data import schema as S
 from features.evaluation import methods as EM
 from features.evaluation import search as SE
 from features.evaluation import splits as ES
-from features.models.learned_ranker import LearnedRanker, RankerParams, group_sizes, importances, informative_groups
+from features.models.learned_ranker import (SEGMENTS, LearnedRanker, RankerParams, group_sizes, importances,
+                                            informative_groups)
 from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import load_catalog
 from features.retrieval.live import LiveCatalog, RetrievalConfig
@@ -226,7 +229,6 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     vx, vy, vg = x[va], y[va], g[va]
     learned_v = _ndcg_per_group(model.score(vx, "recommend"), vy, vg)
     hand_v = _ndcg_per_group(hand.score(vx, "recommend"), vy, vg)
-    # Serving uses a version that does not beat the hand weights only when named.
     won = _segment(learned_v, hand_v, cfg.seed)
     learned_ndcg, hand_ndcg = won["learned"], won["hand_weights"]
     lo, hi = won["paired_difference_ci95"]
@@ -241,11 +243,14 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     first = np.r_[True, vg[1:] != vg[:-1]] if len(vg) else np.zeros(0, bool)  # one per valid list, in order
     if has_history is not None and len(learned_v) and len(learned_v) == int(first.sum()):
         # The same comparison on the valid lists of shoppers with and without a history (a guest's
-        # list holds popular candidates only): recorded for the operator, not yet used to choose.
+        # list holds popular candidates only, where the model may add nothing to the hand weights).
         warm = np.asarray(has_history, dtype=bool)[vg[first]]
         metrics["valid_by_history"] = {
-            name: _segment(learned_v[mask], hand_v[mask], cfg.seed)
-            for name, mask in (("with_history", warm), ("without_history", ~warm))}
+            name: _segment(learned_v[mask], hand_v[mask], cfg.seed) for name, mask in zip(SEGMENTS, (warm, ~warm))}
+    # Where serving and evaluation use the model: each segment on which it beat the hand weights
+    # (the house rule, per segment); without the segments, both or neither by the overall verdict.
+    by = metrics.get("valid_by_history")
+    metrics["serves_learned_for"] = [s for s in SEGMENTS if (by[s]["beats"] if by else won["beats"])]
     manifest = A.manifest(KIND, version, to_dict(cfg), inputs=inputs,
                           outputs={"modes": ["recommend"], "model": "recommend/model.txt", "format": "lightgbm text",
                                    "features": list(FEATURE_NAMES), "importances": {"recommend": importances(booster)}},
@@ -254,12 +259,14 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     log(f"ranker {version} -> {out_dir}")
     log(f"  valid NDCG@10 on the candidate lists: learned {learned_ndcg:.4f} vs hand-set weights {hand_ndcg:.4f}, "
         f"paired difference [95% CI {lo:+.4f}, {hi:+.4f}]: "
-        + ("serving will use it" if won["beats"] else "it does not beat them; serving keeps the hand-set weights"))
+        + ("it beats them" if won["beats"] else "it does not beat them"))
     for name, seg in metrics.get("valid_by_history", {}).items():
-        if seg["lists"]:
-            log(f"  {name.replace('_', ' ')}: {seg['lists']:,} valid lists, learned {seg['learned']:.4f} vs hand "
-                f"{seg['hand_weights']:.4f}, paired [95% CI {seg['paired_difference_ci95'][0]:+.4f}, "
-                f"{seg['paired_difference_ci95'][1]:+.4f}]")
+        log(f"  shoppers {name.replace('_', ' ')}: {seg['lists']:,} valid lists, learned {seg['learned']:.4f} vs hand "
+            f"{seg['hand_weights']:.4f}, paired [95% CI {seg['paired_difference_ci95'][0]:+.4f}, "
+            f"{seg['paired_difference_ci95'][1]:+.4f}]: serving uses "
+            + ("the learned model" if name in metrics["serves_learned_for"] else "the hand-set weights"))
+    if "valid_by_history" not in metrics:
+        log("  serving uses " + ("the learned model" if metrics["serves_learned_for"] else "the hand-set weights"))
     top = sorted(importances(booster).items(), key=lambda kv: -kv[1]["gain_share"])[:5]
     log("  top features (gain share): " + ", ".join(f"{k} {v['gain_share']:.2f}" for k, v in top))
     return out_dir

@@ -13,6 +13,7 @@ from typing import Any
 from features import artifacts as A
 from features.config import ConfigError, from_dict
 from features.models.encoder import LATEST, ZERO_SHOT, EncoderConfig
+from features.models.learned_ranker import SEGMENTS, served_segments
 from features.profiles import events as EV
 from features.profiles.profile import ProfileParams
 from features.profiles.store import StateLimits
@@ -145,6 +146,7 @@ class Resolved:
     encoder_spec: str  # a checkpoint folder or "zero-shot"
     state_dir: str
     ranker_dir: str | None = None  # None: hand-set weights
+    ranker_segments: tuple[str, ...] = SEGMENTS  # the shoppers whose recommendations ranker_dir ranks
     versions: dict[str, str] = field(default_factory=dict)
     sequence_dir: str | None = None  # None: no behaviour model
     encoder_onnx: str | None = None  # the index's exported encoder when serving uses the index's encoder
@@ -194,14 +196,18 @@ def resolve(cfg: ServingConfig) -> Resolved:
         if fs.get_file_info(inner).type == A.pafs.FileType.NotFound:
             raise FileNotFoundError(f"encoder.spec={encoder_spec!r} does not exist")
     state_dir = str(Path(cfg.state_dir).expanduser().resolve())
-    ranker_note = None
+    ranker_note, segments = None, SEGMENTS
     if cfg.ranker.model == LATEST:
         ranker_dir = A.latest_complete(root, "ranker")
-        # The house rule, as for the encoder against zero-shot: a version that did not beat the
-        # hand-set weights on its valid lists is not served unless named explicitly.
-        if ranker_dir and A.read_manifest(ranker_dir).get("metrics", {}).get("learned_beats_hand_weights_on_valid") is False:
+        # The house rule, as for the encoder against zero-shot: a version ranks only the shoppers
+        # (with a history, guests) on whose valid lists it beat the hand-set weights, unless named.
+        segments = served_segments(A.read_manifest(ranker_dir).get("metrics", {})) if ranker_dir else SEGMENTS
+        if ranker_dir and not segments:
             ranker_note = f"hand-set weights (ranker {_name(ranker_dir)} did not beat them on validation)"
             ranker_dir = None
+        elif ranker_dir and segments != SEGMENTS:
+            ranker_note = (f"{_name(ranker_dir)} for shoppers {' and '.join(segments).replace('_', ' ')}, hand-set "
+                           "weights for the others (it did not beat them on their validation lists)")
     elif cfg.ranker.model == "none":
         ranker_dir = None
     else:
@@ -215,12 +221,12 @@ def resolve(cfg: ServingConfig) -> Resolved:
                 "sequence": _name(sequence_dir) if sequence_dir else "none",
                 "search": _name(search_dir) if search_dir else "none",
                 "encoder": encoder_spec if encoder_spec == ZERO_SHOT else _name(encoder_spec.rstrip("/").rsplit("/", 1)[0]),
-                "ranker": _name(ranker_dir) if ranker_dir else (ranker_note or "hand-set weights")}
+                "ranker": ranker_note or (_name(ranker_dir) if ranker_dir else "hand-set weights")}
     if encoder_spec not in (ZERO_SHOT, LATEST):
         encoder_spec = _local(encoder_spec)
     onnx = index_manifest.get("inputs", {}).get("encoder", {}).get("onnx") if cfg.encoder.spec == FROM_INDEX else None
     return Resolved(_local(features_dir), _local(index_dir), encoder_spec, state_dir,
-                    ranker_dir=_local(ranker_dir) if ranker_dir else None, versions=versions,
+                    ranker_dir=_local(ranker_dir) if ranker_dir else None, ranker_segments=segments, versions=versions,
                     sequence_dir=_local(sequence_dir) if sequence_dir else None,
                     encoder_onnx=str(Path(_local(index_dir)) / onnx) if onnx else None,
                     search_dir=_local(search_dir) if search_dir else None)

@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from features import artifacts as A
-from features.retrieval.ranking import FEATURE_NAMES
+from features.retrieval.ranking import FEATURE_NAMES, RankContext
 
 MODEL_FILE = "model.txt"
 MODES = ("search", "recommend")
+# Shoppers with a history in their profile, and guests: jobs.train_ranker compares the learned model
+# with the hand-set weights on each, and serving uses it only where it won (`served_segments`).
+SEGMENTS = ("with_history", "without_history")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class LearnedRanker:
         out[:, cols] = c[:, : len(cols)]
         return out
 
+    def for_context(self, ctx: RankContext) -> "LearnedRanker":
+        return self
+
     def describe(self, mode: str) -> str:
         return f"learned lambdarank {self.manifest.get('version', '')}".strip()
 
@@ -211,16 +217,47 @@ def params_dict(p: RankerParams) -> dict:
     return asdict(p)
 
 
+def segment_of(ctx: RankContext) -> str:
+    """The shopper segment of a request: "with_history" when the profile holds interactions (the
+    candidates come from them), "without_history" for a guest (popular candidates only)."""
+    return SEGMENTS[0] if ctx.history else SEGMENTS[1]
+
+
+def served_segments(metrics: dict) -> tuple[str, ...]:
+    """The segments whose recommend requests a ranker version ranks, from its manifest metrics:
+    those where it beat the hand-set weights on the valid lists of that segment's shoppers
+    (jobs.train_ranker's `serves_learned_for`); a version recorded before segments: both when its
+    overall verdict was not a loss, neither otherwise."""
+    if "serves_learned_for" in metrics:
+        unknown = [s for s in metrics["serves_learned_for"] if s not in SEGMENTS]
+        if unknown:
+            raise ValueError(f"serves_learned_for names {unknown}; allowed: {list(SEGMENTS)}")
+        return tuple(s for s in SEGMENTS if s in metrics["serves_learned_for"])
+    return () if metrics.get("learned_beats_hand_weights_on_valid") is False else SEGMENTS
+
+
 class WithFallback:
     """The serving scorer: the learned model for the modes it was trained on, the hand-set
-    weights for the others (and for everything when no model exists)."""
+    weights for the others (and for everything when no model exists). For recommend requests the
+    learned model ranks only the shopper segments in `segments` (see `served_segments`); the other
+    segment's requests get the hand-set weights (`for_context`)."""
 
-    def __init__(self, learned: LearnedRanker | None, hand) -> None:
+    def __init__(self, learned: LearnedRanker | None, hand, segments: tuple[str, ...] = SEGMENTS) -> None:
+        unknown = [s for s in segments if s not in SEGMENTS]
+        if unknown:
+            raise ValueError(f"segments {unknown} unknown; allowed: {list(SEGMENTS)}")
         self.learned = learned
         self.hand = hand
+        self.segments = tuple(segments)
 
     def _pick(self, mode: str):
         return self.learned if self.learned is not None and self.learned.has(mode) else self.hand
+
+    def for_context(self, ctx: RankContext):
+        picked = self._pick(ctx.mode)
+        if picked is self.learned and ctx.mode == "recommend" and segment_of(ctx) not in self.segments:
+            return self.hand
+        return picked
 
     def score(self, x: np.ndarray, mode: str) -> np.ndarray:
         return self._pick(mode).score(x, mode)
@@ -229,4 +266,11 @@ class WithFallback:
         return self._pick(mode).contributions(x, mode)
 
     def describe(self, mode: str) -> str:
-        return self._pick(mode).describe(mode)
+        picked = self._pick(mode)
+        if picked is not self.learned or mode != "recommend" or self.segments == SEGMENTS:
+            return picked.describe(mode)
+        if not self.segments:
+            return self.hand.describe(mode)
+        other = [s for s in SEGMENTS if s not in self.segments]
+        return (f"{picked.describe(mode)} for shoppers {' and '.join(self.segments).replace('_', ' ')}; "
+                f"{self.hand.describe(mode)} for shoppers {' and '.join(other).replace('_', ' ')}")

@@ -267,6 +267,9 @@ class HandWeights:
     def describe(self, mode: Mode) -> str:
         return "hand-set weights"
 
+    def for_context(self, ctx: RankContext) -> "HandWeights":
+        return self
+
 
 class Scorer(Protocol):
     """What ranks candidates: HandWeights, or features/models/learned_ranker.py's model (with fallback)."""
@@ -276,6 +279,8 @@ class Scorer(Protocol):
     def contributions(self, x: np.ndarray, mode: Mode) -> np.ndarray: ...  # (C, F), for reasons
 
     def describe(self, mode: Mode) -> str: ...
+
+    def for_context(self, ctx: RankContext) -> "Scorer": ...  # the scorer for this request (a segment's)
 
 
 def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, max_reasons: int = 2,
@@ -383,6 +388,7 @@ def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, sco
     if bm25 is not None and len(bm25):
         bm25 = np.asarray(bm25, dtype=np.float64)[keep]
     x = candidate_features(ctx, rows, catalog, bm25)
+    scorer = scorer.for_context(ctx)
     scores = scorer.score(x, ctx.mode)
     order = mmr(scores, catalog.vectors[rows], k, diversity)
     contrib = scorer.contributions(x[order], ctx.mode)

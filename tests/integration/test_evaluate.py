@@ -112,6 +112,8 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     ranker_dir = Path(rec["ranker"]["path"])
     assert (ranker_dir / "recommend" / "model.txt").read_text().startswith("tree")
     assert set(rec["ranker"]["importances"]) >= {"cooc", "intent_sim", "popularity"}
+    # the full system uses it only for the shoppers it beat the hand weights on, and says so otherwise
+    assert ("learned ranker" in rec["notes"]) == (rec["ranker"]["serves_learned_for"] != ["with_history", "without_history"])
     for stage in rec["stages"].values():
         assert stage is None or str(run_dir) in stage
     # no stage saw the test period: both feature versions end before the split, the ranker's
@@ -187,6 +189,8 @@ def test_train_ranker_job_learns_from_the_window_after_the_features(evaluated, s
         if part["lists"]:
             lo, hi = part["paired_difference_ci95"]
             assert lo <= part["learned"] - part["hand_weights"] + 1e-6 and part["beats"] == (lo > 0)
+    # ... and the model is used (in serving and evaluation) for exactly the segments it beat
+    assert x["serves_learned_for"] == [name for name, part in seg.items() if part["beats"]]
     assert sum(v["gain_share"] for v in m["outputs"]["importances"]["recommend"].values()) == pytest.approx(1, abs=1e-3)
     assert m["outputs"]["format"] == "lightgbm text"
 

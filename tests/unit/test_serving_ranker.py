@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from features import artifacts as A
-from features.models.learned_ranker import LearnedRanker, RankerParams, train_booster
-from features.retrieval.ranking import RankContext, candidate_features
+from features.models.learned_ranker import (SEGMENTS, LearnedRanker, RankerParams, WithFallback, served_segments,
+                                            train_booster)
+from features.retrieval.ranking import HandWeights, RankContext, candidate_features
 from serving.ranker import Ranker
 from serving.retriever import open_live_catalog
 from serving.settings import RankerServing, ServingConfig, resolve
@@ -81,3 +82,43 @@ def test_a_latest_version_that_did_not_beat_the_hand_weights_is_not_served_unles
 def test_a_folder_that_is_not_a_ranker_version_is_refused(root):
     with pytest.raises(FileNotFoundError, match="allowed: latest, none"):
         resolve(_cfg(root, str(root / "nowhere")))
+
+
+def test_a_version_ranks_only_the_shoppers_it_beat_the_hand_weights_on(root):
+    """jobs.train_ranker's serves_learned_for: here the model won on shoppers with a history only,
+    so a guest's recommendations are ranked by the hand-set weights, a known shopper's by the model."""
+    out_dir, booster = _ranker_version(root, "20260103T000000Z-warm", {"learned_beats_hand_weights_on_valid": True,
+                                                                        "serves_learned_for": ["with_history"]})
+    res = resolve(_cfg(root))
+    assert res.ranker_dir == str(out_dir.resolve()) and res.ranker_segments == ("with_history",)
+    assert res.versions["ranker"].startswith(f"{out_dir.name} for shoppers with history, hand-set weights")
+    r = Ranker(_cfg(root), res, open_live_catalog(_cfg(root), res, lexical=False))
+    assert r.info()["recommend"].startswith("learned") and "hand-set weights for shoppers without history" in r.info()["recommend"]
+    cat, _ = small_catalog()
+    ids = [f"i{k:03d}" for k in range(20)]
+    guest, known = RankContext(mode="recommend"), RankContext(mode="recommend", history=[("i003", "view", 0.0)])
+    for ctx, scores in ((guest, HandWeights().score(candidate_features(guest, cat.rows(ids), cat), "recommend")),
+                        (known, booster.predict(candidate_features(known, cat.rows(ids), cat).astype(np.float64)))):
+        got = r.rank(ctx, ids, k=5)
+        top = np.argsort(-scores, kind="stable")[:5]
+        assert [x["item_id"] for x in got] == [ids[j] for j in top]
+        assert [x["score"] for x in got] == pytest.approx(scores[top], abs=1e-5)
+    # (the two scorers give these candidates different scores, so the check above tells them apart)
+    for c in (guest, known):
+        assert not np.allclose(*(s.score(candidate_features(c, cat.rows(ids), cat), "recommend")
+                                 for s in (HandWeights(), LearnedRanker({"recommend": booster}, {}))), atol=1e-3)
+    # named explicitly: every shopper
+    assert resolve(_cfg(root, str(out_dir))).ranker_segments == SEGMENTS
+
+
+def test_served_segments_reads_the_manifest_and_refuses_unknown_names():
+    assert served_segments({"serves_learned_for": ["without_history"]}) == ("without_history",)
+    assert served_segments({"serves_learned_for": []}) == ()
+    # versions recorded before segments: their overall verdict for every shopper
+    assert served_segments({"learned_beats_hand_weights_on_valid": True}) == SEGMENTS
+    assert served_segments({"learned_beats_hand_weights_on_valid": False}) == ()
+    assert served_segments({}) == SEGMENTS
+    with pytest.raises(ValueError, match="allowed: \\['with_history', 'without_history'\\]"):
+        served_segments({"serves_learned_for": ["vip"]})
+    with pytest.raises(ValueError, match="segments \\['vip'\\] unknown"):
+        WithFallback(None, HandWeights(), ("vip",))
