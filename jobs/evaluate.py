@@ -471,9 +471,11 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
 
 
 def _write_per_request(path: Path, reqs: ES.Requests, results: list[EM.MethodResult]) -> None:
-    """Per-request metrics of every method (one row per request and method), for paired tests."""
+    """Per-request metrics of every method (one row per request and method), for paired tests;
+    has_history: the shopper's profile held interactions before the request (else a guest)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = [pl.DataFrame({"method": [r.name] * len(reqs), S.USER_ID: reqs.users, S.TS: reqs.ts,
+    warm = [p is not None and bool(p.recent_items) for p in reqs.profiles]
+    frames = [pl.DataFrame({"method": [r.name] * len(reqs), S.USER_ID: reqs.users, S.TS: reqs.ts, "has_history": warm,
                             **{k: v for k, v in (r.per_request or {}).items()}}) for r in results]
     pl.concat(frames, how="diagonal").write_parquet(path)
 

@@ -96,6 +96,13 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     assert per.height == rec["requests"] * len(names)
     full = per.filter(pl.col("method") == names[-1])["ndcg@10"].mean()
     assert full == pytest.approx(rec["methods"][-1]["ndcg@10"], abs=1e-5)
+    # a segment the learned ranker did not win on validation is ranked exactly as the hand weights rank it
+    rows = {m: per.filter(pl.col("method") == m).sort("user_id", "ts") for m in names[-2:]}
+    assert rows[names[-1]]["has_history"].to_list() == rows[names[-2]]["has_history"].to_list()
+    for segment, warm in (("with_history", True), ("without_history", False)):
+        if segment not in rec["ranker"]["serves_learned_for"]:
+            same = [r.filter(pl.col("has_history") == warm)["ndcg@10"].to_list() for r in rows.values()]
+            assert same[0] == same[1]
     # the behaviour model: trained by its Ray Train job, early-stopped on validation, used as a feature
     assert rec["sequence"]["epochs"] >= rec["sequence"]["best_epoch"] >= 1 and rec["sasrec"]["epochs"] >= 1
     assert (Path(rec["stages"]["sequence"]) / "model.safetensors").is_file()
