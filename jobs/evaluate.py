@@ -60,7 +60,7 @@ from features.evaluation import search as SE
 from features.evaluation import splits as ES
 from features.models.encoder import ZERO_SHOT, EncoderConfig
 from features.models.learned_ranker import (SEGMENTS, LearnedRanker, RankerParams, WithFallback, importances,
-                                            served_segments, train_booster)
+                                            served_segments, shoppers, train_booster)
 from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import Catalog, load_catalog
 from features.retrieval.fusion import FusionParams, fit_fusion, fuse
@@ -249,9 +249,9 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     system_scorer = WithFallback(LearnedRanker.load(ranker_dir) if segments else None, cfg.hand_weights, segments)
     if segments != SEGMENTS:
         notes["learned ranker"] = (
-            ("used for shoppers " + " and ".join(segments).replace("_", " ") if segments else "not used")
-            + ": it did not beat the hand-set weights on the other valid lists (paired interval), so the 'system, "
-            "learned ranker' rows use the hand-set weights there, as serving would")
+            (f"used for {shoppers(segments)}: it did not beat the hand-set weights on the other valid lists" if segments
+             else "not used: it did not beat the hand-set weights on its valid lists")
+            + " (paired interval), so the 'system, learned ranker' rows use the hand-set weights there, as serving would")
     if cfg.sequence.enabled:
         steps("behaviour model on the training events (Ray Train; for the test requests)")
         seq_b = _sequence(cfg, b_events, art, sys_index)

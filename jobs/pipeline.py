@@ -271,11 +271,11 @@ def run(cfg: PipelineConfig) -> int:
                  "window_days": window, **({"sequence": seq_dir} if seq_dir else {})}, sa.train_ranker)),
                 required=False):
             rv = A.latest_complete(root, "ranker")
-            from features.models.learned_ranker import SEGMENTS, served_segments
+            from features.models.learned_ranker import SEGMENTS, served_segments, shoppers
 
             segs = served_segments(A.read_manifest(rv).get("metrics", {})) if rv else SEGMENTS
             ranker = ("learned" if segs == SEGMENTS else
-                      f"learned for shoppers {' and '.join(segs).replace('_', ' ')}, hand-set weights for the others"
+                      f"learned for {shoppers(segs)}, hand-set weights for the others"
                       if segs else "hand-set weights (the learned ranker did not beat them on validation)")
         else:
             print("ranker: not trained; serving uses the hand-set weights", flush=True)

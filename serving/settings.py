@@ -13,7 +13,7 @@ from typing import Any
 from features import artifacts as A
 from features.config import ConfigError, from_dict
 from features.models.encoder import LATEST, ZERO_SHOT, EncoderConfig
-from features.models.learned_ranker import SEGMENTS, served_segments
+from features.models.learned_ranker import SEGMENTS, served_segments, shoppers
 from features.profiles import events as EV
 from features.profiles.profile import ProfileParams
 from features.profiles.store import StateLimits
@@ -206,7 +206,7 @@ def resolve(cfg: ServingConfig) -> Resolved:
             ranker_note = f"hand-set weights (ranker {_name(ranker_dir)} did not beat them on validation)"
             ranker_dir = None
         elif ranker_dir and segments != SEGMENTS:
-            ranker_note = (f"{_name(ranker_dir)} for shoppers {' and '.join(segments).replace('_', ' ')}, hand-set "
+            ranker_note = (f"{_name(ranker_dir)} for {shoppers(segments)}, hand-set "
                            "weights for the others (it did not beat them on their validation lists)")
     elif cfg.ranker.model == "none":
         ranker_dir = None

@@ -223,6 +223,11 @@ def segment_of(ctx: RankContext) -> str:
     return SEGMENTS[0] if ctx.history else SEGMENTS[1]
 
 
+def shoppers(segments: tuple[str, ...] | list[str]) -> str:
+    """"shoppers with history", "shoppers with history and without history": for messages."""
+    return "shoppers " + " and ".join(segments).replace("_", " ")
+
+
 def served_segments(metrics: dict) -> tuple[str, ...]:
     """The segments whose recommend requests a ranker version ranks, from its manifest metrics:
     those where it beat the hand-set weights on the valid lists of that segment's shoppers
@@ -272,5 +277,4 @@ class WithFallback:
         if not self.segments:
             return self.hand.describe(mode)
         other = [s for s in SEGMENTS if s not in self.segments]
-        return (f"{picked.describe(mode)} for shoppers {' and '.join(self.segments).replace('_', ' ')}; "
-                f"{self.hand.describe(mode)} for shoppers {' and '.join(other).replace('_', ' ')}")
+        return f"{picked.describe(mode)} for {shoppers(self.segments)}; {self.hand.describe(mode)} for {shoppers(other)}"
