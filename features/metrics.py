@@ -41,7 +41,10 @@ def _hits(ranks: np.ndarray, k: int) -> np.ndarray:
     return (ranks < k).astype(np.float64)
 
 
-def _ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-request NDCG@k with one relevant item (0-based ranks): 1 / log2(rank + 2) inside the top
+    k, else 0; what a paired comparison of two models on the same requests bootstraps."""
+    ranks = np.asarray(ranks, dtype=np.float64)
     return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
@@ -60,7 +63,7 @@ def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:
 
 def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     """Mean NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0."""
-    return _mean(_ndcg_gains(np.asarray(ranks, dtype=np.float64), k))
+    return _mean(ndcg_gains(np.asarray(ranks, dtype=np.float64), k))
 
 
 def mrr(ranks: np.ndarray) -> float:
@@ -75,7 +78,7 @@ def rank_sums(ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
     out = {"count": float(ranks.size), "mrr": float(_reciprocal_ranks(ranks).sum())}
     for k in ks:
         out[f"recall@{k}"] = float(_hits(ranks, k).sum())
-        out[f"ndcg@{k}"] = float(_ndcg_gains(ranks, k).sum())
+        out[f"ndcg@{k}"] = float(ndcg_gains(ranks, k).sum())
     return out
 
 

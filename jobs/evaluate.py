@@ -217,14 +217,21 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
         enc = _encoder(cfg, fa, art)
         steps("fine-tuned index (Ray Data)")
         ft_index = _index(cfg, fb, art, enc)
-        beats = A.read_manifest(str(Path(enc).parent)).get("metrics", {}).get("beats_zero_shot_on_valid")
+        enc_metrics = A.read_manifest(str(Path(enc).parent)).get("metrics", {})
+        beats, versus = enc_metrics.get("beats_zero_shot_on_valid"), enc_metrics.get("valid_vs_zero_shot")
+        if versus:
+            lo, hi = versus["paired_difference_ci95"]
+            notes["encoder fine-tune vs zero-shot on valid"] = (
+                f"NDCG@10 {versus['fine_tuned']:.4f} vs {versus['zero_shot']:.4f} over {versus['examples']:,} valid "
+                f"examples, paired {versus['paired_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     else:
         notes["fine-tuned encoder"] = "encoder.fine_tune=false"
         beats = False
     # Model selection on the validation split, never on the test: the system retrieves with the
-    # fine-tuned encoder only when the fine-tune beat the zero-shot model on its valid split.
+    # fine-tuned encoder only when the fine-tune beat the zero-shot model on its valid split (the
+    # paired 95% interval above 0).
     sys_index = ft_index if beats else zs_index
-    notes["system encoder"] = ("fine-tuned (it beat zero-shot on the valid split)" if beats else
+    notes["system encoder"] = ("fine-tuned (it beat zero-shot on the valid split, paired interval above 0)" if beats else
                                "zero-shot (the fine-tune did not beat it on the valid split)" if ft_index else "zero-shot")
 
     seq_a = seq_b = None

@@ -224,7 +224,8 @@ def run(cfg: PipelineConfig) -> int:
             version = A.latest_complete(root, "encoder")
             beats = A.read_manifest(version).get("metrics", {}).get("beats_zero_shot_on_valid") if version else None
             if beats is False:  # the house rule: a fine-tune is used only where it beats zero-shot on valid
-                print("encoder: the fine-tune did not beat the zero-shot model on its valid split; "
+                print("encoder: the fine-tune did not beat the zero-shot model on its valid split (paired 95% "
+                      "interval over its valid examples not above 0); "
                       "the index uses the zero-shot encoder", flush=True)
             else:
                 encoder = version or "zero-shot"

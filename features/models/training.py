@@ -278,3 +278,27 @@ def evaluate(encoder: TwoTowerEncoder, item_texts: Sequence[str | None], anchors
         dist.all_reduce(t)
         sums = dict(zip(keys, t.cpu().tolist()))
     return M.means(sums)
+
+
+def example_ranks(encoder: TwoTowerEncoder, item_texts: Sequence[str | None], anchors: Sequence[str | None],
+                  target_idx: np.ndarray, batch_size: int = 128, item_emb: np.ndarray | None = None) -> np.ndarray:
+    """The 0-based full-catalog rank of each anchor's target (one process; no sharding)."""
+    if item_emb is None:
+        item_emb = encoder.encode(list(item_texts), tower="item", batch_size=batch_size)
+    q = encoder.encode(list(anchors), tower="query", batch_size=batch_size)
+    return M.ranks_by_inner_product(q, item_emb, np.asarray(target_idx))
+
+
+def versus_base(candidate_ranks: np.ndarray, base_ranks: np.ndarray, k: int = 10, seed: int = 0) -> dict:
+    """A fine-tune against the model it started from, on the same valid examples: mean NDCG@k of
+    each, the paired difference with its 95% bootstrap interval (over examples), and `beats`, true
+    only where that interval lies above 0 (the house rule for "beats"; a difference inside the noise
+    keeps the model that needs no training)."""
+    cand, base = M.ndcg_gains(candidate_ranks, k), M.ndcg_gains(base_ranks, k)
+    if cand.shape != base.shape:
+        raise ValueError(f"{cand.shape[0]} candidate ranks but {base.shape[0]} base ranks: compare the same examples")
+    lo, hi = M.bootstrap_ci(cand - base, seed=seed)
+    diff = float((cand - base).mean()) if len(cand) else 0.0
+    return {"metric": f"ndcg@{k}", "examples": int(len(cand)), "fine_tuned": round(float(cand.mean()), 6) if len(cand) else 0.0,
+            "zero_shot": round(float(base.mean()), 6) if len(base) else 0.0, "paired_difference": round(diff, 6),
+            "paired_difference_ci95": [round(lo, 6), round(hi, 6)], "beats": bool(len(cand) and lo > 0)}

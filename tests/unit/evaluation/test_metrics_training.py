@@ -151,6 +151,48 @@ def test_evaluate_equals_brute_force_ranking(encoder):
     assert got["count"] == 4
 
 
+def test_example_ranks_are_what_evaluate_averages(encoder):
+    items = ["red mug", "blue mug", "garden hose", None, "cake stand", "tea set"]
+    anchors = ["bought: red mug", "searched: hose", "", "bought: cake tin"]
+    targets = np.array([1, 2, 0, M.MISSING])
+    ranks = TR.example_ranks(encoder, items, anchors, targets, batch_size=3)
+    assert ranks[3] == M.MISSING_RANK
+    assert M.ndcg_gains(ranks, 3).mean() == pytest.approx(TR.evaluate(encoder, items, anchors, targets, ks=(3,))["ndcg@3"])
+
+
+def test_a_fine_tune_beats_zero_shot_only_where_the_paired_interval_is_above_zero():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 30, size=800)
+    # one example in four moves from rank 5 or worse to rank 0: a clear gain
+    better = np.where(np.arange(800) % 4 == 0, 0, base)
+    won = TR.versus_base(better, base, k=10)
+    assert won["beats"] and won["paired_difference_ci95"][0] > 0 and won["examples"] == 800
+    assert won["paired_difference"] == pytest.approx(M.ndcg_gains(better, 10).mean() - M.ndcg_gains(base, 10).mean(), abs=1e-6)
+    # a higher mean by a hair (two examples of 800 improved) is inside the noise: zero-shot stays
+    hair = base.copy()
+    hair[np.flatnonzero(base > 0)[:2]] = 0
+    level = TR.versus_base(hair, base, k=10)
+    assert level["fine_tuned"] > level["zero_shot"] and not level["beats"]
+    assert level["paired_difference_ci95"][0] <= 0 < level["paired_difference_ci95"][1]
+    assert not TR.versus_base(base, better, k=10)["beats"]
+    assert not TR.versus_base(np.zeros(0), np.zeros(0))["beats"]
+    with pytest.raises(ValueError, match="same examples"):
+        TR.versus_base(base[:5], base[:6])
+
+
+def test_the_encoder_job_pairs_its_fine_tune_with_the_model_it_started_from(encoder):
+    from jobs.train_encoder import TrainEncoderConfig, versus_zero_shot
+
+    items = ["red mug", "blue mug", "garden hose", "cake stand", "tea set", "lunch bag"]
+    anchors = ["bought: red mug", "searched: hose", "bought: cake tin", "searched: lunch"] * 5
+    targets = np.array([1, 2, 3, 5] * 5)
+    cfg = TrainEncoderConfig(encoder=EncoderConfig(max_length=16, batch_size=8))
+    # a "fine-tune" that is the starting model itself: same ranks, difference 0, zero-shot stays
+    same = versus_zero_shot(cfg, encoder, items, anchors, targets)
+    assert same["examples"] == 20 and same["paired_difference"] == 0 and not same["beats"]
+    assert same["zero_shot"] == pytest.approx(TR.evaluate(encoder, items, anchors, targets, ks=(10,))["ndcg@10"], abs=1e-6)
+
+
 def test_resolve_checkpoint_accepts_each_folder_shape(encoder, tmp_path):
     assert resolve_checkpoint("zero-shot") is None
     with pytest.raises(FileNotFoundError, match="no complete encoder version"):
