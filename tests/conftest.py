@@ -18,11 +18,11 @@ def ray_local():
 
 
 # The slowest files first. With `-n 2 --dist loadfile --no-loadscope-reorder` (make test) each worker
-# takes whole files in collection order (xdist's default order, most tests first, put the one-test
-# pipeline file last, where it ran alone for 6 minutes). Starting the longest ones first
+# takes whole files in collection order (xdist's default order, most tests first, would put a long
+# one-test file last, where it runs alone). Starting the longest ones first
 # (longest-processing-time-first scheduling) keeps both workers busy to the end.
 SLOW_FIRST = (
-    "tests/integration/test_job_submit.py",
+    "tests/integration/test_job_submit.py",  # make test-pipeline only
     "tests/e2e/test_serve_api.py",
     "tests/integration/test_evaluate.py",
     "tests/integration/test_build_features.py",

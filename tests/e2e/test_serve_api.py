@@ -1,8 +1,10 @@
 """The HTTP API of the real Serve application on a local Ray cluster, over the bundled catalog.
 
 Artifacts: the importer and the feature job on the last weeks of the bundled log (every catalog
-item), and an index built with the packaged zero-shot MiniLM (training is proven elsewhere). The
-app is deployed with serving/config.yaml's deployment options and a write API key.
+item), an index built with the packaged zero-shot MiniLM, and the behaviour model on Ray Train. The
+app is deployed with serving/config.yaml's deployment options and a write API key. The first test
+fine-tunes the encoder on those features with Ray Train (two DDP workers) before the app takes the
+cluster's CPUs; the index keeps the zero-shot model, so the answers below do not depend on it.
 """
 
 from __future__ import annotations
@@ -44,9 +46,33 @@ def artifacts(ray_local, tmp_path_factory):
     # A small behaviour model on the same index: serving picks it up ("latest" for this index).
     # In process: its Ray Train path is covered by the pipeline test (tests/integration/test_job_submit.py).
     train_sequence.run(train_sequence.TrainSequenceConfig(
-        events=str(base / "events.parquet"), output_root=str(out), cpus_per_worker=1, trainer="local",
+        events=str(base / "events.parquet"), output_root=str(out), cpus_per_worker=1, trainer="ray",
         model=SequenceParams(dim=16, heads=2, layers=1, max_epochs=1, valid_users=300)))
     return base, out, events
+
+
+def test_the_encoder_fine_tunes_on_ray_train_with_two_ddp_workers_and_is_judged_against_zero_shot(artifacts, tmp_path):
+    """jobs.train_encoder as the pipeline runs it, on this file's features: two DDP workers, the
+    zero-shot point first, the best checkpoint exported, then the paired comparison with the
+    starting model that decides whether an index may use the fine-tune."""
+    from features import artifacts as A
+    from features.config import load_config
+    from jobs import train_encoder
+
+    _, out, _ = artifacts
+    cfg = load_config(train_encoder.TrainEncoderConfig, ROOT / "jobs/configs/train_encoder_smoke.yaml",
+                      [f"output_root={tmp_path}", f"features={A.latest_complete(str(out), 'features')}",
+                       "train.eval_zero_shot=true"])
+    assert train_encoder.run(cfg) == 0
+    m = A.read_manifest(A.latest_complete(str(tmp_path), "encoder"))["metrics"]
+    assert m["num_workers"] == 2 and m["device"] == "cpu" and m["steps"] == 4 and m["train_samples_per_s"] > 0
+    v = m["valid_vs_zero_shot"]
+    assert v["examples"] == m["valid_examples"] == 100
+    # the paired comparison re-ranks the same examples the training loop scored
+    assert v["zero_shot"] == pytest.approx(m["valid_zero_shot"]["valid_ndcg@10"], abs=1e-5)
+    assert v["fine_tuned"] == pytest.approx(m["valid_best"]["valid_ndcg@10"], abs=1e-5)
+    lo, hi = v["paired_difference_ci95"]
+    assert lo <= v["paired_difference"] <= hi and m["beats_zero_shot_on_valid"] == (lo > 0)
 
 
 def _quick_shutdown(opts: dict) -> None:

@@ -24,7 +24,11 @@ HEAD_ATTEMPTS = 5  # a first start timed out in both clean-clone runs with two p
 # The whole pipeline, eight stages and a Serve deployment: about 400 s alone on a slow 2-core box
 # and past 600 s there next to the other pytest worker (a clean-clone `make test` at bc54a88).
 PIPELINE_TIMEOUT_S = 1200
-pytestmark = pytest.mark.integration
+# Not in `make test` (which must stay a short loop): `make test-pipeline` runs it. Each stage it chains
+# runs on its own in `make test` (features, the encoder fine-tune and the behaviour model on Ray Train,
+# index, ranker, serving); only this test covers the chain through `ray job submit`, s3:// artifacts
+# and the HAProxy stable URL.
+pytestmark = [pytest.mark.integration, pytest.mark.pipeline]
 
 
 def _start_head(env: dict, tmp: Path, log_path: Path) -> tuple[subprocess.Popen, str, Any]:
