@@ -132,7 +132,8 @@ test: venv
 
 # `make run` on a differently shaped export kept in a local S3 server (moto): import through a
 # mapping, every stage on Ray through `ray job submit`, artifacts in s3://, then the Serve app behind
-# the HAProxy stable URL answers from them (about 6 minutes on 2 cores; run it before a release).
+# the HAProxy stable URL answers from them; and the encoder fine-tune with two DDP workers on Ray Train
+# (about 10 minutes on 2 cores; run it before a release).
 test-pipeline: venv
 	set -o pipefail; $(BIN)/python -m pytest tests -m pipeline --durations=5 2>&1 | tee .pytest-pipeline-last.log
 

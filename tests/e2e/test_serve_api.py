@@ -3,8 +3,9 @@
 Artifacts: the importer and the feature job on the last weeks of the bundled log (every catalog
 item), an index built with the packaged zero-shot MiniLM, and the behaviour model on Ray Train. The
 app is deployed with serving/config.yaml's deployment options and a write API key. The first test
-fine-tunes the encoder on those features with Ray Train (two DDP workers) before the app takes the
-cluster's CPUs; the index keeps the zero-shot model, so the answers below do not depend on it.
+(`make test-pipeline` only: four minutes of `make test` beside the other worker) fine-tunes the
+encoder on those features with Ray Train (two DDP workers) before the app takes the cluster's CPUs;
+the index keeps the zero-shot model, so the answers below do not depend on it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def artifacts(ray_local, tmp_path_factory):
     return base, out, events
 
 
+@pytest.mark.pipeline
 def test_the_encoder_fine_tunes_on_ray_train_with_two_ddp_workers_and_is_judged_against_zero_shot(artifacts, tmp_path):
     """jobs.train_encoder as the pipeline runs it, on this file's features: two DDP workers, the
     zero-shot point first, the best checkpoint exported, then the paired comparison with the

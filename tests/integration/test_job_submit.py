@@ -24,10 +24,11 @@ HEAD_ATTEMPTS = 5  # a first start timed out in both clean-clone runs with two p
 # The whole pipeline, eight stages and a Serve deployment: about 400 s alone on a slow 2-core box
 # and past 600 s there next to the other pytest worker (a clean-clone `make test` at bc54a88).
 PIPELINE_TIMEOUT_S = 1200
-# Not in `make test` (which must stay a short loop): `make test-pipeline` runs it. Each stage it chains
-# runs on its own in `make test` (features, the encoder fine-tune and the behaviour model on Ray Train,
-# index, ranker, serving); only this test covers the chain through `ray job submit`, s3:// artifacts
-# and the HAProxy stable URL.
+# Not in `make test` (which must stay a short loop): `make test-pipeline` runs it, with the encoder
+# fine-tune's own test (tests/e2e). `make test` runs the other stages on their own (features, index,
+# the behaviour model on Ray Train, ranker, serving) and the encoder's pieces as unit tests; only
+# `make test-pipeline` covers the chain through `ray job submit`, s3:// artifacts, the HAProxy stable
+# URL and the encoder's Ray Train loop.
 pytestmark = [pytest.mark.integration, pytest.mark.pipeline]
 
 
