@@ -317,7 +317,7 @@ def run(cfg: TrainEncoderConfig) -> int:
             import torch
 
             torch.set_num_threads(max(1, cfg.ray.num_cpus))
-            base = TwoTowerEncoder.load(cfg.init_from) if cfg.init_from else TwoTowerEncoder(replace(cfg.encoder))
+            base = starting_model(cfg)
             ranks = _popularity_ranks(catalog, targets)
             test = {
                 "examples": len(anchors),
@@ -351,6 +351,11 @@ def run(cfg: TrainEncoderConfig) -> int:
     return 0
 
 
+def starting_model(cfg: TrainEncoderConfig) -> TwoTowerEncoder:
+    """The model the fine-tune started from (init_from, else the zero-shot encoder)."""
+    return TwoTowerEncoder.load(cfg.init_from) if cfg.init_from else TwoTowerEncoder(replace(cfg.encoder))
+
+
 def versus_zero_shot(cfg: TrainEncoderConfig, tuned: TwoTowerEncoder, catalog_texts: list, anchors: list,
                       targets: np.ndarray) -> dict:
     """The best checkpoint and the model it started from ranked on the same valid examples; the
@@ -358,7 +363,7 @@ def versus_zero_shot(cfg: TrainEncoderConfig, tuned: TwoTowerEncoder, catalog_te
     import torch
 
     torch.set_num_threads(max(1, cfg.ray.num_cpus))
-    base = TwoTowerEncoder.load(cfg.init_from) if cfg.init_from else TwoTowerEncoder(replace(cfg.encoder))
+    base = starting_model(cfg)
     bs = cfg.encoder.batch_size
     base_items = base.encode(list(catalog_texts), tower="item", batch_size=bs)
     frozen = cfg.train.item_tower == "frozen"  # the fine-tune kept the starting item tower
