@@ -152,11 +152,15 @@ bench-serve: venv
 bench-encoder: venv
 	$(BIN)/python -m bench.encoder --artifacts $(ART)
 
+# Idle Ray workers are kept rather than restarted for every short Ray Data operator (jobs/common.py).
+RAY_SYSTEM_CONFIG = $$($(BIN)/python -c 'import json; from jobs.common import ray_system_config; print(json.dumps(ray_system_config(2)))')
+
 # A local single-node cluster for `ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT)`.
 # The venv's bin goes first on PATH so a submitted job's `python` is the project's interpreter.
 ray-up: venv
 	@mkdir -p state
-	@PATH=$(CURDIR)/$(BIN):$$PATH $(HAPROXY_ENV) $(BIN)/ray start --head --num-cpus=2 --include-dashboard=true --dashboard-host=127.0.0.1 \
+	@PATH=$(CURDIR)/$(BIN):$$PATH $(HAPROXY_ENV) $(BIN)/ray start --head --num-cpus=2 --system-config="$(RAY_SYSTEM_CONFIG)" \
+	  --include-dashboard=true --dashboard-host=127.0.0.1 \
 	  --dashboard-port=$(RAY_DASHBOARD_PORT) --disable-usage-stats > state/ray-up.log 2>&1 \
 	  && echo "local Ray cluster started: dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT) (state/ray-up.log; make ray-down stops it)" \
 	  || { cat state/ray-up.log; exit 1; }

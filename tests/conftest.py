@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -9,9 +11,17 @@ import pytest
 def ray_local():
     import ray
 
+    from jobs.common import ray_system_config
+
+    # With direct ingress (RAY_SERVE_THROUGHPUT_OPTIMIZED, as `make serve` runs), Serve keeps a
+    # stopped Ingress replica draining for 30 s so that an external load balancer can deregister
+    # it. The tests have none, and they stop Ingress replicas three times (a restart, a second app,
+    # the shutdown): 90 s of make test spent waiting. Read by the cluster started below.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     # address="local": a private cluster even when `make demo` left one running (ray.init() would
     # join that one and refuse num_cpus).
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             _system_config=ray_system_config(2))
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

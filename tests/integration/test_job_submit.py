@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import pytest
 import requests
 
 from features import artifacts as A
+from jobs.common import ray_system_config
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,7 @@ def _start_head(env: dict, tmp: Path, log_path: Path) -> tuple[subprocess.Popen,
     box: Ray's own start-up limit), or raises with the log when it does not."""
     dash = free_port()
     cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
+           f"--system-config={json.dumps(ray_system_config(2))}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
            f"--temp-dir={tmp}", "--disable-usage-stats",
            # Fixed default agent ports would collide with the session's in-process Ray.

@@ -1,0 +1,20 @@
+"""The Ray system settings every local node of ours starts with (jobs, tests, `make ray-up`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from features.config import ConfigError
+from jobs.common import ray_system_config
+
+
+def test_idle_workers_are_kept_beyond_the_cpu_count_and_for_a_minute():
+    # Ray's defaults: num_cpus idle workers, the rest killed after 1 s idle
+    two, sixteen = ray_system_config(2), ray_system_config(16)
+    assert two == {"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 60_000}
+    assert sixteen["num_workers_soft_limit"] == 36 > two["num_workers_soft_limit"]
+
+
+def test_a_cpu_count_below_one_is_refused():
+    with pytest.raises(ConfigError, match="num_cpus must be >= 1, got 0"):
+        ray_system_config(0)
