@@ -34,7 +34,10 @@ HAPROXY_ENV = RAY_SERVE_ENABLE_HA_PROXY=$(HAPROXY) RAY_SERVE_HAPROXY_METRICS_ENA
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	set -o pipefail; $(BIN)/pip install -q -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	set -o pipefail; $(BIN)/pip install -q --no-compile -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	@# Bytecode on all cores (pip compiles on one: 284 s install -> 155 s + 68 s here). A file that
+	@# does not compile is only compiled again at import, so a failure here is not fatal.
+	$(BIN)/python -m compileall -j 0 -q $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 venv: $(STAMP)
