@@ -27,7 +27,7 @@ def load_scorer(cfg: ServingConfig, res: Resolved) -> WithFallback:
     """The learned model of res.ranker_dir with the configured hand weights as the fallback (for
     modes it was not trained on, and for the shoppers not in res.ranker_segments). A model that
     cannot be loaded fails the deployment (an explicit version must work)."""
-    learned = LearnedRanker.load(res.ranker_dir) if res.ranker_dir else None
+    learned = LearnedRanker.load(res.ranker_dir, explanations=cfg.ranker.explanations) if res.ranker_dir else None
     return WithFallback(learned, cfg.ranker.weights, res.ranker_segments)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from features import artifacts as A
 from features.config import ConfigError, from_dict
 from features.models.encoder import LATEST, ZERO_SHOT, EncoderConfig
-from features.models.learned_ranker import SEGMENTS, served_segments, shoppers
+from features.models.learned_ranker import SEGMENTS, check_explanations, served_segments, shoppers
 from features.profiles import events as EV
 from features.profiles.profile import ProfileParams
 from features.profiles.store import StateLimits
@@ -98,6 +98,12 @@ class RankerServing:
     # none) | none: always the hand-set weights | a ranker version folder (must exist)
     model: str = LATEST
     weights: HandWeights = HandWeights()  # for modes the model was not trained on, and without a model
+    # the reasons' per-feature contributions: path (decision paths, ~1 ms for 10 results) | treeshap
+    # (exact Shapley values, ~5.5 ms; features/models/tree_paths.py)
+    explanations: str = "path"
+
+    def __post_init__(self) -> None:
+        check_explanations(self.explanations)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ the shopper did next: 1 for an item of the next basket, 0 otherwise; search: the
 The model is stored as LightGBM's text format next to a JSON manifest (feature names, importances,
 training metrics), never pickled, so loading an artifact cannot execute code.
 
-Explanations: LightGBM's per-feature contributions (TreeSHAP, `pred_contrib=True`) take the place
-of the hand-set weight * feature products, so the same `ranking.reasons` turn the largest ones
-into "because you viewed X"-style reasons.
+Explanations: per-feature contributions take the place of the hand-set weight * feature products,
+so the same `ranking.reasons` turn the largest ones into "because you viewed X"-style reasons.
+`explanations="path"` (the default) credits each split on a row's decision paths to its feature
+(features/models/tree_paths.py, ~6x cheaper); "treeshap" is LightGBM's `pred_contrib=True`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from features import artifacts as A
+from features.models.tree_paths import PathAttribution
 from features.retrieval.ranking import FEATURE_NAMES, RankContext
 
 MODEL_FILE = "model.txt"
@@ -27,6 +29,13 @@ MODES = ("search", "recommend")
 # Shoppers with a history in their profile, and guests: jobs.train_ranker compares the learned model
 # with the hand-set weights on each, and serving uses it only where it won (`served_segments`).
 SEGMENTS = ("with_history", "without_history")
+EXPLANATIONS = ("path", "treeshap")
+
+
+def check_explanations(value: str, field: str = "ranker.explanations") -> str:
+    if value not in EXPLANATIONS:
+        raise ValueError(f"{field}: {value!r}; allowed: {', '.join(EXPLANATIONS)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -90,9 +99,11 @@ def informative_groups(labels: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
 class LearnedRanker:
     """A trained lambdarank booster per mode it was trained for."""
 
-    def __init__(self, boosters: dict, manifest: dict) -> None:
+    def __init__(self, boosters: dict, manifest: dict, explanations: str = "path") -> None:
         self.boosters = boosters  # mode -> lightgbm.Booster
         self.manifest = manifest
+        self.explanations = check_explanations(explanations)
+        self.paths = {mode: PathAttribution(b) for mode, b in boosters.items()} if explanations == "path" else {}
         # mode -> the FEATURE_NAMES columns its model reads, in its order (None: all of them): a
         # model trained before features were added keeps working on the ones it knows.
         self.columns: dict[str, np.ndarray | None] = {}
@@ -119,10 +130,14 @@ class LearnedRanker:
         return np.asarray(self.boosters[mode].predict(self._x(x, mode), num_threads=1), dtype=np.float64)
 
     def contributions(self, x: np.ndarray, mode: str) -> np.ndarray:
-        """(C, F) per-feature contributions (TreeSHAP); each row sums to score - the expected value."""
+        """(C, F) per-feature contributions (decision-path or TreeSHAP, see `explanations`); each row
+        sums to its score minus a constant (the root values, or TreeSHAP's expected value)."""
         if not len(x):
             return np.zeros((0, len(FEATURE_NAMES)))
-        c = np.asarray(self.boosters[mode].predict(self._x(x, mode), pred_contrib=True, num_threads=1), np.float64)
+        if self.explanations == "path":
+            c = self.paths[mode].contributions(self._x(x, mode))
+        else:
+            c = np.asarray(self.boosters[mode].predict(self._x(x, mode), pred_contrib=True, num_threads=1), np.float64)
         cols = self.columns.get(mode)
         if cols is None:
             return c[:, : len(FEATURE_NAMES)]
@@ -144,7 +159,7 @@ class LearnedRanker:
                 booster.save_model(str(d / mode / MODEL_FILE))
 
     @classmethod
-    def load(cls, directory: str | Path, manifest: dict | None = None) -> "LearnedRanker":
+    def load(cls, directory: str | Path, manifest: dict | None = None, explanations: str = "path") -> "LearnedRanker":
         """Load every mode's text model under `directory`; a model trained on fewer features (an
         older version) reads those; one that needs a feature this code does not compute is refused."""
         import lightgbm as lgb
@@ -166,7 +181,7 @@ class LearnedRanker:
             raise FileNotFoundError(f"no ranker model under {d} (expected {'/'.join(MODES)}/{MODEL_FILE})")
         if manifest is None and (d / "manifest.json").exists():
             manifest = json.loads((d / "manifest.json").read_text())
-        return cls(boosters, manifest or {})
+        return cls(boosters, manifest or {}, explanations)
 
 
 def train_booster(x: np.ndarray, y: np.ndarray, groups: np.ndarray, params: RankerParams,

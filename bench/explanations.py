@@ -1,0 +1,115 @@
+"""What the reasons of a recommendation cost, and whether the cheap explanation names the same
+reasons as TreeSHAP.
+
+The Retriever deployment's own class body (the behaviour model, the learned ranker, reasons for the
+k returned items) runs in this process for sampled shoppers with a history, once with
+`ranker.explanations: path` (decision-path contributions, features/models/tree_paths.py) and once
+with `treeshap` (LightGBM's pred_contrib). Both rank identically (explanations do not change
+scores), so each result's reasons can be compared one to one.
+
+    python -m bench.explanations --artifacts artifacts     # bench/results/explanations.json
+
+Needs a ranker version under artifacts/ranker (make demo, or the pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.artifacts import git_commit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 3) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--users", type=int, default=300, help="sampled shoppers with a history")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--out", default=str(RESULTS / "explanations.json"))
+    ns = ap.parse_args(argv)
+
+    import polars as pl
+
+    from features import artifacts as A
+    from features.profiles.profile import seed_profiles
+    from features.retrieval.ranking import context_for
+    from serving.app import load_serve_config
+    from serving.retriever import Retriever
+    from serving.settings import ServingConfig, resolve
+
+    state = tempfile.mkdtemp(prefix="bench-explanations-")
+    runs: dict[str, Any] = {}
+    answers: dict[str, list[list[dict]]] = {}
+    for mode in ("path", "treeshap"):
+        conf = load_serve_config(overrides=[f"artifacts_root={Path(ns.artifacts).resolve()}", f"state_dir={state}",
+                                            f"ranker.explanations={mode}"])
+        cfg = ServingConfig.from_args(conf["args"])
+        res = resolve(cfg)
+        if res.ranker_dir is None:
+            raise SystemExit(f"no learned ranker serves under {ns.artifacts}/ranker (none, or it did not beat the "
+                             "hand-set weights on validation); run make demo or the pipeline first")
+        retriever = Retriever.func_or_class(cfg, res)
+        catalog, p = retriever.live.catalog, cfg.profiles.params
+        rows = pl.read_parquet(A.join(res.features_dir, "users"))
+        profiles = [prof for prof in seed_profiles(rows.sample(min(len(rows), ns.users * 3), seed=0), catalog.lookup, p)
+                    if prof.recent_items][: ns.users]
+        now = time.time()
+        for prof in profiles[:20]:  # warm-up
+            ctx = context_for("recommend", prof, now, p)
+            retriever.recommend(ctx, None, ctx.purchased, ns.k)
+        lat, rank_ms, out = [], [], []
+        for prof in profiles:
+            ctx = context_for("recommend", prof, now, p)
+            t0 = time.perf_counter()
+            results, timings = retriever.recommend(ctx, None, ctx.purchased, ns.k)
+            lat.append((time.perf_counter() - t0) * 1e3)
+            rank_ms.append(timings["rank"])
+            out.append(results)
+        answers[mode] = out
+        runs[mode] = {"requests": len(lat), "recommend_p50_ms": pct(lat, 50), "recommend_p99_ms": pct(lat, 99),
+                      "rank_p50_ms": pct(rank_ms, 50), "rank_p99_ms": pct(rank_ms, 99), "ranker": res.ranker_dir,
+                      "ranker_describe": retriever.ranker.info()["recommend"]}
+        print(mode, json.dumps(runs[mode]), flush=True)
+
+    same_items = same_reasons = same_first = results = 0
+    for a_list, b_list in zip(answers["path"], answers["treeshap"]):
+        for a, b in zip(a_list, b_list):
+            results += 1
+            if a["item_id"] != b["item_id"]:
+                continue
+            same_items += 1
+            same_reasons += a["reasons"] == b["reasons"]
+            same_first += (a["reasons"][:1] == b["reasons"][:1])
+    report = {
+        "commit": git_commit(),
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "command": "python -m bench.explanations --artifacts artifacts",
+        "k": ns.k, "shoppers": "sampled from the feature job's users, with a history (the learned ranker's segment)",
+        "runs": runs,
+        "speedup_recommend_p50": round(runs["treeshap"]["recommend_p50_ms"] / runs["path"]["recommend_p50_ms"], 3),
+        "speedup_rank_p50": round(runs["treeshap"]["rank_p50_ms"] / runs["path"]["rank_p50_ms"], 3),
+        "agreement": {"results": results, "same_item": same_items,
+                      "same_reasons_share": round(same_reasons / max(same_items, 1), 4),
+                      "same_first_reason_share": round(same_first / max(same_items, 1), 4)},
+    }
+    Path(ns.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("speedup_recommend_p50", "speedup_rank_p50", "agreement")}), flush=True)
+    print(f"wrote {ns.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
