@@ -98,9 +98,10 @@ class RankerServing:
     # none) | none: always the hand-set weights | a ranker version folder (must exist)
     model: str = LATEST
     weights: HandWeights = HandWeights()  # for modes the model was not trained on, and without a model
-    # the reasons' per-feature contributions: path (decision paths, ~1 ms for 10 results) | treeshap
-    # (exact Shapley values, ~5.5 ms; features/models/tree_paths.py)
-    explanations: str = "path"
+    # the learned model's per-feature contributions behind the reasons: treeshap (Shapley values) |
+    # path (decision paths: ranking ~6 ms cheaper per recommendation, but the first reason differs
+    # from TreeSHAP's for 42% of results; bench/results/explanations.json)
+    explanations: str = "treeshap"
 
     def __post_init__(self) -> None:
         check_explanations(self.explanations)

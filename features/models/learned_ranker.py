@@ -8,8 +8,9 @@ training metrics), never pickled, so loading an artifact cannot execute code.
 
 Explanations: per-feature contributions take the place of the hand-set weight * feature products,
 so the same `ranking.reasons` turn the largest ones into "because you viewed X"-style reasons.
-`explanations="path"` (the default) credits each split on a row's decision paths to its feature
-(features/models/tree_paths.py, ~6x cheaper); "treeshap" is LightGBM's `pred_contrib=True`.
+`explanations="treeshap"` (the default) is LightGBM's `pred_contrib=True`; "path" credits each split
+on a row's decision paths to its feature (features/models/tree_paths.py): ~6x cheaper, but it names
+different reasons for many results (bench/explanations.py), so it is opt-in.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def informative_groups(labels: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
 class LearnedRanker:
     """A trained lambdarank booster per mode it was trained for."""
 
-    def __init__(self, boosters: dict, manifest: dict, explanations: str = "path") -> None:
+    def __init__(self, boosters: dict, manifest: dict, explanations: str = "treeshap") -> None:
         self.boosters = boosters  # mode -> lightgbm.Booster
         self.manifest = manifest
         self.explanations = check_explanations(explanations)
@@ -134,10 +135,10 @@ class LearnedRanker:
         sums to its score minus a constant (the root values, or TreeSHAP's expected value)."""
         if not len(x):
             return np.zeros((0, len(FEATURE_NAMES)))
-        if self.explanations == "path":
-            c = self.paths[mode].contributions(self._x(x, mode))
-        else:
+        if self.explanations == "treeshap":
             c = np.asarray(self.boosters[mode].predict(self._x(x, mode), pred_contrib=True, num_threads=1), np.float64)
+        else:
+            c = self.paths[mode].contributions(self._x(x, mode))
         cols = self.columns.get(mode)
         if cols is None:
             return c[:, : len(FEATURE_NAMES)]
@@ -159,7 +160,7 @@ class LearnedRanker:
                 booster.save_model(str(d / mode / MODEL_FILE))
 
     @classmethod
-    def load(cls, directory: str | Path, manifest: dict | None = None, explanations: str = "path") -> "LearnedRanker":
+    def load(cls, directory: str | Path, manifest: dict | None = None, explanations: str = "treeshap") -> "LearnedRanker":
         """Load every mode's text model under `directory`; a model trained on fewer features (an
         older version) reads those; one that needs a feature this code does not compute is refused."""
         import lightgbm as lgb

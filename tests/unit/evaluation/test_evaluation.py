@@ -184,12 +184,11 @@ def test_lambdarank_learns_the_signal_round_trips_as_text_and_falls_back_per_mod
     # TreeSHAP contributions + the bias column add up to the score
     full = booster.predict(vx[:5].astype(np.float64), pred_contrib=True)
     np.testing.assert_allclose(full.sum(axis=1), model.score(vx[:5], "recommend"), rtol=1e-6)
-    exact = LearnedRanker.load(tmp_path, explanations="treeshap")
-    np.testing.assert_allclose(exact.contributions(vx[:5], "recommend"), full[:, :-1])
-    # the default, decision-path contributions, add up to the score minus the trees' root values
-    path = loaded.contributions(vx[:5], "recommend")
-    np.testing.assert_allclose(path.sum(axis=1) + loaded.paths["recommend"].bias, model.score(vx[:5], "recommend"),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(loaded.contributions(vx[:5], "recommend"), full[:, :-1])
+    # decision-path contributions (opt-in) add up to the score minus the trees' root values
+    paths = LearnedRanker.load(tmp_path, explanations="path")
+    np.testing.assert_allclose(paths.contributions(vx[:5], "recommend").sum(axis=1) + paths.paths["recommend"].bias,
+                               model.score(vx[:5], "recommend"), rtol=1e-9, atol=1e-12)
     # no search model: search falls back to the hand-set weights
     both = WithFallback(loaded, HandWeights())
     np.testing.assert_allclose(both.score(vx, "search"), HandWeights().score(vx, "search"))
@@ -222,12 +221,12 @@ def test_a_model_from_before_features_were_added_reads_the_ones_it_knows(tmp_pat
     b = lgb.train({"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 5}, ds, num_boost_round=10)
     (tmp_path / "recommend").mkdir()
     b.save_model(str(tmp_path / "recommend" / "model.txt"))
-    loaded = LearnedRanker.load(tmp_path, explanations="treeshap")
+    loaded = LearnedRanker.load(tmp_path)
     np.testing.assert_allclose(loaded.score(x, "recommend"), b.predict(x[:, :-2].astype(np.float64)))
     c = loaded.contributions(x[:4], "recommend")
     assert c.shape == (4, len(FEATURE_NAMES)) and (c[:, -2:] == 0).all()
     np.testing.assert_allclose(c[:, :-2], b.predict(x[:4, :-2].astype(np.float64), pred_contrib=True)[:, :-1])
-    p = LearnedRanker.load(tmp_path).contributions(x[:4], "recommend")  # decision paths: the same columns
+    p = LearnedRanker.load(tmp_path, explanations="path").contributions(x[:4], "recommend")  # the same columns
     assert p.shape == (4, len(FEATURE_NAMES)) and (p[:, -2:] == 0).all()
     np.testing.assert_allclose(p.sum(axis=1), b.predict(x[:4, :-2].astype(np.float64), raw_score=True)
                                - PathAttribution(b).bias, atol=1e-9)

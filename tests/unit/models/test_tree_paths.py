@@ -64,6 +64,6 @@ def test_no_rows_and_wrong_shapes():
 def test_the_serving_setting_names_its_allowed_values():
     from serving.settings import RankerServing
 
-    assert RankerServing().explanations == "path"
+    assert RankerServing().explanations == "treeshap"
     with pytest.raises(ValueError, match="ranker.explanations: 'shap'; allowed: path, treeshap"):
         RankerServing(explanations="shap")
