@@ -9,7 +9,7 @@ training metrics), never pickled, so loading an artifact cannot execute code.
 Explanations: per-feature contributions take the place of the hand-set weight * feature products,
 so the same `ranking.reasons` turn the largest ones into "because you viewed X"-style reasons.
 `explanations="treeshap"` (the default) is LightGBM's `pred_contrib=True`; "path" credits each split
-on a row's decision paths to its feature (features/models/tree_paths.py): ~6x cheaper, but it names
+on a row's decision paths to its feature (features/models/tree_paths.py): ~5x cheaper, but it names
 different reasons for many results (bench/explanations.py), so it is opt-in.
 """
 

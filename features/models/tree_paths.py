@@ -5,11 +5,11 @@ change is credited to the split's feature. Summed over the trees, a row's contri
 sum of the root values equal its raw score exactly, as TreeSHAP's plus the expected value do.
 
 Why not TreeSHAP (LightGBM's `pred_contrib=True`) for the reasons we show: it costs about 0.55 ms
-per row for a 150-tree, 15-leaf ranker on this 2-core box, 5.5 ms for a page of 10, more than
+per row for a 150-tree, 15-leaf ranker on this 2-core box, 4-6 ms for a page of 10, more than
 scoring all 300 candidates (2 ms). The path walk costs O(trees x depth) per row, vectorised over
 rows and trees. Path attributions differ from Shapley values where features interact (they credit
 the split that happened, not every order of splits), and on the bundled log's ranker that changes
-the first reason of 42% of results (bench/results/explanations.json), so serving uses them only when
+the first reason of 41% of results (bench/results/explanations.json), so serving uses them only when
 configured (`ranker.explanations: path`); TreeSHAP is the default.
 """
 
