@@ -99,7 +99,7 @@ class RankerServing:
     model: str = LATEST
     weights: HandWeights = HandWeights()  # for modes the model was not trained on, and without a model
     # the learned model's per-feature contributions behind the reasons: treeshap (Shapley values) |
-    # path (decision paths: ranking ~4.5 ms cheaper per recommendation, but the first reason differs
+    # path (decision paths: ranking ~4 ms cheaper per recommendation, but the first reason differs
     # from TreeSHAP's for 41% of results; bench/results/explanations.json)
     explanations: str = "treeshap"
 
