@@ -24,13 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.serve_latency import pct
 from features.artifacts import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def pct(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 3) if values else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
