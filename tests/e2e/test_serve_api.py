@@ -80,8 +80,8 @@ def test_the_encoder_fine_tunes_on_ray_train_with_two_ddp_workers_and_is_judged_
 def _quick_shutdown(opts: dict) -> None:
     """Replicas wait at most 5 s for in-flight calls when an app is deleted (Serve's default is 20 s);
     the tests delete and redeploy apps with nothing in flight. Every acknowledged event is durable
-    before its reply, so this takes nothing from the restart test. (The 30 s teardown after the last
-    test of this file is serve.shutdown() itself, not this wait.)"""
+    before its reply, so this takes nothing from the restart test. (Direct ingress adds its own
+    draining period for load balancers, 30 s by default; tests/conftest.py sets it to 1 s.)"""
     for name in opts:
         opts[name]["graceful_shutdown_timeout_s"] = 5.0
         opts[name]["graceful_shutdown_wait_loop_s"] = 0.5
