@@ -25,6 +25,7 @@ import ray
 from features import artifacts as A
 from features.config import to_dict
 from features.data import cooccurrence as CO
+from features.data import ease as E
 from features.data import schema as S
 from features.data import transforms as T
 from features.data.pipeline import SplitConfig, catalog_columns, parse_instant, resolve_cutoffs, user_block_outputs
@@ -263,6 +264,15 @@ def run(cfg: BuildFeaturesConfig) -> dict:
         _cooc_top, batch_size=None, batch_format="pyarrow", fn_kwargs=dict(sessions_ref=sessions_ref, p=p)
     ).materialize()
     outputs["cooccurrence"] = _write(cooc, out_dir, "cooccurrence")
+
+    step("EASE item-to-item weights (distinct shopper-item pairs; one dense fit in the driver)")
+    # Pairs are ~12 bytes each after the per-block distinct; the fit is one N x N inverse per
+    # lambda tried (features.ease_max_items bounds N), which a single process does best.
+    ease, ease_info = E.ease_table(to_polars(_output(fused, "ease_pairs")), p)
+    if ease is not None:
+        outputs["ease"] = _write_local(ease, out_dir, "ease/ease.parquet")
+        print(f"  EASE: {ease_info['items']:,} items, lambda {ease_info['lambda']:.4g} "
+              f"({ease_info['lambda_chosen_by']}), {ease.height:,} neighbour pairs", flush=True)
     example_counts = (
         counts.group_by(S.SPLIT, S.EXAMPLE_KIND).agg(pl.col("len").sum()).sort(S.SPLIT, S.EXAMPLE_KIND)
         if counts.height else counts
@@ -290,6 +300,7 @@ def run(cfg: BuildFeaturesConfig) -> dict:
         "items_quarantined_by_reason": _reasons(items_bad),
         "users": n_users,
         "cooccurrence_pairs": cooc.count(),
+        "ease": ease_info,
         "examples": {f"{s}/{k}": int(n) for s, k, n in example_counts.iter_rows()},
         "as_of": as_of.isoformat(),
         "valid_start": cutoffs.valid_start.isoformat(),

@@ -45,10 +45,12 @@ import ray
 from features import artifacts as A
 from features import metrics as M
 from features.config import ConfigError, to_dict
+from features.data import ease as E
 from features.data import schema as S
 from features.data.judgments import read_judgments
 from features.data.pipeline import SplitConfig
 from features.data.text import item_text_expr
+from features.data.transforms import FeatureParams
 from features.evaluation import baselines as B
 from features.evaluation import methods as EM
 from features.evaluation import point_in_time as PIT
@@ -266,11 +268,14 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     steps("SASRec (ID only) until its validation NDCG@10 stops improving")
     cat_zs, _ = load_catalog(fb, zs_index)
     sasrec, sas_info = _sasrec(cfg, plan.train_events, cat_zs)
+    steps("EASE baseline: dense weights on the training events, lambda as the feature job chose it")
+    ease_model = _ease(plan.train_events, fb)
     steps("validation choices on the ranker requests (before the test period): fallback popularity, blend weight")
     choices = _choose_on_validation(cfg, plan, events, fa, zs_index, L)
     print(f"  {choices['summary']}", flush=True)
     partial(choices=choices)
-    ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, system_scorer, sasrec, seq_b, choices, L)
+    ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, system_scorer, sasrec, seq_b, choices, L,
+                  ease_model)
     sets = {}
     for name, frame in (("next_basket", plan.test_requests), ("in_session", ES.in_session(plan.test_requests, cfg.reveal))):
         steps(f"test set {name}: requests, replayed profiles, every method")
@@ -303,6 +308,13 @@ def _sequence(cfg: EvaluateConfig, events_path: str, root: Path, index_dir: str)
         events=events_path, index=index_dir, exclude_history=cfg.exclude_purchased, output_root=str(root),
         model=sq.model, num_workers=sq.num_workers, cpus_per_worker=max(1, cfg.ray.num_cpus // sq.num_workers),
         trainer=sq.trainer, ray=cfg.ray))
+
+
+def _ease(train_events: pl.DataFrame, features_dir: str) -> E.EaseModel | None:
+    """The EASE baseline: the feature job's fit with its dense weights (the system reads only each
+    item's top neighbours), at the lambda the feature job chose on its holdout."""
+    lam = A.read_manifest(features_dir).get("metrics", {}).get("ease", {}).get("lambda")
+    return E.fit(E.user_item_pairs(train_events), FeatureParams(ease_lambda=lam) if lam else FeatureParams())
 
 
 def _sasrec(cfg: EvaluateConfig, train_events: pl.DataFrame, catalog: Catalog) -> tuple[SQ.SequenceScorer, dict]:
@@ -390,7 +402,7 @@ PROTOCOL = {
                    "and candidates, the baselines, every fallback) is of each request's own time, from the training "
                    "events before it"),
 }
-BASELINES = ("popularity", "recent popularity", "co-occurrence", "co-occurrence + recent popularity", "SASRec",
+BASELINES = ("popularity", "recent popularity", "co-occurrence", "co-occurrence + recent popularity", "EASE", "SASRec",
              "zero-shot encoder", "fine-tuned encoder")
 
 
@@ -408,6 +420,7 @@ class _Stages:
     sequence: str | None
     choices: dict
     L: int
+    ease: E.EaseModel | None = None
 
 
 def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_request_path: Path) -> dict:
@@ -435,6 +448,8 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
     w = st.choices["blend_weight"]
     results.append(EM.blend_method("co-occurrence + recent popularity", reqs, cat_zs, recent, w, L,
                                    note=f"weight {w:g} on popularity, chosen on validation"))
+    if st.ease is not None:
+        results.append(EM.ease_method("EASE (item-to-item regression)", reqs, cat_zs, st.ease, fb, L))
     results.append(EM.sequence_method("SASRec (ID only)", reqs, cat_zs, st.sasrec, fb, L))
     results.append(EM.embedding_method("zero-shot encoder", reqs, cat_zs, cfg.profiles, fb, L))
     if st.ft_index is not None:

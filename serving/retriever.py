@@ -11,7 +11,7 @@ from ray import serve
 from features.errors import UnknownItem
 from features.retrieval.catalog import ItemUpdate, load_catalog
 from features.retrieval.live import Filters, LiveCatalog
-from features.retrieval.ranking import RankContext, attach_sequence
+from features.retrieval.ranking import RankContext, attach_ease, attach_sequence
 from serving.http import quiet_client_errors
 from serving.ranker import Ranker
 from serving.settings import Resolved, ServingConfig
@@ -60,14 +60,14 @@ class Retriever:
     def recommend(self, ctx: RankContext, filters: Filters | None, exclude: frozenset[str], k: int,
                   diversity: float = 0.0) -> tuple[list[dict], dict[str, float]]:
         """(top-k result dicts, {"retrieve": ms, "rank": ms}); UnknownItem when the context item is
-        not in the catalog. The behaviour model's user vector is computed once, for both."""
+        not in the catalog. The behaviour model's user vector and the EASE scores are computed once, for both."""
         self.live.sync()
         t0 = time.perf_counter()
         if ctx.context_item is not None and ctx.context_item not in self.live.catalog.row:
             raise UnknownItem(f"context_item_id: unknown item {ctx.context_item!r}", "context_item_id")
         ctx.seq_vector = attach_sequence(ctx, self.live.catalog)
         ids = self.live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], ctx.context_item, filters,
-                                  exclude, ctx.seq_vector)
+                                  exclude, ctx.seq_vector, attach_ease(ctx, self.live.catalog))
         t1 = time.perf_counter()
         results = self.ranker.rank(ctx, ids, k, None, diversity)
         return results, {"retrieve": _ms(t0, t1), "rank": _ms(t1, time.perf_counter())}

@@ -14,6 +14,7 @@ import polars as pl
 import pyarrow as pa
 
 from features.data import cooccurrence as CO
+from features.data import ease as E
 from features.data import schema as S
 from features.data import transforms as T
 from features.data.validate import ValidationConfig, split_duplicates, validate_events, validate_items
@@ -34,6 +35,7 @@ class FeatureTables:
     items: pl.DataFrame
     users: pl.DataFrame
     cooccurrence: pl.DataFrame
+    ease: pl.DataFrame | None  # EASE neighbours (None: disabled or too little data)
     examples: pl.DataFrame
     events_quarantine: pl.DataFrame
     items_quarantine: pl.DataFrame
@@ -74,6 +76,7 @@ def user_block_outputs(
         "users": T.user_features(ev, catalog, p, as_of),
         "item_partials": T.item_partials(ev, p, as_of),
         "cooc_partials": CO.cooccurrence_partials(ev, CO.item_codes(catalog.get_column(S.ITEM_ID)), p),
+        "ease_pairs": E.user_item_pairs(ev),
         "examples": T.training_examples(ev, catalog, p, cutoffs),
     }
 
@@ -101,15 +104,17 @@ def build_local(
     item_feats = T.item_features(T.combine_item_partials(out["item_partials"]), items, p)
     codes = CO.item_codes(items.get_column(S.ITEM_ID))
     cooc = CO.cooccurrence_top(out["cooc_partials"], item_feats.select(S.ITEM_ID, S.N_SESSIONS), codes, p)
+    ease, ease_info = E.ease_table(out["ease_pairs"], p)
     return FeatureTables(
         items=item_feats,
         users=out["users"],
         cooccurrence=cooc,
+        ease=ease,
         examples=out["examples"],
         events_quarantine=quarantine,
         items_quarantine=items_bad,
         as_of=as_of_ts,
         cutoffs=cutoffs,
         counts={"events_in": events_raw.num_rows, "events_valid": ok.height, "items_in": items_raw.num_rows,
-                "items_valid": items.height},
+                "items_valid": items.height, "ease": ease_info},
     )

@@ -58,6 +58,12 @@ class FeatureParams:
     # Logs without sessions or baskets (one item per session): pair a single-item session with the
     # user's previous item when it came at most this long before; 0 counts in-session pairs only.
     cooc_sequence_window_s: float = 7 * 86400.0
+    # EASE item-to-item weights (features/data/ease.py): the items with most shoppers it covers
+    # (0: off; the fit is dense, ~N^2 x 8 bytes x 3 and N^3 time), neighbours kept per item, and
+    # lambda (null: chosen on a leave-newest-out holdout of the shoppers).
+    ease_max_items: int = 10_000
+    ease_top_m: int = 20
+    ease_lambda: float | None = None
     history_len: int = 10  # entries in a history text
     query_window_s: float = 1800.0  # a search explains positive events up to this long after it
 
@@ -73,6 +79,11 @@ class FeatureParams:
                      "cooc_top_m", "history_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"features.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ease_max_items < 0 or self.ease_top_m < 1:
+            raise ValueError(f"features.ease_max_items must be >= 0 (0: off) and features.ease_top_m >= 1, "
+                             f"got {self.ease_max_items}, {self.ease_top_m}")
+        if self.ease_lambda is not None and not self.ease_lambda > 0:
+            raise ValueError(f"features.ease_lambda must be > 0, or null to choose it on a holdout; got {self.ease_lambda}")
         if self.cooc_sequence_window_s < 0:
             raise ValueError(f"features.cooc_sequence_window_s must be >= 0 (0: in-session pairs only), "
                              f"got {self.cooc_sequence_window_s}")

@@ -22,8 +22,8 @@ from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import Catalog
 from features.retrieval.lexical import BM25
 from features.retrieval.live import LiveCatalog
-from features.retrieval.ranking import (RankContext, Scorer, attach_sequence, candidate_features, context_for,
-                                        rank_candidates)
+from features.retrieval.ranking import (RankContext, Scorer, attach_ease, attach_sequence, candidate_features,
+                                        context_for, rank_candidates)
 
 
 # --- methods ------------------------------------------------------------------------------------
@@ -114,6 +114,31 @@ def blend_method(name: str, reqs: Requests, catalog: Catalog, pop: PerRequest, w
     return timed_method(name, len(reqs), L, one, note=note)
 
 
+def ease_method(name: str, reqs: Requests, catalog: Catalog, model, fallback: PerRequest, L: int) -> MethodResult:
+    """EASE with its dense weights (features/data/ease.py's EaseModel, not serving's top-M table)
+    from every item the shopper had before the request: their purchases (the excluded items) and
+    the replayed profile's recent positive items. Items it cannot score, and shoppers without a
+    history, are ordered by `fallback` (popularity)."""
+    ex = exclude_rows(reqs, catalog)
+    fb = per_request(fallback)
+    known = np.array([i in catalog.row for i in model.item_ids], dtype=bool)
+    rows = catalog.rows(model.item_ids)
+    positive = set(S.POSITIVE_EVENT_TYPES)
+
+    def one(q: int) -> list[int]:
+        prof = reqs.profiles[q]
+        hist = set(reqs.exclude[q])  # purchases before the request and the items already in the session
+        if prof is not None:
+            hist |= {i for i, t, _ in prof.recent_items if t in positive} | set(prof.purchased)
+        p = fb(q)
+        s = 1e-9 * p / max(float(p.max(initial=0.0)), 1e-12)
+        s[rows] += model.scores(sorted(hist))[known]
+        return top_excluding(s, L, ex[q])
+
+    return timed_method(name, len(reqs), L, one, note="λ as the feature job chose it; the strongest popularity "
+                        "orders what it cannot score and shoppers without a history")
+
+
 def sequence_method(name: str, reqs: Requests, catalog: Catalog, scorer, fallback: PerRequest, L: int) -> MethodResult:
     """A behaviour model (features/models/sequence.py's SequenceScorer bound to `catalog`) scoring
     the whole catalog from the replayed profile's recent items, as serving does; shoppers without
@@ -157,7 +182,7 @@ def system_method(name: str, reqs: Requests, live: LiveCatalog, params: ProfileP
             clock(float(reqs.ts[q]))
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
         ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q],
-                             attach_sequence(ctx, cat))
+                             attach_sequence(ctx, cat), attach_ease(ctx, cat))
         return [r.row for r in rank_candidates(ctx, ids, cat, scorer, L)]
 
     return timed_method(name, len(reqs), L, one)
@@ -175,7 +200,7 @@ def candidate_lists(reqs: Requests, live: LiveCatalog, params: ProfileParams,
             clock(float(reqs.ts[q]))
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
         ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q],
-                             attach_sequence(ctx, live.catalog))
+                             attach_sequence(ctx, live.catalog), attach_ease(ctx, live.catalog))
         rows = live.catalog.rows(ids)
         y = np.array([live.catalog.item_ids[r] in reqs.relevant[q] for r in rows], dtype=np.float64)
         found += int(y.sum() > 0)

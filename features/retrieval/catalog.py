@@ -1,6 +1,6 @@
 """The serving catalog: every item's vector, text, filters and batch features, plus live upserts.
 
-Loaded from one features version (items, co-occurrence) and one index version (the item vectors,
+Loaded from one features version (items, co-occurrence, EASE neighbours) and one index version (the item vectors,
 read back from the FAISS index, so serving ranks with exactly the vectors it retrieves with).
 `upsert` adds or replaces an item with its encoded vector; a replaced item keeps its row (the
 vector and fields change in place), a new item gets a new row. Rows are never removed, so row
@@ -58,11 +58,38 @@ class SequenceSource(Protocol):
     def set_row(self, r: int, item_id: str, text_vector: np.ndarray) -> None: ...
 
 
+class ItemNeighbours:
+    """Weighted item-to-item neighbours by catalog row (a features version's EASE table,
+    features/data/ease.py): a shopper's score for an item is the sum of the weights from the
+    items of their history to it. Rows are fixed at load; items added later have no neighbours."""
+
+    def __init__(self, table: dict[str, tuple[list[str], np.ndarray]], row: dict[str, int]) -> None:
+        self.by_row: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for a, (nbrs, w) in table.items():
+            ra = row.get(a)
+            keep = [(row[b], float(x)) for b, x in zip(nbrs, w) if b in row]
+            if ra is not None and keep:
+                self.by_row[ra] = (np.array([k for k, _ in keep], np.int64), np.array([x for _, x in keep]))
+
+    def __len__(self) -> int:
+        return len(self.by_row)
+
+    def scores(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, summed weights), rows ascending, over every neighbour of the distinct source rows."""
+        parts = [self.by_row[r] for r in set(rows) if r in self.by_row]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        idx, inv = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+        return idx, np.bincount(inv, weights=np.concatenate([p[1] for p in parts]))
+
+
 class Catalog:
-    """Items by row: vectors (N, d) float32 L2-normalised, fields, popularity and co-occurrence."""
+    """Items by row: vectors (N, d) float32 L2-normalised, fields, popularity, co-occurrence and
+    EASE neighbours."""
 
     def __init__(self, item_ids: list[str], vectors: np.ndarray, items: pl.DataFrame,
-                 cooc: dict[str, tuple[list[str], np.ndarray]]) -> None:
+                 cooc: dict[str, tuple[list[str], np.ndarray]],
+                 ease: dict[str, tuple[list[str], np.ndarray]] | None = None) -> None:
         n = len(item_ids)
         if vectors.shape[0] != n:
             raise ValueError(f"{n} item ids but {vectors.shape[0]} vectors")
@@ -93,6 +120,7 @@ class Catalog:
                                         dtype=np.float64)
         self.n_users = np.array([0 if p is None else p for p in col(S.N_USERS, 0)], dtype=np.int64)
         self.cooc = cooc
+        self.ease = ItemNeighbours(ease or {}, self.row)
         self.set_popularity(self.popularity, self.popularity_short, self.popularity_long)
         self.version = 0  # bumps on every upsert
         self.sequence: SequenceSource | None = None  # the behaviour model bound to these rows, if any
@@ -216,8 +244,8 @@ def _category_matches(category: str | None, want: str) -> bool:
     return c == want or c.startswith(want + " >")
 
 
-def read_cooccurrence(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
-    """item_a -> (neighbour ids by rank, scores) from a features version's cooccurrence/."""
+def read_neighbours(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
+    """item_a -> (neighbour ids by rank, scores) from a features version's cooccurrence/ or ease/."""
     df = A.read_parquet(path, columns=[S.ITEM_A, S.ITEM_B, S.SCORE, S.RANK]).sort([S.ITEM_A, S.RANK])
     out: dict[str, tuple[list[str], np.ndarray]] = {}
     for (a,), g in df.group_by(S.ITEM_A, maintain_order=True):
@@ -230,7 +258,9 @@ def load_catalog(features_dir: str, index_dir: str) -> tuple[Catalog, ItemIndex]
     index = ItemIndex.load(index_dir)
     vectors = index.vectors()
     items = A.read_parquet(A.join(features_dir, "items"))
-    cooc_dir = A.join(features_dir, "cooccurrence")
-    fs, inner = A.resolve(cooc_dir)
-    cooc = read_cooccurrence(cooc_dir) if fs.get_file_info(inner).type != A.pafs.FileType.NotFound else {}
-    return Catalog(index.item_ids, vectors, items, cooc), index
+    tables = {}
+    for name in ("cooccurrence", "ease"):  # a version built before EASE existed has no ease/
+        path = A.join(features_dir, name)
+        fs, inner = A.resolve(path)
+        tables[name] = read_neighbours(path) if fs.get_file_info(inner).type != A.pafs.FileType.NotFound else {}
+    return Catalog(index.item_ids, vectors, items, tables["cooccurrence"], tables["ease"]), index

@@ -45,6 +45,7 @@ class RetrievalConfig:
     cooc_candidates: int = 100  # recommend: co-occurrence neighbours of the context and recent items
     popular_candidates: int = 50  # recommend: the most popular items (cold start)
     sequence_candidates: int = 100  # recommend: the behaviour model's top items (when one is loaded)
+    ease_candidates: int = 100  # recommend: the top items by EASE score from the shopper's history
     max_items: int = 2_000_000  # PUT /v1/items may not grow the catalog past this (409); changes always allowed
 
     def __post_init__(self) -> None:
@@ -237,10 +238,11 @@ class LiveCatalog:
 
     def recommend(self, user_vec: np.ndarray | None, recent_items: list[str], context_item: str | None,
                   filters: Filters | None = None, exclude: frozenset[str] = frozenset(),
-                  seq_vec: np.ndarray | None = None) -> list[str]:
+                  seq_vec: np.ndarray | None = None,
+                  ease: tuple[np.ndarray, np.ndarray] | None = None) -> list[str]:
         """Recommend candidates from the user vector, the context item, the behaviour model's user
-        vector (`seq_vec`, scored exactly against the model's item vectors), co-occurrence and
-        popularity."""
+        vector (`seq_vec`, scored exactly against the model's item vectors), the EASE scores of the
+        shopper's history (`ease`: rows, scores; ranking.attach_ease), co-occurrence and popularity."""
         cfg, cat = self.cfg, self.catalog
         allowed = self.allowed(filters)
         excluded = cat.rows(list(exclude | ({context_item} if context_item else set())))
@@ -260,6 +262,14 @@ class LiveCatalog:
             top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
             top = top[np.argsort(-s[top], kind="stable")]
             picked.update(dict.fromkeys(int(r) for r in top if np.isfinite(s[r])))
+        if ease is not None and cfg.ease_candidates:
+            e_rows, e_scores = ease
+            ok_e = ~np.isin(e_rows, excluded) & (e_scores > 0)
+            if allowed is not None:
+                ok_e &= np.isin(e_rows, allowed)
+            e_rows, e_scores = e_rows[ok_e], e_scores[ok_e]
+            top = np.lexsort((e_rows, -e_scores))[: cfg.ease_candidates]
+            picked.update(dict.fromkeys(int(r) for r in e_rows[top]))
         sources = ([context_item] if context_item else []) + recent_items[:10]
         n_cooc = 0
         for src in sources:

@@ -2,7 +2,7 @@
 
 `candidate_features` is the only place ranking features are computed: the serving Ranker calls it
 per request, and offline training and evaluation call it on contexts rebuilt from logged events,
-so the two cannot drift. Every feature is a float in a known range (see FEATURES).
+so the two cannot drift. Every feature is a float in a known range (features/retrieval/feature_names.py).
 
 Until a learned ranker exists, `HandWeights` scores a candidate as the weighted sum of its
 features; the weights differ for search (the query dominates) and recommend (the shopper does).
@@ -17,40 +17,14 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from features.data.schema import POSITIVE_EVENT_TYPES
 from features.profiles.profile import Profile, ProfileParams, mix
 from features.retrieval.catalog import Catalog
+from features.retrieval.diversity import mmr
+from features.retrieval.feature_names import FEATURE_NAMES
 
 Mode = Literal["search", "recommend"]
 
-# name -> what it is (all in [0, 1] except the cosines, which are in [-1, 1])
-FEATURES: dict[str, str] = {
-    "query_sim": "cosine(query embedding, item embedding); 0 without a query",
-    "query_sim_gap": "the best query_sim among the candidates minus this one's (query difficulty factored out)",
-    "lexical": "BM25 score of the query against the item text / the best BM25 score among the candidates",
-    "intent_sim": "alpha * cosine(session intent, item); alpha = how fresh the session is",
-    "session_alpha": "alpha itself (0: no recent session, alpha_max: an event just now)",
-    "pref_sim": "(1 - alpha) * cosine(long-term preference, item): the two mix as in the user vector",
-    "context_sim": "cosine(context item, item); 0 without a context item",
-    "cooc": "co-occurrence with the context item and the last 10 items, discounted 0.85 per step back, capped at 1",
-    "popularity": "log1p(7-day decayed popularity) / the catalog maximum",
-    "popularity_1d": "the same with a 1-day half-life: what sells today (trend against the 30-day one)",
-    "popularity_30d": "the same with a 30-day half-life",
-    "category_affinity": "the shopper's decayed share of interactions in the item's category",
-    "price_affinity": "exp(-z^2 / 2), z = distance of log1p(price) from the shopper's usual, in std units",
-    "seen_before": "1 when the item is among the shopper's recent items",
-    "title_match": "share of the query's distinct tokens found in the item's title; 0 without a query",
-    "text_match": "share of the query's distinct tokens found anywhere in the item's text; 0 without a query",
-    "seq_score": "the behaviour model's score (user . item) minus the best among the candidates (<= 0); "
-                 "-1 without a model or a history",
-    "seq_rank": "rank by the behaviour model's score among the candidates / their number (0: best); 1 without",
-    "category_recency": "exp(-days since the shopper's newest recent interaction in the item's category / 7); "
-                        "0 without one",
-    "dense_rank": "1 / log2(2 + the candidate's rank by query_sim, best 0): the dense retriever's list position; "
-                  "0 without a query",
-    "lexical_rank": "1 / log2(2 + its rank by BM25 among the items with a match): the lexical list position; "
-                    "0 without a match",
-}
-FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 RECENT_FOR_COOC = 10
 COOC_DISCOUNT = 0.85
@@ -78,6 +52,7 @@ class RankContext:
     now: float = 0.0  # request time, epoch seconds
     history: list[tuple[str, str, float]] = field(default_factory=list)  # (item_id, event_type, ts), newest first
     seq_vector: np.ndarray | None = None  # the behaviour model's user vector (see `attach_sequence`)
+    ease: tuple[np.ndarray, np.ndarray] | None = None  # (rows, EASE scores) of the history (see `attach_ease`)
 
     def user_vector(self) -> np.ndarray | None:
         """The shopper's vector (see features/profiles/profile.py), None for a shopper without one."""
@@ -115,6 +90,21 @@ def attach_sequence(ctx: RankContext, catalog: Catalog) -> np.ndarray | None:
     if ctx.seq_vector is None and catalog.sequence is not None and ctx.history:
         ctx.seq_vector = catalog.sequence.user_vector(ctx.history, catalog.row)
     return ctx.seq_vector
+
+
+def attach_ease(ctx: RankContext, catalog: Catalog) -> tuple[np.ndarray, np.ndarray] | None:
+    """ctx.ease: (rows ascending, scores) of every item the catalog's EASE neighbours reach from the
+    shopper's recent positive items and purchases; computed once per request, None without any."""
+    if ctx.ease is None and len(catalog.ease) and (ctx.recent_items or ctx.purchased):
+        rows, scores = catalog.ease.scores(_ease_history(ctx, catalog))
+        ctx.ease = (rows, scores) if len(rows) else None
+    return ctx.ease
+
+
+def _ease_history(ctx: RankContext, catalog: Catalog) -> set[int]:
+    """Catalog rows of the shopper's recent positive items and purchases."""
+    items = {i for i, t in ctx.recent_items if t in POSITIVE_EVENT_TYPES} | set(ctx.purchased)
+    return {catalog.row[i] for i in items if i in catalog.row}
 
 
 def _cos(vec: np.ndarray | None, item_vecs: np.ndarray) -> np.ndarray:
@@ -190,6 +180,12 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
         s = seq.vectors[rows] @ np.asarray(ctx.seq_vector, np.float32)
         x[:, _F["seq_score"]] = s - s.max()
         x[:, _F["seq_rank"]] = np.argsort(np.argsort(-s, kind="stable"), kind="stable") / c
+    if ctx.mode == "recommend" and attach_ease(ctx, catalog) is not None:
+        e_rows, e_scores = ctx.ease
+        pos = np.minimum(np.searchsorted(e_rows, rows), len(e_rows) - 1)
+        s = np.where(e_rows[pos] == rows, e_scores[pos], 0.0)
+        if s.max() > 0:
+            x[:, _F["ease"]] = np.maximum(s, 0.0) / s.max()
     if ctx.history:
         newest: dict[str, float] = {}
         for item, _, t in ctx.history:
@@ -303,6 +299,8 @@ def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, m
             text = f"similar to {catalog.title[catalog.row[ctx.context_item]]}"
         elif name == "cooc":
             text = _often_with(ctx, catalog.item_ids[row], catalog)
+        elif name == "ease":
+            text = _bought_together(ctx, row, catalog)
         elif name == "popularity":
             text = "popular this week"
         elif name == "category_affinity":
@@ -332,6 +330,17 @@ def _because(ctx: RankContext, vec: np.ndarray, catalog: Catalog) -> str | None:
     return best_text
 
 
+def _bought_together(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
+    """The history item with the largest EASE weight to `row` (what the "ease" feature sums)."""
+    best, best_src = 0.0, None
+    for src in sorted(_ease_history(ctx, catalog)):
+        nbrs = catalog.ease.by_row.get(src)
+        hit = np.flatnonzero(nbrs[0] == row) if nbrs is not None else ()
+        if len(hit) and nbrs[1][hit[0]] > best:
+            best, best_src = float(nbrs[1][hit[0]]), src
+    return None if best_src is None else f"shoppers who bought {catalog.title[best_src]} buy it too"
+
+
 def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
     sources = ([ctx.context_item] if ctx.context_item else []) + [i for i, _ in ctx.recent_items[:RECENT_FOR_COOC]]
     for src in sources:
@@ -339,34 +348,6 @@ def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
         if nbrs is not None and item_id in nbrs[0] and src in catalog.row:
             return f"often bought with {catalog.title[catalog.row[src]]}"
     return None
-
-
-def mmr(scores: np.ndarray, vecs: np.ndarray, k: int, diversity: float) -> np.ndarray:
-    """Maximal marginal relevance: indices of k picks from candidates with `scores` (C,) and unit
-    vectors (C, d). diversity 0 keeps the score order; 1 picks only for dissimilarity.
-    Relevance is min-max scaled to [0, 1] so the trade-off does not depend on the score scale."""
-    if not 0.0 <= diversity <= 1.0:
-        raise ValueError(f"diversity must be in [0, 1], got {diversity}")
-    c = len(scores)
-    k = min(k, c)
-    order = np.argsort(-scores, kind="stable")
-    if diversity == 0.0 or k <= 1:
-        return order[:k]
-    span = float(scores.max() - scores.min())
-    rel = (scores - scores.min()) / span if span > 0 else np.ones(c)
-    sims = vecs @ vecs.T  # (C, C)
-    picked = [int(order[0])]
-    max_sim = sims[picked[0]].copy()
-    free = np.ones(c, dtype=bool)
-    free[picked[0]] = False
-    while len(picked) < k:
-        value = np.where(free, (1 - diversity) * rel - diversity * max_sim, -np.inf)
-        j = int(np.argmax(value))
-        picked.append(j)
-        free[j] = False
-        max_sim = np.maximum(max_sim, sims[j])
-    return np.array(picked, dtype=np.int64)
-
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,9 @@ def test_bundled_data_end_to_end_equals_single_process_oracle(ray_local, canonic
     assert_frame_equal(users, oracle.users, check_exact=False, rel_tol=1e-9)
     cooc = _read(m["outputs"]["cooccurrence"]).sort(S.ITEM_A, S.RANK)
     assert_frame_equal(cooc, oracle.cooccurrence.sort(S.ITEM_A, S.RANK), check_exact=False, rel_tol=1e-9)
+    ease = _read(m["outputs"]["ease"]).sort(S.ITEM_A, S.RANK)
+    assert_frame_equal(ease, oracle.ease.sort(S.ITEM_A, S.RANK), check_exact=False, rel_tol=1e-6)
+    assert x["ease"]["lambda_chosen_by"] == "leave-newest-out holdout" and x["ease"]["items"] > 3_000
     key = [S.EXAMPLE_KIND, S.EVENT_ID]
     examples = pl.concat([_read(m["outputs"][f"examples_{s.value}"]) for s in S.Split]).sort(key)
     assert_frame_equal(examples, oracle.examples.sort(key))

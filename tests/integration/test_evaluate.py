@@ -75,7 +75,8 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     rec = result["recommend"]
     names = [m["method"] for m in rec["methods"]]
     assert names == ["popularity", "recent popularity (7d half-life)", "co-occurrence",
-                     "co-occurrence + recent popularity", "SASRec (ID only)", "zero-shot encoder",
+                     "co-occurrence + recent popularity", "EASE (item-to-item regression)", "SASRec (ID only)",
+                     "zero-shot encoder",
                      "sequence model (text + ID)", "system, hand-set weights", "system, learned ranker (full)"]
     assert result["status"] == "complete"
     # choices made on the ranker requests (before the test period), and used
@@ -106,7 +107,7 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     # the behaviour model: trained by its Ray Train job, early-stopped on validation, used as a feature
     assert rec["sequence"]["epochs"] >= rec["sequence"]["best_epoch"] >= 1 and rec["sasrec"]["epochs"] >= 1
     assert (Path(rec["stages"]["sequence"]) / "model.safetensors").is_file()
-    assert {"seq_score", "seq_rank", "category_recency"} <= set(rec["ranker"]["importances"])
+    assert {"seq_score", "seq_rank", "category_recency", "ease"} <= set(rec["ranker"]["importances"])
     assert rec["notes"]["fine-tuned encoder"] == "encoder.fine_tune=false"
     assert rec["requests"] > 20 and rec["in_session"]["requests"] > 5
     for block in (rec["methods"], rec["in_session"]["methods"]):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from features.retrieval.catalog import ItemUpdate
+from features.retrieval.diversity import mmr
 from features.retrieval.index import brute_force
 from features.retrieval.lexical import BM25, Analyzer, tokenize
 from features.retrieval.live import Filters, LiveCatalog, RetrievalConfig
@@ -17,7 +18,7 @@ from features.retrieval.ranking import (
     RankContext,
     candidate_features,
     context_for,
-    mmr,
+
     rank_candidates,
 )
 from tests.helpers import D, small_catalog
