@@ -52,10 +52,12 @@ class EaseModel:
     weights: np.ndarray
     info: dict
 
+    def __post_init__(self) -> None:
+        self.row = {i: r for r, i in enumerate(self.item_ids)}  # built once, not per scored shopper
+
     def scores(self, history: list[str]) -> np.ndarray:
         """(N,) sum of B's rows of the history's items (the fitted items only)."""
-        row = {i: r for r, i in enumerate(self.item_ids)}
-        rows = sorted({row[i] for i in history if i in row})
+        rows = sorted({self.row[i] for i in history if i in self.row})
         return self.weights[rows].sum(axis=0) if rows else np.zeros(len(self.item_ids), np.float32)
 
 
