@@ -84,17 +84,28 @@ class PopularityClock:
 
 def catalog_clock(events: pl.DataFrame, catalog: Catalog, params: FeatureParams | None = None
                   ) -> Callable[[float], None]:
-    """A function t -> None that sets `catalog`'s popularity (weekly, 1-day and 30-day) to what the
-    feature job would compute from `events` before t."""
+    """A function t -> None that sets `catalog`'s popularity (weekly, 1-day and 30-day) and each
+    item's first-interaction time to what the feature job would compute from `events` before t."""
     p = params or FeatureParams()
     clock = PopularityClock(events, catalog.item_ids, {t: p.weight(t) for t in S.EVENT_TYPES},
                             (POPULARITY_HALF_LIFE_DAYS, POPULARITY_SHORT_DAYS, POPULARITY_LONG_DAYS))
+    first = first_seen(events, catalog.item_ids)
 
     def apply(t: float) -> None:
         weekly, short, long = clock.at(t)
         catalog.set_popularity(weekly, short, long)
+        catalog.set_first_seen(np.where(first < t, first, np.nan))
 
     return apply
+
+
+def first_seen(events: pl.DataFrame, item_ids: list[str]) -> np.ndarray:
+    """Epoch seconds of each item's first event of any type (the feature job's first_seen), NaN
+    for an item without one."""
+    first = (events.filter(pl.col(S.ITEM_ID).is_not_null()).group_by(S.ITEM_ID)
+             .agg((pl.col(S.TS).min().dt.epoch("us").cast(pl.Float64) / 1e6).alias("__first")))
+    aligned = pl.DataFrame({S.ITEM_ID: list(item_ids)}).join(first, on=S.ITEM_ID, how="left", maintain_order="left")
+    return aligned["__first"].fill_null(np.nan).to_numpy().astype(np.float64)
 
 
 def baseline_popularity(events: pl.DataFrame, item_ids: list[str], times: np.ndarray, half_life_days: float

@@ -27,6 +27,7 @@ from features.retrieval.lexical import Analyzer
 
 POPULARITY_HALF_LIFE_DAYS = 7.0  # "popular this week"
 POPULARITY_SHORT_DAYS, POPULARITY_LONG_DAYS = 1.0, 30.0
+ITEM_AGE_DAYS = 30.0  # the ranker's item_age: exp(-days since the item's first interaction / this)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,10 @@ class Catalog:
         self.popularity_long = np.array([0.0 if p is None else p for p in col(S.half_life_col(POPULARITY_LONG_DAYS), 0.0)],
                                         dtype=np.float64)
         self.n_users = np.array([0 if p is None else p for p in col(S.N_USERS, 0)], dtype=np.int64)
+        # Epoch seconds of each item's first interaction in the features version; NaN: none yet
+        # (an item added since, or never interacted with).
+        self.first_seen = np.array([np.nan if v is None else v.timestamp() for v in col(S.FIRST_SEEN, None)],
+                                   dtype=np.float64)
         self.cooc = cooc
         self.ease = ItemNeighbours(ease or {}, self.row)
         self.set_popularity(self.popularity, self.popularity_short, self.popularity_long)
@@ -160,6 +165,20 @@ class Catalog:
         self._short_log_max = max(math.log1p(float(self.popularity_short.max(initial=0.0))), 1e-9)
         self._long_log_max = max(math.log1p(float(self.popularity_long.max(initial=0.0))), 1e-9)
 
+    def set_first_seen(self, first_seen: np.ndarray) -> None:
+        """Replace each row's first-interaction time (epoch seconds, NaN for none), as a features
+        version computed at another instant would hold it (the offline evaluation's leave-last)."""
+        if np.shape(first_seen) != (len(self.item_ids),):
+            raise ValueError(f"set_first_seen: shape {np.shape(first_seen)}, the catalog has {len(self.item_ids)} rows")
+        self.first_seen = np.array(first_seen, dtype=np.float64)
+
+    def item_age(self, rows: np.ndarray, now: float) -> np.ndarray:
+        """exp(-days since each item's first interaction / ITEM_AGE_DAYS): 1 for an item first
+        interacted with just now or never (new in the shop), towards 0 for long-standing items."""
+        first = self.first_seen[rows]
+        days = np.maximum(now - np.nan_to_num(first, nan=now), 0.0) / 86_400.0
+        return np.exp(-days / ITEM_AGE_DAYS)
+
     def popularity_norm(self, rows: np.ndarray) -> np.ndarray:
         """log1p(weekly popularity) scaled to [0, 1] by the catalog maximum at load time."""
         return np.minimum(np.log1p(self.popularity[rows]) / self._pop_log_max, 1.0)
@@ -195,6 +214,7 @@ class Catalog:
             self.popularity_short = np.append(self.popularity_short, 0.0)
             self.popularity_long = np.append(self.popularity_long, 0.0)
             self.n_users = np.append(self.n_users, 0)
+            self.first_seen = np.append(self.first_seen, np.nan)
         else:
             r = self.row[item.item_id]
             self.title[r], self.category[r], self.brand[r] = item.title, item.category, item.brand

@@ -33,5 +33,7 @@ FEATURES: dict[str, str] = {
                     "0 without a match",
     "ease": "EASE score (item-to-item regression, features/data/ease.py) from the shopper's recent and purchased "
             "items / the best among the candidates (0 for the others and without a history)",
+    "item_age": "exp(-days since the item's first interaction in the features version / 30): 1 for an item new "
+                "in the shop (first interacted with just now, or never), towards 0 for long-standing ones",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)

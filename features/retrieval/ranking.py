@@ -164,6 +164,7 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
         x[:, _F["cooc"]] = np.minimum([co.get(catalog.item_ids[r], 0.0) for r in rows], 1.0)
     x[:, _F["popularity"]] = catalog.popularity_norm(rows)
     x[:, _F["popularity_1d"]], x[:, _F["popularity_30d"]] = catalog.popularity_trend(rows)
+    x[:, _F["item_age"]] = catalog.item_age(rows, ctx.now)
     if ctx.category_affinity:
         x[:, _F["category_affinity"]] = [ctx.category_affinity.get(catalog.category[r] or "", 0.0) for r in rows]
     if ctx.price_stats is not None:
@@ -303,6 +304,8 @@ def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, m
             text = _bought_together(ctx, row, catalog)
         elif name == "popularity":
             text = "popular this week"
+        elif name == "item_age":
+            text = "new in the shop"
         elif name == "category_affinity":
             text = f"you often shop {catalog.category[row]}"
         elif name == "price_affinity":

@@ -70,6 +70,12 @@ def test_catalog_clock_sets_the_feature_jobs_popularity_of_each_instant():
                     if item in cat.row:
                         expected[cat.row[item]] = v
             assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        first = np.full(len(ITEMS), np.nan)  # the ranker's item_age reads the first interaction of that instant
+        if want is not None:
+            for item, v in want.select(S.ITEM_ID, S.FIRST_SEEN).iter_rows():
+                if item in cat.row:
+                    first[cat.row[item]] = v.timestamp()
+        np.testing.assert_allclose(cat.first_seen, first, rtol=0, atol=1e-6)
         # the features scale by the maximum of this instant, as a features version of that time would
         if cat.popularity.max() > 0:
             assert cat.popularity_norm(np.arange(len(ITEMS))).max() == pytest.approx(1.0)

@@ -208,6 +208,25 @@ def test_candidate_features_by_hand():
     assert f["query_sim"].tolist() == [0.0] * 3 and f["seen_before"].tolist() == [0.0] * 3
 
 
+def test_item_age_marks_new_items_and_fades_with_days_since_the_first_interaction():
+    cat, _ = small_catalog()
+    now = 1_700_000_000.0
+    first = np.full(len(cat), np.nan)
+    first[cat.row["i001"]] = now - 30 * 86_400.0  # a month old
+    first[cat.row["i002"]] = now  # first sold just now
+    first[cat.row["i010"]] = now + 86_400.0  # a clock ahead of the features: never older than new
+    cat.set_first_seen(first)
+    x = candidate_features(RankContext(mode="recommend", now=now), cat.rows(["i001", "i002", "i010", "i011"]), cat)
+    age = x[:, FEATURE_NAMES.index("item_age")]
+    assert age.tolist() == pytest.approx([math.exp(-1.0), 1.0, 1.0, 1.0])  # i011: never interacted with
+    with pytest.raises(ValueError, match="set_first_seen"):
+        cat.set_first_seen(first[:-1])
+    r, created = cat.upsert(ItemUpdate("brand-new", "A new lamp"), cat.vectors[0])
+    assert created and np.isnan(cat.first_seen[r])  # an item added live is new until a features version sees it
+    assert candidate_features(RankContext(mode="recommend", now=now), np.array([r]), cat)[0, FEATURE_NAMES.index(
+        "item_age")] == pytest.approx(1.0)
+
+
 def test_ranking_explains_itself():
     cat, _ = small_catalog()
     ctx = RankContext(mode="search", query="red mug", query_emb=cat.vectors[cat.row["i012"]])
