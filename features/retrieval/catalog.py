@@ -122,8 +122,9 @@ class Catalog:
         self.n_users = np.array([0 if p is None else p for p in col(S.N_USERS, 0)], dtype=np.int64)
         # Epoch seconds of each item's first interaction in the features version; NaN: none yet
         # (an item added since, or never interacted with).
-        self.first_seen = np.array([np.nan if v is None else v.timestamp() for v in col(S.FIRST_SEEN, None)],
-                                   dtype=np.float64)
+        self.first_seen = (aligned.get_column(S.FIRST_SEEN).dt.epoch("us").cast(pl.Float64)
+                           .fill_null(np.nan).to_numpy() / 1e6 if S.FIRST_SEEN in aligned.columns
+                           else np.full(n, np.nan))
         self.cooc = cooc
         self.ease = ItemNeighbours(ease or {}, self.row)
         self.set_popularity(self.popularity, self.popularity_short, self.popularity_long)

@@ -304,7 +304,7 @@ def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, m
             text = _bought_together(ctx, row, catalog)
         elif name == "popularity":
             text = "popular this week"
-        elif name == "item_age":
+        elif name == "item_age" and catalog.item_age(np.array([row]), ctx.now)[0] >= 0.5:  # first seen < 3 weeks ago
             text = "new in the shop"
         elif name == "category_affinity":
             text = f"you often shop {catalog.category[row]}"
