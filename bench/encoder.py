@@ -3,8 +3,9 @@
     python -m bench.encoder [--encoder latest|zero-shot|PATH] [--valid 1000] [--requests 200]
 
 In one run, on one machine, for the float32 torch encoder, its dynamically quantised int8 twin
-(features.encoder.quantize_int8) and the same weights exported to ONNX and run by ONNX Runtime
-(features/models/onnx_encoder.py, what the index job and serving use):
+(features.encoder.quantize_int8), the same weights exported to ONNX and run by ONNX Runtime
+(features/models/onnx_encoder.py, what the index job and serving use), and that export with its
+query tower quantised to int8 (serving's encoder.query_precision=int8; item vectors float32):
   - catalog throughput: every item text of the newest features version, batch 128, 2 threads
     (the build_index job's work), items/s;
   - latency of one request, 1 thread (a serving replica's share): a search query (a catalog title
@@ -88,7 +89,9 @@ def main() -> None:
     onnx_dir = OX.export_onnx(fp32, tempfile.mkdtemp(prefix="bench-onnx-"), path)
     # (for throughput, for single requests): ONNX Runtime sessions with 2 and 1 intra-op threads
     variants = {"float32": (fp32, fp32), "int8": (int8, int8),
-                "onnx_float32": (OX.OnnxEncoder(onnx_dir, threads=2), OX.OnnxEncoder(onnx_dir, threads=1))}
+                "onnx_float32": (OX.OnnxEncoder(onnx_dir, threads=2), OX.OnnxEncoder(onnx_dir, threads=1)),
+                # serving's encoder.query_precision=int8: the query tower quantised, items float32
+                "onnx_int8_query": (OX.OnnxEncoder(onnx_dir, 2, "int8"), OX.OnnxEncoder(onnx_dir, 1, "int8"))}
     rows = {}
     for name, (enc, single) in variants.items():
         row = {"catalog": _throughput(enc, item_texts, threads=2)}
@@ -122,10 +125,25 @@ def main() -> None:
             if f["quality"]["ndcg@10"] else 0.0}
     onnx["target_query_p50_1_5x_met"] = onnx["query_p50_speedup"] >= 1.5 and onnx["min_cosine_vs_torch"] >= 0.999
     summary["onnx_vs_torch"] = onnx
+    q8 = rows["onnx_int8_query"]
+    qv = variants["onnx_float32"][1].encode(queries, "query"), variants["onnx_int8_query"][1].encode(queries, "query")
+    qcos = (qv[0] * qv[1]).sum(1)
+    summary["onnx_int8_query_vs_onnx_float32"] = {
+        "query_p50_speedup": o["latency_query"]["p50_ms"] / q8["latency_query"]["p50_ms"],
+        "history_p50_speedup": o["latency_history"]["p50_ms"] / q8["latency_history"]["p50_ms"],
+        "query_cosine_min": float(qcos.min()), "query_cosine_mean": float(qcos.mean()),
+        "recall_at_10_relative_change": (q8["quality"]["recall@10"] - o["quality"]["recall@10"]) / o["quality"]["recall@10"]
+        if o["quality"]["recall@10"] else 0.0,
+        "ndcg_at_10_relative_change": (q8["quality"]["ndcg@10"] - o["quality"]["ndcg@10"]) / o["quality"]["ndcg@10"]
+        if o["quality"]["ndcg@10"] else 0.0}
     print(f"ONNX Runtime vs torch: query p50 {onnx['query_p50_speedup']:.2f}x, history p50 "
           f"{onnx['history_p50_speedup']:.2f}x, catalog {onnx['catalog_speedup']:.2f}x, min cosine "
           f"{onnx['min_cosine_vs_torch']:.5f} -> target (>= 1.5x at batch 1, cosine >= 0.999) "
           f"{'MET' if onnx['target_query_p50_1_5x_met'] else 'MISSED'}")
+    i8 = summary["onnx_int8_query_vs_onnx_float32"]
+    print(f"ONNX int8 query tower vs ONNX float32: query p50 {i8['query_p50_speedup']:.2f}x, query cosine mean "
+          f"{i8['query_cosine_mean']:.4f} (min {i8['query_cosine_min']:.4f}), valid NDCG@10 "
+          f"{i8['ndcg_at_10_relative_change']:+.2%}, Recall@10 {i8['recall_at_10_relative_change']:+.2%}")
     print(f"int8 vs float32: catalog {speedup:.2f}x, history latency {latency_speedup:.2f}x, "
           f"Recall@10 relative drop {recall_drop:+.2%} -> {'offer it' if verdict else 'not worth offering'} "
           f"(rule: >= 1.5x and < 1% drop)")

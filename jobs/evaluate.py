@@ -83,6 +83,7 @@ class EncoderStage:
     num_workers: int = 2
     model: EncoderConfig = field(default_factory=lambda: EncoderConfig(max_length=32, batch_size=128))
     index_max_length: int = 64  # the index job's zero-shot max_length (as `make index`)
+    query_precision: str = "fp32"  # fp32 | int8: the search queries' ONNX query tower (as serving's encoder.query_precision)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,10 @@ def check_config(cfg: EvaluateConfig) -> None:
         raise ConfigError(f"ks must be positive integers, got {list(cfg.ks)}")
     if cfg.events is not None:
         ES.SplitSpec.parse(cfg.split)  # names the allowed values
+    try:
+        OX.check_precision(cfg.encoder.query_precision, field="encoder.query_precision")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 # --- stages (each one the project's own job, run into the run folder) ---------------------------
@@ -572,7 +577,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         steps(f"encode the queries, zero-shot ({items.height:,} item vectors from this run's zero-shot index)")
     catalog = Catalog(items[S.ITEM_ID].to_list(), vecs, items, {})
     J = EM.Judgments.from_frame(judg, catalog)
-    q_emb = OX.OnnxEncoder(onnx_dir, threads=max(1, cfg.ray.num_cpus)).encode(J.queries, tower="query")
+    q_emb = OX.OnnxEncoder(onnx_dir, max(1, cfg.ray.num_cpus), cfg.encoder.query_precision).encode(J.queries, tower="query")
     if tmp is not None:
         tmp.cleanup()
     steps("index the catalog: BM25F (fields, stems, typos) as serving, and a plain BM25 for the baseline")

@@ -57,7 +57,7 @@ def load_query_encoder(cfg: ServingConfig, res: Resolved):
     one; its query tower followed by the search version's adapter when that version kept one."""
     e = cfg.encoder
     encoder, checkpoint = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime, e.threads,
-                                          onnx_dir=res.encoder_onnx)
+                                          onnx_dir=res.encoder_onnx, query_precision=e.query_precision)
     if res.search_dir is not None:
         adapter, _ = read_search_version(res.search_dir)
         if adapter is not None:
@@ -77,7 +77,7 @@ class InlineQueryEncoder:
         from concurrent.futures import ThreadPoolExecutor
 
         self.encoder, self.checkpoint = load_query_encoder(cfg, res)
-        self.runtime = cfg.encoder.runtime
+        self.runtime, self.precision = cfg.encoder.runtime, cfg.encoder.query_precision
         self.cache = QueryCache(cfg.encoder.cache_size)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-encoder")
         self.stats = {"queries": 0, "cache_hits": 0, "encode_s": 0.0}
@@ -95,14 +95,15 @@ class InlineQueryEncoder:
         return await self.cache.get_or_encode(text, self.stats, lambda key: loop.run_in_executor(self.pool, self._encode, key))
 
     def info(self) -> dict:
-        return {"placement": "ingress", "runtime": self.runtime, **self.stats, "cache_entries": len(self.cache.entries)}
+        return {"placement": "ingress", "runtime": self.runtime, "query_precision": self.precision, **self.stats,
+                "cache_entries": len(self.cache.entries)}
 
 
 @serve.deployment(name="QueryEncoder")
 class QueryEncoder:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
         self.encoder, self.checkpoint = load_query_encoder(cfg, res)
-        self.runtime = cfg.encoder.runtime
+        self.runtime, self.precision = cfg.encoder.runtime, cfg.encoder.query_precision
         self.exported_at_start = self.runtime == "onnx" and res.encoder_onnx is None
         self.cache = QueryCache(cfg.encoder.cache_size)
         self.stats = {"queries": 0, "cache_hits": 0, "batches": 0, "batched_texts": 0, "encode_s": 0.0}
@@ -128,5 +129,6 @@ class QueryEncoder:
         return self.encoder.encode(texts, "item")
 
     def info(self) -> dict:
-        return {"checkpoint": self.version, "runtime": self.runtime, "exported_at_start": self.exported_at_start,
+        return {"checkpoint": self.version, "runtime": self.runtime, "query_precision": self.precision,
+                "exported_at_start": self.exported_at_start,
                 **self.stats, "cache_entries": len(self.cache.entries), "time": time.time()}

@@ -38,12 +38,16 @@ class EncoderServing:
     max_batch_size: int = 16  # @serve.batch: queries encoded in one forward pass
     batch_wait_timeout_s: float = 0.002
     threads: int = 1  # intra-op threads per replica; replicas, not threads, scale it
+    # fp32 | int8: the query tower as ONNX Runtime's dynamically quantised int8 model (made at start,
+    # a few seconds; item vectors stay float32). What it costs: docs/serving.md, bench/encoder.py.
+    query_precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        from features.models.onnx_encoder import check_runtime
+        from features.models.onnx_encoder import check_precision, check_runtime
 
         try:
             check_runtime(self.runtime)
+            check_precision(self.query_precision, self.runtime)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.threads < 1:

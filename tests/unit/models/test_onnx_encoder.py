@@ -88,3 +88,41 @@ def test_separate_towers_export_two_graphs(tmp_path):
     for tower in ("query", "item"):
         assert (enc.encode(texts, tower) * onnx_enc.encode(texts, tower)).sum(1).min() >= 0.999
     assert (onnx_enc.encode(texts, "query") * onnx_enc.encode(texts, "item")).sum(1).max() < 0.999
+
+
+def test_int8_query_tower_stays_close_to_float32_and_items_stay_float32(exported, titles, tmp_path):
+    _, fp32, d = exported
+    int8 = OX.OnnxEncoder(d, threads=1, query_precision="int8")  # quantised at load: the folder has no int8 file
+    queries = [t.lower() for t in titles]
+    ref, got = fp32.encode(queries, "query"), int8.encode(queries, "query")
+    cos = (ref * got).sum(1)
+    assert cos.mean() >= 0.985 and cos.min() >= 0.95  # per-channel int8 weights (per-tensor: mean 0.967)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
+    assert not np.allclose(ref, got)  # it is a different model
+    np.testing.assert_array_equal(int8.encode(titles[:20], "item"), fp32.encode(titles[:20], "item"))
+    # the same ranking for most queries: the top item among the catalog titles agrees
+    items = fp32.encode(titles, "item")
+    assert ((ref @ items.T).argmax(1) == (got @ items.T).argmax(1)).mean() >= 0.9
+    # a folder that ships the int8 file is read, not quantised again
+    shipped = tmp_path / "ship"
+    shipped.mkdir()
+    for p in d.iterdir():
+        (shipped / p.name).write_bytes(p.read_bytes())
+    OX.quantize_query(d, shipped / OX.QUERY_INT8_FILE)
+    np.testing.assert_allclose(OX.OnnxEncoder(shipped, 1, "int8").encode(queries[:5]), got[:5], atol=1e-6)
+    # one query at a time whatever the batch: its vector does not depend on its batch-mates
+    np.testing.assert_allclose(np.concatenate([int8.encode([q]) for q in queries[:5]]), got[:5], atol=1e-6)
+
+
+def test_query_precision_is_validated_by_name(exported):
+    _, _, d = exported
+    with pytest.raises(ValueError, match=r"encoder.query_precision='int4'; allowed: fp32, int8"):
+        OX.OnnxEncoder(d, 1, "int4")
+    with pytest.raises(ValueError, match="int8 needs the onnx runtime"):
+        OX.runtime_encoder("zero-shot", runtime="torch", query_precision="int8")
+    from features.config import ConfigError
+    from serving.settings import EncoderServing
+
+    with pytest.raises(ConfigError, match="query_precision"):
+        EncoderServing(query_precision="bf16")
+    assert EncoderServing(query_precision="int8").query_precision == "int8"
