@@ -148,20 +148,22 @@ class OnnxEncoder:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+
+        def session(path: Path):
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
         self._sessions = {}
         for tower in ("query", "item"):
             name = _tower_file(tower, self.cfg.share_towers)
             if name not in self._sessions:
-                self._sessions[name] = ort.InferenceSession(str(d / name), opts, providers=["CPUExecutionProvider"])
+                self._sessions[name] = session(d / name)
         self._query = self._sessions[_tower_file("query", self.cfg.share_towers)]
         if query_precision == "int8":  # the query tower's int8 twin; items keep the float32 session
-            shipped = d / QUERY_INT8_FILE
-            if shipped.is_file():
-                self._query = ort.InferenceSession(str(shipped), opts, providers=["CPUExecutionProvider"])
+            if (d / QUERY_INT8_FILE).is_file():
+                self._query = session(d / QUERY_INT8_FILE)
             else:
                 with tempfile.TemporaryDirectory(prefix="intently-int8-") as t:
-                    made = quantize_query(d, Path(t) / QUERY_INT8_FILE)
-                    self._query = ort.InferenceSession(str(made), opts, providers=["CPUExecutionProvider"])
+                    self._query = session(quantize_query(d, Path(t) / QUERY_INT8_FILE))
 
     def _session(self, tower: str):
         if tower not in ("query", "item"):
