@@ -26,6 +26,7 @@ import polars as pl
 import torch
 
 from features.data import schema as S
+from features.models.dropout import ByteDropout
 
 EVENT_CODE = {t: n + 1 for n, t in enumerate(S.EVENT_TYPES)}  # 0 pads
 GAP_EDGES_S = np.array([60 * 2.0 ** k for k in range(18)])  # 1 min .. ~180 days, doubling
@@ -196,8 +197,10 @@ class SequenceModel(torch.nn.Module):
         layer = torch.nn.TransformerEncoderLayer(d, p.heads, dim_feedforward=2 * d, dropout=p.dropout,
                                                  batch_first=True, norm_first=True)
         self.blocks = torch.nn.TransformerEncoder(layer, p.layers, enable_nested_tensor=False)
+        for block in self.blocks.layers:  # the same dropouts with a mask a quarter of the cost (attention's stays torch's)
+            block.dropout, block.dropout1, block.dropout2 = (ByteDropout(p.dropout) for _ in range(3))
         self.norm = torch.nn.LayerNorm(d)
-        self.drop = torch.nn.Dropout(p.dropout)
+        self.drop = ByteDropout(p.dropout)
         self.register_buffer("causal", torch.triu(torch.ones(p.max_len, p.max_len, dtype=torch.bool), 1), persistent=False)
 
     def items(self, text_vectors: torch.Tensor | None = None, id_rows: torch.Tensor | None = None) -> torch.Tensor:
