@@ -7,7 +7,7 @@ Builds the training windows `jobs.train_sequence` builds from a canonical events
 bundled Online Retail log by default; `make data` writes it) and times full training steps
 (forward, full-catalog softmax loss, backward, Adam) of the default model, twice: once with every
 dropout torch's `nn.Dropout` (what the model used before) and once as the model is built now
-(`features/models/dropout.py`). The two models share parameters' shapes and data; their steps are
+(`features/models/dropout.py`: ByteDropout everywhere, attention weights included). The two models share parameters' shapes and data; their steps are
 interleaved (A, B, A, B ...) so drift in the box's speed hits both, and the first repeat is
 dropped as warm-up. The item text vectors are random unit vectors of the encoder's width: a
 step's cost does not depend on their values. Threads: as the training job on 2 CPUs (2).
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         m = SQ.SequenceModel(len(item_ids), ns.text_dim, p, vectors)
         if variant == "torch_dropout":
             for block in m.blocks.layers:
+                attn = torch.nn.MultiheadAttention(p.dim, p.heads, dropout=p.dropout, batch_first=True)
+                attn.load_state_dict(block.self_attn.state_dict())
+                block.self_attn = attn
                 block.dropout, block.dropout1, block.dropout2 = (torch.nn.Dropout(p.dropout) for _ in range(3))
             m.drop = torch.nn.Dropout(p.dropout)
         return m, torch.optim.Adam(m.parameters(), lr=p.lr, betas=(0.9, 0.98))

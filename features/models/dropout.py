@@ -1,4 +1,4 @@
-"""Dropout whose random mask costs an eighth of the random draws of torch's.
+"""Dropout whose random mask costs an eighth of the random draws of torch's, and attention that uses it.
 
 On a CPU, torch's dropout draws one random number per element from a single-threaded generator,
 and in the behaviour model's training step (about 5 million dropped elements per batch of 128
@@ -40,3 +40,35 @@ class ByteDropout(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.threshold}/256"
+
+
+class ByteDropoutAttention(torch.nn.MultiheadAttention):
+    """`nn.MultiheadAttention` whose attention-weight dropout is a ByteDropout in training.
+
+    Self-attention only (query, key and value the same tensor, no key-padding mask, no weights
+    returned), which is how `nn.TransformerEncoderLayer` calls it; anything else, and eval mode
+    (serving), is torch's own forward. The parameters are torch's, under torch's names, so saved
+    weights load either way.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, batch_first: bool = True) -> None:
+        super().__init__(embed_dim, num_heads, dropout=dropout, batch_first=batch_first)
+        self.weight_dropout = ByteDropout(dropout)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if (not self.training or key is not query or value is not query or key_padding_mask is not None
+                or need_weights or not self.batch_first or self.in_proj_weight is None):
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        B, L, d = query.shape
+        h = self.num_heads
+        q, k, v = torch.nn.functional.linear(query, self.in_proj_weight, self.in_proj_bias).view(
+            B, L, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        s = (q @ k.transpose(-1, -2)) * (d // h) ** -0.5
+        if attn_mask is None and is_causal:
+            attn_mask = torch.triu(torch.ones(L, L, dtype=torch.bool, device=s.device), 1)
+        if attn_mask is not None:
+            s = s.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+        w = self.weight_dropout(torch.softmax(s, dim=-1))
+        return self.out_proj((w @ v).transpose(1, 2).reshape(B, L, d)), None

@@ -26,7 +26,7 @@ import polars as pl
 import torch
 
 from features.data import schema as S
-from features.models.dropout import ByteDropout
+from features.models.dropout import ByteDropout, ByteDropoutAttention
 
 EVENT_CODE = {t: n + 1 for n, t in enumerate(S.EVENT_TYPES)}  # 0 pads
 GAP_EDGES_S = np.array([60 * 2.0 ** k for k in range(18)])  # 1 min .. ~180 days, doubling
@@ -197,7 +197,11 @@ class SequenceModel(torch.nn.Module):
         layer = torch.nn.TransformerEncoderLayer(d, p.heads, dim_feedforward=2 * d, dropout=p.dropout,
                                                  batch_first=True, norm_first=True)
         self.blocks = torch.nn.TransformerEncoder(layer, p.layers, enable_nested_tensor=False)
-        for block in self.blocks.layers:  # the same dropouts with a mask a quarter of the cost (attention's stays torch's)
+        for block in self.blocks.layers:  # the same dropouts, with masks from an eighth of the random draws
+            with torch.random.fork_rng(devices=[]):  # torch's initial weights, and the generator untouched
+                attn = ByteDropoutAttention(d, p.heads, p.dropout)
+            attn.load_state_dict(block.self_attn.state_dict())
+            block.self_attn = attn
             block.dropout, block.dropout1, block.dropout2 = (ByteDropout(p.dropout) for _ in range(3))
         self.norm = torch.nn.LayerNorm(d)
         self.drop = ByteDropout(p.dropout)
