@@ -118,6 +118,11 @@ def run(cfg: BuildIndexConfig) -> int:
     # Materialised first: the read tasks then never wait for CPUs the encoder actors hold (with
     # num_actors x cpus_per_actor = all CPUs, a streaming read would deadlock).
     items = ray.data.read_parquet(A.join(features_dir, "items")).select_columns([S.ITEM_ID, S.ITEM_TEXT]).materialize()
+    # The items table is usually one file, so one block: the pool would hand it to one actor and
+    # leave the others idle. A few blocks per actor (at least a batch each) keep every actor busy.
+    blocks = max(1, min(4 * cfg.num_actors, -(-items.count() // cfg.encode_batch_size)))
+    if items.num_blocks() < blocks:
+        items = items.repartition(blocks).materialize()
     ds = items.map_batches(
         ItemEncoder,
         fn_constructor_kwargs=dict(spec=checkpoint or cfg.encoder, artifacts_root=cfg.output_root,
