@@ -27,9 +27,7 @@ class ByteDropout(torch.nn.Module):
         self.scale = 256.0 / (256 - self.threshold)
 
     def keep_mask(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        n = 1
-        for s in shape:
-            n *= int(s)
+        n = shape.numel()
         words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device).random_(_WORD_LOW, _WORD_HIGH)
         return words.view(torch.uint8)[:n].view(shape) >= self.threshold
 
