@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from features.profiles.profile import seed_profiles
     from features.retrieval.ranking import context_for
     from serving.app import load_serve_config
-    from serving.retriever import Retriever
+    from serving.retriever import RetrieverCore
     from serving.settings import ServingConfig, resolve
 
     state = tempfile.mkdtemp(prefix="bench-explanations-")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if res.ranker_dir is None:
             raise SystemExit(f"no learned ranker serves under {ns.artifacts}/ranker (none, or it did not beat the "
                              "hand-set weights on validation); run make demo or the pipeline first")
-        retrievers[mode] = Retriever.func_or_class(cfg, res)
+        retrievers[mode] = RetrieverCore(cfg, res)
     catalog, p = retrievers["path"].live.catalog, cfg.profiles.params
     rows = pl.read_parquet(A.join(res.features_dir, "users"))
     profiles = [prof for prof in seed_profiles(rows.sample(min(len(rows), ns.users * 3), seed=0), catalog.lookup, p)

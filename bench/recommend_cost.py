@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _retriever(root: str):
     from serving.app import load_serve_config
-    from serving.retriever import Retriever
+    from serving.retriever import RetrieverCore
     from serving.settings import ServingConfig, resolve
 
     state = tempfile.mkdtemp(prefix="bench-recommend-cost-")
@@ -40,7 +40,7 @@ def _retriever(root: str):
     res = resolve(cfg)
     if res.ranker_dir is None:
         raise SystemExit(f"no learned ranker serves under {root}/ranker; run make demo or the pipeline first")
-    return Retriever.func_or_class(cfg, res), cfg, res
+    return RetrieverCore(cfg, res), cfg, res
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
     python -m bench.serve_latency [--artifacts artifacts] [--rates 10,25,50,100] [--duration-s 15]
                                   [--workloads search,recommend,mix] [--ingress haproxy|proxy]
+                                  [--set retriever_placement=deployment] [--replicas Ingress=1]
 
 Systems, all on this machine, one after another, with the same artifacts (newest index, its
 features, encoder and ranker) and the same warm-up:
@@ -208,12 +209,12 @@ def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> d
     from features.models.onnx_encoder import runtime_encoder
     from features.profiles.profile import seed_profiles
     from features.retrieval.ranking import context_for
-    from serving.retriever import Retriever
+    from serving.retriever import RetrieverCore
 
     e = cfg.encoder
     encoder, _ = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime, e.threads, res.encoder_onnx,
                                  query_precision=e.query_precision)
-    retriever = Retriever.func_or_class(cfg, res)
+    retriever = RetrieverCore(cfg, res)
     catalog = retriever.live.catalog
     p = cfg.profiles.params
     rows = pl.read_parquet(A.join(res.features_dir, "users")).filter(pl.col(S.USER_ID).is_in(users))
@@ -336,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a serving/config.yaml override for the app and the floor, e.g. encoder.query_precision=int8 "
                          "(repeatable)")
+    ap.add_argument("--replicas", action="append", default=[], metavar="DEPLOYMENT=N",
+                    help="run N replicas of a deployment (min = max), e.g. Ingress=1 (repeatable)")
     ap.add_argument("--out", default=str(RESULTS / "serve_latency.json"))
     ap.add_argument("--freshness-only", metavar="URL", help="only the freshness trials against a running app "
                     "(e.g. make serve's http://127.0.0.1:8000, with anonymous writes); writes bench/results/freshness.json")
@@ -364,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     state = Path(tempfile.mkdtemp(prefix="bench-serve-state-"))
     conf = load_serve_config(overrides=[f"artifacts_root={Path(ns.artifacts).resolve()}", f"state_dir={state}",
                                         "encoder.cache_size=0", "allow_anonymous_writes=true", *ns.overrides])
+    for spec in ns.replicas:
+        name, _, n = spec.partition("=")
+        if name not in conf["deployment_options"] or not n.isdigit() or int(n) < 1:
+            ap.error(f"--replicas {spec!r}: expected DEPLOYMENT=N with N >= 1; deployments: "
+                     f"{', '.join(conf['deployment_options'])}")
+        opts = conf["deployment_options"][name]
+        opts["autoscaling_config"] = {**opts.get("autoscaling_config", {}), "min_replicas": int(n), "max_replicas": int(n)}
     cfg = ServingConfig.from_args(conf["args"])
     res = resolve(cfg)
     items = pl.read_parquet(A.join(res.features_dir, "items"), columns=[S.ITEM_ID, S.TITLE])
@@ -399,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "versions": res.versions, "rates_rps": rates, "duration_s": ns.duration_s,
         "encoder_runtime": cfg.encoder.runtime, "query_precision": cfg.encoder.query_precision,
-        "serve_overrides": list(ns.overrides), "ingress": ns.ingress, "environment": env,
+        "serve_overrides": list(ns.overrides), "replicas": list(ns.replicas), "ingress": ns.ingress, "environment": env,
         "workloads": {"search": "distinct 2-3 word queries from catalog title words, never repeated (query cache off)",
                       "recommend": "sampled shoppers from the feature job", "mix": MIX},
         "warm_up": "every system: 5 s of distinct searches at 20 requests/s before its measured runs",

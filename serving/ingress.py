@@ -2,6 +2,9 @@
 
 It admits (load shedding, per-client rate limits), authorises writes, validates, and fans out to
 QueryEncoder / Profiles / Retriever (which also ranks) through Serve handles (awaited, never `.result()`).
+With the default placements it encodes queries (encoder.placement) and retrieves + ranks reads
+(retriever_placement) itself, so an anonymous search makes no Serve hop at all and a recommendation
+one (Profiles); writes always go to their deployment.
 HTTP plumbing (bodies, error answers, the typed-error -> status mapping, OpenAPI helpers) is in
 serving/http.py; the admission policy in features/admission.py; the metrics in serving/metrics.py.
 """
@@ -12,6 +15,7 @@ import math
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Path, Query, Request
@@ -42,6 +46,7 @@ from serving.http import (
 )
 from serving.encoder import InlineQueryEncoder
 from serving.metrics import IngressMetrics
+from serving.retriever import RetrieverCore
 from serving.schemas import (
     EventIn,
     EventsOut,
@@ -91,6 +96,11 @@ class Ingress:
         self.encoder, self.retriever, self.profiles = encoder, retriever, profiles
         # queries encoded in this replica (placement ingress) or by the QueryEncoder deployment
         self.inline = InlineQueryEncoder(cfg, res) if cfg.encoder.placement == "ingress" else None
+        # reads retrieved and ranked in this replica (retriever_placement ingress) or by the Retriever
+        self.local = RetrieverCore(cfg, res) if cfg.retriever_placement == "ingress" else None
+        # ... on one worker thread: the event loop stays free to admit or shed the next requests
+        # while a read is computed, and the catalog copy is only ever touched by that thread
+        self.read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reads") if self.local else None
         self.telemetry = telemetry
         self.api_keys = tuple(k.strip() for k in os.environ.get(cfg.api_key_env, "").split(",") if k.strip())
         self.trusted_proxies = parse_networks(cfg.rate_limit.trusted_proxies)
@@ -131,6 +141,13 @@ class Ingress:
     def _encode(self, query: str) -> Any:
         """An awaitable of the query's (d,) vector."""
         return self.inline.encode_query(query) if self.inline else self.encoder.encode_query.remote(query)
+
+    def _read(self, method: str, *args: Any) -> Any:
+        """An awaitable of a read (search, recommend, similar) on this replica's own RetrieverCore,
+        or through the Retriever deployment (retriever_placement deployment)."""
+        if self.local is not None:
+            return asyncio.get_running_loop().run_in_executor(self.read_pool, getattr(self.local, method), *args)
+        return getattr(self.retriever, method).remote(*args)
 
     def _check_k(self, k: int) -> None:
         if k > self.cfg.max_k:
@@ -228,8 +245,8 @@ class Ingress:
                     self.profiles.context.remote(req.user_id, "search", now, req.query)))
             ctx.query_emb = emb
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
-            results, inner = await hops("retrieve+rank", self.retriever.search.remote(
-                ctx, _filters(req.filters), exclude, req.k, req.diversity))
+            results, inner = await hops("retrieve+rank", self._read(
+                "search", ctx, _filters(req.filters), exclude, req.k, req.diversity))
             hops.ms.update(inner)
             return self._answer(results, known, hops)
         return await self._timed("search", run, request)
@@ -245,8 +262,8 @@ class Ingress:
             ctx, known = await hops("profile", self.profiles.context.remote(req.user_id, "recommend", time.time(),
                                                                             context_item=req.context_item_id))
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
-            results, inner = await hops("retrieve+rank", self.retriever.recommend.remote(
-                ctx, _filters(req.filters), exclude, req.k, req.diversity))
+            results, inner = await hops("retrieve+rank", self._read(
+                "recommend", ctx, _filters(req.filters), exclude, req.k, req.diversity))
             hops.ms.update(inner)
             return self._answer(results, known, hops)
         return await self._timed("recommend", run, request)
@@ -258,7 +275,7 @@ class Ingress:
         async def run() -> Any:
             t0 = time.perf_counter()
             self._check_k(k)
-            results = await self.retriever.similar.remote(item_id, k)
+            results = await self._read("similar", item_id, k)
             return {"results": results, "took_ms": round((time.perf_counter() - t0) * 1e3, 2),
                     "versions": self.res.versions}
         return await self._timed("similar", run, request)
@@ -335,6 +352,8 @@ class Ingress:
             return JSONResponse({"status": "unavailable", "reason": f"{type(e).__name__}: {e}"[:500]}, status_code=503)
         enc, ret, prof = infos
         enc = {**enc, "placement": self.cfg.encoder.placement, **({"inline": self.inline.info()} if self.inline else {})}
+        ret = {**ret, "placement": self.cfg.retriever_placement,
+               **({"inline": await self._read("info")} if self.local else {})}
         return {"status": "ok", "versions": self.res.versions, "writes_need_api_key": bool(self.api_keys),
                 "writes": self.write_policy(), "encoder": enc, "retriever": ret, "profiles": prof}
 

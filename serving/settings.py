@@ -133,6 +133,11 @@ class ServingConfig:
     overload: OverloadServing = OverloadServing()
     encoder: EncoderServing = EncoderServing()
     retriever: RetrievalConfig = RetrievalConfig()
+    # Where reads (search, recommend, similar) are retrieved and ranked. ingress: in each Ingress
+    # replica, on its own copy of the catalog kept current from the shared item log (no Serve hop
+    # on the read path; one catalog copy per Ingress replica; serving/retriever.py) | deployment:
+    # in the Retriever deployment's replicas. Item upserts always go to the Retriever deployment.
+    retriever_placement: str = "ingress"
     ranker: RankerServing = RankerServing()
     profiles: ProfilesServing = ProfilesServing()
     # The behaviour model (jobs.train_sequence): latest = the newest complete sequence version
@@ -142,6 +147,10 @@ class ServingConfig:
     # latest = the newest complete search version trained on the served index (none when there is
     # none) | none | a search version folder.
     search: str = LATEST
+
+    def __post_init__(self) -> None:
+        if self.retriever_placement not in PLACEMENTS:
+            raise ConfigError(f"retriever_placement={self.retriever_placement!r}; allowed: {', '.join(PLACEMENTS)}")
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "ServingConfig":

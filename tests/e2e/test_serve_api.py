@@ -159,6 +159,9 @@ def test_search_and_recommend_sensible_items(app, artifacts):
     enc = health["encoder"]
     assert enc["placement"] == "ingress" and enc["inline"]["runtime"] == "onnx", enc
     assert enc["runtime"] == "onnx" and enc["exported_at_start"] is False
+    # reads are retrieved and ranked in the Ingress replica, on the same catalog the Retriever holds
+    ret = health["retriever"]
+    assert ret["placement"] == "ingress" and ret["inline"]["items"] == ret["items"], ret
     bought = set(events.filter((pl.col("user_id") == user) & (pl.col("event_type") == "purchase"))["item_id"].tail(50))
     assert not bought & {x["item_id"] for x in rec["results"]}  # already-bought items excluded by default
 
@@ -468,7 +471,8 @@ def test_rate_limit_and_load_shedding(app, artifacts):
     rate gets 429 with Retry-After, another key or forwarded address (its own bucket) is
     unaffected, rotating made-up keys cannot get past the address's bucket, and the bucket refills;
     requests arriving together beyond the in-flight limit get 503 + Retry-After at once (load
-    shedding), the others are answered."""
+    shedding), the others are answered. This app reads through the Retriever deployment
+    (retriever_placement deployment), the other app in its own Ingress replicas."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ray import serve
@@ -479,10 +483,14 @@ def test_rate_limit_and_load_shedding(app, artifacts):
     conf = load_serve_config(overrides=[f"artifacts_root={out}", f"state_dir={base / 'state-rl'}",
                                         "rate_limit.requests_per_s=0.5", "rate_limit.burst=3",
                                         "rate_limit.trusted_proxies=[127.0.0.1]", "retriever.max_items=10",
-                                        "overload.max_in_flight=1", "overload.write_reserve=0"])
+                                        "overload.max_in_flight=1", "overload.write_reserve=0",
+                                        "retriever_placement=deployment"])
     opts = conf["deployment_options"]
     opts["Ingress"]["ray_actor_options"] = {**opts["Ingress"]["ray_actor_options"],
                                             "runtime_env": {"env_vars": {"INTENTLY_API_KEY": "client-a,client-b"}}}
+    # one Ingress replica: the rate limit and the in-flight limit are per replica
+    opts["Ingress"]["autoscaling_config"] = {**opts["Ingress"]["autoscaling_config"], "min_replicas": 1,
+                                             "max_replicas": 1}
     _quick_shutdown(opts)
     serve.run(build_app_with_options(conf["args"], opts), name="intently-rl", route_prefix="/rl")
     try:
@@ -511,6 +519,8 @@ def test_rate_limit_and_load_shedding(app, artifacts):
         assert changed.status_code == 200, changed.text
         metrics = requests.get(f"{app.url}/rl/metrics", timeout=30).text
         assert 'intently_requests_total{endpoint="similar",status="429"}' in metrics
+        health = requests.get(f"{app.url}/rl/healthz", timeout=30).json()["retriever"]
+        assert health["placement"] == "deployment" and "inline" not in health, health
 
         def search(i: int) -> requests.Response:  # one address each: the rate limit is not what refuses
             return requests.post(f"{app.url}/rl/v1/search", json={"query": "red retrospot lunch bag", "k": 100,

@@ -240,6 +240,7 @@ def test_modules_stay_small_and_no_private_name_crosses_a_module():
     ({"encoder": {"runtime": "tensorrt"}}, "encoder.runtime='tensorrt'; allowed: onnx, torch"),
     ({"encoder": {"placement": "edge"}}, "encoder.placement='edge'; allowed: ingress, deployment"),
     ({"encoder": {"threads": 0}}, "encoder.threads must be >= 1"),
+    ({"retriever_placement": "edge"}, "retriever_placement='edge'; allowed: ingress, deployment"),
 ])
 def test_serving_encoder_settings_name_the_key_and_the_allowed_values(args, message):
     from serving.settings import ServingConfig
