@@ -1,10 +1,10 @@
 """Retrieval and ranking: FAISS ANN + BM25 fused (search) and recommend candidates, ranked in the
 same process (serving/ranker.py); similar items, upserts.
 
-`RetrieverCore` is the plain class. It runs as the Retriever deployment (`Retriever`, the single
-place item upserts are applied and logged) and, with retriever_placement ingress (the default),
-also inside each Ingress replica for the reads: a Serve hop costs about 3 ms and CPU on both sides
-on 2 cores, as much as retrieving and ranking a search (bench/serve_latency.py's hop breakdown).
+`RetrieverCore` is the plain class. It runs as the Retriever deployment (`Retriever`, where item
+upserts are logged) and, with retriever_placement ingress (the default), also inside each Ingress
+replica for the reads: a Serve hop cost 3-8 ms and CPU on both sides on 2 cores, as much as
+retrieving and ranking a search (bench/results/serve_placement/, docs/benchmarks.md).
 Every copy keeps current from the shared item log (`LiveCatalog.sync` before each read), so an
 item acknowledged by PUT /v1/items is searchable through any replica at once.
 """
