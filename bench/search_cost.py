@@ -13,6 +13,10 @@ random catalog item (encoding is the same for both and is measured by bench/enco
 settings alternate query by query (A, B, A, B ...) so drift hits both. Reports p50/p99 of each and
 the difference of the medians; the issue's budget is +3 ms at p50.
 
+A third setting is serving's default with the catalog's term cache emptied before every request
+(`Catalog.terms`, the analysed title/text the ranker's match features read), which is how every
+search ran before that cache: `term_cache_saving_ms` is what the cache saves at p50.
+
 Writes bench/results/search_cost.json with the commit.
 """
 
@@ -30,6 +34,9 @@ from features import artifacts as A
 from features.retrieval.catalog import load_catalog
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import HandWeights, RankContext, rank_candidates
+
+
+COLD = "BM25F, stems, typos, no term cache (every search before it)"
 
 
 def queries(titles: list[str], n: int, seed: int) -> list[str]:
@@ -65,7 +72,8 @@ def main() -> None:
         A.latest_complete(ns.artifacts, "features")
     settings = {"BM25F, stems, typos (serving's default)": RetrievalConfig(),
                 "plain BM25 (one text field, plural fold, no typos)": RetrievalConfig(
-                    field_weights={"title": 1.0}, stemmer="none", typo_tolerance=False)}
+                    field_weights={"title": 1.0}, stemmer="none", typo_tolerance=False),
+                COLD: RetrievalConfig()}
     lives = {}
     for name, rc in settings.items():
         catalog, index = load_catalog(features_dir, index_dir)
@@ -83,6 +91,8 @@ def main() -> None:
         for q, r in zip(qs, vec_rows):
             for name, (live, _) in lives.items():
                 v = live.catalog.vectors[r]
+                if name == COLD:
+                    live.catalog.analyzer = live.catalog.analyzer  # setting it empties the term cache
                 t0 = time.perf_counter()
                 ids, _, bm = live.search(q, v)
                 rank_candidates(RankContext(mode="search", query=q, query_emb=v), ids, live.catalog, hand, 10, bm)
@@ -94,13 +104,15 @@ def main() -> None:
     out = {"commit": A.git_commit(), "command": "python -m bench.search_cost", "machine": platform.platform(),
            "index": index_dir, "items": n_items, "queries": len(qs), "repeats": ns.repeats, "settings": rows,
            "p50_difference_ms": round(rows[names[0]]["p50_ms"] - rows[names[1]]["p50_ms"], 3),
-           "budget_p50_ms": 3.0}
+           "budget_p50_ms": 3.0,
+           "term_cache_saving_ms": round(rows[COLD]["p50_ms"] - rows[names[0]]["p50_ms"], 3)}
     out["within_budget"] = out["p50_difference_ms"] <= out["budget_p50_ms"]
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     Path(ns.out).write_text(json.dumps(out, indent=1))
     for name, r in rows.items():
         print(f"{name:<52} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  (index built in {r['index_build_s']} s)")
-    print(f"p50 difference {out['p50_difference_ms']:+.2f} ms (budget +3 ms) -> {ns.out}")
+    print(f"p50 difference {out['p50_difference_ms']:+.2f} ms (budget +3 ms); the term cache saves "
+          f"{out['term_cache_saving_ms']:.2f} ms at p50 -> {ns.out}")
 
 
 if __name__ == "__main__":

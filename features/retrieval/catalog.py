@@ -28,6 +28,7 @@ from features.retrieval.lexical import Analyzer
 POPULARITY_HALF_LIFE_DAYS = 7.0  # "popular this week"
 POPULARITY_SHORT_DAYS, POPULARITY_LONG_DAYS = 1.0, 30.0
 ITEM_AGE_DAYS = 30.0  # the ranker's item_age: exp(-days since the item's first interaction / this)
+TERM_CACHE_ROWS = 200_000  # rows whose analysed title/text terms are kept (the cache restarts when full)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,27 @@ class Catalog:
         self.analyzer = Analyzer()  # text -> terms for the ranker's match features (LiveCatalog sets BM25's own)
 
     @property
+    def analyzer(self) -> Analyzer:
+        return self._analyzer
+
+    @analyzer.setter
+    def analyzer(self, analyzer: Analyzer) -> None:
+        self._analyzer = analyzer
+        self._terms: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+
+    def terms(self, row: int) -> tuple[frozenset[str], frozenset[str]]:
+        """(title terms, text terms) of a row by the analyzer. The ranker's match features read them
+        for every candidate of every search, and analysing the text was half of a search's ranking
+        time, so they are kept (for up to TERM_CACHE_ROWS rows) until the row changes."""
+        hit = self._terms.get(row)
+        if hit is None:
+            if len(self._terms) >= TERM_CACHE_ROWS:
+                self._terms = {}
+            tokens = self._analyzer.tokens
+            hit = self._terms[row] = (frozenset(tokens(self.title[row])), frozenset(tokens(self.text[row])))
+        return hit
+
+    @property
     def vectors(self) -> np.ndarray:
         """(N, d) float32 view of the live rows."""
         return self._vec[: len(self.item_ids)]
@@ -223,6 +245,7 @@ class Catalog:
             self.price[r] = np.nan if item.price is None else item.price
             self.in_stock[r] = item.in_stock
         self._vec[r] = v
+        self._terms.pop(r, None)
         if self.sequence is not None:
             self.sequence.set_row(r, item.item_id, v)
         self.version += 1

@@ -208,12 +208,12 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
             dense, lex = (np.asarray(r, np.float64) for r in ranks)
         x[:, _F["dense_rank"]] = 1.0 / np.log2(2.0 + dense)
         x[:, _F["lexical_rank"]] = np.where(lex >= 0, 1.0 / np.log2(2.0 + np.maximum(lex, 0)), 0.0)
-    tokens = catalog.analyzer.tokens
-    q_tokens = set(tokens(ctx.query)) if ctx.query else set()
+    q_tokens = set(catalog.analyzer.tokens(ctx.query)) if ctx.query else set()
     if q_tokens:
         n = len(q_tokens)
-        x[:, _F["title_match"]] = [len(q_tokens.intersection(tokens(catalog.title[r]))) / n for r in rows]
-        x[:, _F["text_match"]] = [len(q_tokens.intersection(tokens(catalog.text[r]))) / n for r in rows]
+        terms = [catalog.terms(r) for r in rows]
+        x[:, _F["title_match"]] = [len(q_tokens.intersection(title)) / n for title, _ in terms]
+        x[:, _F["text_match"]] = [len(q_tokens.intersection(text)) / n for _, text in terms]
     return x
 
 

@@ -188,6 +188,30 @@ def test_rank_features_of_serving_candidates_equal_the_offline_catalog_wide_rank
     assert (anon[:, FEATURE_NAMES.index("dense_rank")] == 0).all()
 
 
+def test_match_features_follow_upserts_and_the_analyzer(tmp_path):
+    """The title/text terms behind title_match and text_match are kept per row: a changed item, a
+    replica that applies it from the item log, and a different analyzer all see fresh terms."""
+    cat, index = small_catalog()
+    live = LiveCatalog(cat, index, tmp_path / "items", RetrievalConfig(stemmer="none"), fsync=False)
+    other = LiveCatalog(*small_catalog(), tmp_path / "items", RetrievalConfig(stemmer="none"), fsync=False)
+    rows = cat.rows(["i001", "i002"])
+
+    def match(c, query: str) -> list[float]:
+        ctx = RankContext(mode="search", intent=None, alpha=1.0, preference=None, recent_items=[],
+                          context_item=None, query=query, query_emb=c.vectors[0])
+        x = candidate_features(ctx, c.rows(["i001", "i002"]), c)
+        return x[:, FEATURE_NAMES.index("title_match")].tolist()
+
+    assert match(cat, "velvet cushions") == [0.0, 0.0] and match(other.catalog, "velvet cushions") == [0.0, 0.0]
+    live.upsert(ItemUpdate("i001", "velvet cushion"), cat.vectors[rows[0]])
+    assert match(cat, "velvet cushions") == [1.0, 0.0]  # "cushions" folds to "cushion" without a stemmer
+    other.sync()
+    assert match(other.catalog, "velvet cushions") == [1.0, 0.0]
+    assert cat.terms(int(rows[0]))[0] == frozenset(cat.analyzer.tokens("velvet cushion"))
+    cat.analyzer = Analyzer("english")  # terms are analysed again by the new analyzer
+    assert match(cat, "velveting cushion") == [1.0, 0.0]  # stems: "velvet" both
+
+
 def test_candidate_features_by_hand():
     cat, _ = small_catalog()
     intent = cat.vectors[cat.row["i001"]]
