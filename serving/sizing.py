@@ -8,7 +8,9 @@ remote cluster, `--cpus 2` keeps the file as written) it scales what limits thro
   QueryEncoder with placement deployment): up to cpus/2 replicas, each a whole CPU (its ONNX
   Runtime session uses encoder.threads intra-op threads).
 - Ingress, Retriever (which ranks too): up to cpus/4 replicas each when they do not encode
-  (never fewer than the file's max).
+  (never fewer than the file's max). With retriever_placement ingress (the default) the Retriever
+  only logs item upserts, so it keeps the file's count: another replica would only hold another
+  catalog copy.
 - overload.max_in_flight = 16 per CPU (32 on 2; write_reserve half of it), and on more than 2
   CPUs the Ingress scales out at 3/4 of that limit, before it sheds (on 2 CPUs a second Ingress
   only adds waiting, so the file's target stays above the limit; docs/reliability.md).
@@ -77,8 +79,9 @@ def size(conf: dict[str, Any], cpus: int) -> tuple[dict[str, Any], dict[str, Any
     # The replicas that encode queries are the heavy ones: the Ingress (encoder.placement ingress,
     # the default) or the QueryEncoder deployment (placement deployment).
     heavy = "QueryEncoder" if args.get("encoder", {}).get("placement", "ingress") == "deployment" else "Ingress"
+    reads_in_ingress = args.get("retriever_placement", "ingress") == "ingress"
     for name in (heavy, *[n for n in SCALED if n != heavy]):
-        if name not in deps:
+        if name not in deps or (name == "Retriever" and reads_in_ingress):
             continue
         a = autoscale(name)
         a["max_replicas"] = max(int(a.get("max_replicas", 1)), cpus // 2 if name == heavy else cpus // 4)

@@ -36,7 +36,8 @@ def test_a_16_cpu_node_gets_more_replicas_and_limits_and_still_passes_serves_sch
     # queries are encoded in the Ingress (encoder.placement: ingress): it is the heavy replica
     assert d["Ingress"]["autoscaling_config"]["max_replicas"] == 8
     assert d["Ingress"]["ray_actor_options"]["num_cpus"] == 1.0
-    assert d["Retriever"]["autoscaling_config"]["max_replicas"] == 4
+    # reads are retrieved in the Ingress (retriever_placement: ingress): the Retriever only logs upserts
+    assert d["Retriever"]["autoscaling_config"]["max_replicas"] == 2
     assert d["QueryEncoder"]["autoscaling_config"]["max_replicas"] == 2  # item upserts only
     for name in ("Telemetry", "Profiles"):  # single replicas by design
         assert d[name]["autoscaling_config"]["max_replicas"] == 1
@@ -69,3 +70,13 @@ def test_with_the_encoder_as_a_deployment_it_is_the_one_scaled(conf):
     assert d["QueryEncoder"]["autoscaling_config"]["max_replicas"] == 8
     assert d["QueryEncoder"]["ray_actor_options"]["num_cpus"] == 1.0
     assert d["Ingress"]["autoscaling_config"]["max_replicas"] == 4
+
+
+def test_with_reads_in_the_retriever_it_is_scaled_too(conf):
+    import copy
+
+    c = copy.deepcopy(conf)
+    c["applications"][0]["args"]["retriever_placement"] = "deployment"
+    d = _deps(sizing.size(c, 16)[0])
+    assert d["Retriever"]["autoscaling_config"]["max_replicas"] == 4
+    assert d["Ingress"]["autoscaling_config"]["max_replicas"] == 8
