@@ -12,8 +12,8 @@ remote cluster, `--cpus 2` keeps the file as written) it scales what limits thro
   only logs item upserts, so it keeps the file's count: another replica would only hold another
   catalog copy.
 - overload.max_in_flight = 16 per CPU (32 on 2; write_reserve half of it), and on more than 2
-  CPUs the Ingress scales out at 3/4 of that limit, before it sheds (on 2 CPUs a second Ingress
-  only adds waiting, so the file's target stays above the limit; docs/reliability.md).
+  CPUs the Ingress scales out at 3/4 of that limit, before it sheds (on 2 CPUs the file runs two
+  Ingress replicas, min = max, so its target never acts; docs/benchmarks.md).
 - The HAProxy ingress threads (RAY_SERVE_HAPROXY_NBTHREAD, read by `ray start`): cpus/4, 1 to 4.
 
 Telemetry and Profiles stay single replicas by design (one aggregator, one event-log writer).
