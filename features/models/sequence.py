@@ -27,6 +27,7 @@ import torch
 
 from features.data import schema as S
 from features.models.dropout import ByteDropout, ByteDropoutAttention
+from features.models.losses import full_softmax_ce
 
 EVENT_CODE = {t: n + 1 for n, t in enumerate(S.EVENT_TYPES)}  # 0 pads
 GAP_EDGES_S = np.array([60 * 2.0 ** k for k in range(18)])  # 1 min .. ~180 days, doubling
@@ -235,11 +236,8 @@ class SequenceModel(torch.nn.Module):
         h = self.hidden(E, ids, types, gaps)
         real = targets > 0
         hr, y = h[real], targets[real] - 1
-        if neg is None:
-            total = 0.0
-            for lo in range(0, len(hr), 2048):  # chunked: bounds the (P, N) logits in memory
-                total = total + torch.nn.functional.cross_entropy(hr[lo:lo + 2048] @ E.T, y[lo:lo + 2048], reduction="sum")
-            return total / max(len(hr), 1)
+        if neg is None:  # chunked (at most 1024 x N logits at once), gradients in the same pass
+            return full_softmax_ce(hr, E, y)
         pos = (hr * E[y]).sum(-1, keepdim=True) - log_q[y].unsqueeze(-1)
         negl = hr @ E[neg].T - log_q[neg].unsqueeze(0)
         negl = negl.masked_fill(neg.unsqueeze(0) == y.unsqueeze(-1), float("-inf"))  # accidental hits
