@@ -134,7 +134,9 @@ def run(cfg: BuildIndexConfig) -> int:
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     if not tables:
         raise ValueError(f"{features_dir}/items holds no items")
-    table = pa.concat_tables(tables)
+    # The actors return blocks in the order they finish: sorted by item id, the same features
+    # version always gives an index with the same rows, whichever actor was faster.
+    table = pa.concat_tables(tables).sort_by(S.ITEM_ID)
     encode_s = time.perf_counter() - t0
     item_ids = [str(i) for i in table.column(S.ITEM_ID).to_pylist()]
     emb = np.stack(table.column(EMB_COLUMN).to_numpy(zero_copy_only=False)).astype(np.float32)  # (N, d)

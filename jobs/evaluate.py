@@ -457,23 +457,28 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
         results.append(EM.ease_method("EASE (item-to-item regression)", reqs, cat_zs, st.ease, fb, L))
     results.append(EM.sequence_method("SASRec (ID only)", reqs, cat_zs, st.sasrec, fb, L))
     results.append(EM.embedding_method("zero-shot encoder", reqs, cat_zs, cfg.profiles, fb, L))
+    # Each index has its own row order: a method on another index's catalog gets the fallback in
+    # that catalog's rows, and its lists come back as cat_zs rows, where every method is scored.
     if st.ft_index is not None:
         cat_ft, _ = load_catalog(st.features_dir, st.ft_index)
         reqs.profiles = by_index[st.ft_index] = ES.attach_profiles(reqs, st.events, cat_ft, cfg.profiles)
-        results.append(EM.embedding_method("fine-tuned encoder (no ranker)", reqs, cat_ft, cfg.profiles, fb, L))
+        results.append(EM.lists_in(EM.embedding_method("fine-tuned encoder (no ranker)", reqs, cat_ft, cfg.profiles,
+                                                       EM.fallback_in(fb, cat_zs, cat_ft), L), cat_ft, cat_zs))
     cat, idx = load_catalog(st.features_dir, st.sys_index)
     reqs.profiles = by_index[st.sys_index]  # the system's index is one of the two above: replayed already
     if st.sequence is not None:
         from features.models.sequence_io import attach
 
         attach(cat, st.sequence)
-        results.append(EM.sequence_method("sequence model (text + ID)", reqs, cat, cat.sequence, fb, L))
+        results.append(EM.lists_in(EM.sequence_method("sequence model (text + ID)", reqs, cat, cat.sequence,
+                                                      EM.fallback_in(fb, cat_zs, cat), L), cat, cat_zs))
     live = LiveCatalog(cat, idx, None, replace(cfg.retriever, lexical=False))
     hand = cfg.hand_weights
     clock = PIT.catalog_clock(plan.train_events, cat) if _point_in_time(plan) else None
-    results.append(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L, clock))
-    results.append(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles,
-                                    st.scorer, L, clock))
+    results.append(EM.lists_in(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L, clock),
+                               cat, cat_zs))
+    results.append(EM.lists_in(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles,
+                                                st.scorer, L, clock), cat, cat_zs))
     methods = [EM.score_method(r, reqs, cat_zs, ks, share, n_users) for r in results]
     _write_per_request(per_request_path, reqs, results)
     key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"

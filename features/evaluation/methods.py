@@ -69,6 +69,31 @@ def per_request(x: PerRequest) -> Callable[[int], np.ndarray]:
     return x if callable(x) else (lambda q: x)
 
 
+def rows_in(src: Catalog, dst: Catalog) -> np.ndarray:
+    """dst's row of each of src's rows (-1 where dst lacks the item). Two indexes of one features
+    version hold the same items but not necessarily in the same order (the index job's actors
+    finish in any order), so a row of one catalog is never a row of another."""
+    return np.array([dst.row.get(i, -1) for i in src.item_ids], np.int64)
+
+
+def fallback_in(fallback: PerRequest, src: Catalog, dst: Catalog) -> PerRequest:
+    """Per-item scores over src's rows (popularity) re-indexed to dst's rows (0 for an item src lacks)."""
+    at = rows_in(dst, src)
+    fb = per_request(fallback)
+
+    def one(q: int) -> np.ndarray:
+        return np.where(at >= 0, fb(q)[np.maximum(at, 0)], 0.0)
+    return one
+
+
+def lists_in(res: MethodResult, src: Catalog, dst: Catalog) -> MethodResult:
+    """The method's lists (rows of src, -1 padded) as rows of dst, so that every method is scored
+    in one catalog's rows."""
+    to = rows_in(src, dst)
+    res.lists = np.where(res.lists >= 0, to[np.maximum(res.lists, 0)], -1)
+    return res
+
+
 def popularity_method(name: str, scores: PerRequest, reqs: Requests, catalog: Catalog, L: int) -> MethodResult:
     ex = exclude_rows(reqs, catalog)
     at = per_request(scores)

@@ -19,8 +19,10 @@ import polars as pl
 import pytest
 import requests
 
+from features import artifacts as A
 from features.data.validate import ValidationConfig
 from features.models.sequence import SequenceParams
+from features.retrieval.index import ItemIndex
 from jobs import build_features, build_index, import_online_retail, train_sequence
 from tests.helpers import free_port
 
@@ -57,7 +59,6 @@ def test_the_encoder_fine_tunes_on_ray_train_with_two_ddp_workers_and_is_judged_
     """jobs.train_encoder as the pipeline runs it, on this file's features: two DDP workers, the
     zero-shot point first, the best checkpoint exported, then the paired comparison with the
     starting model that decides whether an index may use the fine-tune."""
-    from features import artifacts as A
     from features.config import load_config
     from jobs import train_encoder
 
@@ -162,6 +163,9 @@ def test_search_and_recommend_sensible_items(app, artifacts):
     # reads are retrieved and ranked in the Ingress replica, on the same catalog the Retriever holds
     ret = health["retriever"]
     assert ret["placement"] == "ingress" and ret["inline"]["items"] == ret["items"], ret
+    # the index job writes its rows in item-id order, whichever encoder actor finished first
+    ids = ItemIndex.load(A.latest_complete(str(artifacts[1]), "index")).item_ids
+    assert list(ids) == sorted(ids)
     bought = set(events.filter((pl.col("user_id") == user) & (pl.col("event_type") == "purchase"))["item_id"].tail(50))
     assert not bought & {x["item_id"] for x in rec["results"]}  # already-bought items excluded by default
 
@@ -236,7 +240,6 @@ def test_a_forgotten_user_leaves_no_trace(app):
 def test_forget_user_command_leaves_no_byte_in_artifacts_or_state(app, artifacts, monkeypatch, capsys):
     """`python -m jobs.forget_user` against the running app: the app forgets its state, every
     artifact table is rewritten without the shopper, and no byte of the id is left anywhere."""
-    from features import artifacts as A
     from features.data.redact import find_bytes
     from jobs import forget_user
 
