@@ -29,6 +29,10 @@ _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 RECENT_FOR_COOC = 10
 COOC_DISCOUNT = 0.85
 VERB = {"view": "viewed", "click": "clicked", "add_to_cart": "added to cart", "purchase": "bought", "return": "returned"}
+# The reasons that name an item of the shopper's history (bench/serve_latency.py's freshness check reads them)
+BECAUSE = "because you {verb} {title}"
+OFTEN_WITH = "often bought with {title}"
+BOUGHT_TOGETHER = "shoppers who bought {title} buy it too"
 
 
 @dataclass
@@ -325,7 +329,7 @@ def _because(ctx: RankContext, vec: np.ndarray, catalog: Catalog) -> str | None:
             text = f'because you searched "{ref}"'
         elif ref in catalog.row:
             share = w * float(catalog.vectors[catalog.row[ref]] @ vec)
-            text = f"because you {VERB.get(etype, 'viewed')} {catalog.title[catalog.row[ref]]}"
+            text = BECAUSE.format(verb=VERB.get(etype, "viewed"), title=catalog.title[catalog.row[ref]])
         else:
             continue
         if share > best:
@@ -341,7 +345,7 @@ def _bought_together(ctx: RankContext, row: int, catalog: Catalog) -> str | None
         hit = np.flatnonzero(nbrs[0] == row) if nbrs is not None else ()
         if len(hit) and nbrs[1][hit[0]] > best:
             best, best_src = float(nbrs[1][hit[0]]), src
-    return None if best_src is None else f"shoppers who bought {catalog.title[best_src]} buy it too"
+    return None if best_src is None else BOUGHT_TOGETHER.format(title=catalog.title[best_src])
 
 
 def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
@@ -349,7 +353,7 @@ def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
     for src in sources:
         nbrs = catalog.cooc.get(src)
         if nbrs is not None and item_id in nbrs[0] and src in catalog.row:
-            return f"often bought with {catalog.title[catalog.row[src]]}"
+            return OFTEN_WITH.format(title=catalog.title[catalog.row[src]])
     return None
 
 
