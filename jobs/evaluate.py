@@ -83,7 +83,7 @@ class EncoderStage:
     num_workers: int = 2
     model: EncoderConfig = field(default_factory=lambda: EncoderConfig(max_length=32, batch_size=128))
     index_max_length: int = 64  # the index job's zero-shot max_length (as `make index`)
-    query_precision: str = "fp32"  # fp32 | int8: the search queries' ONNX query tower (as serving's encoder.query_precision)
+    query_precision: str = "int8-block"  # fp32 | int8-block | int8: the search queries' ONNX query tower (as serving's encoder.query_precision)
 
 
 @dataclass(frozen=True)

@@ -114,12 +114,36 @@ def test_int8_query_tower_stays_close_to_float32_and_items_stay_float32(exported
     np.testing.assert_allclose(np.concatenate([int8.encode([q]) for q in queries[:5]]), got[:5], atol=1e-6)
 
 
+def test_int8_block_query_tower_keeps_float32_parity_on_real_titles(exported, titles, tmp_path):
+    _, fp32, d = exported
+    blocks = OX.OnnxEncoder(d, threads=1, query_precision="int8-block")  # quantised at load
+    queries = [t.lower() for t in titles]
+    ref, got = fp32.encode(queries, "query"), blocks.encode(queries, "query", batch_size=64)
+    cos = (ref * got).sum(1)
+    assert cos.min() >= 0.999  # the export's own parity bar (dynamic int8: mean 0.993, min about 0.98)
+    assert not np.allclose(ref, got)  # it is a different model
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(blocks.encode(titles[:20], "item"), fp32.encode(titles[:20], "item"))
+    # batched freely: a row's vector does not depend on its batch-mates (no per-call scale)
+    np.testing.assert_allclose(np.concatenate([blocks.encode([q]) for q in queries[:8]]), got[:8], atol=1e-5)
+    assert not blocks.encode(["", "  "]).any()  # blank stays the zero vector
+    shipped = tmp_path / "ship"
+    shipped.mkdir()
+    for p in d.iterdir():
+        (shipped / p.name).write_bytes(p.read_bytes())
+    OX.quantize_query(d, shipped / OX.QUERY_FILES["int8-block"], "int8-block")
+    np.testing.assert_allclose(OX.OnnxEncoder(shipped, 1, "int8-block").encode(queries[:5]), got[:5], atol=1e-6)
+    with pytest.raises(ValueError, match="allowed here: int8, int8-block"):
+        OX.quantize_query(d, tmp_path / "x.onnx", "fp32")
+
+
 def test_query_precision_is_validated_by_name(exported):
     _, _, d = exported
-    with pytest.raises(ValueError, match=r"encoder.query_precision='int4'; allowed: fp32, int8"):
+    with pytest.raises(ValueError, match=r"encoder.query_precision='int4'; allowed: fp32, int8-block, int8"):
         OX.OnnxEncoder(d, 1, "int4")
-    with pytest.raises(ValueError, match="int8 needs the onnx runtime"):
-        OX.runtime_encoder("zero-shot", runtime="torch", query_precision="int8")
+    for precision in ("int8", "int8-block"):
+        with pytest.raises(ValueError, match=f"{precision} needs the onnx runtime"):
+            OX.runtime_encoder("zero-shot", runtime="torch", query_precision=precision)
     from features.config import ConfigError
     from serving.settings import EncoderServing
 
