@@ -12,8 +12,8 @@ float32):
   - latency of one request, 1 thread (a serving replica's share): a search query (a catalog title
     in lower case) and a history text (a real valid-split anchor), p50/p99 ms over --requests,
     back to back; and the query again with 20 ms between requests (what one of two replicas sees at
-    100 req/s: on this box the caches go cold in between and a float32 query takes about 2.4x
-    longer than back to back);
+    100 req/s: on this box the caches go cold in between, and a float32 query took 1.5x longer
+    than back to back at 7edcd63);
   - quality: Recall@10 / NDCG@10 on a seeded valid-split sample against the full catalog.
 The int8 option is worth offering if it is >= 1.5x faster and loses < 1% of Recall@10 (relative).
 ONNX target: query p50 at batch 1 >= 1.5x faster than torch float32, with the same quality and a
