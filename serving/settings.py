@@ -38,9 +38,9 @@ class EncoderServing:
     max_batch_size: int = 16  # @serve.batch: queries encoded in one forward pass
     batch_wait_timeout_s: float = 0.002
     threads: int = 1  # intra-op threads per replica; replicas, not threads, scale it
-    # fp32 | int8: the query tower as ONNX Runtime's dynamically quantised int8 model (made at start,
-    # a few seconds; item vectors stay float32). What it costs: docs/serving.md, bench/encoder.py.
-    query_precision: str = "fp32"
+    # int8-block | fp32 | int8: the query tower as a quantised ONNX graph made at start (item vectors
+    # stay float32; any but fp32 needs runtime onnx). What each costs: docs/serving.md, bench/encoder.py.
+    query_precision: str = "int8-block"
 
     def __post_init__(self) -> None:
         from features.models.onnx_encoder import check_precision, check_runtime
