@@ -15,9 +15,9 @@ made once at load (`quantize_query`, about a second) unless the folder ships it;
 float32 (the index's, and the upserts'), so only the query side is approximate:
 - "int8-block": ONNX Runtime's weight-only MatMulNBits, 8-bit weights in blocks of 16 along the
   inner dimension, computed in int8 with activations quantised per row and block (accuracy level
-  4). Block 16 is the largest that kept every one of 300 Online Retail titles at cosine >= 0.999
-  against float32 (32: min 0.9989). Rows never share a scale, so a vector does not depend on its
-  batch-mates.
+  4). Block 16 was the largest that kept every one of 300 Online Retail titles at cosine >= 0.999
+  against float32 when it was chosen (32: min 0.9989); the unit test holds it to that. Rows never
+  share a scale, so a vector does not depend on its batch-mates.
 - "int8": ONNX Runtime's dynamic quantisation (int8 weights per output channel, activations
   quantised per call, cosine about 0.993). Its activation scales are taken per call, so int8
   queries are encoded one at a time (serving encodes one query per request anyway).
