@@ -65,6 +65,11 @@ def load_query_encoder(cfg: ServingConfig, res: Resolved):
     return encoder, checkpoint
 
 
+def warm_up_encoder(encoder) -> None:
+    """The runtime's first call allocates: spend it on a throw-away query, not on a shopper's."""
+    encoder.encode(["warm up"], "query")
+
+
 class InlineQueryEncoder:
     """Queries encoded inside the Ingress replica (encoder.placement: ingress, the default).
 
@@ -77,6 +82,7 @@ class InlineQueryEncoder:
         from concurrent.futures import ThreadPoolExecutor
 
         self.encoder, self.checkpoint = load_query_encoder(cfg, res)
+        warm_up_encoder(self.encoder)
         self.runtime, self.precision = cfg.encoder.runtime, cfg.encoder.query_precision
         self.cache = QueryCache(cfg.encoder.cache_size)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-encoder")
@@ -103,6 +109,7 @@ class InlineQueryEncoder:
 class QueryEncoder:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
         self.encoder, self.checkpoint = load_query_encoder(cfg, res)
+        warm_up_encoder(self.encoder)
         self.runtime, self.precision = cfg.encoder.runtime, cfg.encoder.query_precision
         self.exported_at_start = self.runtime == "onnx" and res.encoder_onnx is None
         self.cache = QueryCache(cfg.encoder.cache_size)

@@ -11,6 +11,7 @@ item acknowledged by PUT /v1/items is searchable through any replica at once.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -19,7 +20,8 @@ from ray import serve
 from features.errors import UnknownItem
 from features.retrieval.catalog import ItemUpdate, load_catalog
 from features.retrieval.live import Filters, LiveCatalog
-from features.retrieval.ranking import RankContext, attach_ease, attach_sequence
+from features.profiles.profile import seed_profile
+from features.retrieval.ranking import RankContext, attach_ease, attach_sequence, context_for
 from serving.http import quiet_client_errors
 from serving.ranker import Ranker
 from serving.settings import Resolved, ServingConfig
@@ -44,6 +46,9 @@ def open_live_catalog(cfg: ServingConfig, res: Resolved, lexical: bool) -> LiveC
     return LiveCatalog(catalog, index, Path(res.state_dir) / "items", retriever, fsync=cfg.profiles.fsync)
 
 
+log = logging.getLogger("ray.serve")
+
+
 def _ms(t0: float, t1: float) -> float:
     return round((t1 - t0) * 1e3, 2)
 
@@ -52,7 +57,35 @@ class RetrieverCore:
     def __init__(self, cfg: ServingConfig, res: Resolved) -> None:
         self.live = open_live_catalog(cfg, res, lexical=cfg.retriever.lexical)
         self.ranker = Ranker(cfg, res, self.live)
+        self.profile_params = cfg.profiles.params
         quiet_client_errors()  # unknown ids are answered as 404/422, not logged as failures
+        self.warm_up_s = self.warm_up()
+
+    def warm_up(self) -> float | None:
+        """Answer one search and two recommendations (a cold start, and a shopper who bought and
+        viewed catalog items) on this copy and throw the answers away, so that the first real
+        requests after a replica starts do not pay for first calls (the behaviour model's first
+        forward pass, the learned ranker's first explanation). Writes nothing. Seconds taken, or
+        None when the catalog is empty or a read failed (logged: the replica still starts, and the
+        same request will fail with its own error)."""
+        cat = self.live.catalog
+        if not len(cat):
+            return None
+        t0 = time.perf_counter()
+        now = time.time()
+        p = self.profile_params
+        items = list(cat.item_ids[:3])
+        shopper = seed_profile("warm-up", items, ["purchase", "view", "view"][: len(items)],
+                               [now - 60.0 * (i + 1) for i in range(len(items))], [], cat.lookup, p)
+        try:
+            self.search(context_for("search", None, now, p, cat.title[0], cat.vectors[0]), None, frozenset(), 10)
+            self.recommend(context_for("recommend", None, now, p), None, frozenset(), 10)
+            ctx = context_for("recommend", shopper, now, p)
+            self.recommend(ctx, None, ctx.purchased, 10)
+        except Exception as e:  # noqa: BLE001 - a warm-up never stops a replica; the request will say why
+            log.warning("warm-up read failed (%s: %s); the replica starts anyway", type(e).__name__, e)
+            return None
+        return round(time.perf_counter() - t0, 3)
 
     def search(self, ctx: RankContext, filters: Filters | None, exclude: frozenset[str], k: int,
                diversity: float = 0.0) -> tuple[list[dict], dict[str, float]]:
@@ -102,7 +135,7 @@ class RetrieverCore:
     def info(self) -> dict:
         self.live.sync()
         return {"items": len(self.live.catalog), "upserted": self.live.n_changed,
-                "index_type": self.live.index.kind, "ranker": self.ranker.info()}
+                "index_type": self.live.index.kind, "ranker": self.ranker.info(), "warm_up_s": self.warm_up_s}
 
 
 Retriever = serve.deployment(name="Retriever")(RetrieverCore)

@@ -122,3 +122,23 @@ def test_served_segments_reads_the_manifest_and_refuses_unknown_names():
         served_segments({"serves_learned_for": ["vip"]})
     with pytest.raises(ValueError, match="segments \\['vip'\\] unknown"):
         WithFallback(None, HandWeights(), ("vip",))
+
+
+def test_a_replica_warms_up_on_start_and_writes_nothing(root, caplog):
+    from serving.retriever import RetrieverCore
+
+    _ranker_version(root)  # the learned ranker ranks the warm-up's shopper with a history
+    core = RetrieverCore(_cfg(root), resolve(_cfg(root)))
+    assert isinstance(core.warm_up_s, float) and core.warm_up_s >= 0
+    assert core.info()["warm_up_s"] == core.warm_up_s
+    assert core.live.n_changed == 0 and core.live.log_records == 0
+    items_log = root / "state" / "items"
+    assert not items_log.exists() or not any(p.stat().st_size for p in items_log.rglob("*") if p.is_file())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("index unreadable")
+
+    core.search = broken  # a read that fails: the warm-up says so and the replica still starts
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        assert core.warm_up() is None
+    assert "warm-up read failed (RuntimeError: index unreadable)" in caplog.text
