@@ -20,7 +20,6 @@ Writes bench/results/cold_cache.json with the commit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Callable
@@ -30,7 +29,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # o
 
 import numpy as np  # noqa: E402
 
-from bench.feature_job import RESULTS, machine  # noqa: E402
+from bench.feature_job import RESULTS, machine, write_result  # noqa: E402
 from features.artifacts import git_commit  # noqa: E402
 
 MODES = ("back to back", "sleep", "busy-wait")
@@ -105,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"   x{r['sleep / back to back']:.2f} / x{r['busy-wait / back to back']:.2f}", flush=True)
     out = {"benchmark": "cold_cache", "commit": git_commit(), "machine": machine(), "requests": ns.requests,
            "pause_ms": ns.pause_ms, "threads": 1, "p50_ms": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(ns.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {ns.out}")
+    write_result(ns.out, out)
     return 0
 
 

@@ -55,6 +55,13 @@ def machine() -> dict:
             "polars_threads": pl.thread_pool_size()}
 
 
+def write_result(path: str | Path, result: dict) -> None:
+    """Write a bench's JSON result (its folder made if missing) and say where."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
 def run_polars(events: Path, items: Path, out: Path) -> dict:
     t0 = time.perf_counter()
     ft = build_local(pq.read_table(events), pq.read_table(items), ValidationConfig(), FeatureParams(), SplitConfig())

@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from bench.feature_job import RESULTS, machine
+from bench.feature_job import RESULTS, machine, write_result
 from features.artifacts import git_commit
 
 N_FIRST = 3
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
               f"first recommendations {s['recommend_ms']} ms", flush=True)
     result = {"benchmark": "first_requests", "commit": git_commit(), "machine": machine(), "repeats": ns.repeats,
               "median": summary, "runs": runs}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(ns.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {ns.out}")
+    write_result(ns.out, result)
     return 0
 
 

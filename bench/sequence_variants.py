@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import time
 from typing import Any
 
-from bench.feature_job import RESULTS, machine
+from bench.feature_job import RESULTS, machine, write_result
 from features.artifacts import git_commit
 
 SPLITS = {"time": "time:2011-11-09T00:00:00Z", "leave-last": "leave-last"}
@@ -133,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "sequence_variants", "commit": git_commit(), "machine": machine(),
            "index": str(index_dir), "events": ns.events, "threads": ns.threads,
            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "results": results}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(ns.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {ns.out}")
+    write_result(ns.out, out)
     return 0
 
 
