@@ -163,6 +163,8 @@ def test_search_and_recommend_sensible_items(app, artifacts):
     # reads are retrieved and ranked in the Ingress replica, on the same catalog the Retriever holds
     ret = health["retriever"]
     assert ret["placement"] == "ingress" and ret["inline"]["items"] == ret["items"], ret
+    # both catalog copies warmed up (a search and two recommendations) before their first request
+    assert isinstance(ret["warm_up_s"], float) and isinstance(ret["inline"]["warm_up_s"], float), ret
     # the index job writes its rows in item-id order, whichever encoder actor finished first
     ids = ItemIndex.load(A.latest_complete(str(artifacts[1]), "index")).item_ids
     assert list(ids) == sorted(ids)
