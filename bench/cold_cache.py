@@ -62,13 +62,12 @@ def _query_encoder(artifacts: str) -> tuple[Callable[[int], object], str] | None
 
     if A.latest_complete(artifacts, "index") is None:
         return None
-    from features.models.onnx_encoder import runtime_encoder
+    from serving.encoder import load_query_encoder
 
-    cfg = ServingConfig.from_args(load_serve_config(overrides=[f"artifacts_root={artifacts}"])["args"])
+    cfg = ServingConfig.from_args(load_serve_config(overrides=[f"artifacts_root={artifacts}", "encoder.threads=1"])["args"])
     res = resolve(cfg)
     e = cfg.encoder
-    enc, _ = runtime_encoder(res.encoder_spec, cfg.artifacts_root, e.zero_shot, e.runtime, 1, res.encoder_onnx,
-                             query_precision=e.query_precision)
+    enc, _ = load_query_encoder(cfg, res)  # exactly the encoder an Ingress replica serves queries with
     titles = pl.read_parquet(A.join(res.features_dir, "items"), columns=[S.TITLE])[S.TITLE].to_list()
     queries = make_queries(titles, 2000)
     return (lambda i: enc.encode([queries[i % len(queries)]], "query")), f"{e.runtime}, {e.query_precision}"
