@@ -202,6 +202,20 @@ class Catalog:
         days = np.maximum(now - np.nan_to_num(first, nan=now), 0.0) / 86_400.0
         return np.exp(-days / ITEM_AGE_DAYS)
 
+    def nearest(self, rows: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each of `rows`: the largest cosine to one of the rows `others` other than itself, and
+        that row (0.0 and -1 when there is none)."""
+        others = np.unique(np.asarray(others, np.int64))
+        rows = np.asarray(rows, np.int64)
+        if not len(others) or not len(rows):
+            return np.zeros(len(rows), np.float32), np.full(len(rows), -1, np.int64)
+        sims = self.vectors[rows] @ self.vectors[others].T  # (C, H)
+        sims[rows[:, None] == others[None, :]] = -np.inf
+        best = sims.argmax(axis=1)
+        top = sims[np.arange(len(rows)), best]
+        found = np.isfinite(top)
+        return np.where(found, top, 0.0).astype(np.float32), np.where(found, others[best], -1)
+
     def popularity_norm(self, rows: np.ndarray) -> np.ndarray:
         """log1p(weekly popularity) scaled to [0, 1] by the catalog maximum at load time."""
         return np.minimum(np.log1p(self.popularity[rows]) / self._pop_log_max, 1.0)

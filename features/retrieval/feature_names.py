@@ -35,5 +35,7 @@ FEATURES: dict[str, str] = {
             "items / the best among the candidates (0 for the others and without a history)",
     "item_age": "exp(-days since the item's first interaction in the features version / 30): 1 for an item new "
                 "in the shop (first interacted with just now, or never), towards 0 for long-standing ones",
+    "history_max_sim": "the largest cosine(item, one of the shopper's recent items other than itself): the nearest "
+                       "thing they had; 0 without a history",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)

@@ -111,6 +111,10 @@ def _ease_history(ctx: RankContext, catalog: Catalog) -> set[int]:
     return {catalog.row[i] for i in items if i in catalog.row}
 
 
+def _history_rows(ctx: RankContext, catalog: Catalog) -> np.ndarray:
+    return np.array([catalog.row[i] for i, _ in ctx.recent_items if i in catalog.row], np.int64)
+
+
 def _cos(vec: np.ndarray | None, item_vecs: np.ndarray) -> np.ndarray:
     if vec is None:
         return np.zeros(len(item_vecs), dtype=np.float32)
@@ -191,6 +195,8 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
         s = np.where(e_rows[pos] == rows, e_scores[pos], 0.0)
         if s.max() > 0:
             x[:, _F["ease"]] = np.maximum(s, 0.0) / s.max()
+    if ctx.recent_items:
+        x[:, _F["history_max_sim"]] = np.maximum(catalog.nearest(rows, _history_rows(ctx, catalog))[0], 0.0)
     if ctx.history:
         newest: dict[str, float] = {}
         for item, _, t in ctx.history:
@@ -306,6 +312,8 @@ def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, m
             text = _often_with(ctx, catalog.item_ids[row], catalog)
         elif name == "ease":
             text = _bought_together(ctx, row, catalog)
+        elif name == "history_max_sim":
+            text = _like_before(ctx, row, catalog)
         elif name == "popularity":
             text = "popular this week"
         elif name == "item_age" and catalog.item_age(np.array([row]), ctx.now)[0] >= 0.5:  # first seen < 3 weeks ago
@@ -335,6 +343,13 @@ def _because(ctx: RankContext, vec: np.ndarray, catalog: Catalog) -> str | None:
         if share > best:
             best, best_text = share, text
     return best_text
+
+
+def _like_before(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
+    """The shopper's recent item nearest to `row` (what the "history_max_sim" feature reads)."""
+    near = int(catalog.nearest(np.array([row]), _history_rows(ctx, catalog))[1][0])
+    etype = next((t for i, t in ctx.recent_items if near >= 0 and i == catalog.item_ids[near]), None)
+    return None if etype is None else BECAUSE.format(verb=VERB.get(etype, "viewed"), title=catalog.title[near])
 
 
 def _bought_together(ctx: RankContext, row: int, catalog: Catalog) -> str | None:

@@ -251,6 +251,27 @@ def test_item_age_marks_new_items_and_fades_with_days_since_the_first_interactio
         "item_age")] == pytest.approx(1.0)
 
 
+def test_history_max_sim_is_the_nearest_other_recent_item_and_names_it():
+    cat, _ = small_catalog()
+    v, r = cat.vectors, cat.row
+    ctx = RankContext(mode="recommend", recent_items=[("i001", "purchase"), ("i002", "view"), ("gone", "view")])
+    rows = cat.rows(["i001", "i010", "i002"])
+    x = candidate_features(ctx, rows, cat)[:, FEATURE_NAMES.index("history_max_sim")]
+    cos = lambda a, b: float(v[r[a]] @ v[r[b]])  # noqa: E731
+    expected = [cos("i001", "i002"), max(cos("i010", "i001"), cos("i010", "i002")), cos("i002", "i001")]
+    assert x.tolist() == pytest.approx([max(e, 0.0) for e in expected], abs=1e-6)  # never the item itself
+    assert not candidate_features(RankContext(mode="recommend"), rows, cat)[:, FEATURE_NAMES.index(
+        "history_max_sim")].any()  # no history: 0
+    only_itself = RankContext(mode="recommend", recent_items=[("i001", "view")])
+    assert candidate_features(only_itself, cat.rows(["i001"]), cat)[0, FEATURE_NAMES.index("history_max_sim")] == 0.0
+    # Its reason names the nearest item and what the shopper did with it (i005 is nearest to the
+    # viewed i002, i007 to the bought i001, each at cosine > 0.3 in this seeded catalog).
+    ranked = rank_candidates(ctx, ["i005", "i007"], cat, HandWeights(recommend={"history_max_sim": 1.0}), k=2)
+    assert {x.item_id: x.reasons for x in ranked} == {"i005": [f"because you viewed {cat.title[r['i002']]}"],
+                                                      "i007": [f"because you bought {cat.title[r['i001']]}"]}
+    assert cat.nearest(np.array([], np.int64), np.array([1]))[1].tolist() == []
+
+
 def test_ranking_explains_itself():
     cat, _ = small_catalog()
     ctx = RankContext(mode="search", query="red mug", query_emb=cat.vectors[cat.row["i012"]])
