@@ -70,7 +70,7 @@ from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import BM25
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import HandWeights, rank_candidates
-from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
+from jobs.common import RayConfig, Steps, init_ray, load_job_config, one_blas_thread, parse_args, run_job
 
 POP_HALF_LIFE_DAYS = 7.0
 
@@ -284,7 +284,8 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     sets = {}
     for name, frame in (("next_basket", plan.test_requests), ("in_session", ES.in_session(plan.test_requests, cfg.reveal))):
         steps(f"test set {name}: requests, replayed profiles, every method")
-        sets[name] = _score_set(ctx, frame, ks, run_dir / "per_request" / f"{name}.parquet")
+        with one_blas_thread():  # the ms columns: one request at a time, as in a serving replica
+            sets[name] = _score_set(ctx, frame, ks, run_dir / "per_request" / f"{name}.parquet")
         partial(**{name: sets[name]})
     main = sets["next_basket"]
     seq_manifest = A.read_manifest(seq_b).get("metrics", {}) if seq_b else {}

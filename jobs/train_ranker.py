@@ -44,7 +44,8 @@ from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import load_catalog
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import FEATURE_NAMES, HandWeights
-from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job, train_run_dir
+from jobs.common import (RayConfig, Steps, init_ray, load_job_config, one_blas_thread, parse_args, run_job,
+                         train_run_dir)
 
 KIND = "ranker"
 
@@ -178,7 +179,8 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
         from features.evaluation.point_in_time import catalog_clock
 
         clock = catalog_clock(point_in_time, catalog)
-    x, y, g, stats = EM.candidate_lists(reqs, live, cfg.profiles, clock)
+    with one_blas_thread():  # request by request, as a serving replica computes them
+        x, y, g, stats = EM.candidate_lists(reqs, live, cfg.profiles, clock)
     stats["request_users"] = list(reqs.users)  # train() splits lists by shopper and drops this
     # ... and compares learned and hand weights on valid lists with and without a shopper history
     stats["request_has_history"] = [p is not None and bool(p.recent_items) for p in reqs.profiles]
