@@ -87,12 +87,15 @@ async def open_loop(base: str, requests: list[tuple[str, str, Any]], rate: float
                     timeout_s: float = 10.0) -> dict[str, Any]:
     """Send requests[i % len] = (method, path, json body) at start + i / rate; latency from the
     scheduled instant. Failed requests (any status but 200, or no answer: status 0) are counted
-    by status and kept out of the percentiles."""
+    by status and kept out of the percentiles. Where an answer reports its own time (intently's
+    `took_ms` and `timings_ms`), "server_split" splits each latency into inside the Ingress and
+    outside it (the stable URL's proxy, Serve's HTTP path, the client), with every hop's p50 / p99."""
     import aiohttp
 
     n = int(rate * duration_s)
     results: list[tuple[int, float | None]] = []
     by_kind: dict[str, list[float]] = {}
+    split: dict[str, list[float]] = {}  # "inside", "outside", "hop <name>" -> ms
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         start = time.perf_counter() + 0.05
@@ -101,9 +104,10 @@ async def open_loop(base: str, requests: list[tuple[str, str, Any]], rate: float
             method, path, body = requests[i % len(requests)]
             due = start + i / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            raw = b""
             try:
                 async with session.request(method, f"{base}{path}", json=body) as r:
-                    await r.read()
+                    raw = await r.read()
                     status = r.status
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 status = 0
@@ -111,6 +115,12 @@ async def open_loop(base: str, requests: list[tuple[str, str, Any]], rate: float
             results.append((status, ms if status == 200 else None))
             if status == 200:
                 by_kind.setdefault(path, []).append(ms)
+                took = took_of(raw)  # parsed after the clock stopped
+                if took is not None:
+                    split.setdefault("inside", []).append(took[0])
+                    split.setdefault("outside", []).append(ms - took[0])
+                    for hop, v in took[1].items():
+                        split.setdefault(f"hop {hop}", []).append(v)
 
         await asyncio.gather(*[one(i) for i in range(n)])
         wall = time.perf_counter() - start
@@ -121,7 +131,21 @@ async def open_loop(base: str, requests: list[tuple[str, str, Any]], rate: float
     out["shed_rate"] = out["shed"] / n if n else None
     if len(by_kind) > 1:
         out["by_endpoint"] = {k: {"ok": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99)} for k, v in by_kind.items()}
+    if split:
+        out["server_split"] = {k: {"n": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99)} for k, v in split.items()}
     return out
+
+
+def took_of(raw: bytes) -> tuple[float, dict[str, float]] | None:
+    """(took_ms, timings_ms) of an intently answer; None for any other body."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("took_ms"), (int, float)):
+        return None
+    hops = body.get("timings_ms") if isinstance(body.get("timings_ms"), dict) else {}
+    return float(body["took_ms"]), {k: float(v) for k, v in hops.items() if isinstance(v, (int, float))}
 
 
 # --- the hand-rolled baseline ------------------------------------------------------------------
@@ -591,6 +615,16 @@ def print_table(report: dict, rates: list[float]) -> None:
         for rate, r in runs.items():
             print(f"{system:<22}{w:<11}{rate:>6}{(r['achieved_rps'] or 0):10.1f}{f(r['p50_ms'])}{f(r['p95_ms'])}"
                   f"{f(r['p99_ms'])}{r['errors']:8d}{r['shed']:6d}")
+    for path, ws in report["serve"].items():
+        for w, runs in ws.items():
+            for rate, r in runs.items():
+                sp = r.get("server_split", {})
+                if "inside" in sp:
+                    print(f"serve {path} {w} {rate}/s: inside the Ingress p50 / p99 {sp['inside']['p50_ms']:.1f} / "
+                          f"{sp['inside']['p99_ms']:.1f} ms, outside {sp['outside']['p50_ms']:.1f} / "
+                          f"{sp['outside']['p99_ms']:.1f} ms; "
+                          + ", ".join(f"{k[4:]} {v['p50_ms']:.1f} / {v['p99_ms']:.1f}" for k, v in sp.items()
+                                      if k.startswith("hop ")))
     for ep, r in report["floor"].items():
         print(f"{'floor (in process)':<22}{ep:<24}one at a time: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
     print(f"handrolled configuration: {report['handrolled']['configuration']}")
