@@ -254,7 +254,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
                                  hand_weights=cfg.hand_weights, seed=cfg.seed, ray=cfg.ray)
     x, y, g, stats = TRK.build_training_data(rcfg, fa, sys_index, events,
                                              requests=ES.with_in_session(plan.ranker_requests, cfg.reveal),
-                                             point_in_time=plan.ranker_events if _point_in_time(plan) else None)
+                                             point_in_time=plan.ranker_events if uses_point_in_time(plan) else None)
     ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index, "sequence": seq_a})
     # As serving does: the learned ranker ranks only the shoppers (with a history, guests) on whose
     # valid lists it beat the hand-set weights (paired interval); the others get the hand weights.
@@ -341,7 +341,7 @@ def _sasrec(cfg: EvaluateConfig, train_events: pl.DataFrame, catalog: Catalog) -
     return SQ.SequenceScorer(model, catalog.item_ids, catalog.item_ids, catalog.vectors), info
 
 
-def _point_in_time(plan: ES.SplitPlan) -> bool:
+def uses_point_in_time(plan: ES.SplitPlan) -> bool:
     """Under leave-last the training part runs past most requests (other shoppers' later events):
     popularity is then rebuilt for each request from the training events before it, for the
     system and the baselines alike (features/evaluation/point_in_time.py), with the requests in
@@ -351,14 +351,14 @@ def _point_in_time(plan: ES.SplitPlan) -> bool:
 
 
 def _in_time_order(plan: ES.SplitPlan, requests: pl.DataFrame) -> pl.DataFrame:
-    return requests.sort([S.TS, S.USER_ID]) if _point_in_time(plan) else requests
+    return requests.sort([S.TS, S.USER_ID]) if uses_point_in_time(plan) else requests
 
 
 def _popularity(plan: ES.SplitPlan, events: pl.DataFrame, until: dt.datetime, item_ids: list[str],
                 reqs: ES.Requests) -> tuple[EM.PerRequest, EM.PerRequest]:
     """(all-time, recent) popularity of the baselines: of the whole training part (time split), or
-    of each request's own time (leave-last, see `_point_in_time`)."""
-    if _point_in_time(plan):
+    of each request's own time (leave-last, see `uses_point_in_time`)."""
+    if uses_point_in_time(plan):
         return PIT.baseline_popularity(events, item_ids, reqs.ts, POP_HALF_LIFE_DAYS)
     return (B.popularity_scores(events, item_ids),
             B.popularity_scores(events, item_ids, as_of=until, half_life_days=POP_HALF_LIFE_DAYS))
@@ -475,7 +475,7 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
                                                       EM.fallback_in(fb, cat_zs, cat), L), cat, cat_zs))
     live = LiveCatalog(cat, idx, None, replace(cfg.retriever, lexical=False))
     hand = cfg.hand_weights
-    clock = PIT.catalog_clock(plan.train_events, cat) if _point_in_time(plan) else None
+    clock = PIT.catalog_clock(plan.train_events, cat) if uses_point_in_time(plan) else None
     results.append(EM.lists_in(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L, clock),
                                cat, cat_zs))
     results.append(EM.lists_in(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles,

@@ -48,6 +48,7 @@ from jobs.common import (RayConfig, Steps, init_ray, load_job_config, one_blas_t
                          train_run_dir)
 
 KIND = "ranker"
+REQUEST_DETAIL = ("request_in_session", "request_n_relevant")  # build_training_data stats for replays only
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,24 @@ def _ndcg_per_group(scores: np.ndarray, y: np.ndarray, g: np.ndarray, k: int = 1
     return np.asarray(values, np.float64)
 
 
+def split_by_shopper(request_users: list[str], y: np.ndarray, g: np.ndarray, seed: int, valid_fraction: float
+                     ) -> tuple[np.ndarray, np.ndarray, set[str], int]:
+    """(train rows, valid rows, the valid shoppers, how many shoppers): a seeded `valid_fraction` of the shoppers
+    holds out all their lists, so one shopper's lists never land on both sides. Lists without a
+    positive are on neither side (they teach lambdarank nothing)."""
+    users = np.asarray(request_users, dtype=object)
+    shoppers = np.unique(users[np.unique(g)].astype(str))
+    rng = np.random.default_rng(seed)
+    valid_users = set(rng.choice(shoppers, max(1, int(len(shoppers) * valid_fraction)), replace=False).tolist())
+    is_valid = np.isin(users[g].astype(str), list(valid_users))
+    keep = informative_groups(y, g)
+    tr, va = keep & ~is_valid, keep & is_valid
+    if tr.sum() == 0 or va.sum() == 0:
+        raise ValueError(f"too few request lists with a relevant candidate to train a ranker "
+                         f"({int(len(np.unique(g[keep])))} lists); use more requests or a wider window")
+    return tr, va, valid_users, len(shoppers)
+
+
 def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: str, events: pl.DataFrame,
                         window: tuple[dt.datetime, dt.datetime] | None = None,
                         requests: pl.DataFrame | None = None, log=print,
@@ -184,6 +203,10 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
     stats["request_users"] = list(reqs.users)  # train() splits lists by shopper and drops this
     # ... and compares learned and hand weights on valid lists with and without a shopper history
     stats["request_has_history"] = [p is not None and bool(p.recent_items) for p in reqs.profiles]
+    # ... and, for validation replays (bench/ranker_ablation.py), which lists are in-session and
+    # how many relevant items each request has (retrieved or not); train() drops both.
+    stats["request_in_session"] = [bool(r) for r in reqs.revealed]
+    stats["request_n_relevant"] = [len(r) for r in reqs.relevant]
     log(f"  {stats['rows']:,} candidate rows; {stats['candidate_hit_rate']:.1%} of requests have a relevant candidate")
     return x, y, g, stats
 
@@ -194,20 +217,13 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     import ray.train
     from ray.train.lightgbm import LightGBMTrainer
 
-    rng = np.random.default_rng(cfg.seed)
-    # Lists are split by shopper: one shopper's lists never land on both sides.
-    req_users = np.asarray(stats.pop("request_users"), dtype=object)
+    req_users = stats.pop("request_users")
     has_history = stats.pop("request_has_history", None)
-    shoppers = np.unique(req_users[np.unique(g)].astype(str))
-    valid_users = set(rng.choice(shoppers, max(1, int(len(shoppers) * cfg.valid_fraction)), replace=False).tolist())
-    is_valid = np.isin(req_users[g].astype(str), list(valid_users))
-    keep = informative_groups(y, g)  # lists without a positive teach lambdarank nothing
-    tr, va = keep & ~is_valid, keep & is_valid
-    if tr.sum() == 0 or va.sum() == 0:
-        raise ValueError(f"too few request lists with a relevant candidate to train a ranker "
-                         f"({int(len(np.unique(g[keep])))} lists); use more requests or a wider window")
+    for key in REQUEST_DETAIL:
+        stats.pop(key, None)
+    tr, va, valid_users, n_shoppers = split_by_shopper(req_users, y, g, cfg.seed, cfg.valid_fraction)
     log(f"  training lists: {len(np.unique(g[tr])):,} ({int(tr.sum()):,} rows), valid lists: {len(np.unique(g[va])):,} "
-        f"({len(valid_users):,} of {len(shoppers):,} shoppers held out)")
+        f"({len(valid_users):,} of {n_shoppers:,} shoppers held out)")
     data_ref = ray.put((x[tr], y[tr], g[tr], x[va], y[va], g[va]))
     run_name = f"ranker-{A.new_version()}"
     storage, _ = train_run_dir(cfg.output_root, run_name)

@@ -1,0 +1,179 @@
+"""Does a ranking feature or a LightGBM setting earn its place? Validation only, no test request read.
+
+    python -m bench.ranker_ablation --run runs/<version> [--variants without:history_max_sim ...]
+                                    [--seeds 5] [--out bench/results/ranker_ablation_<split>.json]
+
+It replays the ranker stage of a finished `jobs.evaluate` run (its folder keeps every input): the
+ranker requests of the run's split with the run's config, their candidate lists built from the
+features version, index and behaviour model the run's ranker was trained on (the paths in its
+manifest), and the same split of the lists by shopper (`jobs.train_ranker.split_by_shopper`, the
+same seed). Then, for each seed, it trains the ranker as configured (the baseline) and each variant
+on the training shoppers' lists and scores every list of the held-out shoppers: NDCG@10 of the
+top 10 against ALL the request's relevant items, so a request whose items were not retrieved
+scores 0 (the evaluation's definition). Per list, the NDCG of a variant is averaged over the seeds
+(LightGBM's row sampling makes one model's score vary by about 0.005 on these lists), and the
+verdict is the paired 95% bootstrap interval of variant minus baseline, on every valid list and
+on the segments: shoppers with a history, next-basket lists only (the in-session lists are the
+same baskets half revealed), and both.
+
+Variants:
+- without:<feature>[+<feature>...]: those columns set to 0 (a constant column gets no split, so
+  the model is trained as if the feature did not exist); how every ranking feature since item_age
+  was chosen: a feature is kept when the ranker with it beats the ranker without it;
+- params:<JSON>: LightGBM parameters over the run's (e.g. params:{"num_leaves": 31}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bench.feature_job import RESULTS, machine, write_result
+from features import artifacts as A
+from features.config import from_dict
+from features.evaluation import splits as ES
+from features.evaluation.search import paired
+from features.models.learned_ranker import train_booster
+from features.retrieval.feature_names import FEATURE_NAMES
+from jobs import evaluate as EV
+from jobs import train_ranker as TRK
+
+K = 10
+
+
+def parse_variant(text: str) -> tuple[str, list[int], dict]:
+    """'without:a+b' or 'params:{json}' -> (name, feature columns to zero, LightGBM params)."""
+    kind, _, arg = text.partition(":")
+    if kind == "without":
+        names = [n for n in arg.split("+") if n]
+        unknown = [n for n in names if n not in FEATURE_NAMES]
+        if not names or unknown:
+            raise ValueError(f"--variants {text!r}: unknown feature(s) {unknown or '(none given)'}; "
+                             f"allowed: {', '.join(FEATURE_NAMES)}")
+        return text, [FEATURE_NAMES.index(n) for n in names], {}
+    if kind == "params":
+        try:
+            params = json.loads(arg)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--variants {text!r}: params must be a JSON object ({e})") from None
+        if not isinstance(params, dict) or not params:
+            raise ValueError(f"--variants {text!r}: params must be a non-empty JSON object")
+        return text, [], params
+    raise ValueError(f"--variants {text!r}; allowed: without:<feature>[+<feature>...], params:<JSON object>")
+
+
+def _resolve(path: str | None, run: Path) -> str | None:
+    """A path as the run wrote it: relative to where the evaluation ran (the run's grandparent)."""
+    if path is None or A.is_uri(path) or Path(path).is_absolute() or Path(path).exists():
+        return path
+    return str(run.parent.parent / path)
+
+
+def ndcg_full(scores: np.ndarray, y: np.ndarray, g: np.ndarray, n_relevant: np.ndarray, n_requests: int) -> np.ndarray:
+    """NDCG@K per request (NaN for requests without rows here) against all its relevant items."""
+    out = np.full(n_requests, np.nan)
+    discount = 1.0 / np.log2(np.arange(K) + 2.0)
+    bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        top = y[a:b][np.argsort(-scores[a:b], kind="stable")[:K]]
+        out[g[a]] = float((top * discount[:len(top)]).sum()) / float(discount[:min(K, n_relevant[g[a]])].sum())
+    return out
+
+
+def replay(run: Path, log=print) -> tuple:
+    """The run's ranker lists: (x, y, g, stats, ranker config, evaluation config)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    ecfg = from_dict(EV.EvaluateConfig, metrics["config"])
+    manifests = sorted((run / "artifacts" / "ranker").glob("*/manifest.json"))
+    if not manifests:
+        raise FileNotFoundError(f"{run}: no ranker version under artifacts/ranker (did the run reach its ranker stage?)")
+    rcfg = from_dict(TRK.TrainRankerConfig, json.loads(manifests[-1].read_text())["config"])
+    rcfg = replace(rcfg, features=_resolve(rcfg.features, run), index=_resolve(rcfg.index, run),
+                   sequence=_resolve(rcfg.sequence, run), events=_resolve(ecfg.events, run), items=_resolve(ecfg.items, run))
+    events, _, _ = ES.read_inputs(rcfg.events, rcfg.items)
+    plan = ES.plan_split(events, ES.SplitSpec.parse(ecfg.split), ecfg.ranker_days, ecfg.ranker_requests_per_user)
+    log(f"replaying the ranker stage of {run} ({ecfg.split}): features {rcfg.features}, index {rcfg.index}")
+    x, y, g, stats = TRK.build_training_data(rcfg, rcfg.features, rcfg.index, events,
+                                             requests=ES.with_in_session(plan.ranker_requests, ecfg.reveal),
+                                             point_in_time=plan.ranker_events if EV.uses_point_in_time(plan) else None,
+                                             log=log)
+    return x, y, g, stats, rcfg, ecfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="a jobs.evaluate run folder, runs/<version>")
+    ap.add_argument("--variants", nargs="+", default=["without:history_max_sim", "without:item_age"])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+    variants = [parse_variant(v) for v in args.variants]  # bad input fails before the replay
+    run = Path(args.run)
+    t0 = time.perf_counter()
+    x, y, g, stats, rcfg, ecfg = replay(run)
+    users = stats["request_users"]
+    n_req = len(users)
+    tr, va, valid_users, n_shoppers = TRK.split_by_shopper(users, y, g, rcfg.seed, rcfg.valid_fraction)
+    valid_req = np.isin(np.asarray(users, dtype=object).astype(str), list(valid_users))
+    rows = valid_req[g]  # every list of a held-out shopper is scored, with or without a positive
+    nrel = np.asarray(stats["request_n_relevant"], np.int64)
+    segments = {"all": valid_req, "with_history": valid_req & np.asarray(stats["request_has_history"], bool)}
+    next_basket = ~np.asarray(stats["request_in_session"], bool)
+    segments |= {"next_basket": valid_req & next_basket, "next_basket_with_history": segments["with_history"] & next_basket}
+
+    def fit(cols: list[int], params: dict, seed: int) -> tuple[np.ndarray, int]:
+        xx = x.copy() if cols else x
+        if cols:
+            xx[:, cols] = 0.0
+        booster, _ = train_booster(xx[tr], y[tr], g[tr], rcfg.lightgbm, valid=(xx[va], y[va], g[va]),
+                                   extra_params={"num_threads": args.threads, "seed": rcfg.lightgbm.seed + seed, **params})
+        return ndcg_full(booster.predict(xx[rows], num_iteration=booster.best_iteration), y[rows], g[rows], nrel, n_req), \
+            int(booster.best_iteration)
+
+    arms = [("as configured", [], {})] + variants
+    per_list = {name: [] for name, _, _ in arms}
+    iters = {name: [] for name, _, _ in arms}
+    for seed in range(args.seeds):
+        for name, cols, params in arms:
+            v, it = fit(cols, params, seed)
+            per_list[name].append(v)
+            iters[name].append(it)
+            print(f"seed {seed} {name:<40} valid NDCG@{K} {np.nanmean(v[valid_req]):.4f} ({it} rounds)", flush=True)
+    base = np.mean(per_list["as configured"], axis=0)
+    out_variants = []
+    for name, _, _ in variants:
+        mine = np.mean(per_list[name], axis=0)
+        seg = {}
+        for s, m in segments.items():
+            p = paired(mine[m], base[m], rcfg.seed)
+            seg[s] = {"lists": int(m.sum()), "baseline": round(float(np.nanmean(base[m])), 6),
+                      "variant": round(float(np.nanmean(mine[m])), 6), **p}
+        out_variants.append({"variant": name, "best_iterations": iters[name], "segments": seg})
+        print(f"{name}: " + "; ".join(f"{s} {v['variant']:.4f} vs {v['baseline']:.4f}, {v['paired_difference']:+.4f} "
+                                      f"{v['paired_difference_ci95']}" for s, v in seg.items()), flush=True)
+    result = {
+        "bench": "ranker_ablation", "commit": A.git_commit(), "run": str(run), "split": ecfg.split,
+        "ranker_inputs": {"features": rcfg.features, "index": rcfg.index, "sequence": rcfg.sequence},
+        "lightgbm": rcfg.lightgbm.lgb_params(), "seeds": args.seeds,
+        "lists": {"requests": n_req, "rows": int(stats["rows"]), "candidate_hit_rate": stats["candidate_hit_rate"],
+                  "train_lists": int(len(np.unique(g[tr]))), "valid_requests": int(valid_req.sum()),
+                  "valid_shoppers": len(valid_users), "shoppers": n_shoppers},
+        "metric": f"NDCG@{K} of each held-out shopper's list against all its relevant items, mean over seeds",
+        "baseline_best_iterations": iters["as configured"], "variants": out_variants,
+        "seconds": round(time.perf_counter() - t0, 1), "machine": machine(),
+    }
+    kind = "leave_last" if ecfg.split == "leave-last" else "time_split"
+    write_result(args.out or RESULTS / f"ranker_ablation_{kind}.json", result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
