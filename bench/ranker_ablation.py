@@ -88,10 +88,12 @@ def ndcg_full(scores: np.ndarray, y: np.ndarray, g: np.ndarray, n_relevant: np.n
 def replay(run: Path, log=print) -> tuple:
     """The run's ranker lists: (x, y, g, stats, ranker config, evaluation config)."""
     metrics = json.loads((run / "metrics.json").read_text())
+    if not metrics.get("config", {}).get("events"):
+        raise SystemExit(f"{run}: a search-only run (events: null) has no recommendation ranker to replay")
     ecfg = from_dict(EV.EvaluateConfig, metrics["config"])
     manifests = sorted((run / "artifacts" / "ranker").glob("*/manifest.json"))
     if not manifests:
-        raise FileNotFoundError(f"{run}: no ranker version under artifacts/ranker (did the run reach its ranker stage?)")
+        raise SystemExit(f"{run}: no ranker version under artifacts/ranker (did the run reach its ranker stage?)")
     rcfg = from_dict(TRK.TrainRankerConfig, json.loads(manifests[-1].read_text())["config"])
     rcfg = replace(rcfg, features=_resolve(rcfg.features, run), index=_resolve(rcfg.index, run),
                    sequence=_resolve(rcfg.sequence, run), events=_resolve(ecfg.events, run), items=_resolve(ecfg.items, run))
@@ -115,8 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
-    variants = [parse_variant(v) for v in args.variants]  # bad input fails before the replay
+    try:
+        variants = [parse_variant(v) for v in args.variants]  # bad input fails before the replay
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     run = Path(args.run)
+    if not (run / "metrics.json").is_file():
+        raise SystemExit(f"--run {run}: no metrics.json there; give a jobs.evaluate run folder (runs/<version>)")
     t0 = time.perf_counter()
     x, y, g, stats, rcfg, ecfg = replay(run)
     users = stats["request_users"]

@@ -53,3 +53,15 @@ def test_split_by_shopper_keeps_each_shoppers_lists_on_one_side():
     assert (again[0] == tr).all() and again[2] == valid_users
     with pytest.raises(ValueError, match="too few request lists"):
         split_by_shopper(users, np.zeros(len(g)), g, seed=3, valid_fraction=0.25)
+
+
+def test_the_command_refuses_a_folder_that_is_not_an_evaluation_run(tmp_path):
+    from bench.ranker_ablation import main
+
+    with pytest.raises(SystemExit, match="no metrics.json there"):
+        main(["--run", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown feature"):
+        main(["--run", str(tmp_path), "--variants", "without:nope"])
+    (tmp_path / "metrics.json").write_text('{"config": {"events": null, "judgments": "j.csv"}}')
+    with pytest.raises(SystemExit, match="search-only run"):
+        main(["--run", str(tmp_path)])
