@@ -45,7 +45,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "text-only": {"ids": False},
     "lr-2x": {"lr": 1e-2},
     "batch-2x": {"batch_size": 256, "lr": 1e-2},
+    "explore": {"explore": True},
+    "sasrec-explore": {"text": False, "events": False, "explore": True},
 }
+
+
+def explore_windows(windows):
+    """`windows` with every target the shopper already had earlier in their sequence set to
+    padding, so the loss is only on new items (what the evaluation and serving ask for: bought
+    items are excluded)."""
+    def wrapped(seqs, L):
+        ids, types, gaps, y = windows(seqs, L)
+        w = 0
+        for s in seqs:  # the same walk as `windows`: chunks of L + 1 items from the sequence's end
+            first = {}
+            for j, r in enumerate(s.rows):
+                first.setdefault(r, j)
+            end = len(s.rows)
+            while end >= 2:
+                lo = max(0, end - L - 1)
+                n = end - 1 - lo
+                for k, j in enumerate(range(lo + 1, end)):
+                    if first[s.rows[j]] < j:
+                        y[w, L - n + k] = 0
+                w += 1
+                end -= L
+        assert w == len(y)
+        return ids, types, gaps, y
+    return wrapped
 
 
 def _model_class():
@@ -117,15 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         for name in variants:
             v = dict(VARIANTS[name])
             extra = {"mlp": v.pop("mlp", 0), "id_drop": v.pop("id_drop", 0.0)}
+            explore = v.pop("explore", False)
             p = dataclasses.replace(SQ.SequenceParams(), **v)
             train, hist, targets = SQ.split_valid(seqs, p, True)
             torch.manual_seed(p.seed)
             model = Variant(len(vectors), vectors.shape[1], p, vectors, **extra)
             t0 = time.perf_counter()
-            st = SQ.fit(model, train, hist, targets, True, log=None)
+            plain = SQ.windows
+            SQ.windows = explore_windows(plain) if explore else plain
+            try:
+                st = SQ.fit(model, train, hist, targets, True, log=None)
+            finally:
+                SQ.windows = plain
             r = {"valid_ndcg@10": round(st["best"], 4), "best_epoch": st["best_epoch"], "epochs": st["epoch"],
                  "stopped_by": st["stopped_by"], "seconds": round(time.perf_counter() - t0, 1),
-                 "valid_users": int(len(targets)), "params": {**v, **{k: x for k, x in extra.items() if x}}}
+                 "valid_users": int(len(targets)),
+                 "params": {**v, **{k: x for k, x in extra.items() if x}, **({"explore": True} if explore else {})}}
             results[split][name] = r
             print(f"{split:<11}{name:<13}valid NDCG@10 {r['valid_ndcg@10']:.4f}  best epoch {r['best_epoch']} of "
                   f"{r['epochs']}  {r['seconds']:.0f} s", flush=True)
