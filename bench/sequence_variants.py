@@ -19,7 +19,10 @@ reports its best validation NDCG@10, epochs and seconds. Variants:
 - text-only: no ID vectors at all (every item scored by its text, as a new item is);
 - lr-2x, batch-2x: the shipped model with twice the learning rate, and with twice the batch at twice
   the rate: can it reach its early stop in fewer epochs or seconds at the same validation NDCG?
-The mlp-adapter and id-dropout variants exist only here: they are what was tried to make text
+- explore, sasrec-explore: both models with the loss only on targets new to the shopper (an item
+  they had earlier in their sequence is not a target), as the evaluation and serving only ask for
+  new items; the default trains on every next item, re-orders included.
+The mlp-adapter, id-dropout and explore variants exist only here: they are what was tried to make text
 help, and they did not (docs/evaluation.md), so the model does not carry them.
 """
 
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                  "valid_users": int(len(targets)),
                  "params": {**v, **{k: x for k, x in extra.items() if x}, **({"explore": True} if explore else {})}}
             results[split][name] = r
-            print(f"{split:<11}{name:<13}valid NDCG@10 {r['valid_ndcg@10']:.4f}  best epoch {r['best_epoch']} of "
+            print(f"{split:<11}{name:<15}valid NDCG@10 {r['valid_ndcg@10']:.4f}  best epoch {r['best_epoch']} of "
                   f"{r['epochs']}  {r['seconds']:.0f} s", flush=True)
         base = results[split].get("sasrec", {}).get("valid_ndcg@10")
         if base:
