@@ -148,9 +148,9 @@ def _ndcg_per_group(scores: np.ndarray, y: np.ndarray, g: np.ndarray, k: int = 1
 
 def split_by_shopper(request_users: list[str], y: np.ndarray, g: np.ndarray, seed: int, valid_fraction: float
                      ) -> tuple[np.ndarray, np.ndarray, set[str], int]:
-    """(train rows, valid rows, the valid shoppers, how many shoppers): a seeded `valid_fraction` of the shoppers
-    holds out all their lists, so one shopper's lists never land on both sides. Lists without a
-    positive are on neither side (they teach lambdarank nothing)."""
+    """(train rows, valid rows, the valid shoppers, how many shoppers): a seeded `valid_fraction`
+    of the shoppers holds out all their lists, so one shopper's lists never land on both sides.
+    Lists without a positive are on neither side (they teach lambdarank nothing)."""
     users = np.asarray(request_users, dtype=object)
     shoppers = np.unique(users[np.unique(g)].astype(str))
     rng = np.random.default_rng(seed)
