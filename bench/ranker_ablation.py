@@ -35,6 +35,7 @@ import numpy as np
 
 from bench.feature_job import RESULTS, machine, write_result
 from features import artifacts as A
+from features import metrics as M
 from features.config import from_dict
 from features.evaluation import splits as ES
 from features.evaluation.search import paired
@@ -75,13 +76,13 @@ def _resolve(path: str | None, run: Path) -> str | None:
 
 
 def ndcg_full(scores: np.ndarray, y: np.ndarray, g: np.ndarray, n_relevant: np.ndarray, n_requests: int) -> np.ndarray:
-    """NDCG@K per request (NaN for requests without rows here) against all its relevant items."""
-    out = np.full(n_requests, np.nan)
-    discount = 1.0 / np.log2(np.arange(K) + 2.0)
+    """NDCG@K per request (NaN for requests without rows here) against all its relevant items:
+    the evaluation's metric (features/metrics.py), with every relevant item in the ideal list."""
     bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        top = y[a:b][np.argsort(-scores[a:b], kind="stable")[:K]]
-        out[g[a]] = float((top * discount[:len(top)]).sum()) / float(discount[:min(K, n_relevant[g[a]])].sum())
+    groups = [g[a] for a in bounds[:-1]]
+    ranked = [y[a:b][np.argsort(-scores[a:b], kind="stable")] for a, b in zip(bounds[:-1], bounds[1:])]
+    out = np.full(n_requests, np.nan)
+    out[groups] = M.graded_ndcg_per_query(ranked, [np.ones(n_relevant[q]) for q in groups], K)
     return out
 
 
