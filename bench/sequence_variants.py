@@ -22,8 +22,9 @@ reports its best validation NDCG@10, epochs and seconds. Variants:
 - explore, sasrec-explore: both models with the loss only on targets new to the shopper (an item
   they had earlier in their sequence is not a target), as the evaluation and serving only ask for
   new items; the default trains on every next item, re-orders included.
-The mlp-adapter, id-dropout and explore variants exist only here: they are what was tried to make text
-help, and they did not (docs/evaluation.md), so the model does not carry them.
+The mlp-adapter, id-dropout and explore variants exist only here: the first two are what was tried
+to make text help, the third to aim training at new items, and none did (docs/evaluation.md), so
+the model does not carry them.
 """
 
 from __future__ import annotations
