@@ -8,11 +8,12 @@ dense and lexical retrieval.
 Judgments: a file of query, item_id, grade (1-4; averages allowed) and/or what the event log
 implies (a search followed in the same session by a click, cart or purchase: grades 2, 3, 4; see
 features/data/judgments.py). Queries are split (seeded) into fitting and validation queries. On
-the fitting queries the adapter (features/models/query_adapter.py) is trained, early-stopped on
-the validation queries and KEPT ONLY IF it beats the zero-shot query vectors there (full-catalog
-nDCG@10 of dense retrieval; "beats": the paired 95% bootstrap interval over validation queries is
-above 0); then the fusion (features/retrieval/fusion.py) is fitted and kept only if it beats the
-configured fusion on the validation queries in the same sense. Too few judged queries: nothing is
+the fitting queries the adapter (features/models/query_adapter.py) is trained, its epoch count
+chosen by k-fold cross-validation over them (`adapter_folds`), and KEPT ONLY IF its out-of-fold
+scores beat the zero-shot query vectors' (full-catalog nDCG@10 of dense retrieval; "beats": the
+paired 95% bootstrap interval over all the fitting queries is above 0); then the fusion
+(features/retrieval/fusion.py) is fitted and kept only if it beats the configured fusion on the
+validation queries, which nothing else was fitted on, in the same sense. Too few judged queries: nothing is
 fitted and the version says why. Writes <output_root>/search/<version>/ (search.json, the adapter
 when kept, manifest.json); serving uses the newest version trained on the served index.
 """
@@ -27,7 +28,6 @@ import numpy as np
 import polars as pl
 
 from features import artifacts as A
-from features import metrics as M
 from features.config import ConfigError, to_dict
 from features.data import schema as S
 from features.data.judgments import judgments_from_events, read_judgments
@@ -52,7 +52,8 @@ class TrainSearchConfig:
     window_s: float = 1800.0  # a click, cart or purchase this long after a search is judged for it
     index: str | None = None  # the index version (its encoder and item vectors); null: the newest
     output_root: str = "artifacts"
-    valid_share: float = 0.2  # of the judged queries, for early stopping and for keeping a choice
+    valid_share: float = 0.2  # of the judged queries, held out to decide whether the fitted fusion is kept
+    adapter_folds: int = 5  # the adapter's epoch count and its verdict: k-fold CV over the fitting queries
     min_queries: int = 20  # fewer judged queries than this: nothing is fitted (the version says so)
     seed: int = 0
     threads: int = 2  # ONNX Runtime threads for encoding the queries
@@ -65,6 +66,8 @@ def check_config(cfg: TrainSearchConfig) -> None:
         raise ConfigError(f"valid_share must be in (0, 1), got {cfg.valid_share}")
     if cfg.min_queries < 2:
         raise ConfigError(f"min_queries must be >= 2, got {cfg.min_queries}")
+    if cfg.adapter_folds < 2:
+        raise ConfigError(f"adapter_folds must be >= 2, got {cfg.adapter_folds}")
     if cfg.window_s <= 0:
         raise ConfigError(f"window_s must be > 0, got {cfg.window_s}")
     if cfg.judgments is None and cfg.events is None:
@@ -151,16 +154,10 @@ def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec,
     order = rng.permutation(with_rel)
     n_valid = max(1, int(round(len(order) * cfg.valid_share)))
     valid_q, fit_q = sorted(order[:n_valid].tolist()), sorted(order[n_valid:].tolist())
-    gains = [M.grade_gain(g) for g in J.grades]
 
-    steps(f"train the query adapter on {len(fit_q)} queries, early-stopped on {len(valid_q)}")
-    adapter, info = QA.train_adapter(
-        q_emb[fit_q], [QA.Targets(np.asarray(J.items[q]), gains[q]) for q in fit_q], vecs,
-        lambda a: SE.nanmean(SE.dense_ndcg_per_query(J, q_emb if a is None else a.apply(q_emb), vecs, valid_q)), cfg.adapter)
-    won = SE.beats(SE.dense_ndcg_per_query(J, adapter.apply(q_emb), vecs, valid_q),
-                   SE.dense_ndcg_per_query(J, q_emb, vecs, valid_q), cfg.seed)
-    metrics["adapter"] = {**{k: v for k, v in info.items() if k != "params"}, "valid_vs_zero_shot": won}
-    spec["adapter"] = bool(won["beats"])
+    steps(f"train the query adapter on {len(fit_q)} queries ({cfg.adapter_folds}-fold cross-validation over them)")
+    adapter, metrics["adapter"] = SE.fit_query_adapter(J, q_emb, vecs, fit_q, cfg.adapter, cfg.adapter_folds, cfg.seed)
+    spec["adapter"] = adapter is not None
     qv = adapter.apply(q_emb) if spec["adapter"] else q_emb
     steps("fit the fusion of dense and lexical retrieval on the fitting queries")
     live = LiveCatalog(catalog, index, None, cfg.retriever)
@@ -176,7 +173,7 @@ def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec,
     metrics["fusion"] = {"fitted": fitted.describe(), "kept": keep, "valid_vs_configured": won, "grid_fit_ndcg@10": grid}
     metrics["valid"] = {"zero_shot_configured_fusion": round(fusion_ndcg(zero_pools, default, 10), 6),
                         "chosen": round(SE.nanmean(v_fit if keep else v_default), 6), "queries": len(valid_q)}
-    return adapter if spec["adapter"] else None
+    return adapter
 
 
 def main(argv: list[str] | None = None) -> int:

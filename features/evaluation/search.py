@@ -1,5 +1,6 @@
 """Search-relevance evaluation helpers (no Ray): each judged query's retrieval pool, per-query
-nDCG with bootstrap intervals, and the paired verdict against the strongest baseline."""
+nDCG with bootstrap intervals, the paired verdict against the strongest baseline, and the query
+adapter's fit-and-verdict that jobs.train_search and jobs.evaluate share."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from features import metrics as M
 from features.evaluation.methods import Judgments
+from features.models import query_adapter as QA
 from features.retrieval.fusion import Pool
 from features.retrieval.live import LiveCatalog
 
@@ -30,8 +32,14 @@ def ranked_gains(j: Judgments, q: int, rows) -> np.ndarray:
 
 
 def dense_ndcg_per_query(j: Judgments, qv: np.ndarray, item_vecs: np.ndarray, qs: list[int], k: int = 10) -> np.ndarray:
-    """nDCG@k per query (of `qs`) of dense retrieval over the whole catalog with query vectors `qv`."""
-    top = np.argsort(-(qv[qs] @ item_vecs.T), axis=1, kind="stable")[:, :k]
+    """nDCG@k per query (of `qs`) of dense retrieval over the whole catalog with query vectors `qv`
+    (one row per query of `j`)."""
+    return dense_ndcg_of(j, qv[qs], item_vecs, qs, k)
+
+
+def dense_ndcg_of(j: Judgments, vectors: np.ndarray, item_vecs: np.ndarray, qs: list[int], k: int = 10) -> np.ndarray:
+    """nDCG@k per query of dense retrieval over the whole catalog, `vectors[i]` being query `qs[i]`'s."""
+    top = np.argsort(-(np.asarray(vectors) @ item_vecs.T), axis=1, kind="stable")[:, :k]
     return M.graded_ndcg_per_query([ranked_gains(j, q, t) for q, t in zip(qs, top)],
                                    [M.grade_gain(j.grades[q]) for q in qs], k)
 
@@ -46,6 +54,25 @@ def beats(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
 
 
 nanmean = M.nanmean  # the mean over queries with a relevant item
+
+
+def fit_query_adapter(j: Judgments, q_emb: np.ndarray, item_vecs: np.ndarray, qs: list[int],
+                      p: QA.AdapterParams, folds: int = 5, seed: int = 0) -> tuple[QA.QueryAdapter | None, dict]:
+    """The query tower's adapter trained on queries `qs` (rows of `q_emb`), its epoch count chosen
+    by `folds`-fold cross-validation over them (QA.cross_validate_adapter), and returned only where
+    its out-of-fold full-catalog nDCG@10 of dense retrieval beats the zero-shot vectors' (`beats`:
+    the paired interval over all of `qs` above 0). Returns (the adapter or None, its report)."""
+    k = min(folds, len(qs))
+    if k < 2:
+        return None, {"used": False, "why_not": f"{len(qs)} fitting quer{'y' if len(qs) == 1 else 'ies'}: "
+                                                "too few to cross-validate an adapter"}
+    at = np.asarray(qs)
+    adapter, oof, zero, info = QA.cross_validate_adapter(
+        q_emb[at], [QA.Targets(np.asarray(j.items[q]), M.grade_gain(j.grades[q])) for q in qs], item_vecs,
+        lambda v, which: dense_ndcg_of(j, v, item_vecs, at[which].tolist()), p, k)
+    won = beats(oof, zero, seed)
+    return (adapter if won["beats"] else None), {"used": won["beats"], "cross_validated_vs_zero_shot": won,
+                                                 **{key: v for key, v in info.items() if key != "params"}}
 
 
 def per_query_ndcg(lists: list[np.ndarray], ideal: list[np.ndarray], ks: tuple[int, ...]) -> dict[str, np.ndarray]:

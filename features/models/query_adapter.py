@@ -7,10 +7,11 @@ Item vectors stay the index's (the catalog is not re-encoded), so an adapter is 
 and applied per request at the cost of two (d x r) products. Loss: softmax cross-entropy over the
 FULL catalog (every item a negative, the judged-irrelevant ones among them: the hard negatives a
 search engine already confused) with several graded positives per query, weighted by their gain.
-Early stopping on a validation metric the caller supplies (the evaluation passes full-catalog
-nDCG@10 of dense retrieval on validation queries); the best epoch is kept, and `train_adapter`
-reports the zero-shot score on the same queries so the caller uses the adapter only where it wins.
-Weights are safetensors.
+How long to train is chosen on a metric the caller supplies (the jobs pass full-catalog nDCG@10
+of dense retrieval): `cross_validate_adapter` (what the jobs use) picks the epoch count by k-fold
+cross-validation over all the training queries and returns every query's out-of-fold and zero-shot
+score, so the caller keeps the adapter only where it wins on all of them; `train_adapter`
+early-stops on a held-out set instead. Weights are safetensors.
 """
 
 from __future__ import annotations
@@ -93,58 +94,127 @@ class Targets:
     weights: np.ndarray
 
 
+class _Fit:
+    """One adapter being trained, an epoch at a time."""
+
+    def __init__(self, queries: np.ndarray, targets: list[Targets], items, p: AdapterParams) -> None:
+        import torch
+
+        keep = [i for i, t in enumerate(targets) if len(t.rows) and float(np.sum(t.weights)) > 0]
+        if not keep:
+            raise ValueError("query adapter: no training query has a positive target (gain > 0)")
+        torch.manual_seed(p.seed)
+        self.p, self.n, d = p, len(keep), queries.shape[1]
+        self.rng = np.random.default_rng(p.seed)
+        self.q = torch.from_numpy(np.asarray(queries, np.float32)[keep])
+        self.items = items if isinstance(items, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(items, np.float32))
+        self.tgt = torch.zeros(self.n, len(self.items))
+        for j, i in enumerate(keep):
+            w = np.asarray(targets[i].weights, np.float32)
+            self.tgt[j, torch.from_numpy(np.asarray(targets[i].rows, np.int64))] = torch.from_numpy(w / w.sum())
+        self.u = torch.zeros(d, p.rank, requires_grad=True)
+        self.v = torch.nn.Parameter(torch.randn(d, p.rank) / np.sqrt(d))
+        self.opt = torch.optim.AdamW([self.u, self.v], lr=p.lr, weight_decay=p.weight_decay)
+        self.loss = float("nan")
+
+    def epoch(self) -> None:
+        import torch
+
+        perm = torch.from_numpy(self.rng.permutation(self.n))
+        for start in range(0, self.n, self.p.batch_size):
+            idx = perm[start:start + self.p.batch_size]
+            qb = self.q[idx]
+            out = torch.nn.functional.normalize(qb + (qb @ self.v) @ self.u.T, dim=1)
+            logp = torch.log_softmax(out @ self.items.T / self.p.temperature, dim=1)
+            loss = -(self.tgt[idx] * logp).sum(dim=1).mean()
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        self.loss = float(loss.detach())
+
+    def snapshot(self) -> QueryAdapter:
+        return QueryAdapter(self.u.detach().numpy().copy(), self.v.detach().numpy().copy())
+
+
 def train_adapter(queries: np.ndarray, targets: list[Targets], items: np.ndarray,
                   validate: Callable[[QueryAdapter | None], float], p: AdapterParams = AdapterParams(),
                   log: Callable[[str], None] = lambda s: None) -> tuple[QueryAdapter, dict]:
     """Train on `queries` (n, d) with `targets` against the catalog `items` (N, d), early-stopped on
     `validate(adapter)` (higher is better; `validate(None)` is the zero-shot score). Returns the
     best epoch's adapter and {zero_shot, best, best_epoch, epochs, seconds, better_than_zero_shot}."""
-    import torch
-
-    keep = [i for i, t in enumerate(targets) if len(t.rows) and float(np.sum(t.weights)) > 0]
-    if not keep:
-        raise ValueError("query adapter: no training query has a positive target (gain > 0)")
     t0 = time.perf_counter()
-    torch.manual_seed(p.seed)
-    rng = np.random.default_rng(p.seed)
-    n, d = len(keep), queries.shape[1]
-    q = torch.from_numpy(np.asarray(queries, np.float32)[keep])
-    it = torch.from_numpy(np.ascontiguousarray(items, np.float32))
-    tgt = torch.zeros(n, len(items))
-    for j, i in enumerate(keep):
-        w = np.asarray(targets[i].weights, np.float32)
-        tgt[j, torch.from_numpy(np.asarray(targets[i].rows, np.int64))] = torch.from_numpy(w / w.sum())
-    u = torch.zeros(d, p.rank, requires_grad=True)
-    v = torch.nn.Parameter(torch.randn(d, p.rank) / np.sqrt(d))
-    opt = torch.optim.AdamW([u, v], lr=p.lr, weight_decay=p.weight_decay)
-
-    def snapshot() -> QueryAdapter:
-        return QueryAdapter(u.detach().numpy().copy(), v.detach().numpy().copy())
-
+    fit = _Fit(queries, targets, items, p)
     zero = validate(None)
-    best, best_epoch, best_adapter, epochs = zero, 0, snapshot(), 0
+    best, best_epoch, best_adapter, epochs = zero, 0, fit.snapshot(), 0
     for epoch in range(1, p.max_epochs + 1):
         epochs = epoch
-        perm = torch.from_numpy(rng.permutation(n))
-        for start in range(0, n, p.batch_size):
-            idx = perm[start:start + p.batch_size]
-            qb = q[idx]
-            out = torch.nn.functional.normalize(qb + (qb @ v) @ u.T, dim=1)
-            logp = torch.log_softmax(out @ it.T / p.temperature, dim=1)
-            loss = -(tgt[idx] * logp).sum(dim=1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        score = validate(snapshot())
-        log(f"query adapter epoch {epoch}: loss {float(loss.detach()):.4f}, validation {score:.4f} (zero-shot {zero:.4f})")
+        fit.epoch()
+        score = validate(fit.snapshot())
+        log(f"query adapter epoch {epoch}: loss {fit.loss:.4f}, validation {score:.4f} (zero-shot {zero:.4f})")
         if score > best + 1e-9:
-            best, best_epoch, best_adapter = score, epoch, snapshot()
+            best, best_epoch, best_adapter = score, epoch, fit.snapshot()
         elif epoch - best_epoch >= p.patience:
             break
     info = {"zero_shot": round(zero, 6), "best": round(best, 6), "best_epoch": best_epoch, "epochs": epochs,
-            "train_queries": n, "seconds": round(time.perf_counter() - t0, 2), "better_than_zero_shot": best > zero,
+            "train_queries": fit.n, "seconds": round(time.perf_counter() - t0, 2), "better_than_zero_shot": best > zero,
             "params": asdict(p)}
     return best_adapter, info
+
+
+def cross_validate_adapter(queries: np.ndarray, targets: list[Targets], items: np.ndarray,
+                           score: Callable[[np.ndarray, np.ndarray], np.ndarray], p: AdapterParams = AdapterParams(),
+                           folds: int = 5, log: Callable[[str], None] = lambda s: None
+                           ) -> tuple[QueryAdapter, np.ndarray, np.ndarray, dict]:
+    """Choose the number of epochs by k-fold cross-validation over ALL the given queries, then train
+    on all of them for that many epochs. A few dozen held-out queries are too few to tell an
+    adapter's gain from noise; here every query is held out once, so the caller's verdict (adapter
+    vs zero-shot) rests on all of them.
+
+    `score(vectors, which)` returns per-query scores (higher is better) of the query vectors
+    `vectors` (m, d) for the queries at positions `which` (m,) of `queries`. The k adapters train in
+    lockstep; after each epoch every query is scored by the adapter that did not see it, and
+    training stops once the mean of those out-of-fold scores has not improved for `p.patience`
+    epochs. Returns (the adapter trained on all queries for the best epoch count, the out-of-fold
+    scores at that epoch, the zero-shot scores, info). With a best epoch count of 0 the returned
+    adapter is untrained (the identity) and the two score arrays are equal."""
+    n = len(queries)
+    if folds < 2 or n < folds:
+        raise ValueError(f"query adapter cross-validation needs folds >= 2 and at least that many queries; "
+                         f"got folds={folds}, {n} queries")
+    import torch
+
+    t0 = time.perf_counter()
+    items_t = torch.from_numpy(np.ascontiguousarray(items, np.float32))
+    fold = np.random.default_rng(p.seed).permutation(np.arange(n) % folds)
+    held = [np.flatnonzero(fold == f) for f in range(folds)]
+    fits = [_Fit(queries[fold != f], [t for t, k in zip(targets, fold) if k != f], items_t, p) for f in range(folds)]
+    zero = np.asarray(score(np.asarray(queries, np.float32), np.arange(n)), np.float64)
+
+    def oof() -> np.ndarray:
+        out = np.empty(n)
+        for f, fit in zip(held, fits):
+            out[f] = score(fit.snapshot().apply(queries[f]), f)
+        return out
+
+    curve, best, best_epoch = [float(np.nanmean(zero))], zero, 0
+    for epoch in range(1, p.max_epochs + 1):
+        for fit in fits:
+            fit.epoch()
+        now = oof()
+        curve.append(float(np.nanmean(now)))
+        log(f"query adapter epoch {epoch}: out-of-fold validation {curve[-1]:.4f} (zero-shot {curve[0]:.4f})")
+        if curve[-1] > max(curve[:-1]) + 1e-9:
+            best, best_epoch = now, epoch
+        elif epoch - best_epoch >= p.patience:
+            break
+    final = _Fit(queries, targets, items_t, p)
+    for _ in range(best_epoch):
+        final.epoch()
+    info = {"zero_shot": round(curve[0], 6), "best": round(curve[best_epoch], 6), "best_epoch": best_epoch,
+            "epochs": len(curve) - 1, "folds": folds, "train_queries": final.n,
+            "out_of_fold_curve": [round(c, 6) for c in curve], "seconds": round(time.perf_counter() - t0, 2),
+            "better_than_zero_shot": best_epoch > 0, "params": asdict(p)}
+    return final.snapshot(), best, zero, info
 
 
 class AdaptedEncoder:

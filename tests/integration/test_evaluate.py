@@ -148,13 +148,16 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
         v = srch["verdict"][setting]
         assert v["full_beats_strongest_baseline"] == (v["paired_difference_ci95"][0] > 0)
     # Each fold's learned model is used only where it beats the hand weights on its validation
-    # queries (paired interval above 0), and its query adapter only where it beats zero-shot there.
+    # queries (paired interval above 0), and its query adapter only where its out-of-fold scores
+    # (k-fold CV inside the fitting queries) beat zero-shot's.
     assert len(srch["ranker_folds"]) == 2
     for fold in srch["ranker_folds"]:
         won = fold["valid_learned_vs_hand"]
         assert fold["uses"] == ("learned" if won["paired_difference_ci95"][0] > 0 else "hand weights") and won["queries"] >= 1
         qa = fold["query_adapter"]
-        assert qa["used"] == (qa["valid_vs_zero_shot"]["paired_difference_ci95"][0] > 0) and fold["fusion"]
+        cv = qa.get("cross_validated_vs_zero_shot")
+        assert qa["used"] == (cv is not None and cv["paired_difference_ci95"][0] > 0) and fold["fusion"]
+        assert cv is not None or "too few to cross-validate" in qa["why_not"]
     per = pl.read_parquet(run_dir / "per_query" / "search.parquet")
     assert per.height == 2 * len(srch["full_catalog"]) * len(QUERIES)
     sys_full = per.filter((pl.col("setting") == "full_catalog") & (pl.col("method") == "system, learned ranker (CV)"))
@@ -206,7 +209,7 @@ def test_train_ranker_job_learns_from_the_window_after_the_features(evaluated, s
 
 def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evaluated, slice_):
     """jobs.train_search on the slice's judgments against the run's zero-shot index: a version
-    that says what it kept (the adapter only where it beat zero-shot on validation), found by
+    that says what it kept (the adapter only where it beat zero-shot in cross-validation), found by
     serving for that index and applied to its query encoder and fusion."""
     from features.models.query_adapter import AdaptedEncoder, read_search_version
     from jobs import train_search
@@ -224,7 +227,8 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     adapter, spec = read_search_version(out)
     m = spec["metrics"]
     assert spec["fitted"] and m["queries"] == len(QUERIES) and m["valid"]["queries"] == 2
-    assert spec["adapter"] == m["adapter"]["valid_vs_zero_shot"]["beats"] == (adapter is not None)
+    cv = m["adapter"]["cross_validated_vs_zero_shot"]  # 3 fitting queries, 3-fold CV over them
+    assert spec["adapter"] == m["adapter"]["used"] == cv["beats"] == (adapter is not None) and cv["queries"] == 3
     assert m["fusion"]["kept"] == m["fusion"]["valid_vs_configured"]["beats"]
     assert spec["adapter"] == (out / "query_adapter.safetensors").is_file()
     assert spec["fusion"]["method"] in ("rrf", "weighted")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from features import metrics as M
-from features.models.query_adapter import AdapterParams, QueryAdapter, Targets, train_adapter
+from features.models.query_adapter import AdapterParams, QueryAdapter, Targets, cross_validate_adapter, train_adapter
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -64,3 +64,48 @@ def test_graded_targets_weight_the_better_item_higher():
         (a.apply(q) @ items.T)[0, 7] - (a.apply(q) @ items.T)[0, 9]), AdapterParams(rank=4, max_epochs=30, patience=30))
     s = adapter.apply(q) @ items.T
     assert s[0, 7] > s[0, 9]
+
+
+def test_cross_validation_picks_the_epochs_on_every_query_and_reports_out_of_fold_scores():
+    rng = np.random.default_rng(3)
+    d, n_items, n_q = 32, 300, 150
+    items = _unit(rng.normal(size=(n_items, d)))
+    rot, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    target = rng.integers(0, n_items, n_q)
+    queries = _unit(items[target] @ (0.3 * np.eye(d) + 0.7 * rot).T + 0.05 * rng.normal(size=(n_q, d)))
+    tg = [Targets(np.array([t]), np.array([1.0])) for t in target]
+    seen: list[np.ndarray] = []
+
+    def hit1(vectors: np.ndarray, which: np.ndarray) -> np.ndarray:
+        seen.append(np.asarray(which))
+        return (np.argmax(vectors @ items.T, axis=1) == target[which]).astype(np.float64)
+
+    adapter, oof, zero, info = cross_validate_adapter(queries, tg, items, hit1, AdapterParams(rank=16, max_epochs=40, patience=5),
+                                                      folds=3)
+    np.testing.assert_array_equal(zero, hit1(queries, np.arange(n_q)))  # the zero-shot score of every query
+    assert oof.shape == zero.shape == (n_q,) and oof.mean() > zero.mean() + 0.1
+    # every query is scored out of fold: each epoch's calls cover every query exactly once
+    assert np.array_equal(np.sort(np.concatenate(seen[1:4])), np.arange(n_q))
+    curve = info["out_of_fold_curve"]
+    assert info["best_epoch"] == int(np.argmax(curve)) >= 1 and curve[info["best_epoch"]] == pytest.approx(oof.mean(), abs=1e-6)
+    assert len(curve) == info["epochs"] + 1 and info["epochs"] - info["best_epoch"] <= 5 and info["folds"] == 3
+    # the returned adapter is trained on all queries for the chosen number of epochs
+    assert hit1(adapter.apply(queries), np.arange(n_q)).mean() > zero.mean() + 0.1
+    with pytest.raises(ValueError, match="folds >= 2 and at least that many queries; got folds=5, 3 queries"):
+        cross_validate_adapter(queries[:3], tg[:3], items, hit1, folds=5)
+
+
+def test_cross_validation_keeps_zero_shot_when_training_only_hurts():
+    # targets unrelated to the queries: no epoch beats the identity, so 0 epochs is chosen
+    rng = np.random.default_rng(4)
+    items = _unit(rng.normal(size=(200, 16)))
+    queries = items[:60].copy()
+    tg = [Targets(np.array([int(t)]), np.array([1.0])) for t in rng.integers(0, 200, 60)]
+
+    def self_hit(vectors: np.ndarray, which: np.ndarray) -> np.ndarray:  # the query's own item first
+        return (np.argmax(vectors @ items.T, axis=1) == which).astype(np.float64)
+
+    adapter, oof, zero, info = cross_validate_adapter(queries, tg, items, self_hit, AdapterParams(rank=4, max_epochs=30, patience=3))
+    assert info["best_epoch"] == 0 and not info["better_than_zero_shot"] and zero.mean() == 1.0
+    np.testing.assert_array_equal(oof, zero)
+    np.testing.assert_allclose(adapter.apply(queries), queries, atol=1e-6)  # untrained: the identity
