@@ -61,11 +61,13 @@ def fit_query_adapter(j: Judgments, q_emb: np.ndarray, item_vecs: np.ndarray, qs
     """The query tower's adapter trained on queries `qs` (rows of `q_emb`), its epoch count chosen
     by `folds`-fold cross-validation over them (QA.cross_validate_adapter), and returned only where
     its out-of-fold full-catalog nDCG@10 of dense retrieval beats the zero-shot vectors' (`beats`:
-    the paired interval over all of `qs` above 0). Returns (the adapter or None, its report)."""
+    the paired interval over all of `qs` above 0). Queries without a relevant item teach and judge
+    nothing and are left out. Returns (the adapter or None, its report)."""
+    qs = [q for q in qs if (M.grade_gain(j.grades[q]) > 0).any()]
     k = min(folds, len(qs))
     if k < 2:
-        return None, {"used": False, "why_not": f"{len(qs)} fitting quer{'y' if len(qs) == 1 else 'ies'}: "
-                                                "too few to cross-validate an adapter"}
+        return None, {"used": False, "why_not": f"{len(qs)} fitting quer{'y' if len(qs) == 1 else 'ies'} with a "
+                                                "relevant item: too few to cross-validate an adapter"}
     at = np.asarray(qs)
     adapter, oof, zero, info = QA.cross_validate_adapter(
         q_emb[at], [QA.Targets(np.asarray(j.items[q]), M.grade_gain(j.grades[q])) for q in qs], item_vecs,

@@ -263,3 +263,34 @@ def test_search_rows_carry_intervals_and_the_verdict_is_paired_by_query():
     assert v["paired_difference"] == pytest.approx(-0.03, abs=0.001) and v["paired_difference_ci95"][1] < 0
     assert not v["full_beats_strongest_baseline"] and v["learned_beats_hand"]
     assert SE.verdict(rows, per, "sys", "hand", ["a"], "ndcg@10")["full_beats_strongest_baseline"]
+
+
+def test_the_query_adapter_is_kept_only_where_its_out_of_fold_ndcg_beats_zero_shot():
+    from features.evaluation import search as SE
+    from features.models.query_adapter import AdapterParams
+
+    rng = np.random.default_rng(5)
+    d, n_items, n_q = 32, 300, 120
+    items = rng.normal(size=(n_items, d))
+    items = (items / np.linalg.norm(items, axis=1, keepdims=True)).astype(np.float32)
+    rot, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    target = rng.integers(0, n_items, n_q)
+    q = items[target] @ (0.3 * np.eye(d) + 0.7 * rot).T
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    # every query judges its target relevant (grade 3) and one other item irrelevant (grade 1);
+    # the last query judges only irrelevant items, so it teaches and judges nothing
+    j = EM.Judgments([f"q{i}" for i in range(n_q)], [[int(t), int((t + 1) % n_items)] for t in target],
+                     [np.array([3.0, 1.0]) for _ in range(n_q)])
+    j.grades[-1] = np.array([1.0, 1.0])
+    p = AdapterParams(rank=16, max_epochs=30, patience=4)
+    adapter, rep = SE.fit_query_adapter(j, q, items, list(range(n_q)), p, folds=3)
+    cv = rep["cross_validated_vs_zero_shot"]
+    assert adapter is not None and rep["used"] and cv["beats"] and cv["queries"] == n_q - 1
+    assert rep["best_epoch"] >= 1 and rep["best"] > rep["zero_shot"]
+    # queries whose vectors are already their targets: the adapter cannot beat zero-shot, so none is kept
+    adapter, rep = SE.fit_query_adapter(j, items[target], items, list(range(n_q)), p, folds=3)
+    assert adapter is None and not rep["used"] and not rep["cross_validated_vs_zero_shot"]["beats"]
+    # one query with a relevant item cannot be cross-validated: nothing is fitted, and the report says why
+    adapter, rep = SE.fit_query_adapter(j, q, items, [0, n_q - 1], p)
+    assert adapter is None and rep == {"used": False, "why_not": "1 fitting query with a relevant item: too few to "
+                                                                  "cross-validate an adapter"}
