@@ -755,8 +755,9 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
                      "only where it beats the hand weights on validation queries carved from its training folds "
                      "(full-catalog nDCG@10, ranked as serving ranks; 'beats': the paired 95% interval is above 0); "
                      "the query tower's adapter trained on the fitting queries, its epoch count chosen by "
-                     f"{cfg.search.adapter_folds}-fold CV over them and used where its out-of-fold dense-retrieval "
-                     "nDCG@10 beats zero-shot's in the same sense; 95% intervals: bootstrap over queries; "
+                     f"{cfg.search.adapter_folds}-fold CV over them (only as many folds trained as hold out "
+                     f"{QA.MIN_HELD_OUT} queries) and used where its out-of-fold dense-retrieval nDCG@10 beats "
+                     "zero-shot's in the same sense; 95% intervals: bootstrap over queries; "
                      "encoder zero-shot (no fine-tune on this data); lexical analysis (fields and weights, Snowball "
                      "stemming, AUTO typo distance) set from published defaults, not tuned on this data"),
         "ranker_folds": fold_report,

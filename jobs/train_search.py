@@ -11,7 +11,8 @@ features/data/judgments.py). Queries are split (seeded) into fitting and validat
 the fitting queries the adapter (features/models/query_adapter.py) is trained, its epoch count
 chosen by k-fold cross-validation over them (`adapter_folds`), and KEPT ONLY IF its out-of-fold
 scores beat the zero-shot query vectors' (full-catalog nDCG@10 of dense retrieval; "beats": the
-paired 95% bootstrap interval over all the fitting queries is above 0); then the fusion
+paired 95% bootstrap interval over the held-out queries, all the fitting queries unless there are so
+many that fewer folds hold out 500, is above 0); then the fusion
 (features/retrieval/fusion.py) is fitted and kept only if it beats the configured fusion on the
 validation queries, which nothing else was fitted on, in the same sense. Too few judged queries: nothing is
 fitted and the version says why. Writes <output_root>/search/<version>/ (search.json, the adapter

@@ -108,10 +108,12 @@ class _Fit:
         self.rng = np.random.default_rng(p.seed)
         self.q = torch.from_numpy(np.asarray(queries, np.float32)[keep])
         self.items = items if isinstance(items, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(items, np.float32))
-        self.tgt = torch.zeros(self.n, len(self.items))
-        for j, i in enumerate(keep):
-            w = np.asarray(targets[i].weights, np.float32)
-            self.tgt[j, torch.from_numpy(np.asarray(targets[i].rows, np.int64))] = torch.from_numpy(w / w.sum())
+        # The targets as sparse rows (query j's positives are rows[ptr[j]:ptr[j + 1]], weights summing
+        # to 1): a dense (queries x catalog) matrix would take gigabytes on a large catalog.
+        self.rows = np.concatenate([np.asarray(targets[i].rows, np.int64) for i in keep])
+        w = [np.asarray(targets[i].weights, np.float64) for i in keep]
+        self.weights = torch.from_numpy(np.concatenate([x / x.sum() for x in w]).astype(np.float32))
+        self.ptr = np.r_[0, np.cumsum([len(x) for x in w])]
         self.u = torch.zeros(d, p.rank, requires_grad=True)
         self.v = torch.nn.Parameter(torch.randn(d, p.rank) / np.sqrt(d))
         self.opt = torch.optim.AdamW([self.u, self.v], lr=p.lr, weight_decay=p.weight_decay)
@@ -126,7 +128,11 @@ class _Fit:
             qb = self.q[idx]
             out = torch.nn.functional.normalize(qb + (qb @ self.v) @ self.u.T, dim=1)
             logp = torch.log_softmax(out @ self.items.T / self.p.temperature, dim=1)
-            loss = -(self.tgt[idx] * logp).sum(dim=1).mean()
+            at = idx.numpy()
+            flat = np.concatenate([np.arange(self.ptr[i], self.ptr[i + 1]) for i in at])
+            local = np.repeat(np.arange(len(at)), self.ptr[at + 1] - self.ptr[at])
+            picked = logp[torch.from_numpy(local), torch.from_numpy(self.rows[flat])]
+            loss = -(self.weights[torch.from_numpy(flat)] * picked).sum() / len(at)
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
@@ -161,22 +167,30 @@ def train_adapter(queries: np.ndarray, targets: list[Targets], items: np.ndarray
     return best_adapter, info
 
 
+# Out-of-fold queries enough for the verdict: with more fitting queries than folds x this, fewer of
+# the folds are trained (a tenth of a large judgment set is already a powerful validation set, and
+# every fold trained costs as much as the final adapter).
+MIN_HELD_OUT = 500
+
+
 def cross_validate_adapter(queries: np.ndarray, targets: list[Targets], items: np.ndarray,
                            score: Callable[[np.ndarray, np.ndarray], np.ndarray], p: AdapterParams = AdapterParams(),
-                           folds: int = 5, log: Callable[[str], None] = lambda s: None
-                           ) -> tuple[QueryAdapter, np.ndarray, np.ndarray, dict]:
-    """Choose the number of epochs by k-fold cross-validation over ALL the given queries, then train
-    on all of them for that many epochs. A few dozen held-out queries are too few to tell an
-    adapter's gain from noise; here every query is held out once, so the caller's verdict (adapter
-    vs zero-shot) rests on all of them.
+                           folds: int = 5, log: Callable[[str], None] = lambda s: None,
+                           min_held_out: int = MIN_HELD_OUT) -> tuple[QueryAdapter, np.ndarray, np.ndarray, dict]:
+    """Choose the number of epochs by k-fold cross-validation over the given queries, then train on
+    all of them for that many epochs. A few dozen held-out queries are too few to tell an adapter's
+    gain from noise; here every query is held out once (on a small judgment set), so the caller's
+    verdict (adapter vs zero-shot) rests on all of them. On a large one only as many folds are
+    trained as hold out `min_held_out` queries (at least one fold).
 
     `score(vectors, which)` returns per-query scores (higher is better) of the query vectors
-    `vectors` (m, d) for the queries at positions `which` (m,) of `queries`. The k adapters train in
-    lockstep; after each epoch every query is scored by the adapter that did not see it, and
-    training stops once the mean of those out-of-fold scores has not improved for `p.patience`
+    `vectors` (m, d) for the queries at positions `which` (m,) of `queries`. The fold adapters train
+    in lockstep; after each epoch every held-out query is scored by the adapter that did not see it,
+    and training stops once the mean of those out-of-fold scores has not improved for `p.patience`
     epochs. Returns (the adapter trained on all queries for the best epoch count, the out-of-fold
-    scores at that epoch, the zero-shot scores, info). With a best epoch count of 0 the returned
-    adapter is untrained (the identity) and the two score arrays are equal."""
+    scores at that epoch, the zero-shot scores, info); both score arrays have one entry per query,
+    NaN for a query no trained fold held out. With a best epoch count of 0 the returned adapter is
+    untrained (the identity) and the two score arrays are equal."""
     n = len(queries)
     if folds < 2 or n < folds:
         raise ValueError(f"query adapter cross-validation needs folds >= 2 and at least that many queries; "
@@ -186,12 +200,15 @@ def cross_validate_adapter(queries: np.ndarray, targets: list[Targets], items: n
     t0 = time.perf_counter()
     items_t = torch.from_numpy(np.ascontiguousarray(items, np.float32))
     fold = np.random.default_rng(p.seed).permutation(np.arange(n) % folds)
-    held = [np.flatnonzero(fold == f) for f in range(folds)]
-    fits = [_Fit(queries[fold != f], [t for t, k in zip(targets, fold) if k != f], items_t, p) for f in range(folds)]
-    zero = np.asarray(score(np.asarray(queries, np.float32), np.arange(n)), np.float64)
+    trained = min(folds, max(1, -(-min_held_out * folds // n)))
+    held = [np.flatnonzero(fold == f) for f in range(trained)]
+    fits = [_Fit(queries[fold != f], [t for t, k in zip(targets, fold) if k != f], items_t, p) for f in range(trained)]
+    out_of_fold = np.concatenate(held)
+    zero = np.full(n, np.nan)
+    zero[out_of_fold] = score(np.asarray(queries, np.float32)[out_of_fold], out_of_fold)
 
     def oof() -> np.ndarray:
-        out = np.empty(n)
+        out = np.full(n, np.nan)
         for f, fit in zip(held, fits):
             out[f] = score(fit.snapshot().apply(queries[f]), f)
         return out
@@ -211,9 +228,9 @@ def cross_validate_adapter(queries: np.ndarray, targets: list[Targets], items: n
     for _ in range(best_epoch):
         final.epoch()
     info = {"zero_shot": round(curve[0], 6), "best": round(curve[best_epoch], 6), "best_epoch": best_epoch,
-            "epochs": len(curve) - 1, "folds": folds, "train_queries": final.n,
-            "out_of_fold_curve": [round(c, 6) for c in curve], "seconds": round(time.perf_counter() - t0, 2),
-            "better_than_zero_shot": best_epoch > 0, "params": asdict(p)}
+            "epochs": len(curve) - 1, "folds": folds, "folds_trained": trained, "held_out_queries": len(out_of_fold),
+            "train_queries": final.n, "out_of_fold_curve": [round(c, 6) for c in curve],
+            "seconds": round(time.perf_counter() - t0, 2), "better_than_zero_shot": best_epoch > 0, "params": asdict(p)}
     return final.snapshot(), best, zero, info
 
 

@@ -91,8 +91,15 @@ def test_cross_validation_picks_the_epochs_on_every_query_and_reports_out_of_fol
     assert len(curve) == info["epochs"] + 1 and info["epochs"] - info["best_epoch"] <= 5 and info["folds"] == 3
     # the returned adapter is trained on all queries for the chosen number of epochs
     assert hit1(adapter.apply(queries), np.arange(n_q)).mean() > zero.mean() + 0.1
+    assert info["folds_trained"] == 3 and info["held_out_queries"] == n_q  # a small set: every query held out once
     with pytest.raises(ValueError, match="folds >= 2 and at least that many queries; got folds=5, 3 queries"):
         cross_validate_adapter(queries[:3], tg[:3], items, hit1, folds=5)
+    # a set large enough that one fold holds out min_held_out queries: only that fold is trained, and
+    # the queries it did not hold out are NaN in both score arrays (the caller's pairing skips them)
+    adapter, oof, zero, info = cross_validate_adapter(queries, tg, items, hit1, AdapterParams(rank=16, max_epochs=40, patience=5),
+                                                      folds=3, min_held_out=50)
+    assert info["folds_trained"] == 1 and info["held_out_queries"] == 50 and info["train_queries"] == n_q
+    assert np.isnan(oof).sum() == np.isnan(zero).sum() == n_q - 50 and np.nanmean(oof) > np.nanmean(zero) + 0.1
 
 
 def test_cross_validation_keeps_zero_shot_when_training_only_hurts():
