@@ -67,7 +67,7 @@ from features.models.learned_ranker import (SEGMENTS, LearnedRanker, RankerParam
                                             served_segments, shoppers, train_booster)
 from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import Catalog, load_catalog
-from features.retrieval.fusion import FusionParams, fit_fusion, fuse
+from features.retrieval.fusion import FusionParams, fuse
 from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import BM25
 from features.retrieval.live import LiveCatalog, RetrievalConfig
@@ -106,7 +106,8 @@ class SearchEval:
     unjudged: Literal["unknown", "irrelevant"] = "unknown"
     unjudged_negatives: int = 20  # with unjudged=irrelevant: per training query, that many top candidates
     query_adapter: bool = True  # train the query tower's adapter per fold (used where it wins on validation)
-    adapter_folds: int = 5  # the adapter's epoch count and its verdict: k-fold CV inside each fold's fitting queries
+    # The adapter's epoch count and verdict, and the fusion's verdict: k-fold CV inside each fold's fitting queries.
+    choice_folds: int = 5
     adapter: QA.AdapterParams = field(default_factory=QA.AdapterParams)
 
 
@@ -146,8 +147,8 @@ def check_config(cfg: EvaluateConfig) -> None:
         raise ConfigError(f"ks must be positive integers, got {list(cfg.ks)}")
     if cfg.events is not None:
         ES.SplitSpec.parse(cfg.split)  # names the allowed values
-    if cfg.search.adapter_folds < 2:
-        raise ConfigError(f"search.adapter_folds must be >= 2, got {cfg.search.adapter_folds}")
+    if cfg.search.choice_folds < 2:
+        raise ConfigError(f"search.choice_folds must be >= 2, got {cfg.search.choice_folds}")
     try:
         OX.check_precision(cfg.encoder.query_precision, field="encoder.query_precision")
     except ValueError as e:
@@ -600,7 +601,6 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     nq = len(J.queries)
     folds = EM.query_folds(nq, cfg.search.folds, cfg.seed)
     gains_ideal = [M.grade_gain(J.grades[q]) for q in range(nq)]
-    pools = [SE.pool(live, J, q, q_emb[q]) for q in range(nq)]
 
     steps(f"learned search ranker and fusion: {cfg.search.folds}-fold cross-validation by query (Ray tasks)")
     feats = [EM.judged_features(J, q, q_emb[q], catalog, bm25) for q in range(nq)]
@@ -618,7 +618,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         rows = np.concatenate([np.asarray(J.items[q], np.int64), np.asarray(extra, np.int64)])
         train_feats.append(EM.query_features(J.queries[q], q_emb[q], rows, catalog, bm25) if extra else feats[q])
         train_labels.append(np.concatenate([labels[q], np.zeros(len(extra), np.int32)]))
-    futures, valid_sets, fusions, fusion_grids, q_fold, adapters = [], [], [], [], [], []
+    futures, valid_sets, fusions, fusion_reports, q_fold, adapters = [], [], [], [], [], []
     rng = np.random.default_rng(cfg.seed)
 
     for f in range(cfg.search.folds):
@@ -631,15 +631,19 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         # unseen for the ranker's choice below.
         q_fold.append(q_emb)
         adapters.append({"used": False})
+        fit_vecs = {q: q_emb[q] for q in fit_q}
         if cfg.search.query_adapter:
-            adapter, adapters[-1] = SE.fit_query_adapter(J, q_emb, vecs, fit_q, cfg.search.adapter,
-                                                         cfg.search.adapter_folds, cfg.seed)
+            adapter, adapters[-1], fit_vecs = SE.fit_query_adapter(J, q_emb, vecs, fit_q, cfg.search.adapter,
+                                                                   cfg.search.choice_folds, cfg.seed)
             if adapter is not None:
                 q_fold[-1] = adapter.apply(q_emb)
-        # The fusion of the two retrievers, fitted on this fold's fitting queries only.
-        p, grid = fit_fusion([pools[q] for q in fit_q], 10, cfg.retriever.fusion_params())
+        # The fusion of the two retrievers, fitted on this fold's fitting queries (their out-of-fold
+        # adapted vectors where the adapter is used) and kept only where fitting beats the configured
+        # fusion out of fold, as jobs.train_search decides for serving.
+        p, fusion_report = SE.choose_fusion([SE.pool(live, J, q, v) for q, v in fit_vecs.items()],
+                                            cfg.retriever.fusion_params(), cfg.search.choice_folds, cfg.seed)
         fusions.append(p)
-        fusion_grids.append(grid)
+        fusion_reports.append(fusion_report)
 
         def stack(qs):
             return (np.concatenate([train_feats[q] for q in qs]), np.concatenate([train_labels[q] for q in qs]),
@@ -667,7 +671,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         won = SE.beats(learned, hand_v, cfg.seed)
         uses = "learned" if won["beats"] else "hand weights"
         fold_report.append({"fold": f, "query_adapter": adapters[f], "fusion": fusions[f].describe(),
-                            "fusion_fit_ndcg@10": fusion_grids[f],
+                            "fusion_choice": fusion_reports[f],
                             "valid_queries": len(qs), "valid_ndcg@10_learned": round(SE.nanmean(learned), 6),
                             "valid_ndcg@10_hand_weights": round(SE.nanmean(hand_v), 6),
                             "valid_learned_vs_hand": won, "uses": uses})
@@ -749,15 +753,17 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         "judgments": judg.height, "catalog_items": len(catalog), "queries_without_a_relevant_item": skipped,
         "protocol": (f"gain 2^(grade-1)-1; rerank: each query's judged items ordered by the method; full catalog: the "
                      f"method's top {K} of all items, unjudged items gain 0; {cfg.search.folds}-fold CV by query: "
-                     "each fold fits the fusion of dense and lexical retrieval on its fitting queries and trains the "
-                     "learned ranker on them (integer labels round(grade-1), unjudged candidates "
+                     "each fold trains the learned ranker on its fitting queries (integer labels round(grade-1), unjudged candidates "
                      f"{'irrelevant' if cfg.search.unjudged == 'irrelevant' else 'left out (unknown)'}), using the model "
                      "only where it beats the hand weights on validation queries carved from its training folds "
                      "(full-catalog nDCG@10, ranked as serving ranks; 'beats': the paired 95% interval is above 0); "
                      "the query tower's adapter trained on the fitting queries, its epoch count chosen by "
-                     f"{cfg.search.adapter_folds}-fold CV over them (only as many folds trained as hold out "
+                     f"{cfg.search.choice_folds}-fold CV over them (only as many folds trained as hold out "
                      f"{QA.MIN_HELD_OUT} queries) and used where its out-of-fold dense-retrieval nDCG@10 beats "
-                     "zero-shot's in the same sense; 95% intervals: bootstrap over queries; "
+                     "zero-shot's in the same sense; the fusion of dense and lexical retrieval fitted on the fitting "
+                     "queries (their out-of-fold adapted vectors where the adapter is used) and kept where fitting "
+                     f"beats the configured fusion out of fold ({cfg.search.choice_folds}-fold CV, the same sense); "
+                     "95% intervals: bootstrap over queries; "
                      "encoder zero-shot (no fine-tune on this data); lexical analysis (fields and weights, Snowball "
                      "stemming, AUTO typo distance) set from published defaults, not tuned on this data"),
         "ranker_folds": fold_report,

@@ -9,12 +9,15 @@ Judgments: a file of query, item_id, grade (1-4; averages allowed) and/or what t
 implies (a search followed in the same session by a click, cart or purchase: grades 2, 3, 4; see
 features/data/judgments.py). Queries are split (seeded) into fitting and validation queries. On
 the fitting queries the adapter (features/models/query_adapter.py) is trained, its epoch count
-chosen by k-fold cross-validation over them (`adapter_folds`), and KEPT ONLY IF its out-of-fold
+chosen by k-fold cross-validation over them (`choice_folds`), and KEPT ONLY IF its out-of-fold
 scores beat the zero-shot query vectors' (full-catalog nDCG@10 of dense retrieval; "beats": the
 paired 95% bootstrap interval over the held-out queries, all the fitting queries unless there are so
-many that fewer folds hold out 500, is above 0); then the fusion
-(features/retrieval/fusion.py) is fitted and kept only if it beats the configured fusion on the
-validation queries, which nothing else was fitted on, in the same sense. Too few judged queries: nothing is
+many that fewer folds hold out 500, is above 0); then the fusion (features/retrieval/fusion.py) is
+fitted on the fitting queries, with their out-of-fold adapted vectors where the adapter is kept (as
+it will see new queries), and KEPT ONLY IF fitting beats the configured fusion out of fold in the
+same sense. The validation queries, which nothing was fitted on, report what was chosen against
+zero-shot queries with the configured fusion. The evaluation (jobs.evaluate) makes both choices
+with the same functions inside each of its folds. Too few judged queries: nothing is
 fitted and the version says why. Writes <output_root>/search/<version>/ (search.json, the adapter
 when kept, manifest.json); serving uses the newest version trained on the served index.
 """
@@ -39,7 +42,7 @@ from features.models import query_adapter as QA
 from features.models.encoder import ZERO_SHOT, EncoderConfig
 from features.models.onnx_encoder import runtime_encoder
 from features.retrieval.catalog import load_catalog
-from features.retrieval.fusion import fit_fusion, fusion_ndcg, fusion_ndcg_per_query
+from features.retrieval.fusion import fusion_ndcg_per_query
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from jobs.common import Steps, load_job_config, parse_args, run_job
 
@@ -53,8 +56,8 @@ class TrainSearchConfig:
     window_s: float = 1800.0  # a click, cart or purchase this long after a search is judged for it
     index: str | None = None  # the index version (its encoder and item vectors); null: the newest
     output_root: str = "artifacts"
-    valid_share: float = 0.2  # of the judged queries, held out to decide whether the fitted fusion is kept
-    adapter_folds: int = 5  # the adapter's epoch count and its verdict: k-fold CV over the fitting queries
+    valid_share: float = 0.2  # of the judged queries, held out to report what the fit chose on unseen queries
+    choice_folds: int = 5  # the adapter's epoch count and verdict, and the fusion's verdict: k-fold CV over the fitting queries
     min_queries: int = 20  # fewer judged queries than this: nothing is fitted (the version says so)
     seed: int = 0
     threads: int = 2  # ONNX Runtime threads for encoding the queries
@@ -67,8 +70,8 @@ def check_config(cfg: TrainSearchConfig) -> None:
         raise ConfigError(f"valid_share must be in (0, 1), got {cfg.valid_share}")
     if cfg.min_queries < 2:
         raise ConfigError(f"min_queries must be >= 2, got {cfg.min_queries}")
-    if cfg.adapter_folds < 2:
-        raise ConfigError(f"adapter_folds must be >= 2, got {cfg.adapter_folds}")
+    if cfg.choice_folds < 2:
+        raise ConfigError(f"choice_folds must be >= 2, got {cfg.choice_folds}")
     if cfg.window_s <= 0:
         raise ConfigError(f"window_s must be > 0, got {cfg.window_s}")
     if cfg.judgments is None and cfg.events is None:
@@ -156,24 +159,23 @@ def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec,
     n_valid = max(1, int(round(len(order) * cfg.valid_share)))
     valid_q, fit_q = sorted(order[:n_valid].tolist()), sorted(order[n_valid:].tolist())
 
-    steps(f"train the query adapter on {len(fit_q)} queries ({cfg.adapter_folds}-fold cross-validation over them)")
-    adapter, metrics["adapter"] = SE.fit_query_adapter(J, q_emb, vecs, fit_q, cfg.adapter, cfg.adapter_folds, cfg.seed)
+    steps(f"train the query adapter on {len(fit_q)} queries ({cfg.choice_folds}-fold cross-validation over them)")
+    adapter, metrics["adapter"], fit_vecs = SE.fit_query_adapter(J, q_emb, vecs, fit_q, cfg.adapter, cfg.choice_folds, cfg.seed)
     spec["adapter"] = adapter is not None
-    qv = adapter.apply(q_emb) if spec["adapter"] else q_emb
-    steps("fit the fusion of dense and lexical retrieval on the fitting queries")
+    steps(f"fit the fusion of dense and lexical retrieval on the fitting queries ({cfg.choice_folds}-fold cross-validation)")
     live = LiveCatalog(catalog, index, None, cfg.retriever)
-    pools = {q: pool(live, J, q, qv[q]) for q in with_rel}
     default = cfg.retriever.fusion_params()
-    fitted, grid = fit_fusion([pools[q] for q in fit_q], 10, default)
-    v_fit, v_default = (fusion_ndcg_per_query([pools[q] for q in valid_q], p, 10) for p in (fitted, default))
-    won = SE.beats(v_fit, v_default, cfg.seed)
-    keep = bool(won["beats"])
-    spec["fusion"] = asdict(fitted if keep else default)
+    chosen, metrics["fusion"] = SE.choose_fusion([pool(live, J, q, v) for q, v in fit_vecs.items()], default,
+                                                 cfg.choice_folds, cfg.seed)
+    spec["fusion"] = asdict(chosen)
     spec["fitted"] = True
-    zero_pools = [pool(live, J, q, q_emb[q]) for q in valid_q]
-    metrics["fusion"] = {"fitted": fitted.describe(), "kept": keep, "valid_vs_configured": won, "grid_fit_ndcg@10": grid}
-    metrics["valid"] = {"zero_shot_configured_fusion": round(fusion_ndcg(zero_pools, default, 10), 6),
-                        "chosen": round(SE.nanmean(v_fit if keep else v_default), 6), "queries": len(valid_q)}
+    # What was chosen, on the held-out queries nothing was fitted on, against zero-shot queries with
+    # the configured fusion: the version's honest estimate of what the search fit buys.
+    qv = adapter.apply(q_emb) if adapter is not None else q_emb
+    mine = fusion_ndcg_per_query([pool(live, J, q, qv[q]) for q in valid_q], chosen, 10)
+    base = fusion_ndcg_per_query([pool(live, J, q, q_emb[q]) for q in valid_q], default, 10)
+    metrics["valid"] = {"zero_shot_configured_fusion": round(SE.nanmean(base), 6), "chosen": round(SE.nanmean(mine), 6),
+                        "queries": len(valid_q), "chosen_vs_zero_shot_configured": SE.paired(mine, base, cfg.seed)}
     return adapter
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from features import metrics as M
 from features.evaluation.methods import Judgments
 from features.models import query_adapter as QA
-from features.retrieval.fusion import Pool
+from features.retrieval.fusion import FusionParams, Pool, fit_fusion, fusion_ndcg_per_query
 from features.retrieval.live import LiveCatalog
 
 
@@ -74,24 +74,56 @@ nanmean = M.nanmean  # the mean over queries with a relevant item
 
 
 def fit_query_adapter(j: Judgments, q_emb: np.ndarray, item_vecs: np.ndarray, qs: list[int],
-                      p: QA.AdapterParams, folds: int = 5, seed: int = 0) -> tuple[QA.QueryAdapter | None, dict]:
+                      p: QA.AdapterParams, folds: int = 5, seed: int = 0
+                      ) -> tuple[QA.QueryAdapter | None, dict, dict[int, np.ndarray]]:
     """The query tower's adapter trained on queries `qs` (rows of `q_emb`), its epoch count chosen
     by `folds`-fold cross-validation over them (QA.cross_validate_adapter), and returned only where
     its out-of-fold full-catalog nDCG@10 of dense retrieval beats the zero-shot vectors' (`beats`:
-    the paired interval over all of `qs` above 0). Queries without a relevant item teach and judge
-    nothing and are left out. Returns (the adapter or None, its report)."""
+    the paired interval over the held-out queries above 0). Queries without a relevant item teach
+    and judge nothing and are left out.
+
+    Returns (the adapter or None, its report, the query vectors to fit what comes after it on:
+    query -> vector). With the adapter kept these are the held-out queries' out-of-fold vectors, as
+    the adapter will be on queries it never saw; the final adapter's own vectors of its training
+    queries would make dense retrieval look better than it is. Without it, every query's zero-shot
+    vector."""
+    zero_shot = {q: q_emb[q] for q in qs}
     qs = [q for q in qs if (M.grade_gain(j.grades[q]) > 0).any()]
     k = min(folds, len(qs))
     if k < 2:
         return None, {"used": False, "why_not": f"{len(qs)} fitting quer{'y' if len(qs) == 1 else 'ies'} with a "
-                                                "relevant item: too few to cross-validate an adapter"}
+                                                "relevant item: too few to cross-validate an adapter"}, zero_shot
     at = np.asarray(qs)
-    adapter, oof, zero, info = QA.cross_validate_adapter(
+    adapter, oof, zero, vecs, info = QA.cross_validate_adapter(
         q_emb[at], [QA.Targets(np.asarray(j.items[q]), M.grade_gain(j.grades[q])) for q in qs], item_vecs,
         lambda v, which: dense_ndcg_of(j, v, item_vecs, at[which].tolist()), p, k)
     won = beats(oof, zero, seed)
-    return (adapter if won["beats"] else None), {"used": won["beats"], "cross_validated_vs_zero_shot": won,
-                                                 **{key: v for key, v in info.items() if key != "params"}}
+    report = {"used": won["beats"], "cross_validated_vs_zero_shot": won, **{key: v for key, v in info.items() if key != "params"}}
+    if not won["beats"]:
+        return None, report, zero_shot
+    return adapter, report, {int(q): vecs[i] for i, q in enumerate(at) if not np.isnan(vecs[i, 0])}
+
+
+def choose_fusion(pools: list[Pool], default: FusionParams, folds: int = 5, seed: int = 0, k: int = 10
+                  ) -> tuple[FusionParams, dict]:
+    """The fusion of dense and lexical retrieval for these judged queries' pools: `fit_fusion` on all
+    of them, kept only where fitting beats `default` out of fold (`folds`-fold cross-validation over
+    the pools: each fold's fusion fitted on the others; `beats` as for the adapter). Returns (the
+    fusion to use, a report)."""
+    fitted, grid = fit_fusion(pools, k, default)
+    report: dict = {"fitted": fitted.describe(), "grid_fit_ndcg@10": grid, "kept": False}
+    n_folds = min(folds, len(pools))
+    if n_folds < 2:
+        report["why_not"] = f"{len(pools)} judged quer{'y' if len(pools) == 1 else 'ies'}: too few to cross-validate the fusion"
+        return default, report
+    fold = np.random.default_rng(seed).permutation(np.arange(len(pools)) % n_folds)
+    oof = np.full(len(pools), np.nan)
+    for f in range(n_folds):
+        p, _ = fit_fusion([x for x, g in zip(pools, fold) if g != f], k, default)
+        oof[fold == f] = fusion_ndcg_per_query([x for x, g in zip(pools, fold) if g == f], p, k)
+    won = beats(oof, fusion_ndcg_per_query(pools, default, k), seed)
+    report |= {"kept": bool(won["beats"]), "cross_validated_vs_configured": won}
+    return (fitted if won["beats"] else default), report
 
 
 def per_query_ndcg(lists: list[np.ndarray], ideal: list[np.ndarray], ks: tuple[int, ...]) -> dict[str, np.ndarray]:

@@ -176,7 +176,8 @@ MIN_HELD_OUT = 500
 def cross_validate_adapter(queries: np.ndarray, targets: list[Targets], items: np.ndarray,
                            score: Callable[[np.ndarray, np.ndarray], np.ndarray], p: AdapterParams = AdapterParams(),
                            folds: int = 5, log: Callable[[str], None] = lambda s: None,
-                           min_held_out: int = MIN_HELD_OUT) -> tuple[QueryAdapter, np.ndarray, np.ndarray, dict]:
+                           min_held_out: int = MIN_HELD_OUT
+                           ) -> tuple[QueryAdapter, np.ndarray, np.ndarray, np.ndarray, dict]:
     """Choose the number of epochs by k-fold cross-validation over the given queries, then train on
     all of them for that many epochs. A few dozen held-out queries are too few to tell an adapter's
     gain from noise; here every query is held out once (on a small judgment set), so the caller's
@@ -188,9 +189,13 @@ def cross_validate_adapter(queries: np.ndarray, targets: list[Targets], items: n
     in lockstep; after each epoch every held-out query is scored by the adapter that did not see it,
     and training stops once the mean of those out-of-fold scores has not improved for `p.patience`
     epochs. Returns (the adapter trained on all queries for the best epoch count, the out-of-fold
-    scores at that epoch, the zero-shot scores, info); both score arrays have one entry per query,
-    NaN for a query no trained fold held out. With a best epoch count of 0 the returned adapter is
-    untrained (the identity) and the two score arrays are equal."""
+    scores at that epoch, the zero-shot scores, the out-of-fold query vectors at that epoch, info);
+    the score arrays have one entry per query and the vectors one row, NaN for a query no trained
+    fold held out. The out-of-fold vectors are what anything fitted downstream of the adapter (the
+    fusion of dense and lexical retrieval) should see: the final adapter's vectors of the queries it
+    was trained on are better than it will ever be on a new query. With a best epoch count of 0 the
+    returned adapter is untrained (the identity), the two score arrays are equal and the vectors
+    are the given ones."""
     n = len(queries)
     if folds < 2 or n < folds:
         raise ValueError(f"query adapter cross-validation needs folds >= 2 and at least that many queries; "
@@ -207,21 +212,24 @@ def cross_validate_adapter(queries: np.ndarray, targets: list[Targets], items: n
     zero = np.full(n, np.nan)
     zero[out_of_fold] = score(np.asarray(queries, np.float32)[out_of_fold], out_of_fold)
 
-    def oof() -> np.ndarray:
-        out = np.full(n, np.nan)
+    def oof() -> tuple[np.ndarray, np.ndarray]:
+        out, vecs = np.full(n, np.nan), np.full(queries.shape, np.nan, np.float32)
         for f, fit in zip(held, fits):
-            out[f] = score(fit.snapshot().apply(queries[f]), f)
-        return out
+            vecs[f] = fit.snapshot().apply(queries[f])
+            out[f] = score(vecs[f], f)
+        return out, vecs
 
+    best_vecs = np.full(queries.shape, np.nan, np.float32)
+    best_vecs[out_of_fold] = np.asarray(queries, np.float32)[out_of_fold]
     curve, best, best_epoch = [float(np.nanmean(zero))], zero, 0
     for epoch in range(1, p.max_epochs + 1):
         for fit in fits:
             fit.epoch()
-        now = oof()
+        now, vecs = oof()
         curve.append(float(np.nanmean(now)))
         log(f"query adapter epoch {epoch}: out-of-fold validation {curve[-1]:.4f} (zero-shot {curve[0]:.4f})")
         if curve[-1] > max(curve[:-1]) + 1e-9:
-            best, best_epoch = now, epoch
+            best, best_vecs, best_epoch = now, vecs, epoch
         elif epoch - best_epoch >= p.patience:
             break
     final = _Fit(queries, targets, items_t, p)
@@ -231,7 +239,7 @@ def cross_validate_adapter(queries: np.ndarray, targets: list[Targets], items: n
             "epochs": len(curve) - 1, "folds": folds, "folds_trained": trained, "held_out_queries": len(out_of_fold),
             "train_queries": final.n, "out_of_fold_curve": [round(c, 6) for c in curve],
             "seconds": round(time.perf_counter() - t0, 2), "better_than_zero_shot": best_epoch > 0, "params": asdict(p)}
-    return final.snapshot(), best, zero, info
+    return final.snapshot(), best, zero, best_vecs, info
 
 
 class AdaptedEncoder:

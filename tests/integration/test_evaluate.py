@@ -156,8 +156,12 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
         assert fold["uses"] == ("learned" if won["paired_difference_ci95"][0] > 0 else "hand weights") and won["queries"] >= 1
         qa = fold["query_adapter"]
         cv = qa.get("cross_validated_vs_zero_shot")
-        assert qa["used"] == (cv is not None and cv["paired_difference_ci95"][0] > 0) and fold["fusion"]
+        assert qa["used"] == (cv is not None and cv["paired_difference_ci95"][0] > 0)
         assert cv is not None or "too few to cross-validate" in qa["why_not"]
+        # the fitted fusion is used only where fitting beat the configured one out of fold
+        fz = fold["fusion_choice"]
+        assert fold["fusion"] == (fz["fitted"] if fz["kept"] else "rrf, k=60")
+        assert fz["kept"] == ("cross_validated_vs_configured" in fz and fz["cross_validated_vs_configured"]["beats"])
     per = pl.read_parquet(run_dir / "per_query" / "search.parquet")
     assert per.height == 2 * len(srch["full_catalog"]) * len(QUERIES)
     sys_full = per.filter((pl.col("setting") == "full_catalog") & (pl.col("method") == "system, learned ranker (CV)"))
@@ -229,7 +233,11 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     assert spec["fitted"] and m["queries"] == len(QUERIES) and m["valid"]["queries"] == 2
     cv = m["adapter"]["cross_validated_vs_zero_shot"]  # 3 fitting queries, 3-fold CV over them
     assert spec["adapter"] == m["adapter"]["used"] == cv["beats"] == (adapter is not None) and cv["queries"] == 3
-    assert m["fusion"]["kept"] == m["fusion"]["valid_vs_configured"]["beats"]
+    assert m["fusion"]["kept"] == m["fusion"]["cross_validated_vs_configured"]["beats"]
+    assert (spec["fusion"] == {"method": "rrf", "rrf_k": 60, "ann_weight": 0.5}) or m["fusion"]["kept"]
+    v = m["valid"]  # the held-out queries report the choice against zero-shot with the configured fusion
+    assert v["queries"] == 2 and v["chosen_vs_zero_shot_configured"]["paired_difference"] == pytest.approx(
+        v["chosen"] - v["zero_shot_configured_fusion"], abs=2e-6)
     assert spec["adapter"] == (out / "query_adapter.safetensors").is_file()
     assert spec["fusion"]["method"] in ("rrf", "weighted")
     manifest = json.loads((out / "manifest.json").read_text())

@@ -283,14 +283,43 @@ def test_the_query_adapter_is_kept_only_where_its_out_of_fold_ndcg_beats_zero_sh
                      [np.array([3.0, 1.0]) for _ in range(n_q)])
     j.grades[-1] = np.array([1.0, 1.0])
     p = AdapterParams(rank=16, max_epochs=30, patience=4)
-    adapter, rep = SE.fit_query_adapter(j, q, items, list(range(n_q)), p, folds=3)
+    adapter, rep, fit_vecs = SE.fit_query_adapter(j, q, items, list(range(n_q)), p, folds=3)
     cv = rep["cross_validated_vs_zero_shot"]
     assert adapter is not None and rep["used"] and cv["beats"] and cv["queries"] == n_q - 1
     assert rep["best_epoch"] >= 1 and rep["best"] > rep["zero_shot"]
-    # queries whose vectors are already their targets: the adapter cannot beat zero-shot, so none is kept
-    adapter, rep = SE.fit_query_adapter(j, items[target], items, list(range(n_q)), p, folds=3)
+    # what the fusion is fitted on next: each query's out-of-fold vector, not the final adapter's own
+    assert sorted(fit_vecs) == list(range(n_q - 1))
+    assert all(not np.allclose(fit_vecs[i], adapter.apply(q[i])) for i in range(5))
+    # queries whose vectors are already their targets: the adapter cannot beat zero-shot, so none is
+    # kept, and the fusion is fitted on the zero-shot vectors of every query
+    adapter, rep, fit_vecs = SE.fit_query_adapter(j, items[target], items, list(range(n_q)), p, folds=3)
     assert adapter is None and not rep["used"] and not rep["cross_validated_vs_zero_shot"]["beats"]
+    assert sorted(fit_vecs) == list(range(n_q)) and np.array_equal(fit_vecs[7], items[target[7]])
     # one query with a relevant item cannot be cross-validated: nothing is fitted, and the report says why
-    adapter, rep = SE.fit_query_adapter(j, q, items, [0, n_q - 1], p)
+    adapter, rep, _ = SE.fit_query_adapter(j, q, items, [0, n_q - 1], p)
     assert adapter is None and rep == {"used": False, "why_not": "1 fitting query with a relevant item: too few to "
                                                                   "cross-validate an adapter"}
+
+
+def test_the_fitted_fusion_is_kept_only_where_it_beats_the_configured_one_out_of_fold():
+    from features.evaluation import search as SE
+    from features.retrieval.fusion import FusionParams, Pool
+
+    def pool(cos, bm25, gains):
+        n = len(cos)
+        return Pool(np.array(cos, float), np.array(bm25, float), np.ones(n, bool), np.array(bm25) > 0,
+                    np.array(gains, float), np.array([g for g in gains if g > 0], float))
+
+    default = FusionParams()
+    # the relevant item is dense's best and lexical's worst; RRF ties it with a lexical distractor
+    # listed first, and a fusion that trusts the dense scores more ranks it first
+    dense_wins = [pool([0.9, 0.5, 0.4], [1.0, 9.0, 5.0], [3.0, 0.0, 0.0])] * 30
+    chosen, rep = SE.choose_fusion(dense_wins, default)
+    assert rep["kept"] and rep["cross_validated_vs_configured"]["beats"] and chosen != default
+    assert chosen.describe() == rep["fitted"] and rep["fitted"].startswith("weighted")
+    # the relevant item first in both lists: nothing beats the configured fusion, so it stays
+    agree = [pool([0.9, 0.5, 0.4], [9.0, 5.0, 1.0], [3.0, 0.0, 0.0])] * 30
+    chosen, rep = SE.choose_fusion(agree, default)
+    assert chosen == default and not rep["kept"] and rep["cross_validated_vs_configured"]["paired_difference"] == 0
+    chosen, rep = SE.choose_fusion(agree[:1], default)
+    assert chosen == default and not rep["kept"] and "too few to cross-validate" in rep["why_not"]

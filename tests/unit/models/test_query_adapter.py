@@ -80,7 +80,7 @@ def test_cross_validation_picks_the_epochs_on_every_query_and_reports_out_of_fol
         seen.append(np.asarray(which))
         return (np.argmax(vectors @ items.T, axis=1) == target[which]).astype(np.float64)
 
-    adapter, oof, zero, info = cross_validate_adapter(queries, tg, items, hit1, AdapterParams(rank=16, max_epochs=40, patience=5),
+    adapter, oof, zero, vecs, info = cross_validate_adapter(queries, tg, items, hit1, AdapterParams(rank=16, max_epochs=40, patience=5),
                                                       folds=3)
     np.testing.assert_array_equal(zero, hit1(queries, np.arange(n_q)))  # the zero-shot score of every query
     assert oof.shape == zero.shape == (n_q,) and oof.mean() > zero.mean() + 0.1
@@ -92,14 +92,18 @@ def test_cross_validation_picks_the_epochs_on_every_query_and_reports_out_of_fol
     # the returned adapter is trained on all queries for the chosen number of epochs
     assert hit1(adapter.apply(queries), np.arange(n_q)).mean() > zero.mean() + 0.1
     assert info["folds_trained"] == 3 and info["held_out_queries"] == n_q  # a small set: every query held out once
+    # the out-of-fold vectors are the ones those scores came from (each query's by the fold that did not train on it)
+    np.testing.assert_array_equal(hit1(vecs, np.arange(n_q)), oof)
+    assert not np.array_equal(vecs, adapter.apply(queries))
     with pytest.raises(ValueError, match="folds >= 2 and at least that many queries; got folds=5, 3 queries"):
         cross_validate_adapter(queries[:3], tg[:3], items, hit1, folds=5)
     # a set large enough that one fold holds out min_held_out queries: only that fold is trained, and
     # the queries it did not hold out are NaN in both score arrays (the caller's pairing skips them)
-    adapter, oof, zero, info = cross_validate_adapter(queries, tg, items, hit1, AdapterParams(rank=16, max_epochs=40, patience=5),
+    adapter, oof, zero, vecs, info = cross_validate_adapter(queries, tg, items, hit1, AdapterParams(rank=16, max_epochs=40, patience=5),
                                                       folds=3, min_held_out=50)
     assert info["folds_trained"] == 1 and info["held_out_queries"] == 50 and info["train_queries"] == n_q
-    assert np.isnan(oof).sum() == np.isnan(zero).sum() == n_q - 50 and np.nanmean(oof) > np.nanmean(zero) + 0.1
+    assert np.isnan(oof).sum() == np.isnan(zero).sum() == np.isnan(vecs[:, 0]).sum() == n_q - 50
+    assert np.nanmean(oof) > np.nanmean(zero) + 0.1
 
 
 def test_cross_validation_keeps_zero_shot_when_training_only_hurts():
@@ -112,7 +116,8 @@ def test_cross_validation_keeps_zero_shot_when_training_only_hurts():
     def self_hit(vectors: np.ndarray, which: np.ndarray) -> np.ndarray:  # the query's own item first
         return (np.argmax(vectors @ items.T, axis=1) == which).astype(np.float64)
 
-    adapter, oof, zero, info = cross_validate_adapter(queries, tg, items, self_hit, AdapterParams(rank=4, max_epochs=30, patience=3))
+    adapter, oof, zero, vecs, info = cross_validate_adapter(queries, tg, items, self_hit, AdapterParams(rank=4, max_epochs=30, patience=3))
     assert info["best_epoch"] == 0 and not info["better_than_zero_shot"] and zero.mean() == 1.0
     np.testing.assert_array_equal(oof, zero)
     np.testing.assert_allclose(adapter.apply(queries), queries, atol=1e-6)  # untrained: the identity
+    np.testing.assert_array_equal(vecs, queries)
