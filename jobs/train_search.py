@@ -140,9 +140,31 @@ def run(cfg: TrainSearchConfig) -> str:
                                                                                "version": idx_manifest.get("version")}},
         outputs={"search": QA.SEARCH_FILE, "adapter": QA.WEIGHTS_FILE if adapter is not None else None}, metrics=metrics))
     steps("done")
-    print(f"search -> {out_dir}: query adapter {'kept' if spec['adapter'] else 'not used'}, fusion "
-          f"{spec['fusion']}" + (f"; validation nDCG@10 {metrics['valid']}" if "valid" in metrics else ""), flush=True)
+    print(f"search -> {out_dir}: {summary(spec, metrics)}", flush=True)
     return out_dir
+
+
+def _versus(report: dict | None) -> str:
+    if not report:
+        return ""
+    lo, hi = report["paired_difference_ci95"]
+    return f"{report['paired_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] nDCG@10 out of fold over {report['queries']} queries"
+
+
+def summary(spec: dict, metrics: dict) -> str:
+    """One line: what the version keeps and why, and what it buys on the held-out queries."""
+    if not spec.get("fitted"):
+        return spec.get("why_not_fitted", "nothing fitted")
+    a, f, v = metrics.get("adapter", {}), metrics.get("fusion", {}), metrics.get("valid", {})
+    adapter = ("query adapter kept" if spec["adapter"] else "query adapter not used") + (
+        f" ({_versus(a['cross_validated_vs_zero_shot'])} against zero-shot)" if "cross_validated_vs_zero_shot" in a
+        else f" ({a['why_not']})" if "why_not" in a else "")
+    fusion = f"fusion {f.get('fitted')} " + ("kept" if f.get("kept") else "not kept, the configured one stays") + (
+        f" ({_versus(f['cross_validated_vs_configured'])} against the configured fusion)"
+        if "cross_validated_vs_configured" in f else f" ({f['why_not']})" if "why_not" in f else "")
+    held = (f"; on {v['queries']} held-out queries nDCG@10 {v['chosen']:.4f} against {v['zero_shot_configured_fusion']:.4f} "
+            "with zero-shot queries and the configured fusion") if v else ""
+    return f"{adapter}; {fusion}{held}"
 
 
 def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec, metrics):

@@ -238,7 +238,7 @@ def cross_validate_adapter(queries: np.ndarray, targets: list[Targets], items: n
     info = {"zero_shot": round(curve[0], 6), "best": round(curve[best_epoch], 6), "best_epoch": best_epoch,
             "epochs": len(curve) - 1, "folds": folds, "folds_trained": trained, "held_out_queries": len(out_of_fold),
             "train_queries": final.n, "out_of_fold_curve": [round(c, 6) for c in curve],
-            "seconds": round(time.perf_counter() - t0, 2), "better_than_zero_shot": best_epoch > 0, "params": asdict(p)}
+            "seconds": round(time.perf_counter() - t0, 2), "params": asdict(p)}
     return final.snapshot(), best, zero, best_vecs, info
 
 

@@ -235,6 +235,8 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     assert spec["adapter"] == m["adapter"]["used"] == cv["beats"] == (adapter is not None) and cv["queries"] == 3
     assert m["fusion"]["kept"] == m["fusion"]["cross_validated_vs_configured"]["beats"]
     assert (spec["fusion"] == {"method": "rrf", "rrf_k": 60, "ann_weight": 0.5}) or m["fusion"]["kept"]
+    line = train_search.summary(spec, m)  # the job's last line says what it kept, why, and what it buys
+    assert ("query adapter kept" if spec["adapter"] else "query adapter not used") in line and "on 2 held-out queries" in line
     v = m["valid"]  # the held-out queries report the choice against zero-shot with the configured fusion
     assert v["queries"] == 2 and v["chosen_vs_zero_shot_configured"]["paired_difference"] == pytest.approx(
         v["chosen"] - v["zero_shot_configured_fusion"], abs=2e-6)
