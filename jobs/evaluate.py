@@ -608,16 +608,21 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     # grades): averaged grades (1.67, 2.5, ...) are rounded for training only; every nDCG below uses
     # the real grades.
     labels = [np.rint(np.maximum(J.grades[q] - 1.0, 0.0)).astype(np.int32) for q in range(nq)]
-    train_feats, train_labels = [], []
-    for q in range(nq):
+
+    def ranker_list(q: int, qv: np.ndarray, zero_shot: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Query q's training list for the learned ranker, with query vector `qv` (`zero_shot`: q's own
+        zero-shot vector): its judged items (and, where judgments are exhaustive, the top unjudged
+        candidates as 0s), features, labels."""
         judged = set(J.items[q])
         extra: list[int] = []
         if cfg.search.unjudged == "irrelevant":  # exhaustive judgments: the top unjudged candidates are true 0s
-            ids, _, _ = live.search(J.queries[q], q_emb[q])
+            ids, _, _ = live.search(J.queries[q], qv)
             extra = [r for r in catalog.rows(ids) if int(r) not in judged][:cfg.search.unjudged_negatives]
         rows = np.concatenate([np.asarray(J.items[q], np.int64), np.asarray(extra, np.int64)])
-        train_feats.append(EM.query_features(J.queries[q], q_emb[q], rows, catalog, bm25) if extra else feats[q])
-        train_labels.append(np.concatenate([labels[q], np.zeros(len(extra), np.int32)]))
+        x = EM.query_features(J.queries[q], qv, rows, catalog, bm25) if extra else (
+            feats[q] if zero_shot else EM.judged_features(J, q, qv, catalog, bm25))
+        return x, np.concatenate([labels[q], np.zeros(len(extra), np.int32)])
+
     futures, valid_sets, fusions, fusion_reports, q_fold, adapters = [], [], [], [], [], []
     rng = np.random.default_rng(cfg.seed)
 
@@ -645,9 +650,14 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         fusions.append(p)
         fusion_reports.append(fusion_report)
 
+        # The learned ranker's lists, with the query vectors it will meet: the fitting queries' out-of-
+        # fold vectors where the adapter is used (its own vectors of its training queries are better
+        # than on any new query), the validation queries' from the fold's adapter, which never saw them.
+        lists = {q: ranker_list(q, fit_vecs[q] if q in fit_vecs else q_fold[-1][q], q_fold[-1] is q_emb) for q in train_q}
+
         def stack(qs):
-            return (np.concatenate([train_feats[q] for q in qs]), np.concatenate([train_labels[q] for q in qs]),
-                    np.concatenate([np.full(len(train_labels[q]), q) for q in qs]))
+            return (np.concatenate([lists[q][0] for q in qs]), np.concatenate([lists[q][1] for q in qs]),
+                    np.concatenate([np.full(len(lists[q][1]), q) for q in qs]))
         futures.append(_fit_fold.remote(*stack(fit_q), *stack(sorted(valid_q)), cfg.ranker))
         valid_sets.append(sorted(valid_q))
     fold_models = [lgb.Booster(model_str=s) for s, _ in ray.get(futures)]
