@@ -652,7 +652,9 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
 
         # The learned ranker's lists, with the query vectors it will meet: the fitting queries' out-of-
         # fold vectors where the adapter is used (its own vectors of its training queries are better
-        # than on any new query), the validation queries' from the fold's adapter, which never saw them.
+        # than on any new query; on a judgment set so large that only some inner folds were trained,
+        # the rest keep the fold adapter's), the validation queries' from the fold's adapter, which
+        # never saw them.
         lists = {q: ranker_list(q, fit_vecs[q] if q in fit_vecs else q_fold[-1][q], q_fold[-1] is q_emb) for q in train_q}
 
         def stack(qs):
