@@ -20,9 +20,9 @@ query's judged items and retrieving from the whole catalog, for plain BM25, BM25
 typos), the zero-shot encoder and their hybrid (RRF), against the system: the query tower's
 adapter, the fitted fusion, and the ranker with hand-set weights and learned, each fitted by
 cross-validation over queries (a query's judgments never fit what is scored on it) and used only
-where it beats its default on validation queries (paired interval above 0; the adapter's
-validation is a k-fold cross-validation inside the fold's fitting queries, so every one of them
-counts, not a few dozen). Per-query nDCG is
+where it beats its default on validation queries (paired interval above 0; for the adapter and
+the fusion that validation is a k-fold cross-validation inside the fold's fitting queries, so every
+one of them counts, not a few dozen). Per-query nDCG is
 written to runs/<version>/per_query/search.parquet; every method gets a 95% bootstrap interval.
 
 Writes runs/<version>/metrics.json and report.html (plots), plus the stages' artifacts.

@@ -1,6 +1,7 @@
 """Search-relevance evaluation helpers (no Ray): each judged query's retrieval pool, per-query
-nDCG with bootstrap intervals, the paired verdict against the strongest baseline, and the query
-adapter's fit-and-verdict that jobs.train_search and jobs.evaluate share."""
+nDCG with bootstrap intervals, the paired verdict against the strongest baseline, and the search
+fit's two choices, the query adapter and the fusion, each fitted and judged out of fold, that
+jobs.train_search and jobs.evaluate share."""
 
 from __future__ import annotations
 
