@@ -624,6 +624,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         return x, np.concatenate([labels[q], np.zeros(len(extra), np.int32)])
 
     futures, valid_sets, fusions, fusion_reports, q_fold, adapters = [], [], [], [], [], []
+    hands, weight_reports = [], []
     rng = np.random.default_rng(cfg.seed)
 
     for f in range(cfg.search.folds):
@@ -649,6 +650,11 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
                                             cfg.retriever.fusion_params(), cfg.search.choice_folds, cfg.seed)
         fusions.append(p)
         fusion_reports.append(fusion_report)
+        # The search ranking's title weight, fitted on the same queries and vectors, ranked as serving
+        # ranks with that fusion, and kept only where fitting beats the configured weights out of fold.
+        hand_f, weight_report = SE.choose_search_weights(live, J, fit_vecs, hand, p, cfg.search.choice_folds, cfg.seed)
+        hands.append(hand_f)
+        weight_reports.append(weight_report)
 
         # The learned ranker's lists, with the query vectors it will meet: the fitting queries' out-of-
         # fold vectors where the adapter is used (its own vectors of its training queries are better
@@ -678,25 +684,26 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     # retrieval candidates as serving does; otherwise the fold falls back to the hand weights.
     fold_report, fold_scorers = [], []
     for f, (booster, qs) in enumerate(zip(fold_models, valid_sets)):
-        learned = full_catalog_ndcg(WithFallback(LearnedRanker({"search": booster}, {}), hand), qs, fusions[f], q_fold[f])
-        hand_v = full_catalog_ndcg(hand, qs, fusions[f], q_fold[f])
+        learned = full_catalog_ndcg(WithFallback(LearnedRanker({"search": booster}, {}), hands[f]), qs, fusions[f], q_fold[f])
+        hand_v = full_catalog_ndcg(hands[f], qs, fusions[f], q_fold[f])
         won = SE.beats(learned, hand_v, cfg.seed)
         uses = "learned" if won["beats"] else "hand weights"
         fold_report.append({"fold": f, "query_adapter": adapters[f], "fusion": fusions[f].describe(),
                             "fusion_choice": fusion_reports[f],
                             "valid_queries": len(qs), "valid_ndcg@10_learned": round(SE.nanmean(learned), 6),
                             "valid_ndcg@10_hand_weights": round(SE.nanmean(hand_v), 6),
-                            "valid_learned_vs_hand": won, "uses": uses})
-        fold_scorers.append(WithFallback(LearnedRanker({"search": booster}, {}), hand) if uses == "learned" else hand)
+                            "search_weights": weight_reports[f], "valid_learned_vs_hand": won, "uses": uses})
+        fold_scorers.append(WithFallback(LearnedRanker({"search": booster}, {}), hands[f]) if uses == "learned" else hands[f])
     print("  folds (valid nDCG@10, full catalog): " + "; ".join(
-        f"{r['fold']}: query adapter {'used' if r['query_adapter']['used'] else 'not used'}, fusion {r['fusion']}, learned {r['valid_ndcg@10_learned']:.4f} vs hand "
+        f"{r['fold']}: query adapter {'used' if r['query_adapter']['used'] else 'not used'}, fusion {r['fusion']}, title weight "
+        f"{r['search_weights']['fitted'].get('title_match', 0) if r['search_weights']['kept'] else 'as configured'}, learned {r['valid_ndcg@10_learned']:.4f} vs hand "
         f"{r['valid_ndcg@10_hand_weights']:.4f} -> {r['uses']}" for r in fold_report), flush=True)
 
     steps("score every method: re-ranking the judged items, retrieving from the whole catalog")
     BASE = ("BM25 (plain: one text field, no stemming)", "BM25F (fields, stemming, typos)", "zero-shot encoder",
             "hybrid retrieval (RRF k=60)")
     SYS = ("system: dense retrieval, query tower (CV)", "system: retrieval, fusion fitted per fold",
-           "system, hand-set weights", "system, learned ranker (CV)")
+           "system, hand weights (title weight fitted per fold)", "system, learned ranker (CV)")
     names = BASE + SYS
     rerank: dict[str, list[np.ndarray]] = {m: [] for m in names}
     full: dict[str, list[np.ndarray]] = {m: [] for m in names}
@@ -725,7 +732,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
             BASE[0]: raw_plain[rows], BASE[1]: raw[rows], BASE[2]: cos[rows],
             BASE[3]: fuse(cos[rows], raw[rows], "rrf", default_fusion.rrf_k),
             SYS[0]: cos_a[rows], SYS[1]: fuse(cos_a[rows], raw[rows], fz.method, fz.rrf_k, fz.ann_weight),
-            SYS[2]: hand.score(xa, "search"), SYS[3]: scorer.score(xa, "search"),
+            SYS[2]: hands[folds[q]].score(xa, "search"), SYS[3]: scorer.score(xa, "search"),
         }
         for m, sc in judged_scores.items():
             rerank[m].append(g[np.argsort(-sc, kind="stable")])
@@ -735,7 +742,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
             ids, _, _ = timed(m, lambda: live.search(J.queries[q], qv, fusion=fusion))
             full[m].append(SE.ranked_gains(J, q, catalog.rows(ids)[:K]))
         ctx = EM.search_context(J.queries[q], qa)
-        for m, sc in ((SYS[2], hand), (SYS[3], scorer)):
+        for m, sc in ((SYS[2], hands[folds[q]]), (SYS[3], scorer)):
             def ranked():
                 ids, _, cand_bm = live.search(J.queries[q], qa, fusion=fz)
                 return rank_candidates(ctx, ids, catalog, sc, K, cand_bm)
@@ -775,6 +782,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
                      "zero-shot's in the same sense; the fusion of dense and lexical retrieval fitted on the fitting "
                      "queries (their out-of-fold adapted vectors where the adapter is used) and kept where fitting "
                      f"beats the configured fusion out of fold ({cfg.search.choice_folds}-fold CV, the same sense); "
+                     "the search ranking's title weight (title_match) fitted and kept the same way; "
                      "95% intervals: bootstrap over queries; "
                      "encoder zero-shot (no fine-tune on this data); lexical analysis (fields and weights, Snowball "
                      "stemming, AUTO typo distance) set from published defaults, not tuned on this data"),

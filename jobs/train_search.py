@@ -15,10 +15,12 @@ paired 95% bootstrap interval over the held-out queries, all the fitting queries
 many that fewer folds hold out 500, is above 0); then the fusion (features/retrieval/fusion.py) is
 fitted on the fitting queries, with their out-of-fold adapted vectors where the adapter is kept (as
 it will see new queries), and KEPT ONLY IF fitting beats the configured fusion out of fold in the
-same sense. The validation queries, which nothing was fitted on, report what was chosen against
-zero-shot queries with the configured fusion. The evaluation (jobs.evaluate) makes both choices
-with the same functions inside each of its folds. Too few judged queries: nothing is
-fitted and the version says why. Writes <output_root>/search/<version>/ (search.json, the adapter
+same sense; so is the search ranking's weight on query-term coverage of the title (`title_match`,
+fitted on top of `hand_weights`, each query ranked as serving ranks it). The validation queries,
+which nothing was fitted on, report what was chosen against zero-shot queries with the configured
+fusion and weights. The evaluation (jobs.evaluate) makes the same three choices with the same
+functions inside each of its folds. Too few judged queries: nothing is fitted and the version says
+why. Writes <output_root>/search/<version>/ (search.json, the adapter
 when kept, manifest.json); serving uses the newest version trained on the served index.
 """
 
@@ -44,6 +46,7 @@ from features.models.onnx_encoder import runtime_encoder
 from features.retrieval.catalog import load_catalog
 from features.retrieval.fusion import fusion_ndcg_per_query
 from features.retrieval.live import LiveCatalog, RetrievalConfig
+from features.retrieval.ranking import HandWeights
 from jobs.common import Steps, load_job_config, parse_args, run_job
 
 KIND = "search"
@@ -63,6 +66,9 @@ class TrainSearchConfig:
     threads: int = 2  # ONNX Runtime threads for encoding the queries
     retriever: RetrievalConfig = field(default_factory=RetrievalConfig)  # BM25F settings and the fusion to beat
     adapter: QA.AdapterParams = field(default_factory=QA.AdapterParams)
+    # The search hand weights serving ranks with (serving/config.yaml's ranker.weights): the title
+    # weight is fitted on top of them, and serving adds it to its own.
+    hand_weights: HandWeights = field(default_factory=HandWeights)
 
 
 def check_config(cfg: TrainSearchConfig) -> None:
@@ -162,9 +168,14 @@ def summary(spec: dict, metrics: dict) -> str:
     fusion = f"fusion {f.get('fitted')} " + ("kept" if f.get("kept") else "not kept, the configured one stays") + (
         f" ({_versus(f['cross_validated_vs_configured'])} against the configured fusion)"
         if "cross_validated_vs_configured" in f else f" ({f['why_not']})" if "why_not" in f else "")
-    held = (f"; on {v['queries']} held-out queries nDCG@10 {v['chosen']:.4f} against {v['zero_shot_configured_fusion']:.4f} "
-            "with zero-shot queries and the configured fusion") if v else ""
-    return f"{adapter}; {fusion}{held}"
+    w = metrics.get("search_weights", {})
+    title = (f"title weight {w['fitted'].get('title_match')} kept" if w.get("kept") else "title weight as configured") + (
+        f" ({_versus(w['cross_validated_vs_configured'])} against the configured weights)"
+        if "cross_validated_vs_configured" in w else f" ({w['why_not']})" if "why_not" in w else "")
+    r = v.get("ranked", {})
+    held = (f"; on {v['queries']} held-out queries, ranked as serving ranks, nDCG@10 {r['chosen']:.4f} against "
+            f"{r['zero_shot_configured']:.4f} with zero-shot queries and the configured fusion and weights") if r else ""
+    return f"{adapter}; {fusion}; {title}{held}"
 
 
 def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec, metrics):
@@ -190,6 +201,10 @@ def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec,
     chosen, metrics["fusion"] = SE.choose_fusion([pool(live, J, q, v) for q, v in fit_vecs.items()], default,
                                                  cfg.choice_folds, cfg.seed)
     spec["fusion"] = asdict(chosen)
+    steps(f"fit the search ranking's title weight on the fitting queries ({cfg.choice_folds}-fold cross-validation)")
+    weights, metrics["search_weights"] = SE.choose_search_weights(live, J, fit_vecs, cfg.hand_weights, chosen,
+                                                                  cfg.choice_folds, cfg.seed)
+    spec["search_weights"] = metrics["search_weights"]["fitted"] if metrics["search_weights"]["kept"] else {}
     spec["fitted"] = True
     # What was chosen, on the held-out queries nothing was fitted on, against zero-shot queries with
     # the configured fusion: the version's honest estimate of what the search fit buys.
@@ -198,6 +213,11 @@ def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec,
     base = fusion_ndcg_per_query([pool(live, J, q, q_emb[q]) for q in valid_q], default, 10)
     metrics["valid"] = {"zero_shot_configured_fusion": round(SE.nanmean(base), 6), "chosen": round(SE.nanmean(mine), 6),
                         "queries": len(valid_q), "chosen_vs_zero_shot_configured": SE.paired(mine, base, cfg.seed)}
+    # ... and ranked as serving ranks them (candidates, then the search hand weights)
+    mine = SE.ranked_ndcg_per_query(live, J, {q: qv[q] for q in valid_q}, [weights], chosen)[:, 0]
+    base = SE.ranked_ndcg_per_query(live, J, {q: q_emb[q] for q in valid_q}, [cfg.hand_weights], default)[:, 0]
+    metrics["valid"]["ranked"] = {"zero_shot_configured": round(SE.nanmean(base), 6), "chosen": round(SE.nanmean(mine), 6),
+                                  "chosen_vs_zero_shot_configured": SE.paired(mine, base, cfg.seed)}
     return adapter
 
 

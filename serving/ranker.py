@@ -17,7 +17,7 @@ import numpy as np
 
 from features.models.learned_ranker import LearnedRanker, WithFallback
 from features.retrieval.live import LiveCatalog
-from features.retrieval.ranking import RankContext, rank_candidates
+from features.retrieval.ranking import HandWeights, RankContext, rank_candidates
 from serving.settings import Resolved, ServingConfig
 
 log = logging.getLogger("ray.serve")
@@ -28,7 +28,20 @@ def load_scorer(cfg: ServingConfig, res: Resolved) -> WithFallback:
     modes it was not trained on, and for the shoppers not in res.ranker_segments). A model that
     cannot be loaded fails the deployment (an explicit version must work)."""
     learned = LearnedRanker.load(res.ranker_dir, explanations=cfg.ranker.explanations) if res.ranker_dir else None
-    return WithFallback(learned, cfg.ranker.weights, res.ranker_segments)
+    return WithFallback(learned, search_weights(cfg, res), res.ranker_segments)
+
+
+def search_weights(cfg: ServingConfig, res: Resolved) -> HandWeights:
+    """The configured hand weights, with the search ranking's weights that the served search version
+    fitted on the shop's judgments (jobs.train_search: the title weight, where it won out of fold)."""
+    if not res.search_dir:
+        return cfg.ranker.weights
+    from dataclasses import replace
+
+    from features.models.query_adapter import read_search_version
+
+    fitted = read_search_version(res.search_dir)[1].get("search_weights") or {}
+    return replace(cfg.ranker.weights, search={**cfg.ranker.weights.search, **fitted}) if fitted else cfg.ranker.weights
 
 
 class Ranker:

@@ -1,17 +1,20 @@
 """Search-relevance evaluation helpers (no Ray): each judged query's retrieval pool, per-query
 nDCG with bootstrap intervals, the paired verdict against the strongest baseline, and the search
-fit's two choices, the query adapter and the fusion, each fitted and judged out of fold, that
-jobs.train_search and jobs.evaluate share."""
+fit's choices (the query adapter, the fusion, the title weight of the search ranking), each fitted
+and judged out of fold, that jobs.train_search and jobs.evaluate share."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from features import metrics as M
-from features.evaluation.methods import Judgments
+from features.evaluation.methods import Judgments, search_context
 from features.models import query_adapter as QA
 from features.retrieval.fusion import FusionParams, Pool, fit_fusion, fusion_ndcg_per_query
 from features.retrieval.live import LiveCatalog
+from features.retrieval.ranking import HandWeights, rank_candidates
 
 
 def gains_of(j: Judgments, q: int) -> dict[int, float]:
@@ -125,6 +128,55 @@ def choose_fusion(pools: list[Pool], default: FusionParams, folds: int = 5, seed
     won = beats(oof, fusion_ndcg_per_query(pools, default, k), seed)
     report |= {"kept": bool(won["beats"]), "cross_validated_vs_configured": won}
     return (fitted if won["beats"] else default), report
+
+
+# The search ranking's weight on query-term coverage of the title (`title_match`), tried per shop.
+TITLE_WEIGHTS = (0.1, 0.2, 0.4, 0.7)
+
+
+def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np.ndarray], weights: list[HandWeights],
+                          fusion: FusionParams, k: int = 10) -> np.ndarray:
+    """(queries of `vectors`, in its order) x (weights) full-catalog nDCG@k of ranking each query as
+    serving ranks it: its candidates from `live` with `fusion`, ordered by `rank_candidates` with
+    those search weights (NaN without a relevant item)."""
+    table = np.full((len(vectors), len(weights)), np.nan)
+    for i, (q, v) in enumerate(vectors.items()):
+        ids, _, bm = live.search(j.queries[q], v, fusion=fusion)
+        ideal = [M.grade_gain(j.grades[q])]
+        for c, h in enumerate(weights):
+            top = rank_candidates(search_context(j.queries[q], v), ids, live.catalog, h, k, bm)
+            table[i, c] = M.graded_ndcg_per_query([ranked_gains(j, q, [r.row for r in top])], ideal, k)[0]
+    return table
+
+
+def choose_search_weights(live: LiveCatalog, j: Judgments, vectors: dict[int, np.ndarray], hand: HandWeights,
+                          fusion: FusionParams, folds: int = 5, seed: int = 0, k: int = 10
+                          ) -> tuple[HandWeights, dict]:
+    """The search hand weights with a title weight (`title_match` in TITLE_WEIGHTS) fitted on these
+    judged queries (`vectors`: query -> the vector it is ranked with), ranked as serving ranks them
+    (`ranked_ndcg_per_query`), kept only where fitting beats the configured weights out of fold
+    (`folds`-fold cross-validation; `beats` as for the adapter). Returns (the weights to use, a
+    report)."""
+    qs = sorted(q for q in vectors if (M.grade_gain(j.grades[q]) > 0).any())
+    grid = [hand] + [replace(hand, search={**hand.search, "title_match": w}) for w in TITLE_WEIGHTS]
+    table = ranked_ndcg_per_query(live, j, {q: vectors[q] for q in qs}, grid, fusion, k)
+    means = np.nanmean(table, axis=0) if len(qs) else np.zeros(len(grid))
+    best = int(np.argmax(means))  # the configured weights win ties
+    report: dict = {"fitted": {"title_match": TITLE_WEIGHTS[best - 1]} if best else {}, "kept": False,
+                    "grid_ndcg@10": {"configured": round(float(means[0]), 6),
+                                     **{f"title_match={w}": round(float(m), 6) for w, m in zip(TITLE_WEIGHTS, means[1:])}}}
+    n_folds = min(folds, len(qs))
+    if n_folds < 2:
+        report["why_not"] = f"{len(qs)} judged quer{'y' if len(qs) == 1 else 'ies'}: too few to cross-validate the weights"
+        return hand, report
+    fold = np.random.default_rng(seed).permutation(np.arange(len(qs)) % n_folds)
+    oof = np.full(len(qs), np.nan)
+    for f in range(n_folds):
+        pick = int(np.argmax(np.nanmean(table[fold != f], axis=0)))
+        oof[fold == f] = table[fold == f, pick]
+    won = beats(oof, table[:, 0], seed)
+    report |= {"kept": bool(won["beats"] and best > 0), "cross_validated_vs_configured": won}
+    return (grid[best] if report["kept"] else hand), report
 
 
 def per_query_ndcg(lists: list[np.ndarray], ideal: list[np.ndarray], ks: tuple[int, ...]) -> dict[str, np.ndarray]:

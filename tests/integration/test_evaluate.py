@@ -162,6 +162,9 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
         fz = fold["fusion_choice"]
         assert fold["fusion"] == (fz["fitted"] if fz["kept"] else "rrf, k=60")
         assert fz["kept"] == ("cross_validated_vs_configured" in fz and fz["cross_validated_vs_configured"]["beats"])
+        sw = fold["search_weights"]  # and the search ranking's title weight the same way
+        cv = sw.get("cross_validated_vs_configured")
+        assert sw["kept"] == bool(cv is not None and cv["beats"] and sw["fitted"])
     per = pl.read_parquet(run_dir / "per_query" / "search.parquet")
     assert per.height == 2 * len(srch["full_catalog"]) * len(QUERIES)
     sys_full = per.filter((pl.col("setting") == "full_catalog") & (pl.col("method") == "system, learned ranker (CV)"))
@@ -235,11 +238,16 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     assert spec["adapter"] == m["adapter"]["used"] == cv["beats"] == (adapter is not None) and cv["queries"] == 3
     assert m["fusion"]["kept"] == m["fusion"]["cross_validated_vs_configured"]["beats"]
     assert (spec["fusion"] == {"method": "rrf", "rrf_k": 60, "ann_weight": 0.5}) or m["fusion"]["kept"]
+    w = m["search_weights"]
+    assert spec["search_weights"] == (w["fitted"] if w["kept"] else {})
     line = train_search.summary(spec, m)  # the job's last line says what it kept, why, and what it buys
     assert ("query adapter kept" if spec["adapter"] else "query adapter not used") in line and "on 2 held-out queries" in line
+    assert "title weight" in line
     v = m["valid"]  # the held-out queries report the choice against zero-shot with the configured fusion
     assert v["queries"] == 2 and v["chosen_vs_zero_shot_configured"]["paired_difference"] == pytest.approx(
         v["chosen"] - v["zero_shot_configured_fusion"], abs=2e-6)
+    r = v["ranked"]  # ... and ranked as serving ranks, with the configured weights
+    assert r["chosen_vs_zero_shot_configured"]["paired_difference"] == pytest.approx(r["chosen"] - r["zero_shot_configured"], abs=2e-6)
     assert spec["adapter"] == (out / "query_adapter.safetensors").is_file()
     assert spec["fusion"]["method"] in ("rrf", "weighted")
     manifest = json.loads((out / "manifest.json").read_text())
@@ -256,6 +264,18 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     live = open_live_catalog(cfg, res, lexical=True)
     f = spec["fusion"]
     assert live.cfg.fusion_params() == FusionParams(f["method"], f["rrf_k"], f["ann_weight"])
+    # its fitted title weight joins the configured search weights (a copy of the version with one set)
+    import dataclasses
+    import shutil
+
+    from serving.ranker import search_weights
+
+    assert search_weights(cfg, res).search.get("title_match", 0.0) == spec["search_weights"].get("title_match", 0.0)
+    fitted = root / "search_with_title_weight"
+    shutil.copytree(out, fitted)
+    (fitted / "search.json").write_text(json.dumps(spec | {"search_weights": {"title_match": 0.4}}))
+    hw = search_weights(cfg, dataclasses.replace(res, search_dir=str(fitted)))
+    assert hw.search == {**cfg.ranker.weights.search, "title_match": 0.4} and hw.recommend == cfg.ranker.weights.recommend
     assert resolve(ServingConfig(artifacts_root=str(root), index=str(index_dir), search="none")).search_dir is None
     # too few judged queries: nothing fitted, and the version says why
     few = Path(train_search.run(train_search.TrainSearchConfig(
