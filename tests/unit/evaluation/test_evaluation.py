@@ -323,3 +323,33 @@ def test_the_fitted_fusion_is_kept_only_where_it_beats_the_configured_one_out_of
     assert chosen == default and not rep["kept"] and rep["cross_validated_vs_configured"]["paired_difference"] == 0
     chosen, rep = SE.choose_fusion(agree[:1], default)
     assert chosen == default and not rep["kept"] and "too few to cross-validate" in rep["why_not"]
+
+
+def test_the_title_weight_is_kept_only_where_it_wins_out_of_fold():
+    from features.evaluation import search as SE
+    from features.retrieval.fusion import FusionParams
+    from features.retrieval.live import LiveCatalog, RetrievalConfig
+
+    cat, index = small_catalog(60)
+    live = LiveCatalog(cat, index, None, RetrievalConfig(lexical=True, num_candidates=60))
+    red_mugs = [k for k in range(60) if k % 3 == 0 and k % 4 == 0]  # titled "red mug <k>"
+    lamps = [k for k in range(60) if k % 3 == 1 and k % 4 == 2]  # titled "blue lamp <k>"
+    rng = np.random.default_rng(0)
+    n = 30
+    aim = [int(rng.choice(lamps)) for _ in range(n)]
+    vecs = {q: cat.vectors[a] + 0.05 * rng.normal(size=cat.vectors.shape[1]).astype(np.float32) for q, a in enumerate(aim)}
+    hand = HandWeights()
+
+    def judged(relevant_mugs: bool) -> EM.Judgments:
+        # every query reads "red mug" while its vector points at a blue lamp
+        items = [red_mugs + [a] for a in aim]
+        grades = [np.array([4.0 if relevant_mugs else 1.0] * len(red_mugs) + [1.0 if relevant_mugs else 4.0]) for _ in aim]
+        return EM.Judgments([f"red mug {q}" for q in range(n)], items, grades)
+
+    # the shop's judges want what the words say: weighing title coverage wins out of fold, and is kept
+    chosen, rep = SE.choose_search_weights(live, judged(True), vecs, hand, FusionParams(), folds=3)
+    assert rep["kept"] and rep["cross_validated_vs_configured"]["beats"] and rep["fitted"]["title_match"] > 0
+    assert chosen.search == {**hand.search, "title_match": rep["fitted"]["title_match"]} and chosen.recommend == hand.recommend
+    # ... they want what the vector says: any title weight only pulls the mugs up, so nothing changes
+    chosen, rep = SE.choose_search_weights(live, judged(False), vecs, hand, FusionParams(), folds=3)
+    assert chosen is hand and not rep["kept"] and rep["fitted"] == {}
