@@ -18,11 +18,11 @@ coverage, diversity, novelty, and per-request latency.
 Search relevance (items + a judgments file of query, item_id, grade): nDCG@k re-ranking each
 query's judged items and retrieving from the whole catalog, for plain BM25, BM25F (fields, stems,
 typos), the zero-shot encoder and their hybrid (RRF), against the system: the query tower's
-adapter, the fitted fusion, and the ranker with hand-set weights and learned, each fitted by
-cross-validation over queries (a query's judgments never fit what is scored on it) and used only
-where it beats its default on validation queries (paired interval above 0; for the adapter and
-the fusion that validation is a k-fold cross-validation inside the fold's fitting queries, so every
-one of them counts, not a few dozen). Per-query nDCG is
+adapter, the fitted fusion, the search ranking's fitted title weight, and the ranker with hand
+weights and learned, each fitted by cross-validation over queries (a query's judgments never fit
+what is scored on it) and used only where it beats its default on validation queries (paired
+interval above 0; for the adapter, the fusion and the title weight that validation is a k-fold
+cross-validation inside the fold's fitting queries, so every one of them counts, not a few dozen). Per-query nDCG is
 written to runs/<version>/per_query/search.parquet; every method gets a 95% bootstrap interval.
 
 Writes runs/<version>/metrics.json and report.html (plots), plus the stages' artifacts.
