@@ -12,7 +12,7 @@ import numpy as np
 from features import metrics as M
 from features.evaluation.methods import Judgments, search_context
 from features.models import query_adapter as QA
-from features.retrieval.fusion import FusionParams, Pool, fit_fusion, fusion_ndcg_per_query
+from features.retrieval.fusion import FusionParams, Pool, fusion_grid, fusion_ndcg_per_query
 from features.retrieval.live import LiveCatalog
 from features.retrieval.ranking import HandWeights, rank_candidates
 
@@ -108,26 +108,42 @@ def fit_query_adapter(j: Judgments, q_emb: np.ndarray, item_vecs: np.ndarray, qs
     return adapter, report, {int(q): vecs[i] for i, q in enumerate(at) if not np.isnan(vecs[i, 0])}
 
 
+def choose_out_of_fold(table: np.ndarray, folds: int, seed: int = 0) -> tuple[int, dict | None]:
+    """One choice among candidates from per-query scores `table` (queries x candidates, column 0 the
+    configured one): the column with the best mean (column 0 wins ties), and the verdict of choosing
+    that way out of fold (`folds`-fold cross-validation over the queries: each fold scored with the
+    column best on the others) against column 0 (`beats`), or None with fewer than 2 queries."""
+    best = int(np.argmax(np.nanmean(table, axis=0))) if len(table) else 0
+    n_folds = min(folds, len(table))
+    if n_folds < 2:
+        return best, None
+    fold = np.random.default_rng(seed).permutation(np.arange(len(table)) % n_folds)
+    oof = np.full(len(table), np.nan)
+    for f in range(n_folds):
+        oof[fold == f] = table[fold == f, int(np.argmax(np.nanmean(table[fold != f], axis=0)))]
+    return best, beats(oof, table[:, 0], seed)
+
+
+def _verdict(report: dict, best: int, won: dict | None, what: str, n: int) -> dict:
+    """The report of a choice made by `choose_out_of_fold`: kept only where a non-default column won."""
+    if won is None:
+        return report | {"kept": False, "why_not": f"{n} judged quer{'y' if n == 1 else 'ies'}: too few to cross-validate {what}"}
+    return report | {"kept": bool(won["beats"] and best > 0), "cross_validated_vs_configured": won}
+
+
 def choose_fusion(pools: list[Pool], default: FusionParams, folds: int = 5, seed: int = 0, k: int = 10
                   ) -> tuple[FusionParams, dict]:
-    """The fusion of dense and lexical retrieval for these judged queries' pools: `fit_fusion` on all
-    of them, kept only where fitting beats `default` out of fold (`folds`-fold cross-validation over
-    the pools: each fold's fusion fitted on the others; `beats` as for the adapter). Returns (the
-    fusion to use, a report)."""
-    fitted, grid = fit_fusion(pools, k, default)
-    report: dict = {"fitted": fitted.describe(), "grid_fit_ndcg@10": grid, "kept": False}
-    n_folds = min(folds, len(pools))
-    if n_folds < 2:
-        report["why_not"] = f"{len(pools)} judged quer{'y' if len(pools) == 1 else 'ies'}: too few to cross-validate the fusion"
-        return default, report
-    fold = np.random.default_rng(seed).permutation(np.arange(len(pools)) % n_folds)
-    oof = np.full(len(pools), np.nan)
-    for f in range(n_folds):
-        p, _ = fit_fusion([x for x, g in zip(pools, fold) if g != f], k, default)
-        oof[fold == f] = fusion_ndcg_per_query([x for x, g in zip(pools, fold) if g == f], p, k)
-    won = beats(oof, fusion_ndcg_per_query(pools, default, k), seed)
-    report |= {"kept": bool(won["beats"]), "cross_validated_vs_configured": won}
-    return (fitted if won["beats"] else default), report
+    """The fusion of dense and lexical retrieval for these judged queries' pools: the best of
+    `fusion_grid` on all of them (what `fit_fusion` picks), kept only where choosing that way beats
+    `default` out of fold (`choose_out_of_fold`). Returns (the fusion to use, a report)."""
+    grid = fusion_grid(default)
+    table = np.column_stack([fusion_ndcg_per_query(pools, p, k) for p in grid]) if pools else np.zeros((0, len(grid)))
+    best, won = choose_out_of_fold(table, folds, seed)
+    means = np.nanmean(table, axis=0) if len(pools) else np.zeros(len(grid))
+    report = _verdict({"fitted": grid[best].describe(),
+                       "grid_fit_ndcg@10": {p.describe(): round(float(m), 6) for p, m in zip(grid, means)}},
+                      best, won, "the fusion", len(pools))
+    return (grid[best] if report["kept"] else default), report
 
 
 # The search ranking's weight on query-term coverage of the title (`title_match`), tried per shop.
@@ -160,22 +176,12 @@ def choose_search_weights(live: LiveCatalog, j: Judgments, vectors: dict[int, np
     qs = sorted(q for q in vectors if (M.grade_gain(j.grades[q]) > 0).any())
     grid = [hand] + [replace(hand, search={**hand.search, "title_match": w}) for w in TITLE_WEIGHTS]
     table = ranked_ndcg_per_query(live, j, {q: vectors[q] for q in qs}, grid, fusion, k)
+    best, won = choose_out_of_fold(table, folds, seed)
     means = np.nanmean(table, axis=0) if len(qs) else np.zeros(len(grid))
-    best = int(np.argmax(means))  # the configured weights win ties
-    report: dict = {"fitted": {"title_match": TITLE_WEIGHTS[best - 1]} if best else {}, "kept": False,
-                    "grid_ndcg@10": {"configured": round(float(means[0]), 6),
-                                     **{f"title_match={w}": round(float(m), 6) for w, m in zip(TITLE_WEIGHTS, means[1:])}}}
-    n_folds = min(folds, len(qs))
-    if n_folds < 2:
-        report["why_not"] = f"{len(qs)} judged quer{'y' if len(qs) == 1 else 'ies'}: too few to cross-validate the weights"
-        return hand, report
-    fold = np.random.default_rng(seed).permutation(np.arange(len(qs)) % n_folds)
-    oof = np.full(len(qs), np.nan)
-    for f in range(n_folds):
-        pick = int(np.argmax(np.nanmean(table[fold != f], axis=0)))
-        oof[fold == f] = table[fold == f, pick]
-    won = beats(oof, table[:, 0], seed)
-    report |= {"kept": bool(won["beats"] and best > 0), "cross_validated_vs_configured": won}
+    report = _verdict({"fitted": {"title_match": TITLE_WEIGHTS[best - 1]} if best else {},
+                       "grid_ndcg@10": {"configured": round(float(means[0]), 6),
+                                        **{f"title_match={w}": round(float(m), 6) for w, m in zip(TITLE_WEIGHTS, means[1:])}}},
+                      best, won, "the weights", len(qs))
     return (grid[best] if report["kept"] else hand), report
 
 

@@ -82,15 +82,21 @@ def fusion_ndcg(pools: list[Pool], p: FusionParams, k: int = 10) -> float:
     return M.nanmean(fusion_ndcg_per_query(pools, p, k)) if pools else 0.0
 
 
-def fit_fusion(pools: list[Pool], k: int = 10, default: FusionParams = FusionParams()) -> tuple[FusionParams, dict[str, float]]:
-    """The fusion (RRF with k in RRF_KS, or weighted with ANN_WEIGHTS) with the best mean nDCG@k on
-    `pools`; `default` wins ties (and an empty `pools`). Returns it and every candidate's score."""
+def fusion_grid(default: FusionParams = FusionParams()) -> list[FusionParams]:
+    """The fusions `fit_fusion` tries, `default` first: RRF with k in RRF_KS, weighted with ANN_WEIGHTS."""
     grid = [default] + [FusionParams("rrf", rk) for rk in RRF_KS] + [FusionParams("weighted", ann_weight=w) for w in ANN_WEIGHTS]
+    seen: dict[str, FusionParams] = {}
+    for p in grid:
+        seen.setdefault(p.describe(), p)  # the default stands for the grid point it equals
+    return list(seen.values())
+
+
+def fit_fusion(pools: list[Pool], k: int = 10, default: FusionParams = FusionParams()) -> tuple[FusionParams, dict[str, float]]:
+    """The fusion of `fusion_grid` with the best mean nDCG@k on `pools`; `default` wins ties (and an
+    empty `pools`). Returns it and every candidate's score."""
     scores: dict[str, float] = {}
     best, best_v = default, -1.0
-    for p in grid:
-        if p.describe() in scores:
-            continue
+    for p in fusion_grid(default):
         v = fusion_ndcg(pools, p, k) if pools else 0.0
         scores[p.describe()] = round(v, 6)
         if v > best_v + 1e-12:
