@@ -134,7 +134,7 @@ def _verdict(report: dict, best: int, won: dict | None, what: str, n: int) -> di
 def choose_fusion(pools: list[Pool], default: FusionParams, folds: int = 5, seed: int = 0, k: int = 10
                   ) -> tuple[FusionParams, dict]:
     """The fusion of dense and lexical retrieval for these judged queries' pools: the best of
-    `fusion_grid` on all of them (what `fit_fusion` picks), kept only where choosing that way beats
+    `fusion_grid` on all of them, kept only where choosing that way beats
     `default` out of fold (`choose_out_of_fold`). Returns (the fusion to use, a report)."""
     grid = fusion_grid(default)
     table = np.column_stack([fusion_ndcg_per_query(pools, p, k) for p in grid]) if pools else np.zeros((0, len(grid)))

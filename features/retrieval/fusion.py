@@ -1,7 +1,7 @@
 """The ONE fusion of dense (embedding) and lexical (BM25) retrieval scores, used by serving's
 search (features/retrieval/live.py) and by the offline evaluation, so the evaluation's hybrid row
-measures exactly what serving does; and `fit_fusion`, which picks the fusion's method and constant
-on judged queries (the evaluation fits it on training queries only)."""
+measures exactly what serving does; and `fusion_grid`, the fusions a shop's judged queries choose
+from (features/evaluation/search.py's `choose_fusion`, for jobs.train_search and the evaluation)."""
 
 from __future__ import annotations
 
@@ -83,22 +83,9 @@ def fusion_ndcg(pools: list[Pool], p: FusionParams, k: int = 10) -> float:
 
 
 def fusion_grid(default: FusionParams = FusionParams()) -> list[FusionParams]:
-    """The fusions `fit_fusion` tries, `default` first: RRF with k in RRF_KS, weighted with ANN_WEIGHTS."""
+    """The fusions a fit tries, `default` first: RRF with k in RRF_KS, weighted with ANN_WEIGHTS."""
     grid = [default] + [FusionParams("rrf", rk) for rk in RRF_KS] + [FusionParams("weighted", ann_weight=w) for w in ANN_WEIGHTS]
     seen: dict[str, FusionParams] = {}
     for p in grid:
         seen.setdefault(p.describe(), p)  # the default stands for the grid point it equals
     return list(seen.values())
-
-
-def fit_fusion(pools: list[Pool], k: int = 10, default: FusionParams = FusionParams()) -> tuple[FusionParams, dict[str, float]]:
-    """The fusion of `fusion_grid` with the best mean nDCG@k on `pools`; `default` wins ties (and an
-    empty `pools`). Returns it and every candidate's score."""
-    scores: dict[str, float] = {}
-    best, best_v = default, -1.0
-    for p in fusion_grid(default):
-        v = fusion_ndcg(pools, p, k) if pools else 0.0
-        scores[p.describe()] = round(v, 6)
-        if v > best_v + 1e-12:
-            best, best_v = p, v
-    return best, scores

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.retrieval.fusion import FusionParams, Pool, fit_fusion, fuse, fusion_ndcg
+from features.retrieval.fusion import FusionParams, Pool, fuse, fusion_grid, fusion_ndcg
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from tests.helpers import small_catalog
 
@@ -54,17 +54,24 @@ def _pool(cos, bm, gains) -> Pool:
     return Pool(cos, bm, np.ones(len(cos), bool), bm > 0, gains, gains[gains > 0])
 
 
-def test_fit_fusion_picks_the_grid_point_with_the_best_ndcg_and_the_default_on_ties():
+def test_the_fit_picks_the_grid_point_with_the_best_ndcg_and_the_default_on_ties():
+    from features.evaluation.search import choose_fusion
+
     rng = np.random.default_rng(0)
     pools = []
     for _ in range(30):  # dense scores follow the gains, BM25 is noise: the fit must lean on dense
         gains = np.zeros(40)
         gains[rng.choice(40, 5, replace=False)] = rng.integers(1, 4, 5)
         pools.append(_pool(gains + 0.3 * rng.random(40), rng.random(40) * 5, gains))
-    best, grid = fit_fusion(pools)
+    chosen, rep = choose_fusion(pools, FusionParams())
+    grid = rep["grid_fit_ndcg@10"]
+    best = next(p for p in fusion_grid() if p.describe() == rep["fitted"])
     assert best.method == "weighted" and best.ann_weight >= 0.5  # earliest grid point of the best score
     assert grid[best.describe()] == max(grid.values()) > grid[FusionParams().describe()]
     assert fusion_ndcg(pools, best) == pytest.approx(grid[best.describe()], abs=1e-6)
+    assert chosen == (best if rep["kept"] else FusionParams())
     flat = [_pool(np.zeros(5), np.zeros(5), np.array([1.0, 0, 0, 0, 0]))] * 3  # every fusion orders these alike
-    assert fit_fusion(flat, default=FusionParams("rrf", 20))[0] == FusionParams("rrf", 20)
-    assert fit_fusion([])[0] == FusionParams()
+    assert choose_fusion(flat, FusionParams("rrf", 20))[1]["fitted"] == "rrf, k=20"
+    assert choose_fusion([], FusionParams())[0] == FusionParams()
+    assert [p.describe() for p in fusion_grid(FusionParams("rrf", 20))][:2] == ["rrf, k=20", "rrf, k=5"]
+    assert len({p.describe() for p in fusion_grid()}) == len(fusion_grid())  # the default is not tried twice
