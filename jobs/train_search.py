@@ -1,5 +1,5 @@
-"""Fit the search side on the shop's own judgments: the query tower's adapter and the fusion of
-dense and lexical retrieval.
+"""Fit the search side on the shop's own judgments: the query tower's adapter, the fusion of dense
+and lexical retrieval, and the search ranking's title weight.
 
     python -m jobs.train_search [--config jobs/configs/train_search.yaml] [--set key=value ...]
     python -m jobs.train_search --set judgments=<query,item_id,grade file>
@@ -60,7 +60,7 @@ class TrainSearchConfig:
     index: str | None = None  # the index version (its encoder and item vectors); null: the newest
     output_root: str = "artifacts"
     valid_share: float = 0.2  # of the judged queries, held out to report what the fit chose on unseen queries
-    choice_folds: int = 5  # the adapter's epoch count and verdict, and the fusion's verdict: k-fold CV over the fitting queries
+    choice_folds: int = 5  # the adapter's epoch count and verdict, the fusion's and the title weight's: k-fold CV over the fitting queries
     min_queries: int = 20  # fewer judged queries than this: nothing is fitted (the version says so)
     seed: int = 0
     threads: int = 2  # ONNX Runtime threads for encoding the queries
@@ -222,7 +222,7 @@ def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args("Fit the query adapter and the retrieval fusion on the shop's judgments.", "train_search.yaml", argv)
+    args = parse_args("Fit the query adapter, the retrieval fusion and the search title weight on the shop's judgments.", "train_search.yaml", argv)
 
     def body() -> int:
         run(load_job_config(TrainSearchConfig, args))
