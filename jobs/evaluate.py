@@ -672,12 +672,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
 
     def full_catalog_ndcg(scorer, qs: list[int], fusion: FusionParams, qv: np.ndarray) -> np.ndarray:
         """nDCG@10 per query of ranking its retrieval candidates, as serving does (unjudged gain 0)."""
-        got = []
-        for q in qs:
-            ids, _, cand_bm = live.search(J.queries[q], qv[q], fusion=fusion)
-            top = rank_candidates(EM.search_context(J.queries[q], qv[q]), ids, catalog, scorer, 10, cand_bm)
-            got.append(SE.ranked_gains(J, q, [r.row for r in top]))
-        return M.graded_ndcg_per_query(got, [gains_ideal[q] for q in qs], 10)
+        return SE.ranked_ndcg_per_query(live, J, {q: qv[q] for q in qs}, [scorer], fusion)[:, 0]
 
     # A fold's model is used only if it beats the hand weights on that fold's validation queries
     # (carved from its training folds, never its test fold; paired interval above 0), ranking

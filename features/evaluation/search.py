@@ -14,7 +14,7 @@ from features.evaluation.methods import Judgments, search_context
 from features.models import query_adapter as QA
 from features.retrieval.fusion import FusionParams, Pool, fusion_grid, fusion_ndcg_per_query
 from features.retrieval.live import LiveCatalog
-from features.retrieval.ranking import HandWeights, rank_candidates
+from features.retrieval.ranking import HandWeights, Scorer, rank_candidates
 
 
 def gains_of(j: Judgments, q: int) -> dict[int, float]:
@@ -150,11 +150,11 @@ def choose_fusion(pools: list[Pool], default: FusionParams, folds: int = 5, seed
 TITLE_WEIGHTS = (0.1, 0.2, 0.4, 0.7)
 
 
-def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np.ndarray], weights: list[HandWeights],
+def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np.ndarray], weights: list[Scorer],
                           fusion: FusionParams, k: int = 10) -> np.ndarray:
-    """(queries of `vectors`, in its order) x (weights) full-catalog nDCG@k of ranking each query as
-    serving ranks it: its candidates from `live` with `fusion`, ordered by `rank_candidates` with
-    those search weights (NaN without a relevant item)."""
+    """(queries of `vectors`, in its order) x (scorers: hand weights or a learned ranker) full-catalog
+    nDCG@k of ranking each query as serving ranks it: its candidates from `live` with `fusion`,
+    ordered by `rank_candidates` with that scorer (NaN without a relevant item)."""
     table = np.full((len(vectors), len(weights)), np.nan)
     for i, (q, v) in enumerate(vectors.items()):
         ids, _, bm = live.search(j.queries[q], v, fusion=fusion)
