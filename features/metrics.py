@@ -37,6 +37,21 @@ def target_ranks(scores: np.ndarray, target_idx: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def sort_positions(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """0-based position of each of `rows` in the stable descending sort of `scores` (ties to the
+    lower index): what inverting np.argsort(-scores, kind="stable") gives, without the full argsort
+    (one sort of the values and a binary search per row; a tie is counted only where there is one)."""
+    scores = np.asarray(scores)
+    rows = np.asarray(rows, dtype=np.int64)
+    v = scores[rows]
+    ordered = np.sort(scores)
+    right = np.searchsorted(ordered, v, side="right")
+    out = (len(scores) - right).astype(np.int64)
+    for i in np.flatnonzero(right - np.searchsorted(ordered, v, side="left") > 1):
+        out[i] += np.count_nonzero(scores[:rows[i]] == v[i])
+    return out
+
+
 def _hits(ranks: np.ndarray, k: int) -> np.ndarray:
     return (ranks < k).astype(np.float64)
 

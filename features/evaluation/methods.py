@@ -329,10 +329,11 @@ def query_features(query: str, q_emb: np.ndarray, rows: np.ndarray, catalog: Cat
     their dense and lexical ranks over the whole catalog (serving's are the same at the top)."""
     raw = bm25.scores(query, len(catalog))
     cos = catalog.vectors @ q_emb
-    rank_of = np.empty(len(catalog), np.float64)
-    rank_of[np.argsort(-cos, kind="stable")] = np.arange(len(catalog))
-    lex_of = np.full(len(catalog), -1.0)
-    hit = np.flatnonzero(raw > 0)
-    lex_of[hit[np.argsort(-raw[hit], kind="stable")]] = np.arange(len(hit))
+    rows = np.asarray(rows, dtype=np.int64)
+    # Each row's place in the whole catalog's dense list, and in the lexical list of the items with a
+    # match (-1 without one; every match scores above every non-match, so its place in the full
+    # sort is its place among the matches).
+    dense = M.sort_positions(cos, rows).astype(np.float64)
+    lexical = np.where(raw[rows] > 0, M.sort_positions(raw, rows), -1).astype(np.float64)
     return candidate_features(search_context(query, q_emb), rows, catalog, raw[rows], bm25_max=float(raw.max()),
-                              query_sim_max=float(cos.max()), ranks=(rank_of[rows], lex_of[rows]))
+                              query_sim_max=float(cos.max()), ranks=(dense, lexical))

@@ -15,6 +15,29 @@ from features.models.encoder import EncoderConfig, TwoTowerEncoder, load_encoder
 from features.models.losses import info_nce
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sort_positions_and_top_k_equal_a_stable_full_sort_ties_included(seed):
+    """The evaluation's shortcuts (no full argsort of the catalog per query) give exactly what the
+    stable descending sort gives, ties to the lower index included."""
+    from features.evaluation.search import top_k, top_k_rows
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 40, 500).astype(np.float32) / 7  # many ties
+    scores[[3, 77, 401]] = scores.max()  # a tie at the very top
+    order = np.argsort(-scores, kind="stable")
+    position = np.empty(len(scores), np.int64)
+    position[order] = np.arange(len(scores))
+    rows = rng.choice(len(scores), 60, replace=False)
+    assert M.sort_positions(scores, rows).tolist() == position[rows].tolist()
+    for k in (1, 10, 499, 500, 900):
+        assert top_k(scores, k).tolist() == order[:k].tolist()
+    assert top_k(scores, 0).tolist() == []
+    items = rng.integers(0, 5, (300, 4)).astype(np.float32)  # dot products with many ties
+    queries = rng.integers(0, 3, (7, 4)).astype(np.float32)
+    expected = [np.argsort(-(items @ q), kind="stable")[:20].tolist() for q in queries]
+    assert top_k_rows(queries, items, 20, chunk=3).tolist() == expected
+
+
 def test_target_ranks_ties_count_against_the_model_and_missing_targets_miss():
     scores = np.array([
         [0.9, 0.5, 0.1, 0.3],  # target 1: one item above -> rank 1
