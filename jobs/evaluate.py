@@ -109,6 +109,7 @@ class SearchEval:
     # The adapter's epoch count and verdict, and the fusion's verdict: k-fold CV inside each fold's fitting queries.
     choice_folds: int = 5
     adapter: QA.AdapterParams = field(default_factory=QA.AdapterParams)
+    max_queries: int = 0  # 0: every judged query; else a seeded sample of that many (development runs)
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,9 @@ class EvaluateConfig:
     ranker: RankerParams = field(default_factory=RankerParams)
     sasrec: SQ.SequenceParams = field(default_factory=SQ.sasrec_params)  # the ID-only baseline
     sequence: SequenceStage = field(default_factory=SequenceStage)
-    # A quick development run, labelled as such everywhere: 1,000 sampled requests per set, no
-    # encoder fine-tune, at most 3 epochs for the sequence models. Never for reported numbers.
+    # A quick development run, labelled as such everywhere: 1,000 sampled requests per set (and
+    # 1,000 judged queries for search), no encoder fine-tune, at most 3 epochs for the sequence
+    # models. Never for reported numbers.
     dev: bool = False
     search: SearchEval = field(default_factory=SearchEval)
     profiles: ProfileParams = field(default_factory=ProfileParams)
@@ -149,6 +151,8 @@ def check_config(cfg: EvaluateConfig) -> None:
         ES.SplitSpec.parse(cfg.split)  # names the allowed values
     if cfg.search.choice_folds < 2:
         raise ConfigError(f"search.choice_folds must be >= 2, got {cfg.search.choice_folds}")
+    if cfg.search.max_queries < 0:
+        raise ConfigError(f"search.max_queries must be >= 0 (0: every judged query), got {cfg.search.max_queries}")
     try:
         OX.check_precision(cfg.encoder.query_precision, field="encoder.query_precision")
     except ValueError as e:
@@ -550,6 +554,17 @@ def _fit_fold(x, y, g, vx, vy, vg, params):
     return booster.model_to_string(), info
 
 
+def sample_queries(judg: pl.DataFrame, max_queries: int, seed: int) -> tuple[pl.DataFrame, str | None]:
+    """The judgments of a seeded sample of `max_queries` queries (all of a query's judgments or
+    none; 0 or more than there are: all), and the development label when it sampled."""
+    queries = judg["query"].unique().sort()
+    if not max_queries or len(queries) <= max_queries:
+        return judg, None
+    keep = queries.sample(max_queries, seed=seed)
+    return judg.filter(pl.col("query").is_in(keep.implode())), (
+        f"DEVELOPMENT RUN: a seeded sample of {max_queries:,} of {len(queries):,} judged queries; not for reporting")
+
+
 def _vectors_from_index(items: pl.DataFrame, index_dir: str | None) -> np.ndarray | None:
     """The items' zero-shot vectors read back from a zero-shot index of the same items (built by
     the recommend part of this run, same encoder and max_length), or None when it lacks any."""
@@ -575,6 +590,9 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     items, _ = validate_items(ES.read_table(cfg.items), ValidationConfig())
     items = items.with_columns(item_text_expr())
     judg = read_judgments(cfg.judgments)
+    judg, dev_mode = sample_queries(judg, cfg.search.max_queries, cfg.seed)
+    if dev_mode:
+        print(f"  {dev_mode}", flush=True)
     vecs = _vectors_from_index(items, zero_shot_index)
     # Queries and items through the same exported model: the zero-shot index's, else one exported here.
     onnx_dir, tmp = Path(zero_shot_index or ".", OX.FOLDER), None
@@ -628,6 +646,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     rng = np.random.default_rng(cfg.seed)
 
     for f in range(cfg.search.folds):
+        t_fold = time.perf_counter()
         train_q = [q for q in range(nq) if folds[q] != f]
         valid_q = set(rng.choice(train_q, max(1, len(train_q) // 10), replace=False).tolist())
         fit_q = [q for q in train_q if q not in valid_q]
@@ -668,6 +687,10 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
                     np.concatenate([np.full(len(lists[q][1]), q) for q in qs]))
         futures.append(_fit_fold.remote(*stack(fit_q), *stack(sorted(valid_q)), cfg.ranker))
         valid_sets.append(sorted(valid_q))
+        print(f"  fold {f + 1}/{cfg.search.folds}: {len(fit_q):,} fitting queries, query adapter "
+              f"{'used' if adapters[-1]['used'] else 'not used'}, fusion {p.describe()}, title weight "
+              f"{hand_f.search.get('title_match', 0) if weight_report['kept'] else 'as configured'} "
+              f"({time.perf_counter() - t_fold:.0f} s)", flush=True)
     fold_models = [lgb.Booster(model_str=s) for s, _ in ray.get(futures)]
 
     def full_catalog_ndcg(scorer, qs: list[int], fusion: FusionParams, qv: np.ndarray) -> np.ndarray:
@@ -713,7 +736,10 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
         lat[name].append((time.perf_counter() - t0) * 1e3)
         return out
 
+    t_score, every = time.perf_counter(), max(1, nq // 10)
     for q in range(nq):
+        if q and q % every == 0 and nq >= 1000:
+            print(f"  scored {q:,} of {nq:,} queries ({time.perf_counter() - t_score:.0f} s)", flush=True)
         rows = np.asarray(J.items[q])
         g = gains_ideal[q]
         qa = q_fold[folds[q]][q]  # the fold's query vector (adapted where its adapter won in CV)
@@ -765,6 +791,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
     return {
         "dataset": cfg.dataset or Path(cfg.judgments).parent.name, "ks": list(ks), "queries": nq,
         "judgments": judg.height, "catalog_items": len(catalog), "queries_without_a_relevant_item": skipped,
+        "dev_mode": dev_mode,
         "protocol": (f"gain 2^(grade-1)-1; rerank: each query's judged items ordered by the method; full catalog: the "
                      f"method's top {K} of all items, unjudged items gain 0; {cfg.search.folds}-fold CV by query: "
                      "each fold trains the learned ranker on its fitting queries (integer labels round(grade-1), unjudged candidates "
@@ -796,6 +823,7 @@ def dev_config(cfg: EvaluateConfig) -> EvaluateConfig:
         return cfg
     sq = cfg.sequence
     return replace(cfg, max_requests=cfg.max_requests or 1000, encoder=replace(cfg.encoder, fine_tune=False),
+                   search=replace(cfg.search, max_queries=cfg.search.max_queries or 1000),
                    sasrec=replace(cfg.sasrec, max_epochs=min(cfg.sasrec.max_epochs, 3)),
                    sequence=replace(sq, trainer="local", model=replace(sq.model, max_epochs=min(sq.model.max_epochs, 3))))
 
@@ -858,6 +886,8 @@ def _summary_line(result: dict) -> str:
                          f"{' (beats)' if v['full_beats_strongest_baseline'] else ' (does not beat)'}; learned vs hand "
                          f"{v['learned_vs_hand'][0]:.4f} vs {v['learned_vs_hand'][1]:.4f}")
     if "search" in result:
+        if result["search"].get("dev_mode"):
+            parts.append(result["search"]["dev_mode"])
         for setting, v in result["search"]["verdict"].items():
             lo, hi = v["paired_difference_ci95"]
             parts.append(f"search {setting} {v['metric']}: full system {v['full_system']:.4f} vs strongest baseline "

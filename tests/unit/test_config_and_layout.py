@@ -98,6 +98,7 @@ def test_train_encoder_config_errors_name_the_key(override, message):
     ("split=time:soon", "not an ISO 8601 instant"),
     ("ks=[0, 10]", "ks must be positive"),
     ("events=null", "events and judgments are both null"),
+    ("search.max_queries=-1", "search.max_queries must be >= 0"),
 ])
 def test_evaluate_config_errors_name_the_key(override, message):
     from jobs.evaluate import EvaluateConfig, check_config

@@ -353,3 +353,20 @@ def test_the_title_weight_is_kept_only_where_it_wins_out_of_fold():
     # ... they want what the vector says: any title weight only pulls the mugs up, so nothing changes
     chosen, rep = SE.choose_search_weights(live, judged(False), vecs, hand, FusionParams(), folds=3)
     assert chosen is hand and not rep["kept"] and rep["fitted"] == {}
+
+
+def test_search_dev_sample_keeps_whole_queries_and_says_so():
+    """`search.max_queries` (and `dev: true`) evaluate a seeded sample of the judged queries, each
+    with all its judgments, and label the run; 0 or more than there are keeps everything."""
+    from jobs.evaluate import sample_queries
+
+    judg = pl.DataFrame({"query": [f"q{i % 7}" for i in range(40)], "item_id": [f"i{i}" for i in range(40)],
+                         "grade": [1.0 + (i % 3) for i in range(40)]})
+    sample, label = sample_queries(judg, 3, seed=0)
+    kept = set(sample["query"].to_list())
+    assert len(kept) == 3 and sample.height == judg.filter(pl.col("query").is_in(list(kept))).height
+    assert label is not None and "DEVELOPMENT RUN" in label and "3 of 7" in label
+    assert sample_queries(judg, 3, seed=0)[0].equals(sample)  # seeded
+    for n in (0, 7, 100):
+        whole, label = sample_queries(judg, n, seed=0)
+        assert whole.equals(judg) and label is None
