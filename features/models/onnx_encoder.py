@@ -40,7 +40,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from features.models.encoder import EncoderConfig, TwoTowerEncoder, load_encoder
+from features.models.encoder import EncoderConfig, TwoTowerEncoder, by_length, load_encoder
 
 META_FILE = "onnx_encoder.json"
 FOLDER = "encoder_onnx"  # inside an index version
@@ -219,8 +219,7 @@ class OnnxEncoder:
             # Dynamic quantisation scales activations over the whole call, padding included, so a
             # query's vector would depend on its batch-mates: int8 queries are encoded one by one.
             bs = 1
-        for s in range(0, len(keep), bs):
-            rows = keep[s:s + bs]
+        for rows in by_length(texts, keep, bs):
             tok = self.tokenizer([str(texts[i]) for i in rows], padding=True, truncation=True,
                                  max_length=self.cfg.max_length, return_tensors="np")
             feed = {"input_ids": tok["input_ids"].astype(np.int64), "attention_mask": tok["attention_mask"].astype(np.int64)}

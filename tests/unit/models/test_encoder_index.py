@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from features.models.encoder import EncoderConfig, TwoTowerEncoder
+from features.models.encoder import EncoderConfig, TwoTowerEncoder, by_length
 from features.models.losses import info_nce
 from features.retrieval.index import IndexConfig, ItemIndex, brute_force
 
@@ -29,6 +29,15 @@ def test_batched_encoding_equals_one_by_one(encoder):
     assert batched.shape == (len(TEXTS), 384) and batched.dtype == np.float32
     np.testing.assert_allclose(batched, single, atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+def test_batches_group_texts_of_similar_length_and_cover_every_row_once():
+    texts = ["a b c d e f", None, "ab", "a much longer text than the others", "abc", 7]
+    batches = by_length(texts, [0, 2, 3, 4, 5], 2)  # row 1 (None) is not asked for
+    assert sorted(r for b in batches for r in b) == [0, 2, 3, 4, 5] and [len(b) for b in batches] == [2, 2, 1]
+    flat = [r for b in batches for r in b]
+    assert flat == [5, 2, 4, 0, 3]  # by length of the text as a string, stable among equals
+    assert by_length(TEXTS, range(len(TEXTS)), 100) == [sorted(range(len(TEXTS)), key=lambda i: len(TEXTS[i]))]
 
 
 def test_missing_and_blank_text_encode_to_zero_and_others_are_unaffected(encoder):
