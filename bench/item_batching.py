@@ -26,6 +26,7 @@ import numpy as np
 from bench.feature_job import RESULTS, machine, write_result
 from features.artifacts import git_commit
 from features.data.text import item_text_expr
+from features.data.validate import ValidationConfig, validate_items
 from features.evaluation.splits import read_table
 from features.models import onnx_encoder as OX
 from features.models.encoder import ZERO_SHOT, EncoderConfig
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         encoder.encode(["warm up"], tower="item")
         rows = {}
         for path in paths:
-            texts = read_table(str(path)).with_columns(item_text_expr())["item_text"].to_list()[:ns.limit]
+            items, _ = validate_items(read_table(str(path)), ValidationConfig())  # as jobs.evaluate reads items
+            texts = items.with_columns(item_text_expr())["item_text"].to_list()[:ns.limit]
             secs = {"one padded batch of 256": [], f"sub-batches of {CPU_SUB_BATCH} by length": []}
             for _ in range(ns.repeats):
                 whole, a = encode(encoder, texts, None)
