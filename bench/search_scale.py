@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": {"items": items.height, "queries": metrics["queries"], "judgments": judgments.height,
                  "words_from": source, "synthetic": "timing only, see bench/search_scale.py"},
         "wall_s": round(wall, 1),
-        # the largest resident set of the job's processes that have ended (its driver, Ray's workers)
+        # the largest resident set among the job's ended and reaped processes: at least its driver
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
         "steps_s": steps, "folds": log, "dev_mode": metrics.get("dev_mode"),
         "full_catalog_ndcg@10": {m["method"]: m["ndcg@10"] for m in metrics["full_catalog"]},
