@@ -3,6 +3,7 @@
     python -m jobs.evaluate [--config jobs/configs/evaluate.yaml] [--set key=value ...]
     python -m jobs.evaluate --set split=leave-last
     python -m jobs.evaluate --set events=null --set items=<items.parquet> --set judgments=<judgments.parquet>
+    python -m jobs.evaluate --set recommend=false --set events=<log with searches> --set items=<items.parquet>
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.evaluate ...
 
 Recommendation (events + items): split the log (`time:<ISO>` or `leave-last`, see
@@ -15,7 +16,8 @@ the fine-tuned encoder without the ranker, the full system with the hand-set wei
 system with the learned ranker. Metrics at each k: HitRate, Recall, NDCG, MRR, precision/F1,
 coverage, diversity, novelty, and per-request latency.
 
-Search relevance (items + a judgments file of query, item_id, grade): nDCG@k re-ranking each
+Search relevance (items + a judgments file of query, item_id, grade; without a file, the log's own
+searches followed by a click, cart or purchase, features/data/judgments.py): nDCG@k re-ranking each
 query's judged items and retrieving from the whole catalog, for plain BM25, BM25F (fields, stems,
 typos), the zero-shot encoder and their hybrid (RRF), against the system: the query tower's
 adapter, the fitted fusion, the search ranking's fitted title weight, and the ranker with hand
@@ -49,7 +51,7 @@ from features import metrics as M
 from features.config import ConfigError, to_dict
 from features.data import ease as E
 from features.data import schema as S
-from features.data.judgments import read_judgments
+from features.data.judgments import judgments_from_events, read_judgments
 from features.data.pipeline import SplitConfig
 from features.data.text import item_text_expr
 from features.data.transforms import FeatureParams
@@ -110,6 +112,11 @@ class SearchEval:
     choice_folds: int = 5
     adapter: QA.AdapterParams = field(default_factory=QA.AdapterParams)
     max_queries: int = 0  # 0: every judged query; else a seeded sample of that many (development runs)
+    # Without a judgments file, judge search by the log: a search followed within window_s by a click,
+    # cart or purchase (features/data/judgments.py), when at least min_log_queries queries have one.
+    from_log: bool = True
+    window_s: float = 1800.0
+    min_log_queries: int = 50
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,7 @@ class EvaluateConfig:
     events: str | None = "data/canonical/online_retail/events.parquet"  # null: search relevance only
     items: str = "data/canonical/online_retail/items.parquet"
     judgments: str | None = None  # Parquet or CSV with query, item_id, grade: search relevance
+    recommend: bool = True  # false: only search relevance (from the judgments file or the log's searches)
     dataset: str | None = None  # a name for the report; default: the events (or items) folder name
     split: str = "time:2011-11-09T00:00:00Z"  # time:<ISO instant> | leave-last
     ranker_days: float = 30.0  # time split: the ranker's label window before the split instant
@@ -145,6 +153,13 @@ class EvaluateConfig:
 def check_config(cfg: EvaluateConfig) -> None:
     if cfg.events is None and cfg.judgments is None:
         raise ConfigError("events and judgments are both null: give events (recommendation) and/or judgments (search)")
+    if not cfg.recommend and cfg.judgments is None and not cfg.search.from_log:
+        raise ConfigError("recommend is false and there is no search to evaluate: give judgments, or set search.from_log=true")
+    if cfg.search.min_log_queries < 2 * cfg.search.folds:
+        raise ConfigError(f"search.min_log_queries must be >= 2 x search.folds ({2 * cfg.search.folds}), "
+                          f"got {cfg.search.min_log_queries}")
+    if cfg.search.window_s <= 0:
+        raise ConfigError(f"search.window_s must be > 0 seconds, got {cfg.search.window_s}")
     if not cfg.ks or min(cfg.ks) < 1:
         raise ConfigError(f"ks must be positive integers, got {list(cfg.ks)}")
     if cfg.events is not None:
@@ -565,6 +580,29 @@ def sample_queries(judg: pl.DataFrame, max_queries: int, seed: int) -> tuple[pl.
         f"DEVELOPMENT RUN: a seeded sample of {max_queries:,} of {len(queries):,} judged queries; not for reporting")
 
 
+def search_judgments(cfg: EvaluateConfig) -> tuple[pl.DataFrame | None, str]:
+    """The search part's judgments (query, item_id, grade) and where they come from: the judgments
+    file; else, with events and `search.from_log`, the log's searches followed by a click (grade 2),
+    an add to cart (3) or a purchase (4) within `search.window_s`. None, with the reason, when there
+    is nothing to score: no file and no log, or a log with fewer than `search.min_log_queries`
+    such queries (cross-validation by query needs some in every fold)."""
+    if cfg.judgments is not None:
+        return read_judgments(cfg.judgments), f"the judgments file {cfg.judgments}"
+    if cfg.events is None or not cfg.search.from_log:
+        return None, "no judgments file (--set judgments=...) and search.from_log is false"
+    events, _, _ = ES.read_inputs(cfg.events, cfg.items)
+    j = judgments_from_events(events, cfg.search.window_s)
+    nq = j["query"].n_unique()
+    source = (f"the log's searches: {j.height:,} (query, item) pairs over {nq:,} queries, each a search followed within "
+              f"{cfg.search.window_s:g} s in its session by a click (grade 2), add to cart (3) or purchase (4); "
+              "only positives are judged, so re-ranking judged items orders clicks, carts and purchases")
+    if nq < cfg.search.min_log_queries:
+        return None, (f"search not evaluated: the log has {nq:,} searches followed by a click, cart or purchase "
+                      f"(search.min_log_queries={cfg.search.min_log_queries}); give a judgments file with "
+                      "--set judgments=<query,item_id,grade>")
+    return j.select("query", S.ITEM_ID, "grade"), source
+
+
 def _vectors_from_index(items: pl.DataFrame, index_dir: str | None) -> np.ndarray | None:
     """The items' zero-shot vectors read back from a zero-shot index of the same items (built by
     the recommend part of this run, same encoder and max_length), or None when it lacks any."""
@@ -578,18 +616,18 @@ def _vectors_from_index(items: pl.DataFrame, index_dir: str | None) -> np.ndarra
     return index.vectors()[[row[i] for i in wanted]]
 
 
-def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | None = None,
+def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, source: str, zero_shot_index: str | None = None,
                     per_query_path: Path | None = None) -> dict:
+    """Search relevance on judgments `judg` (query, item_id, grade) that come from `source`."""
     import lightgbm as lgb
 
     ks = tuple(sorted(cfg.ks))
     key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"
-    steps("read items and judgments")
+    steps("read items")
     from features.data.validate import ValidationConfig, validate_items
 
     items, _ = validate_items(ES.read_table(cfg.items), ValidationConfig())
     items = items.with_columns(item_text_expr())
-    judg = read_judgments(cfg.judgments)
     judg, dev_mode = sample_queries(judg, cfg.search.max_queries, cfg.seed)
     if dev_mode:
         print(f"  {dev_mode}", flush=True)
@@ -789,7 +827,8 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, zero_shot_index: str | No
                       for q in range(nq)]).write_parquet(per_query_path)
     skipped = sum(1 for g in gains_ideal if g.max() <= 0)
     return {
-        "dataset": cfg.dataset or Path(cfg.judgments).parent.name, "ks": list(ks), "queries": nq,
+        "dataset": cfg.dataset or Path(cfg.judgments or cfg.events or cfg.items).parent.name, "ks": list(ks), "queries": nq,
+        "judgments_from": source,
         "judgments": judg.height, "catalog_items": len(catalog), "queries_without_a_relevant_item": skipped,
         "dev_mode": dev_mode,
         "protocol": (f"gain 2^(grade-1)-1; rerank: each query's judged items ordered by the method; full catalog: the "
@@ -848,14 +887,21 @@ def run(cfg: EvaluateConfig) -> str:
         result.setdefault("recommend_partial", {}).update(kv)
         save()
 
-    if cfg.events is not None:
+    if cfg.events is not None and cfg.recommend:
         result["recommend"] = evaluate_recommend(cfg, run_dir, steps, partial)
         result.pop("recommend_partial", None)
         result["ranker"] = {"importances": result["recommend"]["ranker"]["importances"]}
         save()
-    if cfg.judgments is not None:
-        zs_index = result.get("recommend", {}).get("stages", {}).get("index_zero_shot")
-        result["search"] = evaluate_search(cfg, steps, zs_index, run_dir / "per_query" / "search.parquet")
+    if cfg.judgments is not None or cfg.search.from_log:
+        steps("search judgments: " + ("the judgments file" if cfg.judgments else "the log's searches"))
+        judg, source = search_judgments(cfg)
+        if judg is None:
+            print(f"  {source}", flush=True)
+            result["search_skipped"] = source
+        else:
+            print(f"  from {source}", flush=True)
+            zs_index = result.get("recommend", {}).get("stages", {}).get("index_zero_shot")
+            result["search"] = evaluate_search(cfg, steps, judg, source, zs_index, run_dir / "per_query" / "search.parquet")
     result["status"] = "complete"
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["summary"] = _summary_line(result)
@@ -885,6 +931,8 @@ def _summary_line(result: dict) -> str:
                          f"{v['paired_difference']:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]"
                          f"{' (beats)' if v['full_beats_strongest_baseline'] else ' (does not beat)'}; learned vs hand "
                          f"{v['learned_vs_hand'][0]:.4f} vs {v['learned_vs_hand'][1]:.4f}")
+    if result.get("search_skipped"):
+        parts.append(result["search_skipped"])
     if "search" in result:
         if result["search"].get("dev_mode"):
             parts.append(result["search"]["dev_mode"])

@@ -4,8 +4,10 @@ A judgments file (Parquet or CSV) has the columns query, item_id and grade (1 = 
 4 = perfect; averaged grades such as 2.33 are fine). A shop without one still has judgments in its
 log: a search followed, in the same session (the same shopper where sessions are missing) and
 within `window_s`, by a click (grade 2), an add to cart (3) or a purchase (4) of an item, before
-the next search. A (query, item) pair seen several times keeps its best grade and counts how
-often it was seen. Queries are compared after trimming and lower-casing.
+the next search. A click, cart or purchase that carries a query itself (logs that record each click
+with the search it came from, one row each) counts as that search followed at once by it. A
+(query, item) pair seen several times keeps its best grade and counts how often it was seen.
+Queries are compared after trimming and lower-casing.
 """
 
 from __future__ import annotations
@@ -47,11 +49,12 @@ def judgments_from_events(events: pl.DataFrame, window_s: float = 1800.0) -> pl.
     key = pl.coalesce(pl.col(S.SESSION_ID), pl.col(S.USER_ID)) if S.SESSION_ID in events.columns else pl.col(S.USER_ID)
     ev = (events.filter(pl.col(S.EVENT_TYPE).is_in(["search", *GRADE_OF_EVENT]))
           .select(key.alias("_k"), S.TS, S.EVENT_TYPE, S.ITEM_ID, S.QUERY)
-          .sort("_k", S.TS))
+          .sort("_k", S.TS, maintain_order=True))
+    # a search, or an action that names its own search, starts what the next actions are judged for
+    names_query = (pl.col(S.EVENT_TYPE) == "search") | (pl.col(S.QUERY).str.strip_chars().str.len_chars() > 0)
     ev = ev.with_columns(
-        pl.when(pl.col(S.EVENT_TYPE) == "search").then(pl.col(S.QUERY).str.strip_chars().str.to_lowercase())
-        .forward_fill().over("_k").alias("_q"),
-        pl.when(pl.col(S.EVENT_TYPE) == "search").then(pl.col(S.TS)).forward_fill().over("_k").alias("_qts"))
+        pl.when(names_query).then(pl.col(S.QUERY).str.strip_chars().str.to_lowercase()).forward_fill().over("_k").alias("_q"),
+        pl.when(names_query).then(pl.col(S.TS)).forward_fill().over("_k").alias("_qts"))
     pairs = ev.filter((pl.col(S.EVENT_TYPE) != "search") & pl.col("_q").is_not_null() & (pl.col("_q") != "")
                       & pl.col(S.ITEM_ID).is_not_null()
                       & ((pl.col(S.TS) - pl.col("_qts")).dt.total_microseconds() <= int(window_s * 1e6)))

@@ -290,7 +290,8 @@ def training_examples(
       strictly earlier ts (searches included), newest first. Events sharing the target's ts (one
       basket) are not history: they happened together, not before.
     - query: for each positive event, the latest search of the same session at or before it and
-      at most `query_window_s` earlier.
+      at most `query_window_s` earlier; a positive event that carries a query itself (a log that
+      records each click with the search it came from) is that search.
     The example's ts is its target event's ts; `split` follows the cutoffs. No event after the
     target's ts is read for its anchor (the no-leakage property, tested).
     `titles` holds (item_id, title).
@@ -325,7 +326,8 @@ def training_examples(
     )
 
     searches = (
-        ev.filter((pl.col(S.EVENT_TYPE) == S.EventType.SEARCH.value) & pl.col(S.QUERY).is_not_null())
+        ev.filter(((pl.col(S.EVENT_TYPE) == S.EventType.SEARCH.value) | positive_expr())
+                  & (pl.col(S.QUERY).str.strip_chars().str.len_chars() > 0))
         .select(S.USER_ID, SESSION_KEY, pl.col(S.TS).alias("__sts"), pl.col(S.QUERY).alias("__q"))
         .sort("__sts")
     )

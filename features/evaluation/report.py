@@ -163,6 +163,8 @@ def render(result: dict) -> str:
         parts.append(f"<h2>Search relevance: {_esc(srch['dataset'])}</h2>")
         parts.append(f"<p>{srch['queries']} queries, {srch['judgments']} judgments, {srch['catalog_items']} items; "
                      f"{_esc(srch.get('protocol', ''))}</p>")
+        if srch.get("judgments_from"):
+            parts.append(f"<p>Judgments: {_esc(srch['judgments_from'])}.</p>")
         for setting in ("rerank", "full_catalog"):
             rows = srch[setting]
             parts.append(f"<h3>{'re-ranking the judged items' if setting == 'rerank' else 'retrieving from the whole catalog'}</h3>")
@@ -172,6 +174,8 @@ def render(result: dict) -> str:
             parts.append(line_chart(f"nDCG@k ({setting})", ks, {m["method"]: [m[f"ndcg@{k}"] for k in ks] for m in rows}, "nDCG"))
         if srch.get("latency"):
             parts.append(latency_chart("search latency per query (in process)", srch["latency"]))
+    if result.get("search_skipped"):
+        parts.append(f"<h2>Search relevance</h2><p>{_esc(result['search_skipped'])}</p>")
     if result.get("ranker"):
         imp = result["ranker"].get("importances", {})
         if imp:

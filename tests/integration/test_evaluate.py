@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -283,3 +284,33 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
         min_queries=50)))
     _, spec = read_search_version(few)
     assert not spec["fitted"] and not spec["adapter"] and "fewer than min_queries=50" in spec["why_not_fitted"]
+
+
+def test_search_judged_by_the_logs_searches_without_recommendations(ray_local, slice_, tmp_path):
+    """No judgments file: the log's searches followed by a click or purchase judge search
+    (`recommend=false` skips the recommendation part); a log with too few says why and completes."""
+    base, end = slice_
+    items = pl.read_parquet(base / "items.parquet")
+    rows = []
+    for n, q in enumerate(QUERIES * 2):  # each query searched by two shoppers, who click or buy its title matches
+        hits = [i for i, t in items.select(S.ITEM_ID, S.TITLE).iter_rows() if all(w in t.lower() for w in q.split())][:3]
+        t0 = end - dt.timedelta(days=n)
+        rows.append({S.EVENT_ID: f"s{n}", S.TS: t0, S.USER_ID: f"searcher{n}", S.EVENT_TYPE: "search", S.ITEM_ID: None, S.QUERY: q})
+        rows += [{S.EVENT_ID: f"s{n}-{k}", S.TS: t0 + dt.timedelta(minutes=k + 1), S.USER_ID: f"searcher{n}",
+                  S.EVENT_TYPE: "purchase" if k == 0 else "click", S.ITEM_ID: i, S.QUERY: None} for k, i in enumerate(hits)]
+    pl.DataFrame(rows).write_parquet(tmp_path / "log.parquet")
+    cfg = evaluate.EvaluateConfig(
+        events=str(tmp_path / "log.parquet"), items=str(base / "items.parquet"), recommend=False, ks=(5, 10),
+        output_root=str(tmp_path / "runs"), search=evaluate.SearchEval(folds=2, candidates=50, min_log_queries=4))
+    result = json.loads((Path(evaluate.run(cfg)) / "metrics.json").read_text())
+    assert "recommend" not in result and result["status"] == "complete"
+    srch = result["search"]
+    assert srch["queries"] == len(QUERIES) and srch["judgments_from"].startswith("the log's searches")
+    bm25 = next(m for m in srch["full_catalog"] if m["method"] == "BM25F (fields, stemming, typos)")
+    # the clicked items are title matches, so lexical search finds them (a broad query such as
+    # "christmas" matches dozens of titles, of which three are judged)
+    assert bm25["ndcg@10"] > 0.2
+    few = replace(cfg, search=replace(cfg.search, min_log_queries=len(QUERIES) + 1))
+    result = json.loads((Path(evaluate.run(few)) / "metrics.json").read_text())
+    assert "search" not in result and result["status"] == "complete"
+    assert f"the log has {len(QUERIES)} searches followed by a click" in result["search_skipped"]

@@ -99,12 +99,16 @@ def test_train_encoder_config_errors_name_the_key(override, message):
     ("ks=[0, 10]", "ks must be positive"),
     ("events=null", "events and judgments are both null"),
     ("search.max_queries=-1", "search.max_queries must be >= 0"),
+    ("search.min_log_queries=3", r"search.min_log_queries must be >= 2 x search.folds \(10\)"),
+    ("search.window_s=0", "search.window_s must be > 0"),
 ])
 def test_evaluate_config_errors_name_the_key(override, message):
     from jobs.evaluate import EvaluateConfig, check_config
 
     with pytest.raises(ValueError, match=message):
         check_config(load_config(EvaluateConfig, None, [override]))
+    with pytest.raises(ValueError, match="recommend is false and there is no search to evaluate"):
+        check_config(load_config(EvaluateConfig, None, ["recommend=false", "search.from_log=false"]))
 
 
 def test_features_never_imports_ray():

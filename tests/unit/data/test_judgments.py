@@ -33,6 +33,21 @@ def test_the_log_judges_what_followed_each_search_in_its_session():
     assert none.height == 0 and none.columns == ["query", "item_id", "grade", "n"]
 
 
+def test_an_action_that_carries_its_query_is_judged_for_it():
+    """Logs that record each click with the search it came from (one row per click, no separate
+    search event) judge those clicks; the query stays in effect for what follows, as a search's does."""
+    ev = pl.DataFrame({
+        "user_id": ["u1", "u1", "u1", "u2", "u2"],
+        "session_id": [None] * 5,
+        "ts": [_t(0), _t(1), _t(2), _t(0), _t(40)],
+        "event_type": ["click", "click", "purchase", "click", "click"],
+        "item_id": ["a", "b", "b", "c", "d"],
+        "query": ["Xbox ", "halo", None, "  ", None]})
+    got = {(q, i): g for q, i, g, _ in judgments_from_events(ev, window_s=1800).iter_rows()}
+    # u2's blank query names nothing; "d" came 40 minutes after u2's click and there is no query anyway
+    assert got == {("xbox", "a"): 2.0, ("halo", "b"): 4.0}
+
+
 def test_a_judgments_file_is_validated_and_keeps_fractional_grades(tmp_path):
     ok = tmp_path / "j.csv"
     pl.DataFrame({"query": ["mug", "mug"], "item_id": ["a", "b"], "grade": [2.33, 4]}).write_csv(ok)

@@ -239,7 +239,8 @@ def brute_examples(ev: pl.DataFrame) -> set[tuple]:
                     f"{VERBS[r[S.EVENT_TYPE]]}: " + (" ".join(r[S.QUERY].split()).lower() if r[S.EVENT_TYPE] == "search" else titles[r[S.ITEM_ID]])
                     for r in before)
                 out.setdefault(("history", e[S.USER_ID], e[S.TS], e[S.ITEM_ID]), (e[S.EVENT_ID], text, split))
-            searches = [r for r in rows if r[S.EVENT_TYPE] == "search" and r[T.SESSION_KEY] == e[T.SESSION_KEY]
+            searches = [r for r in rows if (r[S.EVENT_TYPE] == "search" or r[S.EVENT_TYPE] in S.POSITIVE_EVENT_TYPES)
+                        and (r[S.QUERY] or "").strip() and r[T.SESSION_KEY] == e[T.SESSION_KEY]
                         and r[S.TS] <= e[S.TS] and (e[S.TS] - r[S.TS]).total_seconds() <= P.query_window_s]
             if searches:
                 s = max(searches, key=lambda r: (r[S.TS], r[S.EVENT_ID]))
@@ -254,6 +255,16 @@ def test_training_examples_match_brute_force(log):
     got_set = set(got.select(S.EXAMPLE_KIND, S.USER_ID, S.EVENT_ID, S.ANCHOR_TEXT, S.TARGET_ITEM_ID, S.SPLIT).iter_rows())
     assert got_set == brute_examples(log)
     assert got.filter(pl.col(S.EXAMPLE_KIND) == "query").height > 0, "the log must exercise query examples"
+
+
+def test_a_click_that_carries_its_query_is_a_query_example():
+    """Logs that record each click with the search it came from (no search event) still teach the
+    query tower (a view is a positive event here too); a blank query names nothing."""
+    rows = [event("a", 0, "u", item="i1", etype="click", query="Red  Mug"), event("b", 60, "u", item="i2", etype="view", query="lamp"),
+            event("c", 120, "v", item="i2", etype="click", query="  ")]
+    ev, _ = validate_events(events_table(rows), None, ValidationConfig(now="2030-01-01"))
+    ex = T.training_examples(T.with_sessions(ev, 600), catalog(), P, CUT).filter(pl.col(S.EXAMPLE_KIND) == "query")
+    assert sorted(ex.select(S.TARGET_ITEM_ID, S.ANCHOR_TEXT).rows()) == [("i1", "red mug"), ("i2", "lamp")]
 
 
 def test_no_leakage_examples_depend_only_on_the_past(log):

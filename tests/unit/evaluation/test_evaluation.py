@@ -370,3 +370,34 @@ def test_search_dev_sample_keeps_whole_queries_and_says_so():
     for n in (0, 7, 100):
         whole, label = sample_queries(judg, n, seed=0)
         assert whole.equals(judg) and label is None
+
+
+def test_search_judgments_come_from_the_file_else_from_the_logs_searches(tmp_path):
+    """jobs.evaluate's search part: a judgments file when given; else the log's searches followed by
+    a click, cart or purchase, when enough queries have one; else it says why search is skipped."""
+    from dataclasses import replace
+
+    from jobs.evaluate import EvaluateConfig, SearchEval, search_judgments
+
+    items = pl.DataFrame({S.ITEM_ID: [f"i{n}" for n in range(12)], S.TITLE: [f"item {n}" for n in range(12)]})
+    items.write_parquet(tmp_path / "items.parquet")
+    rows, n = [], 0
+    for q in range(12):  # shopper u<q> searches "query <q>", then clicks, carts or buys item i<q>
+        for etype, minute in (("search", 0), (("click", "add_to_cart", "purchase")[q % 3], 5)):
+            rows.append({S.EVENT_ID: f"e{n}", S.TS: dt.datetime(2024, 1, 1, 12, minute, tzinfo=UTC), S.USER_ID: f"u{q}",
+                         S.EVENT_TYPE: etype, S.ITEM_ID: None if etype == "search" else f"i{q}",
+                         S.QUERY: f"Query {q}" if etype == "search" else None})
+            n += 1
+    pl.DataFrame(rows).write_parquet(tmp_path / "events.parquet")
+    cfg = EvaluateConfig(events=str(tmp_path / "events.parquet"), items=str(tmp_path / "items.parquet"),
+                         search=SearchEval(folds=2, min_log_queries=12))
+    judg, source = search_judgments(cfg)
+    assert judg.columns == ["query", S.ITEM_ID, "grade"] and judg.height == 12
+    assert dict(zip(judg["query"], judg["grade"]))["query 2"] == 4.0 and "12 queries" in source
+    judg, why = search_judgments(replace(cfg, search=SearchEval(folds=2, min_log_queries=13)))
+    assert judg is None and "the log has 12 searches followed by a click" in why and "min_log_queries=13" in why
+    judg, why = search_judgments(replace(cfg, search=SearchEval(from_log=False)))
+    assert judg is None and "search.from_log is false" in why
+    pl.DataFrame({"query": ["mug"], S.ITEM_ID: ["i1"], "grade": [3.5]}).write_csv(tmp_path / "j.csv")
+    judg, source = search_judgments(replace(cfg, judgments=str(tmp_path / "j.csv")))
+    assert judg["grade"].to_list() == [3.5] and source.startswith("the judgments file")
