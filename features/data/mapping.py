@@ -130,11 +130,15 @@ def read_table(path: str, fmt: str = "auto", delimiter: str | None = None) -> pa
                 tables.append(pq.read_table(f))
                 continue
             sep = delimiter or ("\t" if kind in ("tsv", "recbole") else ",")
-            t = pacsv.read_csv(f, parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),
-                               convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True,
-                                                                    auto_dict_encode=False),
+            parse = pacsv.ParseOptions(delimiter=sep, newlines_in_values=True)
+            # Every column as the text in the file: Arrow's type inference would rewrite it first
+            # (SKU "00123" -> 123 -> "123", "1.50" -> "1.5", times re-formatted past a ts_format).
+            names = pacsv.open_csv(f, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
+            f.seek(0)
+            t = pacsv.read_csv(f, parse_options=parse,
+                               convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                    strings_can_be_null=True, auto_dict_encode=False),
                                read_options=pacsv.ReadOptions(block_size=1 << 24))
-            t = t.cast(pa.schema([pa.field(n, pa.string()) for n in t.column_names]))
         if kind == "recbole":  # "item_id:token" -> "item_id"
             t = t.rename_columns([n.split(":", 1)[0] for n in t.column_names])
         tables.append(t)

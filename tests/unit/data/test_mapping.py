@@ -66,6 +66,29 @@ def test_a_csv_export_maps_to_the_contract_and_every_row_is_accounted_for(tmp_pa
     assert v_items.height == 2
 
 
+def test_csv_values_are_read_as_written_ids_with_leading_zeros_and_formatted_times(tmp_path):
+    """A CSV's text reaches the mapping as written: no type guessing first, which would turn SKU
+    "00123" into "123" and re-format a time past its `ts_format`."""
+    (tmp_path / "clicks.csv").write_text("user,sku,query,click_time\nbb0,00123,xbox,2011-09-05 01:38:13.250\n"
+                                         "bb1,0456,halo,2011-09-06 10:00:00.000\n")
+    (tmp_path / "products.csv").write_text("sku,name,price\n00123,Controller,1.50\n0456,Halo 3,20\n")
+    (tmp_path / "m.yaml").write_text("""events:
+  path: clicks.csv
+  columns: {user_id: user, item_id: sku, query: query, ts: click_time}
+  constants: {event_type: click}
+  ts_format: "%Y-%m-%d %H:%M:%S%.3f"
+items:
+  path: products.csv
+  columns: {item_id: sku, title: name, price: price}
+""")
+    out = tmp_path / "out"
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(out)))
+    events, items = _read(out, "events"), _read(out, "items")
+    assert _read(out, "rejected").height == 0
+    assert events[S.ITEM_ID].to_list() == ["00123", "0456"] and items[S.ITEM_ID].to_list() == ["00123", "0456"]
+    assert str(events[S.TS][0]) == "2011-09-05 01:38:13.250000+00:00" and items[S.PRICE].to_list() == [1.5, 20.0]
+
+
 def test_mapping_errors_name_the_key_the_column_and_the_choices(tmp_path):
     with pytest.raises(SchemaError, match=r"mapping.events.columns.user_id: column 'visitor' is not in .*has: visitorid"):
         IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path, MAPPING.replace("user_id: visitorid", "user_id: visitor"))),
