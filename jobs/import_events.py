@@ -84,6 +84,15 @@ def run(cfg: ImportEventsConfig) -> dict:
     write_table(cfg.output, "items", items, S.ITEMS_SCHEMA)
     write_table(cfg.output, "rejected", rejected)
     reasons = rejected.group_by(S.REASON).len().sort("len", descending=True) if rejected.height else rejected
+    for table, kept in (("events", events.height), ("items", items.height)):
+        if raw_rows[table] and not kept:  # stop here, naming why, not stages later at "no valid events"
+            mine = rejected.filter(pl.col("table") == table)
+            counts = mine.group_by(S.REASON).len().sort("len", descending=True)
+            hint = (" (a text time needs ISO 8601 or the mapping's ts_format; numbers need ts_unit)"
+                    if "unparseable_ts" in counts[S.REASON].to_list() else "")
+            raise ValueError(f"{table}: all {raw_rows[table]:,} rows were rejected ("
+                             + ", ".join(f"{r} {n:,}" for r, n in counts.iter_rows()) + f"){hint}; e.g. "
+                             f"{mine[S.RAW][0] if mine.height else '?'}; every row is in {cfg.output}/rejected.parquet")
     return {"raw_rows": raw_rows, "events": events.height, "items": items.height,
             "users": events.get_column(S.USER_ID).n_unique() if events.height else 0,
             "rejected": {r: int(n) for r, n in reasons.select(S.REASON, "len").iter_rows()} if rejected.height else {},

@@ -89,6 +89,17 @@ items:
     assert str(events[S.TS][0]) == "2011-09-05 01:38:13.250000+00:00" and items[S.PRICE].to_list() == [1.5, 20.0]
 
 
+def test_an_import_that_keeps_no_event_stops_naming_why(tmp_path):
+    """Every row rejected (here a ts_format that matches no time) stops the import with the reasons,
+    an example row and a hint, instead of an empty table that fails stages later."""
+    mapping = MAPPING.replace("  ts_unit: ms\n", "  ts_format: \"%d/%m/%Y\"\n").replace("timestamp", "event")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"events: all 7 rows were rejected \(unparseable_ts 7\) \(a text time needs "
+                                         r"ISO 8601 or the mapping's ts_format.*e\.g\. \{\"visitorid\": \"u1\""):
+        IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path, mapping)), output=str(out)))
+    assert _read(out, "rejected").height == 7  # and every row is there to look at
+
+
 def test_mapping_errors_name_the_key_the_column_and_the_choices(tmp_path):
     with pytest.raises(SchemaError, match=r"mapping.events.columns.user_id: column 'visitor' is not in .*has: visitorid"):
         IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path, MAPPING.replace("user_id: visitorid", "user_id: visitor"))),
