@@ -155,7 +155,7 @@ def check_config(cfg: EvaluateConfig) -> None:
         raise ConfigError("events and judgments are both null: give events (recommendation) and/or judgments (search)")
     if not cfg.recommend and cfg.judgments is None and not cfg.search.from_log:
         raise ConfigError("recommend is false and there is no search to evaluate: give judgments, or set search.from_log=true")
-    if cfg.search.min_log_queries < 2 * cfg.search.folds:
+    if cfg.judgments is None and cfg.search.from_log and cfg.search.min_log_queries < 2 * cfg.search.folds:
         raise ConfigError(f"search.min_log_queries must be >= 2 x search.folds ({2 * cfg.search.folds}), "
                           f"got {cfg.search.min_log_queries}")
     if cfg.search.window_s <= 0:
@@ -603,6 +603,15 @@ def search_judgments(cfg: EvaluateConfig) -> tuple[pl.DataFrame | None, str]:
     return j.select("query", S.ITEM_ID, "grade"), source
 
 
+def uninformative_rerank(grades: list[np.ndarray]) -> str | None:
+    """Why re-ranking the judged items cannot tell methods apart, or None: when every query's judged
+    items share one grade (a log's clicks), every order of them is ideal and every method scores 1."""
+    if all(len(np.unique(g)) <= 1 for g in grades):
+        return ("re-ranking not judged: every query's judged items share one grade (judgments from a log "
+                "hold positives only), so every method scores 1; read the full-catalog setting")
+    return None
+
+
 def _vectors_from_index(items: pl.DataFrame, index_dir: str | None) -> np.ndarray | None:
     """The items' zero-shot vectors read back from a zero-shot index of the same items (built by
     the recommend part of this run, same encoder and max_length), or None when it lacks any."""
@@ -814,6 +823,9 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         verdicts[setting]["vs_bm25f"] = SE.paired(per_q[setting][SYS[3]][key], per_q[setting][BASE[1]][key], cfg.seed)
         verdicts[setting]["query_tower_vs_bm25f"] = SE.paired(per_q[setting][SYS[0]][key], per_q[setting][BASE[1]][key], cfg.seed)
         verdicts[setting]["query_tower_vs_zero_shot"] = SE.paired(per_q[setting][SYS[0]][key], per_q[setting][BASE[2]][key], cfg.seed)
+    rerank_note = uninformative_rerank([J.grades[q] for q in range(nq)])
+    if rerank_note:
+        verdicts.pop("rerank")
     for r in fold_report:  # the system against BM25F on each fold's test queries
         test_q = folds == r["fold"]
         for setting in ("full_catalog", "rerank"):
@@ -848,7 +860,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                      "encoder zero-shot (no fine-tune on this data); lexical analysis (fields and weights, Snowball "
                      "stemming, AUTO typo distance) set from published defaults, not tuned on this data"),
         "ranker_folds": fold_report,
-        "rerank": out["rerank"], "full_catalog": out["full_catalog"],
+        "rerank": out["rerank"], "rerank_note": rerank_note, "full_catalog": out["full_catalog"],
         "latency": {m: {"p50": EM.percentile(np.array(v), 50), "p95": EM.percentile(np.array(v), 95), "p99": EM.percentile(np.array(v), 99)}
                     for m, v in lat.items() if v},
         "ranker_fold0_importances": importances(fold_models[0]), "verdict": verdicts,
@@ -966,7 +978,8 @@ def summary(result: dict) -> str:
     srch = result.get("search")
     if srch:
         for setting in ("rerank", "full_catalog"):
-            lines.append(f"search on {srch['dataset']} ({setting}): {srch['queries']} queries")
+            lines.append(f"search on {srch['dataset']} ({setting}): {srch['queries']} queries"
+                         + (f" ({srch['rerank_note']})" if setting == "rerank" and srch.get("rerank_note") else ""))
             for m in srch[setting]:
                 lines.append(f"  {m['method']:<44}" + "".join(f"  ndcg@{k} {m[f'ndcg@{k}']:.4f}" for k in srch["ks"]))
     lines.append(result["summary"])

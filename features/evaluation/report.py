@@ -170,6 +170,8 @@ def render(result: dict) -> str:
             parts.append(f"<h3>{'re-ranking the judged items' if setting == 'rerank' else 'retrieving from the whole catalog'}</h3>")
             key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"
             parts.append(table(_with_ci(rows, key), ["method"] + [f"ndcg@{k}" for k in ks] + [f"{key} 95% CI"]))
+            if setting == "rerank" and srch.get("rerank_note"):
+                parts.append(f"<p>{_esc(srch['rerank_note'])}.</p>")
             parts.append(_verdict(srch.get("verdict", {}).get(setting)))
             parts.append(line_chart(f"nDCG@k ({setting})", ks, {m["method"]: [m[f"ndcg@{k}"] for k in ks] for m in rows}, "nDCG"))
         if srch.get("latency"):

@@ -401,3 +401,10 @@ def test_search_judgments_come_from_the_file_else_from_the_logs_searches(tmp_pat
     pl.DataFrame({"query": ["mug"], S.ITEM_ID: ["i1"], "grade": [3.5]}).write_csv(tmp_path / "j.csv")
     judg, source = search_judgments(replace(cfg, judgments=str(tmp_path / "j.csv")))
     assert judg["grade"].to_list() == [3.5] and source.startswith("the judgments file")
+
+
+def test_reranking_judged_items_of_one_grade_is_flagged_as_uninformative():
+    from jobs.evaluate import uninformative_rerank
+
+    assert "every method scores 1" in uninformative_rerank([np.array([2.0, 2.0]), np.array([2.0])])
+    assert uninformative_rerank([np.array([2.0, 2.0]), np.array([2.0, 4.0])]) is None
