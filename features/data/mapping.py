@@ -130,7 +130,10 @@ def read_table(path: str, fmt: str = "auto", delimiter: str | None = None) -> pa
                 tables.append(pq.read_table(f))
                 continue
             sep = delimiter or ("\t" if kind in ("tsv", "recbole") else ",")
-            parse = pacsv.ParseOptions(delimiter=sep, newlines_in_values=True)
+            # RecBole atomic files are plain tab-separated text without quoting: a title that starts
+            # with a quote ('"Gentle" shampoo') must not open a quoted field that swallows the rows after it.
+            parse = (pacsv.ParseOptions(delimiter=sep, quote_char=False) if kind == "recbole" else
+                     pacsv.ParseOptions(delimiter=sep, newlines_in_values=True))
             # Every column as the text in the file: Arrow's type inference would rewrite it first
             # (SKU "00123" -> 123 -> "123", "1.50" -> "1.5", times re-formatted past a ts_format).
             names = pacsv.open_csv(f, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names

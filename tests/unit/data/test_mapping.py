@@ -133,6 +133,19 @@ def test_recbole_atomic_files(tmp_path):
     assert items[S.TITLE].to_list() == ["Kolya", "L.A. Confidential"]
 
 
+def test_recbole_text_is_not_quoted_csv(tmp_path):
+    """RecBole files are plain tab-separated text: a title that starts with a quote is that title,
+    not a quoted field running over the rows after it (which lost them without a word)."""
+    (tmp_path / "a.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\nA1\t0001\t1388534400\n")
+    (tmp_path / "a.item").write_text('item_id:token\ttitle:token_seq\n0001\t"Gentle shampoo 500ml\n0002\tRuler\n'
+                                     '0003\t"Original" lip balm\n0004\t12" ruler\n')
+    out = tmp_path / "out"
+    r = IE.run(IE.ImportEventsConfig(mapping="recbole", events=str(tmp_path / "a.inter"), items=str(tmp_path / "a.item"),
+                                     output=str(out)))
+    assert r["items"] == 4 and r["rejected"] == {}
+    assert _read(out, "items")[S.TITLE].to_list() == ['"Gentle shampoo 500ml', "Ruler", '"Original" lip balm', '12" ruler']
+
+
 def test_both_uci_layouts_import_the_same(tmp_path):
     one = ("InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
            "536365,85123A,WHITE HANGING HEART,6,12/1/2010 8:26,2.55,17850,United Kingdom\n"
