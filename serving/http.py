@@ -16,10 +16,28 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.errors import CatalogFull, InvalidValue, ServingError, UnknownItem, UnknownReference, UnknownUser
 from serving.schemas import ErrorOut
+
+
+class AnyIdConvertor(Convertor):
+    """`{item_id:id}` in a route: any id the data contract allows, a slash or a line break
+    included (sent percent-encoded), so every item and shopper is addressable. Starlette's own
+    `str` stops at a slash and `path` at a line break."""
+
+    regex = "[\\s\\S]*"  # empty too: the parameter's min_length answers it with a 422 naming the field
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("id", AnyIdConvertor())
 
 # Typed errors of the deployments -> HTTP status (most specific class first).
 STATUS_OF: tuple[tuple[type[ServingError], int], ...] = (

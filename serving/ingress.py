@@ -268,7 +268,7 @@ class Ingress:
             return self._answer(results, known, hops)
         return await self._timed("recommend", run, request)
 
-    @app.get("/v1/items/{item_id}/similar", response_model=ResultsOut, summary="Items similar to one item",
+    @app.get("/v1/items/{item_id:id}/similar", response_model=ResultsOut, summary="Items similar to one item",
              responses=error_docs(404, 422, 429, 503))
     async def similar(self, request: Request, item_id: str = Path(min_length=1, max_length=256),
                       k: int = Query(10, ge=1)) -> Any:
@@ -311,7 +311,7 @@ class Ingress:
             return {"accepted": len(accepted), "duplicates": len(duplicates), "event_ids": accepted}
         return await self._timed("events", run, request)
 
-    @app.put("/v1/items/{item_id}", response_model=ItemUpsertOut, summary="Add or change an item (searchable at once)",
+    @app.put("/v1/items/{item_id:id}", response_model=ItemUpsertOut, summary="Add or change an item (searchable at once)",
              responses={201: {"model": ItemUpsertOut, "description": "a new item was created"}, **WRITE_ERRORS,
                         **error_docs(409)},
              openapi_extra=json_body_doc(ItemIn.model_json_schema()))
@@ -326,7 +326,7 @@ class Ingress:
             return JSONResponse({"item_id": item_id, "created": created}, status_code=201 if created else 200)
         return await self._timed("put_item", run, request)
 
-    @app.delete("/v1/users/{user_id}", response_model=ForgetOut,
+    @app.delete("/v1/users/{user_id:id}", response_model=ForgetOut,
                 summary="Forget a shopper in serving: profile, logged events and event ids",
                 description="Removes the shopper from the serving state (profile snapshot, event log, "
                             "de-duplication window) at once. Batch artifacts (the feature job's users table, "

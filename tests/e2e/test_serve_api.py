@@ -222,6 +222,12 @@ def test_an_upserted_item_is_searchable_at_once(app):
     assert "E2E-ZEBRA" not in {h["item_id"] for h in stocked}
     # events may name it right away
     assert app.post("/v1/events", [{"user_id": "e2e-z", "event_type": "view", "item_id": "E2E-ZEBRA"}]).status_code == 200
+    # any id the contract allows is addressable, a slash included (the client percent-encodes it)
+    from serving.client import Client
+
+    c = Client(app.url, api_key=KEY)
+    assert c.put_item("E2E/ZEBRA 2", {"title": "ZEBRA STRIPED DOORSTOP"})["created"]
+    assert c.similar("E2E/ZEBRA 2", k=1)["results"] and c.search("zebra doorstop", k=1)["results"][0]["item_id"] == "E2E/ZEBRA 2"
 
 
 def test_a_forgotten_user_leaves_no_trace(app):
