@@ -125,23 +125,25 @@ def read_table(path: str, fmt: str = "auto", delimiter: str | None = None) -> pa
     tables = []
     for fs, p in A.list_files(path):
         kind = _format_of(p, fmt)
-        with fs.open_input_file(p) as f:
-            if kind == "parquet":
+        if kind == "parquet":
+            with fs.open_input_file(p) as f:
                 tables.append(pq.read_table(f))
-                continue
-            sep = delimiter or ("\t" if kind in ("tsv", "recbole") else ",")
-            # RecBole atomic files are plain tab-separated text without quoting: a title that starts
-            # with a quote ('"Gentle" shampoo') must not open a quoted field that swallows the rows after it.
-            parse = (pacsv.ParseOptions(delimiter=sep, quote_char=False) if kind == "recbole" else
-                     pacsv.ParseOptions(delimiter=sep, newlines_in_values=True))
-            # Every column as the text in the file: Arrow's type inference would rewrite it first
-            # (SKU "00123" -> 123 -> "123", "1.50" -> "1.5", times re-formatted past a ts_format).
-            names = pacsv.open_csv(f, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
-            f.seek(0)
-            t = pacsv.read_csv(f, parse_options=parse,
-                               convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                                    strings_can_be_null=True, auto_dict_encode=False),
-                               read_options=pacsv.ReadOptions(block_size=1 << 24))
+            continue
+        with fs.open_input_stream(p, compression="detect") as f:  # events.csv.gz and the like, decompressed
+            text = pa.BufferReader(f.read_buffer())
+        sep = delimiter or ("\t" if kind in ("tsv", "recbole") else ",")
+        # RecBole atomic files are plain tab-separated text without quoting: a title that starts
+        # with a quote ('"Gentle" shampoo') must not open a quoted field that swallows the rows after it.
+        parse = (pacsv.ParseOptions(delimiter=sep, quote_char=False) if kind == "recbole" else
+                 pacsv.ParseOptions(delimiter=sep, newlines_in_values=True))
+        # Every column as the text in the file: Arrow's type inference would rewrite it first
+        # (SKU "00123" -> 123 -> "123", "1.50" -> "1.5", times re-formatted past a ts_format).
+        names = pacsv.open_csv(text, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
+        text.seek(0)
+        t = pacsv.read_csv(text, parse_options=parse,
+                           convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                strings_can_be_null=True, auto_dict_encode=False),
+                           read_options=pacsv.ReadOptions(block_size=1 << 24))
         if kind == "recbole":  # "item_id:token" -> "item_id"
             t = t.rename_columns([n.split(":", 1)[0] for n in t.column_names])
         tables.append(t)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import polars as pl
@@ -69,11 +70,11 @@ def test_a_csv_export_maps_to_the_contract_and_every_row_is_accounted_for(tmp_pa
 def test_csv_values_are_read_as_written_ids_with_leading_zeros_and_formatted_times(tmp_path):
     """A CSV's text reaches the mapping as written: no type guessing first, which would turn SKU
     "00123" into "123" and re-format a time past its `ts_format`."""
-    (tmp_path / "clicks.csv").write_text("user,sku,query,click_time\nbb0,00123,xbox,2011-09-05 01:38:13.250\n"
-                                         "bb1,0456,halo,2011-09-06 10:00:00.000\n")
+    (tmp_path / "clicks.csv.gz").write_bytes(gzip.compress(b"user,sku,query,click_time\nbb0,00123,xbox,2011-09-05 01:38:13.250\n"
+                                                           b"bb1,0456,halo,2011-09-06 10:00:00.000\n"))  # gzipped, too
     (tmp_path / "products.csv").write_text("sku,name,price\n00123,Controller,1.50\n0456,Halo 3,20\n")
     (tmp_path / "m.yaml").write_text("""events:
-  path: clicks.csv
+  path: clicks.csv.gz
   columns: {user_id: user, item_id: sku, query: query, ts: click_time}
   constants: {event_type: click}
   ts_format: "%Y-%m-%d %H:%M:%S%.3f"
