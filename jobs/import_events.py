@@ -21,7 +21,7 @@ import polars as pl
 
 from features.config import ConfigError
 from features.data import schema as S
-from features.data.mapping import Mapping, apply, load_mapping, read_table, recbole_defaults
+from features.data.mapping import Mapping, apply, check_encoding, load_mapping, read_table, recbole_defaults
 from features.data.online_retail import import_online_retail
 from jobs.common import load_job_config, parse_args, run_job, write_table
 
@@ -34,6 +34,9 @@ class ImportEventsConfig:
     events: str | None = None    # the shop's events file/folder/URI; overrides mapping.events.path
     items: str | None = None     # the shop's items file/folder/URI; overrides mapping.items.path
     output: str = "data/canonical/shop"
+    # The text files' character set (utf-8 when null; cp1252 or latin-1 for many spreadsheet
+    # exports): for a preset, or over both tables of a mapping file (which can also set its own).
+    encoding: str | None = None
 
 
 def _resolve_mapping(cfg: ImportEventsConfig) -> Mapping | None:
@@ -42,8 +45,9 @@ def _resolve_mapping(cfg: ImportEventsConfig) -> Mapping | None:
     if cfg.mapping == "uci-online-retail":
         return None
     m = recbole_defaults(None, None) if cfg.mapping == "recbole" else load_mapping(cfg.mapping)
-    return Mapping(events=replace(m.events, path=cfg.events or m.events.path),
-                   items=replace(m.items, path=cfg.items or m.items.path))
+    enc = {"encoding": cfg.encoding} if cfg.encoding else {}
+    return Mapping(events=replace(m.events, path=cfg.events or m.events.path, **enc),
+                   items=replace(m.items, path=cfg.items or m.items.path, **enc))
 
 
 def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
@@ -60,19 +64,22 @@ def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
 
 
 def run(cfg: ImportEventsConfig) -> dict:
+    if cfg.encoding:
+        check_encoding(cfg.encoding, "encoding")
     m = _resolve_mapping(cfg)
     if m is None:  # UCI Online Retail (either layout): invoices, cancellations, items from the log
         if not cfg.events:
             raise ConfigError("events: the UCI Online Retail file (Parquet or CSV) is required")
-        raw = pl.from_arrow(read_table(cfg.events))
+        raw = pl.from_arrow(read_table(cfg.events, encoding=cfg.encoding or "utf-8", where="encoding (--set encoding=...)"))
         events, items, rejected = import_online_retail(raw)
         rejected = pl.DataFrame({"table": ["events"] * rejected.height, S.REASON: rejected[S.REASON],
                                  S.RAW: [json.dumps(r, default=str) for r in rejected.drop(S.REASON).iter_rows(named=True)]},
                                 schema={"table": pl.String, S.REASON: pl.String, S.RAW: pl.String})
         raw_rows = {"events": raw.height, "items": 0}
     else:
-        ev_raw = read_table(m.events.path, m.events.format, m.events.delimiter)
-        it_raw = read_table(m.items.path, m.items.format, m.items.delimiter)
+        ev_raw, it_raw = (read_table(t.path, t.format, t.delimiter, t.encoding,
+                                     "encoding (--set encoding=...)" if cfg.mapping in PRESETS else f"mapping.{name}.encoding")
+                          for name, t in (("events", m.events), ("items", m.items)))
         if m.events.format == "recbole" or m.items.format == "recbole":
             m = _with_title(m, it_raw.column_names)
         events, ev_rej = apply(ev_raw, m.events, "events")

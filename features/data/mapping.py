@@ -28,6 +28,8 @@ Rules, so that nothing accepted is ever lost:
 
 from __future__ import annotations
 
+import codecs
+
 import hashlib
 import json
 import os
@@ -58,7 +60,8 @@ _FALSE = ("0", "false", "f", "no", "n")
 class TableMapping:
     """How one shop table becomes a canonical one. `columns`: canonical name -> shop column;
     `constants`: canonical name -> a value for every row; `values`: canonical name -> {shop value:
-    canonical value} (e.g. event types); `ts_format`: a strftime pattern for non-ISO text times."""
+    canonical value} (e.g. event types); `ts_format`: a strftime pattern for non-ISO text times;
+    `encoding`: the text files' character set (utf-8; cp1252 or latin-1 for many spreadsheet exports)."""
 
     path: str | None = None
     format: str = "auto"
@@ -68,6 +71,7 @@ class TableMapping:
     ts_unit: str = "auto"
     ts_format: str | None = None
     delimiter: str | None = None
+    encoding: str = "utf-8"
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ def check_mapping(m: TableMapping, table: str) -> None:
         raise SchemaError(f"{where}.format: {m.format!r}; allowed: {', '.join(FORMATS)}")
     if m.ts_unit not in TS_UNITS:
         raise SchemaError(f"{where}.ts_unit: {m.ts_unit!r}; allowed: {', '.join(TS_UNITS)}")
+    check_encoding(m.encoding, f"{where}.encoding")
     for part in ("columns", "constants", "values"):
         unknown = sorted(set(getattr(m, part)) - set(allowed))
         if unknown:
@@ -103,6 +108,13 @@ def check_mapping(m: TableMapping, table: str) -> None:
         raise SchemaError(f"{where}: {both} both mapped to a column and set to a constant; choose one")
     if not m.path:
         raise SchemaError(f"{where}.path: no input file given")
+
+
+def check_encoding(encoding: str, where: str) -> None:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise SchemaError(f"{where}: {encoding!r} is not a character set Python knows; e.g. utf-8, cp1252, latin-1") from None
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -119,9 +131,11 @@ def _format_of(path: str, fmt: str) -> str:
     return "parquet"
 
 
-def read_table(path: str, fmt: str = "auto", delimiter: str | None = None) -> pa.Table:
+def read_table(path: str, fmt: str = "auto", delimiter: str | None = None, encoding: str = "utf-8",
+               where: str = "encoding") -> pa.Table:
     """Every file under `path` (local or URI) as one table. Text formats are read as strings
-    (typing happens in `apply`, where a bad value is kept, not lost)."""
+    (typing happens in `apply`, where a bad value is kept, not lost), decoded from `encoding`; text
+    that is not valid in it stops the read naming the file and the setting (`where`) to change."""
     tables = []
     for fs, p in A.list_files(path):
         kind = _format_of(p, fmt)
@@ -138,12 +152,19 @@ def read_table(path: str, fmt: str = "auto", delimiter: str | None = None) -> pa
                  pacsv.ParseOptions(delimiter=sep, newlines_in_values=True))
         # Every column as the text in the file: Arrow's type inference would rewrite it first
         # (SKU "00123" -> 123 -> "123", "1.50" -> "1.5", times re-formatted past a ts_format).
-        names = pacsv.open_csv(text, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
-        text.seek(0)
-        t = pacsv.read_csv(text, parse_options=parse,
-                           convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                                strings_can_be_null=True, auto_dict_encode=False),
-                           read_options=pacsv.ReadOptions(block_size=1 << 24))
+        try:
+            names = pacsv.open_csv(text, parse_options=parse,
+                                   read_options=pacsv.ReadOptions(block_size=1 << 16, encoding=encoding)).schema.names
+            text.seek(0)
+            t = pacsv.read_csv(text, parse_options=parse,
+                               convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                    strings_can_be_null=True, auto_dict_encode=False),
+                               read_options=pacsv.ReadOptions(block_size=1 << 24, encoding=encoding))
+        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            if "UTF8" not in str(e) and "decode" not in str(e):
+                raise
+            raise SchemaError(f"{p}: not valid {encoding} text ({str(e)[:120]}); set {where} to the file's character "
+                              "set (cp1252 or latin-1 for many spreadsheet exports)") from None
         if kind == "recbole":  # "item_id:token" -> "item_id"
             t = t.rename_columns([n.split(":", 1)[0] for n in t.column_names])
         tables.append(t)

@@ -165,3 +165,20 @@ def test_both_uci_layouts_import_the_same(tmp_path):
         got.append(_read(out, "events"))
     assert got[0].equals(got[1])
     assert got[0][S.USER_ID].to_list() == ["c17850", "c17850"] and got[0][S.EVENT_TYPE].to_list() == ["purchase", "return"]
+
+
+def test_a_non_utf8_export_names_the_encoding_setting_and_imports_with_it(tmp_path):
+    """Spreadsheet exports are often cp1252/latin-1: without the setting the import stops naming the
+    file and the key to set; with it, the text arrives intact."""
+    (tmp_path / "events.csv").write_text(EVENTS_CSV)
+    (tmp_path / "items.csv").write_bytes("itemid,name,categoryid,available\n355908,Café mug,kitchen,1\n"
+                                         "248676,Crème lamp,home,0\n".encode("cp1252"))
+    (tmp_path / "mapping.yaml").write_text(MAPPING)
+    out = tmp_path / "out"
+    with pytest.raises(SchemaError, match=r"items\.csv: not valid utf-8 text .*set mapping\.items\.encoding"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "mapping.yaml"), output=str(out)))
+    (tmp_path / "mapping.yaml").write_text(MAPPING + "  encoding: cp1252\n")
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "mapping.yaml"), output=str(out)))
+    assert _read(out, "items")[S.TITLE].to_list() == ["Café mug", "Crème lamp"]
+    with pytest.raises(SchemaError, match="encoding: 'klingon' is not a character set"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "mapping.yaml"), output=str(out), encoding="klingon"))
