@@ -182,3 +182,20 @@ def test_a_non_utf8_export_names_the_encoding_setting_and_imports_with_it(tmp_pa
     assert _read(out, "items")[S.TITLE].to_list() == ["Café mug", "Crème lamp"]
     with pytest.raises(SchemaError, match="encoding: 'klingon' is not a character set"):
         IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "mapping.yaml"), output=str(out), encoding="klingon"))
+
+
+def test_text_times_are_iso_8601_or_the_mappings_format_never_a_guess():
+    """Offsets become UTC, a missing offset means UTC; a slashed date is rejected without ts_format
+    (it was read day-first before: '12/1/2010' became 12 January and '12/31/2010' was lost)."""
+    import datetime as dt
+
+    from features.data.mapping import TableMapping, _typed_ts, iso_times
+
+    utc = dt.timezone.utc
+    got = iso_times(pl.Series(["2024-01-01T10:00:00+02:00", "2024-01-01 10:00:00 UTC", "2024-01-01 10:00 +0000",
+                               "2024-01-01", "2024-01-01T10:00:00.5Z", "12/1/2010 8:26", "2024-02-30", "soon", None]))
+    assert got.to_list() == [dt.datetime(2024, 1, 1, 8, tzinfo=utc), dt.datetime(2024, 1, 1, 10, tzinfo=utc),
+                             dt.datetime(2024, 1, 1, 10, tzinfo=utc), dt.datetime(2024, 1, 1, tzinfo=utc),
+                             dt.datetime(2024, 1, 1, 10, 0, 0, 500000, tzinfo=utc), None, None, None, None]
+    us = _typed_ts(pl.Series(["12/1/2010 8:26", "12/31/2010 9:00"]), TableMapping(ts_format="%m/%d/%Y %H:%M"))
+    assert us.to_list() == [dt.datetime(2010, 12, 1, 8, 26, tzinfo=utc), dt.datetime(2010, 12, 31, 9, tzinfo=utc)]
