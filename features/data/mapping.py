@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from features import artifacts as A
 from features.data import schema as S
-from features.data.validate import SchemaError
+from features.data.validate import SchemaError, iso_times
 
 FORMATS = ("auto", "parquet", "csv", "tsv", "recbole")
 TS_UNITS = ("auto", "s", "ms", "us", "ns")
@@ -178,25 +178,6 @@ def _epoch(values: pl.Expr, unit: str, sample: pl.Series) -> pl.Expr:
         unit = "ns" if top > 1e17 else "us" if top > 1e14 else "ms" if top > 1e11 else "s"
     scale = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[unit]
     return (values * scale).round(0).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
-
-
-def iso_times(text: pl.Series) -> pl.Series:
-    """ISO 8601 text -> UTC timestamps: a date, or a date and time ('T' or a space between; seconds
-    and fractions optional) with an optional offset (Z, UTC, GMT, +02, +0200, +02:00; none means
-    UTC). Anything else is null, never a guess: '12/1/2010' is 1 December in one shop and 12 January
-    in the next, so such times need the mapping's ts_format."""
-    t = text.str.strip_chars()
-    t = (t.str.replace(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(?::(\d{2}))?", "${1}T${2}:${3}")
-          .str.replace(r"T(\d{2}:\d{2}):(\D|$)", "T${1}:00${2}")  # no seconds: :00
-          .str.replace(r"(T[\d:.]+)\s*(?:Z|UTC|GMT)$", "${1}+00:00")
-          .str.replace(r"(T[\d:.]+)\s*([+-]\d{2})$", "${1}${2}:00")
-          .str.replace(r"(T[\d:.]+)\s*([+-]\d{2}):?(\d{2})$", "${1}${2}:${3}"))
-    iso = t.str.contains(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2})?)?$")
-    aware = t.str.strptime(pl.Datetime("us", "UTC"), "%Y-%m-%dT%H:%M:%S%.f%:z", strict=False)
-    naive = t.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S%.f", strict=False).dt.replace_time_zone("UTC")
-    day = t.str.strptime(pl.Datetime("us"), "%Y-%m-%d", strict=False).dt.replace_time_zone("UTC")
-    return pl.select(pl.when(pl.lit(iso)).then(pl.coalesce(pl.lit(aware), pl.lit(naive), pl.lit(day)))
-                     .alias(text.name)).to_series()
 
 
 def _typed_ts(col: pl.Series, m: TableMapping) -> pl.Series:

@@ -25,13 +25,6 @@ import pyarrow as pa
 from features.data import schema as S
 
 _STRING_LIKE = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
-_TS_FORMATS = (
-    "%Y-%m-%dT%H:%M:%S%.f%#z",
-    "%Y-%m-%d %H:%M:%S%.f%#z",
-    "%Y-%m-%dT%H:%M:%S%.f",
-    "%Y-%m-%d %H:%M:%S%.f",
-    "%Y-%m-%d",
-)
 _BAD_TS = "__ts_unparseable"  # internal column: input ts present but not a timestamp
 _ORDER = "__order"
 
@@ -138,6 +131,25 @@ def _conform_column(col: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.
     raise AssertionError(f"unhandled target type {target}")
 
 
+def iso_times(text: pl.Series) -> pl.Series:
+    """ISO 8601 text -> UTC timestamps: a date, or a date and time ('T' or a space between; seconds
+    and fractions optional) with an optional offset (Z, UTC, GMT, +02, +0200, +02:00; none means
+    UTC). Anything else is null, never a guess: '12/1/2010' is 1 December in one shop and 12 January
+    in the next, so such times need the mapping's ts_format."""
+    t = text.str.strip_chars()
+    t = (t.str.replace(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(?::(\d{2}))?", "${1}T${2}:${3}")
+          .str.replace(r"T(\d{2}:\d{2}):(\D|$)", "T${1}:00${2}")  # no seconds: :00
+          .str.replace(r"(T[\d:.]+)\s*(?:Z|UTC|GMT)$", "${1}+00:00")
+          .str.replace(r"(T[\d:.]+)\s*([+-]\d{2})$", "${1}${2}:00")
+          .str.replace(r"(T[\d:.]+)\s*([+-]\d{2}):?(\d{2})$", "${1}${2}:${3}"))
+    iso = t.str.contains(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2})?)?$")
+    aware = t.str.strptime(pl.Datetime("us", "UTC"), "%Y-%m-%dT%H:%M:%S%.f%:z", strict=False)
+    naive = t.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S%.f", strict=False).dt.replace_time_zone("UTC")
+    day = t.str.strptime(pl.Datetime("us"), "%Y-%m-%d", strict=False).dt.replace_time_zone("UTC")
+    return pl.select(pl.when(pl.lit(iso)).then(pl.coalesce(pl.lit(aware), pl.lit(naive), pl.lit(day)))
+                     .alias(text.name)).to_series()
+
+
 def _conform_ts(col: pa.ChunkedArray | pa.Array) -> tuple[pl.Series, pl.Series]:
     """Return (ts as Datetime[us, UTC], flag: value present but not parseable)."""
     if isinstance(col, pa.ChunkedArray):
@@ -158,10 +170,7 @@ def _conform_ts(col: pa.ChunkedArray | pa.Array) -> tuple[pl.Series, pl.Series]:
         s = s.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
         return s.alias(S.TS), pl.Series(_BAD_TS, [False] * len(s))
     text = s.cast(pl.String).str.strip_chars()
-    parsed = None
-    for fmt in _TS_FORMATS:
-        attempt = text.str.to_datetime(fmt, strict=False, time_unit="us", time_zone="UTC")
-        parsed = attempt if parsed is None else parsed.fill_null(attempt)
+    parsed = iso_times(text)
     bad = text.is_not_null() & (text != "") & parsed.is_null()
     return parsed.alias(S.TS), bad.alias(_BAD_TS)
 

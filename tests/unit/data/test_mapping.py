@@ -184,12 +184,12 @@ def test_a_non_utf8_export_names_the_encoding_setting_and_imports_with_it(tmp_pa
         IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "mapping.yaml"), output=str(out), encoding="klingon"))
 
 
-def test_text_times_are_iso_8601_or_the_mappings_format_never_a_guess():
+def test_text_times_are_iso_8601_or_the_mappings_format_never_a_guess(tmp_path):
     """Offsets become UTC, a missing offset means UTC; a slashed date is rejected without ts_format
     (it was read day-first before: '12/1/2010' became 12 January and '12/31/2010' was lost)."""
     import datetime as dt
 
-    from features.data.mapping import TableMapping, _typed_ts, iso_times
+    from features.data.validate import iso_times
 
     utc = dt.timezone.utc
     got = iso_times(pl.Series(["2024-01-01T10:00:00+02:00", "2024-01-01 10:00:00 UTC", "2024-01-01 10:00 +0000",
@@ -197,5 +197,20 @@ def test_text_times_are_iso_8601_or_the_mappings_format_never_a_guess():
     assert got.to_list() == [dt.datetime(2024, 1, 1, 8, tzinfo=utc), dt.datetime(2024, 1, 1, 10, tzinfo=utc),
                              dt.datetime(2024, 1, 1, 10, tzinfo=utc), dt.datetime(2024, 1, 1, tzinfo=utc),
                              dt.datetime(2024, 1, 1, 10, 0, 0, 500000, tzinfo=utc), None, None, None, None]
-    us = _typed_ts(pl.Series(["12/1/2010 8:26", "12/31/2010 9:00"]), TableMapping(ts_format="%m/%d/%Y %H:%M"))
-    assert us.to_list() == [dt.datetime(2010, 12, 1, 8, 26, tzinfo=utc), dt.datetime(2010, 12, 31, 9, tzinfo=utc)]
+    (tmp_path / "ev.csv").write_text("user,item,when\nu1,i1,12/1/2010 8:26\nu1,i2,12/31/2010 9:00\n")
+    (tmp_path / "it.csv").write_text("item,name\ni1,Mug\ni2,Lamp\n")
+    mapping = """events:
+  path: ev.csv
+  columns: {user_id: user, item_id: item, ts: when}
+  constants: {event_type: purchase}
+items:
+  path: it.csv
+  columns: {item_id: item, title: name}
+"""
+    (tmp_path / "m.yaml").write_text(mapping)
+    with pytest.raises(ValueError, match=r"all 2 rows were rejected \(unparseable_ts 2\)"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    (tmp_path / "m.yaml").write_text(mapping.replace("  constants:", "  ts_format: \"%m/%d/%Y %H:%M\"\n  constants:"))
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    assert _read(tmp_path / "out", "events")[S.TS].to_list() == [dt.datetime(2010, 12, 1, 8, 26, tzinfo=utc),
+                                                                   dt.datetime(2010, 12, 31, 9, tzinfo=utc)]
