@@ -221,7 +221,14 @@ def run(cfg: BuildFeaturesConfig) -> dict:
     keys = to_polars(ok.select_columns([S.EVENT_ID, S.TS]))
     n_in = validated.count()
     if keys.is_empty():
-        raise ValueError(f"events {cfg.events}: no valid events left after validation")
+        bad = to_polars(bad_rows.select_columns([S.REASON, S.ITEM_ID]))
+        hint = ""
+        if S.Reason.UNKNOWN_ITEM.value in set(bad.get_column(S.REASON).to_list()):
+            seen = bad.filter(pl.col(S.REASON) == S.Reason.UNKNOWN_ITEM.value).get_column(S.ITEM_ID)[0]
+            hint = (f"; the events' item_id values match none of the catalog's (an event names {seen!r}, the catalog "
+                    f"has e.g. {items.get_column(S.ITEM_ID)[0]!r}): are both files from the same shop and id scheme?")
+        raise ValueError(f"events {cfg.events}: no valid events left after validation (quarantine reasons: "
+                         f"{_reasons(bad)}){hint}")
     dup_ids = keys.filter(pl.col(S.EVENT_ID).is_duplicated()).get_column(S.EVENT_ID).unique()
     dup_quarantine = None
     if len(dup_ids):

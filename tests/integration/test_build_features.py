@@ -129,3 +129,15 @@ def test_schema_violations_fail_with_file_and_column(ray_local, canonical, tmp_p
     code = build_features.main(["--set", f"events={d}", "--set", f"items={canon / 'items.parquet'}",
                                 "--set", f"output_root={tmp_path / 'out'}"])
     assert code == 2
+
+
+def test_a_log_whose_items_match_no_catalog_id_says_so(ray_local, canonical, tmp_path):
+    """Every event quarantined (here: the catalog's ids carry a prefix the log's lack) stops the job
+    naming the reasons and one id from each side, not only 'no valid events'."""
+    canon, _ = canonical
+    pl.read_parquet(canon / "events.parquet").head(50).write_parquet(tmp_path / "events.parquet")
+    items = pl.read_parquet(canon / "items.parquet").with_columns(("SKU-" + pl.col(S.ITEM_ID)).alias(S.ITEM_ID))
+    items.write_parquet(tmp_path / "items.parquet")
+    with pytest.raises(ValueError, match=r"quarantine reasons: \{'unknown_item': 50\}\); the events' item_id values "
+                                         r"match none of the catalog's \(an event names '.+', the catalog has e\.g\. 'SKU-"):
+        _run(str(tmp_path / "events.parquet"), str(tmp_path / "items.parquet"), tmp_path / "out")
