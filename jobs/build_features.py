@@ -358,6 +358,9 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+QUARANTINE_WARNING = 0.2  # the summary warns above this share of quarantined events
+
+
 def summary(m: dict) -> str:
     x = m["metrics"]
     lines = [
@@ -366,6 +369,11 @@ def summary(m: dict) -> str:
     ]
     for r, n in x["events_quarantined_by_reason"].items():
         lines.append(f"    {r:<24} {n:>10,}")
+    share = x["events_quarantined"] / max(x["events_in"], 1)
+    if share > QUARANTINE_WARNING:  # a mapping or id mix-up more often than dirty rows
+        top = next(iter(x["events_quarantined_by_reason"]), "?")
+        lines.append(f"  WARNING: {share:.0%} of the events were quarantined, most for {top}; the rows and reasons "
+                     "are in the version's quarantine/ folder")
     lines.append(f"  items:  {x['items_in']:,} read, {x['items_valid']:,} valid")
     for r, n in x["items_quarantined_by_reason"].items():
         lines.append(f"    {r:<24} {n:>10,}")

@@ -124,3 +124,17 @@ def test_corrupted_files_get_an_error_naming_the_file_and_column(tmp_path):
     extra = _write(tmp_path / "extra.parquet", _junk(0, 5).append_column("utm_source", pa.array(["x"] * 5)))
     assert check_inputs(extra, S.EVENTS_SCHEMA, S.EVENTS_REQUIRED, "events") == ["utm_source"]
     assert check_inputs(good, S.EVENTS_SCHEMA, S.EVENTS_REQUIRED, "events") == []
+
+
+def test_the_feature_summary_warns_when_many_events_are_quarantined():
+    from jobs.build_features import summary
+
+    x = {"events_in": 100, "events_valid": 30, "events_quarantined": 70,
+         "events_quarantined_by_reason": {"unknown_item": 60, "future_ts": 10}, "items_in": 5, "items_valid": 5,
+         "items_quarantined_by_reason": {}, "users": 3, "cooccurrence_pairs": 0, "valid_start": "a", "test_start": "b",
+         "as_of": "c", "examples": {}, "seconds": 1.0, "num_partitions": 2}
+    text = summary({"version": "v", "path": "p", "metrics": x})
+    assert "WARNING: 70% of the events were quarantined, most for unknown_item" in text
+    few = summary({"version": "v", "path": "p", "metrics": {**x, "events_valid": 90, "events_quarantined": 10,
+                                                          "events_quarantined_by_reason": {"future_ts": 10}}})
+    assert "WARNING" not in few
