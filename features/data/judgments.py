@@ -4,8 +4,8 @@ A judgments file (Parquet or CSV) has the columns query, item_id and grade (1 = 
 4 = perfect; averaged grades such as 2.33 are fine). A shop without one still has judgments in its
 log: a search followed, in the same session (the same shopper where sessions are missing) and
 within `window_s`, by a click (grade 2), an add to cart (3) or a purchase (4) of an item, before
-the next search. A click, cart or purchase that carries a query itself (logs that record each click
-with the search it came from, one row each) counts as that search followed at once by it. A
+the next search. An event that carries a query itself (logs that record each click or view with the
+search it came from, one row each) counts as that search followed at once by it. A
 (query, item) pair seen several times keeps its best grade and counts how often it was seen.
 Queries are compared after trimming and lower-casing.
 """
