@@ -36,7 +36,7 @@ class Profiles:
                                   pc.limits)
         t0 = time.perf_counter()
         self.seeded = 0
-        if pc.seed and self.store.seeded_from is None:
+        if pc.seed and self.store.seeded_from != res.features_dir:  # first start, or a newer features version
             users = A.read_parquet(A.join(res.features_dir, "users"))
             self.seeded = self.store.seed(seed_profiles(users, self.live.catalog.lookup, self.params), res.features_dir)
         self.seed_s = time.perf_counter() - t0

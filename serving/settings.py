@@ -64,7 +64,7 @@ class ProfilesServing:
     snapshot_every_events: int = 5_000
     snapshot_every_s: float = 30.0
     fsync: bool = True  # fsync the event log before acknowledging (off only for throwaway tests)
-    seed: bool = True  # seed profiles from the features version's users on first start
+    seed: bool = True  # seed profiles from the served features version's users (again for a newer version)
     limits: StateLimits = StateLimits()  # de-duplication window, log segment size and retention
 
 

@@ -113,19 +113,27 @@ class ProfileStore:
 
     # --- seeding -----------------------------------------------------------------------------
     def seed(self, rows: Iterable[Profile], source: str) -> int:
-        """Write seed profiles once (a later call is a no-op); returns how many were written.
-        Users that already have a stored profile keep it."""
+        """Write the seed profiles of a features version `source` once (a later call with the same
+        source is a no-op); returns how many were written. A new version (the next batch run, or
+        another shop's data served from the same state) replaces every stored profile that is a
+        seed and adds the users it did not have; a shopper with live events keeps the nearline
+        profile, so nothing the API acknowledged is dropped."""
         with self._lock:
-            if self.seeded_from is not None:
+            if self.seeded_from == source:
                 return 0
+            self.snapshot()  # every profile in the table, each with the newest log seq folded into it
+            live = {u for u, seq in self.db.execute("SELECT user_id, seq FROM profiles WHERE seq > 0")}
             n = 0
             self.db.execute("BEGIN")
             for prof in rows:
-                cur = self.db.execute("INSERT OR IGNORE INTO profiles VALUES (?, ?, ?)",
-                                      (prof.user_id, prof.seq, json.dumps(prof.to_dict())))
-                n += cur.rowcount
+                if prof.user_id in live:
+                    continue
+                self.db.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)",
+                                (prof.user_id, prof.seq, json.dumps(prof.to_dict())))
+                n += 1
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('seeded_from', ?)", (source,))
             self.db.execute("COMMIT")
+            self._cache.clear()  # all clean after the snapshot: profiles load again from the table
             return n
 
     # --- reading -----------------------------------------------------------------------------

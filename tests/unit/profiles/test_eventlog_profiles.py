@@ -196,6 +196,27 @@ def test_store_acknowledged_events_survive_restart_without_snapshot(tmp_path):
     assert again.get("u2").recent_items[0][0] == "i3"
 
 
+def test_a_newer_features_version_reseeds_but_keeps_every_live_profile(tmp_path):
+    """Serving the next batch (or another shop's data deployed where the demo ran) refreshes the
+    seeded shoppers and adds its new ones; a shopper with live events keeps the nearline profile;
+    the same version twice changes nothing."""
+    def seeds(*users: str, item: str = "i1") -> list[Profile]:
+        return [seed_profile(u, [item], ["purchase"], [1.0], [], lambda i: CATALOG.get(i, (None, None, None)), P)
+                for u in users]
+
+    s = _store(tmp_path)
+    assert s.seed(seeds("old-shopper", "both"), "features/v1") == 2
+    s.append([_ev("live", "i3", 5.0), _ev("both", "i4", 6.0)])  # "both" has a live event now
+    assert s.seed(seeds("old-shopper", "both"), "features/v1") == 0  # same version: nothing
+    assert s.seed(seeds("new-shopper", "both", "old-shopper", item="i2"), "features/v2") == 2
+    assert s.get("new-shopper").recent_items[0][0] == "i2"  # a shopper of the new data is known
+    assert s.get("old-shopper").recent_items[0][0] == "i2"  # a seed is refreshed
+    assert [r[0] for r in s.get("both").recent_items] == ["i4", "i1"]  # live: the nearline profile stays
+    assert s.get("live").recent_items[0][0] == "i3" and s.seeded_from == "features/v2"
+    again = _store(tmp_path)  # and all of it survives a restart
+    assert again.get("new-shopper").recent_items[0][0] == "i2" and again.seeded_from == "features/v2"
+
+
 def test_store_dedups_event_ids_across_restarts(tmp_path):
     s = _store(tmp_path)
     assert s.append([_ev("u", "i1", 1.0, eid="e1"), _ev("u", "i2", 2.0, eid="e1")]) == (["e1"], ["e1"])
