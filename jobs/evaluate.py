@@ -126,7 +126,7 @@ class EvaluateConfig:
     judgments: str | None = None  # Parquet or CSV with query, item_id, grade: search relevance
     recommend: bool = True  # false: only search relevance (from the judgments file or the log's searches)
     dataset: str | None = None  # a name for the report; default: the events (or items) folder name
-    split: str = "time:2011-11-09T00:00:00Z"  # time:<ISO instant> | leave-last
+    split: str = "last:30d"  # last:<days>d (a time split that many days before the last interaction) | time:<ISO instant> | leave-last
     ranker_days: float = 30.0  # time split: the ranker's label window before the split instant
     ranker_requests_per_user: int = 3  # time split: each user's first interactions in that window
     ks: tuple[int, ...] = (10, 20, 50)
@@ -226,8 +226,8 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     ks, L = tuple(sorted(cfg.ks)), max(cfg.ks)
     steps("read + validate events and items; plan the split")
     events, items, counts = ES.read_inputs(cfg.events, cfg.items)
-    spec = ES.SplitSpec.parse(cfg.split)
-    plan = ES.plan_split(events, spec, cfg.ranker_days, cfg.ranker_requests_per_user)
+    plan = ES.plan_split(events, ES.SplitSpec.parse(cfg.split), cfg.ranker_days, cfg.ranker_requests_per_user)
+    spec = plan.spec  # last:<days>d resolved to its time split
     print(f"  {counts}; train events {plan.train_events.height:,} (until {plan.train_until.isoformat()}), "
           f"ranker-stage events {plan.ranker_events.height:,} (until {plan.ranker_until.isoformat()}), "
           f"test requests {plan.test_requests.height:,}, ranker requests {plan.ranker_requests.height:,}", flush=True)
@@ -315,7 +315,8 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     main = sets["next_basket"]
     seq_manifest = A.read_manifest(seq_b).get("metrics", {}) if seq_b else {}
     return {
-        "dataset": cfg.dataset or Path(cfg.events).parent.name, "split": cfg.split, "ks": list(ks),
+        "dataset": cfg.dataset or Path(cfg.events).parent.name, "split": cfg.split,
+        "split_at": plan.train_until.isoformat() if spec.kind == "time" else None, "ks": list(ks),
         "catalog_items": len(cat_zs), "counts": counts,
         "requests": main.get("requests", 0), "dropped": main.get("dropped", 0), "methods": main.get("methods", []),
         "verdict": main.get("verdict"), "skipped": main.get("skipped"),
@@ -962,7 +963,8 @@ def summary(result: dict) -> str:
     rec = result.get("recommend")
     if rec:
         ks = rec["ks"]
-        lines.append(f"recommend on {rec['dataset']} ({rec['split']}), {rec['catalog_items']:,} items")
+        at = f" at {rec['split_at']}" if rec.get("split_at") and not rec["split"].startswith("time:") else ""
+        lines.append(f"recommend on {rec['dataset']} ({rec['split']}{at}), {rec['catalog_items']:,} items")
         head = f"  {'method':<36}" + "".join(f"{'ndcg@' + str(k):>10}" for k in ks) + "".join(
             f"{'hit@' + str(k):>9}" for k in ks) + f"{'mrr':>8}{'cov@' + str(ks[0]):>9}{'p50 ms':>9}"
         lines.append(head)

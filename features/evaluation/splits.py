@@ -36,19 +36,29 @@ from features.profiles.profile import Profile, ProfileParams
 from features.profiles.replay import profiles_at
 from features.retrieval.catalog import Catalog
 
-SPLITS = ("time:<ISO 8601 instant>", "leave-last")
+SPLITS = ("time:<ISO 8601 instant>", "last:<days>d", "leave-last")
 
 
 @dataclass(frozen=True)
 class SplitSpec:
-    kind: str  # "time" | "leave-last"
+    kind: str  # "time" | "last" (a time split at the UTC midnight `days` before the last interaction) | "leave-last"
     at: dt.datetime | None = None
+    days: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> "SplitSpec":
         t = (text or "").strip()
         if t == "leave-last":
             return cls("leave-last")
+        if t.startswith("last:"):
+            raw = t[5:].strip()
+            try:
+                days = float(raw.removesuffix("d"))
+            except ValueError:
+                days = -1.0
+            if not raw.endswith("d") or not days > 0:
+                raise ValueError(f"split: {raw!r} after 'last:' is not a number of days (e.g. last:30d)")
+            return cls("last", days=days)
         if t.startswith("time:"):
             raw = t[5:].strip()
             try:
@@ -119,12 +129,15 @@ def plan_split(events: pl.DataFrame, spec: SplitSpec, ranker_days: float = 30.0,
     inter = interactions(events)
     if inter.is_empty():
         raise ValueError("events: no positive interactions (view, click, add_to_cart, purchase) to evaluate")
+    if spec.kind == "last":  # the test period: the last `days` days, from a UTC midnight (the same split for every run)
+        end = inter[S.TS].max() - dt.timedelta(days=spec.days)
+        spec = SplitSpec("time", dt.datetime(end.year, end.month, end.day, tzinfo=dt.timezone.utc))
     if spec.kind == "time":
         at = spec.at
         lo, hi = inter[S.TS].min(), inter[S.TS].max()
         if not lo < at <= hi:
             raise ValueError(f"split: time:{at.isoformat()} must fall after the first and at or before the last "
-                             f"interaction ({lo.isoformat()} .. {hi.isoformat()})")
+                             f"interaction ({lo.isoformat()} .. {hi.isoformat()}); last:30d tests on the last 30 days")
         rv = at - dt.timedelta(days=ranker_days)
         test = inter.filter(pl.col(S.TS) >= at).group_by(S.USER_ID, maintain_order=True).first()
         ranker = first_per_user(inter.filter((pl.col(S.TS) >= rv) & (pl.col(S.TS) < at)), ranker_per_user)

@@ -94,7 +94,8 @@ def test_train_encoder_config_errors_name_the_key(override, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("split=random", "split: 'random'; allowed: time:<ISO 8601 instant>, leave-last"),
+    ("split=random", "split: 'random'; allowed: time:<ISO 8601 instant>, last:<days>d, leave-last"),
+    ("split=last:0d", "after 'last:' is not a number of days"),
     ("split=time:soon", "not an ISO 8601 instant"),
     ("ks=[0, 10]", "ks must be positive"),
     ("events=null", "events and judgments are both null"),

@@ -78,6 +78,19 @@ def test_time_split_trains_before_the_instant_and_tests_the_first_interaction_af
         ES.plan_split(EVENTS, ES.SplitSpec.parse("time:2030-01-01"))
 
 
+def test_last_days_split_is_the_time_split_from_the_utc_midnight_that_many_days_back():
+    """last:<N>d works on any log (the default): the last interaction is day 25 00:00, so last:10d
+    is time:2024-01-15, and a day 25 12:00 interaction would move nothing (floored to midnight)."""
+    plan = ES.plan_split(EVENTS, ES.SplitSpec.parse("last:10d"), ranker_days=7)
+    same = ES.plan_split(EVENTS, ES.SplitSpec.parse("time:2024-01-15"), ranker_days=7)
+    assert plan.spec == same.spec and plan.test_requests.equals(same.test_requests)
+    later = EVENTS.with_columns(pl.when(pl.col(S.EVENT_ID) == "e07").then(pl.col(S.TS) + dt.timedelta(hours=12))
+                                .otherwise(pl.col(S.TS)).alias(S.TS))
+    assert ES.plan_split(later, ES.SplitSpec.parse("last:10d"), ranker_days=7).spec.at == _t(15)
+    with pytest.raises(ValueError, match="not a number of days"):
+        ES.SplitSpec.parse("last:ten")
+
+
 def test_leave_last_split_holds_out_each_users_last_and_second_last_interaction():
     plan = ES.plan_split(EVENTS, ES.SplitSpec.parse("leave-last"))
     test = {u: items for u, items in plan.test_requests.select(S.USER_ID, "items").iter_rows()}
