@@ -29,7 +29,6 @@ Rules, so that nothing accepted is ever lost:
 from __future__ import annotations
 
 import codecs
-
 import hashlib
 import json
 import os
