@@ -604,6 +604,22 @@ def search_judgments(cfg: EvaluateConfig) -> tuple[pl.DataFrame | None, str]:
     return j.select("query", S.ITEM_ID, "grade"), source
 
 
+def judged_catalog_items(judg: pl.DataFrame, items: pl.DataFrame) -> tuple[pl.DataFrame, str | None]:
+    """The judgments of items the catalog has, and a note on those left out (an item no longer
+    sold cannot be retrieved, so it is no part of any ranking); none left: an error naming an id
+    from each side, before any item is encoded."""
+    known = judg.filter(pl.col(S.ITEM_ID).is_in(items.get_column(S.ITEM_ID).implode()))
+    if known.height == judg.height:
+        return judg, None
+    gone = judg.filter(~pl.col(S.ITEM_ID).is_in(items.get_column(S.ITEM_ID).implode()))
+    example = f"e.g. judged item_id {gone[S.ITEM_ID][0]!r}, catalog item_id {items[S.ITEM_ID][0]!r}"
+    if known.is_empty():
+        raise ValueError(f"judgments: none of the {judg.height:,} rows names an item of the catalog ({example}): "
+                         "are both files from the same shop and id scheme?")
+    return known, (f"{gone.height:,} of {judg.height:,} judgment rows name items the catalog lacks and are left out "
+                   f"({example})")
+
+
 def uninformative_rerank(grades: list[np.ndarray]) -> str | None:
     """Why re-ranking the judged items cannot tell methods apart, or None: when every query's judged
     items share one grade (a log's clicks), every order of them is ideal and every method scores 1."""
@@ -638,6 +654,9 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
 
     items, _ = validate_items(ES.read_table(cfg.items), ValidationConfig())
     items = items.with_columns(item_text_expr())
+    judg, left_out = judged_catalog_items(judg, items)
+    if left_out:
+        print(f"  {left_out}", flush=True)
     judg, dev_mode = sample_queries(judg, cfg.search.max_queries, cfg.seed)
     if dev_mode:
         print(f"  {dev_mode}", flush=True)
@@ -841,7 +860,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
     skipped = sum(1 for g in gains_ideal if g.max() <= 0)
     return {
         "dataset": cfg.dataset or Path(cfg.judgments or cfg.events or cfg.items).parent.name, "ks": list(ks), "queries": nq,
-        "judgments_from": source,
+        "judgments_from": source, "judgments_left_out": left_out,
         "judgments": judg.height, "catalog_items": len(catalog), "queries_without_a_relevant_item": skipped,
         "dev_mode": dev_mode,
         "protocol": (f"gain 2^(grade-1)-1; rerank: each query's judged items ordered by the method; full catalog: the "

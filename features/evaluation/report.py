@@ -166,6 +166,8 @@ def render(result: dict) -> str:
                      f"{_esc(srch.get('protocol', ''))}</p>")
         if srch.get("judgments_from"):
             parts.append(f"<p>Judgments: {_esc(srch['judgments_from'])}.</p>")
+        if srch.get("judgments_left_out"):
+            parts.append(f"<p>{_esc(srch['judgments_left_out'])}.</p>")
         for setting in ("rerank", "full_catalog"):
             rows = srch[setting]
             parts.append(f"<h3>{'re-ranking the judged items' if setting == 'rerank' else 'retrieving from the whole catalog'}</h3>")

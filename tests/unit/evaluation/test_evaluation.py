@@ -421,3 +421,15 @@ def test_reranking_judged_items_of_one_grade_is_flagged_as_uninformative():
 
     assert "every method scores 1" in uninformative_rerank([np.array([2.0, 2.0]), np.array([2.0])])
     assert uninformative_rerank([np.array([2.0, 2.0]), np.array([2.0, 4.0])]) is None
+
+
+def test_judgments_of_items_the_catalog_lacks_are_left_out_and_none_known_is_an_error():
+    from jobs.evaluate import judged_catalog_items
+
+    items = pl.DataFrame({S.ITEM_ID: ["a", "b"]})
+    judg = pl.DataFrame({"query": ["q", "q", "r"], S.ITEM_ID: ["a", "gone", "b"], "grade": [4.0, 3.0, 2.0]})
+    kept, note = judged_catalog_items(judg, items)
+    assert kept[S.ITEM_ID].to_list() == ["a", "b"] and note.startswith("1 of 3 judgment rows name items the catalog lacks")
+    assert judged_catalog_items(kept, items) == (kept, None)
+    with pytest.raises(ValueError, match=r"none of the 3 rows names an item of the catalog \(e\.g\. judged item_id 'x'"):
+        judged_catalog_items(judg.with_columns(pl.lit("x").alias(S.ITEM_ID)), items)
