@@ -218,14 +218,15 @@ def _index(cfg: EvaluateConfig, features_dir: str, root: Path, encoder: str) -> 
 
 
 # --- recommendation -----------------------------------------------------------------------------
-def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial=lambda **kv: None) -> dict:
+def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial=lambda **kv: None,
+                       inputs: tuple | None = None) -> dict:
     """Every stage on the training part, every method on the test requests; `partial(**results)`
     is called as parts finish (the driver writes them at once, so a late failure loses nothing)."""
     from jobs import train_ranker as TRK
 
     ks, L = tuple(sorted(cfg.ks)), max(cfg.ks)
-    steps("read + validate events and items; plan the split")
-    events, items, counts = ES.read_inputs(cfg.events, cfg.items)
+    steps("plan the split" if inputs else "read + validate events and items; plan the split")
+    events, items, counts = inputs or ES.read_inputs(cfg.events, cfg.items)
     plan = ES.plan_split(events, ES.SplitSpec.parse(cfg.split), cfg.ranker_days, cfg.ranker_requests_per_user)
     spec = plan.spec  # last:<days>d resolved to its time split
     print(f"  {counts}; train events {plan.train_events.height:,} (until {plan.train_until.isoformat()}), "
@@ -581,17 +582,19 @@ def sample_queries(judg: pl.DataFrame, max_queries: int, seed: int) -> tuple[pl.
         f"DEVELOPMENT RUN: a seeded sample of {max_queries:,} of {len(queries):,} judged queries; not for reporting")
 
 
-def search_judgments(cfg: EvaluateConfig) -> tuple[pl.DataFrame | None, str]:
+def search_judgments(cfg: EvaluateConfig, events: pl.DataFrame | None = None) -> tuple[pl.DataFrame | None, str]:
     """The search part's judgments (query, item_id, grade) and where they come from: the judgments
     file; else, with events and `search.from_log`, the log's searches followed by a click (grade 2),
     an add to cart (3) or a purchase (4) within `search.window_s`. None, with the reason, when there
     is nothing to score: no file and no log, or a log with fewer than `search.min_log_queries`
-    such queries (cross-validation by query needs some in every fold)."""
+    such queries (cross-validation by query needs some in every fold). `events`: the validated
+    log when already read."""
     if cfg.judgments is not None:
         return read_judgments(cfg.judgments), f"the judgments file {cfg.judgments}"
     if cfg.events is None or not cfg.search.from_log:
         return None, "no judgments file (--set judgments=...) and search.from_log is false"
-    events, _, _ = ES.read_inputs(cfg.events, cfg.items)
+    if events is None:
+        events = ES.read_inputs(cfg.events, cfg.items)[0]
     j = judgments_from_events(events, cfg.search.window_s)
     nq = j["query"].n_unique()
     source = (f"the log's searches: {j.height:,} (query, item) pairs over {nq:,} queries, each a search followed within "
@@ -919,14 +922,18 @@ def run(cfg: EvaluateConfig) -> str:
         result.setdefault("recommend_partial", {}).update(kv)
         save()
 
+    inputs = None  # the validated events and items, read once for both parts
+    if cfg.events is not None and (cfg.recommend or (cfg.judgments is None and cfg.search.from_log)):
+        steps("read + validate events and items")
+        inputs = ES.read_inputs(cfg.events, cfg.items)
     if cfg.events is not None and cfg.recommend:
-        result["recommend"] = evaluate_recommend(cfg, run_dir, steps, partial)
+        result["recommend"] = evaluate_recommend(cfg, run_dir, steps, partial, inputs)
         result.pop("recommend_partial", None)
         result["ranker"] = {"importances": result["recommend"]["ranker"]["importances"]}
         save()
     if cfg.judgments is not None or cfg.search.from_log:
         steps("search judgments: " + ("the judgments file" if cfg.judgments else "the log's searches"))
-        judg, source = search_judgments(cfg)
+        judg, source = search_judgments(cfg, inputs[0] if inputs else None)
         if judg is None:
             print(f"  {source}", flush=True)
             result["search_skipped"] = source
