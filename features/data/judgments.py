@@ -24,11 +24,22 @@ def read_judgments(path: str) -> pl.DataFrame:
     """query, item_id, grade (float) from a Parquet or CSV file; a missing column is named."""
     from features import artifacts as A
 
-    df = pl.read_csv(path) if path.endswith(".csv") else A.read_parquet(path)
+    if path.lower().endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):  # text as written: item id 00123 stays 00123
+        from features.data.mapping import read_table
+
+        df = pl.from_arrow(read_table(path))
+    else:
+        df = A.read_parquet(path)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ValueError(f"judgments {path}: missing column(s) {missing}; required: {', '.join(REQUIRED)}")
-    out = df.select(pl.col("query").cast(pl.String), pl.col(S.ITEM_ID).cast(pl.String), pl.col("grade").cast(pl.Float64))
+    out = df.select(pl.col("query").cast(pl.String), pl.col(S.ITEM_ID).cast(pl.String),
+                    pl.col("grade").cast(pl.Float64, strict=False))
+    unreadable = df.filter(pl.col("grade").is_not_null() & pl.col("grade").cast(pl.Float64, strict=False).is_null())
+    if unreadable.height:
+        r = unreadable.row(0, named=True)
+        raise ValueError(f"judgments {path}: {unreadable.height} row(s) with a grade that is not a number, "
+                         f"e.g. query={r['query']!r} item_id={r[S.ITEM_ID]!r} grade={r['grade']!r}")
     bad = out.filter(pl.col("grade").is_null() | ~pl.col("grade").is_between(1.0, 4.0) | pl.col("query").is_null()
                      | pl.col(S.ITEM_ID).is_null())
     if bad.height:

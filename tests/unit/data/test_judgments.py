@@ -56,6 +56,13 @@ def test_a_judgments_file_is_validated_and_keeps_fractional_grades(tmp_path):
     pl.DataFrame({"query": ["mug"], "item_id": ["a"], "grade": [7.0]}).write_parquet(bad)
     with pytest.raises(ValueError, match=r"grade outside 1\.\.4, e\.g\. query='mug' item_id='a' grade=7\.0"):
         read_judgments(str(bad))
+    zeros = tmp_path / "z.csv"
+    zeros.write_text("query,item_id,grade\nmug,00123,4\n")  # ids as written, not as numbers
+    assert read_judgments(str(zeros)).rows() == [("mug", "00123", 4.0)]
+    words = tmp_path / "w.csv"
+    words.write_text("query,item_id,grade\nmug,a,good\n")
+    with pytest.raises(ValueError, match=r"1 row\(s\) with a grade that is not a number, e\.g\. .*grade='good'"):
+        read_judgments(str(words))
     missing = tmp_path / "m.parquet"
     pl.DataFrame({"query": ["mug"], "item": ["a"]}).write_parquet(missing)
     with pytest.raises(ValueError, match=r"missing column\(s\) \['item_id', 'grade'\]"):
