@@ -71,6 +71,9 @@ class TrainRankerConfig:
     in_session_reveal: float = 0.5  # 0: off
     max_requests: int = 0  # 0: all
     valid_fraction: float = 0.2  # request groups held out for early stopping and the hand-weights comparison
+    # A verdict on fewer valid lists than this is no verdict (a bootstrap interval over a handful of
+    # lists is not a 95% interval): the segment keeps the hand weights and the manifest says why.
+    min_valid_lists: int = 30
     num_workers: int = 1  # Ray Train LightGBM workers
     cpus_per_worker: int = 1
     lightgbm: RankerParams = field(default_factory=RankerParams)
@@ -84,6 +87,8 @@ class TrainRankerConfig:
 def check_config(cfg: TrainRankerConfig) -> None:
     if not 0 < cfg.valid_fraction < 1:
         raise ConfigError(f"valid_fraction must be in (0, 1), got {cfg.valid_fraction}")
+    if cfg.min_valid_lists < 1:
+        raise ConfigError(f"min_valid_lists must be >= 1, got {cfg.min_valid_lists}")
     if not 0 <= cfg.in_session_reveal < 1:
         raise ConfigError(f"in_session_reveal must be in [0, 1), got {cfg.in_session_reveal}")
     if cfg.window_days <= 0:
@@ -120,16 +125,19 @@ def train_loop(config: dict) -> None:
         ray.train.report(info)
 
 
-def _segment(learned: np.ndarray, hand: np.ndarray, seed: int) -> dict:
+def segment_verdict(learned: np.ndarray, hand: np.ndarray, seed: int, min_lists: int = 1) -> dict:
     """Learned vs hand weights on some valid lists (per-list NDCG@10). "Beats" as every report here
-    means it (SE.beats: the paired 95% interval over the lists is above 0); no lists: no win."""
+    means it (SE.beats: the paired 95% interval over the lists is above 0), on at least `min_lists`
+    lists; fewer (none included) is no win, and `too_few_lists` says so."""
     if not len(learned):
-        return {"lists": 0, "learned": 0.0, "hand_weights": 0.0, "paired_difference_ci95": [0.0, 0.0], "beats": False}
+        return {"lists": 0, "learned": 0.0, "hand_weights": 0.0, "paired_difference_ci95": [0.0, 0.0], "beats": False,
+                "too_few_lists": min_lists > 0}
     won = SE.beats(learned, hand, seed)
+    few = len(learned) < min_lists
     return {"lists": int(len(learned)), "learned": round(float(learned.mean()), 6),
             "hand_weights": round(float(hand.mean()), 6),
             "paired_difference_ci95": [round(float(v), 6) for v in won["paired_difference_ci95"]],
-            "beats": bool(won["beats"])}
+            "beats": bool(won["beats"]) and not few, "too_few_lists": few}
 
 
 def _ndcg_per_group(scores: np.ndarray, y: np.ndarray, g: np.ndarray, k: int = 10) -> np.ndarray:
@@ -247,7 +255,7 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     vx, vy, vg = x[va], y[va], g[va]
     learned_v = _ndcg_per_group(model.score(vx, "recommend"), vy, vg)
     hand_v = _ndcg_per_group(hand.score(vx, "recommend"), vy, vg)
-    won = _segment(learned_v, hand_v, cfg.seed)
+    won = segment_verdict(learned_v, hand_v, cfg.seed, cfg.min_valid_lists)
     learned_ndcg, hand_ndcg = won["learned"], won["hand_weights"]
     lo, hi = won["paired_difference_ci95"]
     booster = model.boosters["recommend"]
@@ -264,7 +272,8 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
         # list holds popular candidates only, where the model may add nothing to the hand weights).
         warm = np.asarray(has_history, dtype=bool)[vg[first]]
         metrics["valid_by_history"] = {
-            name: _segment(learned_v[mask], hand_v[mask], cfg.seed) for name, mask in zip(SEGMENTS, (warm, ~warm))}
+            name: segment_verdict(learned_v[mask], hand_v[mask], cfg.seed, cfg.min_valid_lists)
+            for name, mask in zip(SEGMENTS, (warm, ~warm))}
     # Where serving and evaluation use the model: each segment on which it beat the hand weights
     # (the house rule, per segment); without the segments, both or neither by the overall verdict.
     by = metrics.get("valid_by_history")
@@ -277,12 +286,16 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     log(f"ranker {version} -> {out_dir}")
     log(f"  valid NDCG@10 on the candidate lists: learned {learned_ndcg:.4f} vs hand-set weights {hand_ndcg:.4f}, "
         f"paired difference [95% CI {lo:+.4f}, {hi:+.4f}]: "
-        + ("it beats them" if won["beats"] else "it does not beat them"))
+        + ("it beats them" if won["beats"] else "it does not beat them")
+        + (f" (on {won['lists']} lists, fewer than min_valid_lists={cfg.min_valid_lists}: no verdict)"
+           if won["too_few_lists"] and won["lists"] else ""))
     for name, seg in metrics.get("valid_by_history", {}).items():
         log(f"  shoppers {name.replace('_', ' ')}: {seg['lists']:,} valid lists, learned {seg['learned']:.4f} vs hand "
             f"{seg['hand_weights']:.4f}, paired [95% CI {seg['paired_difference_ci95'][0]:+.4f}, "
             f"{seg['paired_difference_ci95'][1]:+.4f}]: serving uses "
-            + ("the learned model" if name in metrics["serves_learned_for"] else "the hand-set weights"))
+            + ("the learned model" if name in metrics["serves_learned_for"] else "the hand-set weights")
+            + (f" (too few valid lists to judge: fewer than min_valid_lists={cfg.min_valid_lists})"
+               if seg.get("too_few_lists") and seg["lists"] else ""))
     if "valid_by_history" not in metrics:
         log("  serving uses " + ("the learned model" if metrics["serves_learned_for"] else "the hand-set weights"))
     top = sorted(importances(booster).items(), key=lambda kv: -kv[1]["gain_share"])[:5]

@@ -433,3 +433,16 @@ def test_judgments_of_items_the_catalog_lacks_are_left_out_and_none_known_is_an_
     assert judged_catalog_items(kept, items) == (kept, None)
     with pytest.raises(ValueError, match=r"none of the 3 rows names an item of the catalog \(e\.g\. judged item_id 'x'"):
         judged_catalog_items(judg.with_columns(pl.lit("x").alias(S.ITEM_ID)), items)
+
+
+def test_the_ranker_verdict_needs_enough_valid_lists():
+    """A bootstrap interval over a handful of lists is no 95% interval: below min_valid_lists a
+    segment keeps the hand weights, however clear the difference looks."""
+    from jobs.train_ranker import segment_verdict
+
+    learned, hand = np.full(4, 0.5), np.zeros(4)
+    few = segment_verdict(learned, hand, seed=0, min_lists=30)
+    assert few["paired_difference_ci95"][0] > 0 and not few["beats"] and few["too_few_lists"]
+    many = segment_verdict(np.full(40, 0.5), np.zeros(40), seed=0, min_lists=30)
+    assert many["beats"] and not many["too_few_lists"]
+    assert not segment_verdict(np.zeros(0), np.zeros(0), seed=0, min_lists=30)["beats"]
