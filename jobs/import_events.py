@@ -6,9 +6,11 @@
 
 `mapping` is a YAML file (features/data/mapping.py, docs/data.md) or a preset: `recbole` (RecBole's
 usual field names) or `uci-online-retail` (either UCI Online Retail layout; items come from the
-log itself). `events` / `items` override the paths in the mapping. Writes <output>/events.parquet,
-items.parquet and rejected.parquet (rows whose values could not be typed, with a reason and the
-original row) and prints counts; every input row is in exactly one of them.
+log itself). `events` / `items` override the paths in the mapping; a mapping whose items have no
+path of their own reads them from the events file (one item per id, its latest fields). Writes
+<output>/events.parquet, items.parquet and rejected.parquet (rows whose values could not be typed,
+with a reason and the original row) and prints counts; every input row is in exactly one of them
+(an events file's item fields: merged per item, or rejected).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import sys
 from dataclasses import dataclass, replace
 
 import polars as pl
+import pyarrow as pa
 
 from features.config import ConfigError
 from features.data import schema as S
-from features.data.mapping import Mapping, apply, check_encoding, load_mapping, read_table, recbole_defaults
+from features.data.mapping import (Mapping, TableMapping, apply, check_encoding, items_from_events, load_mapping,
+                                   read_table, recbole_defaults)
 from features.data.online_retail import import_online_retail
 from jobs.common import load_job_config, parse_args, run_job, write_table
 
@@ -32,22 +36,37 @@ PRESETS = ("recbole", "uci-online-retail")
 class ImportEventsConfig:
     mapping: str | None = None   # a mapping YAML (local or URI) or a preset: recbole | uci-online-retail
     events: str | None = None    # the shop's events file/folder/URI; overrides mapping.events.path
-    items: str | None = None     # the shop's items file/folder/URI; overrides mapping.items.path
+    items: str | None = None     # the shop's items file/folder/URI; overrides mapping.items.path (none:
+    #                              the mapping's, or the events file when the mapping gives no items path)
     output: str = "data/canonical/shop"
     # The text files' character set (utf-8 when null; cp1252 or latin-1 for many spreadsheet
     # exports): for a preset, or over both tables of a mapping file (which can also set its own).
     encoding: str | None = None
 
 
-def _resolve_mapping(cfg: ImportEventsConfig) -> Mapping | None:
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
+    """(the mapping with this run's paths, whether the items come from the events file)."""
     if cfg.mapping is None:
         raise ConfigError(f"mapping: required; a mapping YAML file or a preset ({', '.join(PRESETS)})")
     if cfg.mapping == "uci-online-retail":
-        return None
+        return None, False
     m = recbole_defaults(None, None) if cfg.mapping == "recbole" else load_mapping(cfg.mapping)
     enc = {"encoding": cfg.encoding} if cfg.encoding else {}
-    return Mapping(events=replace(m.events, path=cfg.events or m.events.path, **enc),
-                   items=replace(m.items, path=cfg.items or m.items.path, **enc))
+    from_log = (cfg.mapping not in PRESETS and not cfg.items and bool(m.items.columns)
+                and (not m.items.path or m.items.path == m.events.path))
+    events = replace(m.events, path=cfg.events or m.events.path, **enc)
+    if not events.path:
+        raise ConfigError("events: no events file; set mapping.events.path or pass events (make run EVENTS=...)")
+    if not (cfg.items or m.items.path or from_log):
+        raise ConfigError("items: no items file; pass items (make run ITEMS=...), set mapping.items.path, or map the "
+                          "item columns of the events file (mapping.items.columns without a path; docs/data.md)")
+    items = replace(m.items, path=events.path, format=events.format, delimiter=events.delimiter,
+                    encoding=events.encoding) if from_log else replace(m.items, path=cfg.items or m.items.path, **enc)
+    return Mapping(events=events, items=items), from_log
 
 
 def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
@@ -66,7 +85,7 @@ def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
 def run(cfg: ImportEventsConfig) -> dict:
     if cfg.encoding:
         check_encoding(cfg.encoding, "encoding")
-    m = _resolve_mapping(cfg)
+    m, from_log = _resolve_mapping(cfg)
     if m is None:  # UCI Online Retail (either layout): invoices, cancellations, items from the log
         if not cfg.events:
             raise ConfigError("events: the UCI Online Retail file (Parquet or CSV) is required")
@@ -77,18 +96,26 @@ def run(cfg: ImportEventsConfig) -> dict:
                                 schema={"table": pl.String, S.REASON: pl.String, S.RAW: pl.String})
         raw_rows = {"events": raw.height, "items": 0}
     else:
-        ev_raw, it_raw = (read_table(t.path, t.format, t.delimiter, t.encoding,
-                                     "encoding (--set encoding=...)" if cfg.mapping in PRESETS else f"mapping.{name}.encoding")
-                          for name, t in (("events", m.events), ("items", m.items)))
+        def read(name: str, t: TableMapping) -> pa.Table:
+            return read_table(t.path, t.format, t.delimiter, t.encoding,
+                              "encoding (--set encoding=...)" if cfg.mapping in PRESETS else f"mapping.{name}.encoding")
+
+        ev_raw = read("events", m.events)
+        it_raw = ev_raw if from_log else read("items", m.items)
         if m.events.format == "recbole" or m.items.format == "recbole":
             m = _with_title(m, it_raw.column_names)
         events, ev_rej = apply(ev_raw, m.events, "events")
-        items, it_rej = apply(it_raw, m.items, "items")
+        items, it_rej = items_from_events(ev_raw, m.items, m.events) if from_log else apply(it_raw, m.items, "items")
+        if from_log and not items.height and not it_rej.height:
+            raise ValueError(f"items: no row of {m.events.path} names an item in its column "
+                             f"{m.items.columns[S.ITEM_ID]!r} (mapping.items.columns.item_id)")
         rejected = pl.concat([ev_rej.select(pl.lit("events").alias("table"), pl.all()),
                               it_rej.select(pl.lit("items").alias("table"), pl.all())])
         raw_rows = {"events": ev_raw.num_rows, "items": it_raw.num_rows}
-    write_table(cfg.output, "events", events, S.EVENTS_SCHEMA)
-    write_table(cfg.output, "items", items, S.ITEMS_SCHEMA)
+    # Nullable: a blank user, time, type, item id or title is the feature job's to quarantine, with
+    # its reason and row, not a cast error here that names neither.
+    write_table(cfg.output, "events", events, _nullable(S.EVENTS_SCHEMA))
+    write_table(cfg.output, "items", items, _nullable(S.ITEMS_SCHEMA))
     write_table(cfg.output, "rejected", rejected)
     reasons = rejected.group_by(S.REASON).len().sort("len", descending=True) if rejected.height else rejected
     for table, kept in (("events", events.height), ("items", items.height)):
@@ -100,7 +127,7 @@ def run(cfg: ImportEventsConfig) -> dict:
             raise ValueError(f"{table}: all {raw_rows[table]:,} rows were rejected ("
                              + ", ".join(f"{r} {n:,}" for r, n in counts.iter_rows()) + f"){hint}; e.g. "
                              f"{mine[S.RAW][0] if mine.height else '?'}; every row is in {cfg.output}/rejected.parquet")
-    return {"raw_rows": raw_rows, "events": events.height, "items": items.height,
+    return {"raw_rows": raw_rows, "events": events.height, "items": items.height, "items_from_events": from_log,
             "users": events.get_column(S.USER_ID).n_unique() if events.height else 0,
             "rejected": {r: int(n) for r, n in reasons.select(S.REASON, "len").iter_rows()} if rejected.height else {},
             "output": cfg.output}
@@ -112,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         r = run(load_job_config(ImportEventsConfig, args))
         print(f"import: {r['raw_rows']['events']:,} event rows -> {r['events']:,} events of {r['users']:,} users; "
-              f"{r['raw_rows']['items']:,} item rows -> {r['items']:,} items -> {r['output']}", flush=True)
+              f"{r['raw_rows']['items']:,} item rows{' (the events file)' if r['items_from_events'] else ''} -> "
+              f"{r['items']:,} items -> {r['output']}", flush=True)
         for reason, n in r["rejected"].items():
             print(f"  rejected {reason:<24} {n:>8,}  (in rejected.parquet)", flush=True)
         return 0

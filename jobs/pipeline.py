@@ -190,7 +190,9 @@ def _closing_lines(lines: list[str], most: int = 12) -> list[str]:
 def run(cfg: PipelineConfig) -> int:
     from jobs import build_features, build_index, import_events, train_encoder, train_ranker, train_search, train_sequence
 
-    if not cfg.events or (not cfg.items and cfg.mapping != "uci-online-retail"):
+    mapping_file = cfg.mapping is not None and cfg.mapping not in import_events.PRESETS
+    if not mapping_file and (not cfg.events or (not cfg.items and cfg.mapping != "uci-online-retail")):
+        # (a mapping file names its own files, or takes the items from the events file)
         raise ConfigError("events and items are required (paths or URIs); e.g. make run EVENTS=... ITEMS=...")
     init_ray(cfg.ray)
     root, sa = cfg.output_root, cfg.stage_args
@@ -200,7 +202,8 @@ def run(cfg: PipelineConfig) -> int:
     if cfg.mapping:
         out = A.join(root, "canonical", A.new_version())
         r.stage(1, f"import the shop's export ({cfg.mapping})", lambda: import_events.main(_sets(
-            {"mapping": cfg.mapping, "events": events, "output": out, **({"items": items} if items else {})}, sa.import_events)))
+            {"mapping": cfg.mapping, "output": out, **({"events": events} if events else {}),
+             **({"items": items} if items else {})}, sa.import_events)))
         events, items = A.join(out, "events.parquet"), A.join(out, "items.parquet")
     else:
         r.summary.append("  import           (inputs are canonical)")

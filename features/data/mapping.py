@@ -10,8 +10,8 @@ which shop column feeds each canonical column:
       values: {event_type: {addtocart: add_to_cart, transaction: purchase}}
       ts_unit: ms                             # numeric timestamps: s | ms | us | ns | auto
     items:
-      path: s3://shop/exports/items.parquet
-      columns: {item_id: itemid, title: name, category: categoryid}
+      path: s3://shop/exports/items.parquet   # no path: the items come from the events file (below)
+      columns: {item_id: itemid, title: [brand, name], category: categoryid}
 
 Rules, so that nothing accepted is ever lost:
 - A mapped shop column that is not in the file stops the import with an error naming the mapping
@@ -22,6 +22,12 @@ Rules, so that nothing accepted is ever lost:
   duplicates, ...) is the feature job's validation, with its quarantine and messages.
 - Without an event_id column, each event gets a stable one: a hash of its user, time, type and
   item, plus its position among identical lines (so repeated identical lines stay distinct).
+- A text column (title, description, category, brand) may name several shop columns: their
+  values joined by a space, blanks skipped.
+- Items without a path of their own are read from the events file, whose rows carry the item's
+  fields (as many shops' event exports do): one item per id, each field its latest non-blank value
+  by event time; `created_at` the item's first event unless mapped. Rows without an item id
+  (searches) are not item rows.
 - RecBole atomic files (`.inter`, `.item`: tab-separated, headers `name:type`) are read with the
   `:type` suffixes dropped; `recbole_defaults` gives the usual column names.
 """
@@ -51,6 +57,7 @@ ITEM_COLUMNS = tuple(S.ITEMS_SCHEMA.names)
 REASON_UNPARSEABLE = "unparseable_{}"
 _NUMERIC = {S.QUANTITY: pl.Int64, S.PRICE: pl.Float64}
 _TS_COLUMNS = (S.TS, S.CREATED_AT)
+JOINABLE = (S.TITLE, S.DESCRIPTION, S.CATEGORY, S.BRAND)  # may be built from several shop columns
 _TRUE = ("1", "true", "t", "yes", "y")
 _FALSE = ("0", "false", "f", "no", "n")
 
@@ -64,7 +71,7 @@ class TableMapping:
 
     path: str | None = None
     format: str = "auto"
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     constants: dict[str, Any] = field(default_factory=dict)
     values: dict[str, dict[str, str]] = field(default_factory=dict)
     ts_unit: str = "auto"
@@ -102,6 +109,13 @@ def check_mapping(m: TableMapping, table: str) -> None:
         unknown = sorted(set(getattr(m, part)) - set(allowed))
         if unknown:
             raise SchemaError(f"{where}.{part}: unknown canonical column(s) {unknown}; allowed: {', '.join(allowed)}")
+    for k, v in m.columns.items():
+        if isinstance(v, tuple) and (k not in JOINABLE or not v):
+            raise SchemaError(f"{where}.columns.{k}: " + (f"a list of columns is allowed only for {', '.join(JOINABLE)}"
+                                                           if k not in JOINABLE else "an empty list; name a column"))
+    if table == "items" and m.columns and S.TITLE not in m.columns and S.TITLE not in m.constants:
+        raise SchemaError(f"{where}.columns.title: required (the text search and the encoder read it); a column, or a "
+                          "list of columns joined by a space, e.g. title: [brand, category_code]")
     both = sorted(set(m.columns) & set(m.constants))
     if both:
         raise SchemaError(f"{where}: {both} both mapped to a column and set to a constant; choose one")
@@ -222,22 +236,29 @@ def _event_ids(df: pl.DataFrame) -> pl.Series:
                                   for k, n in keys.iter_rows()], dtype=pl.String)
 
 
-def apply(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(canonical rows, rejected rows with `reason` and `raw`). len(canonical) + len(rejected)
-    == raw.num_rows."""
+def _joined(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:
+    """The non-blank values of several text columns joined by a space; null when all are blank."""
+    parts = [pl.col(n).cast(pl.String).str.strip_chars() for n in names]
+    joined = pl.concat_list([pl.when(p != "").then(p) for p in parts]).list.drop_nulls().list.join(" ")
+    return src.select(pl.when(joined != "").then(joined).alias(names[0])).to_series()
+
+
+def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.Series, pl.DataFrame]:
+    """(every row mapped and typed, its rejection reason or null, the source rows)."""
     check_mapping(m, table)
-    missing = {k: v for k, v in m.columns.items() if v not in raw.column_names}
-    if missing:
-        k, v = next(iter(missing.items()))
-        raise SchemaError(f"mapping.{table}.columns.{k}: column {v!r} is not in {m.path}; "
-                          f"the file has: {', '.join(raw.column_names)}")
+    for k, spec in m.columns.items():
+        for v in (spec,) if isinstance(spec, str) else spec:
+            if v not in raw.column_names:
+                raise SchemaError(f"mapping.{table}.columns.{k}: column {v!r} is not in {m.path}; "
+                                  f"the file has: {', '.join(raw.column_names)}")
     src = pl.from_arrow(raw)
     assert isinstance(src, pl.DataFrame)
     contract = S.EVENTS_SCHEMA if table == "events" else S.ITEMS_SCHEMA
     cols, bad = [], []
     for name in contract.names:
         if name in m.columns:
-            col = src.get_column(m.columns[name])
+            spec = m.columns[name]
+            col = src.get_column(spec) if isinstance(spec, str) else _joined(src, spec)
         elif name in m.constants:
             col = pl.Series(name, [m.constants[name]] * src.height)
         elif name in raw.column_names and not m.columns:  # already canonical, no mapping given
@@ -258,14 +279,52 @@ def apply(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.
         reason = pl.when(flag).then(pl.lit(REASON_UNPARSEABLE.format(flag.name))).otherwise(reason)
     reasons = pl.select(reason.alias(S.REASON)).to_series() if bad else pl.Series(S.REASON, [None] * src.height,
                                                                                         dtype=pl.String)
+    return out, reasons, src
+
+
+def _rejected(src: pl.DataFrame, reasons: pl.Series, which: pl.Series) -> pl.DataFrame:
+    return pl.DataFrame({S.REASON: reasons.filter(which),
+                         S.RAW: [json.dumps(r, default=str) for r in src.filter(which).iter_rows(named=True)]},
+                        schema={S.REASON: pl.String, S.RAW: pl.String})
+
+
+def apply(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(canonical rows, rejected rows with `reason` and `raw`). len(canonical) + len(rejected)
+    == raw.num_rows."""
+    out, reasons, src = _mapped(raw, m, table)
+    contract = S.EVENTS_SCHEMA if table == "events" else S.ITEMS_SCHEMA
     keep = reasons.is_null()
-    rejected = pl.DataFrame({S.REASON: reasons.filter(~keep),
-                             S.RAW: [json.dumps(r, default=str) for r in src.filter(~keep).iter_rows(named=True)]},
-                            schema={S.REASON: pl.String, S.RAW: pl.String})
+    rejected = _rejected(src, reasons, ~keep)
     out = out.filter(keep)
     if table == "events" and S.EVENT_ID not in out.columns:
         out = out.with_columns(_event_ids(out))
     return out.select([c for c in contract.names if c in out.columns]), rejected
+
+
+def items_from_events(raw: pa.Table, m: TableMapping, events: TableMapping) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The catalog from an events file whose rows carry item fields (see module doc): (items,
+    rejected rows). A row whose item fields cannot be typed is rejected and left out of the merge
+    (its event is judged apart); each shop column is merged on its own, so a title built from brand
+    and category keeps the brand that a later row left blank."""
+    if S.ITEM_ID not in m.columns:
+        raise SchemaError("mapping.items.columns.item_id: required to read the items from the events file")
+    out, reasons, src = _mapped(raw, m, "items")
+    item = out.get_column(S.ITEM_ID)
+    has_item = item.is_not_null() & (item.str.strip_chars() != "")
+    ts_spec = events.columns.get(S.TS)
+    ts = (_typed_ts(src.get_column(ts_spec), events) if isinstance(ts_spec, str)
+          else pl.Series([None] * src.height, dtype=pl.Datetime("us", "UTC")))
+    used = sorted({c for spec in m.columns.values() for c in ((spec,) if isinstance(spec, str) else spec)})
+    key = "\x1fitem"
+    rows = (src.select(used).with_columns(item.alias(key), ts.alias("\x1fts"), pl.int_range(pl.len()).alias("\x1fn"))
+            .filter(has_item & reasons.is_null()).sort(["\x1fts", "\x1fn"], nulls_last=False))
+    blank_to_null = [pl.when(pl.col(c).cast(pl.String).str.strip_chars() != "").then(pl.col(c)).alias(c) for c in used]
+    merged = (rows.with_columns(blank_to_null).group_by(key, maintain_order=True)
+              .agg([pl.col(c).drop_nulls().last() for c in used] + [pl.col("\x1fts").min()]).sort(key))
+    items, _, _ = _mapped(merged.to_arrow(), m, "items")  # every merged value was typed above
+    if S.CREATED_AT not in items.columns:  # first seen
+        items = items.with_columns(merged.get_column("\x1fts").alias(S.CREATED_AT))
+    return items.select([c for c in ITEM_COLUMNS if c in items.columns]), _rejected(src, reasons, has_item & reasons.is_not_null())
 
 
 def load_mapping(path: str) -> Mapping:

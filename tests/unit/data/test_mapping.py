@@ -214,3 +214,61 @@ items:
     IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
     assert _read(tmp_path / "out", "events")[S.TS].to_list() == [dt.datetime(2010, 12, 1, 8, 26, tzinfo=utc),
                                                                    dt.datetime(2010, 12, 31, 9, tzinfo=utc)]
+
+
+REES_CSV = """event_time,event_type,product_id,category_code,brand,price,user_id,user_session
+2019-10-01 00:00:00 UTC,view,44600062,electronics.smartphone,shiseido,35.79,541312140,s1
+2019-10-01 00:00:05 UTC,view,3900821,appliances.water_heater,aqua,33.20,554748717,s2
+2019-10-01 00:01:00 UTC,cart,44600062,electronics.smartphone,,31.50,541312140,s1
+2019-10-01 00:02:00 UTC,purchase,44600062,electronics.smartphone,shiseido,abc,541312140,s1
+2019-10-01 00:03:00 UTC,view,1004767,,,250.0,1,s3
+2019-09-30 23:00:00 UTC,view,44600062,electronics.phone,old brand,99.0,7,s4
+"""
+REES_MAPPING = """events:
+  path: events.csv
+  columns: {ts: event_time, event_type: event_type, item_id: product_id, user_id: user_id, session_id: user_session,
+            price: price}
+  values: {event_type: {cart: add_to_cart}}
+items:
+  columns: {item_id: product_id, title: [brand, category_code], category: category_code, brand: brand, price: price}
+"""
+
+
+def test_items_from_the_events_file_take_each_fields_latest_value(tmp_path):
+    """An event export whose rows carry the product's fields (no items file): one item per id, each
+    field its latest non-blank value by event time (not file order), a title joined from several
+    columns, first seen as created_at; a row whose item fields cannot be typed is rejected."""
+    (tmp_path / "events.csv").write_text(REES_CSV)
+    (tmp_path / "m.yaml").write_text(REES_MAPPING)
+    out = tmp_path / "out"
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(out)))
+    items, rejected = _read(out, "items"), _read(out, "rejected")
+    assert r["items_from_events"] and r["items"] == 3 and r["events"] == 5
+    it = {row[S.ITEM_ID]: row for row in items.iter_rows(named=True)}
+    phone = it["44600062"]
+    assert (phone[S.PRICE], phone[S.BRAND], phone[S.CATEGORY]) == (31.5, "shiseido", "electronics.smartphone")
+    assert phone[S.TITLE] == "shiseido electronics.smartphone"
+    assert str(phone[S.CREATED_AT]) == "2019-09-30 23:00:00+00:00"
+    assert it["3900821"][S.TITLE] == "aqua appliances.water_heater"
+    assert it["1004767"][S.TITLE] is None  # nothing to name it by: the feature job quarantines it (missing_title)
+    assert sorted(zip(rejected["table"], rejected[S.REASON])) == [("events", "unparseable_price"),
+                                                                 ("items", "unparseable_price")]
+
+
+def test_items_from_the_events_file_need_their_columns(tmp_path):
+    (tmp_path / "events.csv").write_text(REES_CSV)
+
+    def run(mapping: str):
+        (tmp_path / "m.yaml").write_text(mapping)
+        return IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "o")))
+
+    from features.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"items: no items file; .*mapping.items.columns without a path"):
+        run(REES_MAPPING.split("items:")[0])
+    with pytest.raises(SchemaError, match=r"mapping.items.columns.title: required .*title: \[brand, category_code\]"):
+        run(REES_MAPPING.replace("title: [brand, category_code], ", ""))
+    with pytest.raises(SchemaError, match=r"mapping.items.columns.price: a list of columns is allowed only for title"):
+        run(REES_MAPPING.replace("brand: brand, price: price}", "brand: brand, price: [price, brand]}"))
+    with pytest.raises(SchemaError, match=r"mapping.items.columns.title: column 'name' is not in .*events.csv"):
+        run(REES_MAPPING.replace("[brand, category_code]", "[brand, name]"))
