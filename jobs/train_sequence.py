@@ -40,7 +40,7 @@ class TrainSequenceConfig:
     events: str = "data/canonical/online_retail/events.parquet"  # canonical events (file, folder or URI)
     index: str | None = None  # index version whose vectors feed the text adapter; null: newest under output_root
     until: str | None = None  # ISO instant: events at or after it are ignored (a time split's test part)
-    exclude_history: bool = True  # validation targets are items new to the shopper, as recommend excludes purchases
+    exclude_history: bool = True  # validation targets are items the shopper had not bought, as recommend excludes
     output_root: str = "artifacts"
     run_name: str | None = None  # Ray Train run; an existing name resumes from its last checkpoint
     model: SQ.SequenceParams = field(default_factory=SQ.SequenceParams)
@@ -175,7 +175,7 @@ def run(cfg: TrainSequenceConfig) -> str:
     train, hist, targets = SQ.split_valid(seqs, p, cfg.exclude_history)
     n_pos = sum(len(s.rows) for s in train)
     if not len(targets):
-        raise ValueError("no shopper has two or more items (one of them new) to validate a next-item model on")
+        raise ValueError("no shopper has two or more items (the last one not bought before) to validate a next-item model on")
     print(f"  {len(seqs):,} shoppers, {n_pos:,} interactions, {len(index.item_ids):,} catalog items, "
           f"{len(targets):,} validation shoppers; model: text={p.text} ids={p.ids} events={p.events} dim={p.dim} "
           f"layers={p.layers} max_len={p.max_len}", flush=True)

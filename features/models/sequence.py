@@ -30,6 +30,7 @@ from features.models.dropout import ByteDropout, ByteDropoutAttention
 from features.models.losses import full_softmax_ce
 
 EVENT_CODE = {t: n + 1 for n, t in enumerate(S.EVENT_TYPES)}  # 0 pads
+PURCHASE_CODE = EVENT_CODE[S.EventType.PURCHASE.value]
 GAP_EDGES_S = np.array([60 * 2.0 ** k for k in range(18)])  # 1 min .. ~180 days, doubling
 
 
@@ -77,6 +78,10 @@ class Seq:
     rows: list[int]  # catalog rows, oldest first
     types: list[int]  # EVENT_CODE
     ts: list[float]  # epoch seconds
+
+    def bought(self) -> list[int]:
+        """The rows this sequence purchased (what recommend and the evaluation exclude)."""
+        return [r for r, c in zip(self.rows, self.types) if c == PURCHASE_CODE]
 
     def push(self, r: int, etype: str, t: float) -> None:
         """Append an interaction; a repeat of the newest item replaces it (its newest event kept)."""
@@ -158,9 +163,11 @@ def windows(seqs: list[Seq], L: int) -> tuple[np.ndarray, ...]:
 
 def split_valid(seqs: dict[str, Seq], p: SequenceParams, exclude_history: bool) -> tuple[list[Seq], list[Seq], np.ndarray]:
     """(training sequences, validation histories, validation targets): a user's last item is held
-    out when it is new to them (when `exclude_history`, as the evaluation excludes past purchases)
-    and they have another item before it; a seeded sample of `valid_users` such users."""
-    cand = [u for u, s in seqs.items() if len(s.rows) >= 2 and not (exclude_history and s.rows[-1] in s.rows[:-1])]
+    out when they have another item before it and (when `exclude_history`) had not bought it before,
+    as recommend and the evaluation exclude past purchases only (an item viewed, then bought, is
+    the commonest next item of a log with views); a seeded sample of `valid_users` such users."""
+    cand = [u for u, s in seqs.items() if len(s.rows) >= 2
+            and not (exclude_history and s.rows[-1] in Seq(s.rows[:-1], s.types[:-1], s.ts[:-1]).bought())]
     rng = np.random.default_rng(p.seed)
     if p.valid_users and len(cand) > p.valid_users:
         cand = [cand[i] for i in sorted(rng.choice(len(cand), p.valid_users, replace=False))]
@@ -267,7 +274,7 @@ def valid_ndcg(model: SequenceModel, hist: list[Seq], targets: np.ndarray, exclu
         t = torch.from_numpy(targets[lo:lo + 512]).to(E.device)
         if exclude_history:
             for b, h in enumerate(hist[lo:lo + 512]):
-                s[b, h.rows] = float("-inf")
+                s[b, h.bought()] = float("-inf")
         rank = (s > s.gather(1, t.unsqueeze(1))).sum(1)
         total += float(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros(())).sum())
     return total / len(targets)

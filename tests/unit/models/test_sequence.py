@@ -85,6 +85,17 @@ def test_sequences_follow_time_collapse_repeats_and_match_serving_history():
     assert (got.rows, got.types, got.ts) == (seq.rows, seq.types, seq.ts)
 
 
+def test_validation_excludes_past_purchases_not_past_views():
+    """In a log with views, the next purchase is mostly an item viewed before: it is a validation
+    target, as it is a recommendation (recommend excludes purchases only); one bought before is not."""
+    v, b = SQ.EVENT_CODE["view"], SQ.EVENT_CODE["purchase"]
+    seqs = {"viewed-then-bought": SQ.Seq([0, 1, 0], [v, v, b], [1.0, 2.0, 3.0]),
+            "bought-again": SQ.Seq([0, 1, 0], [b, v, b], [1.0, 2.0, 3.0])}
+    train, hist, targets = SQ.split_valid(seqs, SQ.SequenceParams(valid_users=0), exclude_history=True)
+    assert targets.tolist() == [0] and hist[0].rows == [0, 1] and len(train) == 2
+    assert seqs["bought-again"].bought() == [0, 0] and hist[0].bought() == []
+
+
 def test_cold_items_are_scored_by_text_and_upserts_update_the_vectors(tmp_path):
     vecs = text_vectors()
     model = SQ.SequenceModel(N, vecs.shape[1], P, vecs)
