@@ -302,7 +302,9 @@ class Ingress:
                     raise ApiError(422, f"[{i}]: expected an event object", f"[{i}]")
                 events.append(parse(EventIn, e, (i,)))
             records = event_records(events, dt.datetime.now(dt.timezone.utc), self.cfg.max_future_s)
-            searches = [r for r in records if r[S.EVENT_TYPE] == EV.SEARCH]
+            # A search, or an event that names the search it came from (a click with its query):
+            # the query moves the session's intent either way (features/profiles/events.py).
+            searches = [r for r in records if r[S.QUERY] and r[S.QUERY].strip()]
             vecs = await asyncio.gather(*[self._encode(r[S.QUERY].strip()) for r in searches])
             for rec, vec in zip(searches, vecs):
                 rec[EV.QUERY_VECTOR] = EV.encode_vector(vec)

@@ -69,10 +69,13 @@ def fold_event(prof: Profile, event_type: str, ts_s: float, params: ProfileParam
                item_id: str | None = None, query: str | None = None, price: float | None = None,
                query_vector: np.ndarray | None = None) -> None:
     """Fold one event into `prof`: a search with its query's vector; an item event with the item's
-    vector and category from `lookup`, and the event's price, else the catalog's."""
-    if event_type == SEARCH:
-        prof.fold(event_type, ts_s, params, vector=query_vector, query=query)
-        return
+    vector and category from `lookup`, and the event's price, else the catalog's. An item event
+    that carries the query it came from (a log that records each click with its search) is that
+    search too, folded first, as the judgments and the encoder's examples read it."""
+    if event_type == SEARCH or (query and query.strip()):
+        prof.fold(SEARCH, ts_s, params, vector=query_vector, query=query)
+        if event_type == SEARCH:
+            return
     vec = category = cat_price = None
     if item_id is not None:
         vec, category, cat_price = lookup(item_id)

@@ -203,6 +203,13 @@ def test_an_event_changes_the_very_next_recommendation(app):
     lit = app.recommend(user, 10)
     assert sum("LIGHT" in t for t in _titles(lit)) >= 2, _titles(lit)
     assert any(x.startswith('because you searched "christmas lights"') for res in lit["results"] for x in res["reasons"])
+    # a click that names the search it came from is that search too
+    clicked = app.post("/v1/events", [{"user_id": "e2e-shopper-3", "event_type": "click", "item_id": "20685",
+                                       "query": "christmas lights"}])  # DOORMAT RED RETROSPOT
+    assert clicked.json()["accepted"] == 1, clicked.text
+    both = app.recommend("e2e-shopper-3", 10)
+    assert sum("LIGHT" in t for t in _titles(both)) >= 2 and sum("DOORMAT" in t for t in _titles(both)) >= 1, _titles(both)
+    assert any(x.startswith('because you searched "christmas lights"') for res in both["results"] for x in res["reasons"])
 
 
 def test_an_upserted_item_is_searchable_at_once(app):

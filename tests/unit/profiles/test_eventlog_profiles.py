@@ -144,6 +144,22 @@ def test_search_events_move_intent_not_preference():
     assert prof.user_vector(0.0, P)[1] == 1.0  # only an intent: it is the whole vector
 
 
+def test_an_item_event_with_its_query_is_that_search_too():
+    """A log that records each click with the search it came from: the query moves the session's
+    intent and is remembered, as a search event would; the click folds the item as usual."""
+    from features.profiles.events import fold_event
+
+    lookup = {"a": (unit(0), "Home", 2.0)}.get
+    both = Profile("u")
+    fold_event(both, "click", 0.0, P, lookup, item_id="a", query="red mug", query_vector=unit(5))
+    apart = Profile("u")
+    fold_event(apart, "search", 0.0, P, lookup, query="red mug", query_vector=unit(5))
+    fold_event(apart, "click", 0.0, P, lookup, item_id="a")
+    assert both.recent_queries == apart.recent_queries == [("red mug", 0.0)]
+    assert np.allclose(both.intent(), apart.intent()) and not np.allclose(both.intent(), unit(0))
+    assert np.allclose(both.preference(), unit(0)) and both.recent_items == apart.recent_items
+
+
 def test_category_and_price_affinity():
     prof = Profile("u")
     prof.fold("purchase", 0.0, P, vector=unit(0), item_id="a", category="Home", price=math.e - 1)
