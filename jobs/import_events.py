@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from features.config import ConfigError
 from features.data import schema as S
-from features.data.mapping import (Mapping, TableMapping, apply, check_encoding, items_from_events, load_mapping,
-                                   read_table, recbole_defaults)
+from features.data.mapping import (Mapping, TableMapping, apply, check_encoding, format_of, items_from_events,
+                                   load_mapping, read_table, recbole_defaults, swallowed_rows)
 from features.data.online_retail import import_online_retail
 from jobs.common import load_job_config, parse_args, run_job, write_table
 
@@ -86,6 +86,7 @@ def run(cfg: ImportEventsConfig) -> dict:
     if cfg.encoding:
         check_encoding(cfg.encoding, "encoding")
     m, from_log = _resolve_mapping(cfg)
+    warnings: list[str] = []
     if m is None:  # UCI Online Retail (either layout): invoices, cancellations, items from the log
         if not cfg.events:
             raise ConfigError("events: the UCI Online Retail file (Parquet or CSV) is required")
@@ -102,6 +103,13 @@ def run(cfg: ImportEventsConfig) -> dict:
 
         ev_raw = read("events", m.events)
         it_raw = ev_raw if from_log else read("items", m.items)
+        for t, tbl in ((m.events, ev_raw), (m.items, it_raw))[:1 if from_log else 2]:
+            if format_of(t.path, t.format) in ("csv", "tsv"):
+                lines, start = swallowed_rows(tbl, t.delimiter or ("\t" if format_of(t.path, t.format) == "tsv" else ","))
+                if lines:
+                    warnings.append(f"WARNING: {t.path}: {lines:,} line(s) inside a quoted value look like whole rows "
+                                    f"(the value starts {start!r}): an unbalanced double quote makes CSV read the rows "
+                                    "after it as one value, and those rows are not imported; correct the quote")
         if m.events.format == "recbole" or m.items.format == "recbole":
             m = _with_title(m, it_raw.column_names)
         events, ev_rej = apply(ev_raw, m.events, "events")
@@ -128,6 +136,7 @@ def run(cfg: ImportEventsConfig) -> dict:
                              + ", ".join(f"{r} {n:,}" for r, n in counts.iter_rows()) + f"){hint}; e.g. "
                              f"{mine[S.RAW][0] if mine.height else '?'}; every row is in {cfg.output}/rejected.parquet")
     return {"raw_rows": raw_rows, "events": events.height, "items": items.height, "items_from_events": from_log,
+            "warnings": warnings,
             "users": events.get_column(S.USER_ID).n_unique() if events.height else 0,
             "rejected": {r: int(n) for r, n in reasons.select(S.REASON, "len").iter_rows()} if rejected.height else {},
             "output": cfg.output}
@@ -143,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['items']:,} items -> {r['output']}", flush=True)
         for reason, n in r["rejected"].items():
             print(f"  rejected {reason:<24} {n:>8,}  (in rejected.parquet)", flush=True)
+        for w in r["warnings"]:
+            print(w, flush=True)
         return 0
 
     return run_job("import_events", body)

@@ -131,7 +131,7 @@ def check_encoding(encoding: str, where: str) -> None:
 
 
 # --- reading ------------------------------------------------------------------------------------
-def _format_of(path: str, fmt: str) -> str:
+def format_of(path: str, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     name = path.lower()
@@ -151,7 +151,7 @@ def read_table(path: str, fmt: str = "auto", delimiter: str | None = None, encod
     that is not valid in it stops the read naming the file and the setting (`where`) to change."""
     tables = []
     for fs, p in A.list_files(path):
-        kind = _format_of(p, fmt)
+        kind = format_of(p, fmt)
         if kind == "parquet":
             with fs.open_input_file(p) as f:
                 tables.append(pq.read_table(f))
@@ -182,6 +182,28 @@ def read_table(path: str, fmt: str = "auto", delimiter: str | None = None, encod
             t = t.rename_columns([n.split(":", 1)[0] for n in t.column_names])
         tables.append(t)
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def swallowed_rows(raw: pa.Table, delimiter: str) -> tuple[int, str | None]:
+    """Lines inside values that look like whole rows of this file (at least as many delimiters as it
+    has columns, less one): the mark of an unbalanced double quote, after which CSV quoting reads the
+    following rows into one value and they are never imported. (such lines, the first such value's
+    start); (0, None) for a clean file. A multi-line description rarely holds that many delimiters."""
+    need = raw.num_columns - 1
+    if need < 1:
+        return 0, None
+    df = pl.from_arrow(raw)
+    assert isinstance(df, pl.DataFrame)
+    n, first = 0, None
+    for name, dtype in df.schema.items():
+        if dtype != pl.String:
+            continue
+        col = df.get_column(name)
+        for v in col.filter(col.str.contains("\n", literal=True)).to_list():
+            k = sum(line.count(delimiter) >= need for line in v.split("\n")[1:])
+            if k:
+                n, first = n + k, first or v[:60]
+    return n, first
 
 
 # --- mapping ------------------------------------------------------------------------------------

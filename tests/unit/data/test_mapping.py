@@ -272,3 +272,18 @@ def test_items_from_the_events_file_need_their_columns(tmp_path):
         run(REES_MAPPING.replace("brand: brand, price: price}", "brand: brand, price: [price, brand]}"))
     with pytest.raises(SchemaError, match=r"mapping.items.columns.title: column 'name' is not in .*events.csv"):
         run(REES_MAPPING.replace("[brand, category_code]", "[brand, name]"))
+
+
+def test_an_unbalanced_quote_that_swallows_rows_is_reported(tmp_path):
+    """CSV quoting must stay (descriptions hold commas and line breaks), so a stray quote can read
+    the rows after it into one value; the import says so, naming the file and the value, while a
+    real multi-line value passes without a word."""
+    _shop(tmp_path)
+    (tmp_path / "items.csv").write_text('itemid,name,categoryid,available\n355908,"Red mug,kitchen,1\n'
+                                        '248676,Lamp,home,0\n1,"Chair" tall",home,1\n2,"Two\nlines, one comma",home,1\n')
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "mapping.yaml"), output=str(tmp_path / "out")))
+    assert r["items"] == 2  # the lamp went into the mug's title
+    assert len(r["warnings"]) == 1 and "items.csv: 1 line(s) inside a quoted value look like whole rows" in r["warnings"][0]
+    assert "'Red mug,kitchen,1" in r["warnings"][0]
+    clean = IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path)), output=str(tmp_path / "out2")))
+    assert clean["warnings"] == []
