@@ -271,8 +271,10 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
     for k, spec in m.columns.items():
         for v in (spec,) if isinstance(spec, str) else spec:
             if v not in raw.column_names:
+                seps = [d for d in (";", "\t", "|") if raw.num_columns == 1 and d in raw.column_names[0]]
+                hint = f" (one column: is the file separated by {seps[0]!r}? set mapping.{table}.delimiter)" if seps else ""
                 raise SchemaError(f"mapping.{table}.columns.{k}: column {v!r} is not in {m.path}; "
-                                  f"the file has: {', '.join(raw.column_names)}")
+                                  f"the file has: {', '.join(raw.column_names)}{hint}")
     src = pl.from_arrow(raw)
     assert isinstance(src, pl.DataFrame)
     contract = S.EVENTS_SCHEMA if table == "events" else S.ITEMS_SCHEMA

@@ -105,6 +105,10 @@ def test_mapping_errors_name_the_key_the_column_and_the_choices(tmp_path):
     with pytest.raises(SchemaError, match=r"mapping.events.columns.user_id: column 'visitor' is not in .*has: visitorid"):
         IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path, MAPPING.replace("user_id: visitorid", "user_id: visitor"))),
                                      output=str(tmp_path / "o")))
+    (tmp_path / "semi.csv").write_text("visitorid;timestamp;event;itemid\nu1;1433221332117;view;355908\n")
+    with pytest.raises(SchemaError, match=r"has: visitorid;timestamp;event;itemid \(one column: is the file separated by "
+                                         r"';'\? set mapping.events.delimiter\)"):
+        IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path)), events=str(tmp_path / "semi.csv"), output=str(tmp_path / "o")))
     with pytest.raises(SchemaError, match=r"unknown canonical column\(s\) \['customer'\]; allowed: event_id"):
         IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path, MAPPING.replace("user_id:", "customer:"))),
                                      output=str(tmp_path / "o")))
