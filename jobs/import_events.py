@@ -137,7 +137,7 @@ def run(cfg: ImportEventsConfig) -> dict:
                              f"{mine[S.RAW][0] if mine.height else '?'}; every row is in {cfg.output}/rejected.parquet")
     return {"raw_rows": raw_rows, "events": events.height, "items": items.height, "items_from_events": from_log,
             "warnings": warnings,
-            "users": events.get_column(S.USER_ID).n_unique() if events.height else 0,
+            "users": events.get_column(S.USER_ID).drop_nulls().n_unique() if events.height else 0,
             "rejected": {r: int(n) for r, n in reasons.select(S.REASON, "len").iter_rows()} if rejected.height else {},
             "output": cfg.output}
 

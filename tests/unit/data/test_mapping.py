@@ -291,3 +291,19 @@ def test_an_unbalanced_quote_that_swallows_rows_is_reported(tmp_path):
     assert "'Red mug,kitchen,1" in r["warnings"][0]
     clean = IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path)), output=str(tmp_path / "out2")))
     assert clean["warnings"] == []
+
+
+def test_blank_required_cells_reach_the_feature_jobs_quarantine(tmp_path):
+    """A blank title or user is the feature job's to quarantine with its reason; the import used to
+    stop on an Arrow cast error that named neither the file nor the row."""
+    _shop(tmp_path)
+    (tmp_path / "items.csv").write_text("itemid,name,categoryid,available\n355908,Red mug,kitchen,1\n248676,,home,0\n")
+    (tmp_path / "events.csv").write_text(EVENTS_CSV.replace("u1,1433221400000", ",1433221400000"))
+    out = tmp_path / "out"
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "mapping.yaml"), output=str(out)))
+    assert r["items"] == 2 and r["users"] == 3
+    _, bad_items = validate_items(_read(out, "items").to_arrow(), ValidationConfig())
+    assert bad_items[S.REASON].to_list() == ["missing_title"]
+    _, bad_events = validate_events(_read(out, "events").to_arrow(), pl.Series(["355908", "248676"]),
+                                    ValidationConfig(now="2020-01-01T00:00:00Z"))
+    assert "null_user_id" in bad_events[S.REASON].to_list()
