@@ -46,7 +46,9 @@ def _state(base: str) -> dict[str, int]:
     import requests
 
     h = requests.get(f"{base}/healthz", timeout=30).json()
-    return {"logged_event_ids": h["profiles"]["logged_event_ids"], "items": h["retriever"]["items"]}
+    # catalog rows: live items plus removed ones (a DELETE /v1/items hides a row, a PUT adds one)
+    return {"logged_event_ids": h["profiles"]["logged_event_ids"],
+            "items": h["retriever"]["items"] + h["retriever"].get("removed", 0)}
 
 
 def fuzz_openapi(base: str, api_key: str | None, examples: int, seed: int = 0) -> dict[str, Any]:

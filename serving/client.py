@@ -66,6 +66,9 @@ class Client:
     def put_item(self, item_id: str, item: dict) -> dict:
         return self.call("PUT", f"/v1/items/{urllib.parse.quote(item_id, safe='')}", item)
 
+    def remove_item(self, item_id: str) -> dict:
+        return self.call("DELETE", f"/v1/items/{urllib.parse.quote(item_id, safe='')}")
+
     def forget(self, user_id: str) -> dict:
         return self.call("DELETE", f"/v1/users/{urllib.parse.quote(user_id, safe='')}")
 

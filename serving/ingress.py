@@ -53,6 +53,7 @@ from serving.schemas import (
     FiltersIn,
     ForgetOut,
     ItemIn,
+    ItemRemoveOut,
     ItemUpsertOut,
     RecommendRequest,
     ResultsOut,
@@ -76,7 +77,7 @@ def _unavailable_types() -> tuple[type, ...]:
 
 
 UNAVAILABLE = _unavailable_types()
-WRITES = frozenset({"events", "put_item", "forget"})  # endpoints that may use the write reserve
+WRITES = frozenset({"events", "put_item", "remove_item", "forget"})  # endpoints that may use the write reserve
 _EVENT = EventIn.model_json_schema()
 _EVENTS_BODY = {"type": "array", "minItems": 1, "items": _EVENT, "$defs": _EVENT.get("$defs", {})}
 READ_ERRORS = error_docs(413, 422, 429, 503)
@@ -327,6 +328,20 @@ class Ingress:
             created = await self.retriever.upsert.remote(item, vec)
             return JSONResponse({"item_id": item_id, "created": created}, status_code=201 if created else 200)
         return await self._timed("put_item", run, request)
+
+    @app.delete("/v1/items/{item_id:id}", response_model=ItemRemoveOut,
+                summary="Remove an item: never a candidate again, until it is upserted again",
+                description="Logged durably and applied by every replica before its next request, and over "
+                            "every new artifacts version (a batch export that still lists the item does not "
+                            "bring it back; a PUT does). Shoppers' past events on it are kept.",
+                responses=error_docs(401, 403, 404, 422, 429, 503))
+    async def remove_item(self, request: Request, item_id: str = Path(min_length=1, max_length=256)) -> Any:
+        async def run() -> Any:
+            self._authorise(request)
+            if not await self.retriever.remove.remote(item_id):
+                raise ApiError(404, f"item_id: unknown item {item_id!r}", "item_id")
+            return {"item_id": item_id, "removed": True}
+        return await self._timed("remove_item", run, request)
 
     @app.delete("/v1/users/{user_id:id}", response_model=ForgetOut,
                 summary="Forget a shopper in serving: profile, logged events and event ids",

@@ -1,5 +1,5 @@
 """Retrieval and ranking: FAISS ANN + BM25 fused (search) and recommend candidates, ranked in the
-same process (serving/ranker.py); similar items, upserts.
+same process (serving/ranker.py); similar items, upserts and removals.
 
 `RetrieverCore` is the plain class. It runs as the Retriever deployment (`Retriever`, where item
 upserts are logged) and, with retriever_placement ingress (the default), also inside each Ingress
@@ -117,13 +117,18 @@ class RetrieverCore:
         _, created = self.live.upsert(item, vector)
         return created
 
+    def remove(self, item_id: str) -> bool:
+        """Log and apply the item's removal; False when there is no such item."""
+        return self.live.remove(item_id)
+
     def similar(self, item_id: str, k: int) -> list[dict]:
-        """Nearest items by embedding (UnknownItem when there is no such item); the reason names the item."""
+        """Nearest items by embedding (UnknownItem when there is no such item, or it was removed);
+        the reason names the item."""
         self.live.sync()
         cat = self.live.catalog
         row = cat.row.get(item_id)
-        if row is None:
-            raise UnknownItem(f"item_id: unknown item {item_id!r}", "item_id")
+        if row is None or self.live.is_removed(item_id):
+            raise UnknownItem(f"item_id: {'removed' if row is not None else 'unknown'} item {item_id!r}", "item_id")
         scores, rows = self.live.ann(cat.vectors[row], k + 1)
         out = []
         for s, r in zip(scores, rows):
@@ -134,7 +139,8 @@ class RetrieverCore:
 
     def info(self) -> dict:
         self.live.sync()
-        return {"items": len(self.live.catalog), "upserted": self.live.n_changed,
+        return {"items": len(self.live.catalog) - self.live.n_removed, "upserted": self.live.n_changed,
+                "removed": self.live.n_removed,
                 "index_type": self.live.index.kind, "ranker": self.ranker.info(), "warm_up_s": self.warm_up_s}
 
 

@@ -156,6 +156,11 @@ class ItemUpsertOut(BaseModel):
     created: bool
 
 
+class ItemRemoveOut(BaseModel):
+    item_id: str
+    removed: bool
+
+
 class ForgetOut(BaseModel):
     user_id: str
     events_removed: int

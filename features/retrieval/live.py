@@ -4,7 +4,9 @@
 since, read from a shared item log (a RecordLog), so all replicas on a node apply the same upserts
 in the same order and an upserted item is searchable on the very next request. The FAISS index
 is never rebuilt online: an upserted or changed item is scored exactly (numpy) next to the ANN
-results, and a changed item's stale vector in the index is skipped.
+results, and a changed item's stale vector in the index is skipped. A removed item (a tombstone in
+the same log) is left out of every candidate source until it is upserted again; its row, vector and
+history stay, so shoppers' past events and a product page's context still resolve.
 
 Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items
 that pass: exact and simple, at O(N d) per request (about 1 ms for 4k items, tens of ms at 1M).
@@ -26,7 +28,7 @@ from features.retrieval.fusion import Fusion, FusionParams, fuse
 from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import BM25, DEFAULT_FIELD_WEIGHTS, FIELDS, Analyzer
 
-COMPACT_SLACK = 1000  # the item log is compacted once it holds this many records more than 2 per changed item
+COMPACT_SLACK = 1000  # the item log is compacted once it holds this many records more than 2 per changed or removed item
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class LiveCatalog:
         self.cfg = cfg
         self.n_indexed = len(index.item_ids)
         self._changed: set[int] = set()  # rows whose vector is not (or no longer) the index's
+        self._removed: set[int] = set()  # rows removed by the shop (never a candidate)
+        self._removed_rows = np.zeros(0, np.int64)
         self.bm25 = cfg.lexical_index([catalog.fields(r) for r in range(len(catalog))]) if cfg.lexical else None
         if self.bm25 is not None:
             catalog.analyzer = self.bm25.analyzer  # the ranker's title/text match features use the same terms
@@ -109,11 +113,30 @@ class LiveCatalog:
         """Items upserted (new or changed) since the index was built."""
         return len(self._changed)
 
+    @property
+    def n_removed(self) -> int:
+        """Items removed (and not upserted since)."""
+        return len(self._removed)
+
+    def is_removed(self, item_id: str) -> bool:
+        return self.catalog.row.get(item_id, -1) in self._removed
+
+    def _set_removed(self, row: int, removed: bool) -> None:
+        (self._removed.add if removed else self._removed.discard)(row)
+        self._removed_rows = np.fromiter(sorted(self._removed), dtype=np.int64, count=len(self._removed))
+
     def _apply(self, rec: dict) -> tuple[int, bool]:
+        self.log_records += 1
+        if rec.get("removed"):
+            row = self.catalog.row.get(rec["item"]["item_id"], -1)
+            if row >= 0:  # (an item a newer batch no longer lists: nothing to hide)
+                self._set_removed(row, True)
+            return row, False
         item = ItemUpdate(**rec["item"])
         row, created = self.catalog.upsert(item, decode_vector(rec["vector"]))
         self._changed.add(row)
-        self.log_records += 1
+        if row in self._removed:
+            self._set_removed(row, False)
         if self.bm25 is not None:
             self.bm25.set_doc(row, self.catalog.fields(row))
         return row, created
@@ -139,13 +162,37 @@ class LiveCatalog:
         if self.log is not None:
             self.log.append([rec])
         out = self._apply(rec)
-        if self.log is not None and self.log_records > 2 * len(self._changed) + COMPACT_SLACK:
-            self.compact()
+        self._maybe_compact()
         return out
+
+    def _maybe_compact(self) -> None:
+        if self.log is not None and self.log_records > 2 * (len(self._changed) + len(self._removed)) + COMPACT_SLACK:
+            self.compact()
+
+    def remove(self, item_id: str) -> bool:
+        """Durably log the item's removal, then apply it; False (nothing logged) when the catalog
+        has no such item. Removing a removed item again is a no-op that still answers True."""
+        if self.log is not None:
+            self.sync()
+        if item_id not in self.catalog.row:
+            return False
+        if self.is_removed(item_id):
+            return True
+        rec = {"item": {"item_id": item_id}, "removed": True}
+        if self.log is not None:
+            self.log.append([rec])
+        self._apply(rec)
+        self._maybe_compact()
+        return True
+
+    def excluded(self, item_ids: frozenset[str] | set[str] = frozenset()) -> np.ndarray:
+        """Rows no candidate source may return: these items' and every removed item's."""
+        rows = self.catalog.rows(list(item_ids))
+        return np.union1d(rows, self._removed_rows).astype(np.int64) if self._removed else rows
 
     def compact(self) -> int:
         """Rewrite the item log without records a later record of the same item supersedes, so
-        the log holds about one record per changed item however often items change; returns how
+        the log holds about one record per changed or removed item however often items change; returns how
         many went. Safe next to other writers: a record appended meanwhile is newer, never removed."""
         if self.log is None:
             return 0
@@ -176,7 +223,7 @@ class LiveCatalog:
         scored exactly. Exclusions (e.g. a buyer's purchases) never force an exact scan."""
         q = np.asarray(vec, dtype=np.float32).reshape(1, -1)
         vectors = self.catalog.vectors
-        excluded = np.zeros(0, np.int64) if excluded is None else excluded
+        excluded = self.excluded() if excluded is None else excluded
         if allowed is not None:
             if len(excluded):
                 allowed = allowed[~np.isin(allowed, excluded)]
@@ -206,7 +253,7 @@ class LiveCatalog:
         (sorted by row), their cosine, raw BM25 and membership of each list."""
         n = self.cfg.num_candidates
         allowed = self.allowed(filters)
-        excluded = self.catalog.rows(list(exclude))
+        excluded = self.excluded(exclude)
         ann_s, ann_rows = self.ann(query_emb, n, allowed, excluded)
         bm = self.bm25.scores(query, len(self.catalog)) if self.bm25 is not None else None
         if bm is not None:
@@ -245,7 +292,7 @@ class LiveCatalog:
         shopper's history (`ease`: rows, scores; ranking.attach_ease), co-occurrence and popularity."""
         cfg, cat = self.cfg, self.catalog
         allowed = self.allowed(filters)
-        excluded = cat.rows(list(exclude | ({context_item} if context_item else set())))
+        excluded = self.excluded(exclude | ({context_item} if context_item else set()))
         ok = None if allowed is None else set(allowed.tolist())
         ex = set(excluded.tolist())
         picked: dict[int, None] = {}

@@ -235,6 +235,18 @@ def test_an_upserted_item_is_searchable_at_once(app):
     c = Client(app.url, api_key=KEY)
     assert c.put_item("E2E/ZEBRA 2", {"title": "ZEBRA STRIPED DOORSTOP"})["created"]
     assert c.similar("E2E/ZEBRA 2", k=1)["results"] and c.search("zebra doorstop", k=1)["results"][0]["item_id"] == "E2E/ZEBRA 2"
+    # a removed item is gone from every answer at once, on every replica; a PUT brings it back
+    assert requests.delete(f"{app.url}/v1/items/E2E-ZEBRA", timeout=30).status_code == 401  # a write needs the key
+    assert c.remove_item("E2E/ZEBRA 2") == {"item_id": "E2E/ZEBRA 2", "removed": True}
+    assert c.remove_item("E2E/ZEBRA 2")["removed"]  # a retry is harmless
+    for _ in range(4):  # reads spread over the Ingress replicas
+        assert "E2E/ZEBRA 2" not in {h["item_id"] for h in c.search("zebra doorstop", k=10)["results"]}
+    gone = requests.get(f"{app.url}/v1/items/E2E%2FZEBRA%202/similar", timeout=30)
+    assert gone.status_code == 404 and "removed item" in gone.text
+    missing = requests.delete(f"{app.url}/v1/items/NO-SUCH-ITEM", headers={"X-API-Key": KEY}, timeout=30)
+    assert missing.status_code == 404 and "unknown item" in missing.text
+    assert c.put_item("E2E/ZEBRA 2", {"title": "ZEBRA STRIPED DOORSTOP"})["created"] is False
+    assert c.search("zebra doorstop", k=1)["results"][0]["item_id"] == "E2E/ZEBRA 2"
 
 
 def test_a_forgotten_user_leaves_no_trace(app):

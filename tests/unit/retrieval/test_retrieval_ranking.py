@@ -138,6 +138,34 @@ def test_upserts_reach_other_replicas_through_the_item_log(tmp_path):
     assert "new1" in LiveCatalog(c_cat, c_idx, tmp_path / "items", fsync=False).catalog.row
 
 
+def test_a_removed_item_is_no_candidate_anywhere_until_upserted_again(tmp_path):
+    """DELETE /v1/items/{id}: a tombstone in the item log, applied by every replica and replayed by
+    a process started later; no source (ANN, BM25, co-occurrence, popularity, EASE, behaviour
+    model, similar items) returns the item, and a PUT brings it back."""
+    a_cat, a_idx = small_catalog()
+    a = LiveCatalog(a_cat, a_idx, tmp_path / "items", fsync=False)
+    b = LiveCatalog(*small_catalog(), tmp_path / "items", fsync=False)
+    gone = "i004"
+    q = a.catalog.vectors[a.catalog.row[gone]]
+    assert gone in a.search(a.catalog.title[a.catalog.row[gone]], q)[0]
+    assert a.remove(gone) and not a.remove("no-such-item") and a.remove(gone)  # idempotent
+    assert a.n_removed == 1 and a.log_records == 1
+    b.sync()
+    for live in (a, b, LiveCatalog(*small_catalog(), tmp_path / "items", fsync=False)):
+        cat = live.catalog
+        row = cat.row[gone]
+        assert live.is_removed(gone)
+        assert gone not in live.search(cat.title[row], q)[0]
+        assert row not in live.ann(q, 10)[1].tolist() and row not in live.ann(q, 10, np.arange(len(cat)))[1].tolist()
+        cat.popularity[row] = 1e9  # the most popular item, and everyone's co-occurring neighbour
+        cat.cooc = {i: ([gone], None) for i in cat.item_ids}
+        recs = live.recommend(q, ["i001"], "i002", ease=(np.array([row]), np.array([5.0])))
+        assert gone not in recs and len(recs) > 0
+    a.upsert(ItemUpdate(gone, "blue mug 4 is back"), q)
+    assert not a.is_removed(gone) and gone in a.search("blue mug back", q)[0]
+    assert b.sync() == 1 and not b.is_removed(gone)
+
+
 def test_search_fuses_lexical_and_ann_and_honours_filters(tmp_path):
     cat, index = small_catalog()
     live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=10))
