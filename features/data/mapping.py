@@ -28,6 +28,8 @@ Rules, so that nothing accepted is ever lost:
   fields (as many shops' event exports do): one item per id, each field its latest non-blank value
   by event time; `created_at` the item's first event unless mapped. Rows without an item id
   (searches) are not item rows.
+- `category_separator` turns an items table's own category paths ("electronics.smartphone") into
+  the canonical "electronics > smartphone", which the category filter matches by prefix.
 - RecBole atomic files (`.inter`, `.item`: tab-separated, headers `name:type`) are read with the
   `:type` suffixes dropped; `recbole_defaults` gives the usual column names.
 """
@@ -78,6 +80,7 @@ class TableMapping:
     ts_format: str | None = None
     delimiter: str | None = None
     encoding: str = "utf-8"
+    category_separator: str | None = None  # the shop's category path separator ("." or "/"): becomes " > "
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,9 @@ def check_mapping(m: TableMapping, table: str) -> None:
         if isinstance(v, tuple) and (k not in JOINABLE or not v):
             raise SchemaError(f"{where}.columns.{k}: " + (f"a list of columns is allowed only for {', '.join(JOINABLE)}"
                                                            if k not in JOINABLE else "an empty list; name a column"))
+    if m.category_separator is not None and (table != "items" or not m.category_separator.strip()):
+        raise SchemaError(f"{where}.category_separator: {m.category_separator!r}; a non-blank separator of the items' "
+                          "category paths, e.g. \".\" or \"/\"")
     if table == "items" and m.columns and S.TITLE not in m.columns and S.TITLE not in m.constants:
         raise SchemaError(f"{where}.columns.title: required (the text search and the encoder read it); a column, or a "
                           "list of columns joined by a space, e.g. title: [brand, category_code]")
@@ -291,6 +297,9 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
             continue
         if name in m.values:
             col = col.cast(pl.String).replace(m.values[name])
+        if name == S.CATEGORY and m.category_separator:  # "electronics.smartphone" -> "electronics > smartphone"
+            col = (col.cast(pl.String).str.split(m.category_separator)
+                   .list.eval(pl.element().str.strip_chars()).list.join(" > "))
         typed = _typed(name, col, m)
         present = col.is_not_null() & (col.cast(pl.String).str.strip_chars() != "")
         bad.append((present & typed.is_null()).alias(name))

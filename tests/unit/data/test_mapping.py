@@ -235,6 +235,7 @@ REES_MAPPING = """events:
   values: {event_type: {cart: add_to_cart}}
 items:
   columns: {item_id: product_id, title: [brand, category_code], category: category_code, brand: brand, price: price}
+  category_separator: "."
 """
 
 
@@ -250,10 +251,10 @@ def test_items_from_the_events_file_take_each_fields_latest_value(tmp_path):
     assert r["items_from_events"] and r["items"] == 3 and r["events"] == 5
     it = {row[S.ITEM_ID]: row for row in items.iter_rows(named=True)}
     phone = it["44600062"]
-    assert (phone[S.PRICE], phone[S.BRAND], phone[S.CATEGORY]) == (31.5, "shiseido", "electronics.smartphone")
+    assert (phone[S.PRICE], phone[S.BRAND], phone[S.CATEGORY]) == (31.5, "shiseido", "electronics > smartphone")
     assert phone[S.TITLE] == "shiseido electronics.smartphone"
     assert str(phone[S.CREATED_AT]) == "2019-09-30 23:00:00+00:00"
-    assert it["3900821"][S.TITLE] == "aqua appliances.water_heater"
+    assert it["3900821"][S.TITLE] == "aqua appliances.water_heater" and it["3900821"][S.CATEGORY] == "appliances > water_heater"
     assert it["1004767"][S.TITLE] is None  # nothing to name it by: the feature job quarantines it (missing_title)
     assert sorted(zip(rejected["table"], rejected[S.REASON])) == [("events", "unparseable_price"),
                                                                  ("items", "unparseable_price")]
@@ -274,6 +275,8 @@ def test_items_from_the_events_file_need_their_columns(tmp_path):
         run(REES_MAPPING.replace("title: [brand, category_code], ", ""))
     with pytest.raises(SchemaError, match=r"mapping.items.columns.price: a list of columns is allowed only for title"):
         run(REES_MAPPING.replace("brand: brand, price: price}", "brand: brand, price: [price, brand]}"))
+    with pytest.raises(SchemaError, match=r"mapping.items.category_separator: ' '; a non-blank separator"):
+        run(REES_MAPPING.replace('category_separator: "."', 'category_separator: " "'))
     with pytest.raises(SchemaError, match=r"mapping.items.columns.title: column 'name' is not in .*events.csv"):
         run(REES_MAPPING.replace("[brand, category_code]", "[brand, name]"))
 
