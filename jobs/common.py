@@ -81,7 +81,9 @@ def init_ray(rc: RayConfig) -> None:
     if rc.worker_threads < 1:
         raise ConfigError(f"ray.worker_threads must be >= 1, got {rc.worker_threads}")
     address = rc.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"POLARS_MAX_THREADS": str(rc.worker_threads)}}
+    # Ray Train's print patch logs a worker's print() and also tees it to the worker's (wrapped)
+    # stdout, so every line of a training loop reached the job's log twice.
+    runtime_env = {"env_vars": {"POLARS_MAX_THREADS": str(rc.worker_threads), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
     if address:
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
