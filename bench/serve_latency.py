@@ -341,7 +341,7 @@ async def freshness(base: str, items: list[tuple[str, str]], trials: int) -> dic
 
 def viewed_reasons(title: str) -> tuple[str, ...]:
     """The reasons features/retrieval/ranking.py gives that name a viewed item titled `title`."""
-    from features.retrieval.ranking import BECAUSE, BOUGHT_TOGETHER, OFTEN_WITH
+    from features.retrieval.reasons import BECAUSE, BOUGHT_TOGETHER, OFTEN_WITH
 
     return (BECAUSE.format(verb="viewed", title=title), OFTEN_WITH.format(title=title),
             BOUGHT_TOGETHER.format(title=title))

@@ -21,18 +21,13 @@ from features.data.schema import POSITIVE_EVENT_TYPES
 from features.profiles.profile import Profile, ProfileParams, mix
 from features.retrieval.catalog import Catalog
 from features.retrieval.diversity import mmr
+from features.retrieval.reasons import RECENT_FOR_COOC, reasons
 from features.retrieval.feature_names import FEATURE_NAMES
 
 Mode = Literal["search", "recommend"]
 
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
-RECENT_FOR_COOC = 10
 COOC_DISCOUNT = 0.85
-VERB = {"view": "viewed", "click": "clicked", "add_to_cart": "added to cart", "purchase": "bought", "return": "returned"}
-# The reasons that name an item of the shopper's history (bench/serve_latency.py's freshness check reads them)
-BECAUSE = "because you {verb} {title}"
-OFTEN_WITH = "often bought with {title}"
-BOUGHT_TOGETHER = "shoppers who bought {title} buy it too"
 
 
 @dataclass
@@ -61,6 +56,14 @@ class RankContext:
     def user_vector(self) -> np.ndarray | None:
         """The shopper's vector (see features/profiles/profile.py), None for a shopper without one."""
         return mix(self.intent, self.preference, self.alpha)
+
+    def ease_history(self, catalog: Catalog) -> set[int]:
+        """Catalog rows of the shopper's recent positive items and purchases."""
+        items = {i for i, t in self.recent_items if t in POSITIVE_EVENT_TYPES} | set(self.purchased)
+        return {catalog.row[i] for i in items if i in catalog.row}
+
+    def history_rows(self, catalog: Catalog) -> np.ndarray:
+        return np.array([catalog.row[i] for i, _ in self.recent_items if i in catalog.row], np.int64)
 
 
 def context_for(mode: Mode, profile: Profile | None, now: float, p: ProfileParams, query: str | None = None,
@@ -100,19 +103,9 @@ def attach_ease(ctx: RankContext, catalog: Catalog) -> tuple[np.ndarray, np.ndar
     """ctx.ease: (rows ascending, scores) of every item the catalog's EASE neighbours reach from the
     shopper's recent positive items and purchases; computed once per request, None without any."""
     if ctx.ease is None and len(catalog.ease) and (ctx.recent_items or ctx.purchased):
-        rows, scores = catalog.ease.scores(_ease_history(ctx, catalog))
+        rows, scores = catalog.ease.scores(ctx.ease_history(catalog))
         ctx.ease = (rows, scores) if len(rows) else None
     return ctx.ease
-
-
-def _ease_history(ctx: RankContext, catalog: Catalog) -> set[int]:
-    """Catalog rows of the shopper's recent positive items and purchases."""
-    items = {i for i, t in ctx.recent_items if t in POSITIVE_EVENT_TYPES} | set(ctx.purchased)
-    return {catalog.row[i] for i in items if i in catalog.row}
-
-
-def _history_rows(ctx: RankContext, catalog: Catalog) -> np.ndarray:
-    return np.array([catalog.row[i] for i, _ in ctx.recent_items if i in catalog.row], np.int64)
 
 
 def _cos(vec: np.ndarray | None, item_vecs: np.ndarray) -> np.ndarray:
@@ -196,7 +189,7 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
         if s.max() > 0:
             x[:, _F["ease"]] = np.maximum(s, 0.0) / s.max()
     if ctx.recent_items:
-        x[:, _F["history_max_sim"]] = np.maximum(catalog.nearest(rows, _history_rows(ctx, catalog))[0], 0.0)
+        x[:, _F["history_max_sim"]] = np.maximum(catalog.nearest(rows, ctx.history_rows(catalog))[0], 0.0)
     if ctx.history:
         newest: dict[str, float] = {}
         for item, _, t in ctx.history:
@@ -288,88 +281,6 @@ class Scorer(Protocol):
     def describe(self, mode: Mode) -> str: ...
 
     def for_context(self, ctx: RankContext) -> "Scorer": ...  # the scorer for this request (a segment's)
-
-
-def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, max_reasons: int = 2,
-            min_contribution: float = 0.05) -> list[str]:
-    """Short human reasons for one candidate from its (F,) contributions, largest first."""
-    out: list[str] = []
-    vec = catalog.vectors[row]
-    for f in np.argsort(-contrib, kind="stable"):
-        if len(out) >= max_reasons or contrib[f] < min_contribution:
-            break
-        name = FEATURE_NAMES[f]
-        text = None
-        if name in ("query_sim", "lexical", "title_match", "text_match") and ctx.query:
-            text = f'matches "{ctx.query}"'
-        elif name == "intent_sim":
-            text = _because(ctx, vec, catalog)
-        elif name == "pref_sim":
-            text = "matches your long-term taste"
-        elif name == "context_sim" and ctx.context_item in catalog.row:
-            text = f"similar to {catalog.title[catalog.row[ctx.context_item]]}"
-        elif name == "cooc":
-            text = _often_with(ctx, catalog.item_ids[row], catalog)
-        elif name == "ease":
-            text = _bought_together(ctx, row, catalog)
-        elif name == "history_max_sim":
-            text = _like_before(ctx, row, catalog)
-        elif name == "popularity":
-            text = "popular this week"
-        elif name == "item_age" and catalog.item_age(np.array([row]), ctx.now)[0] >= 0.5:  # first seen < 3 weeks ago
-            text = "new in the shop"
-        elif name == "category_affinity":
-            text = f"you often shop {catalog.category[row]}"
-        elif name == "price_affinity":
-            text = "in your usual price range"
-        if text and text not in out:
-            out.append(text)
-    return out
-
-
-def _because(ctx: RankContext, vec: np.ndarray, catalog: Catalog) -> str | None:
-    """The session event that contributes most to cos(intent, item): argmax of weight * (v . item)
-    over the intent's sources (the intent is their decayed weighted sum)."""
-    best, best_text = 0.0, None
-    for etype, ref, src_vec, w in ctx.intent_sources:
-        if etype == "search":
-            share = w * float(src_vec @ vec)
-            text = f'because you searched "{ref}"'
-        elif ref in catalog.row:
-            share = w * float(catalog.vectors[catalog.row[ref]] @ vec)
-            text = BECAUSE.format(verb=VERB.get(etype, "viewed"), title=catalog.title[catalog.row[ref]])
-        else:
-            continue
-        if share > best:
-            best, best_text = share, text
-    return best_text
-
-
-def _like_before(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
-    """The shopper's recent item nearest to `row` (what the "history_max_sim" feature reads)."""
-    near = int(catalog.nearest(np.array([row]), _history_rows(ctx, catalog))[1][0])
-    etype = next((t for i, t in ctx.recent_items if near >= 0 and i == catalog.item_ids[near]), None)
-    return None if etype is None else BECAUSE.format(verb=VERB.get(etype, "viewed"), title=catalog.title[near])
-
-
-def _bought_together(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
-    """The history item with the largest EASE weight to `row` (what the "ease" feature sums)."""
-    best, best_src = 0.0, None
-    for src in sorted(_ease_history(ctx, catalog)):
-        nbrs = catalog.ease.by_row.get(src)
-        hit = np.flatnonzero(nbrs[0] == row) if nbrs is not None else ()
-        if len(hit) and nbrs[1][hit[0]] > best:
-            best, best_src = float(nbrs[1][hit[0]]), src
-    return None if best_src is None else BOUGHT_TOGETHER.format(title=catalog.title[best_src])
-
-
-def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
-    sources = ([ctx.context_item] if ctx.context_item else []) + [i for i, _ in ctx.recent_items[:RECENT_FOR_COOC]]
-    for src in sources:
-        nbrs = catalog.cooc.get(src)
-        if nbrs is not None and item_id in nbrs[0] and src in catalog.row:
-            return OFTEN_WITH.format(title=catalog.title[catalog.row[src]])
-    return None
 
 
 @dataclass(frozen=True)

@@ -318,6 +318,33 @@ def test_ranking_explains_itself():
     assert rank_candidates(ctx, ["i011"], cat, HandWeights(), k=1)[0].reasons[0] == 'because you searched "near"'
 
 
+def test_every_shopper_facing_feature_has_a_reason_text():
+    """An item the model ranked for a recent view of itself, the behaviour model's score, a trend or
+    a recently shopped category is explained by that, not left with no reason at all."""
+    from features.retrieval.feature_names import FEATURE_NAMES as NAMES
+    from features.retrieval.reasons import reasons
+
+    cat, _ = small_catalog()
+    ctx = RankContext(mode="recommend", recent_items=[("i004", "add_to_cart"), ("i004", "view")], query=None)
+    row = cat.row["i004"]
+
+    def only(name: str) -> list[str]:
+        contrib = np.zeros(len(NAMES), np.float32)
+        contrib[NAMES.index(name)] = 1.0
+        return reasons(ctx, row, contrib, cat)
+
+    assert only("seen_before") == ["you added it to your cart recently"]
+    assert only("seq_score") == only("seq_rank") == ["fits your recent shopping"]
+    assert only("popularity_1d") == ["trending today"] and only("popularity_30d") == ["popular this month"]
+    assert only("category_recency") == [f"you recently shopped {cat.category[row]}"]
+    assert only("dense_rank") == []  # a query feature without a query says nothing
+    ctx.query = "blue box"
+    assert only("dense_rank") == only("lexical_rank") == only("query_sim_gap") == ['matches "blue box"']
+    silent = [n for n in NAMES if not only(n) and n not in ("session_alpha", "item_age", "context_sim", "cooc", "ease",
+                                                              "intent_sim", "history_max_sim")]
+    assert silent == [], silent  # the listed ones need a context, a history source or a new item to name
+
+
 def test_context_for_lists_the_sessions_intent_sources():
     from features.profiles.profile import Profile, ProfileParams
 

@@ -1,0 +1,120 @@
+"""A ranked item's reasons: short human texts for its largest per-feature contributions.
+
+The hand-set scorer's contributions are weight x feature, a learned ranker's are TreeSHAP values
+(features/retrieval/ranking.py's scorers); the largest positive ones above a floor become the
+result's `reasons` ("matches \"red mug\"", "because you viewed WHITE MUG", "popular this week").
+Every feature a shopper could recognise has a text, so an item is not left unexplained because
+the model leaned on, say, the behaviour model's score or a recent view of the item itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from features.retrieval.catalog import Catalog
+from features.retrieval.feature_names import FEATURE_NAMES
+
+if TYPE_CHECKING:
+    from features.retrieval.ranking import RankContext
+
+RECENT_FOR_COOC = 10  # co-occurrence reads the context item and the shopper's last 10 items
+VERB = {"view": "viewed", "click": "clicked", "add_to_cart": "added to cart", "purchase": "bought", "return": "returned"}
+# The reasons that name an item of the shopper's history (bench/serve_latency.py's freshness check reads them)
+BECAUSE = "because you {verb} {title}"
+OFTEN_WITH = "often bought with {title}"
+BOUGHT_TOGETHER = "shoppers who bought {title} buy it too"
+SEEN = {"view": "you viewed it recently", "click": "you clicked it recently",
+        "add_to_cart": "you added it to your cart recently", "purchase": "you bought it before"}
+
+_QUERY = frozenset({"query_sim", "query_sim_gap", "lexical", "title_match", "text_match", "dense_rank", "lexical_rank"})
+_FIXED = {"pref_sim": "matches your long-term taste", "popularity": "popular this week",
+          "popularity_1d": "trending today", "popularity_30d": "popular this month",
+          "price_affinity": "in your usual price range",
+          "seq_score": "fits your recent shopping", "seq_rank": "fits your recent shopping"}
+
+
+def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, max_reasons: int = 2,
+            min_contribution: float = 0.05) -> list[str]:
+    """Short human reasons for one candidate from its (F,) contributions, largest first."""
+    out: list[str] = []
+    for f in np.argsort(-contrib, kind="stable"):
+        if len(out) >= max_reasons or contrib[f] < min_contribution:
+            break
+        text = _text(FEATURE_NAMES[f], ctx, row, catalog)
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
+def _text(name: str, ctx: RankContext, row: int, catalog: Catalog) -> str | None:
+    if name in _QUERY:
+        return f'matches "{ctx.query}"' if ctx.query else None
+    if name in _FIXED:
+        return _FIXED[name]
+    category = catalog.category[row]
+    if name == "intent_sim":
+        return _because(ctx, catalog.vectors[row], catalog)
+    if name == "context_sim" and ctx.context_item in catalog.row:
+        return f"similar to {catalog.title[catalog.row[ctx.context_item]]}"
+    if name == "cooc":
+        return _often_with(ctx, catalog.item_ids[row], catalog)
+    if name == "ease":
+        return _bought_together(ctx, row, catalog)
+    if name == "history_max_sim":
+        return _like_before(ctx, row, catalog)
+    if name == "seen_before":
+        return next((SEEN.get(t) for i, t in ctx.recent_items if i == catalog.item_ids[row]), None)
+    if name == "item_age" and catalog.item_age(np.array([row]), ctx.now)[0] >= 0.5:  # first seen < 3 weeks ago
+        return "new in the shop"
+    if name == "category_affinity" and category:
+        return f"you often shop {category}"
+    if name == "category_recency" and category:
+        return f"you recently shopped {category}"
+    return None
+
+
+def _because(ctx: RankContext, vec: np.ndarray, catalog: Catalog) -> str | None:
+    """The session event that contributes most to cos(intent, item): argmax of weight * (v . item)
+    over the intent's sources (the intent is their decayed weighted sum)."""
+    best, best_text = 0.0, None
+    for etype, ref, src_vec, w in ctx.intent_sources:
+        if etype == "search":
+            share = w * float(src_vec @ vec)
+            text = f'because you searched "{ref}"'
+        elif ref in catalog.row:
+            share = w * float(catalog.vectors[catalog.row[ref]] @ vec)
+            text = BECAUSE.format(verb=VERB.get(etype, "viewed"), title=catalog.title[catalog.row[ref]])
+        else:
+            continue
+        if share > best:
+            best, best_text = share, text
+    return best_text
+
+
+def _like_before(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
+    """The shopper's recent item nearest to `row` (what the "history_max_sim" feature reads)."""
+    near = int(catalog.nearest(np.array([row]), ctx.history_rows(catalog))[1][0])
+    etype = next((t for i, t in ctx.recent_items if near >= 0 and i == catalog.item_ids[near]), None)
+    return None if etype is None else BECAUSE.format(verb=VERB.get(etype, "viewed"), title=catalog.title[near])
+
+
+def _bought_together(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
+    """The history item with the largest EASE weight to `row` (what the "ease" feature sums)."""
+    best, best_src = 0.0, None
+    for src in sorted(ctx.ease_history(catalog)):
+        nbrs = catalog.ease.by_row.get(src)
+        hit = np.flatnonzero(nbrs[0] == row) if nbrs is not None else ()
+        if len(hit) and nbrs[1][hit[0]] > best:
+            best, best_src = float(nbrs[1][hit[0]]), src
+    return None if best_src is None else BOUGHT_TOGETHER.format(title=catalog.title[best_src])
+
+
+def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
+    sources = ([ctx.context_item] if ctx.context_item else []) + [i for i, _ in ctx.recent_items[:RECENT_FOR_COOC]]
+    for src in sources:
+        nbrs = catalog.cooc.get(src)
+        if nbrs is not None and item_id in nbrs[0] and src in catalog.row:
+            return OFTEN_WITH.format(title=catalog.title[catalog.row[src]])
+    return None
