@@ -82,6 +82,7 @@ _EVENT = EventIn.model_json_schema()
 _EVENTS_BODY = {"type": "array", "minItems": 1, "items": _EVENT, "$defs": _EVENT.get("$defs", {})}
 READ_ERRORS = error_docs(413, 422, 429, 503)
 WRITE_ERRORS = error_docs(401, 403, 413, 422, 429, 503)
+DELETE_ERRORS = error_docs(401, 403, 404, 422, 429, 503)  # removals by id in the path: no body
 
 
 def _filters(f: FiltersIn | None) -> Filters | None:
@@ -334,7 +335,7 @@ class Ingress:
                 description="Logged durably and applied by every replica before its next request, and over "
                             "every new artifacts version (a batch export that still lists the item does not "
                             "bring it back; a PUT does). Shoppers' past events on it are kept.",
-                responses=error_docs(401, 403, 404, 422, 429, 503))
+                responses=DELETE_ERRORS)
     async def remove_item(self, request: Request, item_id: str = Path(min_length=1, max_length=256)) -> Any:
         async def run() -> Any:
             self._authorise(request)
@@ -349,7 +350,7 @@ class Ingress:
                             "de-duplication window) at once. Batch artifacts (the feature job's users table, "
                             "evaluation runs) are scrubbed by `python -m jobs.forget_user` (`make forget`), "
                             "which calls this endpoint too.",
-                responses=error_docs(401, 403, 404, 422, 429, 503))
+                responses=DELETE_ERRORS)
     async def forget(self, request: Request, user_id: str = Path(min_length=1, max_length=256)) -> Any:
         async def run() -> Any:
             self._authorise(request)
