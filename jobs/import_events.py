@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
-from features.data.mapping import (Mapping, TableMapping, apply, check_encoding, format_of, items_from_events,
-                                   load_mapping, read_table, recbole_defaults, swallowed_rows)
+from features.data.mapping import (EventIds, Mapping, TableMapping, apply, item_fields, load_mapping,
+                                   merge_item_fields, recbole_defaults, reduce_item_fields)
 from features.data.online_retail import import_online_retail
+from features.data.reading import CHUNK_ROWS, check_encoding, format_of, iter_tables, read_table, swallowed_rows
 from jobs.common import load_job_config, parse_args, run_job, write_table
 
 PRESETS = ("recbole", "uci-online-retail")
@@ -42,6 +46,7 @@ class ImportEventsConfig:
     # The text files' character set (utf-8 when null; cp1252 or latin-1 for many spreadsheet
     # exports): for a preset, or over both tables of a mapping file (which can also set its own).
     encoding: str | None = None
+    chunk_rows: int = CHUNK_ROWS  # the events file is read, mapped and written this many rows at a time
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
@@ -82,64 +87,140 @@ def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
                       f"column; it has: {', '.join(raw_columns)}")
 
 
+REJECTED_SCHEMA = pa.schema([("table", pa.string()), (S.REASON, pa.string()), (S.RAW, pa.string())])
+REDUCE_EVERY = 8  # items from the events file: chunks' partial catalogs are combined this often
+
+
+class _Output:
+    """The import's three tables, written as chunks arrive (events and rejected rows) or at the end
+    (items), and the counts its summary and checks need."""
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.writers: dict[str, tuple] = {}
+        self.raw = {"events": 0, "items": 0}
+        self.kept = {"events": 0, "items": 0}
+        self.reasons: dict[str, Counter] = {"events": Counter(), "items": Counter()}
+        self.example: dict[str, str] = {}
+        self.users = pl.Series(S.USER_ID, [], pl.String)
+        self.swallowed: dict[str, list] = {}
+
+    def _write(self, name: str, table: pa.Table) -> None:
+        if name not in self.writers:
+            fs, inner = A.resolve(self.output)
+            fs.create_dir(inner, recursive=True)
+            stream = fs.open_output_stream(A.join(inner, f"{name}.parquet"))
+            self.writers[name] = (stream, pq.ParquetWriter(stream, table.schema))
+        self.writers[name][1].write_table(table)
+
+    def events(self, df: pl.DataFrame) -> None:
+        # Nullable: a blank user, time, type, item id or title is the feature job's to quarantine,
+        # with its reason and row, not a cast error here that names neither.
+        schema = pa.schema([f.with_nullable(True) for f in S.EVENTS_SCHEMA if f.name in df.columns])
+        self._write("events", df.to_arrow(compat_level=pl.CompatLevel.oldest()).select(schema.names).cast(schema))
+        self.kept["events"] += df.height
+        if S.USER_ID in df.columns:
+            self.users = pl.concat([self.users, df.get_column(S.USER_ID).drop_nulls().unique()]).unique()
+
+    def rejected(self, table: str, rej: pl.DataFrame) -> None:
+        if not rej.height:
+            return
+        self.reasons[table].update(dict(rej.group_by(S.REASON).len().iter_rows()))
+        self.example.setdefault(table, rej.get_column(S.RAW)[0])
+        self._write("rejected", rej.select(pl.lit(table).alias("table"), S.REASON, S.RAW).to_arrow().cast(REJECTED_SCHEMA))
+
+    def check_quotes(self, t: TableMapping, chunk: pa.Table) -> None:
+        kind = format_of(t.path or "", t.format)
+        if kind in ("csv", "tsv"):
+            lines, start = swallowed_rows(chunk, t.delimiter or ("\t" if kind == "tsv" else ","))
+            if lines:
+                seen = self.swallowed.setdefault(t.path or "", [0, start])
+                seen[0] += lines
+
+    def finish(self, items: pl.DataFrame) -> None:
+        write_table(self.output, "items", items, pa.schema([f.with_nullable(True) for f in S.ITEMS_SCHEMA]))
+        self.kept["items"] = items.height
+        if "rejected" not in self.writers:
+            self._write("rejected", REJECTED_SCHEMA.empty_table())
+        for stream, writer in self.writers.values():
+            writer.close()
+            stream.close()
+
+
 def run(cfg: ImportEventsConfig) -> dict:
     if cfg.encoding:
         check_encoding(cfg.encoding, "encoding")
+    if cfg.chunk_rows < 1:
+        raise ConfigError(f"chunk_rows: {cfg.chunk_rows}; allowed: >= 1")
     m, from_log = _resolve_mapping(cfg)
-    warnings: list[str] = []
+    out = _Output(cfg.output)
     if m is None:  # UCI Online Retail (either layout): invoices, cancellations, items from the log
         if not cfg.events:
             raise ConfigError("events: the UCI Online Retail file (Parquet or CSV) is required")
         raw = pl.from_arrow(read_table(cfg.events, encoding=cfg.encoding or "utf-8", where="encoding (--set encoding=...)"))
         events, items, rejected = import_online_retail(raw)
-        rejected = pl.DataFrame({"table": ["events"] * rejected.height, S.REASON: rejected[S.REASON],
-                                 S.RAW: [json.dumps(r, default=str) for r in rejected.drop(S.REASON).iter_rows(named=True)]},
-                                schema={"table": pl.String, S.REASON: pl.String, S.RAW: pl.String})
-        raw_rows = {"events": raw.height, "items": 0}
+        out.raw["events"] = raw.height
+        out.events(events)
+        out.rejected("events", pl.DataFrame({S.REASON: rejected[S.REASON], S.RAW: [
+            json.dumps(r, default=str) for r in rejected.drop(S.REASON).iter_rows(named=True)]},
+            schema={S.REASON: pl.String, S.RAW: pl.String}))
     else:
-        def read(name: str, t: TableMapping) -> pa.Table:
-            return read_table(t.path, t.format, t.delimiter, t.encoding,
-                              "encoding (--set encoding=...)" if cfg.mapping in PRESETS else f"mapping.{name}.encoding")
+        items = _import_mapped(cfg, m, from_log, out)
+    out.finish(items)
+    warnings = [f"WARNING: {path}: {n:,} line(s) inside a quoted value look like whole rows (the value starts "
+                f"{start!r}): an unbalanced double quote makes CSV read the rows after it as one value, and those "
+                "rows are not imported; correct the quote" for path, (n, start) in out.swallowed.items()]
+    for table in ("events", "items"):
+        if out.raw[table] and not out.kept[table]:  # stop here, naming why, not stages later at "no valid events"
+            counts = out.reasons[table].most_common()
+            hint = (" (a text time needs ISO 8601 or the mapping's ts_format; numbers need ts_unit)"
+                    if out.reasons[table].get("unparseable_ts") else "")
+            raise ValueError(f"{table}: all {out.raw[table]:,} rows were rejected ("
+                             + ", ".join(f"{r} {n:,}" for r, n in counts) + f"){hint}; e.g. "
+                             f"{out.example.get(table, '?')}; every row is in {cfg.output}/rejected.parquet")
+    rejected_counts = out.reasons["events"] + out.reasons["items"]
+    return {"raw_rows": out.raw, "events": out.kept["events"], "items": out.kept["items"],
+            "items_from_events": from_log, "warnings": warnings, "users": out.users.len(),
+            "rejected": dict(rejected_counts.most_common()), "output": cfg.output}
 
-        ev_raw = read("events", m.events)
-        it_raw = ev_raw if from_log else read("items", m.items)
-        for t, tbl in ((m.events, ev_raw), (m.items, it_raw))[:1 if from_log else 2]:
-            if format_of(t.path, t.format) in ("csv", "tsv"):
-                lines, start = swallowed_rows(tbl, t.delimiter or ("\t" if format_of(t.path, t.format) == "tsv" else ","))
-                if lines:
-                    warnings.append(f"WARNING: {t.path}: {lines:,} line(s) inside a quoted value look like whole rows "
-                                    f"(the value starts {start!r}): an unbalanced double quote makes CSV read the rows "
-                                    "after it as one value, and those rows are not imported; correct the quote")
+
+def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Output) -> pl.DataFrame:
+    """Stream the events file through the mapping a chunk at a time; returns the items."""
+    def where(name: str) -> str:
+        return "encoding (--set encoding=...)" if cfg.mapping in PRESETS else f"mapping.{name}.encoding"
+
+    items = None
+    if not from_log:  # a catalog is small next to its event log: read whole
+        it_raw = read_table(m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"))
+        out.check_quotes(m.items, it_raw)
         if m.events.format == "recbole" or m.items.format == "recbole":
             m = _with_title(m, it_raw.column_names)
-        events, ev_rej = apply(ev_raw, m.events, "events")
-        items, it_rej = items_from_events(ev_raw, m.items, m.events) if from_log else apply(it_raw, m.items, "items")
-        if from_log and not items.height and not it_rej.height:
+        items, it_rej = apply(it_raw, m.items, "items")
+        out.raw["items"] = it_raw.num_rows
+        out.rejected("items", it_rej)
+    ids, partials, first_row = EventIds(), [], 0
+    for chunk in iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
+                             cfg.chunk_rows):
+        out.raw["events"] += chunk.num_rows
+        out.check_quotes(m.events, chunk)
+        events, ev_rej = apply(chunk, m.events, "events", ids)
+        out.events(events)
+        out.rejected("events", ev_rej)
+        if from_log:
+            part, it_rej = item_fields(chunk, m.items, m.events, first_row)
+            partials.append(part)
+            out.raw["items"] += chunk.num_rows
+            out.rejected("items", it_rej)
+            if len(partials) >= REDUCE_EVERY:
+                partials = [reduce_item_fields(partials, m.items)]
+        first_row += chunk.num_rows
+    if from_log:
+        items = merge_item_fields(partials, m.items)
+        if not items.height and not out.reasons["items"]:
             raise ValueError(f"items: no row of {m.events.path} names an item in its column "
                              f"{m.items.columns[S.ITEM_ID]!r} (mapping.items.columns.item_id)")
-        rejected = pl.concat([ev_rej.select(pl.lit("events").alias("table"), pl.all()),
-                              it_rej.select(pl.lit("items").alias("table"), pl.all())])
-        raw_rows = {"events": ev_raw.num_rows, "items": it_raw.num_rows}
-    # Nullable: a blank user, time, type, item id or title is the feature job's to quarantine, with
-    # its reason and row, not a cast error here that names neither.
-    write_table(cfg.output, "events", events, _nullable(S.EVENTS_SCHEMA))
-    write_table(cfg.output, "items", items, _nullable(S.ITEMS_SCHEMA))
-    write_table(cfg.output, "rejected", rejected)
-    reasons = rejected.group_by(S.REASON).len().sort("len", descending=True) if rejected.height else rejected
-    for table, kept in (("events", events.height), ("items", items.height)):
-        if raw_rows[table] and not kept:  # stop here, naming why, not stages later at "no valid events"
-            mine = rejected.filter(pl.col("table") == table)
-            counts = mine.group_by(S.REASON).len().sort("len", descending=True)
-            hint = (" (a text time needs ISO 8601 or the mapping's ts_format; numbers need ts_unit)"
-                    if "unparseable_ts" in counts[S.REASON].to_list() else "")
-            raise ValueError(f"{table}: all {raw_rows[table]:,} rows were rejected ("
-                             + ", ".join(f"{r} {n:,}" for r, n in counts.iter_rows()) + f"){hint}; e.g. "
-                             f"{mine[S.RAW][0] if mine.height else '?'}; every row is in {cfg.output}/rejected.parquet")
-    return {"raw_rows": raw_rows, "events": events.height, "items": items.height, "items_from_events": from_log,
-            "warnings": warnings,
-            "users": events.get_column(S.USER_ID).drop_nulls().n_unique() if events.height else 0,
-            "rejected": {r: int(n) for r, n in reasons.select(S.REASON, "len").iter_rows()} if rejected.height else {},
-            "output": cfg.output}
+    assert items is not None
+    return items
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ def read_judgments(path: str) -> pl.DataFrame:
     from features import artifacts as A
 
     if path.lower().endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):  # text as written: item id 00123 stays 00123
-        from features.data.mapping import read_table
+        from features.data.reading import read_table
 
         df = pl.from_arrow(read_table(path))
     else:

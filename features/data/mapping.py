@@ -36,7 +36,6 @@ Rules, so that nothing accepted is ever lost:
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -44,12 +43,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
+import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from features import artifacts as A
 from features.data import schema as S
+from features.data.reading import check_encoding
 from features.data.validate import SchemaError, iso_times
 
 FORMATS = ("auto", "parquet", "csv", "tsv", "recbole")
@@ -62,6 +61,7 @@ _TS_COLUMNS = (S.TS, S.CREATED_AT)
 JOINABLE = (S.TITLE, S.DESCRIPTION, S.CATEGORY, S.BRAND)  # may be built from several shop columns
 _TRUE = ("1", "true", "t", "yes", "y")
 _FALSE = ("0", "false", "f", "no", "n")
+_KEY, _TS, _N, _FIRST = "\x1fitem", "\x1fts", "\x1fn", "\x1ffirst"  # item_fields' working columns
 
 
 @dataclass(frozen=True)
@@ -129,89 +129,6 @@ def check_mapping(m: TableMapping, table: str) -> None:
         raise SchemaError(f"{where}.path: no input file given")
 
 
-def check_encoding(encoding: str, where: str) -> None:
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise SchemaError(f"{where}: {encoding!r} is not a character set Python knows; e.g. utf-8, cp1252, latin-1") from None
-
-
-# --- reading ------------------------------------------------------------------------------------
-def format_of(path: str, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    name = path.lower()
-    if name.endswith((".inter", ".item", ".user")):
-        return "recbole"
-    if name.endswith((".tsv", ".tsv.gz")):
-        return "tsv"
-    if name.endswith((".csv", ".csv.gz", ".txt")):
-        return "csv"
-    return "parquet"
-
-
-def read_table(path: str, fmt: str = "auto", delimiter: str | None = None, encoding: str = "utf-8",
-               where: str = "encoding") -> pa.Table:
-    """Every file under `path` (local or URI) as one table. Text formats are read as strings
-    (typing happens in `apply`, where a bad value is kept, not lost), decoded from `encoding`; text
-    that is not valid in it stops the read naming the file and the setting (`where`) to change."""
-    tables = []
-    for fs, p in A.list_files(path):
-        kind = format_of(p, fmt)
-        if kind == "parquet":
-            with fs.open_input_file(p) as f:
-                tables.append(pq.read_table(f))
-            continue
-        with fs.open_input_stream(p, compression="detect") as f:  # events.csv.gz and the like, decompressed
-            text = pa.BufferReader(f.read_buffer())
-        sep = delimiter or ("\t" if kind in ("tsv", "recbole") else ",")
-        # RecBole atomic files are plain tab-separated text without quoting: a title that starts
-        # with a quote ('"Gentle" shampoo') must not open a quoted field that swallows the rows after it.
-        parse = (pacsv.ParseOptions(delimiter=sep, quote_char=False) if kind == "recbole" else
-                 pacsv.ParseOptions(delimiter=sep, newlines_in_values=True))
-        # Every column as the text in the file: Arrow's type inference would rewrite it first
-        # (SKU "00123" -> 123 -> "123", "1.50" -> "1.5", times re-formatted past a ts_format).
-        try:
-            names = pacsv.open_csv(text, parse_options=parse,
-                                   read_options=pacsv.ReadOptions(block_size=1 << 16, encoding=encoding)).schema.names
-            text.seek(0)
-            t = pacsv.read_csv(text, parse_options=parse,
-                               convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                                    strings_can_be_null=True, auto_dict_encode=False),
-                               read_options=pacsv.ReadOptions(block_size=1 << 24, encoding=encoding))
-        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-            if "UTF8" not in str(e) and "decode" not in str(e):
-                raise
-            raise SchemaError(f"{p}: not valid {encoding} text ({str(e)[:120]}); set {where} to the file's character "
-                              "set (cp1252 or latin-1 for many spreadsheet exports)") from None
-        if kind == "recbole":  # "item_id:token" -> "item_id"
-            t = t.rename_columns([n.split(":", 1)[0] for n in t.column_names])
-        tables.append(t)
-    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-
-
-def swallowed_rows(raw: pa.Table, delimiter: str) -> tuple[int, str | None]:
-    """Lines inside values that look like whole rows of this file (at least as many delimiters as it
-    has columns, less one): the mark of an unbalanced double quote, after which CSV quoting reads the
-    following rows into one value and they are never imported. (such lines, the first such value's
-    start); (0, None) for a clean file. A multi-line description rarely holds that many delimiters."""
-    need = raw.num_columns - 1
-    if need < 1:
-        return 0, None
-    df = pl.from_arrow(raw)
-    assert isinstance(df, pl.DataFrame)
-    n, first = 0, None
-    for name, dtype in df.schema.items():
-        if dtype != pl.String:
-            continue
-        col = df.get_column(name)
-        for v in col.filter(col.str.contains("\n", literal=True)).to_list():
-            k = sum(line.count(delimiter) >= need for line in v.split("\n")[1:])
-            if k:
-                n, first = n + k, first or v[:60]
-    return n, first
-
-
 # --- mapping ------------------------------------------------------------------------------------
 def _epoch(values: pl.Expr, unit: str, sample: pl.Series) -> pl.Expr:
     if unit == "auto":  # by magnitude of the largest value: 2001-09-09 in s is 1e9, in ms 1e12, ...
@@ -256,12 +173,34 @@ def _typed(name: str, col: pl.Series, m: TableMapping) -> pl.Series:
     return col.cast(pl.String).alias(name)
 
 
-def _event_ids(df: pl.DataFrame) -> pl.Series:
-    key = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in (S.USER_ID, S.TS, S.EVENT_TYPE, S.ITEM_ID)],
-                        separator="\x1f")
-    keys = df.select(key.alias("k"), pl.int_range(pl.len()).over(key).alias("n"))
-    return pl.Series(S.EVENT_ID, [hashlib.sha1(k.encode()).hexdigest()[:20] + (f":{n}" if n else "")
-                                  for k, n in keys.iter_rows()], dtype=pl.String)
+class EventIds:
+    """Stable ids for events without one, across the chunks of one import: a hash of user, time,
+    type and item, plus ":n" for the n-th identical line before it in the file (so repeated
+    identical lines stay distinct, and a re-import gives the same ids). Counting identical lines
+    across chunks keeps one 64-bit key hash and a count per distinct line seen (12 bytes each)."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.uint64)  # sorted
+        self.counts = np.zeros(0, np.uint32)
+
+    def __call__(self, df: pl.DataFrame) -> pl.Series:
+        key = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in (S.USER_ID, S.TS, S.EVENT_TYPE, S.ITEM_ID)],
+                            separator="\x1f")
+        k = df.select(key.alias("k"), key.hash(seed=7).alias("h"), pl.int_range(pl.len()).over(key).alias("n"))
+        h = k.get_column("h").to_numpy()
+        pos = np.searchsorted(self.keys, h)
+        at = np.minimum(pos, max(len(self.keys) - 1, 0))
+        seen = (pos < len(self.keys)) & (self.keys[at] == h) if len(self.keys) else np.zeros(len(h), bool)
+        n = k.get_column("n").to_numpy() + np.where(seen, self.counts[at] if len(self.keys) else 0, 0)
+        uh, uc = np.unique(h, return_counts=True)
+        upos = np.searchsorted(self.keys, uh)
+        uat = np.minimum(upos, max(len(self.keys) - 1, 0))
+        old = (upos < len(self.keys)) & (self.keys[uat] == uh) if len(self.keys) else np.zeros(len(uh), bool)
+        np.add.at(self.counts, uat[old], uc[old].astype(np.uint32))
+        self.keys = np.insert(self.keys, upos[~old], uh[~old])
+        self.counts = np.insert(self.counts, upos[~old], uc[~old].astype(np.uint32))
+        return pl.Series(S.EVENT_ID, [hashlib.sha1(s.encode()).hexdigest()[:20] + (f":{c}" if c else "")
+                                      for s, c in zip(k.get_column("k").to_list(), n.tolist())], dtype=pl.String)
 
 
 def _joined(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:
@@ -321,24 +260,31 @@ def _rejected(src: pl.DataFrame, reasons: pl.Series, which: pl.Series) -> pl.Dat
                         schema={S.REASON: pl.String, S.RAW: pl.String})
 
 
-def apply(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def apply(raw: pa.Table, m: TableMapping, table: str,
+          event_ids: EventIds | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(canonical rows, rejected rows with `reason` and `raw`). len(canonical) + len(rejected)
-    == raw.num_rows."""
+    == raw.num_rows. `event_ids`: the import's, when `raw` is one chunk of a file."""
     out, reasons, src = _mapped(raw, m, table)
     contract = S.EVENTS_SCHEMA if table == "events" else S.ITEMS_SCHEMA
     keep = reasons.is_null()
     rejected = _rejected(src, reasons, ~keep)
     out = out.filter(keep)
     if table == "events" and S.EVENT_ID not in out.columns:
-        out = out.with_columns(_event_ids(out))
+        out = out.with_columns((event_ids or EventIds())(out))
     return out.select([c for c in contract.names if c in out.columns]), rejected
 
 
-def items_from_events(raw: pa.Table, m: TableMapping, events: TableMapping) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The catalog from an events file whose rows carry item fields (see module doc): (items,
-    rejected rows). A row whose item fields cannot be typed is rejected and left out of the merge
-    (its event is judged apart); each shop column is merged on its own, so a title built from brand
-    and category keeps the brand that a later row left blank."""
+def _used(m: TableMapping) -> list[str]:
+    return sorted({c for spec in m.columns.values() for c in ((spec,) if isinstance(spec, str) else spec)})
+
+
+def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One chunk of an events file whose rows carry item fields (see module doc) -> (per item id,
+    each used shop column's latest non-blank value with the event time and file row it came
+    from, plus the item's first event time; the chunk's rejected rows). `merge_item_fields`
+    combines the chunks. A row whose item fields cannot be typed is rejected and left out (its
+    event is judged apart); each column is merged on its own, so a title built from brand and
+    category keeps the brand that a later row left blank."""
     if S.ITEM_ID not in m.columns:
         raise SchemaError("mapping.items.columns.item_id: required to read the items from the events file")
     out, reasons, src = _mapped(raw, m, "items")
@@ -347,17 +293,41 @@ def items_from_events(raw: pa.Table, m: TableMapping, events: TableMapping) -> t
     ts_spec = events.columns.get(S.TS)
     ts = (_typed_ts(src.get_column(ts_spec), events) if isinstance(ts_spec, str)
           else pl.Series([None] * src.height, dtype=pl.Datetime("us", "UTC")))
-    used = sorted({c for spec in m.columns.values() for c in ((spec,) if isinstance(spec, str) else spec)})
-    key = "\x1fitem"
-    rows = (src.select(used).with_columns(item.alias(key), ts.alias("\x1fts"), pl.int_range(pl.len()).alias("\x1fn"))
-            .filter(has_item & reasons.is_null()).sort(["\x1fts", "\x1fn"], nulls_last=False))
-    blank_to_null = [pl.when(pl.col(c).cast(pl.String).str.strip_chars() != "").then(pl.col(c)).alias(c) for c in used]
-    merged = (rows.with_columns(blank_to_null).group_by(key, maintain_order=True)
-              .agg([pl.col(c).drop_nulls().last() for c in used] + [pl.col("\x1fts").min()]).sort(key))
-    items, _, _ = _mapped(merged.to_arrow(), m, "items")  # every merged value was typed above
+    used = _used(m)
+    rows = (src.select(used).with_columns(item.alias(_KEY), ts.alias(_TS), (pl.int_range(pl.len()) + first_row).alias(_N))
+            .filter(has_item & reasons.is_null()).sort([_TS, _N], nulls_last=False)
+            .with_columns(pl.when(pl.col(c).cast(pl.String).str.strip_chars() != "").then(pl.col(c)).alias(c)
+                          for c in used))
+    latest = []
+    for c in used:
+        picked = pl.col(c).is_not_null()
+        latest += [pl.col(c).filter(picked).last(), pl.col(_TS).filter(picked).last().alias(f"{c}{_TS}"),
+                   pl.col(_N).filter(picked).last().alias(f"{c}{_N}")]
+    partial = rows.group_by(_KEY).agg(latest + [pl.col(_TS).min().alias(_FIRST)])
+    return partial, _rejected(src, reasons, has_item & reasons.is_not_null())
+
+
+def reduce_item_fields(partials: list[pl.DataFrame], m: TableMapping) -> pl.DataFrame:
+    """Several chunks' `item_fields` as one, in the same form (an import reduces as it goes)."""
+    both = pl.concat(partials, how="vertical_relaxed")
+    aggs = [pl.col(x).sort_by([f"{c}{_TS}", f"{c}{_N}"], nulls_last=False).last().alias(x)
+            for c in _used(m) for x in (c, f"{c}{_TS}", f"{c}{_N}")]
+    return both.group_by(_KEY).agg(aggs + [pl.col(_FIRST).min()])
+
+
+def merge_item_fields(partials: list[pl.DataFrame], m: TableMapping) -> pl.DataFrame:
+    """The catalog from `item_fields` of every chunk: each column's latest value over all of them."""
+    merged = reduce_item_fields(partials, m).sort(_KEY)
+    items, _, _ = _mapped(merged.select(_used(m)).to_arrow(), m, "items")  # every value was typed per chunk
     if S.CREATED_AT not in items.columns:  # first seen
-        items = items.with_columns(merged.get_column("\x1fts").alias(S.CREATED_AT))
-    return items.select([c for c in ITEM_COLUMNS if c in items.columns]), _rejected(src, reasons, has_item & reasons.is_not_null())
+        items = items.with_columns(merged.get_column(_FIRST).alias(S.CREATED_AT))
+    return items.select([c for c in ITEM_COLUMNS if c in items.columns])
+
+
+def items_from_events(raw: pa.Table, m: TableMapping, events: TableMapping) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`item_fields` and `merge_item_fields` of one table: (items, rejected rows)."""
+    partial, rejected = item_fields(raw, m, events)
+    return merge_item_fields([partial], m), rejected
 
 
 def load_mapping(path: str) -> Mapping:

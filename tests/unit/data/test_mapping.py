@@ -310,3 +310,24 @@ def test_blank_required_cells_reach_the_feature_jobs_quarantine(tmp_path):
     _, bad_events = validate_events(_read(out, "events").to_arrow(), pl.Series(["355908", "248676"]),
                                     ValidationConfig(now="2020-01-01T00:00:00Z"))
     assert "null_user_id" in bad_events[S.REASON].to_list()
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 4])
+def test_an_import_in_chunks_writes_what_one_pass_writes(tmp_path, chunk_rows):
+    """The importer streams a large export a chunk at a time: event ids (identical lines in
+    different chunks included), items merged from the events file, rejections and counts are
+    those of one pass over the whole file."""
+    (tmp_path / "events.csv").write_text(REES_CSV + REES_CSV.split("\n", 1)[1])  # every line twice, far apart
+    (tmp_path / "m.yaml").write_text(REES_MAPPING)
+    whole, chunked = tmp_path / "whole", tmp_path / "chunked"
+    a = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(whole)))
+    b = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(chunked), chunk_rows=chunk_rows))
+    assert {k: v for k, v in a.items() if k != "output"} == {k: v for k, v in b.items() if k != "output"}
+    for name in ("events", "items"):
+        assert _read(whole, name).equals(_read(chunked, name)), name
+    assert _read(whole, "rejected").sort(pl.all()).equals(_read(chunked, "rejected").sort(pl.all()))  # (interleaved)
+    ids = _read(chunked, "events")[S.EVENT_ID].to_list()
+    assert len(set(ids)) == len(ids) == 10 and sum(i.endswith(":1") for i in ids) == 5
+    from features.data.reading import iter_tables
+
+    assert [t.num_rows for t in iter_tables(str(tmp_path / "events.csv"), chunk_rows=chunk_rows)][:2] == [chunk_rows] * 2
