@@ -116,7 +116,7 @@ class _Output:
     def events(self, df: pl.DataFrame) -> None:
         # Nullable: a blank user, time, type, item id or title is the feature job's to quarantine,
         # with its reason and row, not a cast error here that names neither.
-        schema = pa.schema([f.with_nullable(True) for f in S.EVENTS_SCHEMA if f.name in df.columns])
+        schema = _nullable(pa.schema([f for f in S.EVENTS_SCHEMA if f.name in df.columns]))
         self._write("events", df.to_arrow(compat_level=pl.CompatLevel.oldest()).select(schema.names).cast(schema))
         self.kept["events"] += df.height
         if S.USER_ID in df.columns:
@@ -138,7 +138,7 @@ class _Output:
                 seen[0] += lines
 
     def finish(self, items: pl.DataFrame) -> None:
-        write_table(self.output, "items", items, pa.schema([f.with_nullable(True) for f in S.ITEMS_SCHEMA]))
+        write_table(self.output, "items", items, _nullable(S.ITEMS_SCHEMA))
         self.kept["items"] = items.height
         if "rejected" not in self.writers:
             self._write("rejected", REJECTED_SCHEMA.empty_table())

@@ -183,22 +183,26 @@ class EventIds:
         self.keys = np.zeros(0, np.uint64)  # sorted
         self.counts = np.zeros(0, np.uint32)
 
+    def _find(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(insertion positions, clipped positions, found) of hashes `h` among the keys seen."""
+        pos = np.searchsorted(self.keys, h)
+        if not len(self.keys):
+            return pos, pos, np.zeros(len(h), bool)
+        at = np.minimum(pos, len(self.keys) - 1)
+        return pos, at, (pos < len(self.keys)) & (self.keys[at] == h)
+
     def __call__(self, df: pl.DataFrame) -> pl.Series:
         key = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in (S.USER_ID, S.TS, S.EVENT_TYPE, S.ITEM_ID)],
                             separator="\x1f")
         k = df.select(key.alias("k"), key.hash(seed=7).alias("h"), pl.int_range(pl.len()).over(key).alias("n"))
         h = k.get_column("h").to_numpy()
-        pos = np.searchsorted(self.keys, h)
-        at = np.minimum(pos, max(len(self.keys) - 1, 0))
-        seen = (pos < len(self.keys)) & (self.keys[at] == h) if len(self.keys) else np.zeros(len(h), bool)
+        _, at, seen = self._find(h)
         n = k.get_column("n").to_numpy() + np.where(seen, self.counts[at] if len(self.keys) else 0, 0)
         uh, uc = np.unique(h, return_counts=True)
-        upos = np.searchsorted(self.keys, uh)
-        uat = np.minimum(upos, max(len(self.keys) - 1, 0))
-        old = (upos < len(self.keys)) & (self.keys[uat] == uh) if len(self.keys) else np.zeros(len(uh), bool)
-        np.add.at(self.counts, uat[old], uc[old].astype(np.uint32))
-        self.keys = np.insert(self.keys, upos[~old], uh[~old])
-        self.counts = np.insert(self.counts, upos[~old], uc[~old].astype(np.uint32))
+        pos, at, old = self._find(uh)
+        np.add.at(self.counts, at[old], uc[old].astype(np.uint32))
+        self.keys = np.insert(self.keys, pos[~old], uh[~old])
+        self.counts = np.insert(self.counts, pos[~old], uc[~old].astype(np.uint32))
         return pl.Series(S.EVENT_ID, [hashlib.sha1(s.encode()).hexdigest()[:20] + (f":{c}" if c else "")
                                       for s, c in zip(k.get_column("k").to_list(), n.tolist())], dtype=pl.String)
 
