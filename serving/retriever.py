@@ -11,12 +11,14 @@ item acknowledged by PUT /v1/items is searchable through any replica at once.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 
 import numpy as np
 from ray import serve
 
+from features import artifacts as A
 from features.errors import UnknownItem
 from features.retrieval.catalog import ItemUpdate, load_catalog
 from features.retrieval.live import Filters, LiveCatalog
@@ -43,7 +45,11 @@ def open_live_catalog(cfg: ServingConfig, res: Resolved, lexical: bool) -> LiveC
 
         f = read_search_version(res.search_dir)[1]["fusion"]
         retriever = replace(retriever, fusion=f["method"], rrf_k=int(f["rrf_k"]), ann_weight=float(f["ann_weight"]))
-    return LiveCatalog(catalog, index, Path(res.state_dir) / "items", retriever, fsync=cfg.profiles.fsync)
+    # The batch catalog is as fresh as the features version that read it: older upserts of its items yield.
+    created = A.read_manifest(res.features_dir).get("created_at")
+    batch_time = dt.datetime.fromisoformat(created).timestamp() if created else None
+    return LiveCatalog(catalog, index, Path(res.state_dir) / "items", retriever, fsync=cfg.profiles.fsync,
+                       batch_time=batch_time)
 
 
 log = logging.getLogger("ray.serve")
@@ -140,7 +146,7 @@ class RetrieverCore:
     def info(self) -> dict:
         self.live.sync()
         return {"items": len(self.live.catalog) - self.live.n_removed, "upserted": self.live.n_changed,
-                "removed": self.live.n_removed,
+                "removed": self.live.n_removed, "upserts_older_than_batch": self.live.superseded,
                 "index_type": self.live.index.kind, "ranker": self.ranker.info(), "warm_up_s": self.warm_up_s}
 
 

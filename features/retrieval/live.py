@@ -4,9 +4,12 @@
 since, read from a shared item log (a RecordLog), so all replicas on a node apply the same upserts
 in the same order and an upserted item is searchable on the very next request. The FAISS index
 is never rebuilt online: an upserted or changed item is scored exactly (numpy) next to the ANN
-results, and a changed item's stale vector in the index is skipped. A removed item (a tombstone in
-the same log) is left out of every candidate source until it is upserted again; its row, vector and
-history stay, so shoppers' past events and a product page's context still resolve.
+results, and a changed item's stale vector in the index is skipped. Over a newer batch the latest
+write wins: an upsert written before the batch read its catalog, of an item the batch lists, is
+superseded (kept in the log, not applied); upserts of items the batch does not list always apply.
+A removed item (a tombstone in the same log) is left out of every candidate source until it is
+upserted again; its row, vector and history stay, so shoppers' past events and a product page's
+context still resolve.
 
 Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items
 that pass: exact and simple, at O(N d) per request (about 1 ms for 4k items, tens of ms at 1M).
@@ -15,6 +18,7 @@ Per-request exclusions (a buyer's purchases) do not: the ANN is asked for that m
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,13 +93,19 @@ class LiveCatalog:
     """Catalog + ANN index + BM25, kept current from the shared item log (see module doc)."""
 
     def __init__(self, catalog: Catalog, index: ItemIndex, item_log_dir: str | Path | None,
-                 cfg: RetrievalConfig = RetrievalConfig(), fsync: bool = True) -> None:
+                 cfg: RetrievalConfig = RetrievalConfig(), fsync: bool = True, batch_time: float | None = None) -> None:
+        """`batch_time`: when the batch catalog was read (epoch seconds; the features version's
+        creation): an upsert written before it, of an item the batch lists, is superseded by the
+        batch's fresher fields (the latest write wins); None applies every upsert."""
         if list(index.item_ids) != catalog.item_ids[: len(index.item_ids)]:
             raise ValueError("the index and the catalog disagree on item order")
         self.catalog = catalog
         self.index = index
         self.cfg = cfg
         self.n_indexed = len(index.item_ids)
+        self.batch_time = batch_time
+        self.n_batch = len(catalog)  # rows of the batch catalog (upserts append after them)
+        self.superseded = 0  # logged upserts the batch catalog is fresher than
         self._changed: set[int] = set()  # rows whose vector is not (or no longer) the index's
         self._removed: set[int] = set()  # rows removed by the shop (never a candidate)
         self._removed_rows = np.zeros(0, np.int64)
@@ -133,6 +143,10 @@ class LiveCatalog:
                 self._set_removed(row, True)
             return row, False
         item = ItemUpdate(**rec["item"])
+        batch_row = self.catalog.row.get(item.item_id, self.n_batch)
+        if self.batch_time is not None and batch_row < self.n_batch and rec.get("written", 0.0) < self.batch_time:
+            self.superseded += 1  # the batch read this item after the upsert was written
+            return batch_row, False
         row, created = self.catalog.upsert(item, decode_vector(rec["vector"]))
         self._changed.add(row)
         if row in self._removed:
@@ -153,7 +167,7 @@ class LiveCatalog:
     def upsert(self, item: ItemUpdate, vector: np.ndarray) -> tuple[int, bool]:
         """Durably log the item, then apply it; returns (row, created). A new item when the catalog
         holds retriever.max_items raises CatalogFull (nothing logged)."""
-        rec = {"item": item.to_record(), "vector": encode_vector(vector)}
+        rec = {"item": item.to_record(), "vector": encode_vector(vector), "written": time.time()}
         if self.log is not None:
             self.sync()
         if item.item_id not in self.catalog.row and len(self.catalog) >= self.cfg.max_items:
@@ -166,7 +180,8 @@ class LiveCatalog:
         return out
 
     def _maybe_compact(self) -> None:
-        if self.log is not None and self.log_records > 2 * (len(self._changed) + len(self._removed)) + COMPACT_SLACK:
+        live = len(self._changed) + len(self._removed) + self.superseded
+        if self.log is not None and self.log_records > 2 * live + COMPACT_SLACK:
             self.compact()
 
     def remove(self, item_id: str) -> bool:

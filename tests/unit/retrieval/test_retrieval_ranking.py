@@ -166,6 +166,32 @@ def test_a_removed_item_is_no_candidate_anywhere_until_upserted_again(tmp_path):
     assert b.sync() == 1 and not b.is_removed(gone)
 
 
+def test_over_a_newer_batch_the_latest_write_wins(tmp_path):
+    """An upsert written before the batch read its catalog yields to the batch for an item the batch
+    lists (its fresher price stays); an item only the API added, a removal, and every upsert
+    written after the batch still apply. Nothing leaves the log."""
+    import time as _time
+
+    a = LiveCatalog(*small_catalog(), tmp_path / "items", fsync=False)
+    vec = np.ones(D, np.float32) / math.sqrt(D)
+    a.upsert(ItemUpdate("i001", "stale title", price=999.0), vec)  # an item the batch lists
+    a.upsert(ItemUpdate("api-only", "velvet cushion"), vec)  # one it does not
+    a.remove("i002")
+    cat_b, idx_b = small_catalog()
+    fresh_price = float(cat_b.price[cat_b.row["i001"]])
+    b = LiveCatalog(cat_b, idx_b, tmp_path / "items", fsync=False, batch_time=_time.time() + 1)  # a newer batch
+    assert b.superseded == 1 and b.log_records == 3
+    assert b.catalog.price[b.catalog.row["i001"]] == fresh_price and b.catalog.title[b.catalog.row["i001"]] != "stale title"
+    assert "api-only" in b.catalog.row and b.is_removed("i002") and b.n_changed == 1
+    older = LiveCatalog(*small_catalog(), tmp_path / "items", fsync=False, batch_time=0.0)  # a batch older than all
+    assert older.superseded == 0 and older.catalog.price[older.catalog.row["i001"]] == 999.0
+    b.batch_time = _time.time() - 3600  # written now, after the batch: applies (here and on replay)
+    b.upsert(ItemUpdate("i001", "new title", price=5.0), vec)
+    assert b.catalog.price[b.catalog.row["i001"]] == 5.0
+    again = LiveCatalog(*small_catalog(), tmp_path / "items", fsync=False, batch_time=b.batch_time)
+    assert again.catalog.title[again.catalog.row["i001"]] == "new title"
+
+
 def test_search_fuses_lexical_and_ann_and_honours_filters(tmp_path):
     cat, index = small_catalog()
     live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=10))
