@@ -27,10 +27,10 @@ import pyarrow.parquet as pq
 from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
-from features.data.mapping import (EventIds, Mapping, TableMapping, apply, item_fields, load_mapping,
+from features.data.mapping import (EventIds, Mapping, apply, item_fields, load_mapping,
                                    merge_item_fields, recbole_defaults, reduce_item_fields)
 from features.data.online_retail import import_online_retail
-from features.data.reading import CHUNK_ROWS, check_encoding, format_of, iter_tables, read_table, swallowed_rows
+from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, swallowed_rows, text_source
 from jobs.common import load_job_config, parse_args, run_job, write_table
 
 PRESETS = ("recbole", "uci-online-retail")
@@ -129,12 +129,13 @@ class _Output:
         self.example.setdefault(table, rej.get_column(S.RAW)[0])
         self._write("rejected", rej.select(pl.lit(table).alias("table"), S.REASON, S.RAW).to_arrow().cast(REJECTED_SCHEMA))
 
-    def check_quotes(self, t: TableMapping, chunk: pa.Table) -> None:
-        kind = format_of(t.path or "", t.format)
-        if kind in ("csv", "tsv"):
-            lines, start = swallowed_rows(chunk, t.delimiter or ("\t" if kind == "tsv" else ","))
+    def check_quotes(self, chunk: pa.Table) -> None:
+        """Count lines an unbalanced quote swallowed, per file (CSV and TSV; RecBole is unquoted)."""
+        source = text_source(chunk)
+        if source is not None and source[0] in ("csv", "tsv"):
+            lines, start = swallowed_rows(chunk, source[1])
             if lines:
-                seen = self.swallowed.setdefault(t.path or "", [0, start])
+                seen = self.swallowed.setdefault(source[2], [0, start])
                 seen[0] += lines
 
     def finish(self, items: pl.DataFrame) -> None:
@@ -191,8 +192,11 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
 
     items = None
     if not from_log:  # a catalog is small next to its event log: read whole
-        it_raw = read_table(m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"))
-        out.check_quotes(m.items, it_raw)
+        parts = list(iter_tables(m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"),
+                                 chunk_rows=1 << 62))  # one table per file
+        for part in parts:
+            out.check_quotes(part)
+        it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
         if m.events.format == "recbole" or m.items.format == "recbole":
             m = _with_title(m, it_raw.column_names)
         items, it_rej = apply(it_raw, m.items, "items")
@@ -202,7 +206,7 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
     for chunk in iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
                              cfg.chunk_rows):
         out.raw["events"] += chunk.num_rows
-        out.check_quotes(m.events, chunk)
+        out.check_quotes(chunk)
         events, ev_rej = apply(chunk, m.events, "events", ids)
         out.events(events)
         out.rejected("events", ev_rej)

@@ -20,6 +20,7 @@ from features import artifacts as A
 from features.data.validate import SchemaError
 
 CHUNK_ROWS = 1_000_000
+SOURCE_KEY = "intently.source"  # a text table's schema metadata: "<format>:<delimiter>:<file>"
 TEXT_BLOCK_BYTES = 1 << 20  # what the CSV reader parses at a time (it reads about 30 blocks ahead)
 
 
@@ -82,7 +83,9 @@ def _text_tables(fs, p: str, kind: str, delimiter: str | None, encoding: str, wh
              pacsv.ParseOptions(delimiter=sep, newlines_in_values=True))
 
     def finish(t: pa.Table) -> pa.Table:
-        return t.rename_columns([n.split(":", 1)[0] for n in t.column_names]) if kind == "recbole" else t  # "id:token"
+        if kind == "recbole":  # "id:token" -> "id"
+            t = t.rename_columns([n.split(":", 1)[0] for n in t.column_names])
+        return t.replace_schema_metadata({SOURCE_KEY: f"{kind}:{sep}:{p}"})
 
     try:
         with fs.open_input_stream(p, compression="detect") as f:  # events.csv.gz and the like, decompressed
@@ -108,10 +111,22 @@ def _text_tables(fs, p: str, kind: str, delimiter: str | None, encoding: str, wh
             if rows or not sent:
                 yield finish(pa.Table.from_batches(batches, schema=reader.schema))
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        if "CSV parse error" in str(e):
+            raise SchemaError(f"{p}: {str(e)[:300]} (an unbalanced double quote, or a delimiter other than "
+                              f"{sep!r}?)") from None
         if "UTF8" not in str(e) and "decode" not in str(e):
             raise
         raise SchemaError(f"{p}: not valid {encoding} text ({str(e)[:120]}); set {where} to the file's character "
                           "set (cp1252 or latin-1 for many spreadsheet exports)") from None
+
+
+def text_source(table: pa.Table) -> tuple[str, str, str] | None:
+    """(format, delimiter, file) of a table `iter_tables` read from a text file, else None."""
+    meta = (table.schema.metadata or {}).get(SOURCE_KEY.encode())
+    if meta is None:
+        return None
+    kind, rest = meta.decode().split(":", 1)
+    return kind, rest[0], rest[2:]
 
 
 def swallowed_rows(raw: pa.Table, delimiter: str) -> tuple[int, str | None]:

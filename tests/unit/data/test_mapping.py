@@ -294,6 +294,19 @@ def test_an_unbalanced_quote_that_swallows_rows_is_reported(tmp_path):
     assert "'Red mug,kitchen,1" in r["warnings"][0]
     clean = IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path)), output=str(tmp_path / "out2")))
     assert clean["warnings"] == []
+    # a folder of exports: the file that holds the quote is named
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "a.csv").write_text(EVENTS_CSV)
+    (tmp_path / "parts" / "b.csv").write_text('visitorid,timestamp,event,itemid,qty\nu1,1433221332117,"view,355908,\n'
+                                              'u2,1433222000000,transaction,248676,2\nu2,1433222000001,transaction,248676,2\n'
+                                              'u3,1433223000000,"wishlist",355908,\n')
+    r = IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path)), events=str(tmp_path / "parts"), output=str(tmp_path / "o3")))
+    assert len(r["warnings"]) == 1 and "parts/b.csv: 2 line(s)" in r["warnings"][0], r["warnings"]
+    # a quote left open at the end of a file stops the import naming the file
+    (tmp_path / "parts" / "b.csv").write_text('visitorid,timestamp,event,itemid,qty\nu1,1433221332117,"view,355908,\n'
+                                              'u2,1433222000000,transaction,248676,2\n')
+    with pytest.raises(SchemaError, match=r"(?s)parts/b.csv: CSV parse error.*an unbalanced double quote"):
+        IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path)), events=str(tmp_path / "parts"), output=str(tmp_path / "o4")))
 
 
 def test_blank_required_cells_reach_the_feature_jobs_quarantine(tmp_path):
