@@ -34,7 +34,7 @@ from features.data import schema as S
 from features.models import onnx_encoder as OX
 from features.models.encoder import LATEST, EncoderConfig, load_encoder, resolve_checkpoint
 from features.retrieval.index import IndexConfig, ItemIndex
-from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job
+from jobs.common import RayConfig, Steps, check_fits, init_ray, load_job_config, parse_args, run_job
 
 KIND = "index"
 EMB_COLUMN = "item_emb"
@@ -92,6 +92,10 @@ def check_config(cfg: BuildIndexConfig) -> None:
     for name in ("encode_batch_size", "num_actors", "cpus_per_actor"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.gpus_per_actor < 0:
+        raise ConfigError(f"gpus_per_actor must be >= 0, got {cfg.gpus_per_actor}")
+    check_fits(cfg.ray, cfg.num_actors * cfg.cpus_per_actor, cfg.num_actors * cfg.gpus_per_actor,
+               "num_actors x cpus_per_actor (and gpus_per_actor)")
     try:
         OX.check_runtime(cfg.runtime, "runtime")
     except ValueError as e:

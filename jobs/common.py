@@ -74,6 +74,28 @@ def one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def check_fits(rc: RayConfig, cpus: int, gpus: int, what: str) -> None:
+    """Fail before Ray starts when work cannot fit the private local Ray this job would start.
+
+    That Ray has ray.num_cpus CPUs and the machine's GPUs and never grows, so an actor or a Ray Train
+    worker group that asks for more waits forever (Ray only logs "No available node types can
+    fulfill resource request"). `what` names the fields that asked, e.g. "num_workers x
+    cpus_per_worker". A cluster (ray.address, RAY_ADDRESS) may grow and a caller's own Ray is theirs:
+    neither is checked."""
+    if rc.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return
+    if cpus > rc.num_cpus:
+        raise ConfigError(f"{what} ask for {cpus} CPUs but ray.num_cpus is {rc.num_cpus}, and the job's local Ray "
+                          f"never grows: lower them to fit, or raise ray.num_cpus (up to this machine's {os.cpu_count()})")
+    if gpus > 0:
+        import torch
+
+        have = torch.cuda.device_count()
+        if gpus > have:
+            raise ConfigError(f"{what} ask for {gpus:g} GPU(s) but this machine has {have} CUDA GPU(s) for the job's "
+                              f"local Ray: set them to use none (use_gpu=false, gpus_per_actor=0), or run on a GPU machine")
+
+
 def init_ray(rc: RayConfig) -> None:
     """Start or join Ray once; a no-op when the caller (a test, a notebook) already did."""
     if ray.is_initialized():

@@ -34,7 +34,7 @@ from features.config import ConfigError, to_dict
 from features.data import schema as S
 from features.models import training as TR
 from features.models.encoder import EncoderConfig, TwoTowerEncoder
-from jobs.common import RayConfig, Steps, cached_get, init_ray, load_job_config, parse_args, run_job, train_run_dir
+from jobs.common import RayConfig, Steps, cached_get, check_fits, init_ray, load_job_config, parse_args, run_job, train_run_dir
 
 KIND = "encoder"
 SCORE_METRIC = "valid_ndcg@10"
@@ -64,6 +64,8 @@ def check_config(cfg: TrainEncoderConfig) -> None:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(p, name)}")
     if p.batch_size < 2:
         raise ConfigError("train.batch_size must be >= 2 (in-batch negatives)")
+    check_fits(cfg.ray, p.num_workers * p.cpus_per_worker, p.num_workers * int(p.use_gpu),
+               "train.num_workers x train.cpus_per_worker (and train.use_gpu)")
     if p.lr <= 0 or p.temperature <= 0 or p.max_time_s <= 0:
         raise ConfigError("train.lr, train.temperature and train.max_time_s must be > 0")
     if not cfg.ks or min(cfg.ks) < 1:

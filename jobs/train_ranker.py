@@ -44,7 +44,7 @@ from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import load_catalog
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import FEATURE_NAMES, HandWeights
-from jobs.common import (RayConfig, Steps, init_ray, load_job_config, one_blas_thread, parse_args, run_job,
+from jobs.common import (RayConfig, Steps, check_fits, init_ray, load_job_config, one_blas_thread, parse_args, run_job,
                          train_run_dir)
 
 KIND = "ranker"
@@ -96,6 +96,7 @@ def check_config(cfg: TrainRankerConfig) -> None:
     for name in ("num_workers", "cpus_per_worker"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    check_fits(cfg.ray, cfg.num_workers * cfg.cpus_per_worker, 0, "num_workers x cpus_per_worker")
 
 
 # --- the Ray Train loop ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from features.data import schema as S
 from features.models import sequence as SQ
 from features.models.sequence_io import MODEL_FILE, load_state, save_model, save_state
 from features.retrieval.index import ItemIndex
-from jobs.common import RayConfig, Steps, init_ray, load_job_config, parse_args, run_job, train_run_dir
+from jobs.common import RayConfig, Steps, check_fits, init_ray, load_job_config, parse_args, run_job, train_run_dir
 
 KIND = "sequence"
 
@@ -57,6 +57,9 @@ def check_config(cfg: TrainSequenceConfig) -> None:
     for name in ("num_workers", "cpus_per_worker"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.trainer == "ray":
+        check_fits(cfg.ray, cfg.num_workers * cfg.cpus_per_worker, cfg.num_workers * int(cfg.use_gpu),
+                   "num_workers x cpus_per_worker (and use_gpu)")
     if cfg.until is not None:
         _instant(cfg.until)
 

@@ -93,6 +93,46 @@ def test_train_encoder_config_errors_name_the_key(override, message):
         check_config(load_config(TrainEncoderConfig, None, [override]))
 
 
+@pytest.mark.parametrize("job, overrides, message, fixed", [
+    ("build_index", ["cpus_per_actor=2"], r"num_actors x cpus_per_actor \(and gpus_per_actor\) ask for 4 CPUs but "
+     r"ray.num_cpus is 2", ["ray.num_cpus=4"]),
+    ("build_index", ["gpus_per_actor=-1"], "gpus_per_actor must be >= 0", ["gpus_per_actor=0"]),
+    ("train_encoder", ["train.cpus_per_worker=2"], r"train.num_workers x train.cpus_per_worker .* ask for 4 CPUs",
+     ["ray.num_cpus=4"]),
+    ("train_sequence", ["num_workers=2"], r"num_workers x cpus_per_worker \(and use_gpu\) ask for 4 CPUs",
+     ["ray.address=auto"]),  # a cluster may grow: not checked there
+    ("train_sequence", ["num_workers=2"], "ask for 4 CPUs", ["trainer=local"]),  # no Ray Train workers
+    ("train_ranker", ["cpus_per_worker=3"], "num_workers x cpus_per_worker ask for 3 CPUs", ["ray.num_cpus=3"]),
+])
+def test_work_that_cannot_fit_the_local_ray_fails_before_it_starts(monkeypatch, job, overrides, message, fixed):
+    """Ray would wait forever for resources its private local cluster never gets."""
+    import importlib
+
+    import jobs.common as C
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(C.ray, "is_initialized", lambda: False)
+    mod = importlib.import_module(f"jobs.{job}")
+    cls = {"build_index": "BuildIndexConfig", "train_encoder": "TrainEncoderConfig",
+           "train_sequence": "TrainSequenceConfig", "train_ranker": "TrainRankerConfig"}[job]
+    with pytest.raises(ConfigError, match=message):
+        mod.check_config(load_config(getattr(mod, cls), None, overrides))
+    mod.check_config(load_config(getattr(mod, cls), None, overrides + fixed))
+
+
+def test_a_gpu_the_machine_lacks_fails_before_ray_starts(monkeypatch):
+    import torch
+
+    import jobs.common as C
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(C.ray, "is_initialized", lambda: False)
+    have = torch.cuda.device_count()
+    with pytest.raises(ConfigError, match=f"ask for {have + 1} GPU.* this machine has {have} CUDA GPU"):
+        C.check_fits(C.RayConfig(num_cpus=2), 1, have + 1, "use_gpu")
+    C.check_fits(C.RayConfig(num_cpus=2), 2, have, "use_gpu")
+
+
 @pytest.mark.parametrize("override, message", [
     ("split=random", "split: 'random'; allowed: time:<ISO 8601 instant>, last:<days>d, leave-last"),
     ("split=last:0d", "after 'last:' is not a number of days"),
