@@ -121,7 +121,9 @@ def check_mapping(m: TableMapping, table: str) -> None:
                           "category paths, e.g. \".\" or \"/\"")
     if table == "items" and m.columns and S.TITLE not in m.columns and S.TITLE not in m.constants:
         raise SchemaError(f"{where}.columns.title: required (the text search and the encoder read it); a column, or a "
-                          "list of columns joined by a space, e.g. title: [brand, category_code]")
+                          "list of columns joined by a space, e.g. title: [brand, category_code]; a catalog with no "
+                          "text at all may map its item id (title: itemid): the behaviour model's item-ID "
+                          "embeddings and co-occurrence still learn, text search then matches ids only")
     both = sorted(set(m.columns) & set(m.constants))
     if both:
         raise SchemaError(f"{where}: {both} both mapped to a column and set to a constant; choose one")
