@@ -96,6 +96,14 @@ def check_fits(rc: RayConfig, cpus: int, gpus: int, what: str) -> None:
                               f"local Ray: set them to use none (use_gpu=false, gpus_per_actor=0), or run on a GPU machine")
 
 
+def quiet_worker_logs() -> None:
+    """Runs in each worker process of a job's private local Ray (runtime_env's
+    worker_process_setup_hook): that Ray has no dashboard, hence no state API, and Ray Train's
+    placement-group cleaner logs "Failed to query Ray Train Controller actor state" about once a
+    second for as long as a training run lasts. Nothing else is silenced."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def init_ray(rc: RayConfig) -> None:
     """Start or join Ray once; a no-op when the caller (a test, a notebook) already did."""
     if ray.is_initialized():
@@ -111,8 +119,11 @@ def init_ray(rc: RayConfig) -> None:
     else:
         # address="local": a private Ray even when another local cluster runs (e.g. the one `make
         # demo` leaves serving); a bare ray.init() would join it and refuse num_cpus.
+        # Without the dashboard there is no state API, so Ray Train's placement-group cleaner warns
+        # that it cannot query the controller every second of a training run; the hook quiets it.
         ray.init(address="local", num_cpus=rc.num_cpus, include_dashboard=False, log_to_driver=True,
-                 runtime_env=runtime_env, _system_config=ray_system_config(rc.num_cpus))
+                 runtime_env=runtime_env | {"worker_process_setup_hook": "jobs.common.quiet_worker_logs"},
+                 _system_config=ray_system_config(rc.num_cpus))
     ctx = ray.data.DataContext.get_current()
     # Progress bars on a terminal; in logs (CI, `ray job logs`) the jobs print one line per step.
     ctx.enable_progress_bars = sys.stderr.isatty()
