@@ -125,7 +125,7 @@ demo: venv data
 # Writes need an API key when INTENTLY_API_KEY is set in the environment of `make ray-up`.
 serve: venv
 	@RAY_AUTH_MODE=token $(BIN)/ray status >/dev/null 2>&1 || $(MAKE) --no-print-directory ray-up
-	$(BIN)/python -m serving.deploy --artifacts $(ART) --state $(CURDIR)/state $(SERVE_ARGS)
+	RAY_AUTH_MODE=token $(BIN)/python -m serving.deploy --artifacts $(ART) --state $(CURDIR)/state $(SERVE_ARGS)
 
 # Two pytest workers, each taking whole test files (module fixtures are built once): a Ray test spends
 # much of its time waiting on process start-up and deployments, so the two overlap on 2 cores.
@@ -156,16 +156,19 @@ bench-encoder: venv
 	$(BIN)/python -m bench.encoder --artifacts $(ART)
 
 # Idle Ray workers are kept rather than restarted for every short Ray Data operator (jobs/common.py).
-RAY_SYSTEM_CONFIG = $$($(BIN)/python -c 'import json; from jobs.common import ray_system_config; print(json.dumps(ray_system_config(2)))')
+# The local cluster's CPUs: all this machine lets us use (affinity and cgroup aware), so the pipeline
+# and `make serve` size the app to the machine; RAY_CPUS=2 runs the 2-CPU reference profile.
+RAY_CPUS ?= $$($(BIN)/python -c 'from serving.sizing import host_cpus; print(host_cpus())')
+RAY_SYSTEM_CONFIG = $$($(BIN)/python -c 'import json, sys; from jobs.common import ray_system_config; print(json.dumps(ray_system_config(int(sys.argv[1]))))' $(RAY_CPUS))
 
 # A local single-node cluster for `ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT)`.
 # The venv's bin goes first on PATH so a submitted job's `python` is the project's interpreter.
 ray-up: venv
 	@mkdir -p state
-	@PATH=$(CURDIR)/$(BIN):$$PATH $(HAPROXY_ENV) $(BIN)/ray start --head --num-cpus=2 --system-config="$(RAY_SYSTEM_CONFIG)" \
+	@PATH=$(CURDIR)/$(BIN):$$PATH $(HAPROXY_ENV) $(BIN)/ray start --head --num-cpus=$(RAY_CPUS) --system-config="$(RAY_SYSTEM_CONFIG)" \
 	  --include-dashboard=true --dashboard-host=127.0.0.1 \
 	  --dashboard-port=$(RAY_DASHBOARD_PORT) --disable-usage-stats > state/ray-up.log 2>&1 \
-	  && echo "local Ray cluster started: dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT) (state/ray-up.log; make ray-down stops it)" \
+	  && echo "local Ray cluster started with $(RAY_CPUS) CPUs: dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT) (state/ray-up.log; make ray-down stops it)" \
 	  || { cat state/ray-up.log; exit 1; }
 
 # A submitted job runs in an uploaded copy of the checkout without its gitignored files, so inputs are

@@ -4,8 +4,8 @@
     python -m serving.deploy --demo          # then send a few real requests and print the answers
 
 The config is rendered with absolute paths to state/serve_config.yaml (the replicas do not run in
-the repository folder) and sized to the node's CPUs (serving/sizing.py; --cpus N for a remote
-cluster), then handed to `serve deploy`; the command returns once /healthz answers.
+the repository folder) and sized to the cluster's CPUs (serving/sizing.py; asked of the cluster's
+dashboard, or --cpus N), then handed to `serve deploy`; the command returns once /healthz answers.
 """
 
 from __future__ import annotations
@@ -215,6 +215,23 @@ def deploy(artifacts: str, state: str, address: str = "http://127.0.0.1:8265", o
     return 0
 
 
+def cluster_cpus(address: str) -> int | None:
+    """The CPUs of the cluster's live nodes, asked of its dashboard (Ray's state API; about 0.3 s;
+    RAY_AUTH_MODE=token in the environment, as `make serve` sets it), or None when it cannot say. The app must be sized to what the cluster has, not to this machine:
+    a 2-CPU local cluster on a 16-CPU machine cannot place replicas sized for 16."""
+    try:
+        from ray.util.state import list_nodes
+
+        nodes = list_nodes(address=address, detail=True, raise_on_missing_output=False)
+        cpus = sum(float((n.resources_total or {}).get("CPU", 0)) for n in nodes if n.state == "ALIVE")
+    except Exception as e:  # noqa: BLE001 - any failure falls back to this machine's CPUs, said aloud
+        print(f"sizing: could not read the cluster's CPUs from {address} ({type(e).__name__}: "
+              f"{str(e).split('. ')[0]}); "
+              "using this machine's", flush=True)
+        return None
+    return int(cpus) if cpus >= 1 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Deploy the intently Serve app on the running cluster.")
     ap.add_argument("--artifacts", default="artifacts", help="artifacts root: a folder or a URI (s3://...)")
@@ -223,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-port", type=int, default=None, help="the Serve proxy's port (default: serving/config.yaml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an app arg")
     ap.add_argument("--cpus", default="auto", help="size replicas and limits for this many CPUs (serving/sizing.py); "
-                    "auto: this machine's; 2: serving/config.yaml as written")
+                    "auto: the cluster's (its dashboard says; else this machine's); 2: serving/config.yaml as written")
     ap.add_argument("--demo", action="store_true", help="send a few requests chosen from the data once healthy")
     ap.add_argument("--kuberay", metavar="FILE", help="write the KubeRay RayService manifest instead of deploying "
                     "(--artifacts is then the S3 URI the pods read, --state a path inside the pod)")
@@ -239,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         cpus = parse_cpus(ns.cpus)
     except ValueError as e:
         ap.error(f"--{e}")
+    if ns.cpus == "auto":
+        cpus = cluster_cpus(ns.address) or cpus
     return deploy(ns.artifacts, ns.state, ns.address, ns.set, ns.demo, ns.http_port, cpus)
 
 

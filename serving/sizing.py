@@ -1,8 +1,8 @@
 """Size the Serve app to the node: replica counts, CPU shares and in-flight limits from its CPUs.
 
 serving/config.yaml is written for the reference profile, a 2-CPU node; on it `size` changes
-nothing. On a bigger node (`make serve` uses the CPUs of the machine it runs on; `--cpus N` for a
-remote cluster, `--cpus 2` keeps the file as written) it scales what limits throughput:
+nothing. On a bigger node (`make serve` uses the CPUs the cluster reports, else this machine's;
+`--cpus N` sets them, `--cpus 2` keeps the file as written) it scales what limits throughput:
 
 - The replicas that encode queries (the Ingress with encoder.placement ingress, the default; the
   QueryEncoder with placement deployment): up to cpus/2 replicas, each a whole CPU (its ONNX

@@ -80,3 +80,26 @@ def test_with_reads_in_the_retriever_it_is_scaled_too(conf):
     d = _deps(sizing.size(c, 16)[0])
     assert d["Retriever"]["autoscaling_config"]["max_replicas"] == 4
     assert d["Ingress"]["autoscaling_config"]["max_replicas"] == 8
+
+
+def test_make_serve_sizes_to_the_cluster_not_the_machine(monkeypatch, capsys):
+    """A 2-CPU local cluster on a bigger machine cannot place replicas sized for the machine."""
+    from types import SimpleNamespace
+
+    import ray.util.state
+
+    from serving.deploy import cluster_cpus
+
+    nodes = [SimpleNamespace(state="ALIVE", resources_total={"CPU": 2.0, "memory": 1e9}),
+             SimpleNamespace(state="ALIVE", resources_total={"CPU": 4.0}),
+             SimpleNamespace(state="DEAD", resources_total={"CPU": 16.0})]
+    monkeypatch.setattr(ray.util.state, "list_nodes", lambda **kw: nodes)
+    assert cluster_cpus("http://head:8265") == 6
+
+    def down(**kw):
+        raise ConnectionError("Failed to connect to API server. Please check the API server log")
+
+    monkeypatch.setattr(ray.util.state, "list_nodes", down)
+    assert cluster_cpus("http://head:8265") is None
+    assert "could not read the cluster's CPUs from http://head:8265 (ConnectionError: Failed to connect to API " \
+           "server); using this machine's" in capsys.readouterr().out
