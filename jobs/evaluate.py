@@ -229,6 +229,8 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     events, items, counts = inputs or ES.read_inputs(cfg.events, cfg.items)
     plan = ES.plan_split(events, ES.SplitSpec.parse(cfg.split), cfg.ranker_days, cfg.ranker_requests_per_user)
     spec = plan.spec  # last:<days>d resolved to its time split
+    for note in plan.notes:
+        print(f"  NOTE {note}", flush=True)
     print(f"  {counts}; train events {plan.train_events.height:,} (until {plan.train_until.isoformat()}), "
           f"ranker-stage events {plan.ranker_events.height:,} (until {plan.ranker_until.isoformat()}), "
           f"test requests {plan.test_requests.height:,}, ranker requests {plan.ranker_requests.height:,}", flush=True)
@@ -241,7 +243,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     steps("feature job on the training events (before the test requests)")
     fb = _features(cfg, b_events, art, plan.train_until)
 
-    notes: dict[str, str] = {}
+    notes: dict[str, str] = {"split on a short log": "; ".join(plan.notes)} if plan.notes else {}
     steps("zero-shot index (Ray Data)")
     zs_index = _index(cfg, fb, art, ZERO_SHOT)
     ft_index = None

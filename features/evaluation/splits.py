@@ -109,6 +109,7 @@ class SplitPlan:
     ranker_requests: pl.DataFrame
     train_until: dt.datetime  # newest instant any stage of the test requests saw
     ranker_until: dt.datetime
+    notes: tuple[str, ...] = ()  # what the plan changed to fit the log (last:<days>d on a short log)
 
 
 def _before(events: pl.DataFrame, cut: pl.DataFrame) -> pl.DataFrame:
@@ -129,9 +130,23 @@ def plan_split(events: pl.DataFrame, spec: SplitSpec, ranker_days: float = 30.0,
     inter = interactions(events)
     if inter.is_empty():
         raise ValueError("events: no positive interactions (view, click, add_to_cart, purchase) to evaluate")
+    notes: list[str] = []
     if spec.kind == "last":  # the test period: the last `days` days, from a UTC midnight (the same split for every run)
-        end = inter[S.TS].max() - dt.timedelta(days=spec.days)
-        spec = SplitSpec("time", dt.datetime(end.year, end.month, end.day, tzinfo=dt.timezone.utc))
+        lo, hi = inter[S.TS].min(), inter[S.TS].max()
+        span = (hi - lo).total_seconds() / 86400
+        days = spec.days
+        if 2 * days > span:  # the default on a short log: test on its last quarter instead of refusing
+            days = span / 4
+            notes.append(f"split: last:{spec.days:g}d would leave less than half of this {span:.1f}-day log to "
+                         f"train on; tested on its last quarter ({days:.2f} days) instead")
+        end = hi - dt.timedelta(days=days)
+        midnight = dt.datetime(end.year, end.month, end.day, tzinfo=dt.timezone.utc)
+        spec = SplitSpec("time", midnight if midnight > lo else end)
+        before = (spec.at - lo).total_seconds() / 86400
+        if ranker_days >= before:  # the ranker's label window would start before the log
+            notes.append(f"ranker_days: {ranker_days:g} reaches back before this log's first interaction; "
+                         f"the ranker's label window is the last half ({before / 2:.2f} days) of the training part")
+            ranker_days = before / 2
     if spec.kind == "time":
         at = spec.at
         lo, hi = inter[S.TS].min(), inter[S.TS].max()
@@ -143,7 +158,7 @@ def plan_split(events: pl.DataFrame, spec: SplitSpec, ranker_days: float = 30.0,
         ranker = first_per_user(inter.filter((pl.col(S.TS) >= rv) & (pl.col(S.TS) < at)), ranker_per_user)
         train = events.filter(pl.col(S.TS) < at)
         ranker_ev = events.filter(pl.col(S.TS) < rv)
-        return SplitPlan(spec, train, ranker_ev, test, ranker, at, rv)
+        return SplitPlan(spec, train, ranker_ev, test, ranker, at, rv, tuple(notes))
     # leave-last: per user, last interaction = test, the one before = ranker/validation
     ranked = inter.with_columns(pl.int_range(pl.len()).reverse().over(S.USER_ID).alias("__from_end"))
     test = ranked.filter(pl.col("__from_end") == 0).drop("__from_end")

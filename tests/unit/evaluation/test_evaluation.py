@@ -446,3 +446,17 @@ def test_the_ranker_verdict_needs_enough_valid_lists():
     many = segment_verdict(np.full(40, 0.5), np.zeros(40), seed=0, min_lists=30)
     assert many["beats"] and not many["too_few_lists"]
     assert not segment_verdict(np.zeros(0), np.zeros(0), seed=0, min_lists=30)["beats"]
+
+
+def test_the_default_last_days_split_fits_a_short_log_and_says_so():
+    """A 24-day log cannot test on its last 30 days: the plan tests on its last quarter and shrinks
+    the ranker's window to fit, with notes saying so, instead of refusing the default config."""
+    plan = ES.plan_split(EVENTS, ES.SplitSpec.parse("last:30d"), ranker_days=30)
+    assert plan.spec.kind == "time" and plan.spec.at == _t(19)  # day 25 - 6 days, floored to midnight
+    assert {u for u, in plan.test_requests.select(S.USER_ID).iter_rows()} == {"u1", "u2", "u3"}
+    assert plan.ranker_until == _t(10)  # half of the 18 training days
+    assert plan.notes[0].startswith("split: last:30d would leave less than half of this 24.0-day log")
+    assert plan.notes[1].startswith("ranker_days: 30 reaches back before this log's first interaction")
+    assert ES.plan_split(EVENTS, ES.SplitSpec.parse("last:10d"), ranker_days=7).notes == ()
+    with pytest.raises(ValueError, match="must fall after the first"):  # an explicit instant is never moved
+        ES.plan_split(EVENTS, ES.SplitSpec.parse("time:2023-12-01"))
