@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
-from features.data.mapping import (EventIds, Mapping, apply, item_fields, load_mapping,
+from features.data.mapping import (EventIds, Mapping, apply, guess_event_type, item_fields, load_mapping,
                                    merge_item_fields, recbole_defaults, reduce_item_fields)
 from features.data.online_retail import import_online_retail
 from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, swallowed_rows, text_source
@@ -104,6 +104,7 @@ class _Output:
         self.example: dict[str, str] = {}
         self.users = pl.Series(S.USER_ID, [], pl.String)
         self.swallowed: dict[str, list] = {}
+        self.unknown_types: Counter = Counter()  # event_type values outside the contract
 
     def _write(self, name: str, table: pa.Table) -> None:
         if name not in self.writers:
@@ -119,6 +120,10 @@ class _Output:
         schema = _nullable(pa.schema([f for f in S.EVENTS_SCHEMA if f.name in df.columns]))
         self._write("events", df.to_arrow(compat_level=pl.CompatLevel.oldest()).select(schema.names).cast(schema))
         self.kept["events"] += df.height
+        if S.EVENT_TYPE in df.columns:
+            odd = df.get_column(S.EVENT_TYPE).drop_nulls()
+            odd = odd.filter(~odd.is_in(list(S.EVENT_TYPES)) & (odd.str.strip_chars() != ""))
+            self.unknown_types.update(dict(odd.value_counts().iter_rows()))
         if S.USER_ID in df.columns:
             self.users = pl.concat([self.users, df.get_column(S.USER_ID).drop_nulls().unique()]).unique()
 
@@ -171,6 +176,14 @@ def run(cfg: ImportEventsConfig) -> dict:
     warnings = [f"WARNING: {path}: {n:,} line(s) inside a quoted value look like whole rows (the value starts "
                 f"{start!r}): an unbalanced double quote makes CSV read the rows after it as one value, and those "
                 "rows are not imported; correct the quote" for path, (n, start) in out.swallowed.items()]
+    if out.unknown_types:  # imported as given; the feature job quarantines them, so say it now
+        n, top = sum(out.unknown_types.values()), out.unknown_types.most_common(5)
+        guesses = [(v, guess_event_type(v)) for v, _ in top]
+        example = ", ".join(f"{v}: {g}" for v, g in guesses if g) or f"{top[0][0]}: <event type>"
+        warnings.append(f"WARNING: event_type: {n:,} events carry values that are not event types of the contract ("
+                        + ", ".join(f"{v!r} {c:,}" for v, c in top) + (", ..." if len(out.unknown_types) > 5 else "")
+                        + f"); the feature job will quarantine them as {S.Reason.UNKNOWN_EVENT_TYPE.value}. Map them in "
+                        f"the mapping's values.event_type, e.g. {{{example}}}; the event types: " + ", ".join(S.EVENT_TYPES))
     for table in ("events", "items"):
         if out.raw[table] and not out.kept[table]:  # stop here, naming why, not stages later at "no valid events"
             counts = out.reasons[table].most_common()

@@ -132,6 +132,20 @@ def check_mapping(m: TableMapping, table: str) -> None:
 
 
 # --- mapping ------------------------------------------------------------------------------------
+# Words in shops' event names and the contract's type each most likely means: for the import's
+# hint when event types arrive unmapped (a guess to check, never applied by itself).
+EVENT_TYPE_WORDS = (("cart", "add_to_cart"), ("basket", "add_to_cart"), ("transaction", "purchase"),
+                    ("purchase", "purchase"), ("order", "purchase"), ("buy", "purchase"), ("checkout", "purchase"),
+                    ("refund", "return"), ("return", "return"), ("search", "search"), ("query", "search"),
+                    ("click", "click"), ("view", "view"), ("detail", "view"), ("visit", "view"))
+
+
+def guess_event_type(value: str) -> str | None:
+    """The contract's event type a shop's event name most likely means ("addtocart" -> add_to_cart), or None."""
+    v = value.lower()
+    return next((canonical for word, canonical in EVENT_TYPE_WORDS if word in v), None)
+
+
 def _epoch(values: pl.Expr, unit: str, sample: pl.Series) -> pl.Expr:
     if unit == "auto":  # by magnitude of the largest value: 2001-09-09 in s is 1e9, in ms 1e12, ...
         top = float(sample.abs().max() or 0)
