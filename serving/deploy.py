@@ -216,9 +216,10 @@ def deploy(artifacts: str, state: str, address: str = "http://127.0.0.1:8265", o
 
 
 def cluster_cpus(address: str) -> int | None:
-    """The CPUs of the cluster's live nodes, asked of its dashboard (Ray's state API; about 0.3 s;
-    RAY_AUTH_MODE=token in the environment, as `make serve` sets it), or None when it cannot say. The app must be sized to what the cluster has, not to this machine:
-    a 2-CPU local cluster on a 16-CPU machine cannot place replicas sized for 16."""
+    """The CPUs of the cluster's live nodes, asked of its dashboard (Ray's state API, about 0.3 s;
+    needs RAY_AUTH_MODE=token in the environment at start, as `make serve` sets it), or None when
+    it cannot say. The app must be sized to what the cluster has, not to this machine: a 2-CPU
+    local cluster on a 16-CPU machine cannot place replicas sized for 16."""
     try:
         from ray.util.state import list_nodes
 
@@ -226,8 +227,7 @@ def cluster_cpus(address: str) -> int | None:
         cpus = sum(float((n.resources_total or {}).get("CPU", 0)) for n in nodes if n.state == "ALIVE")
     except Exception as e:  # noqa: BLE001 - any failure falls back to this machine's CPUs, said aloud
         print(f"sizing: could not read the cluster's CPUs from {address} ({type(e).__name__}: "
-              f"{str(e).split('. ')[0]}); "
-              "using this machine's", flush=True)
+              f"{str(e).split('. ')[0]}); using this machine's", flush=True)
         return None
     return int(cpus) if cpus >= 1 else None
 
