@@ -249,11 +249,21 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     ft_index = None
     if cfg.encoder.fine_tune:
         steps(f"fine-tune the encoder on the ranker stage's examples (Ray Train, {cfg.encoder.max_time_s:.0f}s budget)")
-        enc = _encoder(cfg, fa, art)
-        steps("fine-tuned index (Ray Data)")
-        ft_index = _index(cfg, fb, art, enc)
-        enc_metrics = A.read_manifest(str(Path(enc).parent)).get("metrics", {})
-        beats, versus = enc_metrics.get("beats_zero_shot_on_valid"), enc_metrics.get("valid_vs_zero_shot")
+        from jobs.train_encoder import TooFewExamples
+
+        try:
+            enc = _encoder(cfg, fa, art)
+        except TooFewExamples as e:  # a short or sparse log: the fine-tuned methods are left out, said why
+            print(f"  NOTE no fine-tune: {e}; the system uses the zero-shot encoder", flush=True)
+            notes["fine-tuned encoder"] = f"not trained: {e}"
+            enc = None
+        versus = None
+        beats = False
+        if enc is not None:
+            steps("fine-tuned index (Ray Data)")
+            ft_index = _index(cfg, fb, art, enc)
+            enc_metrics = A.read_manifest(str(Path(enc).parent)).get("metrics", {})
+            beats, versus = enc_metrics.get("beats_zero_shot_on_valid"), enc_metrics.get("valid_vs_zero_shot")
         if versus:
             lo, hi = versus["paired_difference_ci95"]
             notes["encoder fine-tune vs zero-shot on valid"] = (
@@ -280,16 +290,24 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
                                  sequence=seq_a, exclude_purchased=cfg.exclude_purchased, lightgbm=cfg.ranker,
                                  profiles=cfg.profiles, retriever=replace(cfg.retriever, lexical=False),
                                  hand_weights=cfg.hand_weights, seed=cfg.seed, ray=cfg.ray)
-    x, y, g, stats = TRK.build_training_data(rcfg, fa, sys_index, events,
-                                             requests=ES.with_in_session(plan.ranker_requests, cfg.reveal),
-                                             point_in_time=plan.ranker_events if uses_point_in_time(plan) else None)
-    ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index, "sequence": seq_a})
+    ranker_dir, ranker_manifest, untrained = None, {}, None
+    try:
+        x, y, g, stats = TRK.build_training_data(rcfg, fa, sys_index, events,
+                                                 requests=ES.with_in_session(plan.ranker_requests, cfg.reveal),
+                                                 point_in_time=plan.ranker_events if uses_point_in_time(plan) else None)
+        ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index, "sequence": seq_a})
+        ranker_manifest = A.read_manifest(ranker_dir)
+    except TRK.TooFewRequests as e:  # a short or sparse log: the hand-set weights rank, said why
+        print(f"  NOTE no learned ranker: {e}; the system ranks with the hand-set weights", flush=True)
+        untrained = str(e)
     # As serving does: the learned ranker ranks only the shoppers (with a history, guests) on whose
     # valid lists it beat the hand-set weights (paired interval); the others get the hand weights.
-    ranker_manifest = A.read_manifest(ranker_dir)
-    segments = served_segments(ranker_manifest.get("metrics", {}))
+    segments = served_segments(ranker_manifest.get("metrics", {})) if ranker_dir else ()
     system_scorer = WithFallback(LearnedRanker.load(ranker_dir) if segments else None, cfg.hand_weights, segments)
-    if segments != SEGMENTS:
+    if untrained:
+        notes["learned ranker"] = (f"not trained: {untrained}; the 'system, learned ranker' rows use the hand-set "
+                                   "weights, as serving would")
+    elif segments != SEGMENTS:
         notes["learned ranker"] = (
             (f"used for {shoppers(segments)}: it did not beat the hand-set weights on the other valid lists" if segments
              else "not used: it did not beat the hand-set weights on its valid lists")
@@ -326,7 +344,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
         "protocol": PROTOCOL[spec.kind], "dev_mode": _dev_label(cfg),
         "in_session": sets["in_session"], "notes": notes, "validation_choices": choices,
         "ranker": {"path": ranker_dir, **ranker_manifest.get("metrics", {}),
-                   "importances": ranker_manifest["outputs"]["importances"]["recommend"]},
+                   "importances": ranker_manifest["outputs"]["importances"]["recommend"] if ranker_dir else {}},
         "sasrec": sas_info,
         "sequence": {k: seq_manifest.get(k) for k in ("epochs", "best_epoch", "stopped_by", "valid_ndcg@10", "train_s",
                                                       "fit_s", "windows", "curve")} | {"path": seq_b},

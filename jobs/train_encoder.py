@@ -55,6 +55,11 @@ class TrainEncoderConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+class TooFewExamples(ValueError):
+    """The features hold too few examples to fine-tune on or to validate: a caller may go on with
+    the zero-shot encoder (the pipeline and the evaluation do, and say so)."""
+
+
 def check_config(cfg: TrainEncoderConfig) -> None:
     p = cfg.train
     if not cfg.kinds:  # the values themselves are checked by the config loader (Literal)
@@ -262,11 +267,11 @@ def run(cfg: TrainEncoderConfig) -> int:
     )
     n_train = train_ds.count()
     if n_train < p.batch_size * p.num_workers:
-        raise ValueError(f"only {n_train} training examples of kinds {list(cfg.kinds)} in {features_dir}; "
+        raise TooFewExamples(f"only {n_train} training examples of kinds {list(cfg.kinds)} in {features_dir}; "
                          f"need at least train.batch_size * train.num_workers = {p.batch_size * p.num_workers}")
     valid_anchors, valid_targets = TR.eval_sample(features_dir, S.Split.VALID.value, catalog, cfg.kinds, p.valid_examples, p.seed)
     if not valid_anchors:
-        raise ValueError(f"the valid split of {features_dir} has no examples of kinds {list(cfg.kinds)}")
+        raise TooFewExamples(f"the valid split of {features_dir} has no examples of kinds {list(cfg.kinds)}")
     print(f"  {n_train:,} training examples, {len(valid_anchors):,} valid examples, {len(catalog_texts):,} catalog items",
           flush=True)
 

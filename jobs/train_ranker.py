@@ -84,6 +84,11 @@ class TrainRankerConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+class TooFewRequests(ValueError):
+    """The label window holds too few request lists to train or validate a ranker on: a caller may
+    go on with the hand-set weights (the evaluation does, and says so)."""
+
+
 def check_config(cfg: TrainRankerConfig) -> None:
     if not 0 < cfg.valid_fraction < 1:
         raise ConfigError(f"valid_fraction must be in (0, 1), got {cfg.valid_fraction}")
@@ -168,7 +173,7 @@ def split_by_shopper(request_users: list[str], y: np.ndarray, g: np.ndarray, see
     keep = informative_groups(y, g)
     tr, va = keep & ~is_valid, keep & is_valid
     if tr.sum() == 0 or va.sum() == 0:
-        raise ValueError(f"too few request lists with a relevant candidate to train a ranker "
+        raise TooFewRequests(f"too few request lists with a relevant candidate to train a ranker "
                          f"({int(len(np.unique(g[keep])))} lists); use more requests or a wider window")
     return tr, va, valid_users, len(shoppers)
 
@@ -197,7 +202,7 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
         requests = requests.sort([S.TS, S.USER_ID])
     reqs = ES.build_requests(events, requests, cfg.exclude_purchased, cfg.max_requests, cfg.seed)
     if not len(reqs):
-        raise ValueError("no ranker requests: no user has an interaction (with an item not bought before) in the "
+        raise TooFewRequests("no ranker requests: no user has an interaction (with an item not bought before) in the "
                          "label window; build the features with an earlier as_of or widen window_days")
     log(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a new item); replaying profiles")
     reqs.profiles = ES.attach_profiles(reqs, events, catalog, cfg.profiles)

@@ -315,3 +315,25 @@ def test_search_judged_by_the_logs_searches_without_recommendations(ray_local, s
     result = json.loads((Path(evaluate.run(few)) / "metrics.json").read_text())
     assert "search" not in result and result["status"] == "complete"
     assert f"the log has {len(QUERIES)} searches followed by a click" in result["search_skipped"]
+
+
+def test_a_short_sparse_log_is_evaluated_with_what_it_can_train(ray_local, slice_, tmp_path):
+    """The defaults on a few days of 6 shoppers: the last:30d split fits the log, and the encoder
+    fine-tune and the learned ranker, with too little to train on, are left out with their reasons
+    instead of failing the run."""
+    base, end = slice_
+    ev = pl.read_parquet(base / "events.parquet").filter(pl.col(S.TS) > end - dt.timedelta(days=12))
+    ev = ev.join(ev.select(S.USER_ID).unique().sort(S.USER_ID).head(6), on=S.USER_ID)
+    ev.write_parquet(tmp_path / "events.parquet")
+    cfg = evaluate.EvaluateConfig(
+        events=str(tmp_path / "events.parquet"), items=str(base / "items.parquet"), ks=(5, 10),
+        output_root=str(tmp_path / "runs"), search=evaluate.SearchEval(from_log=False),
+        encoder=evaluate.EncoderStage(max_time_s=10),
+        sasrec=evaluate.SQ.SequenceParams(text=False, events=False, dim=16, heads=2, layers=1, max_epochs=1),
+        sequence=evaluate.SequenceStage(enabled=False), ranker=evaluate.RankerParams(num_rounds=5, min_data_in_leaf=2))
+    rec = json.loads((Path(evaluate.run(cfg)) / "metrics.json").read_text())["recommend"]
+    assert rec["notes"]["split on a short log"].startswith("split: last:30d would leave less than half of this")
+    assert rec["notes"]["fine-tuned encoder"].startswith("not trained: only ")
+    assert rec["notes"]["system encoder"] == "zero-shot"
+    assert rec["notes"]["learned ranker"].startswith("not trained: no ranker requests")
+    assert rec["methods"] and rec["ranker"]["path"] is None
