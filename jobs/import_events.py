@@ -27,10 +27,11 @@ import pyarrow.parquet as pq
 from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
-from features.data.mapping import (EventIds, Mapping, apply, guess_event_type, item_fields, load_mapping,
+from features.data.mapping import (EventIds, Mapping, TableMapping, apply, guess_event_type, item_fields, load_mapping,
                                    merge_item_fields, recbole_defaults, reduce_item_fields)
 from features.data.online_retail import import_online_retail
 from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, swallowed_rows, text_source
+from features.data.validate import SchemaError
 from jobs.common import load_job_config, parse_args, run_job, write_table
 
 PRESETS = ("recbole", "uci-online-retail")
@@ -105,6 +106,7 @@ class _Output:
         self.users = pl.Series(S.USER_ID, [], pl.String)
         self.swallowed: dict[str, list] = {}
         self.unknown_types: Counter = Counter()  # event_type values outside the contract
+        self.notes: list[str] = []  # warnings found while reading
 
     def _write(self, name: str, table: pa.Table) -> None:
         if name not in self.writers:
@@ -173,7 +175,7 @@ def run(cfg: ImportEventsConfig) -> dict:
     else:
         items = _import_mapped(cfg, m, from_log, out)
     out.finish(items)
-    warnings = [f"WARNING: {path}: {n:,} line(s) inside a quoted value look like whole rows (the value starts "
+    warnings = out.notes + [f"WARNING: {path}: {n:,} line(s) inside a quoted value look like whole rows (the value starts "
                 f"{start!r}): an unbalanced double quote makes CSV read the rows after it as one value, and those "
                 "rows are not imported; correct the quote" for path, (n, start) in out.swallowed.items()]
     if out.unknown_types:  # imported as given; the feature job quarantines them, so say it now
@@ -198,6 +200,21 @@ def run(cfg: ImportEventsConfig) -> dict:
             "rejected": dict(rejected_counts.most_common()), "output": cfg.output}
 
 
+def _check_seen(m: TableMapping, table: str, seen: set[str], out: _Output) -> None:
+    """A JSON record may leave a mapped field out; a field that no record of the file has is a
+    mistake in the mapping (other formats stop at the first chunk without the column). Of several
+    columns for one field (the first non-blank), one is enough; the others are warned about."""
+    for k, spec in m.columns.items():
+        names = (spec,) if isinstance(spec, str) else spec
+        missing = [v for v in names if v not in seen]
+        if len(missing) == len(names):
+            raise SchemaError(f"mapping.{table}.columns.{k}: {missing[0]!r} is in no record of {m.path}; the records "
+                              f"have: {', '.join(sorted(seen))}")
+        if missing:
+            out.notes.append(f"WARNING: mapping.{table}.columns.{k}: {', '.join(map(repr, missing))} in no record of "
+                             f"{m.path}; the field came from {', '.join(repr(v) for v in names if v in seen)}")
+
+
 def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Output) -> pl.DataFrame:
     """Stream the events file through the mapping a chunk at a time; returns the items."""
     def where(name: str) -> str:
@@ -206,7 +223,8 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
     items = None
     if not from_log:  # a catalog is small next to its event log: read whole
         parts = list(iter_tables(m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"),
-                                 chunk_rows=1 << 62))  # one table per file
+                                 chunk_rows=1 << 62, explode=m.items.explode))  # one table per file
+        _check_seen(m.items, "items", {c for part in parts for c in part.column_names}, out)
         for part in parts:
             out.check_quotes(part)
         it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
@@ -215,9 +233,10 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         items, it_rej = apply(it_raw, m.items, "items")
         out.raw["items"] = it_raw.num_rows
         out.rejected("items", it_rej)
-    ids, partials, first_row = EventIds(), [], 0
+    ids, partials, first_row, seen = EventIds(), [], 0, set()
     for chunk in iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
-                             cfg.chunk_rows):
+                             cfg.chunk_rows, explode=m.events.explode):
+        seen.update(chunk.column_names)
         out.raw["events"] += chunk.num_rows
         out.check_quotes(chunk)
         events, ev_rej = apply(chunk, m.events, "events", ids)
@@ -231,7 +250,9 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
             if len(partials) >= REDUCE_EVERY:
                 partials = [reduce_item_fields(partials, m.items)]
         first_row += chunk.num_rows
+    _check_seen(m.events, "events", seen, out)
     if from_log:
+        _check_seen(m.items, "items", seen, out)
         items = merge_item_fields(partials, m.items)
         if not items.height and not out.reasons["items"]:
             raise ValueError(f"items: no row of {m.events.path} names an item in its column "

@@ -5,7 +5,7 @@ which shop column feeds each canonical column:
 
     events:
       path: s3://shop/exports/events.csv      # file, folder or URI; overridable per run
-      format: csv                             # auto | parquet | csv | tsv | recbole
+      format: csv                             # auto | parquet | csv | tsv | json | recbole
       columns: {user_id: visitorid, item_id: itemid, ts: timestamp, event_type: event}
       values: {event_type: {addtocart: add_to_cart, transaction: purchase}}
       ts_unit: ms                             # numeric timestamps: s | ms | us | ns | auto
@@ -23,7 +23,13 @@ Rules, so that nothing accepted is ever lost:
 - Without an event_id column, each event gets a stable one: a hash of its user, time, type and
   item, plus its position among identical lines (so repeated identical lines stay distinct).
 - A text column (title, description, category, brand) may name several shop columns: their
-  values joined by a space, blanks skipped.
+  values joined by a space, blanks skipped. Any other column may name several too: the first
+  non-blank of them (a tracker that writes `properties.product_id` on views and
+  `properties.products.product_id` on orders).
+- Nested records are flattened to dotted names and `explode` makes a list's elements rows
+  (features/data/reading.py); an exploded row's event id is its record's plus ":<position>".
+  A JSON record may leave a mapped field out (it is blank there); a field no record of the file
+  has stops the import, naming it.
 - Items without a path of their own are read from the events file, whose rows carry the item's
   fields (as many shops' event exports do): one item per id, each field its latest non-blank value
   by event time; `created_at` the item's first event unless mapped. Rows without an item id
@@ -48,10 +54,10 @@ import pyarrow as pa
 
 from features import artifacts as A
 from features.data import schema as S
-from features.data.reading import check_encoding
+from features.data.reading import check_encoding, text_source
 from features.data.validate import SchemaError, iso_times
 
-FORMATS = ("auto", "parquet", "csv", "tsv", "recbole")
+FORMATS = ("auto", "parquet", "csv", "tsv", "json", "recbole")
 TS_UNITS = ("auto", "s", "ms", "us", "ns")
 EVENT_COLUMNS = tuple(S.EVENTS_SCHEMA.names)
 ITEM_COLUMNS = tuple(S.ITEMS_SCHEMA.names)
@@ -81,6 +87,7 @@ class TableMapping:
     delimiter: str | None = None
     encoding: str = "utf-8"
     category_separator: str | None = None  # the shop's category path separator ("." or "/"): becomes " > "
+    explode: str | None = None  # a list column (JSON, Parquet) whose elements become rows: an order's products
 
 
 @dataclass(frozen=True)
@@ -113,9 +120,9 @@ def check_mapping(m: TableMapping, table: str) -> None:
         if unknown:
             raise SchemaError(f"{where}.{part}: unknown canonical column(s) {unknown}; allowed: {', '.join(allowed)}")
     for k, v in m.columns.items():
-        if isinstance(v, tuple) and (k not in JOINABLE or not v):
-            raise SchemaError(f"{where}.columns.{k}: " + (f"a list of columns is allowed only for {', '.join(JOINABLE)}"
-                                                           if k not in JOINABLE else "an empty list; name a column"))
+        if isinstance(v, tuple) and not v:
+            raise SchemaError(f"{where}.columns.{k}: an empty list; name a column (or several: text columns join "
+                              "them, others take the first non-blank)")
     if m.category_separator is not None and (table != "items" or not m.category_separator.strip()):
         raise SchemaError(f"{where}.category_separator: {m.category_separator!r}; a non-blank separator of the items' "
                           "category paths, e.g. \".\" or \"/\"")
@@ -230,24 +237,41 @@ def _joined(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:
     return src.select(pl.when(joined != "").then(joined).alias(names[0])).to_series()
 
 
+def _first(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:
+    """Per row, the first of several columns that is not blank."""
+    parts = [pl.when(pl.col(n).cast(pl.String).str.strip_chars() != "").then(pl.col(n).cast(pl.String)) for n in names]
+    return src.select(pl.coalesce(parts).alias(names[0])).to_series()
+
+
 def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.Series, pl.DataFrame]:
     """(every row mapped and typed, its rejection reason or null, the source rows)."""
     check_mapping(m, table)
+    source = text_source(raw)
+    absent = []
     for k, spec in m.columns.items():
         for v in (spec,) if isinstance(spec, str) else spec:
-            if v not in raw.column_names:
+            if v not in raw.column_names and source is not None and source[0] == "json":
+                absent.append(v)  # left out by this chunk's records; import_events checks the whole file has it
+            elif v not in raw.column_names:
                 seps = [d for d in (";", "\t", "|") if raw.num_columns == 1 and d in raw.column_names[0]]
                 hint = f" (one column: is the file separated by {seps[0]!r}? set mapping.{table}.delimiter)" if seps else ""
                 raise SchemaError(f"mapping.{table}.columns.{k}: column {v!r} is not in {m.path}; "
                                   f"the file has: {', '.join(raw.column_names)}{hint}")
     src = pl.from_arrow(raw)
     assert isinstance(src, pl.DataFrame)
+    src = src.with_columns(pl.lit(None, pl.String).alias(v) for v in dict.fromkeys(absent))
     contract = S.EVENTS_SCHEMA if table == "events" else S.ITEMS_SCHEMA
     cols, bad = [], []
     for name in contract.names:
         if name in m.columns:
             spec = m.columns[name]
-            col = src.get_column(spec) if isinstance(spec, str) else _joined(src, spec)
+            col = (src.get_column(spec) if isinstance(spec, str) else
+                   _joined(src, spec) if name in JOINABLE else _first(src, spec))
+            if name == S.EVENT_ID and m.explode and f"{m.explode}#" in src.columns:  # one id per exploded row
+                at = src.get_column(f"{m.explode}#")
+                col = src.select(pl.when(at.is_not_null()).then(pl.concat_str([col.cast(pl.String), pl.lit(":"),
+                                                                                at.cast(pl.String)]))
+                                 .otherwise(col.cast(pl.String)).alias(name)).to_series()
         elif name in m.constants:
             col = pl.Series(name, [m.constants[name]] * src.height)
         elif name in raw.column_names and not m.columns:  # already canonical, no mapping given

@@ -1,5 +1,10 @@
-"""Reading a shop's files: every file under a path or URI (CSV, TSV, Parquet, RecBole atomic files;
-`.csv.gz`/`.tsv.gz` decompressed), text read as written, in chunks of bounded size.
+"""Reading a shop's files: every file under a path or URI (CSV, TSV, Parquet, JSON lines, RecBole
+atomic files; `.csv.gz`/`.jsonl.gz`/... decompressed), text read as written, in chunks of bounded size.
+
+Nested records (JSON objects, Parquet structs, as event trackers and warehouse exports write them)
+are flattened to dotted column names (`properties.product_id`); `explode` names a list column
+whose elements become rows of their own (an order's products), each row keeping its parent's
+fields and the element's position in `<column>#`.
 
 `iter_tables` streams a file a chunk of about `chunk_rows` rows at a time, so an import of a
 multi-gigabyte export holds one chunk, not the file (jobs/import_events.py); `read_table` is all
@@ -9,6 +14,8 @@ chunks as one table, for the small files (judgments, a catalog).
 from __future__ import annotations
 
 import codecs
+import io
+import json
 from collections.abc import Iterator
 
 import polars as pl
@@ -35,6 +42,8 @@ def format_of(path: str, fmt: str) -> str:
         return "tsv"
     if name.endswith((".csv", ".csv.gz", ".txt")):
         return "csv"
+    if name.endswith((".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")):
+        return "json"
     return "parquet"
 
 
@@ -46,32 +55,174 @@ def check_encoding(encoding: str, where: str) -> None:
 
 
 def read_table(path: str, fmt: str = "auto", delimiter: str | None = None, encoding: str = "utf-8",
-               where: str = "encoding") -> pa.Table:
+               where: str = "encoding", explode: str | None = None) -> pa.Table:
     """Every file under `path` (local or URI) as one table (see `iter_tables`)."""
-    tables = list(iter_tables(path, fmt, delimiter, encoding, where))
+    tables = list(iter_tables(path, fmt, delimiter, encoding, where, explode=explode))
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
 def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, encoding: str = "utf-8",
-                where: str = "encoding", chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+                where: str = "encoding", chunk_rows: int = CHUNK_ROWS, explode: str | None = None) -> Iterator[pa.Table]:
     """Every file under `path` (local or URI), in tables of about `chunk_rows` rows (one file's
     rows each; an empty file gives one empty table with its columns). Text formats are read as
     strings (typing happens in the mapping, where a bad value is kept, not lost), decoded from
     `encoding`; text that is not valid in it stops the read naming the file and the setting
-    (`where`) to change."""
+    (`where`) to change. Nested fields become dotted columns; `explode`: see the module doc
+    (a chunk then holds about `chunk_rows` records, before their lists are exploded)."""
     for fs, p in A.list_files(path):
         kind = format_of(p, fmt)
         if kind == "parquet":
-            with fs.open_input_file(p) as f:
+            try:
+                f = fs.open_input_file(p)
                 pf = pq.ParquetFile(f)
+            except pa.ArrowInvalid as e:
+                raise SchemaError(f"{p}: not a Parquet file ({str(e)[:100]}); a file is read by its name's ending: "
+                                  ".csv .tsv .txt .jsonl .ndjson .json .inter/.item (and .gz of the text ones), "
+                                  "anything else as Parquet; or set the mapping's format: "
+                                  "parquet, csv, tsv, json, recbole") from None
+            with f:
                 empty = True
                 for batch in pf.iter_batches(batch_size=chunk_rows):
                     empty = False
-                    yield pa.Table.from_batches([batch])
+                    yield _nested(pa.Table.from_batches([batch]), explode, p, text=False)
                 if empty:
-                    yield pf.schema_arrow.empty_table()
+                    yield _nested(pf.schema_arrow.empty_table(), explode, p, text=False)
             continue
+        if kind == "json":
+            yield from _json_tables(fs, p, encoding, where, chunk_rows, explode)
+            continue
+        if explode:
+            raise SchemaError(f"explode: {explode!r}; only JSON and Parquet files hold lists, {p} is {kind}")
         yield from _text_tables(fs, p, kind, delimiter, encoding, where, chunk_rows)
+
+
+def _json_text(v: object) -> str | None:
+    """A JSON value as the text a CSV export would hold: strings as they are, numbers and booleans
+    as JSON writes them (123, 2.55, true), lists and objects as JSON."""
+    return v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+
+
+def _json_rows(record: object, explode: str | None, where: str) -> list[dict[str, str | None]]:
+    """One JSON record -> its flattened rows, every value text (see `_json_text`)."""
+    if not isinstance(record, dict):
+        raise SchemaError(f"{where}: a {type(record).__name__}, not a JSON object; each line must be one object")
+    flat: dict[str, str | None] = {}
+    parts: list = []
+
+    def walk(prefix: str, v: object) -> None:
+        nonlocal parts
+        if isinstance(v, dict) and v:
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), x)
+        elif prefix == explode and isinstance(v, list):
+            parts = v
+        else:
+            flat[prefix] = _json_text(v)
+
+    walk("", record)
+    if not parts:
+        return [flat | {f"{explode}#": None}] if explode else [flat]
+    rows = []
+    for i, part in enumerate(parts):
+        row = dict(flat)
+        if isinstance(part, dict):
+            for k, v in _json_rows(part, None, where)[0].items():
+                row[f"{explode}.{k}"] = v
+        else:
+            row[explode] = _json_text(part)
+        rows.append(row | {f"{explode}#": str(i)})
+    return rows
+
+
+def _json_frame(lines: list[bytes], explode: str | None, where: str) -> pl.DataFrame:
+    """JSON lines -> one flattened frame of text. Polars reads them fast; where it cannot (a field
+    that is an object on one line and a number on another), each line is read on its own."""
+    try:
+        df = pl.read_ndjson(io.BytesIO(b"\n".join(lines)), infer_schema_length=None)
+        return pl.from_arrow(_nested(df.to_arrow(), explode, where, text=True))  # type: ignore[return-value]
+    except (pl.exceptions.PolarsError, pa.ArrowException):
+        pass
+    rows: list[dict] = []
+    for n, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"{where}, record {n + 1} of this chunk: not JSON ({e.msg} at character {e.pos}): "
+                              f"{line[:80]!r}") from None
+        rows += _json_rows(record, explode, f"{where}, record {n + 1} of this chunk")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return pl.DataFrame({c: [r.get(c) for r in rows] for c in cols}, schema={c: pl.String for c in cols})
+
+
+def _json_tables(fs, p: str, encoding: str, where: str, chunk_rows: int, explode: str | None) -> Iterator[pa.Table]:
+    """JSON lines (one object per line; blank lines skipped), or one JSON array of objects (read
+    whole), `chunk_rows` records a table."""
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    try:
+        with fs.open_input_stream(p, compression="detect") as f:
+            head, lines, rest, sent = f.read(1 << 16), [], b"", False
+            if head.startswith(codecs.BOM_UTF8):
+                head = head[3:]
+            if head.lstrip()[:1] == b"[":  # a JSON array
+                data = json.loads((head + f.read()).decode(encoding))
+                lines = [json.dumps(r).encode() for r in data]
+                head = b""
+            block = head
+            while True:
+                if block:
+                    rest += block if utf8 else block.decode(encoding).encode()
+                    *full, rest = rest.split(b"\n")
+                    lines += [x for x in full if x.strip()]
+                else:
+                    if rest.strip():
+                        lines.append(rest)
+                    rest = b""
+                while len(lines) >= chunk_rows or (not block and (lines or not sent)):
+                    take, lines = lines[:chunk_rows], lines[chunk_rows:]
+                    yield _json_frame(take, explode, p).to_arrow().replace_schema_metadata({SOURCE_KEY: f"json:,:{p}"})
+                    sent = True
+                if not block:
+                    return
+                block = f.read(TEXT_BLOCK_BYTES)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if isinstance(e, json.JSONDecodeError):
+            raise SchemaError(f"{p}: a JSON array that is not valid JSON ({e.msg} at character {e.pos})") from None
+        raise SchemaError(f"{p}: not valid {encoding} text ({str(e)[:120]}); set {where} to the file's character "
+                          "set") from None
+
+
+def _nested(t: pa.Table, explode: str | None, where: str, text: bool) -> pa.Table:
+    """Struct columns flattened to dotted names; `explode`'s list elements as rows (with their
+    position in `<explode>#`); with `text`, every value as text (see `_json_text`)."""
+    if not explode and not text and not any(pa.types.is_struct(f.type) for f in t.schema):
+        return t  # a flat Parquet file, as it is
+    df = _unnest(pl.from_arrow(t))  # type: ignore[arg-type]
+    if explode and (explode not in df.columns or df.schema[explode] == pl.Null):
+        # JSON records leave out what they do not have: a chunk of views holds no order's products.
+        if not text and explode not in df.columns:
+            raise SchemaError(f"explode: column {explode!r} is not in {where}; it has: {', '.join(df.columns)}")
+        df = df.with_columns(pl.lit(None, pl.Null).alias(explode), pl.lit(None, pl.Int64).alias(f"{explode}#"))
+    elif explode:
+        if not isinstance(df.schema[explode], pl.List):
+            raise SchemaError(f"explode: column {explode!r} of {where} is {df.schema[explode]}, not a list")
+        df = (df.with_columns(pl.int_ranges(pl.col(explode).list.len()).alias(f"{explode}#"))
+              .explode([explode, f"{explode}#"], empty_as_null=True, keep_nulls=True))  # an empty order stays a row
+        df = _unnest(df)
+    if text:
+        df = df.with_columns(
+            (pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if isinstance(v, pl.Series) else v),
+                                    return_dtype=pl.String) if isinstance(d, (pl.List, pl.Array, pl.Struct, pl.Object))
+             else pl.col(c).cast(pl.String).str.to_lowercase() if d == pl.Boolean else pl.col(c).cast(pl.String))
+            for c, d in df.schema.items())
+    return df.to_arrow()
+
+
+def _unnest(df: pl.DataFrame) -> pl.DataFrame:
+    """Struct columns -> one column per field, `parent.field`, at every depth."""
+    while any(isinstance(d, pl.Struct) for d in df.schema.values()):
+        df = df.select(pl.col(c).struct.rename_fields([f"{c}.{f.name}" for f in d.fields]).struct.unnest()
+                       if isinstance(d, pl.Struct) and d.fields else pl.col(c) for c, d in df.schema.items())
+    return df
 
 
 def _text_tables(fs, p: str, kind: str, delimiter: str | None, encoding: str, where: str,

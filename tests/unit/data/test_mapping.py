@@ -278,8 +278,8 @@ def test_items_from_the_events_file_need_their_columns(tmp_path):
         run(REES_MAPPING.split("items:")[0])
     with pytest.raises(SchemaError, match=r"mapping.items.columns.title: required .*title: \[brand, category_code\]"):
         run(REES_MAPPING.replace("title: [brand, category_code], ", ""))
-    with pytest.raises(SchemaError, match=r"mapping.items.columns.price: a list of columns is allowed only for title"):
-        run(REES_MAPPING.replace("brand: brand, price: price}", "brand: brand, price: [price, brand]}"))
+    with pytest.raises(SchemaError, match=r"mapping.items.columns.price: an empty list; name a column"):
+        run(REES_MAPPING.replace("brand: brand, price: price}", "brand: brand, price: []}"))
     with pytest.raises(SchemaError, match=r"mapping.items.category_separator: ' '; a non-blank separator"):
         run(REES_MAPPING.replace('category_separator: "."', 'category_separator: " "'))
     with pytest.raises(SchemaError, match=r"mapping.items.columns.title: column 'name' is not in .*events.csv"):
