@@ -145,7 +145,8 @@ class RetrieverCore:
 
     def info(self) -> dict:
         self.live.sync()
-        return {"items": len(self.live.catalog) - self.live.n_removed, "upserted": self.live.n_changed,
+        return {"items": len(self.live.catalog) - self.live.n_removed, "upserted": self.live.n_upserted,
+                "upserted_new_text": self.live.n_changed,
                 "removed": self.live.n_removed, "upserts_older_than_batch": self.live.superseded,
                 "index_type": self.live.index.kind, "ranker": self.ranker.info(), "warm_up_s": self.warm_up_s}
 

@@ -228,12 +228,14 @@ class Catalog:
     def popular_rows(self, k: int) -> np.ndarray:
         return np.argsort(-self.popularity, kind="stable")[:k]
 
-    def upsert(self, item: ItemUpdate, vector: np.ndarray) -> tuple[int, bool]:
-        """Add or replace an item; returns (row, created)."""
-        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    def upsert(self, item: ItemUpdate, vector: np.ndarray | None) -> tuple[int, bool]:
+        """Add or replace an item; returns (row, created). `vector` None keeps a known item's own."""
+        created = item.item_id not in self.row
+        if vector is None and created:
+            raise ValueError(f"item {item.item_id!r} is new: it needs a vector")
+        v = self._vec[self.row[item.item_id]] if vector is None else np.asarray(vector, dtype=np.float32).reshape(-1)
         if v.shape[0] != self.dim:
             raise ValueError(f"item vector has dimension {v.shape[0]}, the catalog {self.dim}")
-        created = item.item_id not in self.row
         if created:
             r = len(self.item_ids)
             if r >= self._vec.shape[0]:  # grow by doubling: amortised O(1) appends
@@ -258,10 +260,11 @@ class Catalog:
             self.description[r], self.text[r] = item.description, item.text()
             self.price[r] = np.nan if item.price is None else item.price
             self.in_stock[r] = item.in_stock
-        self._vec[r] = v
         self._terms.pop(r, None)
-        if self.sequence is not None:
-            self.sequence.set_row(r, item.item_id, v)
+        if vector is not None:
+            self._vec[r] = v
+            if self.sequence is not None:
+                self.sequence.set_row(r, item.item_id, v)
         self.version += 1
         return r, created
 

@@ -96,6 +96,31 @@ class ItemIndex:
         ids = [[self.item_ids[j] if j >= 0 else None for j in row] for row in idx]
         return scores, ids
 
+    def search_rows(self, query_emb: np.ndarray, k: int, skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of one query (d,) by inner product: (scores, rows), rows being positions in
+        item_ids, at most k of them. `skip`: rows never returned, left out inside FAISS (an ID
+        selector), so a search costs the same however many rows are skipped."""
+        q = np.ascontiguousarray(np.asarray(query_emb, dtype=np.float32).reshape(1, -1))
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query_emb has dimension {q.shape[1]}, the index {self.dim}")
+        k = min(k, self.index.ntotal)
+        if k < 1:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if skip is None or not len(skip):
+            scores, idx = self.index.search(q, k)
+        else:
+            batch = faiss.IDSelectorBatch(np.ascontiguousarray(skip, dtype=np.int64))
+            sel = faiss.IDSelectorNot(batch)  # (points to `batch`: both stay referenced until the search is done)
+            if self.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.index.hnsw.efSearch, k))
+            elif self.kind == "ivf":
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe)
+            else:
+                params = faiss.SearchParameters(sel=sel)
+            scores, idx = self.index.search(q, k, params=params)
+        keep = idx[0] >= 0
+        return scores[0][keep].astype(np.float32), idx[0][keep].astype(np.int64)
+
     def vectors(self) -> np.ndarray:
         """Every stored vector (N, d) float32, rows aligned with item_ids (read back from FAISS)."""
         if isinstance(self.index, faiss.IndexIVF):

@@ -3,8 +3,10 @@
 `LiveCatalog` is the catalog as serving sees it: the versioned artifacts plus every item upserted
 since, read from a shared item log (a RecordLog), so all replicas on a node apply the same upserts
 in the same order and an upserted item is searchable on the very next request. The FAISS index
-is never rebuilt online: an upserted or changed item is scored exactly (numpy) next to the ANN
-results, and a changed item's stale vector in the index is skipped. Over a newer batch the latest
+is never rebuilt online: an upserted item whose text changed (so its vector did) is scored exactly
+(numpy) next to the ANN results, and its stale vector in the index is skipped inside FAISS, as
+removed items are; an upsert that leaves the text as it was (a price or stock change, most of a
+shop's writes) keeps the index's vector and costs searches nothing. Over a newer batch the latest
 write wins: an upsert written before the batch read its catalog, of an item the batch lists, is
 superseded (kept in the log, not applied); upserts of items the batch does not list always apply.
 A removed item (a tombstone in the same log) is left out of every candidate source until it is
@@ -13,7 +15,7 @@ context still resolve.
 
 Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items
 that pass: exact and simple, at O(N d) per request (about 1 ms for 4k items, tens of ms at 1M).
-Per-request exclusions (a buyer's purchases) do not: the ANN is asked for that many more results.
+Per-request exclusions (a buyer's purchases) do not: FAISS skips them, as it skips removed items.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class LiveCatalog:
         self.n_batch = len(catalog)  # rows of the batch catalog (upserts append after them)
         self.superseded = 0  # logged upserts the batch catalog is fresher than
         self._changed: set[int] = set()  # rows whose vector is not (or no longer) the index's
+        self._upserted: set[int] = set()  # rows an applied upsert changed (any field)
         self._removed: set[int] = set()  # rows removed by the shop (never a candidate)
         self._removed_rows = np.zeros(0, np.int64)
         self.bm25 = cfg.lexical_index([catalog.fields(r) for r in range(len(catalog))]) if cfg.lexical else None
@@ -120,8 +123,13 @@ class LiveCatalog:
 
     @property
     def n_changed(self) -> int:
-        """Items upserted (new or changed) since the index was built."""
+        """Items whose vector is not the index's: new, or upserted with a new text."""
         return len(self._changed)
+
+    @property
+    def n_upserted(self) -> int:
+        """Items upserted since the batch (new, changed text, or other fields only)."""
+        return len(self._upserted)
 
     @property
     def n_removed(self) -> int:
@@ -147,8 +155,14 @@ class LiveCatalog:
         if self.batch_time is not None and batch_row < self.n_batch and rec.get("written", 0.0) < self.batch_time:
             self.superseded += 1  # the batch read this item after the upsert was written
             return batch_row, False
-        row, created = self.catalog.upsert(item, decode_vector(rec["vector"]))
-        self._changed.add(row)
+        # The text as it was: the vector as it was (the encoder reads only the text), which for an
+        # item the index holds, and whose text no upsert changed, is the index's own.
+        known = self.catalog.row.get(item.item_id)
+        same_text = known is not None and self.catalog.text[known] == item.text()
+        row, created = self.catalog.upsert(item, None if same_text else decode_vector(rec["vector"]))
+        self._upserted.add(row)
+        if not same_text:
+            self._changed.add(row)
         if row in self._removed:
             self._set_removed(row, False)
         if self.bm25 is not None:
@@ -180,7 +194,7 @@ class LiveCatalog:
         return out
 
     def _maybe_compact(self) -> None:
-        live = len(self._changed) + len(self._removed) + self.superseded
+        live = len(self._upserted) + len(self._removed) + self.superseded
         if self.log is not None and self.log_records > 2 * live + COMPACT_SLACK:
             self.compact()
 
@@ -233,9 +247,9 @@ class LiveCatalog:
             excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores (k,), rows (k,)) by inner product with vec (d,), never an `excluded` row.
 
-        Exact over `allowed` (filters); otherwise the FAISS index, asked for enough extra results
-        to drop the excluded rows and the stale vectors of changed items, plus the changed items
-        scored exactly. Exclusions (e.g. a buyer's purchases) never force an exact scan."""
+        Exact over `allowed` (filters); otherwise the FAISS index, which skips the excluded rows
+        and the stale vectors of items whose text changed, plus those items scored exactly.
+        Exclusions (e.g. a buyer's purchases) never force an exact scan or a larger search."""
         q = np.asarray(vec, dtype=np.float32).reshape(1, -1)
         vectors = self.catalog.vectors
         excluded = self.excluded() if excluded is None else excluded
@@ -247,18 +261,14 @@ class LiveCatalog:
             s = vectors[allowed] @ q[0]
             top = np.argsort(-s, kind="stable")[:k]
             return s[top], allowed[top]
-        stale = [r for r in self._changed if r < self.n_indexed]
-        scores, ids = self.index.search(q, min(k + len(stale) + len(excluded), self.n_indexed))
-        rows = np.array([self.catalog.row[i] for i in ids[0] if i is not None], dtype=np.int64)
-        s = scores[0][: len(rows)]
-        if self._changed:
-            keep = ~np.isin(rows, list(self._changed))
-            changed = np.fromiter(self._changed, dtype=np.int64)
-            rows = np.concatenate([rows[keep], changed])
-            s = np.concatenate([s[keep], vectors[changed] @ q[0]])
-        if len(excluded):
-            keep = ~np.isin(rows, excluded)
-            rows, s = rows[keep], s[keep]
+        changed = np.fromiter(self._changed, dtype=np.int64, count=len(self._changed))
+        skip = np.union1d(excluded, changed[changed < self.n_indexed]) if len(changed) else excluded
+        s, rows = self.index.search_rows(q, k, skip)  # rows of the index are the catalog's first rows
+        if len(changed):  # their vectors, not the index's stale ones
+            if len(excluded):
+                changed = changed[~np.isin(changed, excluded)]
+            rows = np.concatenate([rows, changed])
+            s = np.concatenate([s, vectors[changed] @ q[0]])
         top = np.argsort(-s, kind="stable")[:k]
         return s[top].astype(np.float32), rows[top]
 

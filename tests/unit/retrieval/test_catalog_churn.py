@@ -1,0 +1,103 @@
+"""A day of catalog writes between batch runs: price and stock changes keep the index's vectors,
+and removed or changed items are skipped inside FAISS, so searches cost what they cost fresh."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features.retrieval.catalog import ItemUpdate
+from features.retrieval.index import IndexConfig, ItemIndex, brute_force
+from features.retrieval.live import COMPACT_SLACK, LiveCatalog
+from tests.helpers import D, small_catalog
+
+
+def _same_text(cat, item_id: str, **change) -> ItemUpdate:
+    """The item as the batch has it (the encoder's text unchanged), with `change` applied."""
+    r = cat.row[item_id]
+    fields = dict(title=cat.title[r], description=cat.description[r], category=cat.category[r], brand=cat.brand[r])
+    return ItemUpdate(item_id, **(fields | change))
+
+
+def _catalog():
+    cat, index = small_catalog()
+    cat.text = [_same_text(cat, i).text() for i in cat.item_ids]  # the batch's text, as the feature job builds it
+    return cat, index
+
+
+def _unit(rng) -> np.ndarray:
+    v = rng.normal(size=D).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_a_price_or_stock_change_keeps_the_index_vector_and_a_new_title_does_not(tmp_path):
+    rng = np.random.default_rng(3)
+    a = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False)
+    cat = a.catalog
+    r = cat.row["i003"]
+    before = cat.vectors[r].copy()
+    # PUT with the text as it was: the encoder's vector of it (here: any) is not used.
+    a.upsert(_same_text(cat, "i003", price=1.25, in_stock=False), _unit(rng))
+    assert (a.n_upserted, a.n_changed) == (1, 0)
+    assert cat.price[r] == 1.25 and not cat.in_stock[r] and np.array_equal(cat.vectors[r], before)
+    b = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False)  # a replica started later replays it
+    assert (b.n_upserted, b.n_changed) == (1, 0) and b.catalog.price[r] == 1.25
+    q = _unit(rng)
+    assert a.ann(q, 10)[1].tolist() == brute_force(q, cat.vectors, 10)[1][0].tolist()
+    # A new title is a new vector: scored exactly, the index's stale one skipped.
+    new = _unit(rng)
+    a.upsert(_same_text(cat, "i003", title="velvet cushion"), new)
+    assert (a.n_upserted, a.n_changed) == (1, 1) and np.allclose(cat.vectors[r], new)
+    assert a.ann(new, 1)[1].tolist() == [r]
+    # ... and a later price change of it keeps the new vector, not the index's.
+    a.upsert(_same_text(cat, "i003", price=2.0), _unit(rng))
+    assert a.n_changed == 1 and np.allclose(cat.vectors[r], new) and cat.price[r] == 2.0
+    assert b.sync() == 2 and np.allclose(b.catalog.vectors[r], new) and b.n_changed == 1
+
+
+def test_price_only_writes_keep_the_item_log_compacted(tmp_path):
+    a = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False)
+    for n in range(COMPACT_SLACK + 300):
+        a.upsert(_same_text(a.catalog, f"i{n % 3:03d}", price=float(n)), np.zeros(D, np.float32))
+    assert a.n_changed == 0 and a.log_records <= 2 * 3 + COMPACT_SLACK + 1
+    again = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False)
+    last = {n % 3: float(n) for n in range(COMPACT_SLACK + 300)}  # each item's last price
+    assert [again.catalog.price[again.catalog.row[f"i{k:03d}"]] for k in range(3)] == [last[k] for k in range(3)]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_search_rows_skips_rows_inside_faiss(kind):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, D))
+    vecs = (centres[rng.integers(8, size=600)] + 0.3 * rng.normal(size=(600, D))).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    index = ItemIndex.build([f"x{i}" for i in range(600)], vecs, IndexConfig(kind=kind, ivf_nlist=8, ivf_nprobe=8))
+    skip = rng.choice(600, 450, replace=False)
+    q = vecs[int(np.setdiff1d(np.arange(600), skip)[0])]
+    s, rows = index.search_rows(q, 20, skip)
+    assert len(rows) == 20 and not np.isin(rows, skip).any() and np.all(np.diff(s) <= 1e-6)
+    left = np.setdiff1d(np.arange(600), skip)
+    truth = left[np.argsort(-(vecs[left] @ q))[:20]]
+    hit = len(np.intersect1d(rows, truth)) / 20
+    assert hit == 1.0 if kind == "flat" else hit >= 0.8
+    s_all, rows_all = index.search_rows(q, 1000, skip)  # more than remain: every remaining row once
+    assert sorted(rows_all.tolist()) == left.tolist() if kind != "hnsw" else len(rows_all) <= 150
+    assert index.search_rows(q, 5, np.arange(600))[1].tolist() == []
+
+
+def test_after_many_removals_and_exclusions_ann_is_still_the_exact_top_k(tmp_path):
+    rng = np.random.default_rng(5)
+    live = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False)
+    cat = live.catalog
+    gone = rng.choice(len(cat), 35, replace=False)
+    for r in gone:
+        live.remove(cat.item_ids[int(r)])
+    live.upsert(_same_text(cat, cat.item_ids[int(gone[0])], title="back again"), _unit(rng))  # one returns
+    bought = frozenset(cat.item_ids[int(r)] for r in rng.choice(len(cat), 5, replace=False))
+    q = _unit(rng)
+    excluded = live.excluded(bought)
+    s, rows = live.ann(q, 10, None, excluded)
+    scores = cat.vectors @ q
+    scores[excluded] = -np.inf
+    want = np.argsort(-scores, kind="stable")[:min(10, int(np.isfinite(scores).sum()))]
+    assert rows.tolist() == want.tolist() and np.allclose(s, scores[want], atol=1e-5)
