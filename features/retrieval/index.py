@@ -44,6 +44,7 @@ class ItemIndex:
         self.item_ids = list(item_ids)
         self.kind = kind
         self.params = params
+        self._skip: tuple[np.ndarray, object] | None = None  # search_rows' last `skip` and its FAISS selector
 
     @property
     def dim(self) -> int:
@@ -96,21 +97,33 @@ class ItemIndex:
         ids = [[self.item_ids[j] if j >= 0 else None for j in row] for row in idx]
         return scores, ids
 
-    def search_rows(self, query_emb: np.ndarray, k: int, skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_rows(self, query_emb: np.ndarray, k: int, skip: np.ndarray | None = None,
+                    also: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of one query (d,) by inner product: (scores, rows), rows being positions in
-        item_ids, at most k of them. `skip`: rows never returned, left out inside FAISS (an ID
-        selector), so a search costs the same however many rows are skipped."""
+        item_ids, at most k of them. `skip` and `also`: rows never returned, left out inside FAISS
+        (an ID selector), so a search costs about the same however many rows are skipped. The
+        selector of `skip` is kept while the same array object comes again (a long-lived set, such
+        as the removed items); `also` is this search's own (a buyer's purchases)."""
         q = np.ascontiguousarray(np.asarray(query_emb, dtype=np.float32).reshape(1, -1))
         if q.shape[1] != self.dim:
             raise ValueError(f"query_emb has dimension {q.shape[1]}, the index {self.dim}")
         k = min(k, self.index.ntotal)
         if k < 1:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        if skip is None or not len(skip):
+        # Every selector stays referenced here until the search is done (FAISS holds raw pointers).
+        parts: list = []
+        if skip is not None and len(skip):
+            cached = self._skip
+            if cached is None or cached[0] is not skip:
+                cached = self._skip = (skip, faiss.IDSelectorBatch(np.ascontiguousarray(skip, dtype=np.int64)))
+            parts.append(cached[1])
+        if also is not None and len(also):
+            parts.append(faiss.IDSelectorBatch(np.ascontiguousarray(also, dtype=np.int64)))
+        if not parts:
             scores, idx = self.index.search(q, k)
         else:
-            batch = faiss.IDSelectorBatch(np.ascontiguousarray(skip, dtype=np.int64))
-            sel = faiss.IDSelectorNot(batch)  # (points to `batch`: both stay referenced until the search is done)
+            inner = parts[0] if len(parts) == 1 else faiss.IDSelectorOr(parts[0], parts[1])
+            sel = faiss.IDSelectorNot(inner)
             if self.kind == "hnsw":
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.index.hnsw.efSearch, k))
             elif self.kind == "ivf":

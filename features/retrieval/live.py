@@ -111,7 +111,7 @@ class LiveCatalog:
         self._changed: set[int] = set()  # rows whose vector is not (or no longer) the index's
         self._upserted: set[int] = set()  # rows an applied upsert changed (any field)
         self._removed: set[int] = set()  # rows removed by the shop (never a candidate)
-        self._removed_rows = np.zeros(0, np.int64)
+        self._derived_arrays: dict[str, np.ndarray] | None = None  # see _derived; None after a write
         self.bm25 = cfg.lexical_index([catalog.fields(r) for r in range(len(catalog))]) if cfg.lexical else None
         if self.bm25 is not None:
             catalog.analyzer = self.bm25.analyzer  # the ranker's title/text match features use the same terms
@@ -141,7 +141,20 @@ class LiveCatalog:
 
     def _set_removed(self, row: int, removed: bool) -> None:
         (self._removed.add if removed else self._removed.discard)(row)
-        self._removed_rows = np.fromiter(sorted(self._removed), dtype=np.int64, count=len(self._removed))
+        self._derived_arrays = None
+
+    def _derived(self) -> dict[str, np.ndarray]:
+        """Arrays every search reads, rebuilt on the first search after a write: the removed rows,
+        the rows FAISS skips (removed, and the stale index vectors of items with a new text), and
+        the items with a new text that are still candidates, with their vectors."""
+        if self._derived_arrays is None:
+            removed = np.fromiter(sorted(self._removed), dtype=np.int64, count=len(self._removed))
+            changed = np.fromiter(sorted(self._changed), dtype=np.int64, count=len(self._changed))
+            live = changed[~np.isin(changed, removed)]
+            skip = np.union1d(removed, changed)
+            self._derived_arrays = {"removed": removed, "changed": live, "vectors": self.catalog.vectors[live],
+                                    "skip": skip[skip < self.n_indexed]}
+        return self._derived_arrays
 
     def _apply(self, rec: dict) -> tuple[int, bool]:
         self.log_records += 1
@@ -163,6 +176,7 @@ class LiveCatalog:
         self._upserted.add(row)
         if not same_text:
             self._changed.add(row)
+            self._derived_arrays = None
         if row in self._removed:
             self._set_removed(row, False)
         if self.bm25 is not None:
@@ -215,9 +229,10 @@ class LiveCatalog:
         return True
 
     def excluded(self, item_ids: frozenset[str] | set[str] = frozenset()) -> np.ndarray:
-        """Rows no candidate source may return: these items' and every removed item's."""
-        rows = self.catalog.rows(list(item_ids))
-        return np.union1d(rows, self._removed_rows).astype(np.int64) if self._removed else rows
+        """Rows no candidate source may return: these items' and every removed item's (unsorted;
+        a row may repeat)."""
+        rows, removed = self.catalog.rows(list(item_ids)), self._derived()["removed"]
+        return np.concatenate([rows, removed]) if len(removed) else rows
 
     def compact(self) -> int:
         """Rewrite the item log without records a later record of the same item supersedes, so
@@ -245,30 +260,33 @@ class LiveCatalog:
 
     def ann(self, vec: np.ndarray, k: int, allowed: np.ndarray | None = None,
             excluded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores (k,), rows (k,)) by inner product with vec (d,), never an `excluded` row.
+        """Top-k (scores (k,), rows (k,)) by inner product with vec (d,), never an `excluded` row
+        nor a removed one (`excluded` need not list those).
 
-        Exact over `allowed` (filters); otherwise the FAISS index, which skips the excluded rows
-        and the stale vectors of items whose text changed, plus those items scored exactly.
-        Exclusions (e.g. a buyer's purchases) never force an exact scan or a larger search."""
+        Exact over `allowed` (filters); otherwise the FAISS index, which skips the excluded and
+        removed rows and the stale vectors of items whose text changed, plus those items scored
+        exactly. Exclusions (e.g. a buyer's purchases) never force an exact scan or a larger search."""
         q = np.asarray(vec, dtype=np.float32).reshape(1, -1)
-        vectors = self.catalog.vectors
-        excluded = self.excluded() if excluded is None else excluded
+        d = self._derived()
+        excluded = np.zeros(0, np.int64) if excluded is None else excluded
         if allowed is not None:
-            if len(excluded):
-                allowed = allowed[~np.isin(allowed, excluded)]
+            gone = np.concatenate([excluded, d["removed"]])
+            if len(gone):
+                allowed = allowed[~np.isin(allowed, gone)]
             if not len(allowed):
                 return np.zeros(0, np.float32), np.zeros(0, np.int64)
-            s = vectors[allowed] @ q[0]
+            s = self.catalog.vectors[allowed] @ q[0]
             top = np.argsort(-s, kind="stable")[:k]
             return s[top], allowed[top]
-        changed = np.fromiter(self._changed, dtype=np.int64, count=len(self._changed))
-        skip = np.union1d(excluded, changed[changed < self.n_indexed]) if len(changed) else excluded
-        s, rows = self.index.search_rows(q, k, skip)  # rows of the index are the catalog's first rows
+        # Rows of the index are the catalog's first rows.
+        s, rows = self.index.search_rows(q, k, d["skip"], excluded[excluded < self.n_indexed])
+        changed = d["changed"]
         if len(changed):  # their vectors, not the index's stale ones
+            cs = d["vectors"] @ q[0]
             if len(excluded):
-                changed = changed[~np.isin(changed, excluded)]
-            rows = np.concatenate([rows, changed])
-            s = np.concatenate([s, vectors[changed] @ q[0]])
+                keep = ~np.isin(changed, excluded)
+                changed, cs = changed[keep], cs[keep]
+            rows, s = np.concatenate([rows, changed]), np.concatenate([s, cs])
         top = np.argsort(-s, kind="stable")[:k]
         return s[top].astype(np.float32), rows[top]
 
@@ -278,8 +296,9 @@ class LiveCatalog:
         (sorted by row), their cosine, raw BM25 and membership of each list."""
         n = self.cfg.num_candidates
         allowed = self.allowed(filters)
+        asked = self.catalog.rows(list(exclude))
+        ann_s, ann_rows = self.ann(query_emb, n, allowed, asked)
         excluded = self.excluded(exclude)
-        ann_s, ann_rows = self.ann(query_emb, n, allowed, excluded)
         bm = self.bm25.scores(query, len(self.catalog)) if self.bm25 is not None else None
         if bm is not None:
             if allowed is not None:
@@ -317,13 +336,14 @@ class LiveCatalog:
         shopper's history (`ease`: rows, scores; ranking.attach_ease), co-occurrence and popularity."""
         cfg, cat = self.cfg, self.catalog
         allowed = self.allowed(filters)
+        asked = cat.rows(list(exclude | ({context_item} if context_item else set())))
         excluded = self.excluded(exclude | ({context_item} if context_item else set()))
         ok = None if allowed is None else set(allowed.tolist())
         ex = set(excluded.tolist())
         picked: dict[int, None] = {}
         for vec in (user_vec, cat.vectors[cat.row[context_item]] if context_item in cat.row else None):
             if vec is not None:
-                _, rows = self.ann(vec, cfg.num_candidates, allowed, excluded)
+                _, rows = self.ann(vec, cfg.num_candidates, allowed, asked)
                 picked.update(dict.fromkeys(rows.tolist()))
         if seq_vec is not None and cat.sequence is not None and cfg.sequence_candidates:
             s = cat.sequence.vectors @ np.asarray(seq_vec, np.float32)
