@@ -337,7 +337,8 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     seq_manifest = A.read_manifest(seq_b).get("metrics", {}) if seq_b else {}
     return {
         "dataset": cfg.dataset or Path(cfg.events).parent.name, "split": cfg.split,
-        "split_at": plan.train_until.isoformat() if spec.kind == "time" else None, "ks": list(ks),
+        "split_at": plan.train_until.isoformat() if spec.kind in ("time", "last") else None, "ks": list(ks),
+        "split_adapted": any(n.startswith("split:") for n in plan.notes),
         "catalog_items": len(cat_zs), "counts": counts,
         "requests": main.get("requests", 0), "dropped": main.get("dropped", 0), "methods": main.get("methods", []),
         "verdict": main.get("verdict"), "skipped": main.get("skipped"),
@@ -1010,6 +1011,7 @@ def summary(result: dict) -> str:
     if rec:
         ks = rec["ks"]
         at = f" at {rec['split_at']}" if rec.get("split_at") and not rec["split"].startswith("time:") else ""
+        at += ", shortened to fit the log: see the notes" if rec.get("split_adapted") else ""
         lines.append(f"recommend on {rec['dataset']} ({rec['split']}{at}), {rec['catalog_items']:,} items")
         head = f"  {'method':<36}" + "".join(f"{'ndcg@' + str(k):>10}" for k in ks) + "".join(
             f"{'hit@' + str(k):>9}" for k in ks) + f"{'mrr':>8}{'cov@' + str(ks[0]):>9}{'p50 ms':>9}"

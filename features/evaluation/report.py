@@ -130,7 +130,8 @@ def render(result: dict) -> str:
     if rec:
         ks = rec["ks"]
         methods = rec["methods"]
-        at = f" (at {rec['split_at']})" if rec.get("split_at") and not rec["split"].startswith("time:") else ""
+        at = f" (at {rec['split_at']}" + (", shortened to fit the log: see the notes" if rec.get("split_adapted")
+                                          else "") + ")" if rec.get("split_at") and not rec["split"].startswith("time:") else ""
         parts.append(f"<h2>Recommendation: {_esc(rec['dataset'])}, split {_esc(rec['split'] + at)}</h2>")
         parts.append(f"<p>{rec['requests']} test requests ({rec['dropped']} dropped without a relevant item), "
                      f"{rec['catalog_items']} catalog items, full-catalog ranking, top {max(ks)} per method. "

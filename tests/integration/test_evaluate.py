@@ -331,8 +331,11 @@ def test_a_short_sparse_log_is_evaluated_with_what_it_can_train(ray_local, slice
         encoder=evaluate.EncoderStage(max_time_s=10),
         sasrec=evaluate.SQ.SequenceParams(text=False, events=False, dim=16, heads=2, layers=1, max_epochs=1),
         sequence=evaluate.SequenceStage(enabled=False), ranker=evaluate.RankerParams(num_rounds=5, min_data_in_leaf=2))
-    rec = json.loads((Path(evaluate.run(cfg)) / "metrics.json").read_text())["recommend"]
+    result = json.loads((Path(evaluate.run(cfg)) / "metrics.json").read_text())
+    rec = result["recommend"]
     assert rec["notes"]["split on a short log"].startswith("split: last:30d would leave less than half of this")
+    assert rec["split_adapted"] and rec["split_at"] > ev[S.TS].min().isoformat()  # the cut actually used
+    assert f"(last:30d at {rec['split_at']}, shortened to fit the log: see the notes)" in evaluate.summary(result)
     assert rec["notes"]["fine-tuned encoder"].startswith("not trained: only ")
     assert rec["notes"]["system encoder"] == "zero-shot"
     assert rec["notes"]["learned ranker"].startswith("not trained: no ranker requests")
