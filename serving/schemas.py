@@ -19,10 +19,12 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from features.data.text import strip_markup
 from features.errors import InvalidValue
 from features.profiles import events as EV
 
@@ -119,11 +121,14 @@ class ItemIn(_Strict):
     price: StrictFloat | None = Field(None, ge=0, le=EV.MAX_PRICE)
     in_stock: StrictBool = True
 
-    @field_validator("title")
+    @field_validator("title", "description", "category", "brand")
     @classmethod
-    def _title(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("title must not be blank")
+    def _text(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # HTML markup goes, as the feature job's validation strips it from a batch catalog.
+        if v is not None and ("<" in v or "&" in v):
+            v = strip_markup({"v": v})["v"]
+        if info.field_name == "title" and not (v or "").strip():
+            raise ValueError("title must not be blank (nor only HTML markup)")
         return v
 
 

@@ -21,6 +21,38 @@ VERBS = {
 }
 
 
+# Markup in shop text (a Shopify "Body (HTML)" description, an eBay listing): scripts, styles and
+# comments go whole, tags become a space, the common entities their characters and other numeric
+# ones a space. Escaped text (&lt;b&gt;) is text, so entities are read after the tags.
+_MARKUP = (r"(?is)<script\b[^>]*>.*?</script\s*>", r"(?is)<style\b[^>]*>.*?</style\s*>", r"(?s)<!--.*?-->",
+           r"</?[A-Za-z][^<>]*>")
+_NUMERIC_ENTITY = r"&#(?:[0-9]{1,7}|[xX][0-9a-fA-F]{1,6});"
+_ENTITIES = {"&nbsp;": " ", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&apos;": "'", "&ndash;": "-", "&mdash;": "-",
+             "&rsquo;": "'", "&lsquo;": "'", "&rdquo;": '"', "&ldquo;": '"', "&hellip;": "...", "&reg;": "®",
+             "&trade;": "™", "&copy;": "©", "&deg;": "°", "&frac12;": "½", "&times;": "×", "&#39;": "'",
+             "&#34;": '"', "&#38;": "&", "&#160;": " ", "&#8211;": "-", "&#8212;": "-", "&#8216;": "'",
+             "&#8217;": "'", "&#8220;": '"', "&#8221;": '"', "&amp;": "&"}
+MARKUP_FIELDS = (S.TITLE, S.DESCRIPTION, S.CATEGORY, S.BRAND)
+
+
+def strip_markup_expr(expr: pl.Expr) -> pl.Expr:
+    """Text without HTML markup (see _MARKUP), its whitespace then collapsed; text without a `<`
+    or `&` is left exactly as it is."""
+    text = expr.cast(pl.String)
+    out = text
+    for pattern in _MARKUP:
+        out = out.str.replace_all(pattern, " ")
+    out = out.str.replace_many(list(_ENTITIES), list(_ENTITIES.values()), ascii_case_insensitive=True)
+    out = out.str.replace_all(_NUMERIC_ENTITY, " ").str.replace_all(r"\s+", " ").str.strip_chars()
+    return pl.when(text.str.contains("[<&]")).then(out).otherwise(text)
+
+
+def strip_markup(fields: dict[str, str | None]) -> dict[str, str | None]:
+    """The scalar twin of `strip_markup_expr` over a few named fields (an item from the API)."""
+    df = pl.DataFrame({k: [v] for k, v in fields.items()}, schema={k: pl.String for k in fields})
+    return df.select(strip_markup_expr(pl.col(k)).alias(k) for k in fields).row(0, named=True)
+
+
 def _clean(expr: pl.Expr) -> pl.Expr:
     # Collapse whitespace (titles in real logs carry double spaces and trailing blanks).
     return expr.cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars()

@@ -23,6 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from features.data import schema as S
+from features.data.text import MARKUP_FIELDS, strip_markup_expr
 
 _STRING_LIKE = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
 _BAD_TS = "__ts_unparseable"  # internal column: input ts present but not a timestamp
@@ -297,11 +298,13 @@ def split_duplicates(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 def validate_items(raw: pa.Table, cfg: ValidationConfig, source: str = "items") -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split a raw catalog into (valid items in ITEMS_SCHEMA, quarantined rows).
 
-    in_stock defaults to true when null. Of duplicate item ids the first row in input order is
-    kept and the rest are quarantined.
+    in_stock defaults to true when null; HTML markup in the text fields is stripped. Of duplicate
+    item ids the first row in input order is kept and the rest are quarantined.
     """
     df = conform(raw, S.ITEMS_SCHEMA, S.ITEMS_REQUIRED, source)
-    df = df.with_columns(pl.col(S.IN_STOCK).fill_null(True))
+    # Text without HTML markup, before a title is judged blank (serving's PUT cleans the same way).
+    df = df.with_columns([pl.col(S.IN_STOCK).fill_null(True)]
+                         + [strip_markup_expr(pl.col(c)).alias(c) for c in MARKUP_FIELDS if c in df.columns])
     checks = [
         (_blank(S.ITEM_ID), S.Reason.NULL_ITEM_ID),
         (_blank(S.TITLE), S.Reason.MISSING_TITLE),

@@ -138,3 +138,28 @@ def test_items_duplicate_is_judged_among_valid_rows():
     ok, bad = validate_items(items_table([("a", ""), ("a", "Real title")]), CFG)
     assert ok.get_column(S.TITLE).to_list() == ["Real title"]
     assert bad.get_column(S.REASON).to_list() == [S.Reason.MISSING_TITLE.value]
+
+
+def test_items_lose_their_html_markup_before_a_title_is_judged():
+    """A Shopify "Body (HTML)" description, an eBay listing's styles, entities: the feature job and
+    serving's PUT both read the text without them (one expression; the API's twin is checked)."""
+    from features.data.text import strip_markup
+    from serving.schemas import ItemIn
+
+    desc = ('<style>.s1 {color: red}</style><p>Soft <b>cotton</b> tee&nbsp;&amp; more</p>\n<ul><li>Size M'
+            '</li></ul><!-- hidden --><script>track()</script>It&#8217;s &lt;b&gt; 5 < 6 &#x2603;')
+    raw = items_table([("a", "Tee &amp; socks"), ("b", "<p> </p>"), ("c", "Plain\n\ntitle  ")])
+    raw = raw.set_column(raw.schema.get_field_index(S.DESCRIPTION), pa.field(S.DESCRIPTION, pa.string()),
+                         pa.array([desc, None, "Line one\nline two"]))
+    ok, bad = validate_items(raw, CFG)
+    a, c = ok.row(0, named=True), ok.row(1, named=True)
+    assert a[S.TITLE] == "Tee & socks"
+    assert a[S.DESCRIPTION] == "Soft cotton tee & more Size M It's <b> 5 < 6"  # escaped text stays text
+    assert (c[S.TITLE], c[S.DESCRIPTION]) == ("Plain\n\ntitle  ", "Line one\nline two")  # no markup: untouched
+    assert bad.get_column(S.REASON).to_list() == [S.Reason.MISSING_TITLE.value]  # only markup: no title
+    assert json.loads(bad.get_column(S.RAW)[0])[S.TITLE] == "<p> </p>"  # the row as it came
+    assert strip_markup({S.DESCRIPTION: desc})[S.DESCRIPTION] == a[S.DESCRIPTION]
+    item = ItemIn(title="Tee &amp; socks", description=desc)
+    assert (item.title, item.description) == ("Tee & socks", a[S.DESCRIPTION])
+    with pytest.raises(ValueError, match="title must not be blank"):
+        ItemIn(title="<p> </p>")
