@@ -1,6 +1,6 @@
 """What a day of catalog writes does to search: retrieval time after many item upserts and removals.
 
-    python -m bench.catalog_churn [--items 100000] [--changes 20000] [--queries 300]
+    python -m bench.catalog_churn [--items 100000] [--changes 20000] [--queries 300] [--index auto]
                                   [--out bench/results/catalog_churn.json]
 
 A shop keeps serving's catalog current through `PUT /v1/items` and `DELETE /v1/items` between
@@ -60,14 +60,14 @@ def _clustered(rng: np.random.Generator, n: int, topics: int = 500) -> np.ndarra
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _catalog(n: int, rng: np.random.Generator) -> tuple[Catalog, ItemIndex, list[str], np.ndarray]:
+def _catalog(n: int, rng: np.random.Generator, kind: str = "auto") -> tuple[Catalog, ItemIndex, list[str], np.ndarray]:
     vocab = np.array([f"w{i}" for i in range(2000)])
     titles = [" ".join(rng.choice(vocab, int(rng.integers(4, 9)))) for _ in range(n)]
     ids = [f"it-{i:07d}" for i in range(n)]
     vec = _clustered(rng, n)
     items = pl.DataFrame({"item_id": ids, "title": titles, "item_text": titles, "price": rng.uniform(1, 50, n)})
     t0 = time.perf_counter()
-    index = ItemIndex.build(ids, vec, IndexConfig())
+    index = ItemIndex.build(ids, vec, IndexConfig(kind=kind))
     print(f"index: {index.kind} over {n:,} items in {time.perf_counter() - t0:.1f} s", flush=True)
     return Catalog(ids, vec, items, {}), index, titles, vocab
 
@@ -96,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--changes", type=int, default=20_000)
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--index", choices=("auto", "flat", "ivf", "hnsw"), default="auto", help="auto: serving's choice")
     ap.add_argument("--out", default=str(RESULTS / "catalog_churn.json"))
     args = ap.parse_args(argv)
     if args.items < 1000 or not 10 <= args.changes <= args.items // 2 or args.queries < 10:
         ap.error("--items >= 1000, 10 <= --changes <= items / 2, --queries >= 10")
     rng = np.random.default_rng(0)
-    cat, index, titles, vocab = _catalog(args.items, rng)
+    cat, index, titles, vocab = _catalog(args.items, rng, args.index)
     live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=POOL))
     queries = [" ".join(rng.choice(vocab, 2)) for _ in range(args.queries)]
     qvecs = cat.vectors[rng.integers(args.items, size=args.queries)] + 0.05 * rng.standard_normal((args.queries, DIM))
