@@ -75,8 +75,15 @@ search: venv
 # Offline evaluation against the baselines on the bundled data (a time split on its last month;
 # every stage retrained inside runs/<version>/; about 20 minutes here). EVAL_ARGS adds overrides,
 # e.g. EVAL_ARGS="--set split=leave-last".
+# With MAPPING (a mapping file or preset), a shop's own export is imported first, into
+# data/canonical/<mapping name>, and evaluated (EVENTS/ITEMS override the mapping's files).
 evaluate: venv data
-	$(BIN)/python -m jobs.evaluate $(EVAL_ARGS)
+	@if [ -n "$(MAPPING)" ]; then \
+	  out=data/canonical/$$(basename "$(MAPPING)" | sed 's/\.[^.]*$$//'); \
+	  $(BIN)/python -m jobs.import_events --set mapping=$(MAPPING) --set output=$$out \
+	    $(if $(EVENTS),--set events=$(call abs_or_uri,$(EVENTS))) $(if $(ITEMS),--set items=$(call abs_or_uri,$(ITEMS))) && \
+	  $(BIN)/python -m jobs.evaluate --set events=$$out/events.parquet --set items=$$out/items.parquet $(EVAL_ARGS); \
+	else $(BIN)/python -m jobs.evaluate $(EVAL_ARGS); fi
 
 # Search relevance on the Crowdflower judgments when ../shared has them (not bundled: licence).
 CROWDFLOWER ?= ../shared/data/crowdflower_search/train.csv
