@@ -359,7 +359,8 @@ class SequenceScorer:
     def __init__(self, model: SequenceModel, item_ids: list[str], catalog_ids: list[str], text_vectors: np.ndarray):
         self.model = model.eval()
         self._id_row = {i: n for n, i in enumerate(item_ids)}
-        self.vectors = self._item_vectors(catalog_ids, text_vectors)
+        self._buf = self._item_vectors(catalog_ids, text_vectors)  # rows beyond len(vectors): room to grow
+        self.vectors = self._buf
         self._E = torch.from_numpy(self.vectors)
 
     @torch.no_grad()
@@ -369,12 +370,20 @@ class SequenceScorer:
         return self.model.items(tv, id_rows).numpy().astype(np.float32)
 
     def set_row(self, r: int, item_id: str, text_vector: np.ndarray) -> None:
+        """Replace row r, or append it (r == len(vectors)); appends grow the storage by doubling,
+        so adding items one at a time costs O(1) each, not a copy of every row."""
         v = self._item_vectors([item_id], text_vector[None, :])
-        if r == len(self.vectors):
-            self.vectors = np.concatenate([self.vectors, v])
+        n = len(self.vectors)
+        if r == n:
+            if n == len(self._buf):
+                grown = np.zeros((max(2 * n, 16), self._buf.shape[1]), np.float32)
+                grown[:n] = self._buf[:n]
+                self._buf = grown
+            self._buf[n] = v[0]
+            self.vectors = self._buf[: n + 1]
+            self._E = torch.from_numpy(self.vectors)
         else:
-            self.vectors[r] = v[0]
-        self._E = torch.from_numpy(self.vectors)
+            self.vectors[r] = v[0]  # (a view: _E sees it)
 
     def user_vector_of(self, seq: Seq) -> np.ndarray | None:
         return user_vectors(self.model, self._E, [seq])[0] if seq.rows else None

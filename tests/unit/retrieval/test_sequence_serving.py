@@ -77,3 +77,24 @@ def test_an_upserted_item_gets_a_text_only_behaviour_vector_at_once():
     with torch.no_grad():
         want = catalog.sequence.model.adapter(torch.from_numpy(v)).numpy()
     assert np.allclose(catalog.sequence.vectors[r], want, atol=1e-6)
+
+
+def test_items_added_one_at_a_time_keep_the_behaviour_vectors_aligned():
+    """Appends grow the scorer's storage by doubling (no copy of every row per new item); rows,
+    the torch view the model scores with and in-place replacements stay in step."""
+    catalog, _ = bound_catalog()
+    seq = catalog.sequence
+    n0 = len(seq.vectors)
+    rng = np.random.default_rng(0)
+    added = []
+    for k in range(40):
+        v = rng.normal(size=catalog.dim).astype(np.float32)
+        r, created = catalog.upsert(ItemUpdate(f"new-{k}", f"thing {k}"), v / np.linalg.norm(v))
+        assert created and r == n0 + k
+        added.append(v / np.linalg.norm(v))
+    assert len(seq.vectors) == len(catalog) == n0 + 40 and len(seq._E) == n0 + 40
+    with torch.no_grad():
+        want = seq.model.adapter(torch.from_numpy(np.stack(added))).numpy()
+    assert np.allclose(seq.vectors[n0:], want, atol=1e-5) and np.array_equal(seq._E.numpy(), seq.vectors)
+    catalog.upsert(ItemUpdate("new-3", "renamed thing"), added[0])  # replace in place
+    assert np.allclose(seq._E.numpy()[n0 + 3], want[0], atol=1e-5)
