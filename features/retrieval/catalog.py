@@ -133,6 +133,7 @@ class Catalog:
         self.ease = ItemNeighbours(ease or {}, self.row)
         self.set_popularity(self.popularity, self.popularity_short, self.popularity_long)
         self.version = 0  # bumps on every upsert
+        self._bufs: dict[str, np.ndarray] = {}  # _append's growing storage of the per-row arrays
         self.sequence: SequenceSource | None = None  # the behaviour model bound to these rows, if any
         self.analyzer = Analyzer()  # text -> terms for the ranker's match features (LiveCatalog sets BM25's own)
 
@@ -250,13 +251,9 @@ class Catalog:
             for name, value in (("title", item.title), ("category", item.category), ("brand", item.brand),
                                 ("description", item.description), ("text", item.text())):
                 getattr(self, name).append(value)
-            self.price = np.append(self.price, np.nan if item.price is None else item.price)
-            self.in_stock = np.append(self.in_stock, item.in_stock)
-            self.popularity = np.append(self.popularity, 0.0)
-            self.popularity_short = np.append(self.popularity_short, 0.0)
-            self.popularity_long = np.append(self.popularity_long, 0.0)
-            self.n_users = np.append(self.n_users, 0)
-            self.first_seen = np.append(self.first_seen, np.nan)
+            self._append({"price": np.nan if item.price is None else item.price, "in_stock": item.in_stock,
+                          "popularity": 0.0, "popularity_short": 0.0, "popularity_long": 0.0, "n_users": 0,
+                          "first_seen": np.nan})
         else:
             r = self.row[item.item_id]
             self.title[r], self.category[r], self.brand[r] = item.title, item.category, item.brand
@@ -270,6 +267,20 @@ class Catalog:
                 self.sequence.set_row(r, item.item_id, v)
         self.version += 1
         return r, created
+
+    def _append(self, values: dict[str, Any]) -> None:
+        """One more row of each named per-row array. Each is a view of a buffer that grows by
+        doubling, so adding items one at a time costs O(1) each, not a copy of every row (an
+        array replaced meanwhile, by set_popularity say, gets a new buffer)."""
+        for name, value in values.items():
+            cur = getattr(self, name)
+            n, buf = len(cur), self._bufs.get(name)
+            if buf is None or cur.base is not buf or n == len(buf):
+                buf = np.empty(max(2 * n, 16), cur.dtype)
+                buf[:n] = cur
+                self._bufs[name] = buf
+            buf[n] = value
+            setattr(self, name, buf[: n + 1])
 
     def filter_mask(self, rows: np.ndarray, category: str | None = None, price_min: float | None = None,
                     price_max: float | None = None, in_stock: bool | None = None) -> np.ndarray:

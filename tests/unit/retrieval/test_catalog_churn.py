@@ -101,3 +101,21 @@ def test_after_many_removals_and_exclusions_ann_is_still_the_exact_top_k(tmp_pat
     scores[excluded] = -np.inf
     want = np.argsort(-scores, kind="stable")[:min(10, int(np.isfinite(scores).sum()))]
     assert rows.tolist() == want.tolist() and np.allclose(s, scores[want], atol=1e-5)
+
+
+def test_items_added_one_at_a_time_keep_every_per_row_array_aligned():
+    """The per-row arrays grow by doubling (no copy of every row per new item); values, in-place
+    changes and an array replaced meanwhile (the evaluation's set_popularity) all stay right."""
+    cat, _ = small_catalog()
+    n0 = len(cat)
+    for k in range(100):
+        cat.upsert(ItemUpdate(f"n{k}", f"thing {k}", price=float(k), in_stock=k % 2 == 0), np.full(D, 0.25, np.float32))
+    assert all(len(getattr(cat, a)) == n0 + 100 for a in ("price", "in_stock", "popularity", "popularity_short",
+                                                            "popularity_long", "n_users", "first_seen"))
+    assert cat.price[n0 + 7] == 7.0 and not cat.in_stock[n0 + 7] and cat.popularity[-1] == 0.0
+    assert np.isnan(cat.first_seen[-1]) and cat.n_users[-1] == 0
+    cat.upsert(ItemUpdate("n7", "thing 7", price=70.0), np.full(D, 0.25, np.float32))  # in place
+    assert cat.price[n0 + 7] == 70.0
+    cat.set_popularity(np.ones(len(cat)), np.ones(len(cat)), np.ones(len(cat)))
+    cat.upsert(ItemUpdate("late", "late thing"), np.full(D, 0.25, np.float32))
+    assert len(cat.popularity) == len(cat) and cat.popularity[0] == 1.0 and cat.popularity[-1] == 0.0
