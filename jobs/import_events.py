@@ -221,9 +221,9 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         return "encoding (--set encoding=...)" if cfg.mapping in PRESETS else f"mapping.{name}.encoding"
 
     items = None
-    if not from_log:  # a catalog is small next to its event log: read whole
+    if not from_log:  # a catalog is small next to its event log: read whole (one table per file)
         parts = list(iter_tables(m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"),
-                                 chunk_rows=1 << 62, explode=m.items.explode))  # one table per file
+                                 chunk_rows=1 << 62, explode=m.items.explode, key_values=m.items.key_values))
         _check_seen(m.items, "items", {c for part in parts for c in part.column_names}, out)
         for part in parts:
             out.check_quotes(part)
@@ -235,7 +235,7 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         out.rejected("items", it_rej)
     ids, partials, first_row, seen = EventIds(), [], 0, set()
     for chunk in iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
-                             cfg.chunk_rows, explode=m.events.explode):
+                             cfg.chunk_rows, explode=m.events.explode, key_values=m.events.key_values):
         seen.update(chunk.column_names)
         out.raw["events"] += chunk.num_rows
         out.check_quotes(chunk)

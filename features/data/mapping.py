@@ -26,8 +26,9 @@ Rules, so that nothing accepted is ever lost:
   values joined by a space, blanks skipped. Any other column may name several too: the first
   non-blank of them (a tracker that writes `properties.product_id` on views and
   `properties.products.product_id` on orders).
-- Nested records are flattened to dotted names and `explode` makes a list's elements rows
-  (features/data/reading.py); an exploded row's event id is its record's plus ":<position>".
+- Nested records are flattened to dotted names, `explode` makes a list's elements rows and
+  `key_values` a list of key/value pairs columns (features/data/reading.py); an exploded row's
+  event id is its record's plus ":<position>".
   A JSON record may leave a mapped field out (it is blank there); a field no record of the file
   has stops the import, naming it.
 - Items without a path of their own are read from the events file, whose rows carry the item's
@@ -36,8 +37,7 @@ Rules, so that nothing accepted is ever lost:
   (searches) are not item rows.
 - `category_separator` turns an items table's own category paths ("electronics.smartphone") into
   the canonical "electronics > smartphone", which the category filter matches by prefix.
-- RecBole atomic files (`.inter`, `.item`: tab-separated, headers `name:type`) are read with the
-  `:type` suffixes dropped; `recbole_defaults` gives the usual column names.
+- RecBole atomic files (`.inter`, `.item`) lose their headers' `:type`; `recbole_defaults` names them.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class TableMapping:
     encoding: str = "utf-8"
     category_separator: str | None = None  # the shop's category path separator ("." or "/"): becomes " > "
     explode: str | None = None  # a list column (JSON, Parquet) whose elements become rows: an order's products
+    key_values: str | None = None  # a list of {key, value} records (GA4's event_params): a column per key
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ atomic files; `.csv.gz`/`.jsonl.gz`/... decompressed), text read as written, in 
 Nested records (JSON objects, Parquet structs, as event trackers and warehouse exports write them)
 are flattened to dotted column names (`properties.product_id`); `explode` names a list column
 whose elements become rows of their own (an order's products), each row keeping its parent's
-fields and the element's position in `<column>#`.
+fields and the element's position in `<column>#`. `key_values` names a list of `{key, value}` records
+(Google Analytics 4's `event_params`) that becomes one column per key, `<column>.<key>`; a value
+that is itself a record of typed slots (`string_value`, `int_value`, ...) gives its one set slot.
 
 `iter_tables` streams a file a chunk of about `chunk_rows` rows at a time, so an import of a
 multi-gigabyte export holds one chunk, not the file (jobs/import_events.py); `read_table` is all
@@ -55,19 +57,20 @@ def check_encoding(encoding: str, where: str) -> None:
 
 
 def read_table(path: str, fmt: str = "auto", delimiter: str | None = None, encoding: str = "utf-8",
-               where: str = "encoding", explode: str | None = None) -> pa.Table:
+               where: str = "encoding", explode: str | None = None, key_values: str | None = None) -> pa.Table:
     """Every file under `path` (local or URI) as one table (see `iter_tables`)."""
-    tables = list(iter_tables(path, fmt, delimiter, encoding, where, explode=explode))
+    tables = list(iter_tables(path, fmt, delimiter, encoding, where, explode=explode, key_values=key_values))
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
 def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, encoding: str = "utf-8",
-                where: str = "encoding", chunk_rows: int = CHUNK_ROWS, explode: str | None = None) -> Iterator[pa.Table]:
+                where: str = "encoding", chunk_rows: int = CHUNK_ROWS, explode: str | None = None,
+                key_values: str | None = None) -> Iterator[pa.Table]:
     """Every file under `path` (local or URI), in tables of about `chunk_rows` rows (one file's
     rows each; an empty file gives one empty table with its columns). Text formats are read as
     strings (typing happens in the mapping, where a bad value is kept, not lost), decoded from
     `encoding`; text that is not valid in it stops the read naming the file and the setting
-    (`where`) to change. Nested fields become dotted columns; `explode`: see the module doc
+    (`where`) to change. Nested fields become dotted columns; `explode`, `key_values`: see the module doc
     (a chunk then holds about `chunk_rows` records, before their lists are exploded)."""
     for fs, p in A.list_files(path):
         kind = format_of(p, fmt)
@@ -84,15 +87,16 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
                 empty = True
                 for batch in pf.iter_batches(batch_size=chunk_rows):
                     empty = False
-                    yield _nested(pa.Table.from_batches([batch]), explode, p, text=False)
+                    yield _nested(pa.Table.from_batches([batch]), explode, key_values, p, text=False)
                 if empty:
-                    yield _nested(pf.schema_arrow.empty_table(), explode, p, text=False)
+                    yield _nested(pf.schema_arrow.empty_table(), explode, key_values, p, text=False)
             continue
         if kind == "json":
-            yield from _json_tables(fs, p, encoding, where, chunk_rows, explode)
+            yield from _json_tables(fs, p, encoding, where, chunk_rows, explode, key_values)
             continue
-        if explode:
-            raise SchemaError(f"explode: {explode!r}; only JSON and Parquet files hold lists, {p} is {kind}")
+        if explode or key_values:
+            raise SchemaError(f"{'explode' if explode else 'key_values'}: {explode or key_values!r}; only JSON and "
+                              f"Parquet files hold lists, {p} is {kind}")
         yield from _text_tables(fs, p, kind, delimiter, encoding, where, chunk_rows)
 
 
@@ -102,7 +106,7 @@ def _json_text(v: object) -> str | None:
     return v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
-def _json_rows(record: object, explode: str | None, where: str) -> list[dict[str, str | None]]:
+def _json_rows(record: object, explode: str | None, where: str, key_values: str | None = None) -> list[dict[str, str | None]]:
     """One JSON record -> its flattened rows, every value text (see `_json_text`)."""
     if not isinstance(record, dict):
         raise SchemaError(f"{where}: a {type(record).__name__}, not a JSON object; each line must be one object")
@@ -116,6 +120,13 @@ def _json_rows(record: object, explode: str | None, where: str) -> list[dict[str
                 walk(f"{prefix}.{k}" if prefix else str(k), x)
         elif prefix == explode and isinstance(v, list):
             parts = v
+        elif prefix == key_values and isinstance(v, list):
+            for pair in v:
+                if isinstance(pair, dict) and pair.get("key") is not None:
+                    val = next((x for k, x in pair.items() if k != "key" and x is not None), None)
+                    if isinstance(val, dict):  # typed slots: the one that is set
+                        val = next((x for x in val.values() if x is not None), None)
+                    flat.setdefault(f"{prefix}.{pair['key']}", _json_text(val))
         else:
             flat[prefix] = _json_text(v)
 
@@ -134,12 +145,12 @@ def _json_rows(record: object, explode: str | None, where: str) -> list[dict[str
     return rows
 
 
-def _json_frame(lines: list[bytes], explode: str | None, where: str) -> pl.DataFrame:
+def _json_frame(lines: list[bytes], explode: str | None, key_values: str | None, where: str) -> pl.DataFrame:
     """JSON lines -> one flattened frame of text. Polars reads them fast; where it cannot (a field
     that is an object on one line and a number on another), each line is read on its own."""
     try:
         df = pl.read_ndjson(io.BytesIO(b"\n".join(lines)), infer_schema_length=None)
-        return pl.from_arrow(_nested(df.to_arrow(), explode, where, text=True))  # type: ignore[return-value]
+        return pl.from_arrow(_nested(df.to_arrow(), explode, key_values, where, text=True))  # type: ignore[return-value]
     except (pl.exceptions.PolarsError, pa.ArrowException):
         pass
     rows: list[dict] = []
@@ -149,12 +160,13 @@ def _json_frame(lines: list[bytes], explode: str | None, where: str) -> pl.DataF
         except json.JSONDecodeError as e:
             raise SchemaError(f"{where}, record {n + 1} of this chunk: not JSON ({e.msg} at character {e.pos}): "
                               f"{line[:80]!r}") from None
-        rows += _json_rows(record, explode, f"{where}, record {n + 1} of this chunk")
+        rows += _json_rows(record, explode, f"{where}, record {n + 1} of this chunk", key_values)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     return pl.DataFrame({c: [r.get(c) for r in rows] for c in cols}, schema={c: pl.String for c in cols})
 
 
-def _json_tables(fs, p: str, encoding: str, where: str, chunk_rows: int, explode: str | None) -> Iterator[pa.Table]:
+def _json_tables(fs, p: str, encoding: str, where: str, chunk_rows: int, explode: str | None,
+                 key_values: str | None) -> Iterator[pa.Table]:
     """JSON lines (one object per line; blank lines skipped), or one JSON array of objects (read
     whole), `chunk_rows` records a table."""
     utf8 = codecs.lookup(encoding).name == "utf-8"
@@ -179,7 +191,7 @@ def _json_tables(fs, p: str, encoding: str, where: str, chunk_rows: int, explode
                     rest = b""
                 while len(lines) >= chunk_rows or (not block and (lines or not sent)):
                     take, lines = lines[:chunk_rows], lines[chunk_rows:]
-                    yield _json_frame(take, explode, p).to_arrow().replace_schema_metadata({SOURCE_KEY: f"json:,:{p}"})
+                    yield _json_frame(take, explode, key_values, p).to_arrow().replace_schema_metadata({SOURCE_KEY: f"json:,:{p}"})
                     sent = True
                 if not block:
                     return
@@ -191,12 +203,19 @@ def _json_tables(fs, p: str, encoding: str, where: str, chunk_rows: int, explode
                           "set") from None
 
 
-def _nested(t: pa.Table, explode: str | None, where: str, text: bool) -> pa.Table:
-    """Struct columns flattened to dotted names; `explode`'s list elements as rows (with their
-    position in `<explode>#`); with `text`, every value as text (see `_json_text`)."""
-    if not explode and not text and not any(pa.types.is_struct(f.type) for f in t.schema):
+def _nested(t: pa.Table, explode: str | None, key_values: str | None, where: str, text: bool) -> pa.Table:
+    """Struct columns flattened to dotted names; `key_values`' pairs as columns; `explode`'s list
+    elements as rows (with their position in `<explode>#`); with `text`, every value as text (see
+    `_json_text`)."""
+    if not explode and not key_values and not text and not any(pa.types.is_struct(f.type) for f in t.schema):
         return t  # a flat Parquet file, as it is
     df = _unnest(pl.from_arrow(t))  # type: ignore[arg-type]
+    if key_values and key_values in df.columns and df.schema[key_values] != pl.Null:
+        df = _pairs_to_columns(df, key_values, where)
+    elif key_values and not text and key_values not in df.columns:
+        raise SchemaError(f"key_values: column {key_values!r} is not in {where}; it has: {', '.join(df.columns)}")
+    elif key_values in df.columns:
+        df = df.drop(key_values)
     if explode and (explode not in df.columns or df.schema[explode] == pl.Null):
         # JSON records leave out what they do not have: a chunk of views holds no order's products.
         if not text and explode not in df.columns:
@@ -215,6 +234,30 @@ def _nested(t: pa.Table, explode: str | None, where: str, text: bool) -> pa.Tabl
              else pl.col(c).cast(pl.String).str.to_lowercase() if d == pl.Boolean else pl.col(c).cast(pl.String))
             for c, d in df.schema.items())
     return df.to_arrow()
+
+
+def _pairs_to_columns(df: pl.DataFrame, col: str, where: str) -> pl.DataFrame:
+    """A list of {key, value} records -> a column per key, `<col>.<key>`, as text (the first pair of
+    a key wins); a value record of typed slots gives the slot that is set."""
+    dtype = df.schema[col]
+    inner = dtype.inner if isinstance(dtype, pl.List) else None
+    if not isinstance(inner, pl.Struct) or "key" not in [f.name for f in inner.fields]:
+        raise SchemaError(f"key_values: column {col!r} of {where} is {dtype}, not a list of {{key, value}} records")
+    slots = []
+    for f in inner.fields:
+        if f.name != "key":
+            slots += ([pl.col(f.name).struct.field(g.name).cast(pl.String) for g in f.dtype.fields]
+                      if isinstance(f.dtype, pl.Struct) else [pl.col(f.name).cast(pl.String)])
+    rid, val = "\x1frow", "\x1fvalue"
+    df = df.with_row_index(rid)
+    pairs = (df.select(rid, col).explode(col).drop_nulls(col).unnest(col)
+             .select(rid, pl.col("key").cast(pl.String), pl.coalesce(slots).alias(val) if slots else pl.lit(None, pl.String).alias(val))
+             .drop_nulls("key"))
+    if not pairs.height:
+        return df.drop(rid, col)
+    wide = pairs.pivot(on="key", index=rid, values=val, aggregate_function="first")
+    wide = wide.rename({k: f"{col}.{k}" for k in wide.columns if k != rid})
+    return df.drop(col).join(wide, on=rid, how="left", maintain_order="left").drop(rid)
 
 
 def _unnest(df: pl.DataFrame) -> pl.DataFrame:

@@ -145,3 +145,63 @@ def test_nested_export_errors_name_the_field_the_file_and_the_choices(tmp_path):
     pq.write_table(pa.table({"id": ["a"], "items": [1]}), tmp_path / "flat.parquet")
     with pytest.raises(SchemaError, match=r"explode: column 'items' of .*flat.parquet is Int64, not a list"):
         read_table(str(tmp_path / "flat.parquet"), explode="items")
+
+
+GA4_MAPPING = """events:
+  path: {events}
+  explode: items
+  key_values: event_params
+  columns: {ts: event_timestamp, user_id: user_pseudo_id, session_id: event_params.ga_session_id,
+            event_type: event_name, item_id: items.item_id, quantity: items.quantity, price: items.price,
+            query: event_params.search_term}
+  values: {event_type: {view_item: view, view_search_results: search, select_item: click}}
+  ts_unit: us
+items:
+  columns: {item_id: items.item_id, title: items.item_name, brand: items.item_brand, category: items.item_category}
+"""
+
+
+def _ga4_records():
+    def params(**kv):
+        return [{"key": k, "value": {"string_value": v if isinstance(v, str) else None,
+                                     "int_value": v if isinstance(v, int) else None, "double_value": None}}
+                for k, v in kv.items()]
+    item = {"item_id": "SKU-1", "item_name": "Red mug", "item_brand": "Acme", "item_category": "Kitchen",
+            "price": 4.5, "quantity": None}
+    return [
+        {"event_timestamp": 1709287200000000, "event_name": "view_search_results", "user_pseudo_id": "111.222",
+         "event_params": params(ga_session_id=1709287, search_term="red mug", page_title="Search"), "items": []},
+        {"event_timestamp": 1709287260000000, "event_name": "view_item", "user_pseudo_id": "111.222",
+         "event_params": params(ga_session_id=1709287), "items": [item]},
+        {"event_timestamp": 1709287320000000, "event_name": "purchase", "user_pseudo_id": "111.222",
+         "event_params": params(ga_session_id=1709287, transaction_id="T1"),
+         "items": [item | {"quantity": 2}, {**item, "item_id": "SKU-2", "item_name": "Blue lamp", "quantity": 1,
+                                             "price": 20.0}]},
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "jsonl-fallback"])
+def test_a_google_analytics_4_export_maps_params_and_items(tmp_path, fmt):
+    """GA4's BigQuery export: the search term and session id live in event_params (key/value pairs,
+    typed value slots), products in items; as Parquet or JSON lines (and JSON whose shapes force
+    the line-by-line reader), the same events and catalog."""
+    recs = _ga4_records()
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(recs), tmp_path / "ga4.parquet")
+        name = "ga4.parquet"
+    else:
+        if fmt == "jsonl-fallback":  # a record whose items field is an object makes the columnar reader give up
+            recs = recs + [{"event_timestamp": 1709287400000000, "event_name": "page_view", "user_pseudo_id": "9",
+                            "event_params": [], "items": {"odd": 1}}]
+        (tmp_path / "ga4.jsonl").write_text(_lines(recs))
+        name = "ga4.jsonl"
+    (tmp_path / "m.yaml").write_text(GA4_MAPPING.replace("{events}", name))
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet").head(4)
+    items = pl.read_parquet(tmp_path / "out" / "items.parquet")
+    assert events.select(S.EVENT_TYPE, S.SESSION_ID, S.QUERY, S.ITEM_ID, S.QUANTITY).rows() == [
+        ("search", "1709287", "red mug", None, None), ("view", "1709287", None, "SKU-1", None),
+        ("purchase", "1709287", None, "SKU-1", 2), ("purchase", "1709287", None, "SKU-2", 1)]
+    assert str(events[S.TS][0]) == "2024-03-01 10:00:00+00:00" and events[S.USER_ID].unique().to_list() == ["111.222"]
+    assert items.select(S.ITEM_ID, S.TITLE, S.BRAND, S.CATEGORY).sort(S.ITEM_ID).rows() == [
+        ("SKU-1", "Red mug", "Acme", "Kitchen"), ("SKU-2", "Blue lamp", "Acme", "Kitchen")]
