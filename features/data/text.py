@@ -5,6 +5,8 @@ Both towers of the encoder read text produced here, offline and online, so the t
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 from features.data import schema as S
@@ -53,9 +55,21 @@ def strip_markup(fields: dict[str, str | None]) -> dict[str, str | None]:
     return df.select(strip_markup_expr(pl.col(k)).alias(k) for k in fields).row(0, named=True)
 
 
+# Unicode White_Space, spelled out so that Polars (Rust's regex) and Python's re read it alike.
+_WS_CHARS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+            "\u2028\u2029\u202f\u205f\u3000"
+_WS = "[" + _WS_CHARS + "]+"
+_WS_RE = re.compile(_WS)
+
+
 def _clean(expr: pl.Expr) -> pl.Expr:
     # Collapse whitespace (titles in real logs carry double spaces and trailing blanks).
-    return expr.cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars()
+    return expr.cast(pl.String).str.replace_all(_WS, " ").str.strip_chars(_WS_CHARS)
+
+
+def _clean_text(text: str | None) -> str | None:
+    """`_clean` of one string, in Python."""
+    return None if text is None else _WS_RE.sub(" ", text).strip(_WS_CHARS)
 
 
 def item_text_expr(max_chars: int = ITEM_TEXT_MAX_CHARS) -> pl.Expr:
@@ -72,12 +86,10 @@ def item_text(
     description: str | None = None,
     max_chars: int = ITEM_TEXT_MAX_CHARS,
 ) -> str:
-    """One item's text; the scalar twin of `item_text_expr` (same output, proven by a test)."""
-    df = pl.DataFrame(
-        {S.TITLE: [title], S.CATEGORY: [category], S.BRAND: [brand], S.DESCRIPTION: [description]},
-        schema={c: pl.String for c in (S.TITLE, S.CATEGORY, S.BRAND, S.DESCRIPTION)},
-    )
-    return df.select(item_text_expr(max_chars)).item()
+    """One item's text; the scalar twin of `item_text_expr` in plain Python (an upsert, or a replica
+    replaying the item log, renders one at a time; the same output, proven by a test)."""
+    parts = (_clean_text(v) for v in (title, category, brand, description))
+    return " | ".join(p for p in parts if p)[:max_chars]
 
 
 def title_text_expr() -> pl.Expr:

@@ -44,10 +44,8 @@ class ItemUpdate:
     in_stock: bool = True
 
     def text(self) -> str:
-        """The encoder's text of the item (computed once: the same Polars expression as the batch's)."""
-        if "_text" not in self.__dict__:
-            object.__setattr__(self, "_text", item_text(self.title, self.category, self.brand, self.description))
-        return self.__dict__["_text"]
+        """The encoder's text of the item (as the feature job renders the batch's)."""
+        return item_text(self.title, self.category, self.brand, self.description)
 
     def to_record(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("item_id", "title", "description", "category", "brand", "price", "in_stock")}

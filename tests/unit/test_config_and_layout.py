@@ -207,6 +207,17 @@ def test_item_text_scalar_and_batch_agree_and_skip_nulls():
     df = pl.DataFrame({"title": ["A"], "category": [None], "brand": ["B"], "description": ["d" * 600]})
     assert df.select(item_text_expr()).item() == item_text("A", None, "B", "d" * 600)
     assert len(item_text("A", None, "B", "d" * 600)) == 512
+    # The scalar twin is plain Python (upserts and item-log replays render one item at a time):
+    # the same text as the Polars expression, Unicode whitespace and empty fields included.
+    import random
+
+    rng = random.Random(0)
+    chars = list("ab中|é ") + ["\t", "\n", "\r", "\x0b", "\x85", "\xa0", "\u2003", "\u2028", "\u3000", "\x1c",
+                                  "\u200b", "\ufeff", "\u180e"]
+    rows = [tuple(None if rng.random() < 0.1 else "".join(rng.choice(chars) for _ in range(rng.randint(0, 25)))
+                  for _ in range(4)) for _ in range(3000)] + [(None,) * 4, ("",) * 4, ("x" * 700, None, None, None)]
+    df = pl.DataFrame(rows, schema=["title", "category", "brand", "description"], orient="row")
+    assert df.select(item_text_expr()).to_series().to_list() == [item_text(*r) for r in rows]
 
 
 def test_no_code_executing_loaders_for_artifacts():
