@@ -18,7 +18,8 @@ five states, each after the one before:
   removals              `--changes` / 10 removals
   all_of_it             the three above, plus per-request exclusions of 50 items (a buyer's purchases)
 
-and records p50 / p99 per state, the ratio to fresh, and whether each state's dense results are
+and records p50 / p99 per state, the write rates, how long a replica starting afterwards takes to
+replay the item log (the writes compacted as serving compacts them), the ratio to fresh, and whether each state's dense results are
 still the exact top-200 of the live catalog (recall against a brute-force scan of the live
 vectors; HNSW is approximate even when fresh, so its fresh recall is the reference). Item vectors
 lie around 500 topic centres and each query near one item, as text embeddings do.
@@ -30,9 +31,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -60,7 +64,9 @@ def _clustered(rng: np.random.Generator, n: int, topics: int = 500) -> np.ndarra
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _catalog(n: int, rng: np.random.Generator, kind: str = "auto") -> tuple[Catalog, ItemIndex, list[str], np.ndarray]:
+def _catalog(n: int, rng: np.random.Generator, kind: str = "auto") -> tuple[Callable[[], Catalog], ItemIndex,
+                                                                             list[str], np.ndarray]:
+    """(a maker of the batch catalog, a new copy per call; its index; titles; vocabulary)."""
     vocab = np.array([f"w{i}" for i in range(2000)])
     titles = [" ".join(rng.choice(vocab, int(rng.integers(4, 9)))) for _ in range(n)]
     ids = [f"it-{i:07d}" for i in range(n)]
@@ -69,7 +75,7 @@ def _catalog(n: int, rng: np.random.Generator, kind: str = "auto") -> tuple[Cata
     t0 = time.perf_counter()
     index = ItemIndex.build(ids, vec, IndexConfig(kind=kind))
     print(f"index: {index.kind} over {n:,} items in {time.perf_counter() - t0:.1f} s", flush=True)
-    return Catalog(ids, vec, items, {}), index, titles, vocab
+    return (lambda: Catalog(ids, vec.copy(), items, {})), index, titles, vocab
 
 
 def _time(live: LiveCatalog, queries: list[str], qvecs: np.ndarray, exclude: frozenset[str]) -> dict:
@@ -102,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.items < 1000 or not 10 <= args.changes <= args.items // 2 or args.queries < 10:
         ap.error("--items >= 1000, 10 <= --changes <= items / 2, --queries >= 10")
     rng = np.random.default_rng(0)
-    cat, index, titles, vocab = _catalog(args.items, rng, args.index)
-    live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=POOL))
+    batch, index, titles, vocab = _catalog(args.items, rng, args.index)
+    cat = batch()
+    log_dir = Path(tempfile.mkdtemp(prefix="churn-items-"))
+    # The item log on disk, as serving keeps it (not fsynced here: serving fsyncs every write).
+    live = LiveCatalog(cat, index, log_dir, RetrievalConfig(num_candidates=POOL), fsync=False)
     queries = [" ".join(rng.choice(vocab, 2)) for _ in range(args.queries)]
     qvecs = cat.vectors[rng.integers(args.items, size=args.queries)] + 0.05 * rng.standard_normal((args.queries, DIM))
     qvecs = (qvecs / np.linalg.norm(qvecs, axis=1, keepdims=True)).astype(np.float32)  # near an item, as a query is
@@ -139,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     states["removals"] = _time(live, queries, qvecs, frozenset())
     bought = frozenset(cat.item_ids[int(r)] for r in rng.choice(args.items, 50, replace=False))
     states["all_of_it"] = _time(live, queries, qvecs, bought)
+    # A replica that starts now (a replacement, a new artifacts version) replays the log.
+    t0 = time.perf_counter()
+    LiveCatalog(batch(), index, None, RetrievalConfig(num_candidates=POOL))
+    t1 = time.perf_counter()
+    again = LiveCatalog(batch(), index, log_dir, RetrievalConfig(num_candidates=POOL), fsync=False)
+    start = {"without_log_s": round(t1 - t0, 2), "with_log_s": round(time.perf_counter() - t1, 2),
+             "log_records": again.log_records}
+    assert (again.n_upserted, again.n_removed) == (live.n_upserted, live.n_removed)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    print(f"replica start: {start}", flush=True)
     base = states["fresh"]["p50_ms"]
     for name, st in states.items():
         st["p50_vs_fresh"] = round(st["p50_ms"] / base, 2)
@@ -151,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                        "synthetic": "timing only, see bench/catalog_churn.py"},
               "writes_per_s": {k: round(n / v, 1) for (k, v), n in zip(write_s.items(), (len(price), len(title),
                                                                                          len(gone)))},
-              "states": states}
+              "replica_start": start, "states": states}
     write_result(Path(args.out), result)
-    print(json.dumps({k: result[k] for k in ("data", "writes_per_s")}), flush=True)
+    print(json.dumps({k: result[k] for k in ("data", "writes_per_s", "replica_start")}), flush=True)
     return 0
 
 

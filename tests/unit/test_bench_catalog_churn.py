@@ -17,3 +17,4 @@ def test_catalog_churn_bench_writes_every_state(tmp_path):
     assert r["states"]["removals"]["removed"] == 5 and r["states"]["title_changes"]["upserted"] == 5
     assert all(s["dense_recall@200"] == 1.0 for s in r["states"].values())  # flat: exact
     assert r["data"]["index"] == "flat" and r["command"].endswith("--out " + str(out))
+    assert r["replica_start"]["log_records"] >= 50 and r["replica_start"]["with_log_s"] >= 0
