@@ -31,6 +31,7 @@ from features.data.validate import SchemaError
 CHUNK_ROWS = 1_000_000
 SOURCE_KEY = "intently.source"  # a text table's schema metadata: "<format>:<delimiter>:<file>"
 TEXT_BLOCK_BYTES = 1 << 20  # what the CSV reader parses at a time (it reads about 30 blocks ahead)
+JSON_CHUNK_BYTES = 256 << 20  # JSON lines: at most about this much text a chunk, however many records
 
 
 def format_of(path: str, fmt: str) -> str:
@@ -179,18 +180,22 @@ def _json_tables(fs, p: str, encoding: str, where: str, chunk_rows: int, explode
                 data = json.loads((head + f.read()).decode(encoding))
                 lines = [json.dumps(r).encode() for r in data]
                 head = b""
-            block = head
+            block, size = head, 0
             while True:
                 if block:
                     rest += block if utf8 else block.decode(encoding).encode()
                     *full, rest = rest.split(b"\n")
-                    lines += [x for x in full if x.strip()]
+                    full = [x for x in full if x.strip()]
                 else:
-                    if rest.strip():
-                        lines.append(rest)
+                    full = [rest] if rest.strip() else []
                     rest = b""
-                while len(lines) >= chunk_rows or (not block and (lines or not sent)):
-                    take, lines = lines[:chunk_rows], lines[chunk_rows:]
+                lines += full
+                size += sum(map(len, full))
+                # A chunk is chunk_rows records, or fewer where they are large (a GA4 record is KBs).
+                while len(lines) >= chunk_rows or size >= JSON_CHUNK_BYTES or (not block and (lines or not sent)):
+                    n = _fitting(lines, chunk_rows)
+                    take, lines = lines[:n], lines[n:]
+                    size -= sum(map(len, take))
                     yield _json_frame(take, explode, key_values, p).to_arrow().replace_schema_metadata({SOURCE_KEY: f"json:,:{p}"})
                     sent = True
                 if not block:
@@ -201,6 +206,16 @@ def _json_tables(fs, p: str, encoding: str, where: str, chunk_rows: int, explode
             raise SchemaError(f"{p}: a JSON array that is not valid JSON ({e.msg} at character {e.pos})") from None
         raise SchemaError(f"{p}: not valid {encoding} text ({str(e)[:120]}); set {where} to the file's character "
                           "set") from None
+
+
+def _fitting(lines: list[bytes], chunk_rows: int) -> int:
+    """How many of `lines` make the next chunk: chunk_rows, fewer once they hold JSON_CHUNK_BYTES."""
+    total = 0
+    for n, line in enumerate(lines[:chunk_rows], 1):
+        total += len(line)
+        if total >= JSON_CHUNK_BYTES:
+            return n
+    return min(chunk_rows, len(lines))
 
 
 def _nested(t: pa.Table, explode: str | None, key_values: str | None, where: str, text: bool) -> pa.Table:

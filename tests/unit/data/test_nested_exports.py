@@ -205,3 +205,13 @@ def test_a_google_analytics_4_export_maps_params_and_items(tmp_path, fmt):
     assert str(events[S.TS][0]) == "2024-03-01 10:00:00+00:00" and events[S.USER_ID].unique().to_list() == ["111.222"]
     assert items.select(S.ITEM_ID, S.TITLE, S.BRAND, S.CATEGORY).sort(S.ITEM_ID).rows() == [
         ("SKU-1", "Red mug", "Acme", "Kitchen"), ("SKU-2", "Blue lamp", "Acme", "Kitchen")]
+
+
+def test_large_json_records_are_read_in_chunks_of_bounded_size(tmp_path, monkeypatch):
+    from features.data import reading
+
+    monkeypatch.setattr(reading, "JSON_CHUNK_BYTES", 1000)  # GA4-sized records, scaled down
+    (tmp_path / "big.jsonl").write_text(_lines({"id": f"{i:03d}", "pad": "x" * 300} for i in range(20)))
+    tables = list(reading.iter_tables(str(tmp_path / "big.jsonl")))
+    assert [t.num_rows for t in tables] == [4] * 5  # four ~330-byte records reach 1,000 bytes
+    assert [i for t in tables for i in t.column("id").to_pylist()] == [f"{i:03d}" for i in range(20)]
