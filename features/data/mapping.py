@@ -5,7 +5,7 @@ which shop column feeds each canonical column:
 
     events:
       path: s3://shop/exports/events.csv      # file, folder or URI; overridable per run
-      format: csv                             # auto | parquet | csv | tsv | json | recbole
+      format: csv                             # auto | parquet | csv | tsv | json | excel | recbole
       columns: {user_id: visitorid, item_id: itemid, ts: timestamp, event_type: event}
       values: {event_type: {addtocart: add_to_cart, transaction: purchase}}
       ts_unit: ms                             # numeric timestamps: s | ms | us | ns | auto
@@ -28,9 +28,8 @@ Rules, so that nothing accepted is ever lost:
   `properties.products.product_id` on orders).
 - Nested records are flattened to dotted names, `explode` makes a list's elements rows and
   `key_values` a list of key/value pairs columns (features/data/reading.py); an exploded row's
-  event id is its record's plus ":<position>".
-  A JSON record may leave a mapped field out (it is blank there); a field no record of the file
-  has stops the import, naming it.
+  event id is its record's plus ":<position>" (or the element's own, when mapped from it).
+  A JSON record may leave a mapped field out (blank there); a field in no record stops the import.
 - Items without a path of their own are read from the events file, whose rows carry the item's
   fields (as many shops' event exports do): one item per id, each field its latest non-blank value
   by event time; `created_at` the item's first event unless mapped. Rows without an item id
@@ -57,7 +56,7 @@ from features.data import schema as S
 from features.data.reading import check_encoding, text_source
 from features.data.validate import SchemaError, iso_times
 
-FORMATS = ("auto", "parquet", "csv", "tsv", "json", "recbole")
+FORMATS = ("auto", "parquet", "csv", "tsv", "json", "excel", "recbole")
 TS_UNITS = ("auto", "s", "ms", "us", "ns")
 EVENT_COLUMNS = tuple(S.EVENTS_SCHEMA.names)
 ITEM_COLUMNS = tuple(S.ITEMS_SCHEMA.names)
@@ -268,7 +267,8 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
             spec = m.columns[name]
             col = (src.get_column(spec) if isinstance(spec, str) else
                    _joined(src, spec) if name in JOINABLE else _first(src, spec))
-            if name == S.EVENT_ID and m.explode and f"{m.explode}#" in src.columns:  # one id per exploded row
+            # One id per exploded row: its record's plus the position, unless the elements carry their own.
+            if name == S.EVENT_ID and m.explode and f"{m.explode}#" in src.columns and not str(spec).startswith(m.explode + "."):
                 at = src.get_column(f"{m.explode}#")
                 col = src.select(pl.when(at.is_not_null()).then(pl.concat_str([col.cast(pl.String), pl.lit(":"),
                                                                                 at.cast(pl.String)]))

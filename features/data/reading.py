@@ -1,5 +1,6 @@
-"""Reading a shop's files: every file under a path or URI (CSV, TSV, Parquet, JSON lines, RecBole
-atomic files; `.csv.gz`/`.jsonl.gz`/... decompressed), text read as written, in chunks of bounded size.
+"""Reading a shop's files: every file under a path or URI (CSV, TSV, Parquet, JSON lines, Excel
+workbooks, RecBole atomic files; `.csv.gz`/`.jsonl.gz`/... decompressed), text read as written, in
+chunks of bounded size.
 
 Nested records (JSON objects, Parquet structs, as event trackers and warehouse exports write them)
 are flattened to dotted column names (`properties.product_id`); `explode` names a list column
@@ -47,6 +48,8 @@ def format_of(path: str, fmt: str) -> str:
         return "csv"
     if name.endswith((".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")):
         return "json"
+    if name.endswith((".xlsx", ".xlsm", ".xlsb", ".xls", ".ods")):
+        return "excel"
     return "parquet"
 
 
@@ -81,9 +84,9 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
                 pf = pq.ParquetFile(f)
             except pa.ArrowInvalid as e:
                 raise SchemaError(f"{p}: not a Parquet file ({str(e)[:100]}); a file is read by its name's ending: "
-                                  ".csv .tsv .txt .jsonl .ndjson .json .inter/.item (and .gz of the text ones), "
-                                  "anything else as Parquet; or set the mapping's format: "
-                                  "parquet, csv, tsv, json, recbole") from None
+                                  ".csv .tsv .txt .jsonl .ndjson .json .xlsx .xls .ods .inter/.item (and .gz of the "
+                                  "text ones), anything else as Parquet; or set the mapping's format: "
+                                  "parquet, csv, tsv, json, excel, recbole") from None
             with f:
                 empty = True
                 for batch in pf.iter_batches(batch_size=chunk_rows):
@@ -95,10 +98,38 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
         if kind == "json":
             yield from _json_tables(fs, p, encoding, where, chunk_rows, explode, key_values)
             continue
+        if kind == "excel" and not (explode or key_values):
+            yield from _excel_tables(fs, p, chunk_rows)
+            continue
         if explode or key_values:
             raise SchemaError(f"{'explode' if explode else 'key_values'}: {explode or key_values!r}; only JSON and "
                               f"Parquet files hold lists, {p} is {kind}")
         yield from _text_tables(fs, p, kind, delimiter, encoding, where, chunk_rows)
+
+
+def _excel_tables(fs, p: str, chunk_rows: int) -> Iterator[pa.Table]:
+    """Every sheet of a workbook (the first row of each its header; empty sheets skipped), every
+    cell as the text Excel shows for it without formatting (17850, 2.55, 2010-12-01 08:26:00), as a
+    CSV export would hold it. A workbook is read whole (the format cannot be streamed)."""
+    import fastexcel
+
+    with fs.open_input_file(p) as f:
+        data = f.read()
+    try:
+        book = fastexcel.read_excel(data)
+    except Exception as e:  # noqa: BLE001 - the reader raises its own error types
+        raise SchemaError(f"{p}: not a workbook the Excel reader can open ({type(e).__name__}: {str(e)[:160]})") from None
+    sent = False
+    for name in book.sheet_names:
+        sheet = book.load_sheet(name, dtypes="string")
+        if not sheet.width:
+            continue
+        table = pa.Table.from_batches([sheet.to_arrow()]).replace_schema_metadata({SOURCE_KEY: f"excel:,:{p}"})
+        for start in range(0, max(table.num_rows, 1), chunk_rows):
+            yield table.slice(start, chunk_rows)
+            sent = True
+    if not sent:
+        raise SchemaError(f"{p}: every sheet of the workbook is empty")
 
 
 def _json_text(v: object) -> str | None:

@@ -137,7 +137,7 @@ def test_nested_export_errors_name_the_field_the_file_and_the_choices(tmp_path):
         _import(tmp_path, "bad.jsonl")
     (tmp_path / "events.dat").write_text(_lines(RECORDS))
     with pytest.raises(SchemaError, match=r"events.dat: not a Parquet file .* .jsonl .ndjson .json .*format: parquet, "
-                                          r"csv, tsv, json, recbole"):
+                                          r"csv, tsv, json, excel, recbole"):
         _import(tmp_path, "events.dat")
     (tmp_path / "events.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SchemaError, match=r"explode: 'properties.products'; only JSON and Parquet files hold lists"):
@@ -215,3 +215,23 @@ def test_large_json_records_are_read_in_chunks_of_bounded_size(tmp_path, monkeyp
     tables = list(reading.iter_tables(str(tmp_path / "big.jsonl")))
     assert [t.num_rows for t in tables] == [4] * 5  # four ~330-byte records reach 1,000 bytes
     assert [i for t in tables for i in t.column("id").to_pylist()] == [f"{i:03d}" for i in range(20)]
+
+
+def test_an_exploded_event_keeps_its_elements_own_id(tmp_path):
+    """Products that carry their own line id give the events those ids (no position appended)."""
+    recs = [{"id": "o1", "ts": "2024-03-01T10:00:00Z", "user": "u1",
+             "lines": [{"line": "o1-7", "sku": "A"}, {"line": "o1-9", "sku": "B"}]}]
+    (tmp_path / "orders.jsonl").write_text(_lines(recs))
+    (tmp_path / "m.yaml").write_text("""events:
+  path: orders.jsonl
+  explode: lines
+  columns: {event_id: lines.line, ts: ts, user_id: user, item_id: lines.sku}
+  constants: {event_type: purchase}
+items:
+  path: items.jsonl
+  columns: {item_id: sku, title: name}
+""")
+    (tmp_path / "items.jsonl").write_text(_lines(ITEMS))
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    assert events.select(S.EVENT_ID, S.ITEM_ID).rows() == [("o1-7", "A"), ("o1-9", "B")]
