@@ -48,8 +48,23 @@ def open_live_catalog(cfg: ServingConfig, res: Resolved, lexical: bool) -> LiveC
     # The batch catalog is as fresh as the features version that read it: older upserts of its items yield.
     created = A.read_manifest(res.features_dir).get("created_at")
     batch_time = dt.datetime.fromisoformat(created).timestamp() if created else None
-    return LiveCatalog(catalog, index, Path(res.state_dir) / "items", retriever, fsync=cfg.profiles.fsync,
-                       batch_time=batch_time)
+    live = LiveCatalog(catalog, index, Path(res.state_dir) / "items", retriever, fsync=cfg.profiles.fsync,
+                       batch_time=batch_time, encoder_id=index_encoder_id(res.index_dir))
+    if live.n_other_encoder:
+        log.warning("%d items upserted through the API carry vectors of another encoder than this index's; they are "
+                    "found by their text and fields, but their vectors are off until they are PUT again (or the "
+                    "shop's export lists them for the next batch run)", live.n_other_encoder)
+    return live
+
+
+def index_encoder_id(index_dir: str) -> str:
+    """Which encoder made an index version's vectors: a fine-tuned checkpoint's weights hash, or
+    the zero-shot model's folder (the bundled MiniLM when unset)."""
+    m = A.read_manifest(index_dir)
+    enc = m.get("inputs", {}).get("encoder", {})
+    if enc.get("weights_sha256"):
+        return f"sha256:{enc['weights_sha256']}"
+    return f"zero-shot:{m.get('config', {}).get('zero_shot', {}).get('model_dir') or 'bundled'}"
 
 
 log = logging.getLogger("ray.serve")
@@ -146,7 +161,7 @@ class RetrieverCore:
     def info(self) -> dict:
         self.live.sync()
         return {"items": len(self.live.catalog) - self.live.n_removed, "upserted": self.live.n_upserted,
-                "upserted_new_text": self.live.n_changed,
+                "upserted_new_text": self.live.n_changed, "upserted_by_another_encoder": self.live.n_other_encoder,
                 "removed": self.live.n_removed, "upserts_older_than_batch": self.live.superseded,
                 "index_type": self.live.index.kind, "ranker": self.ranker.info(), "warm_up_s": self.warm_up_s}
 

@@ -95,10 +95,13 @@ class LiveCatalog:
     """Catalog + ANN index + BM25, kept current from the shared item log (see module doc)."""
 
     def __init__(self, catalog: Catalog, index: ItemIndex, item_log_dir: str | Path | None,
-                 cfg: RetrievalConfig = RetrievalConfig(), fsync: bool = True, batch_time: float | None = None) -> None:
+                 cfg: RetrievalConfig = RetrievalConfig(), fsync: bool = True, batch_time: float | None = None,
+                 encoder_id: str | None = None) -> None:
         """`batch_time`: when the batch catalog was read (epoch seconds; the features version's
         creation): an upsert written before it, of an item the batch lists, is superseded by the
-        batch's fresher fields (the latest write wins); None applies every upsert."""
+        batch's fresher fields (the latest write wins); None applies every upsert. `encoder_id`:
+        the encoder of the index's vectors, written into each upsert; a logged vector of another
+        encoder (an older version's) is counted in `n_other_encoder` until the item is PUT again."""
         if list(index.item_ids) != catalog.item_ids[: len(index.item_ids)]:
             raise ValueError("the index and the catalog disagree on item order")
         self.catalog = catalog
@@ -111,6 +114,8 @@ class LiveCatalog:
         self._changed: set[int] = set()  # rows whose vector is not (or no longer) the index's
         self._upserted: set[int] = set()  # rows an applied upsert changed (any field)
         self._removed: set[int] = set()  # rows removed by the shop (never a candidate)
+        self.encoder_id = encoder_id
+        self._other_encoder: set[int] = set()  # rows whose vector came from another encoder than the index's
         self._derived_arrays: dict[str, np.ndarray] | None = None  # see _derived; None after a write
         self.bm25 = cfg.lexical_index([catalog.fields(r) for r in range(len(catalog))]) if cfg.lexical else None
         if self.bm25 is not None:
@@ -130,6 +135,11 @@ class LiveCatalog:
     def n_upserted(self) -> int:
         """Items upserted since the batch (new, changed text, or other fields only)."""
         return len(self._upserted)
+
+    @property
+    def n_other_encoder(self) -> int:
+        """Upserted items whose logged vector is another encoder's (written before this version's)."""
+        return len(self._other_encoder)
 
     @property
     def n_removed(self) -> int:
@@ -171,9 +181,12 @@ class LiveCatalog:
         # The text as it was: the vector as it was (the encoder reads only the text), which for an
         # item the index holds, and whose text no upsert changed, is the index's own.
         known = self.catalog.row.get(item.item_id)
-        same_text = known is not None and self.catalog.text[known] == item.text()
+        same_text = known is not None and known not in self._other_encoder and self.catalog.text[known] == item.text()
         row, created = self.catalog.upsert(item, None if same_text else decode_vector(rec["vector"]))
         self._upserted.add(row)
+        if not same_text:  # this record's vector is the row's now: whose encoder made it?
+            other = rec.get("encoder") not in (None, self.encoder_id) and self.encoder_id is not None
+            (self._other_encoder.add if other else self._other_encoder.discard)(row)
         if not same_text:
             self._changed.add(row)
             self._derived_arrays = None
@@ -195,7 +208,8 @@ class LiveCatalog:
     def upsert(self, item: ItemUpdate, vector: np.ndarray) -> tuple[int, bool]:
         """Durably log the item, then apply it; returns (row, created). A new item when the catalog
         holds retriever.max_items raises CatalogFull (nothing logged)."""
-        rec = {"item": item.to_record(), "vector": encode_vector(vector), "written": time.time()}
+        rec = {"item": item.to_record(), "vector": encode_vector(vector), "written": time.time(),
+               "encoder": self.encoder_id}
         if self.log is not None:
             self.sync()
         if item.item_id not in self.catalog.row and len(self.catalog) >= self.cfg.max_items:

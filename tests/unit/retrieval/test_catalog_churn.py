@@ -119,3 +119,38 @@ def test_items_added_one_at_a_time_keep_every_per_row_array_aligned():
     cat.set_popularity(np.ones(len(cat)), np.ones(len(cat)), np.ones(len(cat)))
     cat.upsert(ItemUpdate("late", "late thing"), np.full(D, 0.25, np.float32))
     assert len(cat.popularity) == len(cat) and cat.popularity[0] == 1.0 and cat.popularity[-1] == 0.0
+
+
+def test_vectors_logged_by_another_encoder_are_counted_until_put_again(tmp_path):
+    """A new artifacts version may come with another encoder: an API-only item's or a re-texted
+    item's logged vector is then the old encoder's. It is counted (serving's /healthz and a warning
+    say so) until a PUT logs a vector of the current encoder; an upsert that kept the batch text
+    takes the new index's own vector and is fine."""
+    rng = np.random.default_rng(7)
+    old = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False, encoder_id="zero-shot:bundled")
+    old.upsert(ItemUpdate("api-only", "velvet cushion"), _unit(rng))
+    old.upsert(_same_text(old.catalog, "i001", title="renamed lamp"), _unit(rng))
+    old.upsert(_same_text(old.catalog, "i002", price=9.0), _unit(rng))
+    assert old.n_other_encoder == 0
+    new = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False, encoder_id="sha256:abc")
+    assert new.n_other_encoder == 2 and new.n_upserted == 3
+    fresh = _unit(rng)
+    new.upsert(ItemUpdate("api-only", "velvet cushion"), fresh)  # the same text, PUT again: the new vector
+    assert new.n_other_encoder == 1 and np.allclose(new.catalog.vectors[new.catalog.row["api-only"]], fresh)
+    unknown = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False)  # no encoder id: nothing to compare
+    assert unknown.n_other_encoder == 0
+
+
+def test_an_index_names_the_encoder_of_its_vectors(tmp_path):
+    import json
+
+    from serving.retriever import index_encoder_id
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps({"inputs": {"encoder": {"zero_shot": True}},
+                                                              "config": {"zero_shot": {"model_dir": None}}}))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps({"inputs": {"encoder": {"weights_sha256": "f00"}},
+                                                              "config": {"zero_shot": {"model_dir": None}}}))
+    assert index_encoder_id(str(tmp_path / "a")) == "zero-shot:bundled"
+    assert index_encoder_id(str(tmp_path / "b")) == "sha256:f00"
