@@ -138,7 +138,8 @@ def _json_text(v: object) -> str | None:
     return v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
-def _json_rows(record: object, explode: str | None, where: str, key_values: str | None = None) -> list[dict[str, str | None]]:
+def _json_rows(record: object, explode: str | None, where: str,
+               key_values: str | None = None) -> list[dict[str, str | None]]:
     """One JSON record -> its flattened rows, every value text (see `_json_text`)."""
     if not isinstance(record, dict):
         raise SchemaError(f"{where}: a {type(record).__name__}, not a JSON object; each line must be one object")
@@ -227,7 +228,8 @@ def _json_tables(fs, p: str, encoding: str, where: str, chunk_rows: int, explode
                     n = _fitting(lines, chunk_rows)
                     take, lines = lines[:n], lines[n:]
                     size -= sum(map(len, take))
-                    yield _json_frame(take, explode, key_values, p).to_arrow().replace_schema_metadata({SOURCE_KEY: f"json:,:{p}"})
+                    frame = _json_frame(take, explode, key_values, p).to_arrow()
+                    yield frame.replace_schema_metadata({SOURCE_KEY: f"json:,:{p}"})
                     sent = True
                 if not block:
                     return
@@ -297,7 +299,8 @@ def _pairs_to_columns(df: pl.DataFrame, col: str, where: str) -> pl.DataFrame:
     rid, val = "\x1frow", "\x1fvalue"
     df = df.with_row_index(rid)
     pairs = (df.select(rid, col).explode(col).drop_nulls(col).unnest(col)
-             .select(rid, pl.col("key").cast(pl.String), pl.coalesce(slots).alias(val) if slots else pl.lit(None, pl.String).alias(val))
+             .select(rid, pl.col("key").cast(pl.String),
+                     (pl.coalesce(slots) if slots else pl.lit(None, pl.String)).alias(val))
              .drop_nulls("key"))
     if not pairs.height:
         return df.drop(rid, col)
