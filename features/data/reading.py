@@ -108,9 +108,11 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
 
 
 def _excel_tables(fs, p: str, chunk_rows: int) -> Iterator[pa.Table]:
-    """Every sheet of a workbook (the first row of each its header; empty sheets skipped), every
-    cell as the text Excel shows for it without formatting (17850, 2.55, 2010-12-01 08:26:00), as a
-    CSV export would hold it. A workbook is read whole (the format cannot be streamed)."""
+    """Every sheet with the first data sheet's columns (UCI's one a year; others are skipped with a
+    warning), each cell as the text Excel shows without its format (17850, 2.55, 2010-12-01
+    08:26:00), as a CSV export holds it. Read whole: the format cannot be streamed."""
+    import warnings
+
     import fastexcel
 
     with fs.open_input_file(p) as f:
@@ -119,12 +121,16 @@ def _excel_tables(fs, p: str, chunk_rows: int) -> Iterator[pa.Table]:
         book = fastexcel.read_excel(data)
     except Exception as e:  # noqa: BLE001 - the reader raises its own error types
         raise SchemaError(f"{p}: not a workbook the Excel reader can open ({type(e).__name__}: {str(e)[:160]})") from None
-    sent = False
+    sent, header = False, None
     for name in book.sheet_names:
         sheet = book.load_sheet(name, dtypes="string")
         if not sheet.width:
             continue
         table = pa.Table.from_batches([sheet.to_arrow()]).replace_schema_metadata({SOURCE_KEY: f"excel:,:{p}"})
+        header = header or (name, table.column_names)
+        if table.column_names != header[1]:
+            warnings.warn(f"{p}: sheet {name!r} skipped: its columns are not sheet {header[0]!r}'s", stacklevel=2)
+            continue
         for start in range(0, max(table.num_rows, 1), chunk_rows):
             yield table.slice(start, chunk_rows)
             sent = True
@@ -133,8 +139,7 @@ def _excel_tables(fs, p: str, chunk_rows: int) -> Iterator[pa.Table]:
 
 
 def _json_text(v: object) -> str | None:
-    """A JSON value as the text a CSV export would hold: strings as they are, numbers and booleans
-    as JSON writes them (123, 2.55, true), lists and objects as JSON."""
+    """A JSON value as a CSV export holds it: strings as they are, the rest as JSON writes it (123, 2.55, true)."""
     return v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 

@@ -42,6 +42,7 @@ def _workbook(path, sheets=SHEETS, header=HEADER) -> None:
                 elif v is not None:
                     ws.write_string(i, j, v)
     wb.add_worksheet("notes")  # an empty sheet is skipped
+    wb.add_worksheet("summary").write_row(0, 0, ["Year", "Revenue"])  # and one with other columns (a warning)
     wb.close()
 
 
@@ -54,10 +55,14 @@ def _csv(path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.filterwarnings("ignore:.*sheet 'summary' skipped")
 def test_the_uci_online_retail_ii_workbook_imports_as_its_csv_does(tmp_path):
     _workbook(tmp_path / "online_retail_II.xlsx")
     _csv(tmp_path / "online_retail_II.csv")
     out = {}
+    with pytest.warns(UserWarning, match=r"online_retail_II.xlsx: sheet 'summary' skipped: its columns are not "
+                                         r"sheet 'Year 2009-2010''s"):
+        read_table(str(tmp_path / "online_retail_II.xlsx"))
     for name in ("online_retail_II.xlsx", "online_retail_II.csv"):
         IE.run(IE.ImportEventsConfig(mapping="uci-online-retail", events=str(tmp_path / name), output=str(tmp_path / name[-4:])))
         out[name] = pl.read_parquet(tmp_path / name[-4:] / "events.parquet")
@@ -68,6 +73,7 @@ def test_the_uci_online_retail_ii_workbook_imports_as_its_csv_does(tmp_path):
     assert str(xlsx.filter(pl.col(S.SESSION_ID) == "489434")[S.TS][0]) == "2009-12-01 07:45:00+00:00"
 
 
+@pytest.mark.filterwarnings("ignore:.*sheet 'summary' skipped")
 def test_a_shops_spreadsheet_maps_like_any_export_and_a_bad_workbook_is_named(tmp_path):
     _workbook(tmp_path / "orders.xlsx", {"orders": [("u1", 101, dt.datetime(2024, 3, 1, 10), "2"),
                                                     ("u2", "A-7", dt.datetime(2024, 3, 2, 11), "two")]},
