@@ -245,7 +245,10 @@ class LiveCatalog:
     def excluded(self, item_ids: frozenset[str] | set[str] = frozenset()) -> np.ndarray:
         """Rows no candidate source may return: these items' and every removed item's (unsorted;
         a row may repeat)."""
-        rows, removed = self.catalog.rows(list(item_ids)), self._derived()["removed"]
+        return self._with_removed(self.catalog.rows(list(item_ids)))
+
+    def _with_removed(self, rows: np.ndarray) -> np.ndarray:
+        removed = self._derived()["removed"]
         return np.concatenate([rows, removed]) if len(removed) else rows
 
     def compact(self) -> int:
@@ -312,7 +315,7 @@ class LiveCatalog:
         allowed = self.allowed(filters)
         asked = self.catalog.rows(list(exclude))
         ann_s, ann_rows = self.ann(query_emb, n, allowed, asked)
-        excluded = self.excluded(exclude)
+        excluded = self._with_removed(asked)
         bm = self.bm25.scores(query, len(self.catalog)) if self.bm25 is not None else None
         if bm is not None:
             if allowed is not None:
@@ -351,7 +354,7 @@ class LiveCatalog:
         cfg, cat = self.cfg, self.catalog
         allowed = self.allowed(filters)
         asked = cat.rows(list(exclude | ({context_item} if context_item else set())))
-        excluded = self.excluded(exclude | ({context_item} if context_item else set()))
+        excluded = self._with_removed(asked)
         ok = None if allowed is None else set(allowed.tolist())
         ex = set(excluded.tolist())
         picked: dict[int, None] = {}
