@@ -8,9 +8,11 @@
 usual field names) or `uci-online-retail` (either UCI Online Retail layout; items come from the
 log itself). `events` / `items` override the paths in the mapping; a mapping whose items have no
 path of their own reads them from the events file (one item per id, its latest fields). Writes
-<output>/events.parquet, items.parquet and rejected.parquet (rows whose values could not be typed,
-with a reason and the original row) and prints counts; every input row is in exactly one of them
-(an events file's item fields: merged per item, or rejected).
+<output>/events.parquet, items.parquet, rejected.parquet (rows not imported: an event whose time
+could not be read, with a reason and the original row) and blanked.parquet (rows imported with a
+value that could not be typed left blank, a price "call us" say: reason and original row), and
+prints counts; every input row is in exactly one of events/items and rejected (an events file's
+item fields: merged per item).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
-from features.data.mapping import (EventIds, Mapping, TableMapping, apply, guess_event_type, item_fields, load_mapping,
+from features.data.mapping import (KEPT, EventIds, Mapping, TableMapping, apply, guess_event_type, item_fields, load_mapping,
                                    merge_item_fields, recbole_defaults, reduce_item_fields)
 from features.data.online_retail import import_online_retail
 from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, swallowed_rows, text_source
@@ -101,7 +103,8 @@ class _Output:
         self.writers: dict[str, tuple] = {}
         self.raw = {"events": 0, "items": 0}
         self.kept = {"events": 0, "items": 0}
-        self.reasons: dict[str, Counter] = {"events": Counter(), "items": Counter()}
+        self.reasons: dict[str, Counter] = {"events": Counter(), "items": Counter()}  # rows rejected
+        self.blanked: dict[str, Counter] = {"events": Counter(), "items": Counter()}  # rows kept, a value blank
         self.example: dict[str, str] = {}
         self.users = pl.Series(S.USER_ID, [], pl.String)
         self.swallowed: dict[str, list] = {}
@@ -130,11 +133,15 @@ class _Output:
             self.users = pl.concat([self.users, df.get_column(S.USER_ID).drop_nulls().unique()]).unique()
 
     def rejected(self, table: str, rej: pl.DataFrame) -> None:
-        if not rej.height:
-            return
-        self.reasons[table].update(dict(rej.group_by(S.REASON).len().iter_rows()))
-        self.example.setdefault(table, rej.get_column(S.RAW)[0])
-        self._write("rejected", rej.select(pl.lit(table).alias("table"), S.REASON, S.RAW).to_arrow().cast(REJECTED_SCHEMA))
+        """Rows not imported -> rejected.parquet; rows imported with a value left blank (`kept`) -> blanked.parquet."""
+        kept = rej.get_column(KEPT) if KEPT in rej.columns else pl.Series(KEPT, [False] * rej.height, pl.Boolean)
+        for name, part, counts in (("rejected", rej.filter(~kept), self.reasons[table]),
+                                   ("blanked", rej.filter(kept), self.blanked[table])):
+            if not part.height:
+                continue
+            counts.update(dict(part.group_by(S.REASON).len().iter_rows()))
+            self.example.setdefault(f"{name} {table}", part.get_column(S.RAW)[0])
+            self._write(name, part.select(pl.lit(table).alias("table"), S.REASON, S.RAW).to_arrow().cast(REJECTED_SCHEMA))
 
     def check_quotes(self, chunk: pa.Table) -> None:
         """Count lines an unbalanced quote swallowed, per file (CSV and TSV; RecBole is unquoted)."""
@@ -148,8 +155,9 @@ class _Output:
     def finish(self, items: pl.DataFrame) -> None:
         write_table(self.output, "items", items, _nullable(S.ITEMS_SCHEMA))
         self.kept["items"] = items.height
-        if "rejected" not in self.writers:
-            self._write("rejected", REJECTED_SCHEMA.empty_table())
+        for name in ("rejected", "blanked"):
+            if name not in self.writers:
+                self._write(name, REJECTED_SCHEMA.empty_table())
         for stream, writer in self.writers.values():
             writer.close()
             stream.close()
@@ -193,11 +201,19 @@ def run(cfg: ImportEventsConfig) -> dict:
                     if out.reasons[table].get("unparseable_ts") else "")
             raise ValueError(f"{table}: all {out.raw[table]:,} rows were rejected ("
                              + ", ".join(f"{r} {n:,}" for r, n in counts) + f"){hint}; e.g. "
-                             f"{out.example.get(table, '?')}; every row is in {cfg.output}/rejected.parquet")
+                             f"{out.example.get('rejected ' + table, '?')}; every row is in {cfg.output}/rejected.parquet")
+    for table in ("events", "items"):
+        for reason, n in out.blanked[table].most_common():
+            col = reason.removeprefix("unparseable_")
+            sep = " (a decimal comma needs mapping." + table + ".decimal_separator: \",\")" if col in (S.PRICE, S.QUANTITY) else ""
+            warnings.append(f"WARNING: {table}.{col}: {n:,} value(s) could not be read{sep}; those rows are imported "
+                            f"with {col} blank and listed in blanked.parquet; e.g. {out.example['blanked ' + table]}")
     rejected_counts = out.reasons["events"] + out.reasons["items"]
     return {"raw_rows": out.raw, "events": out.kept["events"], "items": out.kept["items"],
             "items_from_events": from_log, "warnings": warnings, "users": out.users.len(),
-            "rejected": dict(rejected_counts.most_common()), "output": cfg.output}
+            "rejected": dict(rejected_counts.most_common()),
+            "blanked": {t: dict(out.blanked[t].most_common()) for t in ("events", "items") if out.blanked[t]},
+            "output": cfg.output}
 
 
 def _check_seen(m: TableMapping, table: str, seen: set[str], out: _Output) -> None:

@@ -16,9 +16,12 @@ which shop column feeds each canonical column:
 Rules, so that nothing accepted is ever lost:
 - A mapped shop column that is not in the file stops the import with an error naming the mapping
   key, the column and the columns the file has.
-- A value that cannot be typed (a quantity "two", a timestamp "yesterday") does not become null:
-  its row goes to `rejected` with the reason `unparseable_<column>` and the original row as JSON,
-  next to the canonical tables. Everything else (unknown event types, future timestamps,
+- A time that cannot be read ("yesterday") rejects its event: the row goes to `rejected` with the
+  reason `unparseable_ts` and the original row as JSON, next to the canonical tables. Any other
+  value that cannot be typed (a quantity "two", a price "call us") is left blank and the row is
+  kept, its original in `blanked` with the reason `unparseable_<column>`: an item is not lost for
+  its price. Prices and quantities are read as shops write them (`$12.99`, `1,234.56`, `EUR 12,99`
+  with `decimal_separator: ","`), text columns' lists as text (features/data/values.py). Everything else (unknown event types, future timestamps,
   duplicates, ...) is the feature job's validation, with its quarantine and messages.
 - Without an event_id column, each event gets a stable one: a hash of its user, time, type and
   item, plus its position among identical lines (so repeated identical lines stay distinct).
@@ -54,18 +57,17 @@ import pyarrow as pa
 from features import artifacts as A
 from features.data import schema as S
 from features.data.reading import check_encoding, text_source
-from features.data.validate import SchemaError, iso_times
+from features.data.validate import SchemaError
+from features.data.values import DECIMAL_SEPARATORS, TEXT_COLUMNS, json_text, list_text, typed, typed_ts
 
 FORMATS = ("auto", "parquet", "csv", "tsv", "json", "excel", "recbole")
 TS_UNITS = ("auto", "s", "ms", "us", "ns")
 EVENT_COLUMNS = tuple(S.EVENTS_SCHEMA.names)
 ITEM_COLUMNS = tuple(S.ITEMS_SCHEMA.names)
 REASON_UNPARSEABLE = "unparseable_{}"
-_NUMERIC = {S.QUANTITY: pl.Int64, S.PRICE: pl.Float64}
-_TS_COLUMNS = (S.TS, S.CREATED_AT)
-JOINABLE = (S.TITLE, S.DESCRIPTION, S.CATEGORY, S.BRAND)  # may be built from several shop columns
-_TRUE = ("1", "true", "t", "yes", "y")
-_FALSE = ("0", "false", "f", "no", "n")
+KEPT = "kept"  # in the rows apply() reports: imported with the unreadable value blank (True) or rejected
+JOINABLE = TEXT_COLUMNS  # may be built from several shop columns
+REJECTING = (S.TS,)  # an event without a time cannot be placed: its row is rejected; any other unreadable value is blanked
 _KEY, _TS, _N, _FIRST = "\x1fitem", "\x1fts", "\x1fn", "\x1ffirst"  # item_fields' working columns
 
 
@@ -85,6 +87,7 @@ class TableMapping:
     ts_format: str | None = None
     delimiter: str | None = None
     encoding: str = "utf-8"
+    decimal_separator: str = "."  # of prices and quantities: "," for 12,99 (then 1.234,56 is read too)
     category_separator: str | None = None  # the shop's category path separator ("." or "/"): becomes " > "
     explode: str | None = None  # a list column (JSON, Parquet) whose elements become rows: an order's products
     key_values: str | None = None  # a list of {key, value} records (GA4's event_params): a column per key
@@ -115,6 +118,9 @@ def check_mapping(m: TableMapping, table: str) -> None:
     if m.ts_unit not in TS_UNITS:
         raise SchemaError(f"{where}.ts_unit: {m.ts_unit!r}; allowed: {', '.join(TS_UNITS)}")
     check_encoding(m.encoding, f"{where}.encoding")
+    if m.decimal_separator not in DECIMAL_SEPARATORS:
+        raise SchemaError(f"{where}.decimal_separator: {m.decimal_separator!r}; allowed: "
+                          + ", ".join(repr(d) for d in DECIMAL_SEPARATORS))
     for part in ("columns", "constants", "values"):
         unknown = sorted(set(getattr(m, part)) - set(allowed))
         if unknown:
@@ -151,49 +157,6 @@ def guess_event_type(value: str) -> str | None:
     """The contract's event type a shop's event name most likely means ("addtocart" -> add_to_cart), or None."""
     v = value.lower()
     return next((canonical for word, canonical in EVENT_TYPE_WORDS if word in v), None)
-
-
-def _epoch(values: pl.Expr, unit: str, sample: pl.Series) -> pl.Expr:
-    if unit == "auto":  # by magnitude of the largest value: 2001-09-09 in s is 1e9, in ms 1e12, ...
-        top = float(sample.abs().max() or 0)
-        unit = "ns" if top > 1e17 else "us" if top > 1e14 else "ms" if top > 1e11 else "s"
-    scale = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[unit]
-    return (values * scale).round(0).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
-
-
-def _typed_ts(col: pl.Series, m: TableMapping) -> pl.Series:
-    """A timestamp column from text, numbers or timestamps; unparseable -> null."""
-    if isinstance(col.dtype, pl.Datetime) or col.dtype == pl.Date:
-        out = col.cast(pl.Datetime("us"))
-        return out.dt.replace_time_zone("UTC") if col.dtype == pl.Date or col.dtype.time_zone is None \
-            else out.dt.convert_time_zone("UTC")
-    if col.dtype.is_numeric():
-        return pl.select(_epoch(pl.lit(col).cast(pl.Float64), m.ts_unit, col.cast(pl.Float64))).to_series()
-    text = col.cast(pl.String).str.strip_chars()
-    numeric = text.cast(pl.Float64, strict=False)
-    if m.ts_format:
-        parsed = text.str.to_datetime(m.ts_format, strict=False, time_unit="us").dt.replace_time_zone("UTC")
-    else:
-        parsed = iso_times(text)
-    if numeric.is_not_null().any():
-        as_epoch = pl.select(_epoch(pl.lit(numeric), m.ts_unit, numeric.drop_nulls())).to_series()
-        parsed = as_epoch.fill_null(parsed)
-    return parsed
-
-
-def _typed(name: str, col: pl.Series, m: TableMapping) -> pl.Series:
-    if name in _TS_COLUMNS:
-        return _typed_ts(col, m).alias(name)
-    if name in _NUMERIC:
-        return col.cast(pl.Float64, strict=False).cast(_NUMERIC[name], strict=False).alias(name) \
-            if col.dtype == pl.String else col.cast(_NUMERIC[name], strict=False).alias(name)
-    if name == S.IN_STOCK:
-        if col.dtype == pl.Boolean:
-            return col.alias(name)
-        low = col.cast(pl.String).str.strip_chars().str.to_lowercase()
-        return pl.select(pl.when(low.is_in(_TRUE)).then(True).when(low.is_in(_FALSE)).then(False)
-                         .otherwise(None).alias(name)).to_series()
-    return col.cast(pl.String).alias(name)
 
 
 class EventIds:
@@ -243,8 +206,9 @@ def _first(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:
     return src.select(pl.coalesce(parts).alias(names[0])).to_series()
 
 
-def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.Series, pl.DataFrame]:
-    """(every row mapped and typed, its rejection reason or null, the source rows)."""
+def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(every row mapped and typed, per typed column whether a present value could not be typed,
+    the source rows)."""
     check_mapping(m, table)
     source = text_source(raw)
     absent = []
@@ -265,8 +229,13 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
     for name in contract.names:
         if name in m.columns:
             spec = m.columns[name]
-            col = (src.get_column(spec) if isinstance(spec, str) else
-                   _joined(src, spec) if name in JOINABLE else _first(src, spec))
+            names = (spec,) if isinstance(spec, str) else spec
+            if name in JOINABLE:  # lists (a JSON export's categories) become text first
+                parts = pl.DataFrame([list_text(src.get_column(c), name == S.CATEGORY).alias(f"{i}")
+                                      for i, c in enumerate(names)])
+                col = (parts.to_series(0) if len(names) == 1 else _joined(parts, parts.columns)).alias(names[0])
+            else:
+                col = src.get_column(spec) if isinstance(spec, str) else _first(src, spec)
             # One id per exploded row: its record's plus the position, unless the elements carry their own.
             if name == S.EVENT_ID and m.explode and f"{m.explode}#" in src.columns and not str(spec).startswith(m.explode + "."):
                 at = src.get_column(f"{m.explode}#")
@@ -284,35 +253,50 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
         if name == S.CATEGORY and m.category_separator:  # "electronics.smartphone" -> "electronics > smartphone"
             col = (col.cast(pl.String).str.split(m.category_separator)
                    .list.eval(pl.element().str.strip_chars()).list.join(" > "))
-        typed = _typed(name, col, m)
+        value = typed(name, col, m.ts_unit, m.ts_format, m.decimal_separator)
         present = col.is_not_null() & (col.cast(pl.String).str.strip_chars() != "")
-        bad.append((present & typed.is_null()).alias(name))
-        cols.append(typed)
+        bad.append((present & value.is_null()).alias(name))
+        cols.append(value)
     out = pl.DataFrame(cols)
     if out.width == 0:
         raise SchemaError(f"mapping.{table}.columns: nothing mapped; canonical columns: {', '.join(contract.names)}")
-    reason = pl.lit(None, pl.String)
-    for flag in reversed(bad):  # the first unparseable column in contract order names the reason
-        reason = pl.when(flag).then(pl.lit(REASON_UNPARSEABLE.format(flag.name))).otherwise(reason)
-    reasons = pl.select(reason.alias(S.REASON)).to_series() if bad else pl.Series(S.REASON, [None] * src.height,
-                                                                                        dtype=pl.String)
-    return out, reasons, src
+    return out, pl.DataFrame(bad), src
 
 
-def _rejected(src: pl.DataFrame, reasons: pl.Series, which: pl.Series) -> pl.DataFrame:
-    return pl.DataFrame({S.REASON: reasons.filter(which),
+def _reason(bad: pl.DataFrame, names: list[str]) -> pl.Series:
+    """Per row, `unparseable_<column>` of the first of `names` (contract order) it could not type, or null."""
+    reason = pl.repeat(None, pl.len(), dtype=pl.String)
+    for name in reversed([n for n in bad.columns if n in names]):
+        reason = pl.when(pl.col(name)).then(pl.lit(REASON_UNPARSEABLE.format(name))).otherwise(reason)
+    return bad.select(reason.alias(S.REASON)).to_series()
+
+
+def _rejected(src: pl.DataFrame, bad: pl.DataFrame, which: pl.Series) -> pl.DataFrame:
+    """The rows `which` with `reason`, `raw` (the original row as JSON) and `kept`: False for a row
+    rejected for its time, True for a row imported with the values it could not type left blank."""
+    reject, blank = _reason(bad, list(REJECTING)), _reason(bad, [n for n in bad.columns if n not in REJECTING])
+    reasons = reject.fill_null(blank)
+    which = which & reasons.is_not_null()
+    return pl.DataFrame({S.REASON: reasons.filter(which), KEPT: reject.filter(which).is_null(),
                          S.RAW: [json.dumps(r, default=str) for r in src.filter(which).iter_rows(named=True)]},
-                        schema={S.REASON: pl.String, S.RAW: pl.String})
+                        schema={S.REASON: pl.String, KEPT: pl.Boolean, S.RAW: pl.String})
+
+
+def _rejects(bad: pl.DataFrame) -> pl.Series:
+    flags = [pl.col(n) for n in bad.columns if n in REJECTING]
+    return bad.select(pl.any_horizontal(flags) if flags else pl.repeat(False, pl.len())).to_series()
 
 
 def apply(raw: pa.Table, m: TableMapping, table: str,
           event_ids: EventIds | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(canonical rows, rejected rows with `reason` and `raw`). len(canonical) + len(rejected)
-    == raw.num_rows. `event_ids`: the import's, when `raw` is one chunk of a file."""
-    out, reasons, src = _mapped(raw, m, table)
+    """(canonical rows, rows with a value that could not be typed: `reason`, `kept`, `raw`). A
+    row rejected for its time (kept False) is not in the canonical rows; a row with another value
+    that could not be typed is, with that value blank (kept True). len(canonical) + rejected rows
+    not kept == raw.num_rows. `event_ids`: the import's, when `raw` is one chunk of a file."""
+    out, bad, src = _mapped(raw, m, table)
     contract = S.EVENTS_SCHEMA if table == "events" else S.ITEMS_SCHEMA
-    keep = reasons.is_null()
-    rejected = _rejected(src, reasons, ~keep)
+    keep = ~_rejects(bad)
+    rejected = _rejected(src, bad, pl.Series([True] * src.height))
     out = out.filter(keep)
     if table == "events" and S.EVENT_ID not in out.columns:
         out = out.with_columns((event_ids or EventIds())(out))
@@ -327,20 +311,22 @@ def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row:
     """One chunk of an events file whose rows carry item fields (see module doc) -> (per item id,
     each used shop column's latest non-blank value with the event time and file row it came
     from, plus the item's first event time; the chunk's rejected rows). `merge_item_fields`
-    combines the chunks. A row whose item fields cannot be typed is rejected and left out (its
-    event is judged apart); each column is merged on its own, so a title built from brand and
+    combines the chunks. A value that cannot be typed (a price "call us") is left blank there and
+    the row reported (`kept`), so it replaces no earlier value; each column is merged on its own, so a title built from brand and
     category keeps the brand that a later row left blank."""
     if S.ITEM_ID not in m.columns:
         raise SchemaError("mapping.items.columns.item_id: required to read the items from the events file")
-    out, reasons, src = _mapped(raw, m, "items")
+    out, bad, src = _mapped(raw, m, "items")
+    src = src.with_columns(json_text(src.get_column(c)) for c in _used(m))  # lists merge as their JSON text
     item = out.get_column(S.ITEM_ID)
     has_item = item.is_not_null() & (item.str.strip_chars() != "")
     ts_spec = events.columns.get(S.TS)
-    ts = (_typed_ts(src.get_column(ts_spec), events) if isinstance(ts_spec, str)
+    ts = (typed_ts(src.get_column(ts_spec), events.ts_unit, events.ts_format) if isinstance(ts_spec, str)
           else pl.Series([None] * src.height, dtype=pl.Datetime("us", "UTC")))
     used = _used(m)
     rows = (src.select(used).with_columns(item.alias(_KEY), ts.alias(_TS), (pl.int_range(pl.len()) + first_row).alias(_N))
-            .filter(has_item & reasons.is_null()).sort([_TS, _N], nulls_last=False)
+            .with_columns(_blanked(bad, m))
+            .filter(has_item).sort([_TS, _N], nulls_last=False)
             .with_columns(pl.when(pl.col(c).cast(pl.String).str.strip_chars() != "").then(pl.col(c)).alias(c)
                           for c in used))
     latest = []
@@ -349,7 +335,18 @@ def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row:
         latest += [pl.col(c).filter(picked).last(), pl.col(_TS).filter(picked).last().alias(f"{c}{_TS}"),
                    pl.col(_N).filter(picked).last().alias(f"{c}{_N}")]
     partial = rows.group_by(_KEY).agg(latest + [pl.col(_TS).min().alias(_FIRST)])
-    return partial, _rejected(src, reasons, has_item & reasons.is_not_null())
+    return partial, _rejected(src, bad, has_item)
+
+
+def _blanked(bad: pl.DataFrame, m: TableMapping) -> list[pl.Expr]:
+    """The shop columns feeding a value that could not be typed, blank on those rows (so a later
+    row's unreadable price does not replace an earlier row's price)."""
+    out = []
+    for name in (n for n in bad.columns if bad.get_column(n).any()):
+        spec = m.columns.get(name)
+        for c in (spec,) if isinstance(spec, str) else spec or ():
+            out.append(pl.when(pl.lit(bad.get_column(name))).then(None).otherwise(pl.col(c)).alias(c))
+    return out
 
 
 def reduce_item_fields(partials: list[pl.DataFrame], m: TableMapping) -> pl.DataFrame:

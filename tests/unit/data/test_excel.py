@@ -89,8 +89,8 @@ items:
 """)
     r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
     events = pl.read_parquet(tmp_path / "out" / "events.parquet")
-    assert r["raw_rows"]["events"] == 2 and events.select(S.ITEM_ID, S.QUANTITY).rows() == [("101", 2)]
-    assert r["rejected"] == {"unparseable_quantity": 1}
+    assert r["raw_rows"]["events"] == 2 and events.select(S.ITEM_ID, S.QUANTITY).rows() == [("101", 2), ("A-7", None)]
+    assert r["rejected"] == {} and r["blanked"] == {"events": {"unparseable_quantity": 1}}
     (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
     with pytest.raises(SchemaError, match=r"broken.xlsx: not a workbook the Excel reader can open"):
         read_table(str(tmp_path / "broken.xlsx"))

@@ -51,23 +51,28 @@ def test_a_csv_export_maps_to_the_contract_and_every_row_is_accounted_for(tmp_pa
     out = tmp_path / "out"
     r = IE.run(IE.ImportEventsConfig(mapping=str(_shop(tmp_path)), output=str(out)))  # paths relative to the mapping
     events, items, rejected = _read(out, "events"), _read(out, "items"), _read(out, "rejected")
+    blanked = _read(out, "blanked")
     assert r["raw_rows"]["events"] == 7 == events.height + rejected.height
-    assert sorted(rejected[S.REASON].to_list()) == ["unparseable_quantity", "unparseable_ts"]
-    bad = json.loads(rejected.filter(pl.col(S.REASON) == "unparseable_quantity")[S.RAW][0])
-    assert bad["qty"] == "two"  # the original row survives
-    assert events[S.EVENT_TYPE].to_list() == ["view", "add_to_cart", "purchase", "purchase", "wishlist"]
+    assert rejected[S.REASON].to_list() == ["unparseable_ts"]  # an event without a time cannot be placed
+    # A quantity "two" does not lose the purchase: imported without a quantity, its original row kept aside.
+    assert blanked[S.REASON].to_list() == ["unparseable_quantity"] and json.loads(blanked[S.RAW][0])["qty"] == "two"
+    assert r["blanked"] == {"events": {"unparseable_quantity": 1}}
+    assert events[S.EVENT_TYPE].to_list() == ["view", "add_to_cart", "purchase", "purchase", "purchase", "wishlist"]
+    assert events[S.QUANTITY].to_list() == [None, 1, None, 2, 2, None]
     assert str(events[S.TS][0]) == "2015-06-02 05:02:12.117000+00:00"
     ids = events[S.EVENT_ID].to_list()
-    assert len(set(ids)) == 5 and ids[3] == ids[2] + ":1"  # identical lines stay distinct
+    assert len(set(ids)) == 6 and ids[3:5] == [ids[2] + ":1", ids[2] + ":2"]  # identical lines stay distinct
     assert items[S.IN_STOCK].to_list() == [True, False] and items[S.TITLE][1] == "Lamp, blue"
     # The unknown type is imported as given and said aloud: the feature job will quarantine it.
-    assert r["warnings"] == ["WARNING: event_type: 1 events carry values that are not event types of the contract "
+    assert r["warnings"][1].startswith("WARNING: events.quantity: 1 value(s) could not be read (a decimal comma needs "
+                                       "mapping.events.decimal_separator: \",\"); those rows are imported with quantity blank")
+    assert r["warnings"][:1] == ["WARNING: event_type: 1 events carry values that are not event types of the contract "
                              "('wishlist' 1); the feature job will quarantine them as unknown_event_type. Map them in "
                              "the mapping's values.event_type, e.g. {wishlist: <event type>}; the event types: "
                              "search, view, click, add_to_cart, purchase, return"]
     # The rest is the feature job's validation: the unknown type is quarantined there, with its row.
     valid, quarantine = validate_events(events.to_arrow(), items[S.ITEM_ID], ValidationConfig(now="2020-01-01T00:00:00Z"))
-    assert valid.height == 4 and quarantine[S.REASON].to_list() == ["unknown_event_type"]
+    assert valid.height == 5 and quarantine[S.REASON].to_list() == ["unknown_event_type"]
     v_items, _ = validate_items(items.to_arrow(), ValidationConfig())
     assert v_items.height == 2
 
@@ -247,13 +252,14 @@ items:
 def test_items_from_the_events_file_take_each_fields_latest_value(tmp_path):
     """An event export whose rows carry the product's fields (no items file): one item per id, each
     field its latest non-blank value by event time (not file order), a title joined from several
-    columns, first seen as created_at; a row whose item fields cannot be typed is rejected."""
+    columns, first seen as created_at; a price that cannot be read is left blank there (the row kept,
+    reported) and replaces no earlier price."""
     (tmp_path / "events.csv").write_text(REES_CSV)
     (tmp_path / "m.yaml").write_text(REES_MAPPING)
     out = tmp_path / "out"
     r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(out)))
-    items, rejected = _read(out, "items"), _read(out, "rejected")
-    assert r["items_from_events"] and r["items"] == 3 and r["events"] == 5
+    items, rejected, blanked = _read(out, "items"), _read(out, "rejected"), _read(out, "blanked")
+    assert r["items_from_events"] and r["items"] == 3 and r["events"] == 6 and rejected.height == 0
     it = {row[S.ITEM_ID]: row for row in items.iter_rows(named=True)}
     phone = it["44600062"]
     assert (phone[S.PRICE], phone[S.BRAND], phone[S.CATEGORY]) == (31.5, "shiseido", "electronics > smartphone")
@@ -261,8 +267,8 @@ def test_items_from_the_events_file_take_each_fields_latest_value(tmp_path):
     assert str(phone[S.CREATED_AT]) == "2019-09-30 23:00:00+00:00"
     assert it["3900821"][S.TITLE] == "aqua appliances.water_heater" and it["3900821"][S.CATEGORY] == "appliances > water_heater"
     assert it["1004767"][S.TITLE] is None  # nothing to name it by: the feature job quarantines it (missing_title)
-    assert sorted(zip(rejected["table"], rejected[S.REASON])) == [("events", "unparseable_price"),
-                                                                 ("items", "unparseable_price")]
+    assert sorted(zip(blanked["table"], blanked[S.REASON])) == [("events", "unparseable_price"),
+                                                               ("items", "unparseable_price")]
 
 
 def test_items_from_the_events_file_need_their_columns(tmp_path):
@@ -345,9 +351,10 @@ def test_an_import_in_chunks_writes_what_one_pass_writes(tmp_path, chunk_rows):
     assert {k: v for k, v in a.items() if k != "output"} == {k: v for k, v in b.items() if k != "output"}
     for name in ("events", "items"):
         assert _read(whole, name).equals(_read(chunked, name)), name
-    assert _read(whole, "rejected").sort(pl.all()).equals(_read(chunked, "rejected").sort(pl.all()))  # (interleaved)
+    for name in ("rejected", "blanked"):
+        assert _read(whole, name).sort(pl.all()).equals(_read(chunked, name).sort(pl.all())), name  # (interleaved)
     ids = _read(chunked, "events")[S.EVENT_ID].to_list()
-    assert len(set(ids)) == len(ids) == 10 and sum(i.endswith(":1") for i in ids) == 5
+    assert len(set(ids)) == len(ids) == 12 and sum(i.endswith(":1") for i in ids) == 6
     from features.data.reading import iter_tables
 
     assert [t.num_rows for t in iter_tables(str(tmp_path / "events.csv"), chunk_rows=chunk_rows)][:2] == [chunk_rows] * 2

@@ -1,0 +1,137 @@
+"""A shop's cell values -> the contract's types: times, numbers written the way shops write them, and
+lists in text columns. Used by the column mapping (features/data/mapping.py).
+
+- Times: text (ISO 8601, or `ts_format`), epoch numbers in `ts_unit` (auto: by magnitude), or
+  timestamps; an offset is converted to UTC and none means UTC.
+- Numbers (price, quantity): a currency sign or a three-letter code before or after (`$12.99`,
+  `£2.55`, `12.99 USD`, `EUR 12,99`), digits grouped in thousands (`1,234.56`, `1 234,56`,
+  `1'234.56`), and a price range (`$10.00 - $20.00`, the lowest: what a shop shows as "from") are
+  read; a decimal comma (`12,99`) needs `decimal_separator: ","`, since `1,234` means a thousand
+  and more where the point is the decimal separator. Anything else (`call us`, CSS in the field)
+  stays unread (null), and the mapping says which rows (import: `blanked.parquet`).
+- Lists in text columns (a JSON export's `"category": ["Home", "Kitchen"]`, `"description":
+  ["...", "..."]`, or a Parquet list column): a category becomes the path `Home > Kitchen` (a list
+  of paths: its first), other text its elements joined by a space. Text that merely starts with
+  `[` and is not a JSON list of values is left as it is.
+"""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from features.data import schema as S
+from features.data.validate import iso_times
+
+DECIMAL_SEPARATORS = (".", ",")
+NUMERIC = {S.QUANTITY: pl.Int64, S.PRICE: pl.Float64}
+TS_COLUMNS = (S.TS, S.CREATED_AT)
+TEXT_COLUMNS = (S.TITLE, S.DESCRIPTION, S.CATEGORY, S.BRAND)
+_TRUE = ("1", "true", "t", "yes", "y")
+_FALSE = ("0", "false", "f", "no", "n")
+# Currency signs (Unicode's Sc class) and the no-break and thin spaces locales group digits with.
+_SIGNS = r"[\p{Sc}\u00a0\u202f\u2009]"
+_CODE = r"^(?:[A-Z]{3}\.?)\s*|\s*[A-Z]{3}\.?$"  # USD 12.99, 12,99 EUR (NAN and INF are not codes: see below)
+_RANGE = r"^(.*?\d)\s*(?:-|–|—|to)\s*\D{0,4}\d"  # "10.00 - 20.00": its first number
+_GROUPED = {".": r"^[+-]?\d{1,3}(?:[,' ]\d{3})+(?:\.\d*)?$", ",": r"^[+-]?\d{1,3}(?:[.' ]\d{3})+(?:,\d*)?$"}
+_GROUP_MARKS = {".": r"[,' ]", ",": r"[.' ]"}
+
+
+def epoch(values: pl.Expr, unit: str, sample: pl.Series) -> pl.Expr:
+    if unit == "auto":  # by magnitude of the largest value: 2001-09-09 in s is 1e9, in ms 1e12, ...
+        top = float(sample.abs().max() or 0)
+        unit = "ns" if top > 1e17 else "us" if top > 1e14 else "ms" if top > 1e11 else "s"
+    scale = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[unit]
+    return (values * scale).round(0).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
+
+
+def typed_ts(col: pl.Series, ts_unit: str, ts_format: str | None) -> pl.Series:
+    """A timestamp column from text, numbers or timestamps; unparseable -> null."""
+    if isinstance(col.dtype, pl.Datetime) or col.dtype == pl.Date:
+        out = col.cast(pl.Datetime("us"))
+        return out.dt.replace_time_zone("UTC") if col.dtype == pl.Date or col.dtype.time_zone is None \
+            else out.dt.convert_time_zone("UTC")
+    if col.dtype.is_numeric():
+        return pl.select(epoch(pl.lit(col).cast(pl.Float64), ts_unit, col.cast(pl.Float64))).to_series()
+    text = col.cast(pl.String).str.strip_chars()
+    numeric = text.cast(pl.Float64, strict=False)
+    if ts_format:
+        parsed = text.str.to_datetime(ts_format, strict=False, time_unit="us").dt.replace_time_zone("UTC")
+    else:
+        parsed = iso_times(text)
+    if numeric.is_not_null().any():
+        as_epoch = pl.select(epoch(pl.lit(numeric), ts_unit, numeric.drop_nulls())).to_series()
+        parsed = as_epoch.fill_null(parsed)
+    return parsed
+
+
+def number_text(text: pl.Expr, decimal: str = ".") -> pl.Expr:
+    """Text as a shop writes a number (see the module doc) -> text Polars casts to a float."""
+    s = text.str.replace_all(_SIGNS, " ").str.strip_chars()
+    s = pl.when(s.str.contains(r"^(?:NAN|INF)$|^[+-]?INF")).then(s).otherwise(s.str.replace_all(_CODE, ""))
+    s = pl.coalesce(s.str.extract(_RANGE, 1), s).str.strip_chars()
+    s = pl.when(s.str.contains(_GROUPED[decimal])).then(s.str.replace_all(_GROUP_MARKS[decimal], "")).otherwise(s)
+    return s.str.replace(",", ".", literal=True) if decimal == "," else s
+
+
+def typed_number(col: pl.Series, dtype: pl.DataType, decimal: str = ".") -> pl.Series:
+    if col.dtype != pl.String:
+        return col.cast(dtype, strict=False)
+    as_float = pl.select(number_text(pl.lit(col), decimal).cast(pl.Float64, strict=False)).to_series()
+    return as_float.cast(dtype, strict=False)
+
+
+def _from_list(value: str, path: bool) -> str | None:
+    try:
+        v = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(v, list):
+        return value
+    if path and v and all(isinstance(x, list) for x in v):
+        v = v[0]  # several category paths: the first
+    parts = [str(x).strip() for x in (y for x in v for y in (x if isinstance(x, list) else [x])) if x is not None]
+    if any(isinstance(x, dict) for x in v):
+        return value  # records are not text
+    joined = (" > " if path else " ").join(p for p in parts if p)
+    return joined or None
+
+
+def json_text(col: pl.Series) -> pl.Series:
+    """A Parquet list or struct column as JSON text (what a JSON export's reader gives); others as they are."""
+    if not isinstance(col.dtype, (pl.List, pl.Array, pl.Struct)):
+        return col
+    return pl.Series(col.name, [None if v is None else json.dumps(v.to_list() if isinstance(v, pl.Series) else v,
+                                                                   default=str) for v in col], pl.String)
+
+
+def list_text(col: pl.Series, path: bool) -> pl.Series:
+    """A text column whose cells may be lists (a Parquet list, or JSON text `["a", "b"]`) -> text:
+    `a > b` for a category path, `a b` otherwise. Other values are returned as they are."""
+    col = json_text(col)
+    if col.dtype != pl.String:
+        return col
+    listy = col.str.strip_chars().str.starts_with("[") & col.str.strip_chars().str.ends_with("]")
+    if not listy.any():
+        return col
+    found = col.filter(listy).unique()
+    table = dict(zip(found.to_list(), (_from_list(v.strip(), path) for v in found.to_list())))
+    return pl.select(pl.when(listy).then(pl.lit(col).replace_strict(table, default=None, return_dtype=pl.String))
+                     .otherwise(pl.lit(col)).alias(col.name)).to_series()
+
+
+def typed(name: str, col: pl.Series, ts_unit: str = "auto", ts_format: str | None = None,
+          decimal: str = ".") -> pl.Series:
+    """One mapped column as the contract types it; a value that cannot be typed -> null."""
+    if name in TS_COLUMNS:
+        return typed_ts(col, ts_unit, ts_format).alias(name)
+    if name in NUMERIC:
+        return typed_number(col, NUMERIC[name], decimal).alias(name)
+    if name == S.IN_STOCK:
+        if col.dtype == pl.Boolean:
+            return col.alias(name)
+        low = col.cast(pl.String).str.strip_chars().str.to_lowercase()
+        return pl.select(pl.when(low.is_in(_TRUE)).then(True).when(low.is_in(_FALSE)).then(False)
+                         .otherwise(None).alias(name)).to_series()
+    return col.cast(pl.String).alias(name)

@@ -1,0 +1,115 @@
+"""Values as shops write them: prices with currency signs and thousands, lists in text columns, and a
+value that cannot be read leaving its row in the catalog (features/data/values.py)."""
+
+import gzip
+import json
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from features.data import schema as S
+from features.data.mapping import TableMapping, check_mapping
+from features.data.validate import SchemaError
+from features.data.values import list_text, typed_number
+from jobs import import_events as IE
+
+
+@pytest.mark.parametrize("text,decimal,want", [
+    ("12.99", ".", 12.99), ("$12.99", ".", 12.99), ("£2.55", ".", 2.55), ("12.99 USD", ".", 12.99),
+    ("USD 12.99", ".", 12.99), ("1,234.56", ".", 1234.56), ("1 234.56", ".", 1234.56), ("1'234.5", ".", 1234.5),
+    ("$1,234", ".", 1234.0), ("-3.5", ".", -3.5), ("$10.00 - $20.00", ".", 10.0), ("10 to 20", ".", 10.0),
+    ("€ 1.234,56", ",", 1234.56), ("12,99 EUR", ",", 12.99), ("12,99", ",", 12.99), ("1.5", ",", 1.5),
+    ("1\u00a0234,50 €", ",", 1234.5), ("1e3", ".", 1000.0),
+    # Not numbers, or ambiguous: left unread rather than guessed.
+    ("12,99", ".", None), ("1,23,4", ".", None), ("call us", ".", None), (".a-box{color:#fff}", ".", None),
+    ("", ".", None),
+])
+def test_prices_are_read_as_shops_write_them(text, decimal, want):
+    got = typed_number(pl.Series([text]), pl.Float64, decimal)[0]
+    assert got == (pytest.approx(want) if want is not None else None)
+
+
+def test_nan_and_infinity_stay_numbers_for_the_feature_job_to_quarantine():
+    got = typed_number(pl.Series(["NAN", "nan", "inf", "-INF"]), pl.Float64).to_list()
+    assert all(g is not None for g in got) and got[0] != got[0] and got[3] == float("-inf")
+
+
+def test_lists_in_text_columns_become_text():
+    col = pl.Series(["[\"Home\", \"Kitchen\", \"Mugs\"]", "[[\"Toys\", \"Puzzles\"], [\"Gifts\"]]", "[]",
+                     "[2 pack] socks", "Tools", None, "[{\"k\": 1}]"])
+    assert list_text(col, path=True).to_list() == ["Home > Kitchen > Mugs", "Toys > Puzzles", None,
+                                                   "[2 pack] socks", "Tools", None, "[{\"k\": 1}]"]
+    assert list_text(pl.Series(["[\"Soft.\", \"Warm.\"]"]), path=False).to_list() == ["Soft. Warm."]
+    parquet_list = pl.Series("c", [["A", "B"], None, []], pl.List(pl.String))
+    assert list_text(parquet_list, path=True).to_list() == ["A > B", None, None]
+
+
+def test_the_decimal_separator_setting_is_checked():
+    with pytest.raises(SchemaError, match=r"mapping.items.decimal_separator: ';'; allowed: '\.', ','"):
+        check_mapping(TableMapping(path="x.csv", columns={S.ITEM_ID: "id", S.TITLE: "t"}, decimal_separator=";"),
+                      "items")
+
+
+def _amazon_like(tmp_path):
+    """Reviews and product metadata shaped like the public Amazon review dumps: a price as text with
+    a currency sign (or a range, or markup scraped into it), categories and descriptions as lists."""
+    meta = [{"asin": "B01", "title": "Enamel mug", "price": "$12.99", "category": ["Home", "Kitchen", "Mugs"],
+             "description": ["Holds 300 ml.", "Dishwasher safe."], "brand": "Acme"},
+            {"asin": "B02", "title": "Summer dress", "price": "$10.00 - $20.00", "category": ["Clothing", "Dresses"],
+             "description": [], "brand": ""},
+            {"asin": "B03", "title": "Jigsaw puzzle", "price": ".a-box-inner{background-color:#fff}",
+             "category": ["Toys", "Puzzles"], "description": ["1000 pieces"], "brand": "Zed"},
+            {"asin": "B04", "title": "Tea towel", "price": "", "category": [], "brand": "Acme"}]
+    with gzip.open(tmp_path / "meta.json.gz", "wt") as f:
+        f.writelines(json.dumps(m) + "\n" for m in meta)
+    reviews = [{"reviewerID": f"A{u}", "asin": a, "unixReviewTime": 1262304000 + 86400 * (u * 3 + k), "overall": 5.0}
+               for u in range(3) for k, a in enumerate(["B01", "B02", "B03", "B04"])]
+    with gzip.open(tmp_path / "reviews.json.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in reviews)
+    (tmp_path / "m.yaml").write_text("""events:
+  path: reviews.json.gz
+  columns: {user_id: reviewerID, ts: unixReviewTime, item_id: asin}
+  constants: {event_type: purchase}
+items:
+  path: meta.json.gz
+  columns: {item_id: asin, title: title, brand: brand, price: price, category: category, description: description}
+""")
+    return tmp_path / "m.yaml"
+
+
+def test_an_amazon_style_catalog_keeps_every_product(tmp_path):
+    out = tmp_path / "out"
+    r = IE.run(IE.ImportEventsConfig(mapping=str(_amazon_like(tmp_path)), output=str(out)))
+    items = pl.read_parquet(out / "items.parquet").sort(S.ITEM_ID)
+    assert r["items"] == 4 and r["events"] == 12 and r["rejected"] == {}
+    assert items[S.PRICE].to_list() == [12.99, 10.0, None, None]  # a range is its lowest price
+    assert items[S.CATEGORY].to_list() == ["Home > Kitchen > Mugs", "Clothing > Dresses", "Toys > Puzzles", None]
+    assert items[S.DESCRIPTION].to_list() == ["Holds 300 ml. Dishwasher safe.", None, "1000 pieces", None]
+    # The markup in B03's price is not a price: the product stays, without one, and the row is reported.
+    blanked = pl.read_parquet(out / "blanked.parquet")
+    assert blanked.select("table", S.REASON).rows() == [("items", "unparseable_price")]
+    assert json.loads(blanked[S.RAW][0])["asin"] == "B03"
+    assert r["blanked"] == {"items": {"unparseable_price": 1}}
+    assert any(w.startswith("WARNING: items.price: 1 value(s) could not be read") for w in r["warnings"])
+
+
+def test_a_later_unreadable_price_does_not_erase_an_item_s_price_from_the_events_file(tmp_path):
+    rows = {"ts": ["2024-01-01", "2024-01-02", "2024-01-03"], "user": ["u1", "u2", "u3"], "sku": ["A", "A", "A"],
+            "name": ["Mug", "Mug", "Mug"], "price": ["£3.50", "see shop", "£1,003.50"],
+            "tags": [["Home", "Mugs"], ["Home", "Mugs"], None]}
+    pq.write_table(pa.table(rows), tmp_path / "events.parquet")
+    (tmp_path / "m.yaml").write_text("""events:
+  path: events.parquet
+  columns: {ts: ts, user_id: user, item_id: sku, price: price}
+  constants: {event_type: purchase}
+items:
+  columns: {item_id: sku, title: name, price: price, category: tags}
+""")
+    out = tmp_path / "out"
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(out)))
+    items, events = pl.read_parquet(out / "items.parquet"), pl.read_parquet(out / "events.parquet")
+    assert items.select(S.PRICE, S.CATEGORY).rows() == [(1003.5, "Home > Mugs")]
+    assert events[S.PRICE].to_list() == [3.5, None, 1003.5] and r["events"] == 3
+    assert r["blanked"] == {"events": {"unparseable_price": 1}, "items": {"unparseable_price": 1}}
