@@ -29,6 +29,8 @@ class IngressMetrics:
         self.latency = Histogram("intently_request_latency_seconds", "request latency", ["endpoint"], registry=reg,
                                  buckets=LATENCY_BUCKETS_S)
         self.events = Counter("intently_events_accepted", "events durably logged", registry=reg)
+        self.upserts = Counter("intently_item_upserts", "PUT /v1/items by whether the item's text was new (encoded) "
+                               "or unchanged (its vector kept)", ["text"], registry=reg)
         self.in_flight = Gauge("intently_requests_in_flight", "requests being served", registry=reg)
         self.shed = Counter("intently_requests_shed", "requests refused with 503 by the in-flight limit",
                             ["endpoint"], registry=reg)

@@ -138,6 +138,11 @@ class RetrieverCore:
         _, created = self.live.upsert(item, vector)
         return created
 
+    def known_vector(self, item: ItemUpdate) -> np.ndarray | None:
+        """The item's vector when its text is unchanged (features/retrieval/live.py), else None."""
+        self.live.sync()
+        return self.live.known_vector(item)
+
     def remove(self, item_id: str) -> bool:
         """Log and apply the item's removal; False when there is no such item."""
         return self.live.remove(item_id)

@@ -1,17 +1,16 @@
 """Candidate retrieval: FAISS ANN plus BM25 over item text, fused; recommend-time candidate sources.
 
-`LiveCatalog` is the catalog as serving sees it: the versioned artifacts plus every item upserted
-since, read from a shared item log (a RecordLog), so all replicas on a node apply the same upserts
-in the same order and an upserted item is searchable on the very next request. The FAISS index
-is never rebuilt online: an upserted item whose text changed (so its vector did) is scored exactly
-(numpy) next to the ANN results, and its stale vector in the index is skipped inside FAISS, as
-removed items are; an upsert that leaves the text as it was (a price or stock change, most of a
-shop's writes) keeps the index's vector and costs searches nothing. Over a newer batch the latest
-write wins: an upsert written before the batch read its catalog, of an item the batch lists, is
-superseded (kept in the log, not applied); upserts of items the batch does not list always apply.
-A removed item (a tombstone in the same log) is left out of every candidate source until it is
-upserted again; its row, vector and history stay, so shoppers' past events and a product page's
-context still resolve.
+`LiveCatalog` is the catalog as serving sees it: the versioned artifacts plus every item upserted since, read
+from a shared item log (a RecordLog), so all replicas on a node apply the same upserts in the same order and
+an upserted item is searchable on the very next request. The FAISS index is never rebuilt online: an upserted
+item whose text changed (so its vector did) is scored exactly (numpy) next to the ANN results, and its stale
+vector in the index is skipped inside FAISS, as removed items are; an upsert that leaves the text as it was (a
+price or stock change, most of a shop's writes) keeps the index's vector, is not encoded, and costs searches
+nothing. Over a newer batch the latest write wins: an upsert written before the batch read its catalog, of an
+item the batch lists, is superseded (kept in the log, not applied); upserts of items the batch does not list
+always apply. A removed item (a tombstone in the same log) is left out of every candidate source until it is
+upserted again; its row, vector and history stay, so shoppers' past events and a product page's context still
+resolve.
 
 Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items
 that pass: exact and simple, at O(N d) per request (about 1 ms for 4k items, tens of ms at 1M).
@@ -187,7 +186,6 @@ class LiveCatalog:
         if not same_text:  # this record's vector is the row's now: whose encoder made it?
             other = rec.get("encoder") not in (None, self.encoder_id) and self.encoder_id is not None
             (self._other_encoder.add if other else self._other_encoder.discard)(row)
-        if not same_text:
             self._changed.add(row)
             self._derived_arrays = None
         if row in self._removed:
@@ -195,6 +193,13 @@ class LiveCatalog:
         if self.bm25 is not None:
             self.bm25.set_doc(row, self.catalog.fields(row))
         return row, created
+
+    def known_vector(self, item: ItemUpdate) -> np.ndarray | None:
+        """`item`'s vector when the catalog holds it with this very text and an own-encoder vector (no encoding needed)."""
+        row = self.catalog.row.get(item.item_id)
+        if row is None or row in self._other_encoder or self.catalog.text[row] != item.text():
+            return None
+        return self.catalog.vectors[row].copy()
 
     def sync(self) -> int:
         """Apply upserts other processes logged since the last call; returns how many."""

@@ -245,8 +245,16 @@ def test_an_upserted_item_is_searchable_at_once(app):
     assert gone.status_code == 404 and "removed item" in gone.text
     missing = requests.delete(f"{app.url}/v1/items/NO-SUCH-ITEM", headers={"X-API-Key": KEY}, timeout=30)
     assert missing.status_code == 404 and "unknown item" in missing.text
-    assert c.put_item("E2E/ZEBRA 2", {"title": "ZEBRA STRIPED DOORSTOP"})["created"] is False
-    assert c.search("zebra doorstop", k=1)["results"][0]["item_id"] == "E2E/ZEBRA 2"
+    def unchanged() -> float:  # PUTs whose text was the item's already: kept its vector, no encoding
+        time.sleep(1.5)  # each replica reports within metrics_push_s (1 s) of its last request
+        return _metric(requests.get(f"{app.url}/metrics", timeout=30).text, "intently_item_upserts_total",
+                       {"text": "unchanged"})
+
+    before = unchanged()
+    assert c.put_item("E2E/ZEBRA 2", {"title": "ZEBRA STRIPED DOORSTOP", "price": 3.5})["created"] is False
+    assert unchanged() == before + 1
+    hit = c.search("zebra doorstop", k=1)["results"][0]
+    assert hit["item_id"] == "E2E/ZEBRA 2" and hit["price"] == 3.5
 
 
 def test_a_forgotten_user_leaves_no_trace(app):
@@ -442,11 +450,15 @@ def test_requests_generated_from_the_openapi_spec(app):
     assert all(set(ops[op]["negative"]) <= {"401", "404", "413", "422"} for op in ops if "negative" in ops[op])
 
 
-def _search_count(metrics: str) -> float:
+def _metric(metrics: str, name: str, labels: dict) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     return sum(s.value for fam in text_string_to_metric_families(metrics) for s in fam.samples
-               if s.name == "intently_requests_total" and s.labels == {"endpoint": "search", "status": "200"})
+               if s.name == name and s.labels == labels)
+
+
+def _search_count(metrics: str) -> float:
+    return _metric(metrics, "intently_requests_total", {"endpoint": "search", "status": "200"})
 
 
 def test_ops_endpoints(app):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from features.profiles.events import encode_vector
 from features.retrieval.catalog import ItemUpdate
 from features.retrieval.index import IndexConfig, ItemIndex, brute_force
 from features.retrieval.live import COMPACT_SLACK, LiveCatalog
@@ -53,6 +54,27 @@ def test_a_price_or_stock_change_keeps_the_index_vector_and_a_new_title_does_not
     a.upsert(_same_text(cat, "i003", price=2.0), _unit(rng))
     assert a.n_changed == 1 and np.allclose(cat.vectors[r], new) and cat.price[r] == 2.0
     assert b.sync() == 2 and np.allclose(b.catalog.vectors[r], new) and b.n_changed == 1
+
+
+def test_a_write_that_keeps_the_text_needs_no_encoding(tmp_path):
+    """known_vector: what the API's PUT uses instead of encoding an unchanged text."""
+    rng = np.random.default_rng(5)
+    a = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False, encoder_id="enc-1")
+    cat, r = a.catalog, a.catalog.row["i004"]
+    got = a.known_vector(_same_text(cat, "i004", price=9.0))
+    assert np.array_equal(got, cat.vectors[r]) and got is not cat.vectors[r]  # a copy, not a view
+    assert a.known_vector(_same_text(cat, "i004", title="another title")) is None  # new text: encode it
+    assert a.known_vector(ItemUpdate("i-new", title="a new item")) is None
+    new = _unit(rng)
+    a.upsert(_same_text(cat, "i004", brand="Zed"), new)  # the brand is part of the encoder's text
+    assert np.allclose(a.known_vector(_same_text(cat, "i004", brand="Zed")), new)
+    a.remove("i004")  # a removed item PUT back with its text keeps its vector too
+    assert np.allclose(a.known_vector(_same_text(cat, "i004", brand="Zed")), new)
+    # A vector another encoder logged is not reused: the next PUT encodes with this one.
+    old = _same_text(cat, "i005", title="retitled by an older version")
+    a.log.append([{"item": old.to_record(), "vector": encode_vector(new), "written": 0.0, "encoder": "enc-0"}])
+    b = LiveCatalog(*_catalog(), tmp_path / "items", fsync=False, encoder_id="enc-1")
+    assert b.n_other_encoder == 1 and b.known_vector(old) is None
 
 
 def test_price_only_writes_keep_the_item_log_compacted(tmp_path):
