@@ -26,9 +26,9 @@ Rules, so that nothing accepted is ever lost:
 - Without an event_id column, each event gets a stable one: a hash of its user, time, type and
   item, plus its position among identical lines (so repeated identical lines stay distinct).
 - A text column (title, description, category, brand) may name several shop columns: their
-  values joined by a space, blanks skipped. Any other column may name several too: the first
-  non-blank of them (a tracker that writes `properties.product_id` on views and
-  `properties.products.product_id` on orders).
+  values joined by a space, blanks skipped (a category's by " > ", a path: department > type).
+  Any other column may name several too: the first non-blank of them (a tracker that writes
+  `properties.product_id` on views and `properties.products.product_id` on orders).
 - Nested records are flattened to dotted names, `explode` makes a list's elements rows and
   `key_values` a list of key/value pairs columns (features/data/reading.py); an exploded row's
   event id is its record's plus ":<position>" (or the element's own, when mapped from it).
@@ -193,10 +193,10 @@ class EventIds:
                                       for s, c in zip(k.get_column("k").to_list(), n.tolist())], dtype=pl.String)
 
 
-def _joined(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:
-    """The non-blank values of several text columns joined by a space; null when all are blank."""
+def _joined(src: pl.DataFrame, names: tuple[str, ...], sep: str = " ") -> pl.Series:
+    """The non-blank values of several text columns joined by `sep`; null when all are blank."""
     parts = [pl.col(n).cast(pl.String).str.strip_chars() for n in names]
-    joined = pl.concat_list([pl.when(p != "").then(p) for p in parts]).list.drop_nulls().list.join(" ")
+    joined = pl.concat_list([pl.when(p != "").then(p) for p in parts]).list.drop_nulls().list.join(sep)
     return src.select(pl.when(joined != "").then(joined).alias(names[0])).to_series()
 
 
@@ -233,7 +233,8 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
             if name in JOINABLE:  # lists (a JSON export's categories) become text first
                 parts = pl.DataFrame([list_text(src.get_column(c), name == S.CATEGORY).alias(f"{i}")
                                       for i, c in enumerate(names)])
-                col = (parts.to_series(0) if len(names) == 1 else _joined(parts, parts.columns)).alias(names[0])
+                col = (parts.to_series(0) if len(names) == 1 else  # a category from several columns is a path
+                       _joined(parts, parts.columns, " > " if name == S.CATEGORY else " ")).alias(names[0])
             else:
                 col = src.get_column(spec) if isinstance(spec, str) else _first(src, spec)
             # One id per exploded row: its record's plus the position, unless the elements carry their own.

@@ -113,3 +113,22 @@ items:
     assert items.select(S.PRICE, S.CATEGORY).rows() == [(1003.5, "Home > Mugs")]
     assert events[S.PRICE].to_list() == [3.5, None, 1003.5] and r["events"] == 3
     assert r["blanked"] == {"events": {"unparseable_price": 1}, "items": {"unparseable_price": 1}}
+
+
+def test_a_category_from_several_columns_is_a_path(tmp_path):
+    """An H&M-style articles table: the department and the product type make one category path."""
+    (tmp_path / "tx.csv").write_text("t_dat,customer_id,article_id,price\n2020-09-01,c1,0108775015,0.0508\n")
+    (tmp_path / "articles.csv").write_text("article_id,prod_name,index_group_name,product_type_name\n"
+                                           "0108775015,Strap top,Ladieswear,Vest top\n0108775044,Strap top (1),,Vest top\n")
+    (tmp_path / "m.yaml").write_text("""events:
+  path: tx.csv
+  columns: {ts: t_dat, user_id: customer_id, item_id: article_id, price: price}
+  constants: {event_type: purchase}
+items:
+  path: articles.csv
+  columns: {item_id: article_id, title: [prod_name, product_type_name], category: [index_group_name, product_type_name]}
+""")
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    items = pl.read_parquet(tmp_path / "out" / "items.parquet")
+    assert items.rows() == [("0108775015", "Strap top Vest top", "Ladieswear > Vest top"),
+                            ("0108775044", "Strap top (1) Vest top", "Vest top")]  # a code keeps its leading zero
