@@ -29,11 +29,12 @@ import pyarrow.parquet as pq
 from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
-from features.data.mapping import (KEPT, EventIds, Mapping, TableMapping, apply, guess_event_type, item_fields, load_mapping,
-                                   merge_item_fields, recbole_defaults, reduce_item_fields)
+from features.data.mapping import (KEPT, EventIds, Mapping, TableMapping, apply, check_mapping, column_hint, item_fields,
+                                   load_mapping, merge_item_fields, recbole_defaults, reduce_item_fields)
 from features.data.online_retail import import_online_retail
 from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, swallowed_rows, text_source
 from features.data.validate import SchemaError
+from features.data.values import guess_event_type
 from jobs.common import load_job_config, parse_args, run_job, write_table
 
 PRESETS = ("recbole", "uci-online-retail")
@@ -225,7 +226,7 @@ def _check_seen(m: TableMapping, table: str, seen: set[str], out: _Output) -> No
         missing = [v for v in names if v not in seen]
         if len(missing) == len(names):
             raise SchemaError(f"mapping.{table}.columns.{k}: {missing[0]!r} is in no record of {m.path}; the records "
-                              f"have: {', '.join(sorted(seen))}")
+                              f"have: {', '.join(sorted(seen))}{column_hint(table, sorted(seen))}")
         if missing:
             out.notes.append(f"WARNING: mapping.{table}.columns.{k}: {', '.join(map(repr, missing))} in no record of "
                              f"{m.path}; the field came from {', '.join(repr(v) for v in names if v in seen)}")
@@ -236,10 +237,14 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
     def where(name: str) -> str:
         return "encoding (--set encoding=...)" if cfg.mapping in PRESETS else f"mapping.{name}.encoding"
 
+    check_mapping(m.events, "events")  # before reading: a setting's mistake is named, not the reader's error
+    if not from_log and "recbole" not in (m.events.format, m.items.format):  # (RecBole's title is found on reading)
+        check_mapping(m.items, "items")
     items = None
     if not from_log:  # a catalog is small next to its event log: read whole (one table per file)
         parts = list(iter_tables(m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"),
-                                 chunk_rows=1 << 62, explode=m.items.explode, key_values=m.items.key_values))
+                                 chunk_rows=1 << 62, explode=m.items.explode, key_values=m.items.key_values,
+                                 column_names=m.items.column_names))
         _check_seen(m.items, "items", {c for part in parts for c in part.column_names}, out)
         for part in parts:
             out.check_quotes(part)
@@ -251,7 +256,8 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         out.rejected("items", it_rej)
     ids, partials, first_row, seen = EventIds(), [], 0, set()
     for chunk in iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
-                             cfg.chunk_rows, explode=m.events.explode, key_values=m.events.key_values):
+                             cfg.chunk_rows, explode=m.events.explode, key_values=m.events.key_values,
+                             column_names=m.events.column_names):
         seen.update(chunk.column_names)
         out.raw["events"] += chunk.num_rows
         out.check_quotes(chunk)

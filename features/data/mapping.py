@@ -91,6 +91,7 @@ class TableMapping:
     category_separator: str | None = None  # the shop's category path separator ("." or "/"): becomes " > "
     explode: str | None = None  # a list column (JSON, Parquet) whose elements become rows: an order's products
     key_values: str | None = None  # a list of {key, value} records (GA4's event_params): a column per key
+    column_names: tuple[str, ...] | None = None  # a CSV/TSV file without a header row: its columns' names
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,9 @@ def check_mapping(m: TableMapping, table: str) -> None:
         if isinstance(v, tuple) and not v:
             raise SchemaError(f"{where}.columns.{k}: an empty list; name a column (or several: text columns join "
                               "them, others take the first non-blank)")
+    if m.column_names is not None and (not m.column_names or len(set(m.column_names)) < len(m.column_names)):
+        raise SchemaError(f"{where}.column_names: {list(m.column_names)}; a list of distinct names, one per column of "
+                          "the file, in order (for a CSV or TSV file without a header row)")
     if m.category_separator is not None and (table != "items" or not m.category_separator.strip()):
         raise SchemaError(f"{where}.category_separator: {m.category_separator!r}; a non-blank separator of the items' "
                           "category paths, e.g. \".\" or \"/\"")
@@ -142,21 +146,6 @@ def check_mapping(m: TableMapping, table: str) -> None:
         raise SchemaError(f"{where}: {both} both mapped to a column and set to a constant; choose one")
     if not m.path:
         raise SchemaError(f"{where}.path: no input file given")
-
-
-# --- mapping ------------------------------------------------------------------------------------
-# Words in shops' event names and the contract's type each most likely means: for the import's
-# hint when event types arrive unmapped (a guess to check, never applied by itself).
-EVENT_TYPE_WORDS = (("cart", "add_to_cart"), ("basket", "add_to_cart"), ("transaction", "purchase"),
-                    ("purchase", "purchase"), ("order", "purchase"), ("buy", "purchase"), ("checkout", "purchase"),
-                    ("refund", "return"), ("return", "return"), ("search", "search"), ("query", "search"),
-                    ("click", "click"), ("view", "view"), ("detail", "view"), ("visit", "view"))
-
-
-def guess_event_type(value: str) -> str | None:
-    """The contract's event type a shop's event name most likely means ("addtocart" -> add_to_cart), or None."""
-    v = value.lower()
-    return next((canonical for word, canonical in EVENT_TYPE_WORDS if word in v), None)
 
 
 class EventIds:
@@ -193,6 +182,16 @@ class EventIds:
                                       for s, c in zip(k.get_column("k").to_list(), n.tolist())], dtype=pl.String)
 
 
+def column_hint(table: str, names: list[str]) -> str:
+    """Why a mapped column may be missing from a text file with these column names ("" if no idea)."""
+    seps = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
+    if seps:
+        return f" (one column: is the file separated by {seps[0]!r}? set mapping.{table}.delimiter)"
+    data = pl.Series(names, dtype=pl.String).str.strip_chars().str.contains(r"^[+-]?\d[\d.,:/ T-]*(Z|[+-]\d\d:?\d\d)?$")
+    return (f" (that first row looks like data: a file without a header row needs its columns named, "
+            f"mapping.{table}.column_names: [...])" if data.any() else "")
+
+
 def _joined(src: pl.DataFrame, names: tuple[str, ...], sep: str = " ") -> pl.Series:
     """The non-blank values of several text columns joined by `sep`; null when all are blank."""
     parts = [pl.col(n).cast(pl.String).str.strip_chars() for n in names]
@@ -218,9 +217,8 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
                 absent.append(v)  # left out by this chunk's records; import_events checks the whole file has it
             elif v not in raw.column_names:
                 seps = [d for d in (";", "\t", "|") if raw.num_columns == 1 and d in raw.column_names[0]]
-                hint = f" (one column: is the file separated by {seps[0]!r}? set mapping.{table}.delimiter)" if seps else ""
                 raise SchemaError(f"mapping.{table}.columns.{k}: column {v!r} is not in {m.path}; "
-                                  f"the file has: {', '.join(raw.column_names)}{hint}")
+                                  f"the file has: {', '.join(raw.column_names)}{column_hint(table, raw.column_names)}")
     src = pl.from_arrow(raw)
     assert isinstance(src, pl.DataFrame)
     src = src.with_columns(pl.lit(None, pl.String).alias(v) for v in dict.fromkeys(absent))

@@ -1,6 +1,6 @@
 """Reading a shop's files: every file under a path or URI (CSV, TSV, Parquet, JSON lines, Excel
 workbooks, RecBole atomic files; `.csv.gz`/`.jsonl.gz`/... decompressed), text read as written, in
-chunks of bounded size.
+chunks of bounded size; a CSV or TSV file without a header row is read with `column_names`.
 
 Nested records (JSON objects, Parquet structs, as event trackers and warehouse exports write them)
 are flattened to dotted column names (`properties.product_id`); `explode` names a list column
@@ -8,10 +8,8 @@ whose elements become rows of their own (an order's products), each row keeping 
 fields and the element's position in `<column>#`. `key_values` names a list of `{key, value}` records
 (Google Analytics 4's `event_params`) that becomes one column per key, `<column>.<key>`; a value
 that is itself a record of typed slots (`string_value`, `int_value`, ...) gives its one set slot.
-
-`iter_tables` streams a file a chunk of about `chunk_rows` rows at a time, so an import of a
-multi-gigabyte export holds one chunk, not the file (jobs/import_events.py); `read_table` is all
-chunks as one table, for the small files (judgments, a catalog).
+`iter_tables` streams a file a chunk of about `chunk_rows` rows at a time (an import holds one
+chunk, not the file: jobs/import_events.py); `read_table` is all chunks as one table (small files).
 """
 
 from __future__ import annotations
@@ -69,7 +67,7 @@ def read_table(path: str, fmt: str = "auto", delimiter: str | None = None, encod
 
 def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, encoding: str = "utf-8",
                 where: str = "encoding", chunk_rows: int = CHUNK_ROWS, explode: str | None = None,
-                key_values: str | None = None) -> Iterator[pa.Table]:
+                key_values: str | None = None, column_names: tuple[str, ...] | None = None) -> Iterator[pa.Table]:
     """Every file under `path` (local or URI), in tables of about `chunk_rows` rows (one file's
     rows each; an empty file gives one empty table with its columns). Text formats are read as
     strings (typing happens in the mapping, where a bad value is kept, not lost), decoded from
@@ -78,6 +76,8 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
     (a chunk then holds about `chunk_rows` records, before their lists are exploded)."""
     for fs, p in A.list_files(path):
         kind = format_of(p, fmt)
+        if column_names and kind not in ("csv", "tsv"):
+            raise SchemaError(f"column_names: only CSV and TSV files are read without a header row; {p} is {kind}")
         if kind == "parquet":
             try:
                 f = fs.open_input_file(p)
@@ -104,7 +104,7 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
         if explode or key_values:
             raise SchemaError(f"{'explode' if explode else 'key_values'}: {explode or key_values!r}; only JSON and "
                               f"Parquet files hold lists, {p} is {kind}")
-        yield from _text_tables(fs, p, kind, delimiter, encoding, where, chunk_rows)
+        yield from _text_tables(fs, p, kind, delimiter, encoding, where, chunk_rows, column_names)
 
 
 def _excel_tables(fs, p: str, chunk_rows: int) -> Iterator[pa.Table]:
@@ -323,7 +323,7 @@ def _unnest(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _text_tables(fs, p: str, kind: str, delimiter: str | None, encoding: str, where: str,
-                 chunk_rows: int) -> Iterator[pa.Table]:
+                 chunk_rows: int, column_names: tuple[str, ...] | None = None) -> Iterator[pa.Table]:
     sep = delimiter or ("\t" if kind in ("tsv", "recbole") else ",")
     # RecBole atomic files are plain tab-separated text without quoting: a title that starts
     # with a quote ('"Gentle" shampoo') must not open a quoted field that swallows the rows after it.
@@ -337,15 +337,16 @@ def _text_tables(fs, p: str, kind: str, delimiter: str | None, encoding: str, wh
 
     try:
         with fs.open_input_stream(p, compression="detect") as f:  # events.csv.gz and the like, decompressed
-            names = pacsv.open_csv(f, parse_options=parse,
-                                   read_options=pacsv.ReadOptions(block_size=1 << 16, encoding=encoding)).schema.names
+            names = pacsv.open_csv(f, parse_options=parse, read_options=pacsv.ReadOptions(
+                block_size=1 << 16, encoding=encoding, column_names=list(column_names or []) or None)).schema.names
         # Every column as the text in the file: Arrow's type inference would rewrite it first
         # (SKU "00123" -> 123 -> "123", "1.50" -> "1.5", times re-formatted past a ts_format).
         with fs.open_input_stream(p, compression="detect") as f:
             reader = pacsv.open_csv(f, parse_options=parse,
                                     convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                                          strings_can_be_null=True, auto_dict_encode=False),
-                                    read_options=pacsv.ReadOptions(block_size=TEXT_BLOCK_BYTES, encoding=encoding))
+                                    read_options=pacsv.ReadOptions(block_size=TEXT_BLOCK_BYTES, encoding=encoding,
+                                                                   column_names=list(column_names or []) or None))
             batches: list[pa.RecordBatch] = []
             rows, sent = 0, False
             for batch in reader:

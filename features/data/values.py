@@ -135,3 +135,17 @@ def typed(name: str, col: pl.Series, ts_unit: str = "auto", ts_format: str | Non
         return pl.select(pl.when(low.is_in(_TRUE)).then(True).when(low.is_in(_FALSE)).then(False)
                          .otherwise(None).alias(name)).to_series()
     return col.cast(pl.String).alias(name)
+
+
+# Words in shops' event names and the contract's type each most likely means: for the import's
+# hint when event types arrive unmapped (a guess to check, never applied by itself).
+EVENT_TYPE_WORDS = (("cart", "add_to_cart"), ("basket", "add_to_cart"), ("transaction", "purchase"),
+                    ("purchase", "purchase"), ("order", "purchase"), ("buy", "purchase"), ("checkout", "purchase"),
+                    ("refund", "return"), ("return", "return"), ("search", "search"), ("query", "search"),
+                    ("click", "click"), ("view", "view"), ("detail", "view"), ("visit", "view"))
+
+
+def guess_event_type(value: str) -> str | None:
+    """The contract's event type a shop's event name most likely means ("addtocart" -> add_to_cart), or None."""
+    v = value.lower()
+    return next((canonical for word, canonical in EVENT_TYPE_WORDS if word in v), None)

@@ -361,8 +361,38 @@ def test_an_import_in_chunks_writes_what_one_pass_writes(tmp_path, chunk_rows):
 
 
 def test_unmapped_shop_event_names_get_a_suggested_mapping():
-    from features.data.mapping import guess_event_type
+    from features.data.values import guess_event_type
 
     assert [guess_event_type(v) for v in ("addtocart", "transaction", "Product Detail View", "remove_from_wishlist",
                                           "ORDER_PLACED", "search_results", "refund")] == [
         "add_to_cart", "purchase", "view", None, "purchase", "search", "return"]
+
+
+def test_a_file_without_a_header_row_is_read_with_column_names_and_the_mistake_is_named(tmp_path):
+    """A YooChoose-style clicks file has no header row: `column_names` names its columns; mapped as if
+    it had one, the error says the first row looks like data and names the setting."""
+    (tmp_path / "clicks.dat").write_text("1,2014-04-07T10:51:09.277Z,214536502,0\n"
+                                         "1,2014-04-07T10:54:09.868Z,214536500,0\n2,2014-04-07T13:56:37.614Z,214662742,0\n")
+    (tmp_path / "items.csv").write_text("item,name\n214536502,Red mug\n214536500,Blue mug\n214662742,Lamp\n")
+    mapping = """events:
+  path: clicks.dat
+  format: csv
+  {names}columns: {{session_id: session, ts: time, item_id: item, user_id: session}}
+  constants: {{event_type: click}}
+items:
+  path: items.csv
+  columns: {{item_id: item, title: name}}
+"""
+    (tmp_path / "m.yaml").write_text(mapping.format(names=""))
+    with pytest.raises(SchemaError, match=r"mapping.events.columns.session_id: column 'session' is not in .*clicks.dat; "
+                       r"the file has: 1, 2014-04-07T10:51:09.277Z, 214536502, 0 \(that first row looks like data: a "
+                       r"file without a header row needs its columns named, mapping.events.column_names: \[...\]\)"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "o")))
+    (tmp_path / "m.yaml").write_text(mapping.format(names="column_names: [session, time, item, category]\n  "))
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = _read(tmp_path / "out", "events")
+    assert r["events"] == 3 and events[S.ITEM_ID].to_list() == ["214536502", "214536500", "214662742"]
+    assert str(events[S.TS][0]) == "2014-04-07 10:51:09.277000+00:00"
+    (tmp_path / "m.yaml").write_text(mapping.format(names="column_names: [session, session]\n  "))
+    with pytest.raises(SchemaError, match=r"mapping.events.column_names: \['session', 'session'\]; a list of distinct"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "o")))
