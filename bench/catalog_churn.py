@@ -56,7 +56,7 @@ def _centres(topics: int) -> np.ndarray:
     return np.random.default_rng(1).standard_normal((topics, DIM)).astype(np.float32)
 
 
-def _clustered(rng: np.random.Generator, n: int, topics: int = 500) -> np.ndarray:
+def clustered(rng: np.random.Generator, n: int, topics: int = 500) -> np.ndarray:
     """Unit vectors around `topics` centres, as text embeddings cluster by product kind (uniform
     random vectors would be the worst case of every ANN index, not a shop's)."""
     centres = _centres(topics)
@@ -70,7 +70,7 @@ def _catalog(n: int, rng: np.random.Generator, kind: str = "auto") -> tuple[Call
     vocab = np.array([f"w{i}" for i in range(2000)])
     titles = [" ".join(rng.choice(vocab, int(rng.integers(4, 9)))) for _ in range(n)]
     ids = [f"it-{i:07d}" for i in range(n)]
-    vec = _clustered(rng, n)
+    vec = clustered(rng, n)
     items = pl.DataFrame({"item_id": ids, "title": titles, "item_text": titles, "price": rng.uniform(1, 50, n)})
     t0 = time.perf_counter()
     index = ItemIndex.build(ids, vec, IndexConfig(kind=kind))
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def put(r: int, new_title: str | None = None) -> None:
         t = new_title or titles[r]
-        v = cat.vectors[r] if new_title is None else _clustered(rng, 1)[0]  # (the encoder's, as serving's PUT)
+        v = cat.vectors[r] if new_title is None else clustered(rng, 1)[0]  # (the encoder's, as serving's PUT)
         live.upsert(ItemUpdate(item_id=cat.item_ids[r], title=t, price=float(rng.uniform(1, 50)),
                                in_stock=bool(rng.random() < 0.9)), v)
 

@@ -18,6 +18,12 @@ import numpy as np
 from features import artifacts as A
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+# An approximate search that skips rows (removed items, stale vectors, a buyer's purchases) finds
+# fewer of the rows it may return: HNSW's candidate list and IVF's probed lists are widened by the
+# share of rows skipped (at most MAX_WIDEN times), and with at most EXACT_LIVE_ROWS rows left the
+# search is exact (bench/catalog_churn.py --skip-sweep measures both).
+MAX_WIDEN = 16
+EXACT_LIVE_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -124,13 +130,19 @@ class ItemIndex:
         else:
             inner = parts[0] if len(parts) == 1 else faiss.IDSelectorOr(parts[0], parts[1])
             sel = faiss.IDSelectorNot(inner)
-            if self.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.index.hnsw.efSearch, k))
+            n = self.index.ntotal
+            live = max(n - len(skip if skip is not None else ()) - len(also if also is not None else ()), 1)
+            widen = min(MAX_WIDEN, n / live)  # (a row in both lists counts twice: a little wider, never narrower)
+            index = self.index
+            if self.kind == "hnsw" and live <= EXACT_LIVE_ROWS:  # few rows left: scan them (cheaper and exact)
+                index, params = faiss.downcast_index(self.index.storage), faiss.SearchParameters(sel=sel)
+            elif self.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=int(max(self.index.hnsw.efSearch, k) * widen))
             elif self.kind == "ivf":
-                params = faiss.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe)
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=min(self.index.nlist, int(self.index.nprobe * widen)))
             else:
                 params = faiss.SearchParameters(sel=sel)
-            scores, idx = self.index.search(q, k, params=params)
+            scores, idx = index.search(q, k, params=params)
         keep = idx[0] >= 0
         return scores[0][keep].astype(np.float32), idx[0][keep].astype(np.int64)
 

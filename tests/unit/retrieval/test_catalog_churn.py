@@ -176,3 +176,26 @@ def test_an_index_names_the_encoder_of_its_vectors(tmp_path):
                                                               "config": {"zero_shot": {"model_dir": None}}}))
     assert index_encoder_id(str(tmp_path / "a")) == "zero-shot:bundled"
     assert index_encoder_id(str(tmp_path / "b")) == "sha256:f00"
+
+
+def test_an_approximate_search_that_skips_most_rows_still_finds_the_rows_left(monkeypatch):
+    """HNSW with 97% of its rows skipped (a shop that removed most of a seasonal catalog): the rows
+    left are scanned exactly; with more left than EXACT_LIVE_ROWS the candidate list is widened."""
+    from features.retrieval import index as IX
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(30, D))
+    vecs = (centres[rng.integers(30, size=3000)] + 0.8 * rng.normal(size=(3000, D))).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    index = ItemIndex.build([f"x{i}" for i in range(3000)], vecs, IndexConfig(kind="hnsw", hnsw_m=8, hnsw_ef_search=16))
+    skip = np.sort(rng.choice(3000, 2910, replace=False)).astype(np.int64)
+    live = np.setdiff1d(np.arange(3000), skip)
+    q = vecs[live[0]] + 0.2 * rng.normal(size=D).astype(np.float32)
+    truth = live[np.argsort(-(vecs[live] @ q))[:50]]
+    s, rows = index.search_rows(q, 50, skip)
+    assert rows.tolist() == truth.tolist() and np.allclose(s, vecs[rows] @ q, atol=1e-5)  # exact, inner product
+    monkeypatch.setattr(IX, "EXACT_LIVE_ROWS", 0)  # the widened graph search instead
+    widened = len(np.intersect1d(index.search_rows(q, 50, skip)[1], truth))
+    monkeypatch.setattr(IX, "MAX_WIDEN", 1)  # the search before: efSearch as configured
+    fixed = index.search_rows(q, 50, skip)[1]
+    assert widened > len(np.intersect1d(fixed, truth)) and widened >= 40
