@@ -21,7 +21,7 @@ IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 # An approximate search that skips rows (removed items, stale vectors, a buyer's purchases) finds
 # fewer of the rows it may return: HNSW's candidate list and IVF's probed lists are widened by the
 # share of rows skipped (at most MAX_WIDEN times), and with at most EXACT_LIVE_ROWS rows left the
-# search is exact (bench/catalog_churn.py --skip-sweep measures both).
+# search is exact (HNSW scans its stored vectors, IVF every list; bench/skip_recall.py measures both).
 MAX_WIDEN = 16
 EXACT_LIVE_ROWS = 20_000
 
@@ -138,8 +138,9 @@ class ItemIndex:
                 index, params = faiss.downcast_index(self.index.storage), faiss.SearchParameters(sel=sel)
             elif self.kind == "hnsw":
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=int(max(self.index.hnsw.efSearch, k) * widen))
-            elif self.kind == "ivf":
-                params = faiss.SearchParametersIVF(sel=sel, nprobe=min(self.index.nlist, int(self.index.nprobe * widen)))
+            elif self.kind == "ivf":  # every list when few rows are left: exact over them
+                probe = self.index.nlist if live <= EXACT_LIVE_ROWS else int(self.index.nprobe * widen)
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=min(self.index.nlist, probe))
             else:
                 params = faiss.SearchParameters(sel=sel)
             scores, idx = index.search(q, k, params=params)
