@@ -73,8 +73,14 @@ def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
     if not (cfg.items or m.items.path or from_log):
         raise ConfigError("items: no items file; pass items (make run ITEMS=...), set mapping.items.path, or map the "
                           "item columns of the events file (mapping.items.columns without a path; docs/data.md)")
+    # Items from the events file: its file settings, and its way of writing numbers and times unless set apart.
     items = replace(m.items, path=events.path, format=events.format, delimiter=events.delimiter,
-                    encoding=events.encoding) if from_log else replace(m.items, path=cfg.items or m.items.path, **enc)
+                    encoding=events.encoding, column_names=events.column_names,
+                    decimal_separator=(m.items.decimal_separator if m.items.decimal_separator != "." else
+                                       events.decimal_separator),
+                    ts_unit=m.items.ts_unit if m.items.ts_unit != "auto" else events.ts_unit,
+                    ts_format=m.items.ts_format or events.ts_format) if from_log else \
+        replace(m.items, path=cfg.items or m.items.path, **enc)
     return Mapping(events=events, items=items), from_log
 
 

@@ -132,3 +132,29 @@ items:
     items = pl.read_parquet(tmp_path / "out" / "items.parquet")
     assert items.rows() == [("0108775015", "Strap top Vest top", "Ladieswear > Vest top"),
                             ("0108775044", "Strap top (1) Vest top", "Vest top")]  # a code keeps its leading zero
+
+
+def test_a_european_spreadsheet_export_with_decimal_commas(tmp_path):
+    """Semicolons, a byte-order mark, Windows line ends, day-first times, decimal commas with a
+    point for thousands and a euro sign; the items come from the same file, written the same way."""
+    (tmp_path / "orders.csv").write_bytes(
+        "\ufeffDatum;Kunde;Artikel;Bezeichnung;Menge;Preis\r\n01.12.2010 08:26;17850;85123A;Herz Laterne;6;2,55\r\n"
+        "01.12.2010 08:28;17851;71053;Laterne weiß;1.000;1.234,50 €\r\n".encode())
+    (tmp_path / "m.yaml").write_text("""events:
+  path: orders.csv
+  delimiter: ";"
+  columns: {ts: Datum, user_id: Kunde, item_id: Artikel, quantity: Menge, price: Preis}
+  constants: {event_type: purchase}
+  ts_format: "%d.%m.%Y %H:%M"
+  decimal_separator: ","
+items:
+  columns: {item_id: Artikel, title: Bezeichnung, price: Preis}
+""")
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    items = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
+    assert events.select(S.QUANTITY, S.PRICE).rows() == [(6, 2.55), (1000, 1234.5)]
+    assert str(events[S.TS][1]) == "2010-12-01 08:28:00+00:00"
+    assert items.select(S.ITEM_ID, S.TITLE, S.PRICE).rows() == [("71053", "Laterne weiß", 1234.5),
+                                                                ("85123A", "Herz Laterne", 2.55)]
+    assert r["warnings"] == [] and r["rejected"] == {} and r["blanked"] == {}
