@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -98,6 +99,7 @@ def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
 
 
 REJECTED_SCHEMA = pa.schema([("table", pa.string()), (S.REASON, pa.string()), (S.RAW, pa.string())])
+PROGRESS_EVERY_S = 10.0  # a long import prints its progress at most this often
 REDUCE_EVERY = 8  # items from the events file: chunks' partial catalogs are combined this often
 
 
@@ -260,7 +262,7 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         items, it_rej = apply(it_raw, m.items, "items")
         out.raw["items"] = it_raw.num_rows
         out.rejected("items", it_rej)
-    ids, partials, first_row, seen = EventIds(), [], 0, set()
+    ids, partials, first_row, seen, t0, said = EventIds(), [], 0, set(), time.monotonic(), 0.0
     for chunk in iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
                              cfg.chunk_rows, explode=m.events.explode, key_values=m.events.key_values,
                              column_names=m.events.column_names):
@@ -278,6 +280,10 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
             if len(partials) >= REDUCE_EVERY:
                 partials = [reduce_item_fields(partials, m.items)]
         first_row += chunk.num_rows
+        if time.monotonic() - said >= PROGRESS_EVERY_S and time.monotonic() - t0 >= PROGRESS_EVERY_S:
+            said = time.monotonic()  # a long import says how far it is, at most every PROGRESS_EVERY_S
+            print(f"  events: {out.raw['events']:,} rows read, {out.kept['events']:,} kept "
+                  f"({said - t0:.0f}s)", flush=True)
     _check_seen(m.events, "events", seen, out)
     if from_log:
         _check_seen(m.items, "items", seen, out)
