@@ -214,7 +214,8 @@ def run(cfg: ImportEventsConfig) -> dict:
     for table in ("events", "items"):
         for reason, n in out.blanked[table].most_common():
             col = reason.removeprefix("unparseable_")
-            sep = " (a decimal comma needs mapping." + table + ".decimal_separator: \",\")" if col in (S.PRICE, S.QUANTITY) else ""
+            comma = col in (S.PRICE, S.QUANTITY) and m is not None and getattr(m, table).decimal_separator == "."
+            sep = f" (a decimal comma needs mapping.{table}.decimal_separator: \",\")" if comma else ""
             warnings.append(f"WARNING: {table}.{col}: {n:,} value(s) could not be read{sep}; those rows are imported "
                             f"with {col} blank and listed in blanked.parquet; e.g. {out.example['blanked ' + table]}")
     rejected_counts = out.reasons["events"] + out.reasons["items"]

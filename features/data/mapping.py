@@ -21,8 +21,9 @@ Rules, so that nothing accepted is ever lost:
   value that cannot be typed (a quantity "two", a price "call us") is left blank and the row is
   kept, its original in `blanked` with the reason `unparseable_<column>`: an item is not lost for
   its price. Prices and quantities are read as shops write them (`$12.99`, `1,234.56`, `EUR 12,99`
-  with `decimal_separator: ","`), text columns' lists as text (features/data/values.py). Everything else (unknown event types, future timestamps,
-  duplicates, ...) is the feature job's validation, with its quarantine and messages.
+  with `decimal_separator: ","`), text columns' lists as text (features/data/values.py).
+  Everything else (unknown event types, future timestamps, duplicates, ...) is the feature job's
+  validation, with its quarantine and messages.
 - Without an event_id column, each event gets a stable one: a hash of its user, time, type and
   item, plus its position among identical lines (so repeated identical lines stay distinct).
 - A text column (title, description, category, brand) may name several shop columns: their
@@ -216,7 +217,6 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
             if v not in raw.column_names and source is not None and source[0] == "json":
                 absent.append(v)  # left out by this chunk's records; import_events checks the whole file has it
             elif v not in raw.column_names:
-                seps = [d for d in (";", "\t", "|") if raw.num_columns == 1 and d in raw.column_names[0]]
                 raise SchemaError(f"mapping.{table}.columns.{k}: column {v!r} is not in {m.path}; "
                                   f"the file has: {', '.join(raw.column_names)}{column_hint(table, raw.column_names)}")
     src = pl.from_arrow(raw)

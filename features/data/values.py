@@ -91,10 +91,10 @@ def _from_list(value: str, path: bool) -> str | None:
         return value
     if path and v and all(isinstance(x, list) for x in v):
         v = v[0]  # several category paths: the first
-    parts = [str(x).strip() for x in (y for x in v for y in (x if isinstance(x, list) else [x])) if x is not None]
-    if any(isinstance(x, dict) for x in v):
+    flat = [y for x in v for y in (x if isinstance(x, list) else [x])]
+    if any(isinstance(x, dict) for x in flat):
         return value  # records are not text
-    joined = (" > " if path else " ").join(p for p in parts if p)
+    joined = (" > " if path else " ").join(p for p in (str(x).strip() for x in flat if x is not None) if p)
     return joined or None
 
 
