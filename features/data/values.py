@@ -78,8 +78,16 @@ def number_text(text: pl.Expr, decimal: str = ".") -> pl.Expr:
 def typed_number(col: pl.Series, dtype: pl.DataType, decimal: str = ".") -> pl.Series:
     if col.dtype != pl.String:
         return col.cast(dtype, strict=False)
-    as_float = pl.select(number_text(pl.lit(col), decimal).cast(pl.Float64, strict=False)).to_series()
-    return as_float.cast(dtype, strict=False)
+    # Most cells are plain numbers ("12.99"; "12,99" with a decimal comma): only the others are rewritten.
+    plain = (col if decimal == "." else col.str.replace(",", ".", literal=True)).cast(pl.Float64, strict=False)
+    if decimal == ",":  # "1.234" is a thousand and more there, not the plain cast's 1.234
+        plain = pl.select(pl.when(pl.lit(col).str.contains(".", literal=True)).then(None)
+                          .otherwise(pl.lit(plain))).to_series()
+    if plain.null_count() == col.null_count():
+        return plain.cast(dtype, strict=False)
+    at = (plain.is_null() & col.is_not_null()).arg_true()
+    fixed = pl.select(number_text(pl.lit(col.gather(at)), decimal).cast(pl.Float64, strict=False)).to_series()
+    return plain.scatter(at, fixed).cast(dtype, strict=False)
 
 
 def _from_list(value: str, path: bool) -> str | None:
