@@ -120,9 +120,10 @@ def list_text(col: pl.Series, path: bool) -> pl.Series:
     col = json_text(col)
     if col.dtype != pl.String:
         return col
-    listy = col.str.strip_chars().str.starts_with("[") & col.str.strip_chars().str.ends_with("]")
+    listy = col.str.contains(r"^\s*\[")  # (one cheap pass: most text columns hold no list at all)
     if not listy.any():
         return col
+    listy = listy & col.str.contains(r"\]\s*$")
     found = col.filter(listy).unique()
     table = dict(zip(found.to_list(), (_from_list(v.strip(), path) for v in found.to_list())))
     return pl.select(pl.when(listy).then(pl.lit(col).replace_strict(table, default=None, return_dtype=pl.String))
