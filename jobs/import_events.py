@@ -226,16 +226,18 @@ def run(cfg: ImportEventsConfig) -> dict:
             "output": cfg.output}
 
 
-def _check_seen(m: TableMapping, table: str, seen: set[str], out: _Output) -> None:
+def _check_seen(m: TableMapping, table: str, seen: dict[str, None], out: _Output) -> None:
     """A JSON record may leave a mapped field out; a field that no record of the file has is a
     mistake in the mapping (other formats stop at the first chunk without the column). Of several
-    columns for one field (the first non-blank), one is enough; the others are warned about."""
+    columns for one field (the first non-blank), one is enough; the others are warned about.
+    `seen`: the columns read, in the file's order."""
     for k, spec in m.columns.items():
         names = (spec,) if isinstance(spec, str) else spec
         missing = [v for v in names if v not in seen]
         if len(missing) == len(names):
-            raise SchemaError(f"mapping.{table}.columns.{k}: {missing[0]!r} is in no record of {m.path}; the records "
-                              f"have: {', '.join(sorted(seen))}{column_hint(table, sorted(seen))}")
+            cols = list(seen)
+            raise SchemaError(f"mapping.{table}.columns.{k}: {missing[0]!r} is in no record or column of {m.path}; "
+                              f"it has: {', '.join(cols)}{column_hint(table, cols)}")
         if missing:
             out.notes.append(f"WARNING: mapping.{table}.columns.{k}: {', '.join(map(repr, missing))} in no record of "
                              f"{m.path}; the field came from {', '.join(repr(v) for v in names if v in seen)}")
@@ -254,7 +256,7 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         parts = list(iter_tables(m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"),
                                  chunk_rows=1 << 62, explode=m.items.explode, key_values=m.items.key_values,
                                  column_names=m.items.column_names))
-        _check_seen(m.items, "items", {c for part in parts for c in part.column_names}, out)
+        _check_seen(m.items, "items", dict.fromkeys(c for part in parts for c in part.column_names), out)
         for part in parts:
             out.check_quotes(part)
         it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
@@ -263,11 +265,11 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         items, it_rej = apply(it_raw, m.items, "items")
         out.raw["items"] = it_raw.num_rows
         out.rejected("items", it_rej)
-    ids, partials, first_row, seen, t0, said = EventIds(), [], 0, set(), time.monotonic(), 0.0
+    ids, partials, first_row, seen, t0, said = EventIds(), [], 0, {}, time.monotonic(), 0.0
     for chunk in iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
                              cfg.chunk_rows, explode=m.events.explode, key_values=m.events.key_values,
                              column_names=m.events.column_names):
-        seen.update(chunk.column_names)
+        seen.update(dict.fromkeys(chunk.column_names))
         out.raw["events"] += chunk.num_rows
         out.check_quotes(chunk)
         events, ev_rej = apply(chunk, m.events, "events", ids)

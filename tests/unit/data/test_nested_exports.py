@@ -129,8 +129,8 @@ items:
 
 def test_nested_export_errors_name_the_field_the_file_and_the_choices(tmp_path):
     (tmp_path / "events.jsonl").write_text(_lines(RECORDS))
-    with pytest.raises(SchemaError, match=r"mapping.events.columns.query: 'properties.qeury' is in no record of "
-                                          r".*events.jsonl; the records have: .*properties.query"):
+    with pytest.raises(SchemaError, match=r"mapping.events.columns.query: 'properties.qeury' is in no record or "
+                                          r"column of .*events.jsonl; it has: .*properties.query"):
         _import(tmp_path, mapping=MAPPING.replace("properties.query", "properties.qeury"))
     (tmp_path / "bad.jsonl").write_text(_lines(RECORDS[:2]) + '{"messageId": "m3", \n')
     with pytest.raises(SchemaError, match=r"bad.jsonl, record 3 of this chunk: not JSON"):
