@@ -3,8 +3,8 @@ lists in text columns. Used by the column mapping (features/data/mapping.py).
 
 - Times: text (ISO 8601, or `ts_format`), epoch numbers in `ts_unit` (auto: by magnitude), or
   timestamps; an offset is converted to UTC and none means UTC.
-- Numbers (price, quantity): a currency sign or a three-letter code before or after (`$12.99`,
-  `£2.55`, `12.99 USD`, `EUR 12,99`), digits grouped in thousands (`1,234.56`, `1 234,56`,
+- Numbers (price, quantity): a currency sign, code or abbreviation before or after (`$12.99`,
+  `£2.55`, `12.99 USD`, `EUR 12,99`, `US$ 5`, `12,50 kr`), digits grouped in thousands (`1,234.56`, `1 234,56`,
   `1'234.56`), and a price range (`$10.00 - $20.00`, the lowest: what a shop shows as "from") are
   read; a decimal comma (`12,99`) needs `decimal_separator: ","`, since `1,234` means a thousand
   and more where the point is the decimal separator. Anything else (`call us`, CSS in the field)
@@ -32,7 +32,8 @@ _TRUE = ("1", "true", "t", "yes", "y")
 _FALSE = ("0", "false", "f", "no", "n")
 # Currency signs (Unicode's Sc class) and the no-break and thin spaces locales group digits with.
 _SIGNS = r"[\p{Sc}\u00a0\u202f\u2009]"
-_CODE = r"^(?:[A-Z]{3}\.?)\s*|\s*[A-Z]{3}\.?$"  # USD 12.99, 12,99 EUR (NAN and INF are not codes: see below)
+_CODE = r"^\p{L}{1,3}\.?\s*|\s*\p{L}{1,3}\.?$"  # USD 12.99, 12,99 EUR, R 12, kr 12,50, 12,99 zł, Rs. 500
+_NOT_A_NUMBER = r"(?i)^[+-]?(?:nan|inf(?:inity)?)$"  # kept as the float cast reads them (not letters to strip)
 _RANGE = r"^(.*?\d)\s*(?:-|–|—|to)\s*\D{0,4}\d"  # "10.00 - 20.00": its first number
 _GROUPED = {".": r"^[+-]?\d{1,3}(?:[,' ]\d{3})+(?:\.\d*)?$", ",": r"^[+-]?\d{1,3}(?:[.' ]\d{3})+(?:,\d*)?$"}
 _GROUP_MARKS = {".": r"[,' ]", ",": r"[.' ]"}
@@ -69,7 +70,7 @@ def typed_ts(col: pl.Series, ts_unit: str, ts_format: str | None) -> pl.Series:
 def number_text(text: pl.Expr, decimal: str = ".") -> pl.Expr:
     """Text as a shop writes a number (see the module doc) -> text Polars casts to a float."""
     s = text.str.replace_all(_SIGNS, " ").str.strip_chars()
-    s = pl.when(s.str.contains(r"^(?:NAN|INF)$|^[+-]?INF")).then(s).otherwise(s.str.replace_all(_CODE, ""))
+    s = pl.when(s.str.contains(_NOT_A_NUMBER)).then(s).otherwise(s.str.replace_all(_CODE, ""))
     s = pl.coalesce(s.str.extract(_RANGE, 1), s).str.strip_chars()
     s = pl.when(s.str.contains(_GROUPED[decimal])).then(s.str.replace_all(_GROUP_MARKS[decimal], "")).otherwise(s)
     return s.str.replace(",", ".", literal=True) if decimal == "," else s
