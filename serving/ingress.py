@@ -327,11 +327,11 @@ class Ingress:
                               category=body.category, brand=body.brand, price=body.price, in_stock=body.in_stock)
             # A price or stock change keeps the text, and so the vector: no encoding (read off this
             # replica's catalog copy, or the Retriever's; a vector of the same text is right either way).
-            vec = await self._read("known_vector", item)
-            self.metrics.upserts.labels(text="new" if vec is None else "unchanged").inc()
+            vec = known = await self._read("known_vector", item)
             if vec is None:
                 vec = (await self.encoder.encode_items.remote([item.text()]))[0]
             created = await self.retriever.upsert.remote(item, vec)
+            self.metrics.upserts.labels(text="new" if known is None else "unchanged").inc()
             return JSONResponse({"item_id": item_id, "created": created}, status_code=201 if created else 200)
         return await self._timed("put_item", run, request)
 
