@@ -257,6 +257,23 @@ def test_an_upserted_item_is_searchable_at_once(app):
     assert hit["item_id"] == "E2E/ZEBRA 2" and hit["price"] == 3.5
 
 
+def test_the_put_cost_bench_times_both_kinds_of_write(app):
+    """bench/put_cost.py against the app: every price-only write is counted unchanged (not encoded)."""
+    from bench import put_cost
+
+    def unchanged() -> float:
+        time.sleep(1.5)  # each replica reports within metrics_push_s (1 s) of its last request
+        return _metric(requests.get(f"{app.url}/metrics", timeout=30).text, "intently_item_upserts_total",
+                       {"text": "unchanged"})
+
+    before = unchanged()
+    r = put_cost.run(app.url, 2, 2, KEY)
+    assert r["writes_each"] == 4 and r["price_only"]["p50_ms"] > 0 and r["new_title"]["p50_ms"] > 0
+    assert unchanged() == before + 4
+    for i in range(2):
+        assert requests.delete(f"{app.url}/v1/items/bench-put-{i}", headers={"X-API-Key": KEY}, timeout=30).ok
+
+
 def test_a_forgotten_user_leaves_no_trace(app):
     user = "forget-me-e2e-7431"
     evs = [{"user_id": user, "event_type": "purchase", "item_id": "22386", "event_id": f"fe2e-{i}"} for i in range(3)]
