@@ -135,9 +135,9 @@ def _conform_column(col: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.
 def iso_times(text: pl.Series) -> pl.Series:
     """ISO 8601 text -> UTC timestamps: a date, or a date and time ('T' or a space between; seconds
     and fractions optional) with an optional offset (Z, UTC, GMT, +02, +0200, +02:00; none means
-    UTC). Anything else is null, never a guess: '12/1/2010' is 1 December in one shop and 12 January
+    UTC); a year-first date may use slashes or points (2024/01/05, 2024.01.05). Anything else is null, never a guess: '12/1/2010' is 1 December in one shop and 12 January
     in the next, so such times need the mapping's ts_format."""
-    t = text.str.strip_chars()
+    t = text.str.strip_chars().str.replace(r"^(\d{4})[/.](\d{2})[/.](\d{2})(\D|$)", "${1}-${2}-${3}${4}")  # 2024/01/05
     t = (t.str.replace(r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2})(?::(\d{2}))?", "${1}T${2}:${3}")
           .str.replace(r"T(\d{2}:\d{2}):(\D|$)", "T${1}:00${2}")  # no seconds: :00
           .str.replace(r"(T[\d:.]+)\s*(?:Z|UTC|GMT)$", "${1}+00:00")

@@ -211,6 +211,9 @@ def test_text_times_are_iso_8601_or_the_mappings_format_never_a_guess(tmp_path):
     assert got.to_list() == [dt.datetime(2024, 1, 1, 8, tzinfo=utc), dt.datetime(2024, 1, 1, 10, tzinfo=utc),
                              dt.datetime(2024, 1, 1, 10, tzinfo=utc), dt.datetime(2024, 1, 1, tzinfo=utc),
                              dt.datetime(2024, 1, 1, 10, 0, 0, 500000, tzinfo=utc), None, None, None, None]
+    # Year first, the date is unambiguous whatever separates it (Japanese and Chinese shops write slashes).
+    assert iso_times(pl.Series(["2024/01/05 10:27", "2024.01.05", "2024/13/05", "05/01/2024"])).to_list() == [
+        dt.datetime(2024, 1, 5, 10, 27, tzinfo=utc), dt.datetime(2024, 1, 5, tzinfo=utc), None, None]
     (tmp_path / "ev.csv").write_text("user,item,when\nu1,i1,12/1/2010 8:26\nu1,i2,12/31/2010 9:00\n")
     (tmp_path / "it.csv").write_text("item,name\ni1,Mug\ni2,Lamp\n")
     mapping = """events:
