@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from features import artifacts as A
 from features.data.validate import SchemaError
+from features.data.values import json_text
 
 CHUNK_ROWS = 1_000_000
 SOURCE_KEY = "intently.source"  # a text table's schema metadata: "<format>:<delimiter>:<file>"
@@ -282,8 +283,7 @@ def _nested(t: pa.Table, explode: str | None, key_values: str | None, where: str
         df = _unnest(df)
     if text:
         df = df.with_columns(
-            (pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if isinstance(v, pl.Series) else v),
-                                    return_dtype=pl.String) if isinstance(d, (pl.List, pl.Array, pl.Struct, pl.Object))
+            (json_text(df.get_column(c)) if isinstance(d, (pl.List, pl.Array, pl.Struct, pl.Object))
              else pl.col(c).cast(pl.String).str.to_lowercase() if d == pl.Boolean else pl.col(c).cast(pl.String))
             for c, d in df.schema.items())
     return df.to_arrow()

@@ -109,10 +109,11 @@ def _from_list(value: str, path: bool) -> str | None:
 
 def json_text(col: pl.Series) -> pl.Series:
     """A Parquet list or struct column as JSON text (what a JSON export's reader gives); others as they are."""
-    if not isinstance(col.dtype, (pl.List, pl.Array, pl.Struct)):
+    if not isinstance(col.dtype, (pl.List, pl.Array, pl.Struct, pl.Object)):
         return col
     return pl.Series(col.name, [None if v is None else json.dumps(v.to_list() if isinstance(v, pl.Series) else v,
-                                                                   default=str) for v in col], pl.String)
+                                                                   default=str, ensure_ascii=False) for v in col],
+                     pl.String)
 
 
 def list_text(col: pl.Series, path: bool) -> pl.Series:

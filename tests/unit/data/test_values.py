@@ -12,7 +12,7 @@ import pytest
 from features.data import schema as S
 from features.data.mapping import TableMapping, check_mapping
 from features.data.validate import SchemaError
-from features.data.values import list_text, number_text, typed_number
+from features.data.values import json_text, list_text, number_text, typed_number
 from jobs import import_events as IE
 
 
@@ -48,6 +48,8 @@ def test_lists_in_text_columns_become_text():
     assert list_text(pl.Series(["[\"Soft.\", \"Warm.\"]"]), path=False).to_list() == ["Soft. Warm."]
     parquet_list = pl.Series("c", [["A", "B"], None, []], pl.List(pl.String))
     assert list_text(parquet_list, path=True).to_list() == ["A > B", None, None]
+    # A list kept as text reads as a JSON export's does: characters as written, not \u escapes.
+    assert json_text(pl.Series("c", [["Café", "Küche"]])).to_list() == ['["Café", "Küche"]']
 
 
 def test_the_decimal_separator_setting_is_checked():
