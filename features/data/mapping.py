@@ -270,12 +270,12 @@ def _reason(bad: pl.DataFrame, names: list[str]) -> pl.Series:
     return bad.select(reason.alias(S.REASON)).to_series()
 
 
-def _rejected(src: pl.DataFrame, bad: pl.DataFrame, which: pl.Series) -> pl.DataFrame:
-    """The rows `which` with `reason`, `raw` (the original row as JSON) and `kept`: False for a row
+def _rejected(src: pl.DataFrame, bad: pl.DataFrame, which: pl.Series | None = None) -> pl.DataFrame:
+    """The rows `which` (None: any) with `reason`, `raw` (the original row as JSON) and `kept`: False for a row
     rejected for its time, True for a row imported with the values it could not type left blank."""
     reject, blank = _reason(bad, list(REJECTING)), _reason(bad, [n for n in bad.columns if n not in REJECTING])
     reasons = reject.fill_null(blank)
-    which = which & reasons.is_not_null()
+    which = reasons.is_not_null() if which is None else which & reasons.is_not_null()
     return pl.DataFrame({S.REASON: reasons.filter(which), KEPT: reject.filter(which).is_null(),
                          S.RAW: [json.dumps(r, default=str) for r in src.filter(which).iter_rows(named=True)]},
                         schema={S.REASON: pl.String, KEPT: pl.Boolean, S.RAW: pl.String})
@@ -295,7 +295,7 @@ def apply(raw: pa.Table, m: TableMapping, table: str,
     out, bad, src = _mapped(raw, m, table)
     contract = S.EVENTS_SCHEMA if table == "events" else S.ITEMS_SCHEMA
     keep = ~_rejects(bad)
-    rejected = _rejected(src, bad, pl.Series([True] * src.height))
+    rejected = _rejected(src, bad)
     out = out.filter(keep)
     if table == "events" and S.EVENT_ID not in out.columns:
         out = out.with_columns((event_ids or EventIds())(out))
