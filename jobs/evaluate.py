@@ -414,6 +414,11 @@ def _popularity(plan: ES.SplitPlan, events: pl.DataFrame, until: dt.datetime, it
 
 BLEND_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 VALID_REQUESTS = 2000
+# Fewer test requests than this cannot tell methods apart (an NDCG difference of a few points needs
+# hundreds of paired requests): the run still scores them, and its verdict and report say so.
+MIN_REQUESTS = 100
+FEW_REQUESTS = ("only {n} test requests: too few to tell the methods apart; lengthen the test window "
+                "(--set split=last:90d), use --set split=leave-last, or evaluate on more data")
 
 
 def _choose_on_validation(cfg: EvaluateConfig, plan: ES.SplitPlan, events: pl.DataFrame, fa: str, zs_index: str,
@@ -487,6 +492,8 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
         return {"skipped": "no test request with a relevant item (e.g. interactions of a single item leave no "
                            "in-session half to predict)", "requests": 0, "dropped": reqs.dropped}
     print(f"  {len(reqs):,} requests ({reqs.dropped:,} dropped without a relevant item)", flush=True)
+    if len(reqs) < MIN_REQUESTS:
+        print("  WARNING: " + FEW_REQUESTS.format(n=len(reqs)), flush=True)
     cat_zs, _ = load_catalog(st.features_dir, st.zs_index)
     share, n_users = EM.item_shares(plan.train_events, cat_zs)
     pop, recent = _popularity(plan, plan.train_events, plan.train_until, cat_zs.item_ids, reqs)
@@ -542,7 +549,8 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
                "paired_difference": round(float(diff.mean()), 6), "paired_difference_ci95": [round(lo, 6), round(hi, 6)],
                "ratio_to_strongest_baseline": round(full[key] / best[key], 4) if best[key] > 0 else None,
                "full_beats_strongest_baseline": lo > 0, "learned_vs_hand": [full[key], hand_row[key]],
-               "learned_beats_hand": full[key] > hand_row[key]}
+               "learned_beats_hand": full[key] > hand_row[key],
+               **({"note": FEW_REQUESTS.format(n=len(reqs))} if len(reqs) < MIN_REQUESTS else {})}
     seq = next((r for r in results if r.name.startswith("sequence model")), None)
     if seq is not None:
         d = seq.per_request[key] - results[[r.name for r in results].index("SASRec (ID only)")].per_request[key]
@@ -990,7 +998,8 @@ def _summary_line(result: dict) -> str:
                          f"({v['strongest_baseline']}) {v['strongest_baseline_value']:.4f}, paired difference "
                          f"{v['paired_difference']:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]"
                          f"{' (beats)' if v['full_beats_strongest_baseline'] else ' (does not beat)'}; learned vs hand "
-                         f"{v['learned_vs_hand'][0]:.4f} vs {v['learned_vs_hand'][1]:.4f}")
+                         f"{v['learned_vs_hand'][0]:.4f} vs {v['learned_vs_hand'][1]:.4f}"
+                         + (f" ({v['note']})" if v.get("note") else ""))
     if result.get("search_skipped"):
         parts.append(result["search_skipped"])
     if "search" in result:

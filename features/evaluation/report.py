@@ -119,7 +119,8 @@ def _verdict(v: dict | None) -> str:
     word = "beats" if v["full_beats_strongest_baseline"] else "does not beat"
     return (f"<p>Full system {v['full_system']:.4f} vs the strongest baseline ({_esc(v['strongest_baseline'])}) "
             f"{v['strongest_baseline_value']:.4f}: paired difference {v['paired_difference']:+.4f}, 95% CI "
-            f"[{lo:+.4f}, {hi:+.4f}] (bootstrap over requests or queries): it {word} it.</p>")
+            f"[{lo:+.4f}, {hi:+.4f}] (bootstrap over requests or queries): it {word} it."
+            + (f" <strong>{_esc(v['note'])}.</strong>" if v.get("note") else "") + "</p>")
 
 
 def render(result: dict) -> str:

@@ -340,3 +340,6 @@ def test_a_short_sparse_log_is_evaluated_with_what_it_can_train(ray_local, slice
     assert rec["notes"]["system encoder"] == "zero-shot"
     assert rec["notes"]["learned ranker"].startswith("not trained: no ranker requests")
     assert rec["methods"] and rec["ranker"]["path"] is None
+    # A handful of requests is scored, and the verdict says it cannot tell the methods apart.
+    assert rec["requests"] < evaluate.MIN_REQUESTS and rec["verdict"]["note"].startswith(f"only {rec['requests']} test")
+    assert "too few to tell the methods apart" in evaluate.summary(result)
