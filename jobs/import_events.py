@@ -285,8 +285,8 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         first_row += chunk.num_rows
         if time.monotonic() - said >= PROGRESS_EVERY_S and time.monotonic() - t0 >= PROGRESS_EVERY_S:
             said = time.monotonic()  # a long import says how far it is, at most every PROGRESS_EVERY_S
-            print(f"  events: {out.raw['events']:,} rows read, {out.kept['events']:,} kept "
-                  f"({said - t0:.0f}s)", flush=True)
+            print(f"[import_events] {out.raw['events']:,} event rows read, {out.kept['events']:,} kept "
+                  f"(t={said - t0:.0f}s)", flush=True)  # ("[" lines stay out of the pipeline's stage summary)
     _check_seen(m.events, "events", seen, out)
     if from_log:
         _check_seen(m.items, "items", seen, out)
