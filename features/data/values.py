@@ -8,7 +8,9 @@ lists in text columns. Used by the column mapping (features/data/mapping.py).
   `1'234.56`), and a price range (`$10.00 - $20.00`, the lowest: what a shop shows as "from") are
   read; a decimal comma (`12,99`) needs `decimal_separator: ","`, since `1,234` means a thousand
   and more where the point is the decimal separator. Anything else (`call us`, CSS in the field)
-  stays unread (null), and the mapping says which rows (import: `blanked.parquet`).
+  stays unread (null), and the mapping says which rows (import: `blanked.parquet`). A quantity is
+  a whole number of units: a fraction (goods sold by weight, `0.25` kg) is rounded half up, and a
+  nonzero one is at least 1, so such a purchase is never taken for a zero quantity.
 - Lists in text columns (a JSON export's `"category": ["Home", "Kitchen"]`, `"description":
   ["...", "..."]`, or a Parquet list column): a category becomes the path `Home > Kitchen` (a list
   of paths: its first), other text its elements joined by a space. Text that merely starts with
@@ -78,17 +80,25 @@ def number_text(text: pl.Expr, decimal: str = ".") -> pl.Expr:
 
 def typed_number(col: pl.Series, dtype: pl.DataType, decimal: str = ".") -> pl.Series:
     if col.dtype != pl.String:
-        return col.cast(dtype, strict=False)
+        return _whole(col) if dtype == pl.Int64 and col.dtype.is_float() else col.cast(dtype, strict=False)
     # Most cells are plain numbers ("12.99"; "12,99" with a decimal comma): only the others are rewritten.
     plain = (col if decimal == "." else col.str.replace(",", ".", literal=True)).cast(pl.Float64, strict=False)
     if decimal == ",":  # "1.234" is a thousand and more there, not the plain cast's 1.234
         plain = pl.select(pl.when(pl.lit(col).str.contains(".", literal=True)).then(None)
                           .otherwise(pl.lit(plain))).to_series()
-    if plain.null_count() == col.null_count():
-        return plain.cast(dtype, strict=False)
-    at = (plain.is_null() & col.is_not_null()).arg_true()
-    fixed = pl.select(number_text(pl.lit(col.gather(at)), decimal).cast(pl.Float64, strict=False)).to_series()
-    return plain.scatter(at, fixed).cast(dtype, strict=False)
+    if plain.null_count() != col.null_count():
+        at = (plain.is_null() & col.is_not_null()).arg_true()
+        fixed = pl.select(number_text(pl.lit(col.gather(at)), decimal).cast(pl.Float64, strict=False)).to_series()
+        plain = plain.scatter(at, fixed)
+    return _whole(plain) if dtype == pl.Int64 else plain.cast(dtype, strict=False)
+
+
+def _whole(x: pl.Series) -> pl.Series:
+    """A float quantity -> whole units: half up (away from 0), and a nonzero fraction at least 1, not
+    the integer cast's truncation (which made 0.5 kg a zero quantity, quarantined as non-positive)."""
+    mag = (x.abs() + 0.5).floor().clip(lower_bound=1.0)
+    return pl.select(pl.when(pl.lit(x) == 0).then(0.0).otherwise(pl.lit(mag) * pl.lit(x).sign())
+                     .cast(pl.Int64, strict=False)).to_series().alias(x.name)
 
 
 def _from_list(value: str, path: bool) -> str | None:

@@ -40,6 +40,30 @@ def test_nan_and_infinity_stay_numbers_for_the_feature_job_to_quarantine():
     assert pl.select(number_text(pl.lit(words))).to_series().to_list() == words.to_list()
 
 
+@pytest.mark.parametrize("values,want", [
+    (["0.25", "0.5", "1.5", "2.4", "2,5 kg", "3", "0", "-1.5", "two", None], [1, 1, 2, 2, None, 3, 0, -2, None, None]),
+    ([0.25, 2.5, 0.0, None, float("nan")], [1, 3, 0, None, None]),  # a Parquet float column
+])
+def test_a_fractional_quantity_is_whole_units_and_never_zero(values, want):
+    """Goods sold by weight: 0.25 kg is a purchase of one line, not the integer cast's 0 (which the
+    feature job quarantined as a non-positive quantity); half rounds up; `2,5 kg` needs a decimal comma."""
+    assert typed_number(pl.Series(values), pl.Int64).to_list() == want
+    assert typed_number(pl.Series(["2,5 kg"]), pl.Int64, ",").to_list() == [3]
+
+
+def test_a_purchase_sold_by_weight_reaches_the_features(tmp_path):
+    from features.data.validate import ValidationConfig, validate_events
+
+    (tmp_path / "orders.csv").write_text("t,u,i,qty\n2024-01-05 10:00,u1,cheese,0.25\n2024-01-05 10:01,u1,ham,1.75\n")
+    (tmp_path / "m.yaml").write_text("events:\n  path: orders.csv\n  columns: {ts: t, user_id: u, item_id: i, quantity: qty}\n"
+                                     "  constants: {event_type: purchase}\nitems:\n  columns: {item_id: i, title: i}\n")
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    assert events[S.QUANTITY].to_list() == [1, 2] and r["blanked"] == {} and r["warnings"] == []
+    clean, quarantined = validate_events(events.to_arrow(), None, ValidationConfig())
+    assert clean.height == 2 and quarantined.height == 0
+
+
 def test_lists_in_text_columns_become_text():
     col = pl.Series(["[\"Home\", \"Kitchen\", \"Mugs\"]", "[[\"Toys\", \"Puzzles\"], [\"Gifts\"]]", "[]",
                      "[2 pack] socks", "Tools", None, "[{\"k\": 1}]"])
