@@ -306,5 +306,5 @@ def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, sco
     scores = scorer.score(x, ctx.mode)
     order = mmr(scores, catalog.vectors[rows], k, diversity)
     contrib = scorer.contributions(x[order], ctx.mode)
-    return [RankedItem(catalog.item_ids[rows[j]], float(scores[j]), reasons(ctx, int(rows[j]), contrib[n], catalog),
-                       int(rows[j])) for n, j in enumerate(order)]
+    return [RankedItem(catalog.item_ids[rows[j]], float(scores[j]),
+                       reasons(ctx, int(rows[j]), contrib[n], catalog, x[j]), int(rows[j])) for n, j in enumerate(order)]

@@ -35,17 +35,33 @@ _FIXED = {"pref_sim": "matches your long-term taste", "popularity": "popular thi
           "seq_score": "fits your recent shopping", "seq_rank": "fits your recent shopping"}
 
 
-def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, max_reasons: int = 2,
-            min_contribution: float = 0.05) -> list[str]:
-    """Short human reasons for one candidate from its (F,) contributions, largest first."""
+def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, values: np.ndarray | None = None,
+            max_reasons: int = 2, min_contribution: float = 0.05) -> list[str]:
+    """Short human reasons for one candidate from its (F,) contributions, largest first. `values`:
+    its (F,) features, so that a signal it lacks is never named (below)."""
     out: list[str] = []
     for f in np.argsort(-contrib, kind="stable"):
         if len(out) >= max_reasons or contrib[f] < min_contribution:
             break
+        if values is not None and not _present(FEATURE_NAMES[f], ctx, float(values[f])):
+            continue
         text = _text(FEATURE_NAMES[f], ctx, row, catalog)
         if text and text not in out:
             out.append(text)
     return out
+
+
+def _present(name: str, ctx: RankContext, value: float) -> bool:
+    """Whether the candidate has the signal a reason would name. A learned ranker's TreeSHAP value
+    can be positive for a signal's absence (a shopper without a history has no behaviour-model
+    score, which the trees split on): that must not read "fits your recent shopping" or "matches
+    your long-term taste" to someone with no shopping at all. A query reason needs the query and
+    "new in the shop" the item's age; both are checked by the text itself."""
+    if name in _QUERY or name == "item_age":
+        return True
+    if name in ("seq_score", "seq_rank"):  # -1 / 1 without a user vector; the top item's score is 0
+        return ctx.seq_vector is not None
+    return value > 0.0
 
 
 def _text(name: str, ctx: RankContext, row: int, catalog: Catalog) -> str | None:

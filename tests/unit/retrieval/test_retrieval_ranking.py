@@ -397,3 +397,25 @@ def test_mmr_trades_relevance_for_diversity():
     assert mmr(scores, vecs, 2, 0.5).tolist() == [0, 2]  # the near-duplicate gives way
     with pytest.raises(ValueError, match="diversity"):
         mmr(scores, vecs, 2, 1.5)
+
+
+def test_a_shopper_without_history_is_never_told_about_their_shopping():
+    """A learned ranker's TreeSHAP value can be positive for a signal's absence (no behaviour-model
+    score, no taste, no price range): the reasons name only signals the item has for this shopper."""
+    from features.retrieval.feature_names import FEATURE_NAMES as NAMES
+
+    class AbsenceLover(HandWeights):  # contributions as trees give them: the absent signals pushed it up
+        def contributions(self, x, mode):
+            c = np.zeros((len(x), len(NAMES)), np.float32)
+            for name in ("seq_score", "seq_rank", "pref_sim", "price_affinity", "category_affinity"):
+                c[:, NAMES.index(name)] = 1.0
+            c[:, NAMES.index("popularity")] = 0.5
+            return c
+
+    cat, _ = small_catalog()
+    guest = RankContext(mode="recommend")
+    ranked = rank_candidates(guest, ["i001", "i002"], cat, AbsenceLover(), k=2)
+    assert [r.reasons for r in ranked] == [["popular this week"]] * 2
+    # the same contributions for a shopper the behaviour model has a vector for do name it
+    known = RankContext(mode="recommend", seq_vector=np.ones(4, np.float32))
+    assert rank_candidates(known, ["i001"], cat, AbsenceLover(), k=1)[0].reasons[0] == "fits your recent shopping"
