@@ -94,7 +94,7 @@ evaluate-search: venv
 	    --set judgments=data/canonical/crowdflower_search/judgments.parquet $(EVAL_ARGS); \
 	else echo "skip: $(CROWDFLOWER) not found (the Crowdflower judgments are not bundled)"; fi
 
-# Your own data in one command: [import through MAPPING] -> features -> encoder fine-tune -> index ->
+# Your own data in one command: [import through MAPPING] -> features -> encoder fine-tune (on GPUs) -> index ->
 # learned ranker -> serve, as ONE `ray job submit` (jobs/pipeline.py) on the local cluster (started if
 # none runs) or on CLUSTER=http://<head>:8265 with URIs (EVENTS=s3://... OUTPUT=s3://...).
 #   make run EVENTS=shop/events.parquet ITEMS=shop/items.parquet

@@ -25,8 +25,21 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
 
+def _alternatives(tp: Any) -> list[str]:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return [n for a in args if a is not type(None) for n in _alternatives(a)] + (["null"] if type(None) in args else [])
+    if origin is typing.Literal:
+        return [repr(a) for a in args]
+    if tp is bool:
+        return ["true", "false"]
+    return [getattr(tp, "__name__", None) or str(tp).replace("typing.", "")]
+
+
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """A type as a user reads it: `true, false or 'auto'`, `str or null`."""
+    names = _alternatives(tp)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 _FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -46,7 +59,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

@@ -216,6 +216,7 @@ def test_one_command_pipeline_from_a_shops_s3_export_to_a_serving_api(head, s3, 
     out = _submit(address, env, "jobs.pipeline",
                   "--set", f"mapping=s3://{bucket}/shop/mapping.yaml", "--set", f"events=s3://{bucket}/shop/log.csv",
                   "--set", f"items=s3://{bucket}/shop/catalog.csv", "--set", f"output_root={root}",
+                  "--set", "fine_tune=true",  # this box has no GPU: `auto` would keep the zero-shot encoder
                   "--set", "stage_args.train_encoder=[--config=jobs/configs/train_encoder_smoke.yaml]",
                   "--set", "stage_args.train_sequence=[model.dim=16,model.layers=1,model.max_epochs=1,model.valid_users=100]",
                   "--set", f"deploy.http_port={port}", "--set", f"deploy.state_dir={tmp_path / 'state'}",

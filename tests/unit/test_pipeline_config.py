@@ -23,6 +23,18 @@ def test_pipeline_yaml_is_the_dataclass_defaults_and_errors_name_the_key():
         P.run(P.PipelineConfig(items="x"))
 
 
+def test_the_encoder_fine_tune_runs_on_gpus_by_default_and_on_cpus_when_asked():
+    assert load_config(P.PipelineConfig, None, ["fine_tune=true"]).fine_tune is True
+    assert load_config(P.PipelineConfig, None, ["fine_tune=false"]).fine_tune is False
+    with pytest.raises(ConfigError, match="fine_tune"):
+        load_config(P.PipelineConfig, None, ["fine_tune=sometimes"])
+    tune, args, why = P.fine_tune_plan("auto", 0)
+    assert not tune and args == () and "no GPU" in why and "fine_tune=true" in why
+    tune, args, why = P.fine_tune_plan("auto", 2)
+    assert tune and args == ("train.use_gpu=true", "train.num_workers=2") and "GPU" in why
+    assert P.fine_tune_plan(True, 0) == (True, (), "") and P.fine_tune_plan(False, 4) == (False, (), "")
+
+
 def test_stage_arguments_and_config_files():
     assert P._sets({"a": 1, "b.c": "s3://x"}, ("d=2", "--config=jobs/configs/x.yaml")) == [
         "--set", "a=1", "--set", "b.c=s3://x", "--set", "d=2", "--config", "jobs/configs/x.yaml"]
