@@ -105,7 +105,8 @@ async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         elif e.get("type") == "literal_error" and "expected" in e.get("ctx", {}):
             msg = f"{msg}; allowed values: {e['ctx']['expected']}"
         elif e.get("type") == "extra_forbidden":
-            msg = "unknown field"
+            allowed = e.get("ctx", {}).get("allowed")
+            msg = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
         problems.append({"field": field, "message": msg})
     first = problems[0] if problems else {"field": None, "message": "invalid request"}
     return error_response(422, f"{first['field']}: {first['message']}", first["field"], problems)
@@ -171,7 +172,32 @@ def parse(model: Any, data: Any, at: tuple = ()) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise RequestValidationError([{**err, "loc": (*at, *err["loc"])} for err in e.errors()]) from None
+        errors = [{**err, "loc": (*at, *err["loc"])} for err in e.errors()]
+        for err, raw in zip(errors, e.errors()):
+            if err["type"] == "extra_forbidden":  # name the fields the object allows
+                err["ctx"] = {**err.get("ctx", {}), "allowed": _fields_at(model, raw["loc"][:-1])}
+        raise RequestValidationError(errors) from None
+
+
+def _fields_at(model: Any, loc: tuple) -> list[str]:
+    """The field names of the pydantic object at `loc` inside `model` (through lists and optionals)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def unwrap(tp: Any) -> Any:  # Optional[Filters] -> Filters, list[Event] -> Event
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models[0] if models else unwrap(args[0]) if len(args) == 1 else tp
+
+    tp = unwrap(model) if not isinstance(model, type) else model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(tp, type) and issubclass(tp, BaseModel)) or part not in tp.model_fields:
+            return []
+        tp = unwrap(tp.model_fields[part].annotation)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
 
 
 class Hops:

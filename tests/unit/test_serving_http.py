@@ -7,6 +7,7 @@ import logging
 import sys
 
 import pytest
+from fastapi import Request  # (module level: the handler's annotation is resolved here)
 
 from features.errors import CatalogFull, InvalidValue, ServingError, UnknownItem, UnknownReference, UnknownUser
 from serving.http import as_api_error, quiet_client_errors
@@ -47,3 +48,30 @@ def test_client_errors_are_not_logged_as_request_failures():
 
     assert not log.filters[-1].filter(record_of(UnknownItem("x", "item_id")))
     assert log.filters[-1].filter(record_of(RuntimeError("a real fault")))  # bugs are still logged
+
+
+@pytest.mark.parametrize("model,body,field,allowed", [
+    ("SearchRequest", {"query": "mug", "filters": {"colour": "red"}}, "filters.colour", "category, price_min, price_max"),
+    ("SearchRequest", {"query": "mug", "colour": "red"}, "colour", "query, user_id, k, filters"),
+    ("EventIn", {"user_id": "u", "event_type": "view", "item_id": "i", "sku": "x"}, "[3].sku", "user_id"),
+])
+def test_an_unknown_field_is_answered_with_the_fields_allowed_there(model, body, field, allowed):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from serving import schemas
+    from serving.http import install_error_handlers, parse
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/x")
+    async def handler(request: Request) -> dict:
+        parse(getattr(schemas, model), await request.json(), (3,) if model == "EventIn" else ())
+        return {}
+
+    r = TestClient(app).post("/x", json=body)
+    out = r.json()
+    assert r.status_code == 422 and out["field"] == field
+    assert out["error"].startswith(f"{field}: unknown field; allowed fields: ")
+    assert allowed in out["error"]
