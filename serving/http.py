@@ -102,8 +102,10 @@ async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         if e.get("type") == "json_invalid":
             msg = "body is not valid JSON: " + str(e.get("ctx", {}).get("error", ""))
             field = "body"
-        elif e.get("type") == "literal_error" and "expected" in e.get("ctx", {}):
+        elif e.get("type") == "literal_error" and "expected" in e.get("ctx", {}) and e["ctx"]["expected"] not in msg:
             msg = f"{msg}; allowed values: {e['ctx']['expected']}"
+        elif str(e.get("type", "")).startswith(("datetime_", "date_")):
+            msg = f"{msg}; allowed: ISO 8601 (2024-01-05T10:27:00Z, an offset or none for UTC) or epoch seconds"
         elif e.get("type") == "extra_forbidden":
             allowed = e.get("ctx", {}).get("allowed")
             msg = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")

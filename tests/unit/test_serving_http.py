@@ -75,3 +75,27 @@ def test_an_unknown_field_is_answered_with_the_fields_allowed_there(model, body,
     assert r.status_code == 422 and out["field"] == field
     assert out["error"].startswith(f"{field}: unknown field; allowed fields: ")
     assert allowed in out["error"]
+
+
+def test_a_bad_event_type_or_time_names_what_is_allowed_once():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from serving.http import install_error_handlers, parse
+    from serving.schemas import EventIn
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/x")
+    async def handler(request: Request) -> dict:
+        parse(EventIn, await request.json(), (0,))
+        return {}
+
+    client = TestClient(app)
+    out = client.post("/x", json={"user_id": "u", "event_type": "vue", "item_id": "i"}).json()
+    assert out["field"] == "[0].event_type" and out["error"].count("'add_to_cart'") == 1
+    out = client.post("/x", json={"user_id": "u", "event_type": "view", "item_id": "i", "ts": "yesterday"}).json()
+    assert out["field"] == "[0].ts" and "allowed: ISO 8601" in out["error"]
+    # an epoch number is a time too
+    assert client.post("/x", json={"user_id": "u", "event_type": "view", "item_id": "i", "ts": 1700000000}).json() == {}
