@@ -11,6 +11,8 @@ lists in text columns. Used by the column mapping (features/data/mapping.py).
   stays unread (null), and the mapping says which rows (import: `blanked.parquet`). A quantity is
   a whole number of units: a fraction (goods sold by weight, `0.25` kg) is rounded half up, and a
   nonzero one is at least 1, so such a purchase is never taken for a zero quantity.
+- Ids (user, item, session): text; a whole number written as a float (`10036.0`, as pandas writes an
+  integer column with blanks) is the integer's text (`10036`).
 - Lists in text columns (a JSON export's `"category": ["Home", "Kitchen"]`, `"description":
   ["...", "..."]`, or a Parquet list column): a category becomes the path `Home > Kitchen` (a list
   of paths: its first), other text its elements joined by a space. Text that merely starts with
@@ -30,6 +32,7 @@ DECIMAL_SEPARATORS = (".", ",")
 NUMERIC = {S.QUANTITY: pl.Int64, S.PRICE: pl.Float64}
 TS_COLUMNS = (S.TS, S.CREATED_AT)
 TEXT_COLUMNS = (S.TITLE, S.DESCRIPTION, S.CATEGORY, S.BRAND)
+ID_COLUMNS = (S.USER_ID, S.ITEM_ID, S.SESSION_ID)
 _TRUE = ("1", "true", "t", "yes", "y")
 _FALSE = ("0", "false", "f", "no", "n")
 # Currency signs (Unicode's Sc class) and the no-break and thin spaces locales group digits with.
@@ -155,7 +158,20 @@ def typed(name: str, col: pl.Series, ts_unit: str = "auto", ts_format: str | Non
         low = col.cast(pl.String).str.strip_chars().str.to_lowercase()
         return pl.select(pl.when(low.is_in(_TRUE)).then(True).when(low.is_in(_FALSE)).then(False)
                          .otherwise(None).alias(name)).to_series()
+    if name in ID_COLUMNS:
+        return whole_ids(col).alias(name)
     return col.cast(pl.String).alias(name)
+
+
+def whole_ids(col: pl.Series) -> pl.Series:
+    """Ids as text, with a whole number that a spreadsheet or pandas wrote as a float (`10036.0`, a
+    Parquet float column) read as the integer it is (`10036`): the other file, and the site calling
+    the API, write `10036`, and every event would otherwise name no item of the catalog."""
+    if col.dtype.is_float():
+        whole = col.is_finite() & (col == col.round(0))
+        return pl.select(pl.when(pl.lit(whole)).then(pl.lit(col).cast(pl.Int64, strict=False).cast(pl.String))
+                         .otherwise(pl.lit(col).cast(pl.String))).to_series()
+    return col.cast(pl.String).str.replace(r"^(-?\d+)\.0+$", "${1}")
 
 
 # Words in shops' event names and the contract's type each most likely means: for the import's

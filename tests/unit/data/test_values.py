@@ -188,3 +188,21 @@ items:
     assert items.select(S.ITEM_ID, S.TITLE, S.PRICE).rows() == [("71053", "Laterne weiß", 1234.5),
                                                                 ("85123A", "Herz Laterne", 2.55)]
     assert r["warnings"] == [] and r["rejected"] == {} and r["blanked"] == {}
+
+
+def test_ids_that_pandas_wrote_as_floats_match_the_other_file(tmp_path):
+    """pandas writes an integer id column with a blank as floats: `10036.0` in the events' CSV and a
+    float Parquet column, while the catalog (and the site calling the API) say `10036`. Every event
+    would name no item and the feature job would have nothing left."""
+    pq.write_table(pa.table({"ts": ["2024-01-05 10:00", "2024-01-05 10:01", "2024-01-05 10:02"],
+                             "user": [17850.0, None, 12.0], "sku": [10036.0, 10037.0, 10036.0]}), tmp_path / "events.parquet")
+    (tmp_path / "items.csv").write_text("sku,name\n10036.0,Mug\n10037,Tea towel\nA12.0,Lamp\n")
+    (tmp_path / "m.yaml").write_text("events:\n  path: events.parquet\n  columns: {ts: ts, user_id: user, item_id: sku}\n"
+                                     "  constants: {event_type: view}\nitems:\n  path: items.csv\n"
+                                     "  columns: {item_id: sku, title: name}\n")
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS)
+    items = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
+    assert events[S.ITEM_ID].to_list() == ["10036", "10037", "10036"]
+    assert events[S.USER_ID].to_list() == ["17850", None, "12"]
+    assert items[S.ITEM_ID].to_list() == ["10036", "10037", "A12.0"]  # only a whole number loses its ".0"
