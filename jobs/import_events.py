@@ -99,6 +99,7 @@ def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
 
 
 REJECTED_SCHEMA = pa.schema([("table", pa.string()), (S.REASON, pa.string()), (S.RAW, pa.string())])
+ANONYMOUS = "anon:"  # the user id prefix of a session without a user
 PROGRESS_EVERY_S = 10.0  # a long import prints its progress at most this often
 REDUCE_EVERY = 8  # items from the events file: chunks' partial catalogs are combined this often
 
@@ -119,6 +120,7 @@ class _Output:
         self.swallowed: dict[str, list] = {}
         self.unknown_types: Counter = Counter()  # event_type values outside the contract
         self.notes: list[str] = []  # warnings found while reading
+        self.guests = 0  # events without a user id that took their session as the shopper
 
     def _write(self, name: str, table: pa.Table) -> None:
         if name not in self.writers:
@@ -132,6 +134,7 @@ class _Output:
         # Nullable: a blank user, time, type, item id or title is the feature job's to quarantine,
         # with its reason and row, not a cast error here that names neither.
         schema = _nullable(pa.schema([f for f in S.EVENTS_SCHEMA if f.name in df.columns]))
+        df = self._guests(df)
         self._write("events", df.to_arrow(compat_level=pl.CompatLevel.oldest()).select(schema.names).cast(schema))
         self.kept["events"] += df.height
         if S.EVENT_TYPE in df.columns:
@@ -140,6 +143,19 @@ class _Output:
             self.unknown_types.update(dict(odd.value_counts().iter_rows()))
         if S.USER_ID in df.columns:
             self.users = pl.concat([self.users, df.get_column(S.USER_ID).drop_nulls().unique()]).unique()
+
+    def _guests(self, df: pl.DataFrame) -> pl.DataFrame:
+        """A guest checkout or a visitor who never signed in: no user id, but a session. The session
+        is the shopper (`anon:<session_id>`, as the Online Retail preset does with an invoice), so
+        the event still counts for popularity, co-occurrence and the session's own recommendations
+        instead of being quarantined as `null_user_id`."""
+        if S.USER_ID not in df.columns or S.SESSION_ID not in df.columns:
+            return df
+        user, session = pl.col(S.USER_ID), pl.col(S.SESSION_ID)
+        guest = (user.is_null() | (user.str.strip_chars() == "")) & session.is_not_null() & (session.str.strip_chars() != "")
+        n = int(df.select(guest.sum()).item())
+        self.guests += n
+        return df.with_columns(pl.when(guest).then(ANONYMOUS + session).otherwise(user).alias(S.USER_ID)) if n else df
 
     def rejected(self, table: str, rej: pl.DataFrame) -> None:
         """Rows not imported -> rejected.parquet; rows imported with a value left blank (`kept`) -> blanked.parquet."""
@@ -203,6 +219,9 @@ def run(cfg: ImportEventsConfig) -> dict:
                         + ", ".join(f"{v!r} {c:,}" for v, c in top) + (", ..." if len(out.unknown_types) > 5 else "")
                         + f"); the feature job will quarantine them as {S.Reason.UNKNOWN_EVENT_TYPE.value}. Map them in "
                         f"the mapping's values.event_type, e.g. {{{example}}}; the event types: " + ", ".join(S.EVENT_TYPES))
+    if out.guests:
+        warnings.append(f"NOTE: {out.guests:,} events have no user id but a session: each session is its own "
+                        f"shopper ({S.USER_ID} {ANONYMOUS}<session_id>), as for a guest checkout")
     for table in ("events", "items"):
         if out.raw[table] and not out.kept[table]:  # stop here, naming why, not stages later at "no valid events"
             counts = out.reasons[table].most_common()

@@ -206,3 +206,18 @@ def test_ids_that_pandas_wrote_as_floats_match_the_other_file(tmp_path):
     assert events[S.ITEM_ID].to_list() == ["10036", "10037", "10036"]
     assert events[S.USER_ID].to_list() == ["17850", None, "12"]
     assert items[S.ITEM_ID].to_list() == ["10036", "10037", "A12.0"]  # only a whole number loses its ".0"
+
+
+def test_a_guest_checkout_is_its_session_not_a_quarantined_event(tmp_path):
+    (tmp_path / "events.csv").write_text("ts,customer,session,sku,event\n2024-01-05 10:00,c1,s1,A,purchase\n"
+                                         "2024-01-05 10:01,,s2,B,purchase\n2024-01-05 10:02, ,s2,A,purchase\n"
+                                         "2024-01-05 10:03,,,A,view\n")
+    (tmp_path / "m.yaml").write_text("events:\n  path: events.csv\n  columns: {ts: ts, user_id: customer, session_id: session, "
+                                     "item_id: sku, event_type: event}\nitems:\n  columns: {item_id: sku, title: sku}\n")
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS)
+    # without a session too there is no shopper to name: the feature job quarantines it (null_user_id)
+    assert events[S.USER_ID].to_list() == ["c1", "anon:s2", "anon:s2", None]
+    assert r["users"] == 2 and r["warnings"] == [
+        "NOTE: 2 events have no user id but a session: each session is its own shopper (user_id anon:<session_id>), "
+        "as for a guest checkout"]
