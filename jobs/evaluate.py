@@ -74,14 +74,17 @@ from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import BM25
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import HandWeights, rank_candidates
-from jobs.common import RayConfig, Steps, init_ray, load_job_config, one_blas_thread, parse_args, run_job
+from jobs.common import (RayConfig, Steps, cluster_gpus, fine_tune_plan, init_ray, load_job_config, one_blas_thread,
+                         parse_args, run_job)
 
 POP_HALF_LIFE_DAYS = 7.0
 
 
 @dataclass(frozen=True)
 class EncoderStage:
-    fine_tune: bool = True  # false: no fine-tuned methods (their rows say why)
+    # true: fine-tune on CPUs too (the published runs); auto: only on the cluster's GPUs, which is
+    # what the pipeline ships on a CPU-only cluster; false: no fine-tuned methods (their rows say why)
+    fine_tune: bool | Literal["auto"] = True
     max_time_s: float = 240.0  # the fine-tune's time budget
     max_steps: int = 300
     num_workers: int = 2
@@ -192,14 +195,14 @@ def _features(cfg: EvaluateConfig, events_path: str, root: Path, until: dt.datet
     return m["path"]
 
 
-def _encoder(cfg: EvaluateConfig, features_dir: str, root: Path) -> str:
+def _encoder(cfg: EvaluateConfig, features_dir: str, root: Path, gpu_workers: int = 0) -> str:
     from features.models.training import TrainParams
     from jobs import train_encoder as TE
 
     e = cfg.encoder
     tcfg = TE.TrainEncoderConfig(features=features_dir, output_root=str(root), test_examples=-1, encoder=e.model,
                                  train=replace(TrainParams(), max_time_s=e.max_time_s, max_steps=e.max_steps,
-                                               num_workers=e.num_workers),
+                                               num_workers=gpu_workers or e.num_workers, use_gpu=gpu_workers > 0),
                                  ray=cfg.ray)
     TE.run(tcfg)
     return str(Path(A.latest_complete(str(root), "encoder")) / "model")
@@ -247,12 +250,14 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     steps("zero-shot index (Ray Data)")
     zs_index = _index(cfg, fb, art, ZERO_SHOT)
     ft_index = None
-    if cfg.encoder.fine_tune:
-        steps(f"fine-tune the encoder on the ranker stage's examples (Ray Train, {cfg.encoder.max_time_s:.0f}s budget)")
+    tune, gpu_workers, why = fine_tune_plan(cfg.encoder.fine_tune, cluster_gpus())
+    if tune:
+        steps(f"fine-tune the encoder on the ranker stage's examples (Ray Train, {cfg.encoder.max_time_s:.0f}s budget)"
+              + (f", {why}" if why else ""))
         from jobs.train_encoder import TooFewExamples
 
         try:
-            enc = _encoder(cfg, fa, art)
+            enc = _encoder(cfg, fa, art, gpu_workers)
         except TooFewExamples as e:  # a short or sparse log: the fine-tuned methods are left out, said why
             print(f"  NOTE no fine-tune: {e}; the system uses the zero-shot encoder", flush=True)
             notes["fine-tuned encoder"] = f"not trained: {e}"
@@ -270,7 +275,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
                 f"NDCG@10 {versus['fine_tuned']:.4f} vs {versus['zero_shot']:.4f} over {versus['examples']:,} valid "
                 f"examples, paired {versus['paired_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     else:
-        notes["fine-tuned encoder"] = "encoder.fine_tune=false"
+        notes["fine-tuned encoder"] = why.replace("fine_tune=", "encoder.fine_tune=") or "encoder.fine_tune=false"
         beats = False
     # Model selection on the validation split, never on the test: the system retrieves with the
     # fine-tuned encoder only when the fine-tune beat the zero-shot model on its valid split (the

@@ -28,7 +28,7 @@ from pathlib import Path
 from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
-from jobs.common import RayConfig, init_ray, load_job_config, parse_args, run_job
+from jobs.common import RayConfig, cluster_gpus, fine_tune_plan, init_ray, load_job_config, parse_args, run_job
 
 N_STAGES = 9  # import, features, encoder, index, search, features before the label window, behaviour model, ranker, serve
 STAGES = ("import_events", "build_features", "train_encoder", "build_index", "train_search", "train_sequence",
@@ -99,27 +99,6 @@ def _span_days(events: str) -> float | None:
     if not ts.dtype.is_temporal() or ts.drop_nulls().is_empty():
         return None
     return (ts.max() - ts.min()).total_seconds() / 86400.0  # type: ignore[operator]
-
-
-def _cluster_gpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
-def fine_tune_plan(setting: bool | str, gpus: int) -> tuple[bool, tuple[str, ...], str]:
-    """(whether to fine-tune the encoder, the stage's extra arguments, a line saying why) for
-    `fine_tune` on a cluster with `gpus` GPUs. `auto` trains on the GPUs (one Ray Train worker
-    each, at most 8) and skips a CPU-only cluster: on 2 CPUs the demo's 240 s fine-tune of the
-    bundled log kept the zero-shot encoder in most runs (docs/operations.md), for 4-5 minutes."""
-    if setting == "auto" and gpus > 0:
-        n = min(gpus, 8)
-        return True, ("train.use_gpu=true", f"train.num_workers={n}"), \
-            f"fine-tuning on the cluster's GPUs: {n} Ray Train worker(s) with a GPU each (fine_tune=auto)"
-    if setting == "auto":
-        return False, (), ("skipped: the cluster has no GPU, so the zero-shot encoder serves (fine_tune=auto; "
-                           "--set fine_tune=true fine-tunes on CPUs, where a few minutes rarely beat zero-shot)")
-    return bool(setting), (), ""
 
 
 def _dashboard(cfg: DeployConfig) -> str | None:
@@ -245,7 +224,8 @@ def run(cfg: PipelineConfig) -> int:
     r.stage(2, "features", lambda: build_features.main(_sets(
         {"events": events, "items": items, "output_root": root, **split}, sa.build_features)))
     encoder = "zero-shot"
-    tune, gpu_args, why = fine_tune_plan(cfg.fine_tune, _cluster_gpus())
+    tune, gpu_workers, why = fine_tune_plan(cfg.fine_tune, cluster_gpus())
+    gpu_args = ("train.use_gpu=true", f"train.num_workers={gpu_workers}") if gpu_workers else ()
     if why:
         print(f"encoder: {why}", flush=True)
     if not tune and why:

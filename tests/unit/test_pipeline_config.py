@@ -24,15 +24,18 @@ def test_pipeline_yaml_is_the_dataclass_defaults_and_errors_name_the_key():
 
 
 def test_the_encoder_fine_tune_runs_on_gpus_by_default_and_on_cpus_when_asked():
+    from jobs.common import fine_tune_plan
+
     assert load_config(P.PipelineConfig, None, ["fine_tune=true"]).fine_tune is True
     assert load_config(P.PipelineConfig, None, ["fine_tune=false"]).fine_tune is False
     with pytest.raises(ConfigError, match="fine_tune"):
         load_config(P.PipelineConfig, None, ["fine_tune=sometimes"])
-    tune, args, why = P.fine_tune_plan("auto", 0)
-    assert not tune and args == () and "no GPU" in why and "fine_tune=true" in why
-    tune, args, why = P.fine_tune_plan("auto", 2)
-    assert tune and args == ("train.use_gpu=true", "train.num_workers=2") and "GPU" in why
-    assert P.fine_tune_plan(True, 0) == (True, (), "") and P.fine_tune_plan(False, 4) == (False, (), "")
+    tune, workers, why = fine_tune_plan("auto", 0)
+    assert not tune and workers == 0 and "no GPU" in why and "fine_tune=true" in why
+    tune, workers, why = fine_tune_plan("auto", 2)
+    assert tune and workers == 2 and "GPU" in why
+    assert fine_tune_plan("auto", 16)[1] == 8
+    assert fine_tune_plan(True, 0) == (True, 0, "") and fine_tune_plan(False, 4) == (False, 0, "")
 
 
 def test_stage_arguments_and_config_files():
