@@ -22,8 +22,8 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 from features import artifacts as A
 from features.config import ConfigError
