@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
+from features.data.fill import FillDown
 from features.data.mapping import (KEPT, EventIds, Mapping, TableMapping, apply, check_mapping, column_hint, item_fields,
                                    load_mapping, merge_item_fields, recbole_defaults, reduce_item_fields)
 from features.data.online_retail import import_online_retail
@@ -279,18 +280,21 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         for part in parts:
             out.check_quotes(part)
         it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+        it_raw = FillDown(m.items.fill_down, m.items.fill_down_by, "mapping.items")(it_raw)
         if m.events.format == "recbole" or m.items.format == "recbole":
             m = _with_title(m, it_raw.column_names)
         items, it_rej = apply(it_raw, m.items, "items")
         out.raw["items"] = it_raw.num_rows
         out.rejected("items", it_rej)
     ids, partials, first_row, seen, t0, said = EventIds(), [], 0, {}, time.monotonic(), 0.0
+    fill = FillDown(m.events.fill_down, m.events.fill_down_by, "mapping.events")  # carries across chunks
     for chunk in iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
                              cfg.chunk_rows, explode=m.events.explode, key_values=m.events.key_values,
                              column_names=m.events.column_names):
         seen.update(dict.fromkeys(chunk.column_names))
         out.raw["events"] += chunk.num_rows
         out.check_quotes(chunk)
+        chunk = fill(chunk)
         events, ev_rej = apply(chunk, m.events, "events", ids)
         out.events(events)
         out.rejected("events", ev_rej)

@@ -93,6 +93,8 @@ class TableMapping:
     explode: str | None = None  # a list column (JSON, Parquet) whose elements become rows: an order's products
     key_values: str | None = None  # a list of {key, value} records (GA4's event_params): a column per key
     column_names: tuple[str, ...] | None = None  # a CSV/TSV file without a header row: its columns' names
+    fill_down: tuple[str, ...] = ()  # shop columns whose blank cells take the value above (features/data/fill.py)
+    fill_down_by: str | None = None  # ... only within a run of rows with the same value here (an order's id)
 
 
 @dataclass(frozen=True)

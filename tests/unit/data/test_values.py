@@ -221,3 +221,46 @@ def test_a_guest_checkout_is_its_session_not_a_quarantined_event(tmp_path):
     assert r["users"] == 2 and r["warnings"] == [
         "NOTE: 2 events have no user id but a session: each session is its own shopper (user_id anon:<session_id>), "
         "as for a guest checkout"]
+
+
+def test_an_export_that_writes_an_order_s_fields_on_its_first_line_only(tmp_path):
+    """A Shopify-style orders export: the order's time and customer on its first line item only. With
+    fill_down the later lines take them from above, within the same order (fill_down_by), across the
+    import's chunks; a guest order's blank customer is not taken from the order before it."""
+    (tmp_path / "orders.csv").write_text(
+        "Name,Email,Created at,Lineitem sku,Lineitem name\n"
+        "#1001,ann@x.com,2024-01-05 10:27:34 -0500,A,Mug\n#1001,,,B,Towel\n#1001,,,C,Lamp\n"
+        "#1002,,2024-01-06 09:00:00 -0500,A,Mug\n#1002,,,B,Towel\n#1003,bob@x.com,2024-01-07 11:00:00 -0500,C,Lamp\n")
+    (tmp_path / "m.yaml").write_text("""events:
+  path: orders.csv
+  columns: {ts: Created at, user_id: Email, session_id: Name, item_id: Lineitem sku}
+  constants: {event_type: purchase}
+  fill_down: [Email, Created at]
+  fill_down_by: Name
+items:
+  columns: {item_id: Lineitem sku, title: Lineitem name}
+""")
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out"), chunk_rows=2))
+    ev = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    assert ev.select(S.USER_ID, S.ITEM_ID).rows() == [("ann@x.com", "A"), ("ann@x.com", "B"), ("ann@x.com", "C"),
+                                                      ("anon:#1002", "A"), ("anon:#1002", "B"), ("bob@x.com", "C")]
+    assert ev[S.TS].null_count() == 0 and str(ev[S.TS][2]) == "2024-01-05 15:27:34+00:00"
+    assert r["rejected"] == {} and r["items"] == 3
+    # a column the file does not have is named, with the file's columns
+    (tmp_path / "m.yaml").write_text((tmp_path / "m.yaml").read_text().replace("[Email, Created at]", "[Emial]"))
+    with pytest.raises(SchemaError, match=r"mapping.events.fill_down: column\(s\) \['Emial'\] are not in the file; "
+                                          r"the file has: Name, Email"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out2")))
+
+
+def test_fill_down_without_a_group_column_fills_like_a_spreadsheet_across_chunks():
+    from features.data.fill import FillDown
+
+    fill = FillDown(("order", "day"), None, "mapping.events")
+    a = fill(pa.table({"order": ["7", "", None], "day": [3, None, None], "sku": ["A", "B", "C"]}))
+    b = fill(pa.table({"order": [None, "8"], "day": [None, 4], "sku": ["D", "E"]}))
+    assert a.column("order").to_pylist() == ["7"] * 3 and b.column("order").to_pylist() == ["7", "8"]
+    assert a.column("day").to_pylist() == [3, 3, 3] and b.column("day").to_pylist() == [3, 4]
+    assert a.column("sku").to_pylist() == ["A", "B", "C"] and a.schema.field("day").type == pa.int64()
+    with pytest.raises(SchemaError, match="fill_down_by: 'order' is also in fill_down"):
+        FillDown(("order",), "order", "mapping.events")
