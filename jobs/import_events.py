@@ -263,6 +263,16 @@ def _check_seen(m: TableMapping, table: str, seen: dict[str, None], out: _Output
                              f"{m.path}; the field came from {', '.join(repr(v) for v in names if v in seen)}")
 
 
+def _named(table: str, path: str | None, chunks):
+    """The chunks of a file; Polars' "empty CSV file" error names no file, so name it."""
+    try:
+        yield from chunks
+    except (pl.exceptions.NoDataError, pa.ArrowInvalid) as e:
+        if isinstance(e, pa.ArrowInvalid) and "Empty CSV file" not in str(e):
+            raise
+        raise ValueError(f"{table}: {path} is empty (no header, no rows)") from None
+
+
 def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Output) -> pl.DataFrame:
     """Stream the events file through the mapping a chunk at a time; returns the items."""
     def where(name: str) -> str:
@@ -273,13 +283,15 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         check_mapping(m.items, "items")
     items = None
     if not from_log:  # a catalog is small next to its event log: read whole (one table per file)
-        parts = list(iter_tables(m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"),
-                                 chunk_rows=1 << 62, explode=m.items.explode, key_values=m.items.key_values,
-                                 column_names=m.items.column_names))
+        parts = list(_named("items", m.items.path, iter_tables(
+            m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"), chunk_rows=1 << 62,
+            explode=m.items.explode, key_values=m.items.key_values, column_names=m.items.column_names)))
         _check_seen(m.items, "items", dict.fromkeys(c for part in parts for c in part.column_names), out)
         for part in parts:
             out.check_quotes(part)
         it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+        if not it_raw.num_rows:
+            raise ValueError(f"items: {m.items.path} has no rows (a header and nothing else); the catalog needs items")
         it_raw = FillDown(m.items.fill_down, m.items.fill_down_by, "mapping.items")(it_raw)
         if m.events.format == "recbole" or m.items.format == "recbole":
             m = _with_title(m, it_raw.column_names)
@@ -288,9 +300,10 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         out.rejected("items", it_rej)
     ids, partials, first_row, seen, t0, said = EventIds(), [], 0, {}, time.monotonic(), 0.0
     fill = FillDown(m.events.fill_down, m.events.fill_down_by, "mapping.events")  # carries across chunks
-    for chunk in iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
-                             cfg.chunk_rows, explode=m.events.explode, key_values=m.events.key_values,
-                             column_names=m.events.column_names):
+    chunks = iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
+                         cfg.chunk_rows, explode=m.events.explode, key_values=m.events.key_values,
+                         column_names=m.events.column_names)
+    for chunk in _named("events", m.events.path, chunks):
         seen.update(dict.fromkeys(chunk.column_names))
         out.raw["events"] += chunk.num_rows
         out.check_quotes(chunk)
@@ -311,6 +324,8 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
             print(f"[import_events] {out.raw['events']:,} event rows read, {out.kept['events']:,} kept "
                   f"(t={said - t0:.0f}s)", flush=True)  # ("[" lines stay out of the pipeline's stage summary)
     _check_seen(m.events, "events", seen, out)
+    if not out.raw["events"]:  # say it here, not stages later as "no valid events"
+        raise ValueError(f"events: {m.events.path} has no rows (a header and nothing else); nothing to learn from")
     if from_log:
         _check_seen(m.items, "items", seen, out)
         items = merge_item_fields(partials, m.items)

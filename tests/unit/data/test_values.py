@@ -264,3 +264,19 @@ def test_fill_down_without_a_group_column_fills_like_a_spreadsheet_across_chunks
     assert a.column("sku").to_pylist() == ["A", "B", "C"] and a.schema.field("day").type == pa.int64()
     with pytest.raises(SchemaError, match="fill_down_by: 'order' is also in fill_down"):
         FillDown(("order",), "order", "mapping.events")
+
+
+@pytest.mark.parametrize("events,items,message", [
+    ("", "sku,name\nA,Mug\n", r"events: .*events.csv is empty \(no header, no rows\)"),
+    ("ts,user,sku\n", "sku,name\nA,Mug\n", r"events: .*events.csv has no rows \(a header and nothing else\)"),
+    ("ts,user,sku\n2024-01-05,u,A\n", "", r"items: .*items.csv is empty"),
+    ("ts,user,sku\n2024-01-05,u,A\n", "sku,name\n", r"items: .*items.csv has no rows"),
+])
+def test_an_empty_export_is_named_at_the_import(tmp_path, events, items, message):
+    (tmp_path / "events.csv").write_text(events)
+    (tmp_path / "items.csv").write_text(items)
+    (tmp_path / "m.yaml").write_text("events:\n  path: events.csv\n  columns: {ts: ts, user_id: user, item_id: sku}\n"
+                                     "  constants: {event_type: view}\nitems:\n  path: items.csv\n"
+                                     "  columns: {item_id: sku, title: name}\n")
+    with pytest.raises(ValueError, match=message):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
