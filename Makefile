@@ -30,7 +30,7 @@ HAPROXY ?= 1
 HAPROXY_ENV = RAY_SERVE_ENABLE_HA_PROXY=$(HAPROXY) RAY_SERVE_HAPROXY_METRICS_ENABLED=0 \
   RAY_SERVE_HAPROXY_NBTHREAD=$$($(BIN)/python -c "from serving.sizing import haproxy_threads, host_cpus; print(haproxy_threads(host_cpus()))")
 
-.PHONY: kuberay run forget venv data features encoder index search ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit test-pipeline bench bench-encoder bench-serve ray-up ray-down clean
+.PHONY: kuberay run mapping forget venv data features encoder index search ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit test-pipeline bench bench-encoder bench-serve ray-up ray-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -121,6 +121,14 @@ run: venv
 	echo "submitted $$id to $(CLUSTER) (ray job logs $$id; ray job stop $$id)"; \
 	$(BIN)/ray job logs --address $(CLUSTER) --follow $$id 2>&1 | grep --line-buffered -v -E "^[0-9-]+ [0-9:,]+\s+INFO (sdk|cli)\.py"; \
 	$(BIN)/ray job status --address $(CLUSTER) $$id 2>&1 | grep -qi "succeeded" || { echo "job $$id did not succeed: ray job status $$id"; exit 1; }
+
+# A column mapping to start from, guessed from the export's first rows; check it, then make run MAPPING=...
+#   make mapping EVENTS=export/events.csv [ITEMS=export/items.csv] [MAPPING=shop.yaml]
+mapping: venv
+	@test -n "$(EVENTS)" || { echo 'EVENTS is empty: make mapping EVENTS=<the export'"'"'s events file> [ITEMS=<items file>] [MAPPING=<output, mapping.yaml>]'; exit 2; }
+	@set -o pipefail; $(BIN)/python -m jobs.suggest_mapping --set events=$(call abs_or_uri,$(EVENTS)) \
+	  $(if $(ITEMS),--set items=$(call abs_or_uri,$(ITEMS))) --set output=$(or $(MAPPING),mapping.yaml) \
+	  2>&1 | grep -v "^resolved config"
 
 # The bundled real data through the same one-command pipeline, then a few requests chosen from it;
 # the server keeps running (`make ray-down`).

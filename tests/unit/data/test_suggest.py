@@ -1,0 +1,95 @@
+"""`make mapping`: a mapping to start from, guessed from an export (features/data/suggest.py), that
+the import then reads without a change for the usual export shapes, and that says what to check."""
+
+import polars as pl
+import pytest
+import yaml
+
+from features.data import schema as S
+from features.data.suggest import match_columns, EVENT_NAMES, ITEM_NAMES
+from jobs import import_events as IE
+from jobs import suggest_mapping as SM
+
+
+def _suggest(tmp_path, events: str, items: str | None = None, name: str = "events.csv") -> tuple[dict, str]:
+    (tmp_path / name).write_text(events)
+    if items is not None:
+        (tmp_path / "items.csv").write_text(items)
+    text = SM.run(SM.SuggestMappingConfig(events=str(tmp_path / name), output=str(tmp_path / "m.yaml"),
+                                          items=str(tmp_path / "items.csv") if items is not None else None))
+    return yaml.safe_load(text), text
+
+
+def test_a_kaggle_style_event_log_imports_through_the_suggested_mapping_unchanged(tmp_path):
+    m, text = _suggest(tmp_path, "event_time,event_type,product_id,category_code,brand,price,user_id,user_session\n"
+                       "2019-10-01 00:00:00 UTC,view,44600062,electronics.smartphone,shiseido,35.79,541312140,s1\n"
+                       "2019-10-01 00:00:01 UTC,cart,3900821,appliances.water_heater,aqua,33.20,554748717,s2\n"
+                       "2019-10-01 00:00:04 UTC,purchase,44600062,electronics.smartphone,shiseido,35.79,554748717,s2\n")
+    assert m["events"]["columns"] == {S.TS: "event_time", S.USER_ID: "user_id", S.ITEM_ID: "product_id",
+                                      S.EVENT_TYPE: "event_type", S.SESSION_ID: "user_session", S.PRICE: "price"}
+    assert m["events"]["values"] == {S.EVENT_TYPE: {"cart": "add_to_cart"}}
+    assert m["items"] == {"columns": {S.ITEM_ID: "product_id", S.TITLE: "product_id", S.CATEGORY: "category_code",
+                                      S.BRAND: "brand", S.PRICE: "price"}}
+    assert "# CHECK: no product name found" in text
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    assert r["events"] == 3 and r["items"] == 2 and r["rejected"] == {} and r["warnings"] == []
+    assert pl.read_parquet(tmp_path / "out" / "events.parquet")[S.EVENT_TYPE].to_list() == ["view", "add_to_cart",
+                                                                                            "purchase"]
+
+
+def test_a_tracker_log_with_epoch_milliseconds_and_its_own_event_words(tmp_path):
+    m, _ = _suggest(tmp_path, "timestamp,visitorid,event,itemid,transactionid\n1433221332117,257597,view,355908,\n"
+                    "1433224214164,992329,addtocart,248676,\n1433221999827,111016,transaction,318965,4000\n"
+                    "1433221955914,483717,wishlist,253185,\n", "itemid,name\n355908,Mug\n248676,Lamp\n318965,Tea\n253185,Jug\n")
+    assert m["events"]["columns"] == {S.TS: "timestamp", S.USER_ID: "visitorid", S.ITEM_ID: "itemid",
+                                      S.EVENT_TYPE: "event"}
+    assert m["events"]["ts_unit"] == "auto"
+    assert m["events"]["values"] == {S.EVENT_TYPE: {"addtocart": "add_to_cart", "transaction": "purchase"}}
+    assert m["items"]["columns"] == {S.ITEM_ID: "itemid", S.TITLE: "name"}
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    assert r["events"] == 4 and "wishlist" in r["warnings"][0]  # the word it could not guess is warned about
+
+
+def test_a_semicolon_spreadsheet_export_with_day_first_dates(tmp_path):
+    m, text = _suggest(tmp_path, "Date;Customer;Product;Description;Quantity;Price\n"
+                       "25/12/2023 10:00;c1;A;Mug;2;2,55\n03/01/2024 11:30;c2;B;Lamp;1;12,99\n")
+    assert m["events"]["delimiter"] == ";" and m["events"]["ts_format"] == "%d/%m/%Y %H:%M"
+    assert m["events"]["decimal_separator"] == "," and m["events"]["constants"] == {S.EVENT_TYPE: "purchase"}
+    assert m["items"]["columns"][S.TITLE] == "Description"
+    assert "# CHECK: no event type column: every row is taken as a purchase" in text
+    assert "read both day-first and month-first" not in text  # 25/12 settles it
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    ev = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS)
+    assert r["rejected"] == {} and ev[S.PRICE].to_list() == [2.55, 12.99] and str(ev[S.TS][0]).startswith("2023-12-25")
+
+
+def test_what_the_sample_cannot_settle_is_said(tmp_path):
+    _, text = _suggest(tmp_path, "Name,Email,Created at,Lineitem quantity,Lineitem name,Lineitem sku\n"
+                       "#1,a@x,01/02/2024 10:00,1,Mug,A\n#1,,,2,Lamp,B\n#1,,,1,Tea,C\n#2,b@x,03/04/2024 09:00,1,Mug,A\n")
+    assert "read both day-first and month-first in this sample" in text
+    assert "50% of the sampled rows have no time in 'Created at'" in text and "fill_down" in text
+    _, text = _suggest(tmp_path / "..", "Datum,Kunde,Artikel\n2024-01-05,k,A\n", name="de.csv")
+    assert "no column of the events looks like user_id" in text and "the file has: Datum, Kunde, Artikel" in text
+
+
+@pytest.mark.parametrize("columns,want", [
+    (["Lineitem quantity", "Lineitem name", "Lineitem sku"], {S.ITEM_ID: "Lineitem sku", S.QUANTITY: "Lineitem quantity"}),
+    (["InvoiceNo", "StockCode", "InvoiceDate", "CustomerID"],
+     {S.TS: "InvoiceDate", S.USER_ID: "CustomerID", S.ITEM_ID: "StockCode", S.SESSION_ID: "InvoiceNo"}),
+    (["properties.product_id", "userId", "timestamp", "event"],
+     {S.TS: "timestamp", S.USER_ID: "userId", S.ITEM_ID: "properties.product_id", S.EVENT_TYPE: "event"}),
+    (["Discount type", "sku"], {S.ITEM_ID: "sku"}),  # a word that only means the event type alone
+])
+def test_columns_are_matched_by_their_names(columns, want):
+    assert match_columns(columns, EVENT_NAMES) == want
+    assert match_columns(["Lineitem name", "Name"], ITEM_NAMES)[S.TITLE] == "Lineitem name"
+
+
+def test_it_never_writes_over_a_mapping(tmp_path):
+    (tmp_path / "e.csv").write_text("ts,user,item\n2024-01-05,u,A\n")
+    (tmp_path / "m.yaml").write_text("mine")
+    with pytest.raises(Exception, match="m.yaml exists"):
+        SM.run(SM.SuggestMappingConfig(events=str(tmp_path / "e.csv"), output=str(tmp_path / "m.yaml")))
+    with pytest.raises(Exception, match="events: .*nope.csv does not exist"):
+        SM.run(SM.SuggestMappingConfig(events=str(tmp_path / "nope.csv"), output=str(tmp_path / "n.yaml")))
+    assert (tmp_path / "m.yaml").read_text() == "mine"
