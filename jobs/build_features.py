@@ -151,7 +151,7 @@ def check_inputs(path: str, contract: pa.Schema, required: tuple[str, ...], what
         except Exception as e:  # pyarrow raises several types for a corrupt file
             raise SchemaError(f"{what} file {p}: not a readable Parquet file ({type(e).__name__}: {e}); the canonical "
                               "tables are Parquet: import a CSV, JSON-lines or other export through a mapping first "
-                              "(make run MAPPING=..., jobs.import_events; docs/data.md)") from None
+                              "(make mapping EVENTS=... writes one to start from; then make run MAPPING=...; docs/data.md)") from None
         extras |= set(check_schema(found, contract, required, f"{what} file {p}"))
         # Ray Data reads a directory as one dataset and cannot merge a column typed differently
         # in two files; say which files and column instead of failing deep inside the read.
