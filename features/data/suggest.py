@@ -198,7 +198,8 @@ def suggest(events: str, items: str | None = None) -> Suggestion:
         if S.PRICE in icols and _decimal(it.get_column(icols[S.PRICE])):
             s.items["decimal_separator"] = ","
     else:  # the catalog from the events file's own product columns
-        it, icols = ev, match_columns([c for c in ev.columns if c not in s.events["columns"].values()], ITEM_NAMES)
+        rest = [c for c in ev.columns if c not in s.events["columns"].values()]
+        icols = match_columns(rest, {k: v for k, v in ITEM_NAMES.items() if k not in (S.ITEM_ID, S.PRICE)})
         icols[S.ITEM_ID] = cols.get(S.ITEM_ID, "<item id column>")
         if S.PRICE in cols:
             icols[S.PRICE] = cols[S.PRICE]

@@ -93,3 +93,10 @@ def test_it_never_writes_over_a_mapping(tmp_path):
     with pytest.raises(Exception, match="events: .*nope.csv does not exist"):
         SM.run(SM.SuggestMappingConfig(events=str(tmp_path / "nope.csv"), output=str(tmp_path / "n.yaml")))
     assert (tmp_path / "m.yaml").read_text() == "mine"
+
+
+def test_the_product_name_in_an_event_log_is_the_catalog_s_title(tmp_path):
+    m, text = _suggest(tmp_path, "event_time,event_type,product_id,product_name,price,user_id,user_session\n"
+                       "2011-09-01 08:25:00 UTC,purchase,20677,PINK POLKADOT BOWL,1.25,13509,565080\n")
+    assert m["items"]["columns"] == {S.ITEM_ID: "product_id", S.TITLE: "product_name", S.PRICE: "price"}
+    assert "CHECK" not in text
