@@ -9,6 +9,7 @@ the model leaned on, say, the behaviour model's score or a recent view of the it
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,6 +29,8 @@ BOUGHT_TOGETHER = "shoppers who bought {title} buy it too"
 SEEN = {"view": "you viewed it recently", "click": "you clicked it recently",
         "add_to_cart": "you added it to your cart recently", "purchase": "you bought it before"}
 
+_NAMING = re.compile("^(?:" + "|".join(t.replace("{verb}", "(?:" + "|".join(VERB.values()) + ")").replace("{title}", "(.+)")
+                                        for t in (BECAUSE, OFTEN_WITH, BOUGHT_TOGETHER)) + ")$")
 _QUERY = frozenset({"query_sim", "query_sim_gap", "lexical", "title_match", "text_match", "dense_rank", "lexical_rank"})
 _FIXED = {"pref_sim": "matches your long-term taste", "popularity": "popular this week",
           "popularity_1d": "trending today", "popularity_30d": "popular this month",
@@ -46,9 +49,15 @@ def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, v
         if values is not None and not _present(FEATURE_NAMES[f], ctx, float(values[f])):
             continue
         text = _text(FEATURE_NAMES[f], ctx, row, catalog)
-        if text and text not in out:
-            out.append(text)
+        if text and text not in out and not (_names(text) and _names(text) in map(_names, out)):
+            out.append(text)  # (a second reason naming the same history item says nothing new)
     return out
+
+
+def _names(text: str) -> str | None:
+    """The history item's title a reason names ("often bought with MUG" -> "MUG"), else None."""
+    m = _NAMING.match(text)
+    return next((g for g in m.groups() if g), None) if m else None
 
 
 def _present(name: str, ctx: RankContext, value: float) -> bool:

@@ -419,3 +419,19 @@ def test_a_shopper_without_history_is_never_told_about_their_shopping():
     # the same contributions for a shopper the behaviour model has a vector for do name it
     known = RankContext(mode="recommend", seq_vector=np.ones(4, np.float32))
     assert rank_candidates(known, ["i001"], cat, AbsenceLover(), k=1)[0].reasons[0] == "fits your recent shopping"
+
+
+def test_a_second_reason_naming_the_same_history_item_gives_way_to_the_next():
+    """"shoppers who bought MUG buy it too; often bought with MUG" says one thing twice: the second
+    slot goes to the next reason instead."""
+    from features.retrieval.catalog import ItemNeighbours
+    from features.retrieval.feature_names import FEATURE_NAMES as NAMES
+    from features.retrieval.reasons import reasons
+
+    cat, _ = small_catalog()  # i000 -> i010 in its co-occurrence, and here in its EASE neighbours too
+    cat.ease = ItemNeighbours({"i000": (["i010"], np.array([0.5], np.float32))}, cat.row)
+    ctx = RankContext(mode="recommend", recent_items=[("i000", "purchase")], purchased=["i000"])
+    contrib = np.zeros(len(NAMES), np.float32)
+    contrib[NAMES.index("ease")], contrib[NAMES.index("cooc")], contrib[NAMES.index("popularity")] = 3.0, 2.0, 1.0
+    mug = cat.title[cat.row["i000"]]
+    assert reasons(ctx, cat.row["i010"], contrib, cat) == [f"shoppers who bought {mug} buy it too", "popular this week"]
