@@ -119,10 +119,6 @@ def _ts(values: pl.Series, notes: list[str], col: str) -> dict:
     """The mapping's time settings for a sampled time column."""
     text = values.drop_nulls().cast(pl.String).str.strip_chars()
     text = text.filter(text != "")
-    blank = 1 - text.len() / max(values.len(), 1)
-    if blank > 0.05:
-        notes.append(f"{blank:.0%} of the sampled rows have no time in {col!r}: if the export writes an order's "
-                     "fields on its first line only, add fill_down: [that column, ...] and fill_down_by: <order id>")
     if text.is_empty():
         return {}
     if text.cast(pl.Float64, strict=False).is_not_null().all():
@@ -139,6 +135,36 @@ def _ts(values: pl.Series, notes: list[str], col: str) -> dict:
         notes.append(f"the times in {col!r} (e.g. {text[0]!r}) read both day-first and month-first in this "
                      f"sample: ts_format {fits[0]!r} is a guess; check it against a date you know")
     return {"ts_format": fits[0]}
+
+
+def _blank(col: pl.Series) -> pl.Series:
+    return col.is_null() | (col.cast(pl.String).str.strip_chars() == "")
+
+
+def _fill_down(ev: pl.DataFrame, cols: dict[str, str], s: Suggestion) -> None:
+    """Rows without a time that continue the order above them (an export that writes an order's
+    fields on its first line item only): fill_down the time (and a customer left blank the same
+    way) within the order, found as a column never blank that repeats on exactly those rows."""
+    blank = _blank(ev.get_column(cols[S.TS]))
+    share = float(blank.mean() or 0.0)
+    if share <= 0.05:
+        return
+    starts = ~blank & (pl.int_range(ev.height, eager=True) > 0)
+    for c in ev.columns:
+        col = ev.get_column(c)
+        if c in cols.values() and c != cols.get(S.SESSION_ID) or _blank(col).any():
+            continue
+        same = (col == col.shift(1)).fill_null(False)
+        if (same | ~blank).all() and float((~same).filter(starts).mean() or 0.0) >= 0.9:
+            fill = [cols[S.TS]] + [cols[k] for k in (S.USER_ID,) if k in cols and _blank(ev.get_column(cols[k])).any()]
+            s.events.update({"fill_down": fill, "fill_down_by": c})
+            s.events["columns"].setdefault(S.SESSION_ID, c)
+            s.notes.append(f"{share:.0%} of the sampled rows have no time: they continue the order above them "
+                           f"({c!r} repeats on exactly those rows), so fill_down fills {fill} within each {c!r}")
+            return
+    s.notes.append(f"{share:.0%} of the sampled rows have no time in {cols[S.TS]!r} and no order column explains "
+                   "them: if the export writes an order's fields on its first line only, add fill_down: [that "
+                   "column, ...] and fill_down_by: <order id>; otherwise those rows are quarantined (null_ts)")
 
 
 def _event_types(values: pl.Series, notes: list[str], col: str) -> dict:
@@ -178,6 +204,7 @@ def suggest(events: str, items: str | None = None) -> Suggestion:
         cols.pop(S.USER_ID)
     s.events["columns"] = {k: cols[k] for k in EVENT_NAMES if k in cols}
     if S.TS in cols:
+        _fill_down(ev, cols, s)
         s.events.update(_ts(ev.get_column(cols[S.TS]), s.notes, cols[S.TS]))
     if S.EVENT_TYPE in cols:
         words = _event_types(ev.get_column(cols[S.EVENT_TYPE]), s.notes, cols[S.EVENT_TYPE])

@@ -67,8 +67,12 @@ def test_what_the_sample_cannot_settle_is_said(tmp_path):
     _, text = _suggest(tmp_path, "Name,Email,Created at,Lineitem quantity,Lineitem name,Lineitem sku\n"
                        "#1,a@x,01/02/2024 10:00,1,Mug,A\n#1,,,2,Lamp,B\n#1,,,1,Tea,C\n#2,b@x,03/04/2024 09:00,1,Mug,A\n")
     assert "read both day-first and month-first in this sample" in text
-    assert "50% of the sampled rows have no time in 'Created at'" in text and "fill_down" in text
-    _, text = _suggest(tmp_path / "..", "Datum,Kunde,Artikel\n2024-01-05,k,A\n", name="de.csv")
+    assert "so fill_down fills ['Created at', 'Email'] within each 'Name'" in text
+    (tmp_path / "gaps").mkdir()
+    _, text = _suggest(tmp_path / "gaps", "ts,user,sku\n2024-01-05,u,A\n,u,B\n,v,C\n2024-01-06,v,A\n", name="gaps.csv")
+    assert "no order column explains them" in text  # blank times that no order column accounts for
+    (tmp_path / "de").mkdir()
+    _, text = _suggest(tmp_path / "de", "Datum,Kunde,Artikel\n2024-01-05,k,A\n", name="de.csv")
     assert "no column of the events looks like user_id" in text and "the file has: Datum, Kunde, Artikel" in text
 
 
@@ -100,3 +104,16 @@ def test_the_product_name_in_an_event_log_is_the_catalog_s_title(tmp_path):
                        "2011-09-01 08:25:00 UTC,purchase,20677,PINK POLKADOT BOWL,1.25,13509,565080\n")
     assert m["items"]["columns"] == {S.ITEM_ID: "product_id", S.TITLE: "product_name", S.PRICE: "price"}
     assert "CHECK" not in text
+
+
+def test_an_export_with_order_fields_on_the_first_line_gets_fill_down_and_imports_every_line(tmp_path):
+    m, text = _suggest(tmp_path, "Name,Email,Currency,Created at,Lineitem quantity,Lineitem name,Lineitem sku\n"
+                       "#1001,a@x.com,EUR,2024-01-05 10:27:34 -0500,1,Mug,A\n#1001,,EUR,,2,Lamp,B\n#1001,,EUR,,1,Tea,C\n"
+                       "#1002,,EUR,2024-01-06 09:00:00 -0500,1,Mug,A\n#1002,,EUR,,1,Jug,D\n"
+                       "#1003,b@x.com,EUR,2024-01-07 11:00:00 -0500,3,Tea,C\n")
+    assert m["events"]["fill_down"] == ["Created at", "Email"] and m["events"]["fill_down_by"] == "Name"
+    assert m["events"]["columns"][S.SESSION_ID] == "Name" and m["items"]["columns"][S.TITLE] == "Lineitem name"
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    ev = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS, S.ITEM_ID)
+    assert r["events"] == 6 and ev[S.TS].null_count() == 0 and r["rejected"] == {}
+    assert ev[S.USER_ID].to_list() == ["a@x.com"] * 3 + ["anon:#1002"] * 2 + ["b@x.com"]  # a guest's order is its own
