@@ -100,7 +100,6 @@ def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
 
 
 REJECTED_SCHEMA = pa.schema([("table", pa.string()), (S.REASON, pa.string()), (S.RAW, pa.string())])
-ANONYMOUS = "anon:"  # the user id prefix of a session without a user
 PROGRESS_EVERY_S = 10.0  # a long import prints its progress at most this often
 REDUCE_EVERY = 8  # items from the events file: chunks' partial catalogs are combined this often
 
@@ -156,7 +155,7 @@ class _Output:
         guest = (user.is_null() | (user.str.strip_chars() == "")) & session.is_not_null() & (session.str.strip_chars() != "")
         n = int(df.select(guest.sum()).item())
         self.guests += n
-        return df.with_columns(pl.when(guest).then(ANONYMOUS + session).otherwise(user).alias(S.USER_ID)) if n else df
+        return df.with_columns(pl.when(guest).then(S.ANONYMOUS + session).otherwise(user).alias(S.USER_ID)) if n else df
 
     def rejected(self, table: str, rej: pl.DataFrame) -> None:
         """Rows not imported -> rejected.parquet; rows imported with a value left blank (`kept`) -> blanked.parquet."""
@@ -222,7 +221,7 @@ def run(cfg: ImportEventsConfig) -> dict:
                         f"the mapping's values.event_type, e.g. {{{example}}}; the event types: " + ", ".join(S.EVENT_TYPES))
     if out.guests:
         warnings.append(f"NOTE: {out.guests:,} events have no user id but a session: each session is its own "
-                        f"shopper ({S.USER_ID} {ANONYMOUS}<session_id>), as for a guest checkout")
+                        f"shopper ({S.USER_ID} {S.ANONYMOUS}<session_id>), as for a guest checkout")
     for table in ("events", "items"):
         if out.raw[table] and not out.kept[table]:  # stop here, naming why, not stages later at "no valid events"
             counts = out.reasons[table].most_common()

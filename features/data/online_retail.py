@@ -94,7 +94,7 @@ def import_online_retail(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame,
         pl.col("InvoiceDate").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias(S.TS),
         pl.when(customer.is_not_null())
         .then(pl.concat_str([pl.lit("c"), customer.cast(pl.String)]))
-        .otherwise(pl.concat_str([pl.lit("anon:"), pl.col("InvoiceNo")]))
+        .otherwise(pl.concat_str([pl.lit(S.ANONYMOUS), pl.col("InvoiceNo")]))
         .alias(S.USER_ID),
         pl.col("InvoiceNo").alias(S.SESSION_ID),
         pl.when(cancel).then(pl.lit(S.EventType.RETURN.value)).otherwise(pl.lit(S.EventType.PURCHASE.value)).alias(S.EVENT_TYPE),

@@ -53,6 +53,7 @@ EVENT_TYPES: tuple[str, ...] = tuple(e.value for e in EventType)
 MAX_ID_CHARS = 256  # event_id, user_id, item_id, session_id, category and brand
 MAX_QUERY_CHARS = 1024  # a logged search query
 MAX_QUANTITY = 100_000
+ANONYMOUS = "anon:"  # the user id prefix of a shopper known only by a session or an invoice
 MAX_PRICE = 1_000_000.0
 MAX_FUTURE_S = 300.0  # an event stamped later than now + this is refused
 # Event types that say "the shopper wanted this item" (used as targets and history).
