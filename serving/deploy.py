@@ -6,6 +6,9 @@
 The config is rendered with absolute paths to state/serve_config.yaml (the replicas do not run in
 the repository folder) and sized to the cluster's CPUs (serving/sizing.py; asked of the cluster's
 dashboard, or --cpus N), then handed to `serve deploy`; the command returns once /healthz answers.
+Serve rebuilds an application only when its config changes, and the config names artifacts as
+"latest"; so the rendered args also carry `revision`, the newest complete version of each artifact
+kind, and a deploy after a job wrote a newer version loads it (the same artifacts: nothing restarts).
 """
 
 from __future__ import annotations
@@ -34,14 +37,26 @@ def render(artifacts: str, state: str, overrides: list[str], out: Path, http_por
     print(f"sizing: {json.dumps(chosen)}", flush=True)
     app = conf["applications"][0]
     root = artifacts if A.is_uri(artifacts) else str(Path(artifacts).resolve())
-    app["args"] = apply_overrides(app.get("args") or {}, [f"artifacts_root={root}",
-                                                          f"state_dir={Path(state).resolve()}", *overrides])
+    app["args"] = apply_overrides(app.get("args") or {}, [f"artifacts_root={root}", f"state_dir={Path(state).resolve()}",
+                                                          f"revision={artifact_revision(root)}", *overrides])
     if http_port is not None:
         conf.setdefault("http_options", {})["port"] = http_port
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(conf, sort_keys=False))
     http = conf.get("http_options", {})
     return out, f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+
+
+REVISION_KINDS = ("features", "encoder", "index", "search", "sequence", "ranker")
+
+
+def artifact_revision(root: str) -> str:
+    """The newest complete version of each artifact kind under `root` ("index=<version>,...";
+    "-" for a kind with none): what "latest" means at this deploy."""
+    from features import artifacts as A
+
+    newest = {kind: A.latest_complete(root, kind) for kind in REVISION_KINDS}
+    return ",".join(f"{kind}={v.rstrip('/').rsplit('/', 1)[-1] if v else '-'}" for kind, v in newest.items())
 
 
 KUBERAY_HEADER = """\
@@ -110,7 +125,9 @@ def _deploy_failure(address: str, env: dict) -> str | None:
     return None
 
 
-def wait_healthy(base: str, address: str, env: dict, timeout_s: float = 600.0) -> dict:
+def wait_healthy(base: str, address: str, env: dict, timeout_s: float = 600.0, revision: str | None = None) -> dict:
+    """/healthz of the deployed app; with `revision`, of the app deployed with it (while Serve replaces
+    the replicas, the previous deployment's keep answering)."""
     t0 = time.monotonic()
     last = ""
     while time.monotonic() - t0 < timeout_s:
@@ -118,7 +135,10 @@ def wait_healthy(base: str, address: str, env: dict, timeout_s: float = 600.0) -
         if failure:
             raise RuntimeError(failure)
         try:
-            return Client(base, timeout_s=5, max_wait_s=0).health()
+            health = Client(base, timeout_s=5, max_wait_s=0).health()
+            if revision is None or health.get("revision") == revision:
+                return health
+            last = "the previous deployment still answers (its replicas are being replaced)"
         except ApiError as e:
             last = f"HTTP {e.status}: {e.body}" if e.status else str(e.body)
         except (OSError, ValueError) as e:
@@ -202,7 +222,8 @@ def deploy(artifacts: str, state: str, address: str = "http://127.0.0.1:8265", o
     if proc.returncode != 0:
         print("serve deploy failed; is the cluster up (`make ray-up`)?", file=sys.stderr)
         return proc.returncode
-    health = wait_healthy(base, address, env)
+    revision = yaml.safe_load(path.read_text())["applications"][0]["args"]["revision"]
+    health = wait_healthy(base, address, env, revision=revision)
     print(f"\nintently is serving on {base}  (OpenAPI docs: {base}/docs, metrics: {base}/metrics)")
     fast = direct_url(base)
     if fast:

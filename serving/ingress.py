@@ -377,7 +377,8 @@ class Ingress:
         enc = {**enc, "placement": self.cfg.encoder.placement, **({"inline": self.inline.info()} if self.inline else {})}
         ret = {**ret, "placement": self.cfg.retriever_placement,
                **({"inline": await self._read("info")} if self.local else {})}
-        return {"status": "ok", "versions": self.res.versions, "writes_need_api_key": bool(self.api_keys),
+        return {"status": "ok", "versions": self.res.versions, "revision": self.cfg.revision,
+                "writes_need_api_key": bool(self.api_keys),
                 "writes": self.write_policy(), "encoder": enc, "retriever": ret, "profiles": prof}
 
     @app.get("/metrics", summary="Prometheus metrics of the whole application (every Ingress replica summed)",

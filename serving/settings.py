@@ -147,6 +147,9 @@ class ServingConfig:
     # latest = the newest complete search version trained on the served index (none when there is
     # none) | none | a search version folder.
     search: str = LATEST
+    # The newest artifact versions at deploy time (`make serve` and the pipeline render it): Serve
+    # rebuilds the app only when its config changes, so a newer version changes this and is loaded.
+    revision: str = ""
 
     def __post_init__(self) -> None:
         if self.retriever_placement not in PLACEMENTS:

@@ -123,3 +123,30 @@ def test_config_keys_named_in_deployment_comments_exist():
     for keys in re.findall(r"stage_args\.train_encoder=\[([^\]]+)\]", text):
         load_config(TrainEncoderConfig, None, keys.split(","))
     assert "ray.use_gpu" not in text
+
+
+def test_a_deploy_after_a_newer_artifact_version_changes_the_apps_config(tmp_path):
+    """Serve rebuilds an app only when its config changes, and the config says "latest": the
+    rendered args carry the newest versions, so `make serve` after a job wrote one loads it, and a
+    second deploy of the same artifacts restarts nothing."""
+    from serving.deploy import render
+    from serving.settings import ServingConfig
+
+    def version(kind: str, name: str) -> None:
+        (tmp_path / "artifacts" / kind / name).mkdir(parents=True)
+        (tmp_path / "artifacts" / kind / name / "manifest.json").write_text("{}")
+
+    def args() -> dict:
+        path, _ = render(str(tmp_path / "artifacts"), str(tmp_path / "state"), [], tmp_path / "serve.yaml", cpus=2)
+        return yaml.safe_load(path.read_text())["applications"][0]["args"]
+
+    version("features", "20240101T000000Z-aaaa")
+    version("index", "20240101T000100Z-bbbb")
+    first = args()
+    assert first == args()
+    (tmp_path / "artifacts" / "index" / "20240102T000000Z-cccc").mkdir()  # not complete: no manifest yet
+    assert args() == first
+    version("index", "20240102T000100Z-dddd")
+    newer = args()
+    assert newer["revision"] != first["revision"] and "index=20240102T000100Z-dddd" in newer["revision"]
+    assert ServingConfig.from_args(newer).revision == newer["revision"]
