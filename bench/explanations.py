@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     import polars as pl
 
     from features import artifacts as A
-    from features.profiles.profile import seed_profiles
+    from features.profiles.seed import seed_profiles, seeded_with
     from features.retrieval.ranking import context_for
     from serving.app import load_serve_config
     from serving.retriever import RetrieverCore
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         retrievers[mode] = RetrieverCore(cfg, res)
     catalog, p = retrievers["path"].live.catalog, cfg.profiles.params
     rows = pl.read_parquet(A.join(res.features_dir, "users"))
-    profiles = [prof for prof in seed_profiles(rows.sample(min(len(rows), ns.users * 3), seed=0), catalog.lookup, p)
+    profiles = [prof for prof in seed_profiles(rows.sample(min(len(rows), ns.users * 3), seed=0), catalog.lookup, p,
+                                                   seeded_with(res.features_dir))
                 if prof.recent_items][: ns.users]
     now = time.time()
     lat: dict[str, list[float]] = {m: [] for m in modes}

@@ -40,7 +40,7 @@ def child(artifacts: str, warm: bool) -> dict:
 
     from features import artifacts as A
     from features.data import schema as S
-    from features.profiles.profile import seed_profiles
+    from features.profiles.seed import seed_profiles, seeded_with
     from features.retrieval.ranking import context_for
     from serving import encoder as ENC
     from serving import retriever as RET
@@ -60,7 +60,7 @@ def child(artifacts: str, warm: bool) -> dict:
     start_s = time.perf_counter() - t0
     p = cfg.profiles.params
     users = pl.read_parquet(A.join(res.features_dir, "users")).filter(pl.col(S.RECENT_ITEMS).list.len() >= 3).head(N_FIRST)
-    shoppers = seed_profiles(users, core.live.catalog.lookup, p)
+    shoppers = seed_profiles(users, core.live.catalog.lookup, p, seeded_with(res.features_dir))
     search, recommend = [], []
     for q in ("regency cakestand", "lunch bag red", "paper chain kit")[:N_FIRST]:
         t = time.perf_counter()

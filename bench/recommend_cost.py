@@ -56,15 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     import polars as pl
 
     from features import artifacts as A
-    from features.profiles.profile import seed_profiles
+    from features.profiles.seed import seed_profiles, seeded_with
     from features.retrieval.ranking import context_for
 
     sides = {"baseline": ns.baseline, "candidate": ns.artifacts}
     built = {name: _retriever(root) for name, root in sides.items()}
     p = built["baseline"][1].profiles.params
-    users = pl.read_parquet(A.join(built["baseline"][2].features_dir, "users"))
+    features_dir = built["baseline"][2].features_dir
+    users = pl.read_parquet(A.join(features_dir, "users"))
     sample = users.sample(min(len(users), ns.users * 3), seed=0)
-    profiles = {name: [prof for prof in seed_profiles(sample, r.live.catalog.lookup, p) if prof.recent_items][: ns.users]
+    seeds = seeded_with(features_dir)
+    profiles = {name: [prof for prof in seed_profiles(sample, r.live.catalog.lookup, p, seeds) if prof.recent_items][: ns.users]
                 for name, (r, _, _) in built.items()}
     now = time.time()
     lat = {name: [] for name in sides}

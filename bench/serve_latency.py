@@ -237,7 +237,7 @@ def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> d
     from features import artifacts as A
     from features.data import schema as S
     from features.models.onnx_encoder import runtime_encoder
-    from features.profiles.profile import seed_profiles
+    from features.profiles.seed import seed_profiles, seeded_with
     from features.retrieval.ranking import context_for
     from serving.retriever import RetrieverCore
 
@@ -248,7 +248,7 @@ def floor(res: Any, cfg: Any, queries: list[str], users: list[str], n: int) -> d
     catalog = retriever.live.catalog
     p = cfg.profiles.params
     rows = pl.read_parquet(A.join(res.features_dir, "users")).filter(pl.col(S.USER_ID).is_in(users))
-    profiles = {prof.user_id: prof for prof in seed_profiles(rows, catalog.lookup, p)}
+    profiles = {prof.user_id: prof for prof in seed_profiles(rows, catalog.lookup, p, seeded_with(res.features_dir))}
 
     def search(i: int) -> None:
         q = queries[i % len(queries)]

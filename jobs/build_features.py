@@ -37,6 +37,8 @@ from features.data.validate import (
     validate_events,
     validate_items,
 )
+from features.profiles.profile import ProfileParams
+from features.profiles.seed import with_seeds
 from jobs.common import (
     RayConfig,
     Steps,
@@ -63,6 +65,7 @@ class BuildFeaturesConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     features: T.FeatureParams = field(default_factory=T.FeatureParams)
     split: SplitConfig = field(default_factory=SplitConfig)
+    profiles: ProfileParams = field(default_factory=ProfileParams)  # the seed profiles' fold; as serving's profiles.params
 
 
 # --- batch functions (run on Ray workers) ------------------------------------------------------
@@ -89,16 +92,18 @@ def _member(batch: pa.Table, ids_ref, inside: bool) -> pa.Table:
     return _arrow(df.filter(hit if inside else ~hit))
 
 
-def _user_block(batch: pa.Table, catalog_ref, p, as_of, cutoffs, out_dir: str):
+def _user_block(batch: pa.Table, catalog_ref, p, as_of, cutoffs, out_dir: str, profiles: ProfileParams):
     """Everything computed per user-partitioned block, in one pass over its events.
 
-    Users and examples are final per block, so the worker writes them straight to
+    Users (each with the seed profile serving starts from, features/profiles/seed.py) and
+    examples are final per block, so the worker writes them straight to
     out_dir (one file per block and split). Item and pair partials still need a combine across
     blocks; they travel on as Arrow IPC rows, with row counts for the summary.
     """
-    outputs = user_block_outputs(pl.from_arrow(batch), cached_get(catalog_ref), p, as_of, cutoffs)
+    events, catalog = pl.from_arrow(batch), cached_get(catalog_ref)
+    outputs = user_block_outputs(events, catalog, p, as_of, cutoffs)
     part = secrets.token_hex(8)
-    users, examples = outputs.pop("users"), outputs.pop("examples")
+    users, examples = with_seeds(outputs.pop("users"), events, catalog, profiles, as_of), outputs.pop("examples")
     _write_local(users, out_dir, f"users/part-{part}.parquet")
     for split in S.Split:
         _write_local(examples.filter(pl.col(S.SPLIT) == split.value), out_dir,
@@ -254,7 +259,8 @@ def run(cfg: BuildFeaturesConfig) -> dict:
     step(f"partition events by user into {num_partitions} blocks; users, examples, partials per block")
     fused = partition_by_key(ok, S.USER_ID, num_partitions).map_batches(
         _user_block, batch_size=None, batch_format="pyarrow",
-        fn_kwargs=dict(catalog_ref=catalog_ref, p=p, as_of=as_of, cutoffs=cutoffs, out_dir=out_dir),
+        fn_kwargs=dict(catalog_ref=catalog_ref, p=p, as_of=as_of, cutoffs=cutoffs, out_dir=out_dir,
+                       profiles=cfg.profiles),
     ).materialize()
     n_users = int(to_polars(_output(fused, "user_counts")).get_column("users").sum())
     counts = to_polars(_output(fused, "example_counts"))

@@ -15,7 +15,7 @@ from ray import serve
 from features import artifacts as A
 from features.data import schema as S
 from features.errors import UnknownReference, UnknownUser
-from features.profiles.profile import seed_profiles
+from features.profiles.seed import PROFILE_SEED, seed_profiles, seeded_with
 from features.profiles.store import ProfileStore
 from features.retrieval.ranking import Mode, RankContext, context_for
 from serving.http import quiet_client_errors
@@ -38,7 +38,13 @@ class Profiles:
         self.seeded = 0
         if pc.seed and self.store.seeded_from != res.features_dir:  # first start, or a newer features version
             users = A.read_parquet(A.join(res.features_dir, "users"))
-            self.seeded = self.store.seed(seed_profiles(users, self.live.catalog.lookup, self.params), res.features_dir)
+            folded_with = seeded_with(res.features_dir)
+            if PROFILE_SEED in users.columns and folded_with != self.params:
+                print("Profiles: the features version folded its seed profiles with other profiles.params than "
+                      "serving's; seeding from each user's recent interactions instead (set build_features' "
+                      "profiles to serving's to seed every user's whole history)", flush=True)
+            seeds = seed_profiles(users, self.live.catalog.lookup, self.params, folded_with)
+            self.seeded = self.store.seed(seeds, res.features_dir)
         self.seed_s = time.perf_counter() - t0
         if self.store.torn:
             print(f"Profiles: event log had a torn tail, discarded: {self.store.torn}", flush=True)

@@ -20,9 +20,9 @@ from ray import serve
 
 from features import artifacts as A
 from features.errors import UnknownItem
+from features.profiles.seed import seed_profile
 from features.retrieval.catalog import ItemUpdate, load_catalog
 from features.retrieval.live import Filters, LiveCatalog
-from features.profiles.profile import seed_profile
 from features.retrieval.ranking import RankContext, attach_ease, attach_sequence, context_for
 from serving.http import quiet_client_errors
 from serving.ranker import Ranker

@@ -4,7 +4,7 @@ A profile holds
 - a short-term intent: the decayed sum of this session's query and item embeddings, weighted by
   event type (half-life `intent_half_life_s`, reset when a new session starts);
 - a long-term preference: the decayed sum of every item embedding the shopper interacted with
-  (half-life `preference_half_life_days`), seeded from the feature job's recent items;
+  (half-life `preference_half_life_days`), seeded by the feature job (features/profiles/seed.py);
 - recent items and queries (newest first), decayed category weights, the log-price mean/std of
   positive interactions, and the purchased items (excluded from recommendations by default).
 
@@ -20,7 +20,6 @@ the long-term taste does. (alpha = 1 without a preference, 0 without an intent.)
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,30 +238,3 @@ def _push(items: list, entry: tuple, limit: int) -> list:
     while i < len(items) and items[i][-1] > ts:
         i += 1
     return (items[:i] + [entry] + items[i:])[:limit]
-
-
-def seed_profiles(users: Any, lookup: Any, p: ProfileParams) -> list[Profile]:
-    """`seed_profile` for every row of a feature job's users table (a polars frame with
-    user_id, recent_items, recent_event_types, recent_ts, recent_queries; naive ts mean UTC)."""
-    out = []
-    cols = [S.USER_ID, S.RECENT_ITEMS, S.RECENT_EVENT_TYPES, S.RECENT_TS, S.RECENT_QUERIES]
-    for uid, items, types, ts, queries in users.select(cols).iter_rows():
-        secs = [(t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp() for t in ts]
-        out.append(seed_profile(uid, items, types, secs, queries, lookup, p))
-    return out
-
-
-def seed_profile(user_id: str, recent_items: list[str], recent_event_types: list[str], recent_ts: list[float],
-                 recent_queries: list[str], lookup: Any, p: ProfileParams) -> Profile:
-    """A profile from the feature job's user row (lists newest first, ts in epoch seconds), by
-    replaying the recent item events oldest first through `Profile.fold`: seeded and live profiles
-    are the same computation. `lookup(item_id)` gives (vector or None, category, price) for an item.
-    The user row's queries carry no time; they are kept as recent queries at the last event's time.
-    """
-    prof = Profile(user_id)
-    for item_id, event_type, ts in reversed(list(zip(recent_items, recent_event_types, recent_ts))):
-        vec, category, price = lookup(item_id)
-        prof.fold(event_type, ts, p, vector=vec, item_id=item_id, category=category, price=price)
-    last = prof.last_ts
-    prof.recent_queries = [(q, last) for q in recent_queries[: p.recent_queries] if q]
-    return prof

@@ -15,6 +15,8 @@ from features.data import schema as S
 from features.data.pipeline import SplitConfig, build_local
 from features.data.transforms import FeatureParams
 from features.data.validate import SchemaError, ValidationConfig
+from features.profiles.profile import ProfileParams
+from features.profiles.seed import PROFILE_SEED, with_seeds
 from jobs import build_features, import_online_retail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +61,13 @@ def test_bundled_data_end_to_end_equals_single_process_oracle(ray_local, canonic
     assert_frame_equal(items, oracle.items, check_exact=False, rel_tol=1e-9)
     users = _read(m["outputs"]["users"]).sort(S.USER_ID)
     assert users.height == x["users"] == oracle.users.height
-    assert_frame_equal(users, oracle.users, check_exact=False, rel_tol=1e-9)
+    assert_frame_equal(users.drop(PROFILE_SEED), oracle.users, check_exact=False, rel_tol=1e-9)
+    # each user's seed profile: the fold of all their events, as the Profiles deployment folds them
+    assert x["events_quarantined"] == 0
+    seeds = with_seeds(oracle.users, pl.read_parquet(canon / "events.parquet"),
+                       pl.read_parquet(canon / "items.parquet"), ProfileParams(), oracle.as_of)
+    assert users.get_column(PROFILE_SEED).to_list() == seeds.get_column(PROFILE_SEED).to_list()
+    assert users.get_column(PROFILE_SEED).null_count() == 0
     cooc = _read(m["outputs"]["cooccurrence"]).sort(S.ITEM_A, S.RANK)
     assert_frame_equal(cooc, oracle.cooccurrence.sort(S.ITEM_A, S.RANK), check_exact=False, rel_tol=1e-9)
     ease = _read(m["outputs"]["ease"]).sort(S.ITEM_A, S.RANK)

@@ -11,7 +11,8 @@ import pytest
 
 from features.profiles.eventlog import LogCorruptError, RecordLog
 from features.profiles.events import QUERY_VECTOR, TS_US, encode_vector
-from features.profiles.profile import Profile, ProfileParams, seed_profile
+from features.profiles.profile import Profile, ProfileParams
+from features.profiles.seed import seed_profile
 from features.profiles.store import ProfileStore
 
 D = 8
