@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -201,10 +202,13 @@ def demo(base: str, artifacts: str) -> None:
              lambda: client.search(q, k=5, filters={"price_max": sample["price_max"]}))
     if user:
         show(f"recommend for {user} (the most active shopper in the log)", lambda: client.recommend(user, k=5))
-    show("recommend for a new shopper (cold start)", lambda: client.recommend("demo-shopper", k=5))
+    # A new id each run: the event below is logged for good, so a second demo on the same state
+    # would otherwise show a "new" shopper who viewed an item last time.
+    shopper = f"demo-shopper-{secrets.token_hex(3)}"
+    show(f"recommend for a new shopper {shopper} (cold start)", lambda: client.recommend(shopper, k=5))
     show(f"the new shopper views {item} ({sample['item_title']})",
-         lambda: client.events([{"user_id": "demo-shopper", "event_type": "view", "item_id": item}]))
-    show("recommend for the new shopper, a moment later", lambda: client.recommend("demo-shopper", k=5))
+         lambda: client.events([{"user_id": shopper, "event_type": "view", "item_id": item}]))
+    show("recommend for the new shopper, a moment later", lambda: client.recommend(shopper, k=5))
     show("a bad request (k too large)", lambda: client.search(q, k=100000))
 
 
