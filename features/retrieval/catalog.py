@@ -73,9 +73,25 @@ class ItemNeighbours:
             keep = [(row[b], float(x)) for b, x in zip(nbrs, w) if b in row]
             if ra is not None and keep:
                 self.by_row[ra] = (np.array([k for k, _ in keep], np.int64), np.array([x for _, x in keep]))
+        into: dict[int, list[tuple[int, float]]] = {}
+        for ra in sorted(self.by_row):
+            for rb, x in zip(*self.by_row[ra]):
+                into.setdefault(int(rb), []).append((ra, float(x)))
+        # target row -> (source rows ascending, their weights to it): who reaches an item, for its reason
+        self.into = {rb: (np.array([a for a, _ in v], np.int64), np.array([x for _, x in v])) for rb, v in into.items()}
 
     def __len__(self) -> int:
         return len(self.by_row)
+
+    def strongest(self, rows, target: int) -> int | None:
+        """The row among `rows` with the largest positive weight to `target` (the smallest such row
+        on a tie), None when none reaches it."""
+        srcs, w = self.into.get(target, (None, None))
+        if srcs is None:
+            return None
+        ws = np.where(np.isin(srcs, np.fromiter(rows, np.int64)), w, -np.inf)
+        i = int(np.argmax(ws))
+        return int(srcs[i]) if ws[i] > 0 else None
 
     def scores(self, rows) -> tuple[np.ndarray, np.ndarray]:
         """(rows, summed weights), rows ascending, over every neighbour of the distinct source rows."""

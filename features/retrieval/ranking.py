@@ -52,15 +52,19 @@ class RankContext:
     history: list[tuple[str, str, float]] = field(default_factory=list)  # (item_id, event_type, ts), newest first
     seq_vector: np.ndarray | None = None  # the behaviour model's user vector (see `attach_sequence`)
     ease: tuple[np.ndarray, np.ndarray] | None = None  # (rows, EASE scores) of the history (see `attach_ease`)
+    ease_rows: frozenset[int] | None = None  # `ease_history`, once computed
 
     def user_vector(self) -> np.ndarray | None:
         """The shopper's vector (see features/profiles/profile.py), None for a shopper without one."""
         return mix(self.intent, self.preference, self.alpha)
 
-    def ease_history(self, catalog: Catalog) -> set[int]:
-        """Catalog rows of the shopper's recent positive items and purchases."""
-        items = {i for i, t in self.recent_items if t in POSITIVE_EVENT_TYPES} | set(self.purchased)
-        return {catalog.row[i] for i in items if i in catalog.row}
+    def ease_history(self, catalog: Catalog) -> frozenset[int]:
+        """Catalog rows of the shopper's recent positive items and purchases (once per request: a
+        regular buyer has hundreds, and each result's reason reads them)."""
+        if self.ease_rows is None:
+            items = {i for i, t in self.recent_items if t in POSITIVE_EVENT_TYPES} | set(self.purchased)
+            self.ease_rows = frozenset(catalog.row[i] for i in items if i in catalog.row)
+        return self.ease_rows
 
     def history_rows(self, catalog: Catalog) -> np.ndarray:
         return np.array([catalog.row[i] for i, _ in self.recent_items if i in catalog.row], np.int64)

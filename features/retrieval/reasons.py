@@ -127,13 +127,8 @@ def _like_before(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
 
 def _bought_together(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
     """The history item with the largest EASE weight to `row` (what the "ease" feature sums)."""
-    best, best_src = 0.0, None
-    for src in sorted(ctx.ease_history(catalog)):
-        nbrs = catalog.ease.by_row.get(src)
-        hit = np.flatnonzero(nbrs[0] == row) if nbrs is not None else ()
-        if len(hit) and nbrs[1][hit[0]] > best:
-            best, best_src = float(nbrs[1][hit[0]]), src
-    return None if best_src is None else BOUGHT_TOGETHER.format(title=catalog.title[best_src])
+    src = catalog.ease.strongest(ctx.ease_history(catalog), row)
+    return None if src is None else BOUGHT_TOGETHER.format(title=catalog.title[src])
 
 
 def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
