@@ -96,6 +96,36 @@ def check_fits(rc: RayConfig, cpus: int, gpus: int, what: str) -> None:
                               f"local Ray: set them to use none (use_gpu=false, gpus_per_actor=0), or run on a GPU machine")
 
 
+# Worker-group starts a Ray Train run tries before it fails (each waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S,
+# 60 s): a worker group that cannot be placed fails with Ray Train's error after about 10 minutes
+# instead of retrying for ever (Ray Train's default).
+TRAIN_START_TRIES = 10
+
+
+def free_cpus_per_worker(num_workers: int, cpus_per_worker: int, what: str) -> int:
+    """`cpus_per_worker`, lowered (to at least 1) where the cluster has fewer CPUs free right now than
+    the worker group asks for. A Serve app on the same cluster holds part of its CPUs (`make demo`,
+    then `make run` on a shop's data), and a worker group asking for more than is free never
+    starts. Says so when it lowers."""
+    free = float(ray.available_resources().get("CPU", 0.0))
+    if num_workers * cpus_per_worker <= free:
+        return cpus_per_worker
+    fit = max(1, int(free // num_workers))
+    if fit < cpus_per_worker:
+        total = float(ray.cluster_resources().get("CPU", 0.0))
+        print(f"{what}: {free:g} of the cluster's {total:g} CPUs are free (the rest are held by other work, such as a "
+              f"running Serve app): {num_workers} worker(s) x {fit} CPU instead of x {cpus_per_worker}", flush=True)
+    return min(fit, cpus_per_worker)
+
+
+def train_failure_config() -> "ray.train.FailureConfig":
+    """Ray Train's failure handling for the jobs' runs: no retry of a failing training loop (a bug
+    or bad data fails the job at once), TRAIN_START_TRIES worker-group starts."""
+    import ray.train
+
+    return ray.train.FailureConfig(max_failures=0, controller_failure_limit=TRAIN_START_TRIES)
+
+
 def cluster_gpus() -> int:
     """GPUs in the Ray cluster this process is connected to (0 before ray.init)."""
     return int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0

@@ -34,7 +34,8 @@ from features.config import ConfigError, to_dict
 from features.data import schema as S
 from features.models import training as TR
 from features.models.encoder import EncoderConfig, TwoTowerEncoder
-from jobs.common import RayConfig, Steps, cached_get, check_fits, init_ray, load_job_config, parse_args, run_job, train_run_dir
+from jobs.common import (RayConfig, Steps, cached_get, check_fits, free_cpus_per_worker, init_ray, load_job_config, parse_args,
+                         run_job, train_failure_config, train_run_dir)
 
 KIND = "encoder"
 SCORE_METRIC = "valid_ndcg@10"
@@ -277,6 +278,7 @@ def run(cfg: TrainEncoderConfig) -> int:
 
     run_name = cfg.run_name or f"encoder-{A.new_version()}"
     storage, resumed = train_run_dir(cfg.output_root, run_name)
+    p = replace(p, cpus_per_worker=free_cpus_per_worker(p.num_workers, p.cpus_per_worker, "train_encoder"))
     steps(f"fine-tune on Ray Train: {p.num_workers} worker(s) x {p.cpus_per_worker} CPU"
           f"{' + 1 GPU' if p.use_gpu else ''}, run {run_name}{' (resuming)' if resumed else ''}")
     trainer = TorchTrainer(
@@ -287,7 +289,7 @@ def run(cfg: TrainEncoderConfig) -> int:
                                                resources_per_worker={"CPU": p.cpus_per_worker}
                                                | ({"GPU": 1} if p.use_gpu else {})),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage,
+            name=run_name, storage_path=storage, failure_config=train_failure_config(),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SCORE_METRIC,
                                                          checkpoint_score_order="max"),
         ),

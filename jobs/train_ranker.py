@@ -44,8 +44,8 @@ from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import load_catalog
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import FEATURE_NAMES, HandWeights
-from jobs.common import (RayConfig, Steps, check_fits, init_ray, load_job_config, one_blas_thread, parse_args, run_job,
-                         train_run_dir)
+from jobs.common import (RayConfig, Steps, check_fits, free_cpus_per_worker, init_ray, load_job_config, one_blas_thread,
+                         parse_args, run_job, train_failure_config, train_run_dir)
 
 KIND = "ranker"
 REQUEST_DETAIL = ("request_in_session", "request_n_relevant")  # build_training_data stats for replays only
@@ -242,11 +242,12 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     run_name = f"ranker-{A.new_version()}"
     storage, _ = train_run_dir(cfg.output_root, run_name)
     t0 = time.perf_counter()
+    cpus = free_cpus_per_worker(cfg.num_workers, cfg.cpus_per_worker, "train_ranker")
     trainer = LightGBMTrainer(
         train_loop,
-        train_loop_config={"data_ref": data_ref, "params": cfg.lightgbm, "threads": cfg.cpus_per_worker},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name=run_name, storage_path=storage),
+        train_loop_config={"data_ref": data_ref, "params": cfg.lightgbm, "threads": cpus},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(name=run_name, storage_path=storage, failure_config=train_failure_config()),
     )
     result = trainer.fit()
     fit_s = time.perf_counter() - t0

@@ -30,7 +30,8 @@ from features.data import schema as S
 from features.models import sequence as SQ
 from features.models.sequence_io import MODEL_FILE, load_state, save_model, save_state
 from features.retrieval.index import ItemIndex
-from jobs.common import RayConfig, Steps, check_fits, init_ray, load_job_config, parse_args, run_job, train_run_dir
+from jobs.common import (RayConfig, Steps, check_fits, free_cpus_per_worker, init_ray, load_job_config, parse_args, run_job,
+                         train_failure_config, train_run_dir)
 
 KIND = "sequence"
 
@@ -133,16 +134,17 @@ def _fit_on_ray_train(cfg: TrainSequenceConfig, run_name: str, data: tuple, step
     p = cfg.model
     vectors = data[3]
     storage, resumed = train_run_dir(cfg.output_root, run_name)
-    steps(f"train on Ray Train: {cfg.num_workers} worker(s) x {cfg.cpus_per_worker} CPU"
+    cpus = free_cpus_per_worker(cfg.num_workers, cfg.cpus_per_worker, "train_sequence")
+    steps(f"train on Ray Train: {cfg.num_workers} worker(s) x {cpus} CPU"
           f"{' + 1 GPU' if cfg.use_gpu else ''}, run {run_name}{' (resuming)' if resumed else ''}")
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"params": p, "threads": cfg.cpus_per_worker, "exclude_history": cfg.exclude_history,
+        train_loop_config={"params": p, "threads": cpus, "exclude_history": cfg.exclude_history,
                            "data_ref": ray.put(data)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cfg.cpus_per_worker}
+                                               resources_per_worker={"CPU": cpus}
                                                | ({"GPU": 1} if cfg.use_gpu else {})),
-        run_config=ray.train.RunConfig(name=run_name, storage_path=storage,
+        run_config=ray.train.RunConfig(name=run_name, storage_path=storage, failure_config=train_failure_config(),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()

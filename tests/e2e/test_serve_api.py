@@ -141,6 +141,21 @@ def _titles(resp: dict) -> list[str]:
     return [r["title"].upper() for r in resp["results"]]
 
 
+def test_a_training_job_fits_in_the_cpus_a_running_app_leaves(app, artifacts, tmp_path, capsys):
+    """`make demo`, then `make run` on a shop's data: the Serve app holds part of the cluster's CPUs,
+    and a Ray Train worker group asking for all of them never started (Ray Train retried for ever).
+    The behaviour model's default worker (2 CPUs) is lowered to what is free, and says so."""
+    import ray
+
+    base, out, _ = artifacts
+    assert ray.available_resources().get("CPU", 0) < 2  # the app's replicas hold some of the 2 CPUs
+    version = train_sequence.run(train_sequence.TrainSequenceConfig(
+        events=str(base / "events.parquet"), index=A.latest_complete(str(out), "index"), output_root=str(tmp_path),
+        trainer="ray", model=SequenceParams(dim=16, heads=2, layers=1, max_epochs=1, valid_users=100)))
+    assert A.latest_complete(str(tmp_path), "sequence") == version
+    assert "1 worker(s) x 1 CPU instead of x 2" in capsys.readouterr().out
+
+
 def test_search_and_recommend_sensible_items(app, artifacts):
     r = app.post("/v1/search", {"query": "lunch bag", "k": 5})
     assert r.status_code == 200, r.text
