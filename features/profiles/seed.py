@@ -37,6 +37,10 @@ from features.profiles.profile import Profile, ProfileParams
 
 PROFILE_SEED = "profile_seed"  # the users table's column: a profile as JSON, vectors as item weights
 MAX_SEED_ITEMS = 500  # item weights kept per vector sum
+# Distinct items folded as their own dimension, the shopper's most recent ones: folding an event
+# costs one pass over the dimensions, so this bounds a bot's or a huge account's cost; older items
+# beyond it fold as items without a vector (their weights, decayed for months, are past the 500 kept).
+MAX_SEED_DIMS = 4096
 
 
 def seed_states(events: pl.DataFrame, catalog: pl.DataFrame, params: ProfileParams,
@@ -47,7 +51,7 @@ def seed_states(events: pl.DataFrame, catalog: pl.DataFrame, params: ProfilePara
     cat = dict(zip(catalog.get_column(S.ITEM_ID).to_list(),
                    zip(catalog.get_column(S.CATEGORY).to_list(), catalog.get_column(S.PRICE).to_list())))
     distinct = (ev.filter(pl.col(S.ITEM_ID).is_not_null()).group_by(S.USER_ID)
-                .agg(pl.col(S.ITEM_ID).unique(maintain_order=True)))
+                .agg(pl.col(S.ITEM_ID).reverse().unique(maintain_order=True).head(MAX_SEED_DIMS)))
     items_of = dict(zip(distinct.get_column(S.USER_ID).to_list(), distinct.get_column(S.ITEM_ID).to_list()))
     users: list[str] = []
     seeds: list[str] = []

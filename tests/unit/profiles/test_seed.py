@@ -112,3 +112,19 @@ def test_serving_seeds_from_the_column_only_with_the_same_parameters():
     assert len(short["heavy"].purchased) < len(full["heavy"].purchased)  # folded from the 50 recent items
     legacy = {p.user_id: p for p in seed_profiles(users.drop(PROFILE_SEED), lookup, P, seeded_with=None)}
     assert legacy["heavy"].recent_items == short["heavy"].recent_items
+
+
+def test_a_huge_history_folds_its_most_recent_items_as_dimensions(monkeypatch):
+    """The cost of a seed is events x dimensions; past MAX_SEED_DIMS distinct items the oldest fold
+    without a vector, and everything else is still the replay's."""
+    import features.profiles.seed as seed
+
+    ev = events()
+    monkeypatch.setattr(seed, "MAX_SEED_DIMS", 40)
+    capped, replayed = _seeds(ev)["heavy"], replay_profiles(ev, lookup, P)["heavy"]
+    d = json.loads(seed_states(ev.filter(pl.col(S.USER_ID) == "heavy"), ITEMS, P)[PROFILE_SEED][0])
+    assert len(d["pref_sum"]) <= 40
+    newest = ev.filter(pl.col(S.USER_ID) == "heavy").sort(S.TS, descending=True)[S.ITEM_ID].unique(maintain_order=True)
+    assert {i for i, _ in d["pref_sum"]} <= set(newest.head(40).to_list())
+    assert 0.8 < float(capped.preference() @ replayed.preference()) < 1.0  # random items, revisited all year long
+    assert capped.purchased == replayed.purchased and capped.price_stats() == pytest.approx(replayed.price_stats())
