@@ -31,6 +31,7 @@ SEEN = {"view": "you viewed it recently", "click": "you clicked it recently",
 
 _NAMING = re.compile("^(?:" + "|".join(t.replace("{verb}", "(?:" + "|".join(VERB.values()) + ")").replace("{title}", "(.+)")
                                         for t in (BECAUSE, OFTEN_WITH, BOUGHT_TOGETHER)) + ")$")
+_COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _QUERY = frozenset({"query_sim", "query_sim_gap", "lexical", "title_match", "text_match", "dense_rank", "lexical_rank"})
 _FIXED = {"pref_sim": "matches your long-term taste", "popularity": "popular this week",
           "popularity_1d": "trending today", "popularity_30d": "popular this month",
@@ -46,7 +47,7 @@ def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, v
     for f in np.argsort(-contrib, kind="stable"):
         if len(out) >= max_reasons or contrib[f] < min_contribution:
             break
-        if values is not None and not _present(FEATURE_NAMES[f], ctx, float(values[f])):
+        if values is not None and not _present(FEATURE_NAMES[f], ctx, values):
             continue
         text = _text(FEATURE_NAMES[f], ctx, row, catalog)
         if text and text not in out and not (_names(text) and _names(text) in map(_names, out)):
@@ -60,16 +61,21 @@ def _names(text: str) -> str | None:
     return next((g for g in m.groups() if g), None) if m else None
 
 
-def _present(name: str, ctx: RankContext, value: float) -> bool:
-    """Whether the candidate has the signal a reason would name. A learned ranker's TreeSHAP value
-    can be positive for a signal's absence (a shopper without a history has no behaviour-model
-    score, which the trees split on): that must not read "fits your recent shopping" or "matches
-    your long-term taste" to someone with no shopping at all. A query reason needs the query and
-    "new in the shop" the item's age; both are checked by the text itself."""
+def _present(name: str, ctx: RankContext, values: np.ndarray) -> bool:
+    """Whether the candidate has the signal a reason would name (`values`: its features). A learned
+    ranker's TreeSHAP value can be positive for a signal's absence (a shopper without a history has
+    no behaviour-model score, which the trees split on): that must not read "fits your recent
+    shopping" or "matches your long-term taste" to someone with no shopping at all. "Trending
+    today" needs a rise: the item stands higher among today's sales than among the month's (a
+    steady best seller is popular, not trending). A query reason needs the query and "new in the
+    shop" the item's age; both are checked by the text itself."""
     if name in _QUERY or name == "item_age":
         return True
     if name in ("seq_score", "seq_rank"):  # -1 / 1 without a user vector; the top item's score is 0
         return ctx.seq_vector is not None
+    value = float(values[_COL[name]])
+    if name == "popularity_1d":
+        return value > float(values[_COL["popularity_30d"]])
     return value > 0.0
 
 

@@ -463,3 +463,24 @@ def test_the_bought_together_reason_names_the_history_item_with_the_largest_weig
         target = int(rng.integers(60))
         assert nb.strongest(history, target) == scan(history, target)
     assert nb.strongest(frozenset(), 3) is None
+
+
+def test_trending_today_needs_a_rise_not_just_a_sale_today():
+    """"trending today" for an item that stands higher among today's sales than among the month's;
+    a steady best seller (or an item that sold once today) is not trending."""
+    from features.retrieval.feature_names import FEATURE_NAMES as NAMES
+    from features.retrieval.reasons import reasons
+
+    cat, _ = small_catalog()
+    ctx = RankContext(mode="recommend")
+    contrib = np.zeros(len(NAMES), np.float32)
+    contrib[NAMES.index("popularity_1d")], contrib[NAMES.index("popularity")] = 2.0, 1.0
+
+    def said(p1d: float, p30d: float) -> list[str]:
+        values = np.zeros(len(NAMES), np.float32)
+        values[NAMES.index("popularity_1d")], values[NAMES.index("popularity_30d")] = p1d, p30d
+        values[NAMES.index("popularity")] = 0.5
+        return reasons(ctx, 0, contrib, cat, values)
+
+    assert said(0.9, 0.6) == ["trending today", "popular this week"]
+    assert said(0.4, 0.6) == said(1.0, 1.0) == said(0.0, 0.0) == ["popular this week"]
