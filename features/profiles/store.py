@@ -116,8 +116,9 @@ class ProfileStore:
         """Write the seed profiles of a features version `source` once (a later call with the same
         source is a no-op); returns how many were written. A new version (the next batch run, or
         another shop's data served from the same state) replaces every stored profile that is a
-        seed and adds the users it did not have; a shopper with live events keeps the nearline
-        profile, so nothing the API acknowledged is dropped."""
+        seed: its users get their new seed, the others are removed (another shop's shoppers are
+        not known here any more); a shopper with live events keeps the nearline profile, so
+        nothing the API acknowledged is dropped."""
         with self._lock:
             if self.seeded_from == source:
                 return 0
@@ -125,6 +126,7 @@ class ProfileStore:
             live = {u for u, seq in self.db.execute("SELECT user_id, seq FROM profiles WHERE seq > 0")}
             n = 0
             self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM profiles WHERE seq = 0")  # the previous version's seeds
             for prof in rows:
                 if prof.user_id in live:
                     continue

@@ -232,6 +232,10 @@ def test_a_newer_features_version_reseeds_but_keeps_every_live_profile(tmp_path)
     assert s.get("live").recent_items[0][0] == "i3" and s.seeded_from == "features/v2"
     again = _store(tmp_path)  # and all of it survives a restart
     assert again.get("new-shopper").recent_items[0][0] == "i2" and again.seeded_from == "features/v2"
+    # another shop's data on the same state: a seed the new version lacks is gone, live profiles stay
+    assert again.seed(seeds("new-shopper", item="i5"), "features/v3") == 1
+    assert again.get("old-shopper") is None and again.get("new-shopper").recent_items[0][0] == "i5"
+    assert again.get("live") is not None and [r[0] for r in again.get("both").recent_items] == ["i4", "i1"]
 
 
 def test_store_dedups_event_ids_across_restarts(tmp_path):
