@@ -121,6 +121,7 @@ class _Output:
         self.unknown_types: Counter = Counter()  # event_type values outside the contract
         self.notes: list[str] = []  # warnings found while reading
         self.guests = 0  # events without a user id that took their session as the shopper
+        self.nobody = 0  # events with neither a user id nor a session: the feature job quarantines them
 
     def _write(self, name: str, table: pa.Table) -> None:
         if name not in self.writers:
@@ -149,10 +150,17 @@ class _Output:
         is the shopper (`anon:<session_id>`, as the Online Retail preset does with an invoice), so
         the event still counts for popularity, co-occurrence and the session's own recommendations
         instead of being quarantined as `null_user_id`."""
-        if S.USER_ID not in df.columns or S.SESSION_ID not in df.columns:
+        if S.USER_ID not in df.columns:
             return df
-        user, session = pl.col(S.USER_ID), pl.col(S.SESSION_ID)
-        guest = (user.is_null() | (user.str.strip_chars() == "")) & session.is_not_null() & (session.str.strip_chars() != "")
+        user = pl.col(S.USER_ID)
+        no_user = user.is_null() | (user.str.strip_chars() == "")
+        if S.SESSION_ID not in df.columns:
+            self.nobody += int(df.select(no_user.sum()).item())
+            return df
+        session = pl.col(S.SESSION_ID)
+        has_session = session.is_not_null() & (session.str.strip_chars() != "")
+        guest = no_user & has_session
+        self.nobody += int(df.select((no_user & ~has_session).sum()).item())
         n = int(df.select(guest.sum()).item())
         self.guests += n
         return df.with_columns(pl.when(guest).then(S.ANONYMOUS + session).otherwise(user).alias(S.USER_ID)) if n else df
@@ -222,6 +230,11 @@ def run(cfg: ImportEventsConfig) -> dict:
     if out.guests:
         warnings.append(f"NOTE: {out.guests:,} events have no user id but a session: each session is its own "
                         f"shopper ({S.USER_ID} {S.ANONYMOUS}<session_id>), as for a guest checkout")
+    if out.nobody:
+        warnings.append(f"WARNING: events with neither a user id nor a session: {out.nobody:,}. There is no shopper "
+                        "to fold them into, so the feature job will quarantine them as "
+                        f"{S.Reason.NULL_USER_ID.value} and they count for nothing, popularity included; map the "
+                        f"export's visitor, cookie or session column as {S.USER_ID} or {S.SESSION_ID} to keep them")
     for table in ("events", "items"):
         if out.raw[table] and not out.kept[table]:  # stop here, naming why, not stages later at "no valid events"
             counts = out.reasons[table].most_common()

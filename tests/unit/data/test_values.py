@@ -220,7 +220,10 @@ def test_a_guest_checkout_is_its_session_not_a_quarantined_event(tmp_path):
     assert events[S.USER_ID].to_list() == ["c1", "anon:s2", "anon:s2", None]
     assert r["users"] == 2 and r["warnings"] == [
         "NOTE: 2 events have no user id but a session: each session is its own shopper (user_id anon:<session_id>), "
-        "as for a guest checkout"]
+        "as for a guest checkout",
+        "WARNING: events with neither a user id nor a session: 1. There is no shopper to fold them into, so the feature "
+        "job will quarantine them as null_user_id and they count for nothing, popularity included; map the export's "
+        "visitor, cookie or session column as user_id or session_id to keep them"]
 
 
 def test_an_export_that_writes_an_order_s_fields_on_its_first_line_only(tmp_path):
