@@ -138,6 +138,10 @@ class Catalog:
         self.popularity_long = np.array([0.0 if p is None else p for p in col(S.half_life_col(POPULARITY_LONG_DAYS), 0.0)],
                                         dtype=np.float64)
         self.n_users = np.array([0 if p is None else p for p in col(S.N_USERS, 0)], dtype=np.int64)
+        # The kind of interaction most of the log's positive ones are (a purchase log, a clickstream
+        # of views): what the reasons say other shoppers did ("often bought with", "often viewed with").
+        counts = {t: sum(v or 0 for v in col(S.n_col(t), 0)) for t in S.POSITIVE_EVENT_TYPES}
+        self.main_interaction = max(counts, key=lambda t: counts[t]) if any(counts.values()) else S.EventType.PURCHASE.value
         # Epoch seconds of each item's first interaction in the features version; NaN: none yet
         # (an item added since, or never interacted with).
         self.first_seen = (aligned.get_column(S.FIRST_SEEN).dt.epoch("us").cast(pl.Float64)

@@ -22,15 +22,19 @@ if TYPE_CHECKING:
 
 RECENT_FOR_COOC = 10  # co-occurrence reads the context item and the shopper's last 10 items
 VERB = {"view": "viewed", "click": "clicked", "add_to_cart": "added to cart", "purchase": "bought", "return": "returned"}
-# The reasons that name an item of the shopper's history (bench/serve_latency.py's freshness check reads them)
+# The reasons that name an item of the shopper's history (bench/serve_latency.py's freshness check reads them);
+# what other shoppers did is said with the log's main kind of interaction (Catalog.main_interaction)
 BECAUSE = "because you {verb} {title}"
-OFTEN_WITH = "often bought with {title}"
-BOUGHT_TOGETHER = "shoppers who bought {title} buy it too"
+OFTEN_WITH = {"purchase": "often bought with {title}", "add_to_cart": "often added to cart with {title}",
+              "click": "often clicked with {title}", "view": "often viewed with {title}"}
+TOGETHER = {"purchase": "shoppers who bought {title} buy it too",
+            "add_to_cart": "shoppers who added {title} to their cart add it too",
+            "click": "shoppers who clicked {title} click it too", "view": "shoppers who viewed {title} view it too"}
 SEEN = {"view": "you viewed it recently", "click": "you clicked it recently",
         "add_to_cart": "you added it to your cart recently", "purchase": "you bought it before"}
 
 _NAMING = re.compile("^(?:" + "|".join(t.replace("{verb}", "(?:" + "|".join(VERB.values()) + ")").replace("{title}", "(.+)")
-                                        for t in (BECAUSE, OFTEN_WITH, BOUGHT_TOGETHER)) + ")$")
+                                        for t in (BECAUSE, *OFTEN_WITH.values(), *TOGETHER.values())) + ")$")
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _QUERY = frozenset({"query_sim", "query_sim_gap", "lexical", "title_match", "text_match", "dense_rank", "lexical_rank"})
 _FIXED = {"pref_sim": "matches your long-term taste", "popularity": "popular this week",
@@ -134,7 +138,7 @@ def _like_before(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
 def _bought_together(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
     """The history item with the largest EASE weight to `row` (what the "ease" feature sums)."""
     src = catalog.ease.strongest(ctx.ease_history(catalog), row)
-    return None if src is None else BOUGHT_TOGETHER.format(title=catalog.title[src])
+    return None if src is None else TOGETHER[catalog.main_interaction].format(title=catalog.title[src])
 
 
 def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
@@ -142,5 +146,5 @@ def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:
     for src in sources:
         nbrs = catalog.cooc.get(src)
         if nbrs is not None and item_id in nbrs[0] and src in catalog.row:
-            return OFTEN_WITH.format(title=catalog.title[catalog.row[src]])
+            return OFTEN_WITH[catalog.main_interaction].format(title=catalog.title[catalog.row[src]])
     return None

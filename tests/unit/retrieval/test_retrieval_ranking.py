@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 
+from features.data import schema as S
 from features.retrieval.catalog import ItemUpdate
 from features.retrieval.diversity import mmr
 from features.retrieval.index import brute_force
@@ -484,3 +486,32 @@ def test_trending_today_needs_a_rise_not_just_a_sale_today():
 
     assert said(0.9, 0.6) == ["trending today", "popular this week"]
     assert said(0.4, 0.6) == said(1.0, 1.0) == said(0.0, 0.0) == ["popular this week"]
+
+
+def test_what_other_shoppers_did_is_said_with_the_logs_main_interaction():
+    """A clickstream of views must not read "shoppers who bought MUG buy it too": the reasons about
+    other shoppers use the kind of interaction most of the features version's are."""
+    from features.retrieval.catalog import Catalog, ItemNeighbours
+    from features.retrieval.feature_names import FEATURE_NAMES as NAMES
+    from features.retrieval.reasons import reasons
+
+    base, _ = small_catalog()
+    n = len(base.item_ids)
+
+    def catalog(counts: dict[str, int]) -> Catalog:
+        items = pl.DataFrame({S.ITEM_ID: base.item_ids, S.TITLE: base.title,
+                              **{S.n_col(t): [c] * n for t, c in counts.items()}})
+        cat = Catalog(base.item_ids, base.vectors, items, {"i000": (["i010"], np.array([0.9]))})
+        cat.ease = ItemNeighbours({"i000": (["i010"], np.array([0.5], np.float32))}, cat.row)
+        return cat
+
+    ctx = RankContext(mode="recommend", recent_items=[("i000", "view")], purchased=frozenset())
+    mug = base.title[0]
+    for counts, verb, often in (({"view": 90, "purchase": 10}, "viewed {t} view", "often viewed with"),
+                                ({"view": 10, "purchase": 90}, "bought {t} buy", "often bought with"),
+                                ({}, "bought {t} buy", "often bought with")):  # no counts: a purchase log
+        cat = catalog(counts)
+        for name, text in (("ease", f"shoppers who {verb.format(t=mug)} it too"), ("cooc", f"{often} {mug}")):
+            contrib = np.zeros(len(NAMES), np.float32)
+            contrib[NAMES.index(name)] = 1.0
+            assert reasons(ctx, cat.row["i010"], contrib, cat) == [text], (counts, name)
