@@ -100,6 +100,9 @@ evaluate-search: venv
 #   make run EVENTS=shop/events.parquet ITEMS=shop/items.parquet
 #   make run MAPPING=shop_mapping.yaml EVENTS=export/events.csv ITEMS=export/items.csv
 # RUN_ARGS adds pipeline overrides, e.g. RUN_ARGS="--set fine_tune=false".
+# The checkout's commit travels with a submitted job (its uploaded working dir has no .git): the
+# artifacts' manifests and the deployed app's revision name it.
+JOB_ENV = --runtime-env-json '{"env_vars": {"INTENTLY_GIT_COMMIT": "$(shell git rev-parse HEAD 2>/dev/null)"}}'
 EVENTS ?=
 ITEMS ?=
 MAPPING ?=
@@ -111,7 +114,7 @@ run: venv
 	@if [ "$(CLUSTER)" = "http://127.0.0.1:$(RAY_DASHBOARD_PORT)" ]; then \
 	  RAY_AUTH_MODE=token $(BIN)/ray status >/dev/null 2>&1 || $(MAKE) --no-print-directory ray-up; fi
 	@mkdir -p state; export RAY_AUTH_MODE=token; \
-	id=$$($(BIN)/ray job submit --no-wait --address $(CLUSTER) --working-dir . -- python -m jobs.pipeline \
+	id=$$($(BIN)/ray job submit --no-wait --address $(CLUSTER) $(JOB_ENV) --working-dir . -- python -m jobs.pipeline \
 	  $(if $(EVENTS),--set events=$(call abs_or_uri,$(EVENTS))) $(if $(ITEMS),--set items=$(call abs_or_uri,$(ITEMS))) \
 	  $(if $(MAPPING),--set mapping=$(if $(filter recbole uci-online-retail,$(MAPPING)),$(MAPPING),$(call abs_or_uri,$(MAPPING)))) \
 	  $(if $(JUDGMENTS),--set judgments=$(call abs_or_uri,$(JUDGMENTS))) \
@@ -194,19 +197,19 @@ CANON_ABS = --set events=$(CURDIR)/data/canonical/online_retail/events.parquet \
 # The feature job through the job server of `make ray-up` (Ray 2.60 clusters require the token
 # in ~/.ray/auth_token; RAY_AUTH_MODE=token makes the CLI send it).
 features-job: venv data
-	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) $(JOB_ENV) --working-dir . -- \
 	  python -m jobs.build_features --set output_root=$(ART) $(CANON_ABS)
 
 encoder-job: venv
-	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) $(JOB_ENV) --working-dir . -- \
 	  python -m jobs.train_encoder --set output_root=$(ART) $(TRAIN_ARGS)
 
 index-job: venv
-	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) $(JOB_ENV) --working-dir . -- \
 	  python -m jobs.build_index --set output_root=$(ART)
 
 ranker-job: venv
-	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- \
+	RAY_AUTH_MODE=token $(BIN)/ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) $(JOB_ENV) --working-dir . -- \
 	  python -m jobs.train_ranker --set output_root=$(ART) --set features_root=$(ART)/ranker_stage $(CANON_ABS)
 
 # Forget shoppers everywhere: the running app's state (DELETE /v1/users/{id}; the state folder

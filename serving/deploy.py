@@ -8,7 +8,8 @@ the repository folder) and sized to the cluster's CPUs (serving/sizing.py; asked
 dashboard, or --cpus N), then handed to `serve deploy`; the command returns once /healthz answers.
 Serve rebuilds an application only when its config changes, and the config names artifacts as
 "latest"; so the rendered args also carry `revision`, the newest complete version of each artifact
-kind, and a deploy after a job wrote a newer version loads it (the same artifacts: nothing restarts).
+kind and the code's commit, and a deploy after a job wrote a newer version, or after an upgrade,
+loads it (the same artifacts and code: nothing restarts).
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ REVISION_KINDS = ("features", "encoder", "index", "search", "sequence", "ranker"
 
 def artifact_revision(root: str) -> str:
     """The newest complete version of each artifact kind under `root` ("index=<version>,...";
-    "-" for a kind with none): what "latest" means at this deploy."""
+    "-" for a kind with none): what "latest" means at this deploy; and the code's commit, since the
+    replicas import the code from disk when they start (an upgrade is loaded too)."""
     from features import artifacts as A
 
     newest = {kind: A.latest_complete(root, kind) for kind in REVISION_KINDS}
-    return ",".join(f"{kind}={v.rstrip('/').rsplit('/', 1)[-1] if v else '-'}" for kind, v in newest.items())
+    return ",".join([*(f"{kind}={v.rstrip('/').rsplit('/', 1)[-1] if v else '-'}" for kind, v in newest.items()),
+                     f"code={(A.git_commit() or '-')[:12]}"])
 
 
 KUBERAY_HEADER = """\

@@ -149,4 +149,7 @@ def test_a_deploy_after_a_newer_artifact_version_changes_the_apps_config(tmp_pat
     version("index", "20240102T000100Z-dddd")
     newer = args()
     assert newer["revision"] != first["revision"] and "index=20240102T000100Z-dddd" in newer["revision"]
+    from features.artifacts import git_commit
+
+    assert f"code={git_commit()[:12]}" in newer["revision"]  # an upgrade of the code is loaded too
     assert ServingConfig.from_args(newer).revision == newer["revision"]
