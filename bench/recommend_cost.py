@@ -8,6 +8,8 @@ box's speed falls on both alike.
 
     python -m bench.recommend_cost --baseline /tmp/artifacts_before --artifacts artifacts
                                                          # bench/results/recommend_cost.json
+    python -m bench.recommend_cost --baseline artifacts --artifacts artifacts --baseline-profiles recent \
+        --out bench/results/recommend_cost_seeds.json    # what whole-history seed profiles cost
 
 Both roots need a ranker version that serves shoppers with a history (make demo, or the pipeline).
 """
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--artifacts", default="artifacts", help="artifacts root after the change")
     ap.add_argument("--users", type=int, default=500, help="sampled shoppers with a history")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--baseline-profiles", choices=("seed", "recent"), default="seed",
+                    help="recent: the baseline's shoppers are folded from their last 50 interactions, as serving "
+                         "seeded them before the whole-history seeds (then one artifacts root can be both sides)")
     ap.add_argument("--out", default=str(RESULTS / "recommend_cost.json"))
     ns = ap.parse_args(argv)
 
@@ -66,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     users = pl.read_parquet(A.join(features_dir, "users"))
     sample = users.sample(min(len(users), ns.users * 3), seed=0)
     seeds = seeded_with(features_dir)
-    profiles = {name: [prof for prof in seed_profiles(sample, r.live.catalog.lookup, p, seeds) if prof.recent_items][: ns.users]
+    use = {"baseline": seeds if ns.baseline_profiles == "seed" else None, "candidate": seeds}
+    profiles = {name: [prof for prof in seed_profiles(sample, r.live.catalog.lookup, p, use[name]) if prof.recent_items][: ns.users]
                 for name, (r, _, _) in built.items()}
+    assert [q.user_id for q in profiles["baseline"]] == [q.user_id for q in profiles["candidate"]]  # paired
     now = time.time()
     lat = {name: [] for name in sides}
     parts = {name: {"retrieve": [], "rank": []} for name in sides}
@@ -99,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "commit": git_commit(),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "command": f"python -m bench.recommend_cost --baseline {ns.baseline} --artifacts {ns.artifacts}",
+        "command": f"python -m bench.recommend_cost --baseline {ns.baseline} --artifacts {ns.artifacts}"
+                   + (f" --baseline-profiles {ns.baseline_profiles}" if ns.baseline_profiles != "seed" else ""),
+        "baseline_profiles": {"seed": "the feature job's seeds (every event)",
+                              "recent": "folded from each shopper's last 50 interactions"}[ns.baseline_profiles],
         "k": ns.k, "shoppers": "sampled from the baseline feature job's users, with a history",
         "runs": runs,
         "recommend_p50_growth_ms": round(runs["candidate"]["recommend_p50_ms"] - runs["baseline"]["recommend_p50_ms"], 3),
