@@ -7,9 +7,13 @@ MAPPING=...`. This reads the first rows of each file (any format the import read
   `Lineitem sku`, `product_id`, ...; each column used once, exact names before names that contain
   a known word);
 - the delimiter of a CSV that is not comma-separated (`;`, tab, `|`);
-- how the times are written: ISO 8601 or epoch numbers (read as they are), else the first of a few
-  common `ts_format` patterns that reads every sampled time; day-first and month-first are only
-  chosen where the sample tells them apart (a day above 12), otherwise the guess says it is unsure;
+- how the times are written: ISO 8601 or epoch numbers (read as they are), else the common
+  `ts_format` pattern that reads the most sampled times (all but 1%: a stray row is named, not a
+  reason to give up); day-first and month-first are only chosen where the sample tells them apart
+  (a day above 12), otherwise the guess says it is unsure;
+- in a nested export (JSON lines, Parquet), `key_values` for a list of {key, value} records and
+  `explode` for a list of records that names products, the item id, quantity and price then read
+  from the list's element first and the record second;
 - the shop's event words (`addtocart`, `transaction`) and the contract's type each most likely
   means; a log without an event column is taken as purchases, and says so;
 - a decimal comma in prices, and an items file (or the events file's own product columns, or the
@@ -21,6 +25,7 @@ read before `make run`. Nothing is imported here.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -63,6 +68,7 @@ ITEM_NAMES = {
 TS_FORMATS = ("%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M",
               "%d.%m.%Y %H:%M:%S", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y")
 DELIMITERS = (";", "\t", "|")
+TS_UNREAD_MAX = 0.01  # share of sampled times that may fail to read and still settle the format
 
 
 @dataclass
@@ -101,7 +107,7 @@ def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict
     return out
 
 
-def _sample(path: str) -> tuple[pl.DataFrame, str | None]:
+def _sample(path: str, explode: str | None = None, key_values: str | None = None) -> tuple[pl.DataFrame, str | None]:
     """The first rows of the first file under `path`, and the delimiter a CSV needs (None: the comma)."""
     delimiter = None
     fs, first_file = next(iter(A.list_files(path)))
@@ -111,30 +117,109 @@ def _sample(path: str) -> tuple[pl.DataFrame, str | None]:
         counts = {d: header.count(d) for d in (",", *DELIMITERS)}
         best = max(counts, key=lambda d: counts[d])
         delimiter = best if best != "," and counts[best] > counts[","] else None
-    t = next(iter_tables(path, delimiter=delimiter, chunk_rows=SAMPLE_ROWS))
+    t = next(iter_tables(path, delimiter=delimiter, chunk_rows=SAMPLE_ROWS, explode=explode, key_values=key_values))
     return pl.from_arrow(t.slice(0, SAMPLE_ROWS)), delimiter  # type: ignore[return-value]
 
 
+def _element_fields(col: pl.Series) -> list[str]:
+    """The fields of a list-of-records column: a Parquet list of structs, or JSON text holding lists
+    of objects (the JSON reader keeps a nested list as its text); [] for anything else."""
+    dtype = col.dtype
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+        return [f.name for f in dtype.inner.fields]
+    if dtype != pl.String:
+        return []
+    fields: dict[str, None] = {}
+    for v in col.drop_nulls().head(200):
+        v = v.strip()
+        if not v.startswith("["):
+            continue
+        try:
+            parsed = json.loads(v)
+        except ValueError:
+            return []
+        if not isinstance(parsed, list) or not all(isinstance(e, dict) for e in parsed):
+            return []
+        fields.update(dict.fromkeys(k for e in parsed for k in e))
+    return list(fields)
+
+
+def _nested(ev: pl.DataFrame, s: Suggestion) -> tuple[str | None, str | None]:
+    """`key_values` (a list of {key, value} records: GA4's event_params) and `explode` (a list of
+    records one of whose fields names a product: an order's products) for a nested export."""
+    lists = {c: f for c in ev.columns if (f := _element_fields(ev.get_column(c)))}
+    key_values = next((c for c, f in lists.items() if {"key", "value"} <= set(f) and len(f) <= 3), None)
+    explode = next((c for c, f in lists.items() if c != key_values and S.ITEM_ID in match_columns(
+        f, {S.ITEM_ID: EVENT_NAMES[S.ITEM_ID]})), None)
+    if key_values:
+        s.notes.append(f"{key_values!r} is a list of {{key, value}} records: key_values makes a column "
+                       f"{key_values}.<key> of each key")
+    if explode:
+        s.notes.append(f"{explode!r} lists products ({', '.join(lists[explode][:6])}): explode makes each of them an "
+                       "event of its own (the record's user, time and type); a record without it stays one row")
+    return explode, key_values
+
+
+def _split_match(columns: list[str], names: dict[str, tuple[str, ...]], explode: str | None,
+                 inner_keys: tuple[str, ...], several: tuple[str, ...] = ()) -> dict[str, str | list[str]]:
+    """match_columns with an exploded list: the columns `inner_keys` take the list's own field where it
+    has one (those in `several` list a matching record-level column second: the first non-blank wins,
+    as a view names its one product at the record level and an order in its list); the others come
+    from the record level only."""
+    columns = [c for c in columns if not c.endswith("#")]  # the list position `explode` adds
+    if not explode:
+        return dict(match_columns(columns, names))
+    inner = [c for c in columns if c.startswith(f"{explode}.")]
+    a = match_columns(inner, {k: v for k, v in names.items() if k in inner_keys})
+    b = match_columns([c for c in columns if c not in inner and c != explode], names)
+    out: dict[str, str | list[str]] = {}
+    for k in names:
+        if k in a and k in b and k in several:
+            out[k] = [a[k], b[k]]
+        elif k in a or k in b:
+            out[k] = a.get(k) or b[k]
+    return out
+
+
+def _first(c: str | list[str]) -> str:
+    return c[0] if isinstance(c, list) else c
+
+
 def _ts(values: pl.Series, notes: list[str], col: str) -> dict:
-    """The mapping's time settings for a sampled time column."""
+    """The mapping's time settings for a sampled time column. A few unreadable times (a tracker's
+    stray row) do not decide it: the reading that takes all but TS_UNREAD_MAX of them wins, and the
+    note says those rows will be quarantined."""
     text = values.drop_nulls().cast(pl.String).str.strip_chars()
     text = text.filter(text != "")
     if text.is_empty():
         return {}
-    if text.cast(pl.Float64, strict=False).is_not_null().all():
+    allowed = int(text.len() * TS_UNREAD_MAX)
+
+    def reads(parsed: pl.Series) -> bool:
+        bad = text.filter(parsed.is_null())
+        if bad.len() > allowed:
+            return False
+        if bad.len():
+            notes.append(f"{bad.len()} of {text.len()} sampled times in {col!r} do not read (e.g. {bad[0]!r}); "
+                         "the import quarantines such rows (unparseable_ts)")
+        return True
+
+    if reads(text.cast(pl.Float64, strict=False)):
         return {"ts_unit": "auto"}  # epoch numbers: the unit is read from their size
-    if iso_times(text).is_not_null().all():
+    if reads(iso_times(text)):
         return {}
-    fits = [f for f in TS_FORMATS if text.str.to_datetime(f, strict=False).is_not_null().all()]
+    fits = [f for f in TS_FORMATS if text.str.to_datetime(f, strict=False).null_count() <= allowed]
     if not fits:
         notes.append(f"the times in {col!r} (e.g. {text[0]!r}) are neither ISO 8601 nor a common pattern: set "
                      "ts_format (a strftime pattern)")
         return {"ts_format": "<strftime pattern, e.g. %d/%m/%Y %H:%M>"}
-    twin = fits[0].replace("%d", "%D").replace("%m", "%d").replace("%D", "%m")
-    if twin in fits:  # both day-first and month-first read every sampled time
+    best = min(fits, key=lambda f: text.str.to_datetime(f, strict=False).null_count())
+    reads(text.str.to_datetime(best, strict=False))
+    twin = best.replace("%d", "%D").replace("%m", "%d").replace("%D", "%m")
+    if twin in fits:  # both day-first and month-first read the sampled times
         notes.append(f"the times in {col!r} (e.g. {text[0]!r}) read both day-first and month-first in this "
-                     f"sample: ts_format {fits[0]!r} is a guess; check it against a date you know")
-    return {"ts_format": fits[0]}
+                     f"sample: ts_format {best!r} is a guess; check it against a date you know")
+    return {"ts_format": best}
 
 
 def _blank(col: pl.Series) -> pl.Series:
@@ -195,26 +280,32 @@ def suggest(events: str, items: str | None = None) -> Suggestion:
     """A mapping to start from for the files `events` (and `items`), with notes on what to check."""
     s = Suggestion()
     ev, delim = _sample(events)
-    cols = match_columns(ev.columns, EVENT_NAMES)
     s.events = {"path": events, **({"delimiter": delim} if delim else {})}
+    explode, key_values = _nested(ev, s)
+    if explode or key_values:  # sampled again as the import will read it
+        ev, _ = _sample(events, explode, key_values)
+        s.events.update({k: v for k, v in (("explode", explode), ("key_values", key_values)) if v})
+    per_product = (S.ITEM_ID, S.QUANTITY, S.PRICE)
+    cols = _split_match(ev.columns, EVENT_NAMES, explode, per_product, several=per_product)
     for need in (S.TS, S.USER_ID, S.ITEM_ID):
         if need not in cols:
             s.notes.append(f"no column of the events looks like {need}; the file has: {', '.join(ev.columns)}")
     if S.ITEM_ID in cols and cols.get(S.USER_ID) == cols[S.ITEM_ID]:
         cols.pop(S.USER_ID)
     s.events["columns"] = {k: cols[k] for k in EVENT_NAMES if k in cols}
+    one = {k: _first(v) for k, v in cols.items()}
     if S.TS in cols:
-        _fill_down(ev, cols, s)
-        s.events.update(_ts(ev.get_column(cols[S.TS]), s.notes, cols[S.TS]))
+        _fill_down(ev, one, s)
+        s.events.update(_ts(ev.get_column(one[S.TS]), s.notes, one[S.TS]))
     if S.EVENT_TYPE in cols:
-        words = _event_types(ev.get_column(cols[S.EVENT_TYPE]), s.notes, cols[S.EVENT_TYPE])
+        words = _event_types(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
         if words:
             s.events["values"] = {S.EVENT_TYPE: words}
     else:
         s.events["constants"] = {S.EVENT_TYPE: S.EventType.PURCHASE.value}
         s.notes.append("no event type column: every row is taken as a purchase (constants.event_type); "
                        "use view for a browsing log")
-    if S.PRICE in cols and _decimal(ev.get_column(cols[S.PRICE])):
+    if S.PRICE in cols and _decimal(ev.get_column(one[S.PRICE])):
         s.events["decimal_separator"] = ","
     if items:
         it, idelim = _sample(items)
@@ -225,8 +316,9 @@ def suggest(events: str, items: str | None = None) -> Suggestion:
         if S.PRICE in icols and _decimal(it.get_column(icols[S.PRICE])):
             s.items["decimal_separator"] = ","
     else:  # the catalog from the events file's own product columns
-        rest = [c for c in ev.columns if c not in s.events["columns"].values()]
-        icols = match_columns(rest, {k: v for k, v in ITEM_NAMES.items() if k not in (S.ITEM_ID, S.PRICE)})
+        used = {c for v in cols.values() for c in ([v] if isinstance(v, str) else v)}
+        names = {k: v for k, v in ITEM_NAMES.items() if k not in (S.ITEM_ID, S.PRICE)}
+        icols = _split_match([c for c in ev.columns if c not in used], names, explode, tuple(names))
         icols[S.ITEM_ID] = cols.get(S.ITEM_ID, "<item id column>")
         if S.PRICE in cols:
             icols[S.PRICE] = cols[S.PRICE]

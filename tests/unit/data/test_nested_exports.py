@@ -161,7 +161,7 @@ items:
 """
 
 
-def _ga4_records():
+def ga4_records():
     def params(**kv):
         return [{"key": k, "value": {"string_value": v if isinstance(v, str) else None,
                                      "int_value": v if isinstance(v, int) else None, "double_value": None}}
@@ -185,7 +185,7 @@ def test_a_google_analytics_4_export_maps_params_and_items(tmp_path, fmt):
     """GA4's BigQuery export: the search term and session id live in event_params (key/value pairs,
     typed value slots), products in items; as Parquet or JSON lines (and JSON whose shapes force
     the line-by-line reader), the same events and catalog."""
-    recs = _ga4_records()
+    recs = ga4_records()
     if fmt == "parquet":
         pq.write_table(pa.Table.from_pylist(recs), tmp_path / "ga4.parquet")
         name = "ga4.parquet"

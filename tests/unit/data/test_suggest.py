@@ -117,3 +117,64 @@ def test_an_export_with_order_fields_on_the_first_line_gets_fill_down_and_import
     ev = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS, S.ITEM_ID)
     assert r["events"] == 6 and ev[S.TS].null_count() == 0 and r["rejected"] == {}
     assert ev[S.USER_ID].to_list() == ["a@x.com"] * 3 + ["anon:#1002"] * 2 + ["b@x.com"]  # a guest's order is its own
+
+
+def test_a_google_analytics_4_export_gets_key_values_and_explode_and_imports_unchanged(tmp_path):
+    """GA4's BigQuery export: the session and search term in event_params ({key, value} records), the
+    products in items. The suggestion is the mapping docs/data.md writes by hand, and its import is
+    the hand mapping's (tests/unit/data/test_nested_exports.py)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.unit.data.test_nested_exports import ga4_records
+
+    pq.write_table(pa.Table.from_pylist(ga4_records()), tmp_path / "ga4.parquet")
+    text = SM.run(SM.SuggestMappingConfig(events=str(tmp_path / "ga4.parquet"), output=str(tmp_path / "m.yaml")))
+    m = yaml.safe_load(text)
+    assert (m["events"]["explode"], m["events"]["key_values"]) == ("items", "event_params")
+    assert m["events"]["columns"] == {
+        S.TS: "event_timestamp", S.USER_ID: "user_pseudo_id", S.ITEM_ID: "items.item_id", S.EVENT_TYPE: "event_name",
+        S.SESSION_ID: "event_params.ga_session_id", S.QUANTITY: "items.quantity", S.PRICE: "items.price",
+        S.QUERY: "event_params.search_term"}
+    assert m["items"]["columns"] == {S.ITEM_ID: "items.item_id", S.TITLE: "items.item_name",  # not page_title
+                                     S.CATEGORY: "items.item_category", S.BRAND: "items.item_brand",
+                                     S.PRICE: "items.price"}
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    assert r["rejected"] == {} and events.select(S.EVENT_TYPE, S.SESSION_ID, S.QUERY, S.ITEM_ID, S.QUANTITY).rows() == [
+        ("search", "1709287", "red mug", None, None), ("view", "1709287", None, "SKU-1", None),
+        ("purchase", "1709287", None, "SKU-1", 2), ("purchase", "1709287", None, "SKU-2", 1)]
+
+
+def test_a_trackers_json_lines_explode_orders_and_a_stray_time_does_not_decide_the_format(tmp_path):
+    """Segment-style JSON lines: a view names its product at the record level, an order lists its
+    products. Every product of every order becomes an event; one unreadable time among many is
+    quarantined, not a reason to ask for a ts_format."""
+    import json
+
+    records = []
+    for i in range(60):
+        t = f"2024-03-01T10:{i:02d}:00Z"
+        records.append({"messageId": f"v{i}", "timestamp": t, "userId": f"u{i % 7}", "event": "Product Viewed",
+                        "properties": {"product_id": f"p{i % 5}", "price": 4.5}})
+        records.append({"messageId": f"o{i}", "timestamp": t, "userId": f"u{i % 7}", "event": "Order Completed",
+                        "properties": {"order_id": f"o{i}", "products": [
+                            {"product_id": f"p{i % 5}", "quantity": 2, "price": 4.5},
+                            {"product_id": f"p{(i + 1) % 5}", "quantity": 1}]}})
+    records.append({"messageId": "bad", "timestamp": "yesterday", "userId": "u1", "event": "Product Viewed",
+                    "properties": {"product_id": "p1"}})
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "items.csv").write_text("sku,name\n" + "".join(f"p{i},Item {i}\n" for i in range(5)))
+    text = SM.run(SM.SuggestMappingConfig(events=str(tmp_path / "events.jsonl"), items=str(tmp_path / "items.csv"),
+                                          output=str(tmp_path / "m.yaml")))
+    m = yaml.safe_load(text)
+    assert m["events"]["explode"] == "properties.products" and "ts_format" not in m["events"]
+    assert m["events"]["columns"][S.ITEM_ID] == ["properties.products.product_id", "properties.product_id"]
+    assert m["events"]["columns"][S.PRICE] == ["properties.products.price", "properties.price"]
+    assert m["events"]["columns"][S.QUANTITY] == "properties.products.quantity"
+    assert "# CHECK: 1 of 181 sampled times in 'timestamp' do not read (e.g. 'yesterday')" in text
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    assert r["rejected"] == {"unparseable_ts": 1} and events.height == 60 + 120
+    assert events.filter(pl.col(S.EVENT_TYPE) == "purchase")[S.ITEM_ID].null_count() == 0
+    assert events.filter(pl.col(S.EVENT_TYPE) == "view")[S.ITEM_ID].null_count() == 0
