@@ -27,6 +27,9 @@ from features.retrieval.lexical import Analyzer
 
 POPULARITY_HALF_LIFE_DAYS = 7.0  # "popular this week"
 POPULARITY_SHORT_DAYS, POPULARITY_LONG_DAYS = 1.0, 30.0
+# A reason may call an item popular (this week, this month, trending today) only when it is among the
+# catalog's top 5% by that measure (at least 10 items): every item with a sale has a popularity above 0.
+POPULAR_TOP_SHARE, POPULAR_TOP_MIN = 0.05, 10
 ITEM_AGE_DAYS = 30.0  # the ranker's item_age: exp(-days since the item's first interaction / this)
 TERM_CACHE_ROWS = 200_000  # rows whose analysed title/text terms are kept (the cache restarts when full)
 
@@ -209,6 +212,12 @@ class Catalog:
         self._pop_log_max = max(math.log1p(float(self.popularity.max(initial=0.0))), 1e-9)
         self._short_log_max = max(math.log1p(float(self.popularity_short.max(initial=0.0))), 1e-9)
         self._long_log_max = max(math.log1p(float(self.popularity_long.max(initial=0.0))), 1e-9)
+        k = max(POPULAR_TOP_MIN, int(n * POPULAR_TOP_SHARE))
+        self.popular_floor = {  # the ranking features' value (log1p / max) of the k-th most popular item
+            name: (math.log1p(float(np.partition(a, n - k)[n - k])) / m if n > k else 0.0)
+            for name, a, m in (("popularity", self.popularity, self._pop_log_max),
+                               ("popularity_1d", self.popularity_short, self._short_log_max),
+                               ("popularity_30d", self.popularity_long, self._long_log_max))}
 
     def set_first_seen(self, first_seen: np.ndarray) -> None:
         """Replace each row's first-interaction time (epoch seconds, NaN for none), as a features

@@ -51,7 +51,7 @@ def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, v
     for f in np.argsort(-contrib, kind="stable"):
         if len(out) >= max_reasons or contrib[f] < min_contribution:
             break
-        if values is not None and not _present(FEATURE_NAMES[f], ctx, values):
+        if values is not None and not _present(FEATURE_NAMES[f], ctx, values, catalog):
             continue
         text = _text(FEATURE_NAMES[f], ctx, row, catalog)
         if text and text not in out and not (_names(text) and _names(text) in map(_names, out)):
@@ -65,19 +65,22 @@ def _names(text: str) -> str | None:
     return next((g for g in m.groups() if g), None) if m else None
 
 
-def _present(name: str, ctx: RankContext, values: np.ndarray) -> bool:
+def _present(name: str, ctx: RankContext, values: np.ndarray, catalog: Catalog) -> bool:
     """Whether the candidate has the signal a reason would name (`values`: its features). A learned
     ranker's TreeSHAP value can be positive for a signal's absence (a shopper without a history has
     no behaviour-model score, which the trees split on): that must not read "fits your recent
-    shopping" or "matches your long-term taste" to someone with no shopping at all. "Trending
-    today" needs a rise: the item stands higher among today's sales than among the month's (a
-    steady best seller is popular, not trending). A query reason needs the query and "new in the
-    shop" the item's age; both are checked by the text itself."""
+    shopping" or "matches your long-term taste" to someone with no shopping at all. "Popular" (this
+    week, this month, trending today) needs the item among the catalog's top 5% by that measure
+    (Catalog.popular_floor), and "trending today" a rise as well: the item stands higher among
+    today's sales than among the month's (a steady best seller is popular, not trending). A query
+    reason needs the query and "new in the shop" the item's age; both are checked by the text itself."""
     if name in _QUERY or name == "item_age":
         return True
     if name in ("seq_score", "seq_rank"):  # -1 / 1 without a user vector; the top item's score is 0
         return ctx.seq_vector is not None
     value = float(values[_COL[name]])
+    if name in catalog.popular_floor and value < catalog.popular_floor[name]:
+        return False
     if name == "popularity_1d":
         return value > float(values[_COL["popularity_30d"]])
     return value > 0.0

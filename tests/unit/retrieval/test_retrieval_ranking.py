@@ -481,7 +481,7 @@ def test_trending_today_needs_a_rise_not_just_a_sale_today():
     def said(p1d: float, p30d: float) -> list[str]:
         values = np.zeros(len(NAMES), np.float32)
         values[NAMES.index("popularity_1d")], values[NAMES.index("popularity_30d")] = p1d, p30d
-        values[NAMES.index("popularity")] = 0.5
+        values[NAMES.index("popularity")] = 1.0  # the catalog's best seller this week
         return reasons(ctx, 0, contrib, cat, values)
 
     assert said(0.9, 0.6) == ["trending today", "popular this week"]
@@ -515,3 +515,25 @@ def test_what_other_shoppers_did_is_said_with_the_logs_main_interaction():
             contrib = np.zeros(len(NAMES), np.float32)
             contrib[NAMES.index(name)] = 1.0
             assert reasons(ctx, cat.row["i010"], contrib, cat) == [text], (counts, name)
+
+
+def test_only_the_catalogs_top_sellers_are_called_popular():
+    """Every item with a sale has a popularity above 0, and a tree can credit a little of it: only an
+    item among the top 5% of the catalog (at least 10 items) by that measure is "popular this
+    week" (the 7-day popularity of small_catalog's items is 50, 49, ..., 1)."""
+    from features.retrieval.feature_names import FEATURE_NAMES as NAMES
+
+    class PopularityLover(HandWeights):
+        def contributions(self, x, mode):
+            c = np.zeros((len(x), len(NAMES)), np.float32)
+            c[:, NAMES.index("popularity")], c[:, NAMES.index("category_affinity")] = 1.0, 0.5
+            return c
+
+    cat, _ = small_catalog()
+    assert sum(cat.popularity_norm(np.arange(50)) >= cat.popular_floor["popularity"]) == 10
+    ctx = RankContext(mode="recommend", category_affinity={c: 1.0 for c in set(cat.category)})
+    ranked = {r.item_id: r.reasons for r in rank_candidates(ctx, ["i001", "i009", "i010", "i040"], cat,
+                                                              PopularityLover(), k=4)}
+    assert ranked["i001"][0] == ranked["i009"][0] == "popular this week"
+    assert "popular this week" not in ranked["i010"] + ranked["i040"]
+    assert ranked["i040"] == [f"you often shop {cat.category[cat.row['i040']]}"]  # the next reason steps up
