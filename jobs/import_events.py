@@ -34,7 +34,8 @@ from features.data.fill import FillDown
 from features.data.mapping import (KEPT, EventIds, Mapping, TableMapping, apply, check_mapping, column_hint, item_fields,
                                    load_mapping, merge_item_fields, recbole_defaults, reduce_item_fields)
 from features.data.online_retail import import_online_retail
-from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, swallowed_rows, text_source
+from features.data.quoting import swallowed_rows
+from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, text_source
 from features.data.validate import SchemaError
 from features.data.values import guess_event_type
 from jobs.common import load_job_config, parse_args, run_job, write_table

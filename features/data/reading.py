@@ -32,6 +32,7 @@ CHUNK_ROWS = 1_000_000
 SOURCE_KEY = "intently.source"  # a text table's schema metadata: "<format>:<delimiter>:<file>"
 TEXT_BLOCK_BYTES = 1 << 20  # what the CSV reader parses at a time (it reads about 30 blocks ahead)
 JSON_CHUNK_BYTES = 256 << 20  # JSON lines: at most about this much text a chunk, however many records
+PARQUET_CHUNK_BYTES = 256 << 20  # Parquet: about this much uncompressed data a chunk (a GA4 record is kilobytes)
 
 
 def format_of(path: str, fmt: str) -> str:
@@ -90,7 +91,7 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
                                   "parquet, csv, tsv, json, excel, recbole") from None
             with f:
                 empty = True
-                for batch in pf.iter_batches(batch_size=chunk_rows):
+                for batch in pf.iter_batches(batch_size=parquet_batch_rows(pf.metadata, chunk_rows)):
                     empty = False
                     yield _nested(pa.Table.from_batches([batch]), explode, key_values, p, text=False)
                 if empty:
@@ -106,6 +107,14 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
             raise SchemaError(f"{'explode' if explode else 'key_values'}: {explode or key_values!r}; only JSON and "
                               f"Parquet files hold lists, {p} is {kind}")
         yield from _text_tables(fs, p, kind, delimiter, encoding, where, chunk_rows, column_names)
+
+
+def parquet_batch_rows(meta: pq.FileMetaData, chunk_rows: int) -> int:
+    """Records per chunk of a Parquet file: chunk_rows, fewer where its widest row group's records
+    (by their uncompressed size) would make a chunk above PARQUET_CHUNK_BYTES."""
+    widest = max((meta.row_group(i).total_byte_size / max(meta.row_group(i).num_rows, 1)
+                  for i in range(meta.num_row_groups)), default=0.0)
+    return max(1, min(chunk_rows, int(PARQUET_CHUNK_BYTES / widest) if widest > 0 else chunk_rows))
 
 
 def _excel_tables(fs, p: str, chunk_rows: int) -> Iterator[pa.Table]:
@@ -377,24 +386,3 @@ def text_source(table: pa.Table) -> tuple[str, str, str] | None:
     kind, rest = meta.decode().split(":", 1)
     return kind, rest[0], rest[2:]
 
-
-def swallowed_rows(raw: pa.Table, delimiter: str) -> tuple[int, str | None]:
-    """Lines inside values that look like whole rows of this file (at least as many delimiters as it
-    has columns, less one): the mark of an unbalanced double quote, after which CSV quoting reads the
-    following rows into one value and they are never imported. (such lines, the first such value's
-    start); (0, None) for a clean file. A multi-line description rarely holds that many delimiters."""
-    need = raw.num_columns - 1
-    if need < 1:
-        return 0, None
-    df = pl.from_arrow(raw)
-    assert isinstance(df, pl.DataFrame)
-    n, first = 0, None
-    for name, dtype in df.schema.items():
-        if dtype != pl.String:
-            continue
-        col = df.get_column(name)
-        for v in col.filter(col.str.contains("\n", literal=True)).to_list():
-            k = sum(line.count(delimiter) >= need for line in v.split("\n")[1:])
-            if k:
-                n, first = n + k, first or v[:60]
-    return n, first

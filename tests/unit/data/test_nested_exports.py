@@ -217,6 +217,21 @@ def test_large_json_records_are_read_in_chunks_of_bounded_size(tmp_path, monkeyp
     assert [i for t in tables for i in t.column("id").to_pylist()] == [f"{i:03d}" for i in range(20)]
 
 
+def test_wide_parquet_records_are_read_in_chunks_of_bounded_size(tmp_path, monkeypatch):
+    """A warehouse export's records are kilobytes each (GA4's params, device, geo, items): a chunk
+    is bounded by their uncompressed size, not only by a count of records."""
+    from features.data import reading
+
+    monkeypatch.setattr(reading, "PARQUET_CHUNK_BYTES", 4000)
+    recs = [{"id": f"{i:03d}", "pad": "x" * 300 + str(i), "items": [{"item_id": f"p{i}"}] * 3} for i in range(20)]
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "wide.parquet")
+    tables = list(reading.iter_tables(str(tmp_path / "wide.parquet"), explode="items"))
+    assert len(tables) == 2 and max(t.num_rows for t in tables) <= 3 * 12  # ~360 bytes a record: 11 a chunk
+    assert [i for t in tables for i in t.column("id").to_pylist()] == [f"{i:03d}" for i in range(20) for _ in range(3)]
+    flat = list(reading.iter_tables(str(tmp_path / "wide.parquet"), chunk_rows=5))
+    assert [t.num_rows for t in flat] == [5] * 4  # chunk_rows still bounds narrow enough records
+
+
 def test_an_exploded_event_keeps_its_elements_own_id(tmp_path):
     """Products that carry their own line id give the events those ids (no position appended)."""
     recs = [{"id": "o1", "ts": "2024-03-01T10:00:00Z", "user": "u1",
