@@ -35,8 +35,8 @@ from bench.feature_job import RESULTS, machine
 from features import artifacts as A
 from features.artifacts import git_commit
 from features.data import schema as S
-from features.models import training as TR
 from features.models import onnx_encoder as OX
+from features.models import training as TR
 from features.models.encoder import LATEST, ZERO_SHOT, EncoderConfig, load_encoder, quantize_int8
 
 

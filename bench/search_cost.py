@@ -35,7 +35,6 @@ from features.retrieval.catalog import load_catalog
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import HandWeights, RankContext, rank_candidates
 
-
 COLD = "BM25F, stems, typos, no term cache (every search before it)"
 
 

@@ -59,14 +59,22 @@ from features.evaluation import baselines as B
 from features.evaluation import methods as EM
 from features.evaluation import point_in_time as PIT
 from features.evaluation import report as R
+from features.evaluation import search as SE
+from features.evaluation import splits as ES
 from features.models import onnx_encoder as OX
 from features.models import query_adapter as QA
 from features.models import sequence as SQ
-from features.evaluation import search as SE
-from features.evaluation import splits as ES
 from features.models.encoder import ZERO_SHOT, EncoderConfig
-from features.models.learned_ranker import (SEGMENTS, LearnedRanker, RankerParams, WithFallback, importances,
-                                            served_segments, shoppers, train_booster)
+from features.models.learned_ranker import (
+    SEGMENTS,
+    LearnedRanker,
+    RankerParams,
+    WithFallback,
+    importances,
+    served_segments,
+    shoppers,
+    train_booster,
+)
 from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import Catalog, load_catalog
 from features.retrieval.fusion import FusionParams, fuse
@@ -74,8 +82,17 @@ from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import BM25
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import HandWeights, rank_candidates
-from jobs.common import (RayConfig, Steps, cluster_gpus, fine_tune_plan, init_ray, load_job_config, one_blas_thread,
-                         parse_args, run_job)
+from jobs.common import (
+    RayConfig,
+    Steps,
+    cluster_gpus,
+    fine_tune_plan,
+    init_ray,
+    load_job_config,
+    one_blas_thread,
+    parse_args,
+    run_job,
+)
 
 POP_HALF_LIFE_DAYS = 7.0
 

@@ -31,8 +31,20 @@ from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
 from features.data.fill import FillDown
-from features.data.mapping import (KEPT, EventIds, Mapping, TableMapping, apply, check_mapping, column_hint, item_fields,
-                                   load_mapping, merge_item_fields, recbole_defaults, reduce_item_fields)
+from features.data.mapping import (
+    KEPT,
+    EventIds,
+    Mapping,
+    TableMapping,
+    apply,
+    check_mapping,
+    column_hint,
+    item_fields,
+    load_mapping,
+    merge_item_fields,
+    recbole_defaults,
+    reduce_item_fields,
+)
 from features.data.online_retail import import_online_retail
 from features.data.quoting import swallowed_rows
 from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, text_source

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from features.data import schema as S
-from features.data.reading import read_table
 from features.data.online_retail import import_online_retail
+from features.data.reading import read_table
 from jobs.common import load_job_config, parse_args, run_job, write_table
 
 

@@ -191,7 +191,15 @@ def _closing_lines(lines: list[str], most: int = 12) -> list[str]:
 
 
 def run(cfg: PipelineConfig) -> int:
-    from jobs import build_features, build_index, import_events, train_encoder, train_ranker, train_search, train_sequence
+    from jobs import (
+        build_features,
+        build_index,
+        import_events,
+        train_encoder,
+        train_ranker,
+        train_search,
+        train_sequence,
+    )
 
     mapping_file = cfg.mapping is not None and cfg.mapping not in import_events.PRESETS
     if not mapping_file and (not cfg.events or (not cfg.items and cfg.mapping != "uci-online-retail")):

@@ -34,8 +34,19 @@ from features.config import ConfigError, to_dict
 from features.data import schema as S
 from features.models import training as TR
 from features.models.encoder import EncoderConfig, TwoTowerEncoder
-from jobs.common import (RayConfig, Steps, cached_get, check_fits, free_cpus_per_worker, init_ray, load_job_config, parse_args,
-                         run_job, train_failure_config, train_run_dir)
+from jobs.common import (
+    RayConfig,
+    Steps,
+    cached_get,
+    check_fits,
+    free_cpus_per_worker,
+    init_ray,
+    load_job_config,
+    parse_args,
+    run_job,
+    train_failure_config,
+    train_run_dir,
+)
 
 KIND = "encoder"
 SCORE_METRIC = "valid_ndcg@10"

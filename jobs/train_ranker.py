@@ -38,14 +38,31 @@ from features.data import schema as S
 from features.evaluation import methods as EM
 from features.evaluation import search as SE
 from features.evaluation import splits as ES
-from features.models.learned_ranker import (SEGMENTS, LearnedRanker, RankerParams, group_sizes, importances,
-                                            informative_groups)
+from features.models.learned_ranker import (
+    SEGMENTS,
+    LearnedRanker,
+    RankerParams,
+    group_sizes,
+    importances,
+    informative_groups,
+)
 from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import load_catalog
 from features.retrieval.live import LiveCatalog, RetrievalConfig
 from features.retrieval.ranking import FEATURE_NAMES, HandWeights
-from jobs.common import (RayConfig, Steps, check_fits, free_cpus_per_worker, init_ray, load_job_config, one_blas_thread,
-                         parse_args, run_job, train_failure_config, train_run_dir)
+from jobs.common import (
+    RayConfig,
+    Steps,
+    check_fits,
+    free_cpus_per_worker,
+    init_ray,
+    load_job_config,
+    one_blas_thread,
+    parse_args,
+    run_job,
+    train_failure_config,
+    train_run_dir,
+)
 
 KIND = "ranker"
 REQUEST_DETAIL = ("request_in_session", "request_n_relevant")  # build_training_data stats for replays only

@@ -37,8 +37,8 @@ from features import artifacts as A
 from features.config import ConfigError, to_dict
 from features.data import schema as S
 from features.data.judgments import judgments_from_events, read_judgments
-from features.evaluation.methods import Judgments
 from features.evaluation import search as SE
+from features.evaluation.methods import Judgments
 from features.evaluation.search import pool
 from features.models import query_adapter as QA
 from features.models.encoder import ZERO_SHOT, EncoderConfig

@@ -30,8 +30,18 @@ from features.data import schema as S
 from features.models import sequence as SQ
 from features.models.sequence_io import MODEL_FILE, load_state, save_model, save_state
 from features.retrieval.index import ItemIndex
-from jobs.common import (RayConfig, Steps, check_fits, free_cpus_per_worker, init_ray, load_job_config, parse_args, run_job,
-                         train_failure_config, train_run_dir)
+from jobs.common import (
+    RayConfig,
+    Steps,
+    check_fits,
+    free_cpus_per_worker,
+    init_ray,
+    load_job_config,
+    parse_args,
+    run_job,
+    train_failure_config,
+    train_run_dir,
+)
 
 KIND = "sequence"
 

@@ -31,6 +31,7 @@ from features.profiles import events as EV
 from features.retrieval.catalog import ItemUpdate
 from features.retrieval.live import Filters
 from features.retrieval.ranking import context_for
+from serving.encoder import InlineQueryEncoder
 from serving.http import (
     ApiError,
     Hops,
@@ -44,7 +45,6 @@ from serving.http import (
     read_json,
     sent_key,
 )
-from serving.encoder import InlineQueryEncoder
 from serving.metrics import IngressMetrics
 from serving.retriever import RetrieverCore
 from serving.schemas import (

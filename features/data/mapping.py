@@ -51,8 +51,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import polars as pl
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from features import artifacts as A

@@ -22,8 +22,15 @@ from features.profiles.profile import ProfileParams
 from features.retrieval.catalog import Catalog
 from features.retrieval.lexical import BM25
 from features.retrieval.live import LiveCatalog
-from features.retrieval.ranking import (RankContext, Scorer, attach_ease, attach_sequence, candidate_features,
-                                        context_for, rank_candidates)
+from features.retrieval.ranking import (
+    RankContext,
+    Scorer,
+    attach_ease,
+    attach_sequence,
+    candidate_features,
+    context_for,
+    rank_candidates,
+)
 
 
 # --- methods ------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from features.data.schema import POSITIVE_EVENT_TYPES
 from features.profiles.profile import Profile, ProfileParams, mix
 from features.retrieval.catalog import Catalog
 from features.retrieval.diversity import mmr
-from features.retrieval.reasons import RECENT_FOR_COOC, reasons
 from features.retrieval.feature_names import FEATURE_NAMES
+from features.retrieval.reasons import RECENT_FOR_COOC, reasons
 
 Mode = Literal["search", "recommend"]
 

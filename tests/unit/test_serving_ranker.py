@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from features import artifacts as A
-from features.models.learned_ranker import (SEGMENTS, LearnedRanker, RankerParams, WithFallback, served_segments,
-                                            train_booster)
+from features.models.learned_ranker import (
+    SEGMENTS,
+    LearnedRanker,
+    RankerParams,
+    WithFallback,
+    served_segments,
+    train_booster,
+)
 from features.retrieval.ranking import HandWeights, RankContext, candidate_features
 from serving.ranker import Ranker
 from serving.retriever import open_live_catalog

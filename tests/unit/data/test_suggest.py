@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from features.data import schema as S
-from features.data.suggest import match_columns, EVENT_NAMES, ITEM_NAMES
+from features.data.suggest import EVENT_NAMES, ITEM_NAMES, match_columns
 from jobs import import_events as IE
 from jobs import suggest_mapping as SM
 

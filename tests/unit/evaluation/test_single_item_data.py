@@ -12,8 +12,8 @@ import polars as pl
 
 from features.data import schema as S
 from features.evaluation import report as R
-from features.evaluation.baselines import popularity_scores
 from features.evaluation import splits as ES
+from features.evaluation.baselines import popularity_scores
 from jobs import evaluate
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from features.models.dropout import ByteDropout, ByteDropoutAttention
 from features.models import sequence as SQ
+from features.models.dropout import ByteDropout, ByteDropoutAttention
 
 
 def test_keeps_the_stated_share_and_the_expectation():

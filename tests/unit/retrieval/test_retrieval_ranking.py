@@ -20,7 +20,6 @@ from features.retrieval.ranking import (
     RankContext,
     candidate_features,
     context_for,
-
     rank_candidates,
 )
 from tests.helpers import D, small_catalog
