@@ -110,13 +110,13 @@ OUTPUT ?= $(ART)
 CLUSTER ?= http://127.0.0.1:$(RAY_DASHBOARD_PORT)
 abs_or_uri = $(if $(findstring ://,$(1)),$(1),$(abspath $(1)))
 run: venv
-	@test -n "$(EVENTS)$(filter-out recbole uci-online-retail,$(MAPPING))" || { echo 'EVENTS is empty: make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml|recbole|uci-online-retail>] (a mapping file may name the files itself)'; exit 2; }
+	@test -n "$(EVENTS)$(filter-out recbole uci-online-retail auto,$(MAPPING))" || { echo 'EVENTS is empty: make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml|auto|recbole|uci-online-retail>] (a mapping file may name the files itself)'; exit 2; }
 	@if [ "$(CLUSTER)" = "http://127.0.0.1:$(RAY_DASHBOARD_PORT)" ]; then \
 	  RAY_AUTH_MODE=token $(BIN)/ray status >/dev/null 2>&1 || $(MAKE) --no-print-directory ray-up; fi
 	@mkdir -p state; export RAY_AUTH_MODE=token; \
 	id=$$($(BIN)/ray job submit --no-wait --address $(CLUSTER) $(JOB_ENV) --working-dir . -- python -m jobs.pipeline \
 	  $(if $(EVENTS),--set events=$(call abs_or_uri,$(EVENTS))) $(if $(ITEMS),--set items=$(call abs_or_uri,$(ITEMS))) \
-	  $(if $(MAPPING),--set mapping=$(if $(filter recbole uci-online-retail,$(MAPPING)),$(MAPPING),$(call abs_or_uri,$(MAPPING)))) \
+	  $(if $(MAPPING),--set mapping=$(if $(filter recbole uci-online-retail auto,$(MAPPING)),$(MAPPING),$(call abs_or_uri,$(MAPPING)))) \
 	  $(if $(JUDGMENTS),--set judgments=$(call abs_or_uri,$(JUDGMENTS))) \
 	  --set output_root=$(call abs_or_uri,$(OUTPUT)) --set deploy.state_dir=$(CURDIR)/state $(RUN_ARGS) \
 	  2>&1 | tee state/submit.log | grep -o "raysubmit_[A-Za-z0-9]*" | head -1); \

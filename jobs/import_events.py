@@ -3,10 +3,14 @@
     python -m jobs.import_events --set mapping=shop_mapping.yaml --set output=data/canonical/shop
     python -m jobs.import_events --set mapping=recbole --set events=ml.inter --set items=ml.item
     python -m jobs.import_events --set mapping=uci-online-retail --set events=online_retail_II.csv
+    python -m jobs.import_events --set mapping=auto --set events=export/events.csv [--set items=...]
 
 `mapping` is a YAML file (features/data/mapping.py, docs/data.md) or a preset: `recbole` (RecBole's
 usual field names) or `uci-online-retail` (either UCI Online Retail layout; items come from the
-log itself). `events` / `items` override the paths in the mapping; a mapping whose items have no
+log itself), or `auto`: the mapping `make mapping` would write (features/data/suggest.py), saved as
+<output>/mapping.yaml and used as it is unless it has something a person must settle (a column or
+time format it found nothing for, dates that read day-first and month-first), which stops the
+import naming them and the file to edit. `events` / `items` override the paths in the mapping; a mapping whose items have no
 path of their own reads them from the events file (one item per id, its latest fields). Writes
 <output>/events.parquet, items.parquet, rejected.parquet (rows not imported: an event whose time
 could not be read, with a reason and the original row) and blanked.parquet (rows imported with a
@@ -52,12 +56,12 @@ from features.data.validate import SchemaError
 from features.data.values import guess_event_type
 from jobs.common import load_job_config, parse_args, run_job, write_table
 
-PRESETS = ("recbole", "uci-online-retail")
+PRESETS = ("recbole", "uci-online-retail", "auto")
 
 
 @dataclass(frozen=True)
 class ImportEventsConfig:
-    mapping: str | None = None   # a mapping YAML (local or URI) or a preset: recbole | uci-online-retail
+    mapping: str | None = None   # a mapping YAML (local or URI) or a preset: recbole | uci-online-retail | auto
     events: str | None = None    # the shop's events file/folder/URI; overrides mapping.events.path
     items: str | None = None     # the shop's items file/folder/URI; overrides mapping.items.path (none:
     #                              the mapping's, or the events file when the mapping gives no items path)
@@ -72,15 +76,39 @@ def _nullable(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_nullable(True) for f in schema])
 
 
+def _guessed_mapping(cfg: ImportEventsConfig) -> Mapping:
+    """`mapping: auto`: the suggested mapping of the events (and items) files, written next to the
+    import's output; a guess with blockers stops here, naming them and that file."""
+    import yaml
+
+    from features.config import from_dict
+    from features.data.suggest import suggest, to_yaml
+
+    if not cfg.events:
+        raise ConfigError("events: mapping=auto guesses the mapping from the events file; pass events (make run EVENTS=...)")
+    s = suggest(cfg.events, cfg.items, cfg.encoding)
+    text, path = to_yaml(s), A.join(cfg.output, "mapping.yaml")
+    fs, inner = A.resolve(cfg.output)
+    fs.create_dir(inner, recursive=True)
+    with fs.open_output_stream(A.join(inner, "mapping.yaml")) as f:
+        f.write(text.encode())
+    print(f"mapping=auto: the guessed mapping ({path}):\n{text}", flush=True)
+    if s.blockers():
+        raise ConfigError(f"mapping=auto: the guess needs a person before an import: {'; '.join(s.blockers())}. Edit "
+                          f"{path} (a copy outside the output), then make run MAPPING=<that file>")
+    return from_dict(Mapping, yaml.safe_load(text), prefix="mapping")
+
+
 def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
     """(the mapping with this run's paths, whether the items come from the events file)."""
     if cfg.mapping is None:
         raise ConfigError(f"mapping: required; a mapping YAML file or a preset ({', '.join(PRESETS)})")
     if cfg.mapping == "uci-online-retail":
         return None, False
-    m = recbole_defaults(None, None) if cfg.mapping == "recbole" else load_mapping(cfg.mapping)
+    m = (recbole_defaults(None, None) if cfg.mapping == "recbole" else _guessed_mapping(cfg) if cfg.mapping == "auto"
+         else load_mapping(cfg.mapping))
     enc = {"encoding": cfg.encoding} if cfg.encoding else {}
-    from_log = (cfg.mapping not in PRESETS and not cfg.items and bool(m.items.columns)
+    from_log = (cfg.mapping != "recbole" and not cfg.items and bool(m.items.columns)
                 and (not m.items.path or m.items.path == m.events.path))
     events = replace(m.events, path=cfg.events or m.events.path, **enc)
     if not events.path:

@@ -3,7 +3,7 @@ adapter, fusion) -> behaviour model -> ranker -> serve.
 
     ray job submit --address http://<head>:8265 --working-dir . -- python -m jobs.pipeline \
         --set events=s3://shop/events/ --set items=s3://shop/items.parquet --set output_root=s3://shop/intently
-    make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml | recbole | uci-online-retail>]
+    make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml | auto | recbole | uci-online-retail>]
 
 Every stage is the same job a user can run alone (jobs.import_events, build_features, train_encoder,
 build_index, train_search, train_sequence, train_ranker), called in this one Ray job with the same config keys; `stage_args.<job>`
@@ -64,7 +64,7 @@ class DeployConfig:
 class PipelineConfig:
     events: str | None = None    # canonical events (or the shop's export when mapping is set); path or URI
     items: str | None = None
-    mapping: str | None = None   # null: inputs are canonical; a mapping YAML or preset (recbole, uci-online-retail)
+    mapping: str | None = None   # null: inputs are canonical; a mapping YAML or preset (auto, recbole, uci-online-retail)
     output_root: str = "artifacts"
     # auto: fine-tune the text encoder on the cluster's GPUs, and keep the zero-shot encoder on a
     # CPU-only cluster (where the demo's budget rarely beats it); true: fine-tune on CPUs as well.
@@ -202,9 +202,10 @@ def run(cfg: PipelineConfig) -> int:
     )
 
     mapping_file = cfg.mapping is not None and cfg.mapping not in import_events.PRESETS
-    if not mapping_file and (not cfg.events or (not cfg.items and cfg.mapping != "uci-online-retail")):
-        # (a mapping file names its own files, or takes the items from the events file)
-        raise ConfigError("events and items are required (paths or URIs); e.g. make run EVENTS=... ITEMS=...")
+    if not mapping_file and (not cfg.events or (not cfg.items and cfg.mapping not in ("uci-online-retail", "auto"))):
+        # (a mapping file names its own files, or takes the items from the events file; so may a guessed one)
+        raise ConfigError("events and items are required (paths or URIs); e.g. make run EVENTS=... ITEMS=..., or "
+                          "make run EVENTS=<a shop's export> MAPPING=auto")
     init_ray(cfg.ray)
     root, sa = cfg.output_root, cfg.stage_args
     r = Run(cfg.log_dir or (A.join(root, "logs", A.new_version()) if not A.is_uri(root)

@@ -23,6 +23,7 @@ class SuggestMappingConfig:
     events: str | None = None   # the shop's events file, folder or URI
     items: str | None = None    # its items file (none: the catalog from the events file's product columns)
     output: str = "mapping.yaml"
+    encoding: str | None = None  # the files' character set; null: UTF-8, else cp1252 or latin-1 if that reads them
     overwrite: bool = False
 
 
@@ -37,7 +38,7 @@ def run(cfg: SuggestMappingConfig) -> str:
             raise ConfigError(f"{name}: {path} does not exist")
     events = cfg.events if "://" in cfg.events else str(Path(cfg.events).resolve())
     items = cfg.items if not cfg.items or "://" in cfg.items else str(Path(cfg.items).resolve())
-    text = to_yaml(suggest(events, items))
+    text = to_yaml(suggest(events, items, cfg.encoding))
     out.write_text(text)
     return text
 

@@ -34,7 +34,7 @@ import polars as pl
 from features import artifacts as A
 from features.data import schema as S
 from features.data.reading import format_of, iter_tables
-from features.data.validate import iso_times
+from features.data.validate import SchemaError, iso_times
 from features.data.values import guess_event_type
 
 SAMPLE_ROWS = 20_000
@@ -68,6 +68,7 @@ ITEM_NAMES = {
 TS_FORMATS = ("%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M",
               "%d.%m.%Y %H:%M:%S", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y")
 DELIMITERS = (";", "\t", "|")
+FALLBACK_ENCODINGS = ("cp1252", "latin-1")  # a spreadsheet export that is not UTF-8 is most often one of these
 TS_UNREAD_MAX = 0.01  # share of sampled times that may fail to read and still settle the format
 
 
@@ -76,6 +77,14 @@ class Suggestion:
     events: dict = field(default_factory=dict)
     items: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what was guessed, and what to check
+    unsure: list[str] = field(default_factory=list)  # notes a person must settle before an import (blockers)
+
+    def blockers(self) -> list[str]:
+        """What keeps this guess from being imported as it is (`mapping: auto`): a column or time
+        format it found nothing for (a `<...>` placeholder), or a guess it could not settle."""
+        holes = [f"{table}.{k}: {v}" for table, d in (("events", self.events), ("items", self.items))
+                 for k, v in [*d.items(), *d.get("columns", {}).items()] if isinstance(v, str) and v.startswith("<")]
+        return self.unsure + holes
 
 
 def _norm(name: str) -> str:
@@ -107,8 +116,11 @@ def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict
     return out
 
 
-def _sample(path: str, explode: str | None = None, key_values: str | None = None) -> tuple[pl.DataFrame, str | None]:
-    """The first rows of the first file under `path`, and the delimiter a CSV needs (None: the comma)."""
+def _sample(path: str, explode: str | None = None, key_values: str | None = None,
+            encoding: str | None = None) -> tuple[pl.DataFrame, str | None, str | None]:
+    """The first rows of the first file under `path`, the delimiter a CSV needs (None: the comma)
+    and the character set it was read in when not UTF-8: `encoding`, or, where none is given and
+    the text is not UTF-8, the first of FALLBACK_ENCODINGS that reads it."""
     delimiter = None
     fs, first_file = next(iter(A.list_files(path)))
     if format_of(first_file, "auto") == "csv":  # the header line's most frequent separator
@@ -117,8 +129,16 @@ def _sample(path: str, explode: str | None = None, key_values: str | None = None
         counts = {d: header.count(d) for d in (",", *DELIMITERS)}
         best = max(counts, key=lambda d: counts[d])
         delimiter = best if best != "," and counts[best] > counts[","] else None
-    t = next(iter_tables(path, delimiter=delimiter, chunk_rows=SAMPLE_ROWS, explode=explode, key_values=key_values))
-    return pl.from_arrow(t.slice(0, SAMPLE_ROWS)), delimiter  # type: ignore[return-value]
+    for enc in [encoding] if encoding else ["utf-8", *FALLBACK_ENCODINGS]:
+        try:
+            t = next(iter_tables(path, delimiter=delimiter, encoding=enc, chunk_rows=SAMPLE_ROWS, explode=explode,
+                                 key_values=key_values))
+        except SchemaError as e:
+            if encoding or f"not valid {enc} text" not in str(e) or enc == FALLBACK_ENCODINGS[-1]:
+                raise
+            continue
+        return pl.from_arrow(t.slice(0, SAMPLE_ROWS)), delimiter, None if enc == "utf-8" else enc  # type: ignore[return-value]
+    raise AssertionError("unreachable")
 
 
 def _element_fields(col: pl.Series) -> list[str]:
@@ -185,7 +205,7 @@ def _first(c: str | list[str]) -> str:
     return c[0] if isinstance(c, list) else c
 
 
-def _ts(values: pl.Series, notes: list[str], col: str) -> dict:
+def _ts(values: pl.Series, notes: list[str], col: str, unsure: list[str]) -> dict:
     """The mapping's time settings for a sampled time column. A few unreadable times (a tracker's
     stray row) do not decide it: the reading that takes all but TS_UNREAD_MAX of them wins, and the
     note says those rows will be quarantined."""
@@ -219,6 +239,7 @@ def _ts(values: pl.Series, notes: list[str], col: str) -> dict:
     if twin in fits:  # both day-first and month-first read the sampled times
         notes.append(f"the times in {col!r} (e.g. {text[0]!r}) read both day-first and month-first in this "
                      f"sample: ts_format {best!r} is a guess; check it against a date you know")
+        unsure.append(notes[-1])
     return {"ts_format": best}
 
 
@@ -276,27 +297,36 @@ def _decimal(values: pl.Series) -> str | None:
     return "," if comma > point else None
 
 
-def suggest(events: str, items: str | None = None) -> Suggestion:
-    """A mapping to start from for the files `events` (and `items`), with notes on what to check."""
+def _encoding(enc: str | None, given: str | None, path: str, s: Suggestion) -> dict:
+    if enc and not given:
+        s.notes.append(f"{path} is not UTF-8 text: read as {enc} (encoding); check that accented letters read right")
+    return {"encoding": enc} if enc else {}
+
+
+def suggest(events: str, items: str | None = None, encoding: str | None = None) -> Suggestion:
+    """A mapping to start from for the files `events` (and `items`), with notes on what to check.
+    `encoding`: the files' character set (None: UTF-8, else the first fallback that reads them)."""
     s = Suggestion()
-    ev, delim = _sample(events)
-    s.events = {"path": events, **({"delimiter": delim} if delim else {})}
+    ev, delim, enc = _sample(events, encoding=encoding)
+    s.events = {"path": events, **({"delimiter": delim} if delim else {}), **_encoding(enc, encoding, events, s)}
     explode, key_values = _nested(ev, s)
     if explode or key_values:  # sampled again as the import will read it
-        ev, _ = _sample(events, explode, key_values)
+        ev, _, _ = _sample(events, explode, key_values, encoding=enc)
         s.events.update({k: v for k, v in (("explode", explode), ("key_values", key_values)) if v})
     per_product = (S.ITEM_ID, S.QUANTITY, S.PRICE)
     cols = _split_match(ev.columns, EVENT_NAMES, explode, per_product, several=per_product)
     for need in (S.TS, S.USER_ID, S.ITEM_ID):
         if need not in cols:
             s.notes.append(f"no column of the events looks like {need}; the file has: {', '.join(ev.columns)}")
+            if need != S.USER_ID or S.SESSION_ID not in cols:  # a session alone is a guest shopper
+                s.unsure.append(s.notes[-1])
     if S.ITEM_ID in cols and cols.get(S.USER_ID) == cols[S.ITEM_ID]:
         cols.pop(S.USER_ID)
     s.events["columns"] = {k: cols[k] for k in EVENT_NAMES if k in cols}
     one = {k: _first(v) for k, v in cols.items()}
     if S.TS in cols:
         _fill_down(ev, one, s)
-        s.events.update(_ts(ev.get_column(one[S.TS]), s.notes, one[S.TS]))
+        s.events.update(_ts(ev.get_column(one[S.TS]), s.notes, one[S.TS], s.unsure))
     if S.EVENT_TYPE in cols:
         words = _event_types(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
         if words:
@@ -308,11 +338,12 @@ def suggest(events: str, items: str | None = None) -> Suggestion:
     if S.PRICE in cols and _decimal(ev.get_column(one[S.PRICE])):
         s.events["decimal_separator"] = ","
     if items:
-        it, idelim = _sample(items)
+        it, idelim, ienc = _sample(items, encoding=encoding)
         icols = match_columns(it.columns, ITEM_NAMES)
-        s.items = {"path": items, **({"delimiter": idelim} if idelim else {})}
+        s.items = {"path": items, **({"delimiter": idelim} if idelim else {}), **_encoding(ienc, encoding, items, s)}
         if S.ITEM_ID not in icols:
             s.notes.append(f"no column of the items looks like an item id; the file has: {', '.join(it.columns)}")
+            s.unsure.append(s.notes[-1])
         if S.PRICE in icols and _decimal(it.get_column(icols[S.PRICE])):
             s.items["decimal_separator"] = ","
     else:  # the catalog from the events file's own product columns

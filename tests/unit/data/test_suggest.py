@@ -178,3 +178,44 @@ def test_a_trackers_json_lines_explode_orders_and_a_stray_time_does_not_decide_t
     assert r["rejected"] == {"unparseable_ts": 1} and events.height == 60 + 120
     assert events.filter(pl.col(S.EVENT_TYPE) == "purchase")[S.ITEM_ID].null_count() == 0
     assert events.filter(pl.col(S.EVENT_TYPE) == "view")[S.ITEM_ID].null_count() == 0
+
+
+def test_mapping_auto_imports_through_the_guess_and_keeps_it_with_the_output(tmp_path):
+    """`make run EVENTS=<export> MAPPING=auto`: one command from a shop's export; the guessed mapping
+    is written next to the canonical tables, and the import is the one the same mapping file gives."""
+    from features.config import ConfigError
+
+    (tmp_path / "events.csv").write_text(
+        "event_time,event_type,product_id,product_name,price,user_id,user_session\n"
+        "2019-10-01 00:00:00 UTC,view,44600062,Shiseido cream,35.79,541312140,s1\n"
+        "2019-10-01 00:00:01 UTC,cart,3900821,Aqua heater,33.20,554748717,s2\n"
+        "2019-10-01 00:00:04 UTC,purchase,44600062,Shiseido cream,35.79,554748717,s2\n")
+    r = IE.run(IE.ImportEventsConfig(mapping="auto", events=str(tmp_path / "events.csv"), output=str(tmp_path / "out")))
+    assert r["events"] == 3 and r["items"] == 2 and r["rejected"] == {}
+    guessed = yaml.safe_load((tmp_path / "out" / "mapping.yaml").read_text())
+    assert guessed["items"]["columns"][S.TITLE] == "product_name"
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    assert events[S.EVENT_TYPE].to_list() == ["view", "add_to_cart", "purchase"]
+    # A guess a person must settle stops the import, naming what and the file to edit.
+    (tmp_path / "odd.csv").write_text("Date;Customer;Product;Quantity\n03/01/2024 10:00;c1;A;2\n04/01/2024 11:30;c2;B;1\n")
+    with pytest.raises(ConfigError, match=r"mapping=auto: the guess needs a person.*day-first and month-first.*"
+                                          r"odd_out/mapping.yaml"):
+        IE.run(IE.ImportEventsConfig(mapping="auto", events=str(tmp_path / "odd.csv"), output=str(tmp_path / "odd_out")))
+    assert not (tmp_path / "odd_out" / "events.parquet").exists() and (tmp_path / "odd_out" / "mapping.yaml").exists()
+    (tmp_path / "noitem.csv").write_text("time,customer,amount\n2024-01-03T10:00:00Z,c1,2\n")
+    with pytest.raises(ConfigError, match=r"no column of the events looks like item_id"):
+        IE.run(IE.ImportEventsConfig(mapping="auto", events=str(tmp_path / "noitem.csv"), output=str(tmp_path / "n")))
+
+
+def test_an_export_that_is_not_utf8_is_read_in_the_spreadsheet_character_set_and_said(tmp_path):
+    """A Windows spreadsheet's CSV (cp1252: £, é) is guessed as such, the mapping says so, and the
+    import reads the text as written."""
+    (tmp_path / "events.csv").write_bytes("InvoiceDate,CustomerID,StockCode,Description,UnitPrice\n"
+                                          "2024-01-03 10:00,c1,A,Café crème mug,£2.50\n"
+                                          "2024-01-04 11:30,c2,B,Piñata,£12.00\n".encode("cp1252"))
+    text = SM.run(SM.SuggestMappingConfig(events=str(tmp_path / "events.csv"), output=str(tmp_path / "m.yaml")))
+    m = yaml.safe_load(text)
+    assert m["events"]["encoding"] == "cp1252" and "is not UTF-8 text: read as cp1252" in text
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    items = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
+    assert items[S.TITLE].to_list() == ["Café crème mug", "Piñata"] and items[S.PRICE].to_list() == [2.5, 12.0]
