@@ -92,7 +92,9 @@ def _guessed_mapping(cfg: ImportEventsConfig) -> Mapping:
     fs.create_dir(inner, recursive=True)
     with fs.open_output_stream(A.join(inner, "mapping.yaml")) as f:
         f.write(text.encode())
-    print(f"mapping=auto: the guessed mapping ({path}):\n{text}", flush=True)
+    print(f"mapping=auto: the guessed mapping is {path}" + (", with these notes:" if s.notes else ""), flush=True)
+    for note in s.notes:
+        print(f"  CHECK: {note}", flush=True)
     if s.blockers():
         raise ConfigError(f"mapping=auto: the guess needs a person before an import: {'; '.join(s.blockers())}. Edit "
                           f"{path} (a copy outside the output), then make run MAPPING=<that file>")
