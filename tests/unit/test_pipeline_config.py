@@ -19,8 +19,10 @@ def test_pipeline_yaml_is_the_dataclass_defaults_and_errors_name_the_key():
         load_config(P.PipelineConfig, None, ["fine_tun=false"])
     with pytest.raises(ConfigError, match="deploy.http_port"):
         load_config(P.PipelineConfig, None, ["deploy.http_port=eighty"])
-    with pytest.raises(ConfigError, match="events and items are required"):
+    with pytest.raises(ConfigError, match="events and items are required.*MAPPING=auto"):
         P.run(P.PipelineConfig(items="x"))
+    with pytest.raises(ConfigError, match="events and items are required"):  # a guessed mapping needs the export
+        P.run(P.PipelineConfig(mapping="auto"))
 
 
 def test_the_encoder_fine_tune_runs_on_gpus_by_default_and_on_cpus_when_asked():
