@@ -177,8 +177,8 @@ class _Output:
     def events(self, df: pl.DataFrame) -> None:
         # Nullable: a blank user, time, type, item id or title is the feature job's to quarantine,
         # with its reason and row, not a cast error here that names neither.
-        schema = _nullable(pa.schema([f for f in S.EVENTS_SCHEMA if f.name in df.columns]))
         df = self._guests(df)
+        schema = _nullable(pa.schema([f for f in S.EVENTS_SCHEMA if f.name in df.columns]))
         self._write("events", df.to_arrow(compat_level=pl.CompatLevel.oldest()).select(schema.names).cast(schema))
         self.kept["events"] += df.height
         if S.EVENT_TYPE in df.columns:
@@ -192,9 +192,10 @@ class _Output:
         """A guest checkout or a visitor who never signed in: no user id, but a session. The session
         is the shopper (`anon:<session_id>`, as the Online Retail preset does with an invoice), so
         the event still counts for popularity, co-occurrence and the session's own recommendations
-        instead of being quarantined as `null_user_id`."""
+        instead of being quarantined as `null_user_id`. A mapping without a user id column (a session
+        log) makes every event such a guest's."""
         if S.USER_ID not in df.columns:
-            return df
+            df = df.with_columns(pl.lit(None, pl.String).alias(S.USER_ID))
         user = pl.col(S.USER_ID)
         no_user = user.is_null() | (user.str.strip_chars() == "")
         if S.SESSION_ID not in df.columns:

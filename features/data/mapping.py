@@ -170,8 +170,9 @@ class EventIds:
         return pos, at, (pos < len(self.keys)) & (self.keys[at] == h)
 
     def __call__(self, df: pl.DataFrame) -> pl.Series:
-        key = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in (S.USER_ID, S.TS, S.EVENT_TYPE, S.ITEM_ID)],
-                            separator="\x1f")
+        who = S.USER_ID if S.USER_ID in df.columns or S.SESSION_ID not in df.columns else S.SESSION_ID  # a guest log
+        key = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") if c in df.columns else pl.lit("")
+                             for c in (who, S.TS, S.EVENT_TYPE, S.ITEM_ID)], separator="\x1f")
         k = df.select(key.alias("k"), key.hash(seed=7).alias("h"), pl.int_range(pl.len()).over(key).alias("n"))
         h = k.get_column("h").to_numpy()
         _, at, seen = self._find(h)

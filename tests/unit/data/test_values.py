@@ -226,6 +226,20 @@ def test_a_guest_checkout_is_its_session_not_a_quarantined_event(tmp_path):
         "visitor, cookie or session column as user_id or session_id to keep them"]
 
 
+def test_a_session_log_without_a_user_column_makes_each_session_a_guest(tmp_path):
+    """A click log of sessions only (YooChoose, Diginetica's anonymous part) maps no user id at all:
+    every event is its session's guest, and events that repeat exactly keep distinct ids."""
+    (tmp_path / "clicks.csv").write_text("1,2014-04-07T10:51:09Z,X\n1,2014-04-07T10:54:09Z,Y\n2,2014-04-07T13:56:37Z,X\n"
+                                         "2,2014-04-07T13:56:37Z,X\n")
+    (tmp_path / "m.yaml").write_text("events:\n  path: clicks.csv\n  column_names: [session, ts, item]\n  columns: "
+                                     "{ts: ts, session_id: session, item_id: item}\n  constants: {event_type: view}\n"
+                                     "items:\n  columns: {item_id: item, title: item}\n")
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    assert events[S.USER_ID].to_list() == ["anon:1", "anon:1", "anon:2", "anon:2"] and r["users"] == 2
+    assert events[S.EVENT_ID].n_unique() == 4 and r["rejected"] == {}
+
+
 def test_an_export_that_writes_an_order_s_fields_on_its_first_line_only(tmp_path):
     """A Shopify-style orders export: the order's time and customer on its first line item only. With
     fill_down the later lines take them from above, within the same order (fill_down_by), across the
