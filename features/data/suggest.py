@@ -116,8 +116,8 @@ def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict
     return out
 
 
-def _sample(path: str, explode: str | None = None, key_values: str | None = None,
-            encoding: str | None = None) -> tuple[pl.DataFrame, str | None, str | None]:
+def _sample(path: str, explode: str | None = None, key_values: str | None = None, encoding: str | None = None,
+            column_names: tuple[str, ...] | None = None) -> tuple[pl.DataFrame, str | None, str | None]:
     """The first rows of the first file under `path`, the delimiter a CSV needs (None: the comma)
     and the character set it was read in when not UTF-8: `encoding`, or, where none is given and
     the text is not UTF-8, the first of FALLBACK_ENCODINGS that reads it."""
@@ -132,7 +132,7 @@ def _sample(path: str, explode: str | None = None, key_values: str | None = None
     for enc in [encoding] if encoding else ["utf-8", *FALLBACK_ENCODINGS]:
         try:
             t = next(iter_tables(path, delimiter=delimiter, encoding=enc, chunk_rows=SAMPLE_ROWS, explode=explode,
-                                 key_values=key_values))
+                                 key_values=key_values, column_names=column_names))
         except SchemaError as e:
             if encoding or f"not valid {enc} text" not in str(e) or enc == FALLBACK_ENCODINGS[-1]:
                 raise
@@ -297,6 +297,29 @@ def _decimal(values: pl.Series) -> str | None:
     return "," if comma > point else None
 
 
+def _headerless(ev: pl.DataFrame, path: str, enc: str | None, s: Suggestion) -> pl.DataFrame:
+    """A CSV without a header row (a YooChoose-style clicks.dat, a database dump) reads its first row
+    as the column names: when most of them are numbers or times, the file is sampled again with
+    `column_names` column_1, column_2, ..., the one whose values read as ISO times named ts."""
+    names = pl.Series(ev.columns)
+    data_like = names.cast(pl.Float64, strict=False).is_not_null() | iso_times(names).is_not_null()
+    if format_of(next(iter(A.list_files(path)))[1], "auto") not in ("csv", "tsv") or data_like.sum() * 2 < len(names):
+        return ev
+    cols = tuple(f"column_{i + 1}" for i in range(len(names)))
+    ev = _sample(path, encoding=enc, column_names=cols)[0]
+    cols = tuple(S.TS if iso_times(ev.get_column(c).drop_nulls()).is_not_null().all() else c for c in cols)
+    if S.TS in cols and cols.count(S.TS) == 1:
+        ev = ev.rename(dict(zip(ev.columns, cols)))
+    else:
+        cols = tuple(ev.columns)
+    s.events["column_names"] = list(cols)
+    s.notes.append(f"the first line reads as data, not a header ({', '.join(names[:4])}, ...): column_names names the "
+                   f"columns in order ({S.TS} where the values read as times); rename the others for what they hold "
+                   "(user, session, item, ...) and map them")
+    s.unsure.append(s.notes[-1])
+    return ev
+
+
 def _encoding(enc: str | None, given: str | None, path: str, s: Suggestion) -> dict:
     if enc and not given:
         s.notes.append(f"{path} is not UTF-8 text: read as {enc} (encoding); check that accented letters read right")
@@ -309,6 +332,7 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
     s = Suggestion()
     ev, delim, enc = _sample(events, encoding=encoding)
     s.events = {"path": events, **({"delimiter": delim} if delim else {}), **_encoding(enc, encoding, events, s)}
+    ev = _headerless(ev, events, enc, s)
     explode, key_values = _nested(ev, s)
     if explode or key_values:  # sampled again as the import will read it
         ev, _, _ = _sample(events, explode, key_values, encoding=enc)

@@ -219,3 +219,23 @@ def test_an_export_that_is_not_utf8_is_read_in_the_spreadsheet_character_set_and
     IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
     items = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
     assert items[S.TITLE].to_list() == ["Café crème mug", "Piñata"] and items[S.PRICE].to_list() == [2.5, 12.0]
+
+
+def test_a_file_without_a_header_row_gets_column_names_and_a_person_names_them(tmp_path):
+    """A YooChoose-style click log has no header: its first row is not taken for column names; the
+    time column is found by its values, and the rest is left to a person (mapping=auto stops)."""
+    from features.config import ConfigError
+
+    m, text = _suggest(tmp_path, "1,2014-04-07T10:51:09.277Z,214536502,0\n1,2014-04-07T10:54:09.868Z,214536500,0\n"
+                                 "2,2014-04-07T13:56:37.614Z,214662742,0\n")
+    assert m["events"]["column_names"] == ["column_1", "ts", "column_3", "column_4"]
+    assert m["events"]["columns"] == {S.TS: "ts"} and "# CHECK: the first line reads as data, not a header" in text
+    with pytest.raises(ConfigError, match="the first line reads as data"):
+        IE.run(IE.ImportEventsConfig(mapping="auto", events=str(tmp_path / "events.csv"), output=str(tmp_path / "o")))
+    # named by a person, it imports every line, the first included
+    mapping = text.replace("- column_1", "- session").replace("- column_3", "- item").replace(
+        "columns:\n    ts: ts", "columns:\n    ts: ts\n    session_id: session\n    item_id: item").replace(
+        "<item id column>", "item")
+    (tmp_path / "named.yaml").write_text(mapping)
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "named.yaml"), output=str(tmp_path / "out")))
+    assert r["events"] == 3 and r["rejected"] == {}
