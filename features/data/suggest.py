@@ -45,8 +45,8 @@ EVENT_NAMES = {
            "orderdate", "eventdate", "date", "timeframe"),
     S.USER_ID: ("userid", "customerid", "visitorid", "clientid", "userpseudoid", "shopperid", "memberid", "buyerid",
                 "accountid", "user", "customer", "visitor", "client", "email"),
-    S.ITEM_ID: ("itemid", "productid", "articleid", "variantid", "parentasin", "asin", "sku", "stockcode", "item",
-                "product", "article", "offerid"),
+    S.ITEM_ID: ("itemid", "productid", "articleid", "variantid", "parentasin", "asin", "sku", "stockcode", "movieid",
+                "bookid", "isbn", "trackid", "songid", "listingid", "contentid", "item", "product", "article", "offerid"),
     S.EVENT_TYPE: ("eventtype", "eventname", "event", "action", "behavior", "behaviour", "interaction", "=type"),
     S.SESSION_ID: ("sessionid", "usersession", "visitid", "session", "invoiceno", "orderid", "ordernumber",
                    "=invoice"),
@@ -56,11 +56,11 @@ EVENT_NAMES = {
     S.EVENT_ID: ("eventid", "messageid"),
 }
 ITEM_NAMES = {
-    S.ITEM_ID: EVENT_NAMES[S.ITEM_ID],
+    S.ITEM_ID: (*EVENT_NAMES[S.ITEM_ID], "=id"),  # a catalog's own "id" column (an event log's "id" is the event's)
     S.TITLE: ("title", "productname", "prodname", "itemname", "productdisplayname", "name"),
     S.DESCRIPTION: ("description", "productdescription", "details", "bodyhtml", "desc"),
     S.CATEGORY: ("categorycode", "category", "categories", "maincategory", "producttype", "department",
-                 "categoryid"),
+                 "categoryid", "genres", "genre"),
     S.BRAND: ("brand", "manufacturer", "vendor"),
     S.PRICE: EVENT_NAMES[S.PRICE],
     S.IN_STOCK: ("instock", "available", "availability", "stockstatus"),
