@@ -76,10 +76,11 @@ search: venv
 # every stage retrained inside runs/<version>/; about 20 minutes here). EVAL_ARGS adds overrides,
 # e.g. EVAL_ARGS="--set split=leave-last".
 # With MAPPING (a mapping file or preset), a shop's own export is imported first, into
-# data/canonical/<mapping name>, and evaluated (EVENTS/ITEMS override the mapping's files).
+# data/canonical/<mapping name> (MAPPING=auto: <events file name>), and evaluated (EVENTS/ITEMS
+# override the mapping's files).
 evaluate: venv data
 	@if [ -n "$(MAPPING)" ]; then \
-	  out=data/canonical/$$(basename "$(MAPPING)" | sed 's/\.[^.]*$$//'); \
+	  out=data/canonical/$$(basename "$(if $(filter auto,$(MAPPING)),$(EVENTS),$(MAPPING))" | sed 's/\..*$$//'); \
 	  $(BIN)/python -m jobs.import_events --set mapping=$(MAPPING) --set output=$$out \
 	    $(if $(EVENTS),--set events=$(call abs_or_uri,$(EVENTS))) $(if $(ITEMS),--set items=$(call abs_or_uri,$(ITEMS))) && \
 	  $(BIN)/python -m jobs.evaluate --set events=$$out/events.parquet --set items=$$out/items.parquet $(EVAL_ARGS); \
