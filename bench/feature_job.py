@@ -63,11 +63,18 @@ def write_result(path: str | Path, result: dict) -> None:
 
 
 def run_polars(events: Path, items: Path, out: Path) -> dict:
+    """The same outputs in one process, the users' seed profiles included (jobs/build_features.py
+    folds them per user block: features/profiles/seed.py)."""
+    from features.profiles.profile import ProfileParams
+    from features.profiles.seed import with_seeds
+
     t0 = time.perf_counter()
-    ft = build_local(pq.read_table(events), pq.read_table(items), ValidationConfig(), FeatureParams(), SplitConfig())
+    ev, it = pq.read_table(events), pq.read_table(items)
+    ft = build_local(ev, it, ValidationConfig(), FeatureParams(), SplitConfig())
+    users = with_seeds(ft.users, pl.from_arrow(ev), pl.from_arrow(it), ProfileParams(), ft.as_of)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
     ft.items.write_parquet(out / "items.parquet")
-    ft.users.write_parquet(out / "users.parquet")
+    users.write_parquet(out / "users.parquet")
     ft.cooccurrence.write_parquet(out / "cooccurrence.parquet")
     for split, part in ft.examples.partition_by("split", as_dict=True).items():
         part.write_parquet(out / f"examples_{split[0]}.parquet")
