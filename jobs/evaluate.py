@@ -578,7 +578,9 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
         d = seq.per_request[key] - results[[r.name for r in results].index("SASRec (ID only)")].per_request[key]
         verdict["sequence_vs_sasrec"] = {"paired_difference": round(float(d.mean()), 6),
                                          "paired_difference_ci95": [round(x, 6) for x in M.bootstrap_ci(d, seed=cfg.seed)]}
-    return {"requests": len(reqs), "dropped": reqs.dropped, "methods": methods, "verdict": verdict}
+    sizes = np.array([len(r) for r in reqs.relevant])
+    return {"requests": len(reqs), "dropped": reqs.dropped, "methods": methods, "verdict": verdict,
+            "relevant_items": {"mean": round(float(sizes.mean()), 3), "single_item_share": round(float((sizes == 1).mean()), 4)}}
 
 
 def _write_per_request(path: Path, reqs: ES.Requests, results: list[EM.MethodResult]) -> None:
@@ -1051,7 +1053,10 @@ def summary(result: dict) -> str:
             if block.get("skipped"):
                 lines.append(f" {title}: skipped: {block['skipped']}")
                 continue
-            lines.append(f" {title}: {block['requests']:,} requests")
+            single = block.get("relevant_items", {}).get("single_item_share", 0.0)
+            lines.append(f" {title}: {block['requests']:,} requests" + (
+                f" ({single:.0%} with one relevant item: where a log writes each event at its own time, an interaction "
+                "is one event, so a 'basket' is the next item)" if single >= 0.5 else ""))
             for m in block["methods"]:
                 lines.append(f"  {m['method']:<36}" + "".join(f"{m[f'ndcg@{k}']:>10.4f}" for k in ks) + "".join(
                     f"{m[f'hit_rate@{k}']:>9.4f}" for k in ks) + f"{m['mrr']:>8.4f}{m[f'coverage@{ks[0]}']:>9.3f}"

@@ -48,6 +48,11 @@ def test_single_item_interactions_leave_no_in_session_set_and_the_run_says_so():
     assert "skipped: no test request" in evaluate.summary(result)
     page = R.render(result)
     assert "In session: skipped" in page
+    # a scored next-basket set of single items says what its "basket" is
+    result["recommend"].update(requests=40, relevant_items={"mean": 1.0, "single_item_share": 1.0})
+    assert " next basket: 40 requests (100% with one relevant item: " in evaluate.summary(result)
+    result["recommend"]["relevant_items"]["single_item_share"] = 0.2
+    assert " next basket: 40 requests\n" in evaluate.summary(result)
 
 
 def test_leave_last_scores_each_request_with_the_popularity_of_its_time():
