@@ -33,11 +33,11 @@ import polars as pl
 
 from features import artifacts as A
 from features.data import schema as S
-from features.data.reading import format_of, iter_tables
-from features.data.validate import SchemaError, iso_times
+from features.data.reading import format_of
+from features.data.sniff import sample
+from features.data.validate import iso_times
 from features.data.values import guess_event_type
 
-SAMPLE_ROWS = 20_000
 # Canonical column -> shop column names that usually mean it (normalised: lower case, no separators),
 # most specific first. A name equal to one wins over a name that merely contains one.
 EVENT_NAMES = {
@@ -67,8 +67,6 @@ ITEM_NAMES = {
 }
 TS_FORMATS = ("%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M",
               "%d.%m.%Y %H:%M:%S", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y")
-DELIMITERS = (";", "\t", "|")
-FALLBACK_ENCODINGS = ("cp1252", "latin-1")  # a spreadsheet export that is not UTF-8 is most often one of these
 TS_UNREAD_MAX = 0.01  # share of sampled times that may fail to read and still settle the format
 
 
@@ -114,31 +112,6 @@ def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict
                 out[canonical] = hit
                 break
     return out
-
-
-def _sample(path: str, explode: str | None = None, key_values: str | None = None, encoding: str | None = None,
-            column_names: tuple[str, ...] | None = None) -> tuple[pl.DataFrame, str | None, str | None]:
-    """The first rows of the first file under `path`, the delimiter a CSV needs (None: the comma)
-    and the character set it was read in when not UTF-8: `encoding`, or, where none is given and
-    the text is not UTF-8, the first of FALLBACK_ENCODINGS that reads it."""
-    delimiter = None
-    fs, first_file = next(iter(A.list_files(path)))
-    if format_of(first_file, "auto") == "csv":  # the header line's most frequent separator
-        with fs.open_input_stream(first_file, compression="detect") as f:
-            header = (f.read(1 << 16).decode("utf-8", "replace").splitlines() or [""])[0]
-        counts = {d: header.count(d) for d in (",", *DELIMITERS)}
-        best = max(counts, key=lambda d: counts[d])
-        delimiter = best if best != "," and counts[best] > counts[","] else None
-    for enc in [encoding] if encoding else ["utf-8", *FALLBACK_ENCODINGS]:
-        try:
-            t = next(iter_tables(path, delimiter=delimiter, encoding=enc, chunk_rows=SAMPLE_ROWS, explode=explode,
-                                 key_values=key_values, column_names=column_names))
-        except SchemaError as e:
-            if encoding or f"not valid {enc} text" not in str(e) or enc == FALLBACK_ENCODINGS[-1]:
-                raise
-            continue
-        return pl.from_arrow(t.slice(0, SAMPLE_ROWS)), delimiter, None if enc == "utf-8" else enc  # type: ignore[return-value]
-    raise AssertionError("unreachable")
 
 
 def _element_fields(col: pl.Series) -> list[str]:
@@ -297,16 +270,17 @@ def _decimal(values: pl.Series) -> str | None:
     return "," if comma > point else None
 
 
-def _headerless(ev: pl.DataFrame, path: str, enc: str | None, s: Suggestion) -> pl.DataFrame:
+def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion) -> pl.DataFrame:
     """A CSV without a header row (a YooChoose-style clicks.dat, a database dump) reads its first row
     as the column names: when most of them are numbers or times, the file is sampled again with
     `column_names` column_1, column_2, ..., the one whose values read as ISO times named ts."""
     names = pl.Series(ev.columns)
     data_like = names.cast(pl.Float64, strict=False).is_not_null() | iso_times(names).is_not_null()
-    if format_of(next(iter(A.list_files(path)))[1], "auto") not in ("csv", "tsv") or data_like.sum() * 2 < len(names):
+    kind = read.get("format") or format_of(next(iter(A.list_files(path)))[1], "auto")
+    if kind not in ("csv", "tsv") or data_like.sum() * 2 < len(names):
         return ev
     cols = tuple(f"column_{i + 1}" for i in range(len(names)))
-    ev = _sample(path, encoding=enc, column_names=cols)[0]
+    ev = sample(path, encoding=read.get("encoding"), column_names=cols)[0]
     cols = tuple(S.TS if iso_times(ev.get_column(c).drop_nulls()).is_not_null().all() else c for c in cols)
     if S.TS in cols and cols.count(S.TS) == 1:
         ev = ev.rename(dict(zip(ev.columns, cols)))
@@ -320,22 +294,25 @@ def _headerless(ev: pl.DataFrame, path: str, enc: str | None, s: Suggestion) -> 
     return ev
 
 
-def _encoding(enc: str | None, given: str | None, path: str, s: Suggestion) -> dict:
-    if enc and not given:
-        s.notes.append(f"{path} is not UTF-8 text: read as {enc} (encoding); check that accented letters read right")
-    return {"encoding": enc} if enc else {}
+def _read_note(read: dict, given: str | None, path: str, s: Suggestion) -> dict:
+    if read.get("encoding") and not given:
+        s.notes.append(f"{path} is not UTF-8 text: read as {read['encoding']} (encoding); check that accented letters "
+                       "read right")
+    if read.get("format"):
+        s.notes.append(f"{path} is not Parquet whatever its name: read as text (format: csv)")
+    return read
 
 
 def suggest(events: str, items: str | None = None, encoding: str | None = None) -> Suggestion:
     """A mapping to start from for the files `events` (and `items`), with notes on what to check.
     `encoding`: the files' character set (None: UTF-8, else the first fallback that reads them)."""
     s = Suggestion()
-    ev, delim, enc = _sample(events, encoding=encoding)
-    s.events = {"path": events, **({"delimiter": delim} if delim else {}), **_encoding(enc, encoding, events, s)}
-    ev = _headerless(ev, events, enc, s)
+    ev, read = sample(events, encoding=encoding)
+    s.events = {"path": events, **_read_note(read, encoding, events, s)}
+    ev = _headerless(ev, events, read, s)
     explode, key_values = _nested(ev, s)
     if explode or key_values:  # sampled again as the import will read it
-        ev, _, _ = _sample(events, explode, key_values, encoding=enc)
+        ev, _ = sample(events, explode, key_values, encoding=read.get("encoding"))
         s.events.update({k: v for k, v in (("explode", explode), ("key_values", key_values)) if v})
     per_product = (S.ITEM_ID, S.QUANTITY, S.PRICE)
     cols = _split_match(ev.columns, EVENT_NAMES, explode, per_product, several=per_product)
@@ -362,9 +339,9 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
     if S.PRICE in cols and _decimal(ev.get_column(one[S.PRICE])):
         s.events["decimal_separator"] = ","
     if items:
-        it, idelim, ienc = _sample(items, encoding=encoding)
+        it, iread = sample(items, encoding=encoding)
         icols = match_columns(it.columns, ITEM_NAMES)
-        s.items = {"path": items, **({"delimiter": idelim} if idelim else {}), **_encoding(ienc, encoding, items, s)}
+        s.items = {"path": items, **_read_note(iread, encoding, items, s)}
         if S.ITEM_ID not in icols:
             s.notes.append(f"no column of the items looks like an item id; the file has: {', '.join(it.columns)}")
             s.unsure.append(s.notes[-1])

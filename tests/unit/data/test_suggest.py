@@ -242,3 +242,8 @@ def test_a_file_without_a_header_row_gets_column_names_and_a_person_names_them(t
     (tmp_path / "named.yaml").write_text(mapping)
     r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "named.yaml"), output=str(tmp_path / "out")))
     assert r["events"] == 3 and r["rejected"] == {}
+    # the same text under a name the import reads as Parquet (YooChoose's clicks.dat) is read as text
+    (tmp_path / "dat").mkdir()
+    m, text = _suggest(tmp_path / "dat", (tmp_path / "events.csv").read_text(), name="clicks.dat")
+    assert m["events"]["format"] == "csv" and m["events"]["column_names"][1] == "ts"
+    assert "is not Parquet whatever its name: read as text (format: csv)" in text
