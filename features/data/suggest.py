@@ -67,6 +67,7 @@ ITEM_NAMES = {
 }
 TS_FORMATS = ("%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M",
               "%d.%m.%Y %H:%M:%S", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y")
+GENERIC_LEAVES = ("name", "amount", "value", "id", "code")  # a nested record's field named by its parent too
 TS_UNREAD_MAX = 0.01  # share of sampled times that may fail to read and still settle the format
 
 
@@ -85,13 +86,22 @@ class Suggestion:
         return self.unsure + holes
 
 
+def _leaf(name: str) -> str:
+    """A nested column's own name: its last part (`properties.product_id` -> `product_id`), with its
+    parent where that part alone says nothing (`brand.name`, `price.amount`, `user.id`)."""
+    parts = name.split(".")
+    if len(parts) > 1 and re.sub(r"[^0-9a-z]", "", parts[-1].lower()) in GENERIC_LEAVES:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
+
+
 def _norm(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", name.lower().rsplit(".", 1)[-1])
+    return re.sub(r"[^0-9a-z]", "", _leaf(name).lower())
 
 
 def _tokens(name: str) -> set[str]:
     """`Lineitem sku` -> {lineitem, sku}; `CustomerID` -> {customer, id}; `user_session` -> {user, session}."""
-    return {t.lower() for t in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name.rsplit(".", 1)[-1])}
+    return {t.lower() for t in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", _leaf(name))}
 
 
 def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict[str, str]:

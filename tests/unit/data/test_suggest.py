@@ -85,11 +85,15 @@ def test_what_the_sample_cannot_settle_is_said(tmp_path):
     (["Discount type", "sku"], {S.ITEM_ID: "sku"}),  # a word that only means the event type alone
     (["userId", "movieId", "rating", "timestamp"], {S.TS: "timestamp", S.USER_ID: "userId", S.ITEM_ID: "movieId"}),
     (["id", "visitor", "isbn", "time"], {S.TS: "time", S.USER_ID: "visitor", S.ITEM_ID: "isbn"}),  # an event's own id
+    (["user.id", "product.id", "timestamp"], {S.TS: "timestamp", S.USER_ID: "user.id", S.ITEM_ID: "product.id"}),
 ])
 def test_columns_are_matched_by_their_names(columns, want):
     assert match_columns(columns, EVENT_NAMES) == want
     assert match_columns(["Lineitem name", "Name"], ITEM_NAMES)[S.TITLE] == "Lineitem name"
     assert match_columns(["ID", "Name", "genres"], ITEM_NAMES) == {S.ITEM_ID: "ID", S.TITLE: "Name", S.CATEGORY: "genres"}
+    # a nested catalog record's generic field names take their parent's (brand.name, price.amount)
+    assert match_columns(["sku", "name", "brand.name", "price.amount", "price.currency"], ITEM_NAMES) == {
+        S.ITEM_ID: "sku", S.TITLE: "name", S.BRAND: "brand.name", S.PRICE: "price.amount"}
 
 
 def test_it_never_writes_over_a_mapping(tmp_path):
