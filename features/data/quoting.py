@@ -1,10 +1,25 @@
-"""The mark of an unbalanced double quote in a CSV file that was read anyway (jobs/import_events.py
-warns with it): whole rows of the file inside one value."""
+"""Delimited text beyond what Arrow's CSV reader does: the mark of an unbalanced double quote in a
+CSV file that was read anyway (jobs/import_events.py warns with it: whole rows of the file inside
+one value), and lines split on a separator of several characters (MovieLens' `::`)."""
 
 from __future__ import annotations
 
 import polars as pl
 import pyarrow as pa
+
+from features.data.validate import SchemaError
+
+
+def split_lines(lines: pa.Table, sep: str, names: tuple[str, ...], path: str) -> pa.Table:
+    """A one-column table of whole lines -> one text column per name, split on `sep`; a line with
+    another number of fields stops the read, naming it (none is cut or padded)."""
+    parts = pl.from_arrow(lines.column(0)).cast(pl.String).str.split(sep)  # type: ignore[union-attr]
+    odd = parts.list.len() != len(names)
+    if odd.any():
+        line = lines.column(0)[int(odd.arg_max() or 0)].as_py()
+        raise SchemaError(f"{path}: a line with {len(line.split(sep))} fields separated by {sep!r} where the "
+                          f"columns are {len(names)} ({', '.join(names)}): {line[:120]!r}")
+    return pl.DataFrame({n: parts.list.get(i) for i, n in enumerate(names)}).to_arrow()
 
 
 def swallowed_rows(raw: pa.Table, delimiter: str) -> tuple[int, str | None]:

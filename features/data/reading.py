@@ -25,11 +25,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features import artifacts as A
+from features.data.quoting import split_lines
 from features.data.validate import SchemaError
 from features.data.values import json_text
 
 CHUNK_ROWS = 1_000_000
-SOURCE_KEY = "intently.source"  # a text table's schema metadata: "<format>:<delimiter>:<file>"
+SOURCE_KEY = "intently.source"  # a text table's schema metadata: format, delimiter, file (\x1f between)
 TEXT_BLOCK_BYTES = 1 << 20  # what the CSV reader parses at a time (it reads about 30 blocks ahead)
 JSON_CHUNK_BYTES = 256 << 20  # JSON lines: at most about this much text a chunk, however many records
 PARQUET_CHUNK_BYTES = 256 << 20  # Parquet: about this much uncompressed data a chunk (a GA4 record is kilobytes)
@@ -136,7 +137,7 @@ def _excel_tables(fs, p: str, chunk_rows: int) -> Iterator[pa.Table]:
         sheet = book.load_sheet(name, dtypes="string")
         if not sheet.width:
             continue
-        table = pa.Table.from_batches([sheet.to_arrow()]).replace_schema_metadata({SOURCE_KEY: f"excel:,:{p}"})
+        table = pa.Table.from_batches([sheet.to_arrow()]).replace_schema_metadata({SOURCE_KEY: f"excel\x1f,\x1f{p}"})
         header = header or (name, table.column_names)
         if table.column_names != header[1]:
             warnings.warn(f"{p}: sheet {name!r} skipped: its columns are not sheet {header[0]!r}'s", stacklevel=2)
@@ -244,7 +245,7 @@ def _json_tables(fs, p: str, encoding: str, where: str, chunk_rows: int, explode
                     take, lines = lines[:n], lines[n:]
                     size -= sum(map(len, take))
                     frame = _json_frame(take, explode, key_values, p).to_arrow()
-                    yield frame.replace_schema_metadata({SOURCE_KEY: f"json:,:{p}"})
+                    yield frame.replace_schema_metadata({SOURCE_KEY: f"json\x1f,\x1f{p}"})
                     sent = True
                 if not block:
                     return
@@ -336,13 +337,18 @@ def _text_tables(fs, p: str, kind: str, delimiter: str | None, encoding: str, wh
     sep = delimiter or ("\t" if kind in ("tsv", "recbole") else ",")
     # RecBole atomic files are plain tab-separated text without quoting: a title that starts
     # with a quote ('"Gentle" shampoo') must not open a quoted field that swallows the rows after it.
-    parse = (pacsv.ParseOptions(delimiter=sep, quote_char=False) if kind == "recbole" else
-             pacsv.ParseOptions(delimiter=sep, newlines_in_values=True))
+    # So is a file separated by several characters (MovieLens' "::"): each line is read whole and split.
+    multi, want = len(sep) > 1, column_names
+    parse = (pacsv.ParseOptions(delimiter="\x1f" if multi else sep, quote_char=False) if kind == "recbole" or multi
+             else pacsv.ParseOptions(delimiter=sep, newlines_in_values=True))
+    column_names = ("\x1f",) if multi and column_names else column_names
 
     def finish(t: pa.Table) -> pa.Table:
         if kind == "recbole":  # "id:token" -> "id"
             t = t.rename_columns([n.split(":", 1)[0] for n in t.column_names])
-        return t.replace_schema_metadata({SOURCE_KEY: f"{kind}:{sep}:{p}"})
+        if multi:
+            t = split_lines(t, sep, want or tuple(names[0].split(sep)), p)
+        return t.replace_schema_metadata({SOURCE_KEY: f"{kind}\x1f{sep}\x1f{p}"})
 
     try:
         with fs.open_input_stream(p, compression="detect") as f:  # events.csv.gz and the like, decompressed
@@ -383,6 +389,6 @@ def text_source(table: pa.Table) -> tuple[str, str, str] | None:
     meta = (table.schema.metadata or {}).get(SOURCE_KEY.encode())
     if meta is None:
         return None
-    kind, rest = meta.decode().split(":", 1)
-    return kind, rest[0], rest[2:]
+    kind, sep, path = meta.decode().split("\x1f", 2)
+    return kind, sep, path
 

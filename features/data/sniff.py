@@ -10,7 +10,7 @@ from features.data.reading import format_of, iter_tables
 from features.data.validate import SchemaError
 
 SAMPLE_ROWS = 20_000
-DELIMITERS = (";", "\t", "|")
+DELIMITERS = (";", "\t", "|", "::")  # "::": MovieLens-1M's .dat files
 FALLBACK_ENCODINGS = ("cp1252", "latin-1")  # a spreadsheet export that is not UTF-8 is most often one of these
 
 

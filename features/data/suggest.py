@@ -291,8 +291,15 @@ def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion) -> pl.Da
         return ev
     cols = tuple(f"column_{i + 1}" for i in range(len(names)))
     ev = sample(path, encoding=read.get("encoding"), column_names=cols)[0]
-    cols = tuple(S.TS if iso_times(ev.get_column(c).drop_nulls()).is_not_null().all() else c for c in cols)
-    if S.TS in cols and cols.count(S.TS) == 1:
+
+    def times(c: str) -> bool:  # ISO text, or whole numbers that are epoch seconds or ms of 2000-2100
+        v = ev.get_column(c).drop_nulls()
+        n = v.cast(pl.Float64, strict=False)
+        return bool(iso_times(v).is_not_null().all() or n.is_not_null().all() and (
+            n.is_between(946_684_800, 4_102_444_800).all() or n.is_between(946_684_800e3, 4_102_444_800e3).all()))
+
+    cols = tuple(S.TS if times(c) else c for c in cols)
+    if cols.count(S.TS) == 1:
         ev = ev.rename(dict(zip(ev.columns, cols)))
     else:
         cols = tuple(ev.columns)

@@ -251,3 +251,35 @@ def test_a_file_without_a_header_row_gets_column_names_and_a_person_names_them(t
     m, text = _suggest(tmp_path / "dat", (tmp_path / "events.csv").read_text(), name="clicks.dat")
     assert m["events"]["format"] == "csv" and m["events"]["column_names"][1] == "ts"
     assert "is not Parquet whatever its name: read as text (format: csv)" in text
+
+
+def test_movielens_1m_dat_files_separated_by_two_colons(tmp_path):
+    """MovieLens-1M's ratings.dat and movies.dat: no header, `::` between fields (more than one
+    character: Arrow's CSV reader takes one), the titles in latin-1. The guess reads them, finds the
+    epoch-seconds column, and once a person names the rest the import reads every line."""
+    from features.data.validate import SchemaError
+
+    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n")
+    (tmp_path / "movies.dat").write_bytes("1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+                                          "661::Am\u00e9lie (2001)::Comedy|Romance\n".encode("latin-1"))
+    text = SM.run(SM.SuggestMappingConfig(events=str(tmp_path / "ratings.dat"), items=str(tmp_path / "movies.dat"),
+                                          output=str(tmp_path / "m.yaml")))
+    m = yaml.safe_load(text)
+    assert (m["events"]["format"], m["events"]["delimiter"], m["items"]["delimiter"]) == ("csv", "::", "::")
+    assert m["events"]["column_names"] == ["column_1", "column_2", "column_3", "ts"] and m["events"]["ts_unit"] == "auto"
+    assert m["items"]["encoding"] == "cp1252"
+    m["events"]["column_names"] = ["user", "item", "rating", "ts"]
+    m["events"]["columns"].update({S.USER_ID: "user", S.ITEM_ID: "item"})
+    m["items"].update(column_names=["item", "title", "genres"],
+                      columns={S.ITEM_ID: "item", S.TITLE: "title", S.CATEGORY: "genres"})
+    (tmp_path / "named.yaml").write_text(yaml.safe_dump(m))
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "named.yaml"), output=str(tmp_path / "out")))
+    assert r["events"] == 3 and r["items"] == 2 and r["rejected"] == {}
+    items = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
+    assert items[S.TITLE].to_list() == ["One Flew Over the Cuckoo's Nest (1975)", "Amélie (2001)"]
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS)
+    assert str(events[S.TS][0]) == "2000-12-31 21:33:33+00:00" and events[S.USER_ID].to_list()[0] == "2"
+    # a line with another number of fields stops the read, naming it
+    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3\n")
+    with pytest.raises(SchemaError, match=r"a line with 3 fields separated by '::' where the columns are 4"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "named.yaml"), output=str(tmp_path / "out2")))
