@@ -280,14 +280,22 @@ def _decimal(values: pl.Series) -> str | None:
     return "," if comma > point else None
 
 
-def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion) -> pl.DataFrame:
-    """A CSV without a header row (a YooChoose-style clicks.dat, a database dump) reads its first row
-    as the column names: when most of them are numbers or times, the file is sampled again with
-    `column_names` column_1, column_2, ..., the one whose values read as ISO times named ts."""
+def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion, table: dict) -> pl.DataFrame:
+    """A CSV without a header row (a YooChoose-style clicks.dat, MovieLens-1M's .dat files) reads its
+    first row as the column names: when one of them is a number over a column of numbers, or a time
+    over a column of times (no header names a column so), or most of them are numbers or times, the
+    file is sampled again with `column_names` column_1, column_2, ... in `table` (the events': the
+    one column of times named ts)."""
     names = pl.Series(ev.columns)
-    data_like = names.cast(pl.Float64, strict=False).is_not_null() | iso_times(names).is_not_null()
+    num, iso = names.cast(pl.Float64, strict=False).is_not_null(), iso_times(names).is_not_null()
+
+    def like(i: int) -> bool:
+        v = ev.get_column(names[i]).drop_nulls()
+        return bool(v.len()) and bool(num[i] and v.cast(pl.Float64, strict=False).is_not_null().all()
+                                      or iso[i] and iso_times(v).is_not_null().all())
+
     kind = read.get("format") or format_of(next(iter(A.list_files(path)))[1], "auto")
-    if kind not in ("csv", "tsv") or data_like.sum() * 2 < len(names):
+    if kind not in ("csv", "tsv") or not ((num | iso).sum() * 2 >= len(names) or any(map(like, range(len(names))))):
         return ev
     cols = tuple(f"column_{i + 1}" for i in range(len(names)))
     ev = sample(path, encoding=read.get("encoding"), column_names=cols)[0]
@@ -298,23 +306,19 @@ def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion) -> pl.Da
         return bool(iso_times(v).is_not_null().all() or n.is_not_null().all() and (
             n.is_between(946_684_800, 4_102_444_800).all() or n.is_between(946_684_800e3, 4_102_444_800e3).all()))
 
-    cols = tuple(S.TS if times(c) else c for c in cols)
-    if cols.count(S.TS) == 1:
-        ev = ev.rename(dict(zip(ev.columns, cols)))
-    else:
-        cols = tuple(ev.columns)
-    s.events["column_names"] = list(cols)
-    s.notes.append(f"the first line reads as data, not a header ({', '.join(names[:4])}, ...): column_names names the "
-                   f"columns in order ({S.TS} where the values read as times); rename the others for what they hold "
-                   "(user, session, item, ...) and map them")
+    cols = tuple(S.TS if table is s.events and times(c) else c for c in cols)
+    cols = cols if cols.count(S.TS) == 1 else tuple(ev.columns)
+    ev, table["column_names"] = ev.rename(dict(zip(ev.columns, cols))), list(cols)
+    s.notes.append(f"the first line of {path} reads as data, not a header ({', '.join(names[:4])}, ...): "
+                   "column_names names the columns in order; rename them for what they hold (user, session, item, "
+                   "title, ...) and map them")
     s.unsure.append(s.notes[-1])
     return ev
 
 
 def _read_note(read: dict, given: str | None, path: str, s: Suggestion) -> dict:
     if read.get("encoding") and not given:
-        s.notes.append(f"{path} is not UTF-8 text: read as {read['encoding']} (encoding); check that accented letters "
-                       "read right")
+        s.notes.append(f"{path} is not UTF-8 text: read as {read['encoding']} (encoding); check accented letters")
     if read.get("format"):
         s.notes.append(f"{path} is not Parquet whatever its name: read as text (format: csv)")
     return read
@@ -326,7 +330,7 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
     s = Suggestion()
     ev, read = sample(events, encoding=encoding)
     s.events = {"path": events, **_read_note(read, encoding, events, s)}
-    ev = _headerless(ev, events, read, s)
+    ev = _headerless(ev, events, read, s, s.events)
     explode, key_values = _nested(ev, s)
     if explode or key_values:  # sampled again as the import will read it
         ev, _ = sample(events, explode, key_values, encoding=read.get("encoding"))
@@ -357,8 +361,9 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
         s.events["decimal_separator"] = ","
     if items:
         it, iread = sample(items, encoding=encoding)
-        icols = match_columns(it.columns, ITEM_NAMES)
         s.items = {"path": items, **_read_note(iread, encoding, items, s)}
+        it = _headerless(it, items, iread, s, s.items)
+        icols = match_columns(it.columns, ITEM_NAMES)
         if S.ITEM_ID not in icols:
             s.notes.append(f"no column of the items looks like an item id; the file has: {', '.join(it.columns)}")
             s.unsure.append(s.notes[-1])

@@ -236,8 +236,8 @@ def test_a_file_without_a_header_row_gets_column_names_and_a_person_names_them(t
     m, text = _suggest(tmp_path, "1,2014-04-07T10:51:09.277Z,214536502,0\n1,2014-04-07T10:54:09.868Z,214536500,0\n"
                                  "2,2014-04-07T13:56:37.614Z,214662742,0\n")
     assert m["events"]["column_names"] == ["column_1", "ts", "column_3", "column_4"]
-    assert m["events"]["columns"] == {S.TS: "ts"} and "# CHECK: the first line reads as data, not a header" in text
-    with pytest.raises(ConfigError, match="the first line reads as data"):
+    assert m["events"]["columns"] == {S.TS: "ts"} and "reads as data, not a header" in text
+    with pytest.raises(ConfigError, match="events.csv reads as data, not a header"):
         IE.run(IE.ImportEventsConfig(mapping="auto", events=str(tmp_path / "events.csv"), output=str(tmp_path / "o")))
     # named by a person, it imports every line, the first included
     mapping = text.replace("- column_1", "- session").replace("- column_3", "- item").replace(
@@ -267,7 +267,8 @@ def test_movielens_1m_dat_files_separated_by_two_colons(tmp_path):
     m = yaml.safe_load(text)
     assert (m["events"]["format"], m["events"]["delimiter"], m["items"]["delimiter"]) == ("csv", "::", "::")
     assert m["events"]["column_names"] == ["column_1", "column_2", "column_3", "ts"] and m["events"]["ts_unit"] == "auto"
-    assert m["items"]["encoding"] == "cp1252"
+    assert m["items"]["encoding"] == "cp1252" and m["items"]["column_names"] == ["column_1", "column_2", "column_3"]
+    assert "movies.dat reads as data, not a header (1193, One Flew" in text  # an id over a column of ids
     m["events"]["column_names"] = ["user", "item", "rating", "ts"]
     m["events"]["columns"].update({S.USER_ID: "user", S.ITEM_ID: "item"})
     m["items"].update(column_names=["item", "title", "genres"],
