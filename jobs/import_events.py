@@ -1,4 +1,4 @@
-"""Import a shop's export (CSV, TSV, Parquet or RecBole atomic files) into the canonical tables.
+"""Import a shop's export (CSV, TSV, Parquet, JSON lines, Excel or RecBole atomic files) into the canonical tables.
 
     python -m jobs.import_events --set mapping=shop_mapping.yaml --set output=data/canonical/shop
     python -m jobs.import_events --set mapping=recbole --set events=ml.inter --set items=ml.item
@@ -6,12 +6,13 @@
     python -m jobs.import_events --set mapping=auto --set events=export/events.csv [--set items=...]
 
 `mapping` is a YAML file (features/data/mapping.py, docs/data.md) or a preset: `recbole` (RecBole's
-usual field names) or `uci-online-retail` (either UCI Online Retail layout; items come from the
-log itself), or `auto`: the mapping `make mapping` would write (features/data/suggest.py), saved as
-<output>/mapping.yaml and used as it is unless it has something a person must settle (a column or
-time format it found nothing for, dates that read day-first and month-first), which stops the
-import naming them and the file to edit. `events` / `items` override the paths in the mapping; a mapping whose items have no
-path of their own reads them from the events file (one item per id, its latest fields). Writes
+usual field names), `uci-online-retail` (either UCI Online Retail layout; items come from the log
+itself) or `auto`: the mapping `make mapping` would write (features/data/suggest.py), saved as
+<output>/mapping.yaml and used as it is unless something in it needs a person (a column or time
+format it found nothing for, dates that read day-first and month-first, no header row), which
+stops the import naming each and the file to edit. `events` / `items` override the paths in the
+mapping; a mapping whose items have no path of their own reads them from the events file (one item
+per id, its latest fields). Writes
 <output>/events.parquet, items.parquet, rejected.parquet (rows not imported: an event whose time
 could not be read, with a reason and the original row) and blanked.parquet (rows imported with a
 value that could not be typed left blank, a price "call us" say: reason and original row), and
