@@ -59,6 +59,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:  # a section with a mistake inside: say which
+            raise ConfigError(errors[[a for a in args if a is not type(None)].index(sections[0])])
         raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -112,6 +115,11 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(value, hints[name], key)
+    required = [f for f, d in fields.items() if f not in kwargs and d.default is dataclasses.MISSING
+                and d.default_factory is dataclasses.MISSING]
+    if required:
+        raise ConfigError(f"{prefix or cls.__name__}: required key(s) {', '.join(map(repr, required))} missing; "
+                          f"keys: {', '.join(fields)}")
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field is missing

@@ -17,7 +17,7 @@ per id, its latest fields). Writes
 could not be read, with a reason and the original row) and blanked.parquet (rows imported with a
 value that could not be typed left blank, a price "call us" say: reason and original row), and
 prints counts; every input row is in exactly one of events/items and rejected (an events file's
-item fields: merged per item).
+item fields: merged per item; a long catalog's rows, `properties`: one item per id).
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ from features.data.mapping import (
     merge_item_fields,
     recbole_defaults,
     reduce_item_fields,
+    used_columns,
 )
 from features.data.online_retail import import_online_retail
+from features.data.pivot import pivot_properties, property_names
 from features.data.quoting import swallowed_rows
 from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, text_source
 from features.data.validate import SchemaError
@@ -313,11 +315,25 @@ def _check_seen(m: TableMapping, table: str, seen: dict[str, None], out: _Output
         missing = [v for v in names if v not in seen]
         if len(missing) == len(names):
             cols = list(seen)
-            raise SchemaError(f"mapping.{table}.columns.{k}: {missing[0]!r} is in no record or column of {m.path}; "
-                              f"it has: {', '.join(cols)}{column_hint(table, cols)}")
+            what, hint = (("no property name or column", "") if m.properties else
+                          ("in no record or column", column_hint(table, cols)))
+            raise SchemaError(f"mapping.{table}.columns.{k}: {missing[0]!r} is {what} of {m.path}; "
+                              f"it has: {', '.join(cols)}{hint}")
         if missing:
             out.notes.append(f"WARNING: mapping.{table}.columns.{k}: {', '.join(map(repr, missing))} in no record of "
                              f"{m.path}; the field came from {', '.join(repr(v) for v in names if v in seen)}")
+
+
+def _pivoted(raw: pa.Table, m: TableMapping) -> tuple[pa.Table, dict[str, None]]:
+    """A long catalog as a row per item (features/data/pivot.py), and the names a mapping may use:
+    the item id column and every property name in the file."""
+    assert m.properties is not None
+    item = m.columns[S.ITEM_ID]
+    assert isinstance(item, str)  # check_mapping: one column
+    df = pl.from_arrow(raw)
+    assert isinstance(df, pl.DataFrame)
+    wide = pivot_properties(df, m.properties, item, "mapping.items", used=set(used_columns(m)))
+    return wide.to_arrow(), dict.fromkeys([item, *property_names(df, m.properties)])
 
 
 def _named(table: str, path: str | None, chunks):
@@ -343,17 +359,28 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         parts = list(_named("items", m.items.path, iter_tables(
             m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"), chunk_rows=1 << 62,
             explode=m.items.explode, key_values=m.items.key_values, column_names=m.items.column_names)))
-        _check_seen(m.items, "items", dict.fromkeys(c for part in parts for c in part.column_names), out)
         for part in parts:
             out.check_quotes(part)
         it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
         if not it_raw.num_rows:
             raise ValueError(f"items: {m.items.path} has no rows (a header and nothing else); the catalog needs items")
         it_raw = FillDown(m.items.fill_down, m.items.fill_down_by, "mapping.items")(it_raw)
+        rows = it_raw.num_rows
+        if m.items.properties:  # one row per item and property -> a row per item, a column per property used
+            it_raw, seen = _pivoted(it_raw, m.items)
+        else:
+            seen = dict.fromkeys(c for part in parts for c in part.column_names)
+        _check_seen(m.items, "items", seen, out)
         if m.events.format == "recbole" or m.items.format == "recbole":
             m = _with_title(m, it_raw.column_names)
         items, it_rej = apply(it_raw, m.items, "items")
-        out.raw["items"] = it_raw.num_rows
+        out.raw["items"] = rows
+        repeated = items.height - items.get_column(S.ITEM_ID).n_unique()
+        if repeated:  # a long catalog read as one item per row would be many one-property items
+            out.notes.append(f"WARNING: items: {repeated:,} row(s) repeat an item id of an earlier row; the feature "
+                             f"job keeps each item's first row and quarantines the rest as "
+                             f"{S.Reason.DUPLICATE_ITEM_ID.value}. A catalog with a row per item and property (item, "
+                             "property, value) needs mapping.items.properties (docs/data.md)")
         out.rejected("items", it_rej)
     ids, partials, first_row, seen, t0, said = EventIds(), [], 0, {}, time.monotonic(), 0.0
     fill = FillDown(m.events.fill_down, m.events.fill_down_by, "mapping.events")  # carries across chunks

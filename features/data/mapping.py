@@ -38,8 +38,8 @@ Rules, so that nothing accepted is ever lost:
   fields (as many shops' event exports do): one item per id, each field its latest non-blank value
   by event time; `created_at` the item's first event unless mapped. Rows without an item id
   (searches) are not item rows.
-- `category_separator` turns an items table's own category paths ("electronics.smartphone") into
-  the canonical "electronics > smartphone", which the category filter matches by prefix.
+- `category_separator` turns category paths ("electronics.smartphone") into "electronics > smartphone";
+  `properties` turns a long catalog (item, property, value rows) into a row per item (pivot.py).
 - RecBole atomic files (`.inter`, `.item`) lose their headers' `:type`; `recbole_defaults` names them.
 """
 
@@ -57,6 +57,7 @@ import pyarrow as pa
 
 from features import artifacts as A
 from features.data import schema as S
+from features.data.pivot import Properties
 from features.data.reading import check_encoding, text_source
 from features.data.validate import SchemaError
 from features.data.values import DECIMAL_SEPARATORS, TEXT_COLUMNS, json_text, list_text, typed, typed_ts
@@ -74,10 +75,9 @@ _KEY, _TS, _N, _FIRST = "\x1fitem", "\x1fts", "\x1fn", "\x1ffirst"  # item_field
 
 @dataclass(frozen=True)
 class TableMapping:
-    """How one shop table becomes a canonical one. `columns`: canonical name -> shop column;
-    `constants`: canonical name -> a value for every row; `values`: canonical name -> {shop value:
-    canonical value} (e.g. event types); `ts_format`: a strftime pattern for non-ISO text times;
-    `encoding`: the text files' character set (utf-8; cp1252 or latin-1 for many spreadsheet exports)."""
+    """How one shop table becomes a canonical one. `columns`: canonical name -> shop column; `constants`:
+    canonical name -> a value for every row; `values`: canonical name -> {shop value: canonical value} (event
+    types); `ts_format`: a strftime pattern for non-ISO times; `encoding`: the text's character set."""
 
     path: str | None = None
     format: str = "auto"
@@ -95,6 +95,7 @@ class TableMapping:
     column_names: tuple[str, ...] | None = None  # a CSV/TSV file without a header row: its columns' names
     fill_down: tuple[str, ...] = ()  # shop columns whose blank cells take the value above (features/data/fill.py)
     fill_down_by: str | None = None  # ... only within a run of rows with the same value here (an order's id)
+    properties: Properties | None = None  # items: a long catalog's property-name and value columns (pivot.py)
 
 
 @dataclass(frozen=True)
@@ -136,14 +137,16 @@ def check_mapping(m: TableMapping, table: str) -> None:
     if m.column_names is not None and (not m.column_names or len(set(m.column_names)) < len(m.column_names)):
         raise SchemaError(f"{where}.column_names: {list(m.column_names)}; a list of distinct names, one per column of "
                           "the file, in order (for a CSV or TSV file without a header row)")
+    if m.properties is not None and (table != "items" or not isinstance(m.columns.get(S.ITEM_ID), str)):
+        raise SchemaError(f"{where}.properties: only for an items file, with one column as columns.item_id")
     if m.category_separator is not None and (table != "items" or not m.category_separator.strip()):
         raise SchemaError(f"{where}.category_separator: {m.category_separator!r}; a non-blank separator of the items' "
                           "category paths, e.g. \".\" or \"/\"")
     if table == "items" and m.columns and S.TITLE not in m.columns and S.TITLE not in m.constants:
-        raise SchemaError(f"{where}.columns.title: required (the text search and the encoder read it); a column, or a "
-                          "list of columns joined by a space, e.g. title: [brand, category_code]; a catalog with no "
-                          "text at all may map its item id (title: itemid): the behaviour model's item-ID "
-                          "embeddings and co-occurrence still learn, text search then matches ids only")
+        raise SchemaError(f"{where}.columns.title: required (the text search and the encoder read it); a column, or "
+                          "a list of columns joined by a space, e.g. title: [brand, category_code]; a catalog with no "
+                          "text may map its item id (title: itemid): item-ID embeddings and co-occurrence still "
+                          "learn, text search then matches ids only")
     both = sorted(set(m.columns) & set(m.constants))
     if both:
         raise SchemaError(f"{where}: {both} both mapped to a column and set to a constant; choose one")
@@ -152,10 +155,9 @@ def check_mapping(m: TableMapping, table: str) -> None:
 
 
 class EventIds:
-    """Stable ids for events without one, across the chunks of one import: a hash of user, time,
-    type and item, plus ":n" for the n-th identical line before it in the file (so repeated
-    identical lines stay distinct, and a re-import gives the same ids). Counting identical lines
-    across chunks keeps one 64-bit key hash and a count per distinct line seen (12 bytes each)."""
+    """Stable ids for events without one, across the chunks of one import: a hash of user, time, type and
+    item, plus ":n" for the n-th identical line before it in the file (repeated lines stay distinct, a
+    re-import gives the same ids); a 64-bit key hash and a count per distinct line seen (12 bytes each)."""
 
     def __init__(self) -> None:
         self.keys = np.zeros(0, np.uint64)  # sorted
@@ -196,15 +198,13 @@ def column_hint(table: str, names: list[str]) -> str:
             f"mapping.{table}.column_names: [...])" if data.any() else "")
 
 
-def _joined(src: pl.DataFrame, names: tuple[str, ...], sep: str = " ") -> pl.Series:
-    """The non-blank values of several text columns joined by `sep`; null when all are blank."""
+def _joined(src: pl.DataFrame, names: tuple[str, ...], sep: str = " ") -> pl.Series:  # non-blank ones; null if none
     parts = [pl.col(n).cast(pl.String).str.strip_chars() for n in names]
     joined = pl.concat_list([pl.when(p != "").then(p) for p in parts]).list.drop_nulls().list.join(sep)
     return src.select(pl.when(joined != "").then(joined).alias(names[0])).to_series()
 
 
-def _first(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:
-    """Per row, the first of several columns that is not blank."""
+def _first(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:  # per row, the first non-blank column
     parts = [pl.when(pl.col(n).cast(pl.String).str.strip_chars() != "").then(pl.col(n).cast(pl.String)) for n in names]
     return src.select(pl.coalesce(parts).alias(names[0])).to_series()
 
@@ -305,7 +305,7 @@ def apply(raw: pa.Table, m: TableMapping, table: str,
     return out.select([c for c in contract.names if c in out.columns]), rejected
 
 
-def _used(m: TableMapping) -> list[str]:
+def used_columns(m: TableMapping) -> list[str]:
     return sorted({c for spec in m.columns.values() for c in ((spec,) if isinstance(spec, str) else spec)})
 
 
@@ -319,13 +319,13 @@ def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row:
     if S.ITEM_ID not in m.columns:
         raise SchemaError("mapping.items.columns.item_id: required to read the items from the events file")
     out, bad, src = _mapped(raw, m, "items")
-    src = src.with_columns(json_text(src.get_column(c)) for c in _used(m))  # lists merge as their JSON text
+    src = src.with_columns(json_text(src.get_column(c)) for c in used_columns(m))  # lists merge as their JSON text
     item = out.get_column(S.ITEM_ID)
     has_item = item.is_not_null() & (item.str.strip_chars() != "")
     ts_spec = events.columns.get(S.TS)
     ts = (typed_ts(src.get_column(ts_spec), events.ts_unit, events.ts_format) if isinstance(ts_spec, str)
           else pl.Series([None] * src.height, dtype=pl.Datetime("us", "UTC")))
-    used = _used(m)
+    used = used_columns(m)
     rows = (src.select(used).with_columns(item.alias(_KEY), ts.alias(_TS), (pl.int_range(pl.len()) + first_row).alias(_N))
             .with_columns(_blanked(bad, m))
             .filter(has_item).sort([_TS, _N], nulls_last=False)
@@ -355,14 +355,14 @@ def reduce_item_fields(partials: list[pl.DataFrame], m: TableMapping) -> pl.Data
     """Several chunks' `item_fields` as one, in the same form (an import reduces as it goes)."""
     both = pl.concat(partials, how="vertical_relaxed")
     aggs = [pl.col(x).sort_by([f"{c}{_TS}", f"{c}{_N}"], nulls_last=False).last().alias(x)
-            for c in _used(m) for x in (c, f"{c}{_TS}", f"{c}{_N}")]
+            for c in used_columns(m) for x in (c, f"{c}{_TS}", f"{c}{_N}")]
     return both.group_by(_KEY).agg(aggs + [pl.col(_FIRST).min()])
 
 
 def merge_item_fields(partials: list[pl.DataFrame], m: TableMapping) -> pl.DataFrame:
     """The catalog from `item_fields` of every chunk: each column's latest value over all of them."""
     merged = reduce_item_fields(partials, m).sort(_KEY)
-    items, _, _ = _mapped(merged.select(_used(m)).to_arrow(), m, "items")  # every value was typed per chunk
+    items, _, _ = _mapped(merged.select(used_columns(m)).to_arrow(), m, "items")  # every value was typed per chunk
     if S.CREATED_AT not in items.columns:  # first seen
         items = items.with_columns(merged.get_column(_FIRST).alias(S.CREATED_AT))
     return items.select([c for c in ITEM_COLUMNS if c in items.columns])

@@ -1,5 +1,5 @@
 """How a shop's file must be read, found from its first rows (`make mapping`, features/data/suggest.py):
-its format when its name does not say it, a CSV's delimiter, and its character set."""
+its format when its name does not say it, a CSV's delimiter, its character set, and a decimal comma."""
 
 from __future__ import annotations
 
@@ -46,3 +46,11 @@ def sample(path: str, explode: str | None = None, key_values: str | None = None,
             read["encoding"] = enc
         return pl.from_arrow(t.slice(0, SAMPLE_ROWS)), read  # type: ignore[return-value]
     raise AssertionError("unreachable")
+
+
+def decimal_comma(values: pl.Series) -> bool:
+    """Whether numbers such as prices are mostly written with a decimal comma (12,99 EUR)."""
+    text = values.drop_nulls().cast(pl.String).str.strip_chars()
+    comma = text.str.contains(r"^\D{0,4}\d+,\d{1,2}\D{0,4}$").sum()
+    point = text.str.contains(r"^\D{0,4}\d+\.\d{1,2}\D{0,4}$").sum()
+    return comma > point

@@ -33,8 +33,9 @@ import polars as pl
 
 from features import artifacts as A
 from features.data import schema as S
+from features.data.pivot import find_properties, pivot_properties, property_names
 from features.data.reading import format_of
-from features.data.sniff import sample
+from features.data.sniff import decimal_comma, sample
 from features.data.validate import iso_times
 from features.data.values import guess_event_type
 
@@ -65,6 +66,7 @@ ITEM_NAMES = {
     S.PRICE: EVENT_NAMES[S.PRICE],
     S.IN_STOCK: ("instock", "available", "availability", "stockstatus"),
 }
+TS_NAMES = {S.TS: EVENT_NAMES[S.TS]}
 TS_FORMATS = ("%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M",
               "%d.%m.%Y %H:%M:%S", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y")
 GENERIC_LEAVES = ("name", "amount", "value", "id", "code")  # a nested record's field named by its parent too
@@ -273,19 +275,11 @@ def _event_types(values: pl.Series, notes: list[str], col: str) -> dict:
     return out
 
 
-def _decimal(values: pl.Series) -> str | None:
-    text = values.drop_nulls().cast(pl.String).str.strip_chars()
-    comma = text.str.contains(r"^\D{0,4}\d+,\d{1,2}\D{0,4}$").sum()
-    point = text.str.contains(r"^\D{0,4}\d+\.\d{1,2}\D{0,4}$").sum()
-    return "," if comma > point else None
-
-
 def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion, table: dict) -> pl.DataFrame:
-    """A CSV without a header row (a YooChoose-style clicks.dat, MovieLens-1M's .dat files) reads its
-    first row as the column names: when one of them is a number over a column of numbers, or a time
-    over a column of times (no header names a column so), or most of them are numbers or times, the
-    file is sampled again with `column_names` column_1, column_2, ... in `table` (the events': the
-    one column of times named ts)."""
+    """A CSV without a header row (YooChoose's clicks.dat, MovieLens-1M's .dat files) reads its first row
+    as the column names: when one is a number over a column of numbers, or a time over times (no header
+    names a column so), or most are numbers or times, the file is sampled again with `column_names`
+    column_1, column_2, ... in `table` (the events': the one column of times named ts)."""
     names = pl.Series(ev.columns)
     num, iso = names.cast(pl.Float64, strict=False).is_not_null(), iso_times(names).is_not_null()
 
@@ -357,7 +351,7 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
         s.events["constants"] = {S.EVENT_TYPE: S.EventType.PURCHASE.value}
         s.notes.append("no event type column: every row is taken as a purchase (constants.event_type); "
                        "use view for a browsing log")
-    if S.PRICE in cols and _decimal(ev.get_column(one[S.PRICE])):
+    if S.PRICE in cols and decimal_comma(ev.get_column(one[S.PRICE])):
         s.events["decimal_separator"] = ","
     if items:
         it, iread = sample(items, encoding=encoding)
@@ -367,7 +361,13 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
         if S.ITEM_ID not in icols:
             s.notes.append(f"no column of the items looks like an item id; the file has: {', '.join(it.columns)}")
             s.unsure.append(s.notes[-1])
-        if S.PRICE in icols and _decimal(it.get_column(icols[S.PRICE])):
+        elif props := find_properties(it, iid := icols[S.ITEM_ID], match_columns(it.columns, TS_NAMES).get(S.TS)):
+            names, it = property_names(it, props), pivot_properties(it, props, iid, "items")
+            s.items["properties"] = {k: v for k, v in vars(props).items() if v}
+            icols = {S.ITEM_ID: iid, **match_columns(names, {k: v for k, v in ITEM_NAMES.items() if k != S.ITEM_ID})}
+            s.notes.append(f"a row per item and property: properties makes a column of each property name in "
+                           f"{props.key!r} (sampled: {', '.join(names[:20])}{', ...' * (len(names) > 20)}); map them")
+        if S.PRICE in icols and decimal_comma(it.get_column(icols[S.PRICE])):
             s.items["decimal_separator"] = ","
     else:  # the catalog from the events file's own product columns
         used = {c for v in cols.values() for c in ([v] if isinstance(v, str) else v)}
