@@ -16,11 +16,12 @@ MAPPING=...`. This reads the first rows of each file (any format the import read
   from the list's element first and the record second;
 - the shop's event words (`addtocart`, `transaction`) and the contract's type each most likely
   means; a log without an event column is taken as purchases, and says so;
-- a decimal comma in prices, and an items file (or the events file's own product columns, or the
-  item id as the title).
+- a decimal comma in prices, an items file (or the events file's product columns, or the item id as
+  the title); `fill_down` where rows continue the order or product above (fill.py), `properties` for
+  a catalog with a row per item and property (pivot.py), order numbers (`#1001`) as the session.
 
-Every guess is a starting point: the file is printed with the reasons and doubts as comments, to be
-read before `make run`. Nothing is imported here.
+Every guess is a starting point, printed with the reasons and doubts as comments to read before
+`make run`. Nothing is imported here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import polars as pl
 
 from features import artifacts as A
 from features.data import schema as S
+from features.data.fill import guess_fill_down
 from features.data.pivot import find_properties, pivot_properties, property_names
 from features.data.reading import format_of
 from features.data.sniff import decimal_comma, sample
@@ -228,34 +230,27 @@ def _ts(values: pl.Series, notes: list[str], col: str, unsure: list[str]) -> dic
     return {"ts_format": best}
 
 
-def _blank(col: pl.Series) -> pl.Series:
-    return col.is_null() | (col.cast(pl.String).str.strip_chars() == "")
-
-
-def _fill_down(ev: pl.DataFrame, cols: dict[str, str], s: Suggestion) -> None:
-    """Rows without a time that continue the order above them (an export that writes an order's
-    fields on its first line item only): fill_down the time (and a customer left blank the same
-    way) within the order, found as a column never blank that repeats on exactly those rows."""
-    blank = _blank(ev.get_column(cols[S.TS]))
-    share = float(blank.mean() or 0.0)
-    if share <= 0.05:
-        return
-    starts = ~blank & (pl.int_range(ev.height, eager=True) > 0)
-    for c in ev.columns:
-        col = ev.get_column(c)
-        if c in cols.values() and c != cols.get(S.SESSION_ID) or _blank(col).any():
-            continue
-        same = (col == col.shift(1)).fill_null(False)
-        if (same | ~blank).all() and float((~same).filter(starts).mean() or 0.0) >= 0.9:
-            fill = [cols[S.TS]] + [cols[k] for k in (S.USER_ID,) if k in cols and _blank(ev.get_column(cols[k])).any()]
-            s.events.update({"fill_down": fill, "fill_down_by": c})
-            s.events["columns"].setdefault(S.SESSION_ID, c)
-            s.notes.append(f"{share:.0%} of the sampled rows have no time: they continue the order above them "
-                           f"({c!r} repeats on exactly those rows), so fill_down fills {fill} within each {c!r}")
-            return
-    s.notes.append(f"{share:.0%} of the sampled rows have no time in {cols[S.TS]!r} and no order column explains "
-                   "them: if the export writes an order's fields on its first line only, add fill_down: [that "
-                   "column, ...] and fill_down_by: <order id>; otherwise those rows are quarantined (null_ts)")
+def _fill_down(df: pl.DataFrame, cols: dict[str, str], s: Suggestion, table: dict) -> None:
+    """Rows without a time (events) or a title (items) that continue the order or product above
+    them (features/data/fill.py): fill_down those columns within it, or say what becomes of them."""
+    events = table is s.events
+    key, also = (S.TS, (S.USER_ID,)) if events else (S.TITLE, (S.DESCRIPTION, S.CATEGORY, S.BRAND))
+    g = guess_fill_down(df, cols[key], [v for k, v in cols.items() if k != S.SESSION_ID or not events],
+                        [cols[k] for k in also if k in cols])
+    what = "time" if events else "title"
+    if g is not None and g.by:
+        table.update({"fill_down": g.columns, "fill_down_by": g.by})
+        if events:
+            s.events["columns"].setdefault(S.SESSION_ID, g.by)
+        s.notes.append(f"{g.share:.0%} of the sampled {'rows' if events else 'item rows'} have no {what}: they "
+                       f"continue the {'order' if events else 'product'} above them ({g.by!r} repeats on exactly "
+                       f"those rows), so fill_down fills {g.columns} within each {g.by!r}")
+    elif g is not None:
+        s.notes.append(f"{g.share:.0%} of the sampled {'rows' if events else 'item rows'} have no {what} in "
+                       f"{cols[key]!r} and no {'order' if events else 'product'} column explains them: if the export "
+                       f"writes a record's fields on its first line only, add fill_down: [that column, ...] and "
+                       f"fill_down_by: <its id>; otherwise those rows are quarantined "
+                       f"({'null_ts' if events else 'missing_title'})")
 
 
 def _event_types(values: pl.Series, notes: list[str], col: str) -> dict:
@@ -331,6 +326,10 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
         s.events.update({k: v for k, v in (("explode", explode), ("key_values", key_values)) if v})
     per_product = (S.ITEM_ID, S.QUANTITY, S.PRICE)
     cols = _split_match(ev.columns, EVENT_NAMES, explode, per_product, several=per_product)
+    taken = {c for v in cols.values() for c in ([v] if isinstance(v, str) else v)}
+    orders = [c for c in ev.columns if c not in taken and ev.get_column(c).cast(pl.String).str.contains(r"^#\d+$").all()]
+    if S.SESSION_ID not in cols and orders:  # order numbers (#1001, Shopify's Name): an order is a session
+        cols[S.SESSION_ID] = orders[0]
     for need in (S.TS, S.USER_ID, S.ITEM_ID):
         if need not in cols:
             s.notes.append(f"no column of the events looks like {need}; the file has: {', '.join(ev.columns)}")
@@ -341,7 +340,7 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
     s.events["columns"] = {k: cols[k] for k in EVENT_NAMES if k in cols}
     one = {k: _first(v) for k, v in cols.items()}
     if S.TS in cols:
-        _fill_down(ev, one, s)
+        _fill_down(ev, one, s, s.events)
         s.events.update(_ts(ev.get_column(one[S.TS]), s.notes, one[S.TS], s.unsure))
     if S.EVENT_TYPE in cols:
         words = _event_types(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
@@ -369,6 +368,8 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
                            f"{props.key!r} (sampled: {', '.join(names[:20])}{', ...' * (len(names) > 20)}); map them")
         if S.PRICE in icols and decimal_comma(it.get_column(icols[S.PRICE])):
             s.items["decimal_separator"] = ","
+        if S.TITLE in icols:
+            _fill_down(it, icols, s, s.items)
     else:  # the catalog from the events file's own product columns
         used = {c for v in cols.values() for c in ([v] if isinstance(v, str) else v)}
         names = {k: v for k, v in ITEM_NAMES.items() if k not in (S.ITEM_ID, S.PRICE)}

@@ -284,3 +284,26 @@ def test_movielens_1m_dat_files_separated_by_two_colons(tmp_path):
     (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3\n")
     with pytest.raises(SchemaError, match=r"a line with 3 fields separated by '::' where the columns are 4"):
         IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "named.yaml"), output=str(tmp_path / "out2")))
+
+
+def test_shopify_s_products_and_orders_exports_keep_every_variant_and_every_guest_order(tmp_path):
+    """Shopify's products export writes a product's title, description and vendor on its first row
+    only (further variants and images leave them blank); its orders export numbers orders #1001."""
+    products = ("Handle,Title,Body (HTML),Vendor,Option1 Value,Variant SKU,Variant Price,Image Src\n"
+                "mug,Ceramic Mug,<p>Stoneware</p>,Clayworks,Blue,MUG-BLU,14.00,mug-blue.jpg\n"
+                "mug,,,,Green,MUG-GRN,14.00,mug-green.jpg\nmug,,,,,,,mug-side.jpg\n"
+                "apron,Linen Apron,<p>Linen</p>,Flax,S/M,APR-SM,32.00,apron.jpg\napron,,,,L/XL,APR-LX,34.00,\n"
+                "towel,Tea Towel,<p>Cotton</p>,Flax,Default Title,TOW-3,19.50,towel.jpg\n")
+    m, text = _suggest(tmp_path, "Name,Email,Created at,Lineitem quantity,Lineitem name,Lineitem sku\n"
+                       "#1001,ann@x.com,2024-03-01 10:02:09 +0100,1,Ceramic Mug - Green,MUG-GRN\n"
+                       "#1001,ann@x.com,2024-03-01 10:02:09 +0100,1,Linen Apron - L/XL,APR-LX\n"
+                       "#1002,,2024-03-04 07:59:58 +0100,1,Tea Towel,TOW-3\n", products)
+    assert m["events"]["columns"][S.SESSION_ID] == "Name"  # so the guest's order (no email) is kept
+    assert m["items"]["fill_down"] == ["Title", "Body (HTML)", "Vendor"] and m["items"]["fill_down_by"] == "Handle"
+    assert "they continue the product above them ('Handle' repeats" in text
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    items = pl.read_parquet(tmp_path / "out" / "items.parquet").drop_nulls(S.ITEM_ID).sort(S.ITEM_ID)
+    assert items.select(S.ITEM_ID, S.TITLE, S.BRAND).rows() == [
+        ("APR-LX", "Linen Apron", "Flax"), ("APR-SM", "Linen Apron", "Flax"), ("MUG-BLU", "Ceramic Mug", "Clayworks"),
+        ("MUG-GRN", "Ceramic Mug", "Clayworks"), ("TOW-3", "Tea Towel", "Flax")]
+    assert r["events"] == 3 and not any("neither a user id nor a session" in w for w in r["warnings"])
