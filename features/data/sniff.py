@@ -1,13 +1,15 @@
 """How a shop's file must be read, found from its first rows (`make mapping`, features/data/suggest.py):
-its format when its name does not say it, a CSV's delimiter, its character set, and a decimal comma."""
+its format when its name does not say it, a CSV's delimiter, its character set, whether its first row
+is a header, and a decimal comma."""
 
 from __future__ import annotations
 
 import polars as pl
 
 from features import artifacts as A
+from features.data import schema as S
 from features.data.reading import format_of, iter_tables
-from features.data.validate import SchemaError
+from features.data.validate import SchemaError, iso_times
 
 SAMPLE_ROWS = 20_000
 DELIMITERS = (";", "\t", "|", "::")  # "::": MovieLens-1M's .dat files
@@ -54,3 +56,33 @@ def decimal_comma(values: pl.Series) -> bool:
     comma = text.str.contains(r"^\D{0,4}\d+,\d{1,2}\D{0,4}$").sum()
     point = text.str.contains(r"^\D{0,4}\d+\.\d{1,2}\D{0,4}$").sum()
     return comma > point
+
+
+def without_header(df: pl.DataFrame, path: str, read: dict, events: bool) -> pl.DataFrame | None:
+    """A CSV without a header row (YooChoose's clicks.dat, MovieLens-1M's .dat files) reads its first row
+    as the column names: when one is a number over a column of numbers, or a time over times (no header
+    names a column so), or most are numbers or times, the file sampled again with its columns named
+    column_1, column_2, ... (of events, the one column of times named ts); None for a file with a header.
+    `read`: how `sample` read it."""
+    names = pl.Series(df.columns)
+    num, iso = names.cast(pl.Float64, strict=False).is_not_null(), iso_times(names).is_not_null()
+
+    def like(i: int) -> bool:
+        v = df.get_column(names[i]).drop_nulls()
+        return bool(v.len()) and bool(num[i] and v.cast(pl.Float64, strict=False).is_not_null().all()
+                                      or iso[i] and iso_times(v).is_not_null().all())
+
+    kind = read.get("format") or format_of(next(iter(A.list_files(path)))[1], "auto")
+    if kind not in ("csv", "tsv") or not ((num | iso).sum() * 2 >= len(names) or any(map(like, range(len(names))))):
+        return None
+    cols = tuple(f"column_{i + 1}" for i in range(len(names)))
+    df = sample(path, encoding=read.get("encoding"), column_names=cols)[0]
+
+    def times(c: str) -> bool:  # ISO text, or whole numbers that are epoch seconds or ms of 2000-2100
+        v = df.get_column(c).drop_nulls()
+        n = v.cast(pl.Float64, strict=False)
+        return bool(iso_times(v).is_not_null().all() or n.is_not_null().all() and (
+            n.is_between(946_684_800, 4_102_444_800).all() or n.is_between(946_684_800e3, 4_102_444_800e3).all()))
+
+    named = tuple(S.TS if events and times(c) else c for c in cols)
+    return df.rename(dict(zip(cols, named if named.count(S.TS) == 1 else cols)))

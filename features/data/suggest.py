@@ -32,12 +32,10 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from features import artifacts as A
 from features.data import schema as S
 from features.data.fill import guess_fill_down
 from features.data.pivot import find_properties, pivot_properties, property_names
-from features.data.reading import format_of
-from features.data.sniff import decimal_comma, sample
+from features.data.sniff import decimal_comma, sample, without_header
 from features.data.validate import iso_times
 from features.data.values import guess_event_type
 
@@ -115,8 +113,8 @@ def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict
     norm = {c: _norm(c) for c in columns}
     toks = {c: _tokens(c) for c in columns}
     out: dict[str, str] = {}
-    for canonical, words in names.items():
-        free = [c for c in columns if c not in out.values()]
+    for canonical, words in names.items():  # a date's column ("Date sale price starts") only as the time
+        free = [c for c in columns if c not in out.values() and (canonical == S.TS or not toks[c] & {"date", "time"})]
         for w in words:
             exact_only, w = w.startswith("="), w.lstrip("=")
             hit = next((c for c in free if norm[c] == w), None)
@@ -271,38 +269,16 @@ def _event_types(values: pl.Series, notes: list[str], col: str) -> dict:
 
 
 def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion, table: dict) -> pl.DataFrame:
-    """A CSV without a header row (YooChoose's clicks.dat, MovieLens-1M's .dat files) reads its first row
-    as the column names: when one is a number over a column of numbers, or a time over times (no header
-    names a column so), or most are numbers or times, the file is sampled again with `column_names`
-    column_1, column_2, ... in `table` (the events': the one column of times named ts)."""
-    names = pl.Series(ev.columns)
-    num, iso = names.cast(pl.Float64, strict=False).is_not_null(), iso_times(names).is_not_null()
-
-    def like(i: int) -> bool:
-        v = ev.get_column(names[i]).drop_nulls()
-        return bool(v.len()) and bool(num[i] and v.cast(pl.Float64, strict=False).is_not_null().all()
-                                      or iso[i] and iso_times(v).is_not_null().all())
-
-    kind = read.get("format") or format_of(next(iter(A.list_files(path)))[1], "auto")
-    if kind not in ("csv", "tsv") or not ((num | iso).sum() * 2 >= len(names) or any(map(like, range(len(names))))):
+    """A CSV whose first row is data (sniff.py `without_header`): sampled again with `column_names`."""
+    found = without_header(ev, path, read, events=table is s.events)
+    if found is None:
         return ev
-    cols = tuple(f"column_{i + 1}" for i in range(len(names)))
-    ev = sample(path, encoding=read.get("encoding"), column_names=cols)[0]
-
-    def times(c: str) -> bool:  # ISO text, or whole numbers that are epoch seconds or ms of 2000-2100
-        v = ev.get_column(c).drop_nulls()
-        n = v.cast(pl.Float64, strict=False)
-        return bool(iso_times(v).is_not_null().all() or n.is_not_null().all() and (
-            n.is_between(946_684_800, 4_102_444_800).all() or n.is_between(946_684_800e3, 4_102_444_800e3).all()))
-
-    cols = tuple(S.TS if table is s.events and times(c) else c for c in cols)
-    cols = cols if cols.count(S.TS) == 1 else tuple(ev.columns)
-    ev, table["column_names"] = ev.rename(dict(zip(ev.columns, cols))), list(cols)
-    s.notes.append(f"the first line of {path} reads as data, not a header ({', '.join(names[:4])}, ...): "
+    s.notes.append(f"the first line of {path} reads as data, not a header ({', '.join(ev.columns[:4])}, ...): "
                    "column_names names the columns in order; rename them for what they hold (user, session, item, "
                    "title, ...) and map them")
     s.unsure.append(s.notes[-1])
-    return ev
+    table["column_names"] = list(found.columns)
+    return found
 
 
 def _read_note(read: dict, given: str | None, path: str, s: Suggestion) -> dict:
@@ -366,7 +342,12 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
             icols = {S.ITEM_ID: iid, **match_columns(names, {k: v for k, v in ITEM_NAMES.items() if k != S.ITEM_ID})}
             s.notes.append(f"a row per item and property: properties makes a column of each property name in "
                            f"{props.key!r} (sampled: {', '.join(names[:20])}{', ...' * (len(names) > 20)}); map them")
-        if S.PRICE in icols and decimal_comma(it.get_column(icols[S.PRICE])):
+        sale, regular = ([c for c in it.columns if {w, "price"} <= _tokens(c) and not {"date", "time"} & _tokens(c)]
+                         for w in ("sale", "regular"))
+        if S.PRICE in icols and sale and regular:  # WooCommerce: the sale price where there is one
+            icols[S.PRICE] = [sale[0], regular[0]]  # type: ignore[assignment]
+            s.notes.append(f"price: {sale[0]!r} where set, else {regular[0]!r}")
+        if S.PRICE in icols and decimal_comma(it.get_column(_first(icols[S.PRICE]))):
             s.items["decimal_separator"] = ","
         if S.TITLE in icols:
             _fill_down(it, icols, s, s.items)

@@ -307,3 +307,17 @@ def test_shopify_s_products_and_orders_exports_keep_every_variant_and_every_gues
         ("APR-LX", "Linen Apron", "Flax"), ("APR-SM", "Linen Apron", "Flax"), ("MUG-BLU", "Ceramic Mug", "Clayworks"),
         ("MUG-GRN", "Ceramic Mug", "Clayworks"), ("TOW-3", "Tea Towel", "Flax")]
     assert r["events"] == 3 and not any("neither a user id nor a session" in w for w in r["warnings"])
+
+
+def test_a_woocommerce_product_export_takes_the_sale_price_where_set_and_never_a_date_as_a_price(tmp_path):
+    items = ("ID,Type,SKU,Name,Description,\"Date sale price starts\",\"In stock?\",\"Sale price\",\"Regular price\","
+             "Categories\n16,variation,mug-blu,Ceramic Mug - Blue,,2024-03-01,1,12.00,14.00,\n"
+             "17,variation,mug-grn,Ceramic Mug - Green,,,0,,14.00,\n20,simple,apron,Linen Apron,Linen.,,1,,32.00,"
+             "Apparel > Aprons\n")
+    m, text = _suggest(tmp_path, "timestamp,user,item\n2024-03-02,u1,mug-blu\n2024-03-03,u2,apron\n", items)
+    assert m["items"]["columns"][S.PRICE] == ["Sale price", "Regular price"]
+    assert m["items"]["columns"][S.IN_STOCK] == "In stock?" and "price: 'Sale price' where set" in text
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    got = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
+    assert got.select(S.ITEM_ID, S.PRICE, S.IN_STOCK).rows() == [("apron", 32.0, True), ("mug-blu", 12.0, True),
+                                                                  ("mug-grn", 14.0, False)]
