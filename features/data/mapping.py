@@ -28,8 +28,8 @@ Rules, so that nothing accepted is ever lost:
   item, plus its position among identical lines (so repeated identical lines stay distinct).
 - A text column (title, description, category, brand) may name several shop columns: their
   values joined by a space, blanks skipped (a category's by " > ", a path: department > type).
-  Any other column may name several too: the first non-blank of them (a tracker that writes
-  `properties.product_id` on views and `properties.products.product_id` on orders).
+  The time's are joined by a space (`ts: [Date, Time]`). Any other column may name several: the
+  first non-blank (a tracker's `properties.product_id` on views, `...products.product_id` on orders).
 - Nested records are flattened to dotted names, `explode` makes a list's elements rows and
   `key_values` a list of key/value pairs columns (features/data/reading.py); an exploded row's
   event id is its record's plus ":<position>" (or the element's own, when mapped from it).
@@ -237,7 +237,8 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
                 col = (parts.to_series(0) if len(names) == 1 else  # a category from several columns is a path
                        _joined(parts, parts.columns, " > " if name == S.CATEGORY else " ")).alias(names[0])
             else:
-                col = src.get_column(spec) if isinstance(spec, str) else _first(src, spec)
+                col = (src.get_column(spec) if isinstance(spec, str) else  # a time: [date, time of day]
+                       _joined(src, spec) if name == S.TS else _first(src, spec))
             # One id per exploded row: its record's plus the position, unless the elements carry their own.
             if name == S.EVENT_ID and m.explode and f"{m.explode}#" in src.columns and not str(spec).startswith(m.explode + "."):
                 at = src.get_column(f"{m.explode}#")
@@ -323,8 +324,8 @@ def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row:
     item = out.get_column(S.ITEM_ID)
     has_item = item.is_not_null() & (item.str.strip_chars() != "")
     ts_spec = events.columns.get(S.TS)
-    ts = (typed_ts(src.get_column(ts_spec), events.ts_unit, events.ts_format) if isinstance(ts_spec, str)
-          else pl.Series([None] * src.height, dtype=pl.Datetime("us", "UTC")))
+    ts = (typed_ts(src.get_column(ts_spec) if isinstance(ts_spec, str) else _joined(src, ts_spec), events.ts_unit,
+                   events.ts_format) if ts_spec else pl.Series([None] * src.height, dtype=pl.Datetime("us", "UTC")))
     used = used_columns(m)
     rows = (src.select(used).with_columns(item.alias(_KEY), ts.alias(_TS), (pl.int_range(pl.len()) + first_row).alias(_N))
             .with_columns(_blanked(bad, m))

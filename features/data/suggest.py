@@ -49,7 +49,7 @@ EVENT_NAMES = {
     S.ITEM_ID: ("itemid", "productid", "articleid", "variantid", "parentasin", "asin", "sku", "stockcode", "movieid",
                 "bookid", "isbn", "trackid", "songid", "listingid", "contentid", "item", "product", "article", "offerid"),
     S.EVENT_TYPE: ("eventtype", "eventname", "event", "action", "behavior", "behaviour", "interaction", "=type"),
-    S.SESSION_ID: ("sessionid", "usersession", "visitid", "session", "invoiceno", "orderid", "ordernumber",
+    S.SESSION_ID: ("sessionid", "usersession", "visitid", "session", "invoiceno", "orderid", "ordernumber", "receipt",
                    "=invoice"),
     S.QUANTITY: ("quantity", "qty", "units"),
     S.PRICE: ("unitprice", "price", "saleprice"),
@@ -67,6 +67,7 @@ ITEM_NAMES = {
     S.IN_STOCK: ("instock", "available", "availability", "stockstatus"),
 }
 TS_NAMES = {S.TS: EVENT_NAMES[S.TS]}
+FILE_EVENTS = {"views": "view", "view": "view", "clicks": "click", "click": "click", "carts": "add_to_cart"}
 TS_FORMATS = ("%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M",
               "%d.%m.%Y %H:%M:%S", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y")
 GENERIC_LEAVES = ("name", "amount", "value", "id", "code")  # a nested record's field named by its parent too
@@ -184,6 +185,11 @@ def _split_match(columns: list[str], names: dict[str, tuple[str, ...]], explode:
         elif k in a or k in b:
             out[k] = a.get(k) or b[k]
     return out
+
+
+def _all(col: pl.Series, pattern: str) -> bool:  # every sampled value (some there) matches
+    v = col.drop_nulls().cast(pl.String).str.strip_chars()
+    return bool(v.len()) and bool(v.str.contains(pattern).all())
 
 
 def _first(c: str | list[str]) -> str:
@@ -306,6 +312,9 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
     orders = [c for c in ev.columns if c not in taken and ev.get_column(c).cast(pl.String).str.contains(r"^#\d+$").all()]
     if S.SESSION_ID not in cols and orders:  # order numbers (#1001, Shopify's Name): an order is a session
         cols[S.SESSION_ID] = orders[0]
+    dates = [c for c in ev.columns if c not in taken and _all(ev.get_column(c), r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$")]
+    if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{1,2}:\d\d(:\d\d(\.\d+)?)?$") and dates:
+        cols[S.TS] = [dates[0], cols[S.TS]]  # a till's export: the date in one column, the time of day in another
     for need in (S.TS, S.USER_ID, S.ITEM_ID):
         if need not in cols:
             s.notes.append(f"no column of the events looks like {need}; the file has: {', '.join(ev.columns)}")
@@ -317,15 +326,20 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
     one = {k: _first(v) for k, v in cols.items()}
     if S.TS in cols:
         _fill_down(ev, one, s, s.events)
-        s.events.update(_ts(ev.get_column(one[S.TS]), s.notes, one[S.TS], s.unsure))
+        ts = [cols[S.TS]] if isinstance(cols[S.TS], str) else cols[S.TS]
+        text = ev.select(pl.concat_str([pl.col(c).cast(pl.String) for c in ts], separator=" ")).to_series()
+        s.events.update(_ts(text, s.notes, " + ".join(ts), s.unsure))
     if S.EVENT_TYPE in cols:
         words = _event_types(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
         if words:
             s.events["values"] = {S.EVENT_TYPE: words}
-    else:
-        s.events["constants"] = {S.EVENT_TYPE: S.EventType.PURCHASE.value}
-        s.notes.append("no event type column: every row is taken as a purchase (constants.event_type); "
-                       "use view for a browsing log")
+    else:  # a file named for its events (train-item-views.csv, yoochoose-clicks.dat), else purchases
+        named = next((FILE_EVENTS[t] for t in _tokens(events.rstrip("/").rsplit("/", 1)[-1].split(".")[0]) if t in FILE_EVENTS),
+                     S.EventType.PURCHASE.value)
+        s.events["constants"] = {S.EVENT_TYPE: named}
+        s.notes.append(f"no event type column: every row is taken as a {named} (constants.event_type)"
+                       + ("; use view for a browsing log" if named == S.EventType.PURCHASE.value else
+                          ", as the file's name says"))
     if S.PRICE in cols and decimal_comma(ev.get_column(one[S.PRICE])):
         s.events["decimal_separator"] = ","
     if items:

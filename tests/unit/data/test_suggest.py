@@ -321,3 +321,21 @@ def test_a_woocommerce_product_export_takes_the_sale_price_where_set_and_never_a
     got = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
     assert got.select(S.ITEM_ID, S.PRICE, S.IN_STOCK).rows() == [("apron", 32.0, True), ("mug-blu", 12.0, True),
                                                                   ("mug-grn", 14.0, False)]
+
+
+def test_a_till_export_with_the_date_and_the_time_of_day_in_two_columns(tmp_path):
+    m, text = _suggest(tmp_path, "Date,Time,Receipt,Customer,Item,Description,Qty\n25/01/2024,10:27:34,R1,c1,A1,Mug,1\n"
+                       "25/01/2024,10:27:34,R1,c1,B2,Lamp,1\n26/01/2024,9:05:00,R2,,A1,Mug,2\n")
+    assert m["events"]["columns"][S.TS] == ["Date", "Time"] and m["events"]["ts_format"] == "%d/%m/%Y %H:%M:%S"
+    assert m["events"]["columns"][S.SESSION_ID] == "Receipt"
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    ev = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS)
+    assert [t.isoformat() for t in ev[S.TS]] == ["2024-01-25T10:27:34+00:00"] * 2 + ["2024-01-26T09:05:00+00:00"]
+    assert ev[S.USER_ID].to_list() == ["c1", "c1", "anon:R2"]
+
+
+@pytest.mark.parametrize("name, want", [("train-item-views.csv", "view"), ("yoochoose-clicks.csv", "click"),
+                                        ("orders.csv", "purchase")])
+def test_a_log_without_an_event_column_is_taken_as_what_its_file_is_named_for(tmp_path, name, want):
+    m, text = _suggest(tmp_path, "sessionId;userId;itemId;eventdate\n1;NA;81766;2016-05-09\n", name=name)
+    assert m["events"]["constants"] == {S.EVENT_TYPE: want}
