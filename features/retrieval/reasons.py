@@ -106,6 +106,8 @@ def _text(name: str, ctx: RankContext, row: int, catalog: Catalog) -> str | None
         return next((SEEN.get(t) for i, t in ctx.recent_items if i == catalog.item_ids[row]), None)
     if name == "item_age" and catalog.item_age(np.array([row]), ctx.now)[0] >= 0.5:  # first seen < 3 weeks ago
         return "new in the shop"
+    if category and not any(ch.isalpha() for ch in category):  # a catalog's category ids (RetailRocket's 1338)
+        category = f"category {category}"
     if name == "category_affinity" and category:
         return f"you often shop {category}"
     if name == "category_recency" and category:

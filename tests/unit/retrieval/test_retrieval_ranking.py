@@ -536,3 +536,20 @@ def test_only_the_catalogs_top_sellers_are_called_popular():
     assert ranked["i001"][0] == ranked["i009"][0] == "popular this week"
     assert "popular this week" not in ranked["i010"] + ranked["i040"]
     assert ranked["i040"] == [f"you often shop {cat.category[cat.row['i040']]}"]  # the next reason steps up
+
+
+def test_a_category_that_is_only_an_id_is_called_a_category():
+    """RetailRocket's categories are ids (1338): "you often shop 1338" reads as nothing."""
+    from features.retrieval.catalog import Catalog
+    from features.retrieval.feature_names import FEATURE_NAMES as NAMES
+    from features.retrieval.reasons import reasons
+
+    base, _ = small_catalog()
+    items = pl.DataFrame({S.ITEM_ID: base.item_ids, S.TITLE: base.title,
+                          S.CATEGORY: ["1338" if k % 2 else "Home > Kitchen" for k in range(len(base.item_ids))]})
+    cat = Catalog(base.item_ids, base.vectors, items, {})
+    ctx = RankContext(mode="recommend", category_affinity={"1338": 1.0, "Home > Kitchen": 1.0})
+    contrib = np.zeros(len(NAMES), np.float32)
+    contrib[NAMES.index("category_affinity")] = 1.0
+    assert reasons(ctx, cat.row["i001"], contrib, cat) == ["you often shop category 1338"]
+    assert reasons(ctx, cat.row["i002"], contrib, cat) == ["you often shop Home > Kitchen"]
