@@ -1,6 +1,6 @@
 """How a shop's file must be read, found from its first rows (`make mapping`, features/data/suggest.py):
 its format when its name does not say it, a CSV's delimiter, its character set, whether its first row
-is a header, and a decimal comma."""
+is a header, how its times are written, and a decimal comma."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from features.data.validate import SchemaError, iso_times
 SAMPLE_ROWS = 20_000
 DELIMITERS = (";", "\t", "|", "::")  # "::": MovieLens-1M's .dat files
 FALLBACK_ENCODINGS = ("cp1252", "latin-1")  # a spreadsheet export that is not UTF-8 is most often one of these
+TS_FORMATS = ("%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M",
+              "%d.%m.%Y %H:%M:%S", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y")
+TS_UNREAD_MAX = 0.01  # share of sampled times that may fail to read and still settle the format
 
 
 def sample(path: str, explode: str | None = None, key_values: str | None = None, encoding: str | None = None,
@@ -86,3 +89,41 @@ def without_header(df: pl.DataFrame, path: str, read: dict, events: bool) -> pl.
 
     named = tuple(S.TS if events and times(c) else c for c in cols)
     return df.rename(dict(zip(cols, named if named.count(S.TS) == 1 else cols)))
+
+
+def time_settings(values: pl.Series, notes: list[str], col: str, unsure: list[str]) -> dict:
+    """The mapping's time settings (ts_unit, ts_format) for a sampled time column. A few unreadable times (a tracker's
+    stray row) do not decide it: the reading that takes all but TS_UNREAD_MAX of them wins, and the
+    note says those rows will be quarantined."""
+    text = values.drop_nulls().cast(pl.String).str.strip_chars()
+    text = text.filter(text != "")
+    if text.is_empty():
+        return {}
+    allowed = int(text.len() * TS_UNREAD_MAX)
+
+    def reads(parsed: pl.Series) -> bool:
+        bad = text.filter(parsed.is_null())
+        if bad.len() > allowed:
+            return False
+        if bad.len():
+            notes.append(f"{bad.len()} of {text.len()} sampled times in {col!r} do not read (e.g. {bad[0]!r}); "
+                         "the import quarantines such rows (unparseable_ts)")
+        return True
+
+    if reads(text.cast(pl.Float64, strict=False)):
+        return {"ts_unit": "auto"}  # epoch numbers: the unit is read from their size
+    if reads(iso_times(text)):
+        return {}
+    fits = [f for f in TS_FORMATS if text.str.to_datetime(f, strict=False).null_count() <= allowed]
+    if not fits:
+        notes.append(f"the times in {col!r} (e.g. {text[0]!r}) are neither ISO 8601 nor a common pattern: set "
+                     "ts_format (a strftime pattern)")
+        return {"ts_format": "<strftime pattern, e.g. %d/%m/%Y %H:%M>"}
+    best = min(fits, key=lambda f: text.str.to_datetime(f, strict=False).null_count())
+    reads(text.str.to_datetime(best, strict=False))
+    twin = best.replace("%d", "%D").replace("%m", "%d").replace("%D", "%m")
+    if twin in fits:  # both day-first and month-first read the sampled times
+        notes.append(f"the times in {col!r} (e.g. {text[0]!r}) read both day-first and month-first in this "
+                     f"sample: ts_format {best!r} is a guess; check it against a date you know")
+        unsure.append(notes[-1])
+    return {"ts_format": best}

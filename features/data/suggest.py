@@ -35,7 +35,7 @@ import polars as pl
 from features.data import schema as S
 from features.data.fill import guess_fill_down
 from features.data.pivot import find_properties, pivot_properties, property_names
-from features.data.sniff import decimal_comma, sample, without_header
+from features.data.sniff import decimal_comma, sample, time_settings, without_header
 from features.data.validate import iso_times
 from features.data.values import guess_event_type
 
@@ -67,11 +67,10 @@ ITEM_NAMES = {
     S.IN_STOCK: ("instock", "available", "availability", "stockstatus"),
 }
 TS_NAMES = {S.TS: EVENT_NAMES[S.TS]}
-FILE_EVENTS = {"views": "view", "view": "view", "clicks": "click", "click": "click", "carts": "add_to_cart"}
-TS_FORMATS = ("%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M",
-              "%d.%m.%Y %H:%M:%S", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y %H:%M", "%d-%m-%Y")
 GENERIC_LEAVES = ("name", "amount", "value", "id", "code")  # a nested record's field named by its parent too
-TS_UNREAD_MAX = 0.01  # share of sampled times that may fail to read and still settle the format
+DATE = r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}( \d{1,2}:\d\d(:\d\d)?)?$"  # 25/01/2024, 2024-01-25 10:00
+CODES = {"no", "id", "code", "number", "num", "nr"}  # a column of codes beside its names (department_no, _name)
+FILE_EVENTS = {"views": "view", "view": "view", "clicks": "click", "click": "click", "carts": "add_to_cart"}
 
 
 @dataclass
@@ -118,7 +117,7 @@ def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict
         free = [c for c in columns if c not in out.values() and (canonical == S.TS or not toks[c] & {"date", "time"})]
         for w in words:
             exact_only, w = w.startswith("="), w.lstrip("=")
-            hit = next((c for c in free if norm[c] == w), None)
+            hit = next((c for c in free if norm[c] == w or norm[c].removesuffix("name") == w), None)  # producttypename
             if hit is None and not exact_only:
                 hit = next((c for c in free if w in toks[c] or (len(w) >= 6 and norm[c].endswith(w))), None)
             if hit is not None:
@@ -194,44 +193,6 @@ def _all(col: pl.Series, pattern: str) -> bool:  # every sampled value (some the
 
 def _first(c: str | list[str]) -> str:
     return c[0] if isinstance(c, list) else c
-
-
-def _ts(values: pl.Series, notes: list[str], col: str, unsure: list[str]) -> dict:
-    """The mapping's time settings for a sampled time column. A few unreadable times (a tracker's
-    stray row) do not decide it: the reading that takes all but TS_UNREAD_MAX of them wins, and the
-    note says those rows will be quarantined."""
-    text = values.drop_nulls().cast(pl.String).str.strip_chars()
-    text = text.filter(text != "")
-    if text.is_empty():
-        return {}
-    allowed = int(text.len() * TS_UNREAD_MAX)
-
-    def reads(parsed: pl.Series) -> bool:
-        bad = text.filter(parsed.is_null())
-        if bad.len() > allowed:
-            return False
-        if bad.len():
-            notes.append(f"{bad.len()} of {text.len()} sampled times in {col!r} do not read (e.g. {bad[0]!r}); "
-                         "the import quarantines such rows (unparseable_ts)")
-        return True
-
-    if reads(text.cast(pl.Float64, strict=False)):
-        return {"ts_unit": "auto"}  # epoch numbers: the unit is read from their size
-    if reads(iso_times(text)):
-        return {}
-    fits = [f for f in TS_FORMATS if text.str.to_datetime(f, strict=False).null_count() <= allowed]
-    if not fits:
-        notes.append(f"the times in {col!r} (e.g. {text[0]!r}) are neither ISO 8601 nor a common pattern: set "
-                     "ts_format (a strftime pattern)")
-        return {"ts_format": "<strftime pattern, e.g. %d/%m/%Y %H:%M>"}
-    best = min(fits, key=lambda f: text.str.to_datetime(f, strict=False).null_count())
-    reads(text.str.to_datetime(best, strict=False))
-    twin = best.replace("%d", "%D").replace("%m", "%d").replace("%D", "%m")
-    if twin in fits:  # both day-first and month-first read the sampled times
-        notes.append(f"the times in {col!r} (e.g. {text[0]!r}) read both day-first and month-first in this "
-                     f"sample: ts_format {best!r} is a guess; check it against a date you know")
-        unsure.append(notes[-1])
-    return {"ts_format": best}
 
 
 def _fill_down(df: pl.DataFrame, cols: dict[str, str], s: Suggestion, table: dict) -> None:
@@ -313,6 +274,11 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
     if S.SESSION_ID not in cols and orders:  # order numbers (#1001, Shopify's Name): an order is a session
         cols[S.SESSION_ID] = orders[0]
     dates = [c for c in ev.columns if c not in taken and _all(ev.get_column(c), r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$")]
+    times = [c for c in ev.columns if c not in taken and (_all(ev.get_column(c), DATE) or _all(
+        ev.get_column(c), ".") and iso_times(ev.get_column(c).drop_nulls().cast(pl.String)).is_not_null().all())]
+    if S.TS not in cols and times:  # a name it does not know (H&M's t_dat): the column of dates or times
+        cols[S.TS] = times[0]
+        s.notes.append(f"the time is {times[0]!r}, the column whose values are all dates or times")
     if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{1,2}:\d\d(:\d\d(\.\d+)?)?$") and dates:
         cols[S.TS] = [dates[0], cols[S.TS]]  # a till's export: the date in one column, the time of day in another
     for need in (S.TS, S.USER_ID, S.ITEM_ID):
@@ -328,7 +294,7 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
         _fill_down(ev, one, s, s.events)
         ts = [cols[S.TS]] if isinstance(cols[S.TS], str) else cols[S.TS]
         text = ev.select(pl.concat_str([pl.col(c).cast(pl.String) for c in ts], separator=" ")).to_series()
-        s.events.update(_ts(text, s.notes, " + ".join(ts), s.unsure))
+        s.events.update(time_settings(text, s.notes, " + ".join(ts), s.unsure))
     if S.EVENT_TYPE in cols:
         words = _event_types(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
         if words:
@@ -347,6 +313,10 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
         s.items = {"path": items, **_read_note(iread, encoding, items, s)}
         it = _headerless(it, items, iread, s, s.items)
         icols = match_columns(it.columns, ITEM_NAMES)
+        for k in (S.CATEGORY, S.BRAND):  # a category's (a brand's) name, not its code, where the file has both
+            if k in icols and _tokens(icols[k]) & CODES:
+                named = (_tokens(icols[k]) - CODES) | {"name"}
+                icols[k] = next((c for c in it.columns if _tokens(c) == named and c not in icols.values()), icols[k])
         if S.ITEM_ID not in icols:
             s.notes.append(f"no column of the items looks like an item id; the file has: {', '.join(it.columns)}")
             s.unsure.append(s.notes[-1])

@@ -339,3 +339,21 @@ def test_a_till_export_with_the_date_and_the_time_of_day_in_two_columns(tmp_path
 def test_a_log_without_an_event_column_is_taken_as_what_its_file_is_named_for(tmp_path, name, want):
     m, text = _suggest(tmp_path, "sessionId;userId;itemId;eventdate\n1;NA;81766;2016-05-09\n", name=name)
     assert m["events"]["constants"] == {S.EVENT_TYPE: want}
+
+
+def test_a_time_column_with_a_name_it_does_not_know_and_names_over_codes(tmp_path):
+    """H&M's transactions call the date t_dat; its articles give each grouping as a code and a name."""
+    m, text = _suggest(tmp_path, "t_dat,customer_id,article_id,price\n2018-09-20,c1,0663713001,0.0508\n"
+                       "2018-09-21,c2,0505221004,0.0152\n",
+                       "article_id,prod_name,product_type_no,product_type_name,department_no,department_name\n"
+                       "0663713001,Atlanta Push Body,283,Underwear body,1338,Casual Lingerie\n"
+                       "0505221004,Inca jumper,252,Sweater,1626,Knitwear\n")
+    assert m["events"]["columns"][S.TS] == "t_dat" and "the time is 't_dat'" in text
+    assert m["items"]["columns"] == {S.ITEM_ID: "article_id", S.TITLE: "prod_name", S.CATEGORY: "product_type_name"}
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    assert r["events"] == 2 and r["rejected"] == {}
+    ids = pl.read_parquet(tmp_path / "out" / "events.parquet")[S.ITEM_ID].sort().to_list()
+    assert ids == ["0505221004", "0663713001"]  # ids are text: the leading zero stays
+    m, _ = _suggest(tmp_path / "out", "ts,user,item\n2024-01-01,u,1\n",
+                    "item_id,title,category_id,category_name,brand_code,brand_name\n1,Mug,7,Kitchen,B1,Clayworks\n")
+    assert m["items"]["columns"][S.CATEGORY] == "category_name" and m["items"]["columns"][S.BRAND] == "brand_name"
