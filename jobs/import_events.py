@@ -35,10 +35,10 @@ import pyarrow.parquet as pq
 from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
+from features.data.event_ids import EventIds
 from features.data.fill import FillDown
 from features.data.mapping import (
     KEPT,
-    EventIds,
     Mapping,
     TableMapping,
     apply,
