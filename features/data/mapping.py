@@ -40,6 +40,8 @@ Rules, so that nothing accepted is ever lost:
   (searches) are not item rows.
 - `category_separator` turns category paths ("electronics.smartphone") into "electronics > smartphone";
   `properties` turns a long catalog (item, property, value rows) into a row per item (pivot.py).
+- `negative_quantity: return` makes an event line with a negative quantity a return of that many
+  units (tills and ERPs write a return so); by default the feature job quarantines it.
 - RecBole atomic files (`.inter`, `.item`) lose their headers' `:type`; `recbole_defaults` names them.
 """
 
@@ -63,6 +65,7 @@ from features.data.values import DECIMAL_SEPARATORS, TEXT_COLUMNS, json_text, li
 
 FORMATS = ("auto", "parquet", "csv", "tsv", "json", "excel", "recbole")
 TS_UNITS = ("auto", "s", "ms", "us", "ns")
+NEGATIVE_QUANTITY = ("quarantine", "return")  # an event with quantity < 0: the feature job's quarantine, or a return
 EVENT_COLUMNS = tuple(S.EVENTS_SCHEMA.names)
 ITEM_COLUMNS = tuple(S.ITEMS_SCHEMA.names)
 REASON_UNPARSEABLE = "unparseable_{}"
@@ -95,6 +98,7 @@ class TableMapping:
     fill_down: tuple[str, ...] = ()  # shop columns whose blank cells take the value above (features/data/fill.py)
     fill_down_by: str | None = None  # ... only within a run of rows with the same value here (an order's id)
     properties: Properties | None = None  # items: a long catalog's property-name and value columns (pivot.py)
+    negative_quantity: str = "quarantine"  # events: "return" makes a line of -2 units a return of 2
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,9 @@ def check_mapping(m: TableMapping, table: str) -> None:
     if m.column_names is not None and (not m.column_names or len(set(m.column_names)) < len(m.column_names)):
         raise SchemaError(f"{where}.column_names: {list(m.column_names)}; a list of distinct names, one per column of "
                           "the file, in order (for a CSV or TSV file without a header row)")
+    if m.negative_quantity not in NEGATIVE_QUANTITY or (m.negative_quantity == "return" and table != "events"):
+        raise SchemaError(f"{where}.negative_quantity: {m.negative_quantity!r}; allowed: "
+                          f"{', '.join(NEGATIVE_QUANTITY)} (return: events only)")
     if m.properties is not None and (table != "items" or not isinstance(m.columns.get(S.ITEM_ID), str)):
         raise SchemaError(f"{where}.properties: only for an items file, with one column as columns.item_id")
     if m.category_separator is not None and (table != "items" or not m.category_separator.strip()):
@@ -266,6 +273,10 @@ def apply(raw: pa.Table, m: TableMapping, table: str,
     keep = ~_rejects(bad)
     rejected = _rejected(src, bad)
     out = out.filter(keep)
+    if m.negative_quantity == "return" and S.QUANTITY in out.columns:  # a till's or an ERP's returned line
+        neg, kind = pl.col(S.QUANTITY) < 0, pl.col(S.EVENT_TYPE) if S.EVENT_TYPE in out.columns else pl.lit(None)
+        out = out.with_columns(pl.when(neg).then(pl.lit(S.EventType.RETURN.value)).otherwise(kind).alias(S.EVENT_TYPE),
+                               pl.col(S.QUANTITY).abs())
     if table == "events" and S.EVENT_ID not in out.columns:
         out = out.with_columns((event_ids or EventIds())(out))
     return out.select([c for c in contract.names if c in out.columns]), rejected

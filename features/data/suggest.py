@@ -308,6 +308,10 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
                           ", as the file's name says"))
     if S.PRICE in cols and decimal_comma(ev.get_column(one[S.PRICE])):
         s.events["decimal_separator"] = ","
+    if S.QUANTITY in cols and (ev.get_column(one[S.QUANTITY]).cast(pl.Float64, strict=False) < 0).any():
+        s.events["negative_quantity"] = "return"
+        s.notes.append(f"some quantities in {one[S.QUANTITY]!r} are negative: negative_quantity: return makes each "
+                       "such line a return of that many units (without it, the feature job quarantines them)")
     if items:
         it, iread = sample(items, encoding=encoding)
         s.items = {"path": items, **_read_note(iread, encoding, items, s)}

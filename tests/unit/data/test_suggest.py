@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from features.data import schema as S
+from features.data.mapping import TableMapping, check_mapping
 from features.data.suggest import EVENT_NAMES, ITEM_NAMES, match_columns
+from features.data.validate import SchemaError
 from jobs import import_events as IE
 from jobs import suggest_mapping as SM
 
@@ -357,3 +359,17 @@ def test_a_time_column_with_a_name_it_does_not_know_and_names_over_codes(tmp_pat
     m, _ = _suggest(tmp_path / "out", "ts,user,item\n2024-01-01,u,1\n",
                     "item_id,title,category_id,category_name,brand_code,brand_name\n1,Mug,7,Kitchen,B1,Clayworks\n")
     assert m["items"]["columns"][S.CATEGORY] == "category_name" and m["items"]["columns"][S.BRAND] == "brand_name"
+
+
+def test_a_line_with_a_negative_quantity_is_a_return_where_the_mapping_says_so(tmp_path):
+    m, text = _suggest(tmp_path, "Date,Receipt,Customer,Item,Description,Qty\n2024-01-05,R1,c1,A1,Mug,2\n"
+                       "2024-01-07,R9,c1,A1,Mug,-1\n2024-01-06,R3,c2,C3,Tea,1\n")
+    assert m["events"]["negative_quantity"] == "return" and "some quantities in 'Qty' are negative" in text
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    ev = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS)
+    assert ev.select(S.EVENT_TYPE, S.QUANTITY).rows() == [("purchase", 2), ("purchase", 1), ("return", 1)]
+    for bad, table in (("refund", "events"), ("return", "items")):
+        with pytest.raises(SchemaError, match=rf"mapping.{table}.negative_quantity: '{bad}'; allowed: quarantine, "
+                                              r"return \(return: events only\)"):
+            cols = {S.ITEM_ID: "i"} if table == "events" else {S.ITEM_ID: "i", S.TITLE: "t"}
+            check_mapping(TableMapping(path="x.csv", columns=cols, negative_quantity=bad), table)
