@@ -36,8 +36,9 @@ from features import artifacts as A
 from features.config import ConfigError
 from features.data import schema as S
 from features.data.event_ids import EventIds
-from features.data.fill import FillDown
+from features.data.fill import FillDown, inherit
 from features.data.mapping import (
+    JOINABLE,
     KEPT,
     Mapping,
     TableMapping,
@@ -336,6 +337,10 @@ def _pivoted(raw: pa.Table, m: TableMapping) -> tuple[pa.Table, dict[str, None]]
     return wide.to_arrow(), dict.fromkeys([item, *property_names(df, m.properties)])
 
 
+def _names(spec: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (spec,) if isinstance(spec, str) else spec
+
+
 def _named(table: str, path: str | None, chunks):
     """The chunks of a file; Polars' "empty CSV file" error names no file, so name it."""
     try:
@@ -365,6 +370,9 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         if not it_raw.num_rows:
             raise ValueError(f"items: {m.items.path} has no rows (a header and nothing else); the catalog needs items")
         it_raw = FillDown(m.items.fill_down, m.items.fill_down_by, "mapping.items")(it_raw)
+        if m.items.parent:  # a variation's blank text from its parent row (WooCommerce)
+            text = [c for k in JOINABLE if k in m.items.columns for c in _names(m.items.columns[k])]
+            it_raw = inherit(it_raw, m.items.parent, str(m.items.columns[S.ITEM_ID]), text, "mapping.items")
         rows = it_raw.num_rows
         if m.items.properties:  # one row per item and property -> a row per item, a column per property used
             it_raw, seen = _pivoted(it_raw, m.items)

@@ -10,6 +10,11 @@ customer never takes the previous order's. The file is read in chunks: the last 
 carries into the next. A product catalog does the same (Shopify's products export writes the title,
 description, vendor and type on a product's first row; its further variants and images leave them
 blank). `guess_fill_down` finds the grouping column in a sample (`make mapping`).
+
+A catalog may instead name each variation's parent (WooCommerce's product export: a variation row's
+`Parent` is `id:15`, the variable product's `ID`, and its description and categories are blank, so a
+category filter missed every variation). `parent` (an items mapping's setting) names that column
+and the one it refers to; `inherit` gives a row the parent's text where its own is blank.
 """
 
 from __future__ import annotations
@@ -51,6 +56,34 @@ def guess_fill_down(df: pl.DataFrame, key: str, mapped: list[str], also: list[st
             blanks = [a for a in also if df.select(_is_blank(pl.col(a), df.schema[a])).to_series().any()]
             return FillGuess(share, [key, *blanks], c)
     return FillGuess(share, [], None)
+
+
+@dataclass(frozen=True)
+class Parent:
+    column: str  # the column naming a row's parent row: its id ("id:15" reads as 15) or its item id
+    id: str | None = None  # the column the reference names (WooCommerce's ID); none: the item id column
+
+
+def inherit(raw: pa.Table, p: Parent, item_col: str, columns: list[str], where: str) -> pa.Table:
+    """Each row naming a parent takes the parent row's value of each of `columns` where its own is
+    blank. A reference is looked up as the parent's `id` first (a leading "id:" dropped), then as its
+    item id; a reference to no row changes nothing."""
+    missing = [c for c in (p.column, p.id) if c is not None and c not in raw.column_names]
+    if missing:
+        raise SchemaError(f"{where}.parent: column(s) {missing} are not in the file; the file has: "
+                          + ", ".join(raw.column_names))
+    df = pl.from_arrow(raw)
+    assert isinstance(df, pl.DataFrame)
+    cols = [c for c in dict.fromkeys(columns) if c in df.columns and c != p.column]
+    ref, key = "\x1fref", lambda c: pl.col(c).cast(pl.String).str.strip_chars()
+    out = df.with_columns(key(p.column).str.replace(r"^id:", "").alias(ref))
+    for by in dict.fromkeys([c for c in (p.id, item_col) if c is not None]):
+        parents = (df.select(key(by).alias(ref), *[pl.col(c).alias(c + ref) for c in cols])
+                   .filter(pl.col(ref).is_not_null() & (pl.col(ref) != "")).unique(ref, keep="first", maintain_order=True))
+        out = out.join(parents, on=ref, how="left", maintain_order="left").with_columns(
+            pl.when(_is_blank(pl.col(c), df.schema[c])).then(pl.col(c + ref)).otherwise(pl.col(c)).alias(c) for c in cols)
+        out = out.drop([c + ref for c in cols])
+    return out.drop(ref).to_arrow().cast(raw.schema)
 
 
 class FillDown:

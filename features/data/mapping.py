@@ -39,7 +39,8 @@ Rules, so that nothing accepted is ever lost:
   by event time; `created_at` the item's first event unless mapped. Rows without an item id
   (searches) are not item rows.
 - `category_separator` turns category paths ("electronics.smartphone") into "electronics > smartphone";
-  `properties` turns a long catalog (item, property, value rows) into a row per item (pivot.py).
+  `properties` turns a long catalog (item, property, value rows) into a row per item (pivot.py);
+  `parent` fills a variation's blank text from its parent row (fill.py).
 - `negative_quantity: return` makes an event line with a negative quantity a return of that many
   units (tills and ERPs write a return so); by default the feature job quarantines it.
 - RecBole atomic files (`.inter`, `.item`) lose their headers' `:type`; `recbole_defaults` names them.
@@ -58,6 +59,7 @@ import pyarrow as pa
 from features import artifacts as A
 from features.data import schema as S
 from features.data.event_ids import EventIds
+from features.data.fill import Parent
 from features.data.pivot import Properties
 from features.data.reading import check_encoding, text_source
 from features.data.validate import SchemaError
@@ -99,6 +101,7 @@ class TableMapping:
     fill_down_by: str | None = None  # ... only within a run of rows with the same value here (an order's id)
     properties: Properties | None = None  # items: a long catalog's property-name and value columns (pivot.py)
     negative_quantity: str = "quarantine"  # events: "return" makes a line of -2 units a return of 2
+    parent: Parent | None = None  # items: a variation's parent row, whose text fills its blanks (fill.py)
 
 
 @dataclass(frozen=True)
@@ -143,8 +146,9 @@ def check_mapping(m: TableMapping, table: str) -> None:
     if m.negative_quantity not in NEGATIVE_QUANTITY or (m.negative_quantity == "return" and table != "events"):
         raise SchemaError(f"{where}.negative_quantity: {m.negative_quantity!r}; allowed: "
                           f"{', '.join(NEGATIVE_QUANTITY)} (return: events only)")
-    if m.properties is not None and (table != "items" or not isinstance(m.columns.get(S.ITEM_ID), str)):
-        raise SchemaError(f"{where}.properties: only for an items file, with one column as columns.item_id")
+    for key in ("properties", "parent"):
+        if getattr(m, key) is not None and (table != "items" or not isinstance(m.columns.get(S.ITEM_ID), str)):
+            raise SchemaError(f"{where}.{key}: only for an items file, with one column as columns.item_id")
     if m.category_separator is not None and (table != "items" or not m.category_separator.strip()):
         raise SchemaError(f"{where}.category_separator: {m.category_separator!r}; a non-blank separator of the items' "
                           "category paths, e.g. \".\" or \"/\"")

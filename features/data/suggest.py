@@ -70,6 +70,7 @@ TS_NAMES = {S.TS: EVENT_NAMES[S.TS]}
 GENERIC_LEAVES = ("name", "amount", "value", "id", "code")  # a nested record's field named by its parent too
 DATE = r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}( \d{1,2}:\d\d(:\d\d)?)?$"  # 25/01/2024, 2024-01-25 10:00
 CODES = {"no", "id", "code", "number", "num", "nr"}  # a column of codes beside its names (department_no, _name)
+PARENT_NAMES = ("parent", "parentid", "parentsku", "parentproductid", "parentitemid")
 FILE_EVENTS = {"views": "view", "view": "view", "clicks": "click", "click": "click", "carts": "add_to_cart"}
 
 
@@ -189,6 +190,17 @@ def _split_match(columns: list[str], names: dict[str, tuple[str, ...]], explode:
 def _all(col: pl.Series, pattern: str) -> bool:  # every sampled value (some there) matches
     v = col.drop_nulls().cast(pl.String).str.strip_chars()
     return bool(v.len()) and bool(v.str.contains(pattern).all())
+
+
+def _parent(it: pl.DataFrame, icols: dict) -> dict | None:
+    """`parent` where a column named so (WooCommerce's Parent: id:15) refers to the rows' ids or item ids."""
+    col = next((c for c in it.columns if _norm(c) in PARENT_NAMES and c not in icols.values()), None)
+    ref = pl.Series([], dtype=pl.String) if col is None else it.get_column(col).cast(pl.String).str.strip_chars()
+    ref = ref.str.replace(r"^id:", "").filter(ref.is_not_null() & (ref != ""))
+    for c in [c for c in it.columns if _norm(c) == "id"] + [icols[S.ITEM_ID]]:
+        if ref.len() and float(ref.is_in(it.get_column(c).cast(pl.String).implode()).mean() or 0) >= 0.5:
+            return {"column": col, **({"id": c} if c != icols[S.ITEM_ID] else {})}
+    return None
 
 
 def _first(c: str | list[str]) -> str:
@@ -321,6 +333,10 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
             if k in icols and _tokens(icols[k]) & CODES:
                 named = (_tokens(icols[k]) - CODES) | {"name"}
                 icols[k] = next((c for c in it.columns if _tokens(c) == named and c not in icols.values()), icols[k])
+        if S.ITEM_ID in icols and (parent := _parent(it, icols)):
+            s.items["parent"] = parent
+            s.notes.append(f"rows name a parent row in {parent['column']!r} (a product's variations): parent fills "
+                           "their blank description, category and brand from it")
         if S.ITEM_ID not in icols:
             s.notes.append(f"no column of the items looks like an item id; the file has: {', '.join(it.columns)}")
             s.unsure.append(s.notes[-1])

@@ -373,3 +373,24 @@ def test_a_line_with_a_negative_quantity_is_a_return_where_the_mapping_says_so(t
                                               r"return \(return: events only\)"):
             cols = {S.ITEM_ID: "i"} if table == "events" else {S.ITEM_ID: "i", S.TITLE: "t"}
             check_mapping(TableMapping(path="x.csv", columns=cols, negative_quantity=bad), table)
+
+
+def test_a_woocommerce_variation_takes_its_parent_s_text_where_its_own_is_blank(tmp_path):
+    items = ("ID,Type,SKU,Name,Description,Categories,\"Regular price\",Parent\n"
+             "15,variable,mug,Ceramic Mug,Stoneware mug.,Kitchen > Mugs,,\n"
+             "16,variation,mug-blu,Ceramic Mug - Blue,,,14.00,id:15\n"
+             "17,variation,mug-grn,Ceramic Mug - Green,Glazed green.,,14.00,id:15\n"
+             "18,variation,apr-s,Apron S,,,30.00,apron\n19,simple,apron,Apron,Linen.,Aprons,30.00,\n"
+             "20,variation,x-1,Orphan,,,1.00,id:99\n")
+    m, text = _suggest(tmp_path, "timestamp,user,item\n2024-03-02,u1,mug-blu\n2024-03-03,u2,apr-s\n", items)
+    assert m["items"]["parent"] == {"column": "Parent", "id": "ID"} and "rows name a parent row in 'Parent'" in text
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    got = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
+    assert got.select(S.ITEM_ID, S.DESCRIPTION, S.CATEGORY).rows() == [
+        ("apr-s", "Linen.", "Aprons"),  # a parent named by its SKU, not its ID
+        ("apron", "Linen.", "Aprons"), ("mug", "Stoneware mug.", "Kitchen > Mugs"),
+        ("mug-blu", "Stoneware mug.", "Kitchen > Mugs"), ("mug-grn", "Glazed green.", "Kitchen > Mugs"),  # its own
+        ("x-1", None, None)]  # a parent that is not in the file: nothing to take
+    (tmp_path / "m.yaml").write_text((tmp_path / "m.yaml").read_text().replace("column: Parent", "column: Parent2"))
+    with pytest.raises(SchemaError, match=r"mapping.items.parent: column\(s\) \['Parent2'\] are not in the file"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out2")))
