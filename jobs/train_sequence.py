@@ -172,7 +172,6 @@ def run(cfg: TrainSequenceConfig) -> str:
     check_config(cfg)
     p = cfg.model
     steps = Steps("train_sequence")
-    init_ray(cfg.ray)
     index_dir = cfg.index or A.latest_complete(cfg.output_root, "index")
     if index_dir is None:
         raise FileNotFoundError(f"no complete index version under {cfg.output_root}/index; run jobs.build_index first")
@@ -191,6 +190,9 @@ def run(cfg: TrainSequenceConfig) -> str:
     n_pos = sum(len(s.rows) for s in train)
     if not len(targets):
         raise ValueError("no shopper has two or more items (the last one not bought before) to validate a next-item model on")
+    if not any(len(s.rows) >= 2 for s in train):  # said here, before Ray Train's workers start and fail on it
+        raise ValueError(f"no shopper has two or more items to learn a next item from once each validation shopper's "
+                         f"last item is held out ({len(seqs):,} shoppers, {n_pos:,} interactions): too small a log")
     print(f"  {len(seqs):,} shoppers, {n_pos:,} interactions, {len(index.item_ids):,} catalog items, "
           f"{len(targets):,} validation shoppers; model: text={p.text} ids={p.ids} events={p.events} dim={p.dim} "
           f"layers={p.layers} max_len={p.max_len}", flush=True)
@@ -207,6 +209,7 @@ def run(cfg: TrainSequenceConfig) -> str:
         st = SQ.fit(model, train, hist, targets, cfg.exclude_history)
         run_name = None
     else:
+        init_ray(cfg.ray)  # after the checks: a log too small to train on says so before any worker starts
         model, st = _fit_on_ray_train(cfg, run_name, (train, hist, targets, vectors), steps)
     fit_s = time.perf_counter() - t0
 

@@ -155,3 +155,22 @@ def test_a_checkpoint_resumes_weights_optimizer_and_best(tmp_path):
     assert opt2.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
     st3 = SQ.fit(again, train, hist, targets, False, state=st2, opt=opt2, log=None)
     assert st3["epoch"] == 4 and [c["epoch"] for c in st3["curve"]] == [1, 2, 3, 4]
+
+
+def test_a_log_too_small_to_train_on_says_so_before_any_training_worker_starts(tmp_path):
+    """One shopper with two items: its last is held out for validation, leaving nothing to learn a
+    next item from. The job says so itself (before, Ray Train's worker failed with a traceback)."""
+    from jobs import train_sequence as TS
+    from tests.helpers import small_catalog
+
+    _, index = small_catalog()
+    index.save(tmp_path / "index")
+    t = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
+    pl.DataFrame({S.EVENT_ID: ["e1", "e2", "e3"], S.USER_ID: ["u1", "u1", "u2"], S.ITEM_ID: ["i001", "i002", "i003"],
+                  S.EVENT_TYPE: ["purchase"] * 3, S.TS: [t, t + dt.timedelta(hours=1), t + dt.timedelta(hours=2)]}
+                 ).write_parquet(tmp_path / "events.parquet")
+    cfg = TS.TrainSequenceConfig(events=str(tmp_path / "events.parquet"), index=str(tmp_path / "index"),
+                                 output_root=str(tmp_path / "art"))
+    with pytest.raises(ValueError, match=r"no shopper has two or more items to learn a next item from once each "
+                                         r"validation shopper's last item is held out \(2 shoppers, 2 interactions\)"):
+        TS.run(cfg)
