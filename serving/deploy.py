@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from features.config import apply_overrides
+from serving import shop_state
 from serving.app import CONFIG
 from serving.client import ApiError, Client
 
@@ -221,6 +222,9 @@ def deploy(artifacts: str, state: str, address: str = "http://127.0.0.1:8265", o
     overrides = list(overrides or [])
     if show_demo and not os.environ.get("INTENTLY_API_KEY"):
         overrides.insert(0, "allow_anonymous_writes=true")  # the local demo logs an event without a key
+    moved = shop_state.check_artifacts(Path(state), artifacts)  # another shop's online state is set aside
+    if moved:
+        print(moved, flush=True)
     path, base = render(artifacts, state, overrides, Path(state) / "serve_config.yaml", http_port, cpus)
     print(f"serve deploy {path} (address {address})", flush=True)
     serve_bin = Path(sys.executable).parent / "serve"
