@@ -88,6 +88,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is str and isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()  # YAML reads 2011-11-09 as a date; string fields keep ISO text
+    if tp is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a column named 790 (RetailRocket's price property), written unquoted
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):

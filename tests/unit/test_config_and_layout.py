@@ -41,6 +41,10 @@ def test_defaults_overrides_and_types(tmp_path):
     assert to_dict(cfg)["sizes"] == [3, 4]
     # YAML 1.1 reads 5e-5 (no dot) as a string: a float field takes it as the number meant
     assert load_config(Outer, None, ["inner.rate=5e-5"]).inner.rate == 5e-5
+    # a whole number where text is meant is its text (a column named 790, unquoted); a boolean is not
+    assert load_config(Outer, None, ["name=790"]).name == "790"
+    with pytest.raises(ConfigError, match=r"name: expected str, got True"):
+        load_config(Outer, None, ["name=true"])
 
 
 @pytest.mark.parametrize("override, message", [
