@@ -130,7 +130,8 @@ def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
                     ts_unit=m.items.ts_unit if m.items.ts_unit != "auto" else events.ts_unit,
                     ts_format=m.items.ts_format or events.ts_format) if from_log else \
         replace(m.items, path=cfg.items or m.items.path, **enc)
-    return Mapping(events=events, items=items), from_log
+    more = tuple(replace(e, **enc) for e in m.more_events)  # (`events` overrides the first file's path only)
+    return Mapping(events=events, items=items, more_events=more), from_log
 
 
 def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:
@@ -169,6 +170,7 @@ class _Output:
         self.notes: list[str] = []  # warnings found while reading
         self.guests = 0  # events without a user id that took their session as the shopper
         self.nobody = 0  # events with neither a user id nor a session: the feature job quarantines them
+        self.event_columns: list[str] = []  # several events files: the columns any maps, in every file's rows
 
     def _write(self, name: str, table: pa.Table) -> None:
         if name not in self.writers:
@@ -182,6 +184,7 @@ class _Output:
         # Nullable: a blank user, time, type, item id or title is the feature job's to quarantine,
         # with its reason and row, not a cast error here that names neither.
         df = self._guests(df)
+        df = df.with_columns(pl.lit(None).alias(c) for c in self.event_columns if c not in df.columns)
         schema = _nullable(pa.schema([f for f in S.EVENTS_SCHEMA if f.name in df.columns]))
         self._write("events", df.to_arrow(compat_level=pl.CompatLevel.oldest()).select(schema.names).cast(schema))
         self.kept["events"] += df.height
@@ -352,72 +355,50 @@ def _named(table: str, path: str | None, chunks):
 
 
 def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Output) -> pl.DataFrame:
-    """Stream the events file through the mapping a chunk at a time; returns the items."""
+    """Stream each events file through its mapping a chunk at a time; returns the items."""
     def where(name: str) -> str:
         return "encoding (--set encoding=...)" if cfg.mapping in PRESETS else f"mapping.{name}.encoding"
 
-    check_mapping(m.events, "events")  # before reading: a setting's mistake is named, not the reader's error
+    sources = [m.events, *m.more_events]
+    for k, source in enumerate(sources):  # before reading: a setting's mistake is named, not the reader's error
+        check_mapping(source, "events", _where(k))
     if not from_log and "recbole" not in (m.events.format, m.items.format):  # (RecBole's title is found on reading)
         check_mapping(m.items, "items")
-    items = None
-    if not from_log:  # a catalog is small next to its event log: read whole (one table per file)
-        parts = list(_named("items", m.items.path, iter_tables(
-            m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where("items"), chunk_rows=1 << 62,
-            explode=m.items.explode, key_values=m.items.key_values, column_names=m.items.column_names)))
-        for part in parts:
-            out.check_quotes(part)
-        it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
-        if not it_raw.num_rows:
-            raise ValueError(f"items: {m.items.path} has no rows (a header and nothing else); the catalog needs items")
-        it_raw = FillDown(m.items.fill_down, m.items.fill_down_by, "mapping.items")(it_raw)
-        if m.items.parent:  # a variation's blank text from its parent row (WooCommerce)
-            text = [c for k in JOINABLE if k in m.items.columns for c in _names(m.items.columns[k])]
-            it_raw = inherit(it_raw, m.items.parent, str(m.items.columns[S.ITEM_ID]), text, "mapping.items")
-        rows = it_raw.num_rows
-        if m.items.properties:  # one row per item and property -> a row per item, a column per property used
-            it_raw, seen = _pivoted(it_raw, m.items)
-        else:
-            seen = dict.fromkeys(c for part in parts for c in part.column_names)
-        _check_seen(m.items, "items", seen, out)
-        if m.events.format == "recbole" or m.items.format == "recbole":
-            m = _with_title(m, it_raw.column_names)
-        items, it_rej = apply(it_raw, m.items, "items")
-        out.raw["items"] = rows
-        repeated = items.height - items.get_column(S.ITEM_ID).n_unique()
-        if repeated:  # a long catalog read as one item per row would be many one-property items
-            out.notes.append(f"WARNING: items: {repeated:,} row(s) repeat an item id of an earlier row; the feature "
-                             f"job keeps each item's first row and quarantines the rest as "
-                             f"{S.Reason.DUPLICATE_ITEM_ID.value}. A catalog with a row per item and property (item, "
-                             "property, value) needs mapping.items.properties (docs/data.md)")
-        out.rejected("items", it_rej)
-    ids, partials, first_row, seen, t0, said = EventIds(), [], 0, {}, time.monotonic(), 0.0
-    fill = FillDown(m.events.fill_down, m.events.fill_down_by, "mapping.events")  # carries across chunks
-    chunks = iter_tables(m.events.path, m.events.format, m.events.delimiter, m.events.encoding, where("events"),
-                         cfg.chunk_rows, explode=m.events.explode, key_values=m.events.key_values,
-                         column_names=m.events.column_names)
-    for chunk in _named("events", m.events.path, chunks):
-        seen.update(dict.fromkeys(chunk.column_names))
-        out.raw["events"] += chunk.num_rows
-        out.check_quotes(chunk)
-        chunk = fill(chunk)
-        events, ev_rej = apply(chunk, m.events, "events", ids)
-        out.events(events)
-        out.rejected("events", ev_rej)
-        if from_log:
-            part, it_rej = item_fields(chunk, m.items, m.events, first_row)
-            partials.append(part)
-            out.raw["items"] += chunk.num_rows
-            out.rejected("items", it_rej)
-            if len(partials) >= REDUCE_EVERY:
-                partials = [reduce_item_fields(partials, m.items)]
-        first_row += chunk.num_rows
-        if time.monotonic() - said >= PROGRESS_EVERY_S and time.monotonic() - t0 >= PROGRESS_EVERY_S:
-            said = time.monotonic()  # a long import says how far it is, at most every PROGRESS_EVERY_S
-            print(f"[import_events] {out.raw['events']:,} event rows read, {out.kept['events']:,} kept "
-                  f"(t={said - t0:.0f}s)", flush=True)  # ("[" lines stay out of the pipeline's stage summary)
-    _check_seen(m.events, "events", seen, out)
-    if not out.raw["events"]:  # say it here, not stages later as "no valid events"
-        raise ValueError(f"events: {m.events.path} has no rows (a header and nothing else); nothing to learn from")
+    items = None if from_log else _read_catalog(m, out, where("items"))
+    if m.more_events:  # one events table: a column one file maps is blank in the others' rows
+        out.event_columns = [c for c in S.EVENTS_SCHEMA.names if c in (S.EVENT_ID, S.USER_ID)
+                             or any(c in e.columns or c in e.constants for e in sources)]
+    ids, partials, first_row, seen, t0 = EventIds(), [], 0, {}, time.monotonic()
+    said = [0.0]
+    for k, source in enumerate(sources):
+        seen_here: dict[str, None] = {}
+        fill = FillDown(source.fill_down, source.fill_down_by, f"mapping.{_where(k)}")  # carries across chunks
+        chunks = iter_tables(source.path, source.format, source.delimiter, source.encoding, where(_where(k)),
+                             cfg.chunk_rows, explode=source.explode, key_values=source.key_values,
+                             column_names=source.column_names)
+        rows_before = out.raw["events"]
+        for chunk in _named("events", source.path, chunks):
+            seen_here.update(dict.fromkeys(chunk.column_names))
+            out.raw["events"] += chunk.num_rows
+            out.check_quotes(chunk)
+            chunk = fill(chunk)
+            events, ev_rej = apply(chunk, source, "events", ids, _where(k))
+            out.events(events)
+            out.rejected("events", ev_rej)
+            if from_log:  # with several files, each gives the item columns it has (merged by time)
+                item_chunk, item_map = _item_view(chunk, m.items, source) if m.more_events else (chunk, m.items)
+                part, it_rej = item_fields(item_chunk, item_map, source, first_row, every=m.items)
+                partials.append(part)
+                out.raw["items"] += chunk.num_rows
+                out.rejected("items", it_rej)
+                if len(partials) >= REDUCE_EVERY:
+                    partials = [reduce_item_fields(partials, m.items)]
+            first_row += chunk.num_rows
+            _progress(out, t0, said)
+        _check_seen(source, _where(k), seen_here, out)
+        if out.raw["events"] == rows_before:  # say it here, not stages later as "no valid events"
+            raise ValueError(f"events: {source.path} has no rows (a header and nothing else); nothing to learn from")
+        seen.update(seen_here)
     if from_log:
         _check_seen(m.items, "items", seen, out)
         items = merge_item_fields(partials, m.items)
@@ -425,6 +406,69 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
             raise ValueError(f"items: no row of {m.events.path} names an item in its column "
                              f"{m.items.columns[S.ITEM_ID]!r} (mapping.items.columns.item_id)")
     assert items is not None
+    return items
+
+
+def _where(k: int) -> str:
+    """The mapping key of the k-th events file, for messages: events, then events[1], events[2], ..."""
+    return "events" if k == 0 else f"events[{k}]"
+
+
+def _item_view(chunk: pa.Table, items: TableMapping, source: TableMapping) -> tuple[pa.Table, TableMapping]:
+    """One of several events files as the items' columns see it: its item id column under the name
+    the items mapping gives it (the first file's), and of the other item columns those it has; a
+    file without the title's column leaves the title to the others (merged by time). A column in
+    no file is still an error (`_check_seen` over them all)."""
+    id_col, own = items.columns[S.ITEM_ID], source.columns.get(S.ITEM_ID)
+    if isinstance(id_col, str) and isinstance(own, str) and own != id_col and own in chunk.column_names:
+        chunk = chunk.rename_columns([id_col if c == own else f"{c}\x1f" if c == id_col else c
+                                      for c in chunk.column_names])
+    cols = {k: v for k, v in items.columns.items() if all(c in chunk.column_names for c in _names(v))}
+    return chunk, replace(items, columns=cols, constants=items.constants if S.TITLE in cols else
+                          {S.TITLE: None, **items.constants})
+
+
+def _progress(out: _Output, t0: float, said: list[float]) -> None:
+    """A long import says how far it is, at most every PROGRESS_EVERY_S ("[" lines stay out of the
+    pipeline's stage summary)."""
+    now = time.monotonic()
+    if now - said[0] >= PROGRESS_EVERY_S and now - t0 >= PROGRESS_EVERY_S:
+        said[0] = now
+        print(f"[import_events] {out.raw['events']:,} event rows read, {out.kept['events']:,} kept "
+              f"(t={now - t0:.0f}s)", flush=True)
+
+
+def _read_catalog(m: Mapping, out: _Output, where: str) -> pl.DataFrame:
+    """The items file, read whole (a catalog is small next to its event log), through its mapping."""
+    parts = list(_named("items", m.items.path, iter_tables(
+        m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where, chunk_rows=1 << 62,
+        explode=m.items.explode, key_values=m.items.key_values, column_names=m.items.column_names)))
+    for part in parts:
+        out.check_quotes(part)
+    it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    if not it_raw.num_rows:
+        raise ValueError(f"items: {m.items.path} has no rows (a header and nothing else); the catalog needs items")
+    it_raw = FillDown(m.items.fill_down, m.items.fill_down_by, "mapping.items")(it_raw)
+    if m.items.parent:  # a variation's blank text from its parent row (WooCommerce)
+        text = [c for k in JOINABLE if k in m.items.columns for c in _names(m.items.columns[k])]
+        it_raw = inherit(it_raw, m.items.parent, str(m.items.columns[S.ITEM_ID]), text, "mapping.items")
+    rows = it_raw.num_rows
+    if m.items.properties:  # one row per item and property -> a row per item, a column per property used
+        it_raw, seen = _pivoted(it_raw, m.items)
+    else:
+        seen = dict.fromkeys(c for part in parts for c in part.column_names)
+    _check_seen(m.items, "items", seen, out)
+    if m.events.format == "recbole" or m.items.format == "recbole":
+        m = _with_title(m, it_raw.column_names)
+    items, it_rej = apply(it_raw, m.items, "items")
+    out.raw["items"] = rows
+    repeated = items.height - items.get_column(S.ITEM_ID).n_unique()
+    if repeated:  # a long catalog read as one item per row would be many one-property items
+        out.notes.append(f"WARNING: items: {repeated:,} row(s) repeat an item id of an earlier row; the feature "
+                         f"job keeps each item's first row and quarantines the rest as "
+                         f"{S.Reason.DUPLICATE_ITEM_ID.value}. A catalog with a row per item and property (item, "
+                         "property, value) needs mapping.items.properties (docs/data.md)")
+    out.rejected("items", it_rej)
     return items
 
 

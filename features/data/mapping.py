@@ -108,6 +108,7 @@ class TableMapping:
 class Mapping:
     events: TableMapping = field(default_factory=TableMapping)
     items: TableMapping = field(default_factory=TableMapping)
+    more_events: tuple[TableMapping, ...] = ()  # `events: [a, b, ...]` in YAML: b, ... (clicks, then orders)
 
 
 def recbole_defaults(inter: str | None, item: str | None) -> Mapping:
@@ -121,9 +122,10 @@ def recbole_defaults(inter: str | None, item: str | None) -> Mapping:
     )
 
 
-def check_mapping(m: TableMapping, table: str) -> None:
+def check_mapping(m: TableMapping, table: str, name: str | None = None) -> None:
+    """`table`: events or items; `name`: its key in the mapping for messages (events[1]: a further file)."""
     allowed = EVENT_COLUMNS if table == "events" else ITEM_COLUMNS
-    where = f"mapping.{table}"
+    where = f"mapping.{name or table}"
     if m.format not in FORMATS:
         raise SchemaError(f"{where}.format: {m.format!r}; allowed: {', '.join(FORMATS)}")
     if m.ts_unit not in TS_UNITS:
@@ -185,10 +187,11 @@ def _first(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:  # per row, 
     return src.select(pl.coalesce(parts).alias(names[0])).to_series()
 
 
-def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def _mapped(raw: pa.Table, m: TableMapping, table: str,
+            name: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(every row mapped and typed, per typed column whether a present value could not be typed,
     the source rows)."""
-    check_mapping(m, table)
+    check_mapping(m, table, name)
     source = text_source(raw)
     absent = []
     for k, spec in m.columns.items():
@@ -196,7 +199,7 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str) -> tuple[pl.DataFrame, p
             if v not in raw.column_names and source is not None and source[0] == "json":
                 absent.append(v)  # left out by this chunk's records; import_events checks the whole file has it
             elif v not in raw.column_names:
-                raise SchemaError(f"mapping.{table}.columns.{k}: column {v!r} is not in {m.path}; "
+                raise SchemaError(f"mapping.{name or table}.columns.{k}: column {v!r} is not in {m.path}; "
                                   f"the file has: {', '.join(raw.column_names)}{column_hint(table, raw.column_names)}")
     src = pl.from_arrow(raw)
     assert isinstance(src, pl.DataFrame)
@@ -266,13 +269,13 @@ def _rejects(bad: pl.DataFrame) -> pl.Series:
     return bad.select(pl.any_horizontal(flags) if flags else pl.repeat(False, pl.len())).to_series()
 
 
-def apply(raw: pa.Table, m: TableMapping, table: str,
-          event_ids: EventIds | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def apply(raw: pa.Table, m: TableMapping, table: str, event_ids: EventIds | None = None,
+          name: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(canonical rows, rows with a value that could not be typed: `reason`, `kept`, `raw`). A
     row rejected for its time (kept False) is not in the canonical rows; a row with another value
     that could not be typed is, with that value blank (kept True). len(canonical) + rejected rows
     not kept == raw.num_rows. `event_ids`: the import's, when `raw` is one chunk of a file."""
-    out, bad, src = _mapped(raw, m, table)
+    out, bad, src = _mapped(raw, m, table, name)
     contract = S.EVENTS_SCHEMA if table == "events" else S.ITEMS_SCHEMA
     keep = ~_rejects(bad)
     rejected = _rejected(src, bad)
@@ -290,7 +293,8 @@ def used_columns(m: TableMapping) -> list[str]:
     return sorted({c for spec in m.columns.values() for c in ((spec,) if isinstance(spec, str) else spec)})
 
 
-def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row: int = 0,
+                every: TableMapping | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One chunk of an events file whose rows carry item fields (see module doc) -> (per item id,
     each used shop column's latest non-blank value with the event time and file row it came
     from, plus the item's first event time; the chunk's rejected rows). `merge_item_fields`
@@ -318,6 +322,8 @@ def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row:
         latest += [pl.col(c).filter(picked).last(), pl.col(_TS).filter(picked).last().alias(f"{c}{_TS}"),
                    pl.col(_N).filter(picked).last().alias(f"{c}{_N}")]
     partial = rows.group_by(_KEY).agg(latest + [pl.col(_TS).min().alias(_FIRST)])
+    absent = [c for c in used_columns(every or m) if c not in used]  # `every`: another file's item columns
+    partial = partial.with_columns(pl.lit(None).alias(x) for c in absent for x in (c, f"{c}{_TS}", f"{c}{_N}"))
     return partial, _rejected(src, bad, has_item)
 
 
@@ -334,7 +340,7 @@ def _blanked(bad: pl.DataFrame, m: TableMapping) -> list[pl.Expr]:
 
 def reduce_item_fields(partials: list[pl.DataFrame], m: TableMapping) -> pl.DataFrame:
     """Several chunks' `item_fields` as one, in the same form (an import reduces as it goes)."""
-    both = pl.concat(partials, how="vertical_relaxed")
+    both = pl.concat(partials, how="diagonal_relaxed")
     aggs = [pl.col(x).sort_by([f"{c}{_TS}", f"{c}{_N}"], nulls_last=False).last().alias(x)
             for c in used_columns(m) for x in (c, f"{c}{_TS}", f"{c}{_N}")]
     return both.group_by(_KEY).agg(aggs + [pl.col(_FIRST).min()])
@@ -366,6 +372,10 @@ def load_mapping(path: str) -> Mapping:
         data = yaml.safe_load(f.read().decode()) or {}
     if not isinstance(data, dict):
         raise SchemaError(f"{path}: a mapping must be a YAML object with `events` and `items`")
+    if isinstance(data.get("events"), list):  # several event files (views and orders), each with its own columns
+        if not data["events"] or "more_events" in data:
+            raise SchemaError(f"{path}: events: a list needs at least one file (and no more_events key beside it)")
+        data = {**data, "events": data["events"][0], "more_events": data["events"][1:]}
     m = from_dict(Mapping, data, prefix="mapping")
     if A.is_uri(path):
         return m
@@ -377,4 +387,4 @@ def load_mapping(path: str) -> Mapping:
             return replace(t, path=os.path.join(base, t.path))
         return t
 
-    return Mapping(events=rebase(m.events), items=rebase(m.items))
+    return Mapping(events=rebase(m.events), items=rebase(m.items), more_events=tuple(map(rebase, m.more_events)))

@@ -37,7 +37,8 @@ PARQUET_CHUNK_BYTES = 256 << 20  # Parquet: about this much uncompressed data a 
 
 
 def format_of(path: str, fmt: str) -> str:
-    """The format of one file: `fmt`, or for "auto" its name's ending (Parquet otherwise)."""
+    """The format of one file: `fmt`, or for "auto" its name's ending (Parquet otherwise; `iter_tables`
+    reads a name that says nothing, clicks.dat, by its first bytes)."""
     if fmt != "auto":
         return fmt
     name = path.lower()
@@ -79,6 +80,10 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
     (a chunk then holds about `chunk_rows` records, before their lists are exploded)."""
     for fs, p in A.list_files(path):
         kind = format_of(p, fmt)
+        if kind == "parquet" and fmt == "auto" and not p.lower().endswith((".parquet", ".pq", ".parq")):
+            with fs.open_input_stream(p, compression="detect") as f:  # a name that says nothing (clicks.dat)
+                head = f.read(4096)
+            kind = "parquet" if head[:4] == b"PAR1" else "json" if head.lstrip()[:1] in (b"{", b"[") else "csv"
         if column_names and kind not in ("csv", "tsv"):
             raise SchemaError(f"column_names: only CSV and TSV files are read without a header row; {p} is {kind}")
         if kind == "parquet":
@@ -87,8 +92,8 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
                 pf = pq.ParquetFile(f)
             except pa.ArrowInvalid as e:
                 raise SchemaError(f"{p}: not a Parquet file ({str(e)[:100]}); a file is read by its name's ending: "
-                                  ".csv .tsv .txt .jsonl .ndjson .json .xlsx .xls .ods .inter/.item (and .gz of the "
-                                  "text ones), anything else as Parquet; or set the mapping's format: "
+                                  ".parquet .csv .tsv .txt .jsonl .ndjson .json .xlsx .xls .ods .inter/.item (and .gz "
+                                  "of the text ones), any other by its first bytes; or set the mapping's format: "
                                   "parquet, csv, tsv, json, excel, recbole") from None
             with f:
                 empty = True

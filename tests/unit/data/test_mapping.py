@@ -399,3 +399,57 @@ items:
     (tmp_path / "m.yaml").write_text(mapping.format(names="column_names: [session, session]\n  "))
     with pytest.raises(SchemaError, match=r"mapping.events.column_names: \['session', 'session'\]; a list of distinct"):
         IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "o")))
+
+
+YC_CLICKS = ("session_id,timestamp,item_id,category\n1,2014-04-07T10:51:09.277Z,A,0\n1,2014-04-07T10:54:09.868Z,B,0\n"
+             "2,2014-04-07T13:56:37.614Z,C,S\n")
+YC_BUYS = "session,time,item,price,quantity\n2,2014-04-07T14:00:00Z,C,1046,1\n3,2014-04-08T09:00:00Z,D,2000,2\n"
+YC_MAPPING = """events:
+  - path: clicks.csv
+    columns: {session_id: session_id, ts: timestamp, item_id: item_id}
+    constants: {event_type: click}
+  - path: buys.csv
+    columns: {session_id: session, ts: time, item_id: item, price: price, quantity: quantity}
+    constants: {event_type: purchase}
+items:
+  columns: {item_id: item_id, title: item_id, category: category, price: price}
+"""
+
+
+def test_several_event_files_each_with_its_own_columns_import_as_one_log(tmp_path):
+    """YooChoose's clicks and buys, Diginetica's views and purchases, a shop's pageviews and orders:
+    one events table, and the items from every file (each field its latest value by time)."""
+    (tmp_path / "clicks.csv").write_text(YC_CLICKS)
+    (tmp_path / "buys.csv").write_text(YC_BUYS)
+    (tmp_path / "m.yaml").write_text(YC_MAPPING)
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    assert r["raw_rows"]["events"] == 5 and r["events"] == 5 and r["rejected"] == {}
+    ev = _read(tmp_path / "out", "events").sort(S.TS)
+    assert ev.select(S.USER_ID, S.EVENT_TYPE, S.ITEM_ID, S.PRICE, S.QUANTITY).rows() == [
+        ("anon:1", "click", "A", None, None), ("anon:1", "click", "B", None, None), ("anon:2", "click", "C", None, None),
+        ("anon:2", "purchase", "C", 1046.0, 1), ("anon:3", "purchase", "D", 2000.0, 2)]
+    items = _read(tmp_path / "out", "items").sort(S.ITEM_ID)
+    assert items.select(S.ITEM_ID, S.CATEGORY, S.PRICE).rows() == [("A", "0", None), ("B", "0", None),
+                                                                   ("C", "S", 1046.0), ("D", None, 2000.0)]
+    assert items[S.TITLE].to_list() == ["A", "B", "C", "D"]  # D, bought unseen, is titled by the buys' own id column
+    # A mistake in the second file's mapping is named by its place in the list.
+    (tmp_path / "m.yaml").write_text(YC_MAPPING.replace("item_id: item,", "item_id: itm,"))
+    with pytest.raises(SchemaError, match=r"mapping.events\[1\].columns.item_id: column 'itm' is not in .*buys.csv"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out2")))
+
+
+def test_the_docs_yoochoose_example_reads_its_headerless_dat_files(tmp_path):
+    """docs/data.md's mapping for YooChoose's clicks and buys, as written there: .dat files without a
+    header row, read as CSV by their first bytes (the name says nothing)."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "data.md").read_text()
+    example = next(b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "yoochoose-clicks.dat" in b)
+    (tmp_path / "m.yaml").write_text(example)
+    (tmp_path / "yoochoose-clicks.dat").write_text("1,2014-04-07T10:51:09.277Z,214536502,0\n"
+                                                    "2,2014-04-07T13:56:37.614Z,214662742,S\n")
+    (tmp_path / "yoochoose-buys.dat").write_text("2,2014-04-07T14:00:00.000Z,214662742,1046,1\n")
+    r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    assert r["events"] == 3 and r["items"] == 2 and r["rejected"] == {}
+    assert sorted(_read(tmp_path / "out", "events")[S.EVENT_TYPE].to_list()) == ["click", "click", "purchase"]

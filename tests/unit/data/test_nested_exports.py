@@ -135,10 +135,12 @@ def test_nested_export_errors_name_the_field_the_file_and_the_choices(tmp_path):
     (tmp_path / "bad.jsonl").write_text(_lines(RECORDS[:2]) + '{"messageId": "m3", \n')
     with pytest.raises(SchemaError, match=r"bad.jsonl, record 3 of this chunk: not JSON"):
         _import(tmp_path, "bad.jsonl")
-    (tmp_path / "events.dat").write_text(_lines(RECORDS))
-    with pytest.raises(SchemaError, match=r"events.dat: not a Parquet file .* .jsonl .ndjson .json .*format: parquet, "
-                                          r"csv, tsv, json, excel, recbole"):
-        _import(tmp_path, "events.dat")
+    (tmp_path / "events.dat").write_text(_lines(RECORDS))  # a name that says nothing: read by its first bytes
+    assert _import(tmp_path, "events.dat", out="dat")[1].equals(_import(tmp_path, out="jsonl")[1])
+    (tmp_path / "events.parquet").write_text(_lines(RECORDS))
+    with pytest.raises(SchemaError, match=r"events.parquet: not a Parquet file .* .jsonl .ndjson .json .*format: "
+                                          r"parquet, csv, tsv, json, excel, recbole"):
+        _import(tmp_path, "events.parquet")
     (tmp_path / "events.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SchemaError, match=r"explode: 'properties.products'; only JSON and Parquet files hold lists"):
         _import(tmp_path, "events.csv")
