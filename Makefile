@@ -86,7 +86,7 @@ search: venv
 # override the mapping's files).
 evaluate: venv data
 	@if [ -n "$(MAPPING)" ]; then \
-	  out=data/canonical/$$(basename "$(if $(filter auto,$(MAPPING)),$(EVENTS),$(MAPPING))" | sed 's/\..*$$//'); \
+	  out=data/canonical/$$(basename "$(if $(filter auto,$(MAPPING)),$(firstword $(subst $(comma), ,$(EVENTS))),$(MAPPING))" | sed 's/\..*$$//'); \
 	  $(BIN)/python -m jobs.import_events --set mapping=$(MAPPING) --set output=$$out \
 	    $(if $(EVENTS),--set events=$(call abs_or_uri,$(EVENTS))) $(if $(ITEMS),--set items=$(call abs_or_uri,$(ITEMS))) && \
 	  $(BIN)/python -m jobs.evaluate --set events=$$out/events.parquet --set items=$$out/items.parquet $(EVAL_ARGS); \
@@ -115,7 +115,8 @@ ITEMS ?=
 MAPPING ?=
 OUTPUT ?= $(ART)
 CLUSTER ?= http://127.0.0.1:$(RAY_DASHBOARD_PORT)
-abs_or_uri = $(if $(findstring ://,$(1)),$(1),$(abspath $(1)))
+comma := ,
+abs_or_uri = $(subst $(eval) ,$(comma),$(foreach f,$(subst $(comma), ,$(1)),$(if $(findstring ://,$f),$f,$(abspath $f))))
 run: venv
 	@test -n "$(EVENTS)$(filter-out recbole uci-online-retail auto,$(MAPPING))" || { echo 'EVENTS is empty: make run EVENTS=<path or URI> ITEMS=<path or URI> [MAPPING=<mapping.yaml|auto|recbole|uci-online-retail>] (a mapping file may name the files itself)'; exit 2; }
 	@if [ "$(CLUSTER)" = "http://127.0.0.1:$(RAY_DASHBOARD_PORT)" ]; then \

@@ -47,6 +47,7 @@ from features.data.mapping import (
     column_hint,
     item_fields,
     load_mapping,
+    mapping_from_dict,
     merge_item_fields,
     recbole_defaults,
     reduce_item_fields,
@@ -85,12 +86,11 @@ def _guessed_mapping(cfg: ImportEventsConfig) -> Mapping:
     import's output; a guess with blockers stops here, naming them and that file."""
     import yaml
 
-    from features.config import from_dict
     from features.data.suggest import suggest, to_yaml
 
     if not cfg.events:
         raise ConfigError("events: mapping=auto guesses the mapping from the events file; pass events (make run EVENTS=...)")
-    s = suggest(cfg.events, cfg.items, cfg.encoding)
+    s = suggest(_paths(cfg.events), cfg.items, cfg.encoding)
     text, path = to_yaml(s), A.join(cfg.output, "mapping.yaml")
     fs, inner = A.resolve(cfg.output)
     fs.create_dir(inner, recursive=True)
@@ -102,7 +102,7 @@ def _guessed_mapping(cfg: ImportEventsConfig) -> Mapping:
     if s.blockers():
         raise ConfigError(f"mapping=auto: the guess needs a person before an import: {'; '.join(s.blockers())}. Edit "
                           f"{path} (a copy outside the output), then make run MAPPING=<that file>")
-    return from_dict(Mapping, yaml.safe_load(text), prefix="mapping")
+    return mapping_from_dict(yaml.safe_load(text), path)
 
 
 def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
@@ -116,7 +116,12 @@ def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
     enc = {"encoding": cfg.encoding} if cfg.encoding else {}
     from_log = (cfg.mapping != "recbole" and not cfg.items and bool(m.items.columns)
                 and (not m.items.path or m.items.path == m.events.path))
-    events = replace(m.events, path=cfg.events or m.events.path, **enc)
+    given, sources = _paths(cfg.events), [m.events, *m.more_events]
+    if len(given) > len(sources):
+        raise ConfigError(f"events: {len(given)} files ({cfg.events}) for a mapping with {len(sources)} events "
+                          "file(s); list them under the mapping's events (docs/data.md)")
+    sources = [replace(e, path=p, **enc) for e, p in zip(sources, given + [e.path for e in sources[len(given):]])]
+    events = sources[0]
     if not events.path:
         raise ConfigError("events: no events file; set mapping.events.path or pass events (make run EVENTS=...)")
     if not (cfg.items or m.items.path or from_log):
@@ -130,8 +135,12 @@ def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
                     ts_unit=m.items.ts_unit if m.items.ts_unit != "auto" else events.ts_unit,
                     ts_format=m.items.ts_format or events.ts_format) if from_log else \
         replace(m.items, path=cfg.items or m.items.path, **enc)
-    more = tuple(replace(e, **enc) for e in m.more_events)  # (`events` overrides the first file's path only)
-    return Mapping(events=events, items=items, more_events=more), from_log
+    return Mapping(events=events, items=items, more_events=tuple(sources[1:])), from_log
+
+
+def _paths(events: str | None) -> list[str]:
+    """`events` as the files it names: one, or several separated by commas (clicks.dat,buys.dat)."""
+    return [p.strip() for p in events.split(",") if p.strip()] if events else []
 
 
 def _with_title(m: Mapping, raw_columns: list[str]) -> Mapping:

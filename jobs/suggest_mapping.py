@@ -1,6 +1,7 @@
 """Write a column mapping to start from, guessed from a shop's export (features/data/suggest.py).
 
     make mapping EVENTS=export/events.csv [ITEMS=export/items.csv] [MAPPING=shop.yaml]
+    make mapping EVENTS=clicks.dat,buys.dat          # several event files, each with its own columns
     python -m jobs.suggest_mapping --set events=export/events.csv --set output=shop.yaml
 
 Reads the first rows of each file, prints the mapping with what to check as comments, and writes it
@@ -20,7 +21,7 @@ from jobs.common import load_job_config, parse_args, run_job
 
 @dataclass(frozen=True)
 class SuggestMappingConfig:
-    events: str | None = None   # the shop's events file, folder or URI
+    events: str | None = None   # the shop's events file, folder or URI; several: separated by commas
     items: str | None = None    # its items file (none: the catalog from the events file's product columns)
     output: str = "mapping.yaml"
     encoding: str | None = None  # the files' character set; null: UTF-8, else cp1252 or latin-1 if that reads them
@@ -33,12 +34,13 @@ def run(cfg: SuggestMappingConfig) -> str:
     out = Path(cfg.output)
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"output: {out} exists; name another file (MAPPING=...) or set overwrite=true")
-    for name, path in (("events", cfg.events), ("items", cfg.items)):
+    files = [p.strip() for p in cfg.events.split(",") if p.strip()]  # several: clicks.dat,buys.dat
+    for name, path in [*(("events", p) for p in files), ("items", cfg.items)]:
         if path and "://" not in path and not Path(path).exists():
             raise ConfigError(f"{name}: {path} does not exist")
-    events = cfg.events if "://" in cfg.events else str(Path(cfg.events).resolve())
+    events = [p if "://" in p else str(Path(p).resolve()) for p in files]
     items = cfg.items if not cfg.items or "://" in cfg.items else str(Path(cfg.items).resolve())
-    text = to_yaml(suggest(events, items, cfg.encoding))
+    text = to_yaml(suggest(events[0] if len(events) == 1 else events, items, cfg.encoding))
     out.write_text(text)
     return text
 

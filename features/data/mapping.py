@@ -361,22 +361,28 @@ def items_from_events(raw: pa.Table, m: TableMapping, events: TableMapping) -> t
     return merge_item_fields([partial], m), rejected
 
 
+def mapping_from_dict(data: Any, where: str) -> Mapping:
+    """A mapping's YAML object -> Mapping; `events` may be a list (several event files, each with its
+    own columns: views and orders), the first of which is `events` and the rest `more_events`."""
+    from features.config import from_dict
+
+    if not isinstance(data, dict):
+        raise SchemaError(f"{where}: a mapping must be a YAML object with `events` and `items`")
+    if isinstance(data.get("events"), list):
+        if not data["events"] or "more_events" in data:
+            raise SchemaError(f"{where}: events: a list needs at least one file (and no more_events key beside it)")
+        data = {**data, "events": data["events"][0], "more_events": data["events"][1:]}
+    return from_dict(Mapping, data, prefix="mapping")
+
+
 def load_mapping(path: str) -> Mapping:
     """A mapping YAML file (local or URI) -> Mapping, with unknown keys refused by name."""
     import yaml
 
-    from features.config import from_dict
-
     fs, inner = A.resolve(path)
     with fs.open_input_stream(inner) as f:
         data = yaml.safe_load(f.read().decode()) or {}
-    if not isinstance(data, dict):
-        raise SchemaError(f"{path}: a mapping must be a YAML object with `events` and `items`")
-    if isinstance(data.get("events"), list):  # several event files (views and orders), each with its own columns
-        if not data["events"] or "more_events" in data:
-            raise SchemaError(f"{path}: events: a list needs at least one file (and no more_events key beside it)")
-        data = {**data, "events": data["events"][0], "more_events": data["events"][1:]}
-    m = from_dict(Mapping, data, prefix="mapping")
+    m = mapping_from_dict(data, path)
     if A.is_uri(path):
         return m
     # Relative table paths in a local mapping file are relative to the file's folder.

@@ -76,7 +76,7 @@ FILE_EVENTS = {"views": "view", "view": "view", "clicks": "click", "click": "cli
 
 @dataclass
 class Suggestion:
-    events: dict = field(default_factory=dict)
+    events: dict | list = field(default_factory=dict)  # a list for several events files
     items: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what was guessed, and what to check
     unsure: list[str] = field(default_factory=list)  # notes a person must settle before an import (blockers)
@@ -84,7 +84,8 @@ class Suggestion:
     def blockers(self) -> list[str]:
         """What keeps this guess from being imported as it is (`mapping: auto`): a column or time
         format it found nothing for (a `<...>` placeholder), or a guess it could not settle."""
-        holes = [f"{table}.{k}: {v}" for table, d in (("events", self.events), ("items", self.items))
+        tables = [("events", d) for d in (self.events if isinstance(self.events, list) else [self.events])]
+        holes = [f"{table}.{k}: {v}" for table, d in (*tables, ("items", self.items))
                  for k, v in [*d.items(), *d.get("columns", {}).items()] if isinstance(v, str) and v.startswith("<")]
         return self.unsure + holes
 
@@ -207,10 +208,9 @@ def _first(c: str | list[str]) -> str:
     return c[0] if isinstance(c, list) else c
 
 
-def _fill_down(df: pl.DataFrame, cols: dict[str, str], s: Suggestion, table: dict) -> None:
+def _fill_down(df: pl.DataFrame, cols: dict[str, str], s: Suggestion, table: dict, events: bool) -> None:
     """Rows without a time (events) or a title (items) that continue the order or product above
     them (features/data/fill.py): fill_down those columns within it, or say what becomes of them."""
-    events = table is s.events
     key, also = (S.TS, (S.USER_ID,)) if events else (S.TITLE, (S.DESCRIPTION, S.CATEGORY, S.BRAND))
     g = guess_fill_down(df, cols[key], [v for k, v in cols.items() if k != S.SESSION_ID or not events],
                         [cols[k] for k in also if k in cols])
@@ -218,7 +218,7 @@ def _fill_down(df: pl.DataFrame, cols: dict[str, str], s: Suggestion, table: dic
     if g is not None and g.by:
         table.update({"fill_down": g.columns, "fill_down_by": g.by})
         if events:
-            s.events["columns"].setdefault(S.SESSION_ID, g.by)
+            table["columns"].setdefault(S.SESSION_ID, g.by)
         s.notes.append(f"{g.share:.0%} of the sampled {'rows' if events else 'item rows'} have no {what}: they "
                        f"continue the {'order' if events else 'product'} above them ({g.by!r} repeats on exactly "
                        f"those rows), so fill_down fills {g.columns} within each {g.by!r}")
@@ -247,9 +247,9 @@ def _event_types(values: pl.Series, notes: list[str], col: str) -> dict:
     return out
 
 
-def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion, table: dict) -> pl.DataFrame:
+def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion, table: dict, events: bool) -> pl.DataFrame:
     """A CSV whose first row is data (sniff.py `without_header`): sampled again with `column_names`."""
-    found = without_header(ev, path, read, events=table is s.events)
+    found = without_header(ev, path, read, events=events)
     if found is None:
         return ev
     s.notes.append(f"the first line of {path} reads as data, not a header ({', '.join(ev.columns[:4])}, ...): "
@@ -268,17 +268,17 @@ def _read_note(read: dict, given: str | None, path: str, s: Suggestion) -> dict:
     return read
 
 
-def suggest(events: str, items: str | None = None, encoding: str | None = None) -> Suggestion:
-    """A mapping to start from for the files `events` (and `items`), with notes on what to check.
-    `encoding`: the files' character set (None: UTF-8, else the first fallback that reads them)."""
-    s = Suggestion()
+def _events(s: Suggestion, events: str, encoding: str | None, many: bool) -> tuple[dict, pl.DataFrame, dict, str | None]:
+    """One events file's part of the mapping: (its table, the sample, the columns matched, explode).
+    With `many` files, its notes name it."""
+    noted, unsure, table = len(s.notes), len(s.unsure), {}
     ev, read = sample(events, encoding=encoding)
-    s.events = {"path": events, **_read_note(read, encoding, events, s)}
-    ev = _headerless(ev, events, read, s, s.events)
+    table.update({"path": events, **_read_note(read, encoding, events, s)})
+    ev = _headerless(ev, events, read, s, table, True)
     explode, key_values = _nested(ev, s)
     if explode or key_values:  # sampled again as the import will read it
         ev, _ = sample(events, explode, key_values, encoding=read.get("encoding"))
-        s.events.update({k: v for k, v in (("explode", explode), ("key_values", key_values)) if v})
+        table.update({k: v for k, v in (("explode", explode), ("key_values", key_values)) if v})
     per_product = (S.ITEM_ID, S.QUANTITY, S.PRICE)
     cols = _split_match(ev.columns, EVENT_NAMES, explode, per_product, several=per_product)
     taken = {c for v in cols.values() for c in ([v] if isinstance(v, str) else v)}
@@ -300,34 +300,49 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
                 s.unsure.append(s.notes[-1])
     if S.ITEM_ID in cols and cols.get(S.USER_ID) == cols[S.ITEM_ID]:
         cols.pop(S.USER_ID)
-    s.events["columns"] = {k: cols[k] for k in EVENT_NAMES if k in cols}
+    table["columns"] = {k: cols[k] for k in EVENT_NAMES if k in cols}
     one = {k: _first(v) for k, v in cols.items()}
     if S.TS in cols:
-        _fill_down(ev, one, s, s.events)
+        _fill_down(ev, one, s, table, True)
         ts = [cols[S.TS]] if isinstance(cols[S.TS], str) else cols[S.TS]
         text = ev.select(pl.concat_str([pl.col(c).cast(pl.String) for c in ts], separator=" ")).to_series()
-        s.events.update(time_settings(text, s.notes, " + ".join(ts), s.unsure))
+        table.update(time_settings(text, s.notes, " + ".join(ts), s.unsure))
     if S.EVENT_TYPE in cols:
         words = _event_types(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
         if words:
-            s.events["values"] = {S.EVENT_TYPE: words}
+            table["values"] = {S.EVENT_TYPE: words}
     else:  # a file named for its events (train-item-views.csv, yoochoose-clicks.dat), else purchases
         named = next((FILE_EVENTS[t] for t in _tokens(events.rstrip("/").rsplit("/", 1)[-1].split(".")[0]) if t in FILE_EVENTS),
                      S.EventType.PURCHASE.value)
-        s.events["constants"] = {S.EVENT_TYPE: named}
+        table["constants"] = {S.EVENT_TYPE: named}
         s.notes.append(f"no event type column: every row is taken as a {named} (constants.event_type)"
                        + ("; use view for a browsing log" if named == S.EventType.PURCHASE.value else
                           ", as the file's name says"))
     if S.PRICE in cols and decimal_comma(ev.get_column(one[S.PRICE])):
-        s.events["decimal_separator"] = ","
+        table["decimal_separator"] = ","
     if S.QUANTITY in cols and (ev.get_column(one[S.QUANTITY]).cast(pl.Float64, strict=False) < 0).any():
-        s.events["negative_quantity"] = "return"
+        table["negative_quantity"] = "return"
         s.notes.append(f"some quantities in {one[S.QUANTITY]!r} are negative: negative_quantity: return makes each "
                        "such line a return of that many units (without it, the feature job quarantines them)")
+    if many:
+        name = events.rstrip("/").rsplit("/", 1)[-1]
+        s.notes[noted:], s.unsure[unsure:] = ([f"{name}: {n}" for n in x] for x in (s.notes[noted:], s.unsure[unsure:]))
+    return table, ev, cols, explode
+
+
+def suggest(events: str | list[str], items: str | None = None, encoding: str | None = None) -> Suggestion:
+    """A mapping to start from for the files `events` (one, or several with their own columns: a list)
+    and `items`, with notes on what to check. `encoding`: the files' character set (None: UTF-8,
+    else the first fallback that reads them). Items from the events file come from the first."""
+    s = Suggestion()
+    paths = [events] if isinstance(events, str) else list(events)
+    found = [_events(s, p, encoding, len(paths) > 1) for p in paths]
+    s.events = found[0][0] if len(found) == 1 else [f[0] for f in found]  # type: ignore[assignment]
+    _, ev, cols, explode = found[0]
     if items:
         it, iread = sample(items, encoding=encoding)
         s.items = {"path": items, **_read_note(iread, encoding, items, s)}
-        it = _headerless(it, items, iread, s, s.items)
+        it = _headerless(it, items, iread, s, s.items, False)
         icols = match_columns(it.columns, ITEM_NAMES)
         for k in (S.CATEGORY, S.BRAND):  # a category's (a brand's) name, not its code, where the file has both
             if k in icols and _tokens(icols[k]) & CODES:
@@ -354,7 +369,7 @@ def suggest(events: str, items: str | None = None, encoding: str | None = None) 
         if S.PRICE in icols and decimal_comma(it.get_column(_first(icols[S.PRICE]))):
             s.items["decimal_separator"] = ","
         if S.TITLE in icols:
-            _fill_down(it, icols, s, s.items)
+            _fill_down(it, icols, s, s.items, False)
     else:  # the catalog from the events file's own product columns
         used = {c for v in cols.values() for c in ([v] if isinstance(v, str) else v)}
         names = {k: v for k, v in ITEM_NAMES.items() if k not in (S.ITEM_ID, S.PRICE)}

@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 import yaml
 
+from features.config import ConfigError
 from features.data import schema as S
 from features.data.mapping import TableMapping, check_mapping
 from features.data.suggest import EVENT_NAMES, ITEM_NAMES, match_columns
@@ -192,7 +193,6 @@ def test_a_trackers_json_lines_explode_orders_and_a_stray_time_does_not_decide_t
 def test_mapping_auto_imports_through_the_guess_and_keeps_it_with_the_output(tmp_path):
     """`make run EVENTS=<export> MAPPING=auto`: one command from a shop's export; the guessed mapping
     is written next to the canonical tables, and the import is the one the same mapping file gives."""
-    from features.config import ConfigError
 
     (tmp_path / "events.csv").write_text(
         "event_time,event_type,product_id,product_name,price,user_id,user_session\n"
@@ -394,3 +394,25 @@ def test_a_woocommerce_variation_takes_its_parent_s_text_where_its_own_is_blank(
     (tmp_path / "m.yaml").write_text((tmp_path / "m.yaml").read_text().replace("column: Parent", "column: Parent2"))
     with pytest.raises(SchemaError, match=r"mapping.items.parent: column\(s\) \['Parent2'\] are not in the file"):
         IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out2")))
+
+
+def test_several_event_files_get_one_mapping_each_and_import_in_one_command(tmp_path):
+    (tmp_path / "clicks.csv").write_text("session_id,timestamp,item_id,category\n1,2014-04-07T10:51:09Z,A,0\n"
+                                         "2,2014-04-07T13:56:37Z,C,S\n")
+    (tmp_path / "buys.csv").write_text("session_id,timestamp,item_id,price,quantity\n2,2014-04-07T14:00:00Z,C,10,1\n")
+    both = f"{tmp_path / 'clicks.csv'},{tmp_path / 'buys.csv'}"
+    text = SM.run(SM.SuggestMappingConfig(events=both, output=str(tmp_path / "m.yaml")))
+    m = yaml.safe_load(text)
+    assert [e["constants"] for e in m["events"]] == [{S.EVENT_TYPE: "click"}, {S.EVENT_TYPE: "purchase"}]
+    assert m["events"][1]["columns"][S.PRICE] == "price" and "# CHECK: buys.csv: no event type column" in text
+    r = IE.run(IE.ImportEventsConfig(mapping="auto", events=both, output=str(tmp_path / "out")))
+    assert r["events"] == 3 and r["items"] == 2
+    with pytest.raises(ConfigError, match=r"events: 2 files \(.*\) for a mapping with 1 events file\(s\)"):
+        IE.run(IE.ImportEventsConfig(mapping=_one_file_mapping(tmp_path), events=both, output=str(tmp_path / "o2")))
+
+
+def _one_file_mapping(tmp_path) -> str:
+    (tmp_path / "one.yaml").write_text("events: {path: clicks.csv, columns: {ts: timestamp, item_id: item_id, "
+                                       "session_id: session_id}, constants: {event_type: click}}\n"
+                                       "items: {columns: {item_id: item_id, title: item_id}}\n")
+    return str(tmp_path / "one.yaml")
