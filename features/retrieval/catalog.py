@@ -13,6 +13,7 @@ plus a few arrays of N.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ POPULARITY_SHORT_DAYS, POPULARITY_LONG_DAYS = 1.0, 30.0
 # catalog's top 5% by that measure (at least 10 items): every item with a sale has a popularity above 0.
 POPULAR_TOP_SHARE, POPULAR_TOP_MIN = 0.05, 10
 ITEM_AGE_DAYS = 30.0  # the ranker's item_age: exp(-days since the item's first interaction / this)
+_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more (YooChoose's category "S" is none)
 TERM_CACHE_ROWS = 200_000  # rows whose analysed title/text terms are kept (the cache restarts when full)
 
 
@@ -131,6 +133,10 @@ class Catalog:
         self.brand: list[str | None] = col(S.BRAND, None)
         self.description: list[str | None] = col(S.DESCRIPTION, None)
         self.text: list[str] = [t or "" for t in col(S.ITEM_TEXT, "")]
+        # A catalog of ids without words (RetailRocket, YooChoose, Diginetica's hashed names): its
+        # vectors encode digit strings, so their likeness explains nothing (reasons.py says so).
+        worded = [bool(_WORD.search((t or n).replace(i, ""))) for t, n, i in zip(self.text, self.title, self.item_ids)]
+        self.has_text = bool(n) and sum(worded) >= 0.5 * n
         self.price = np.array([np.nan if p is None else p for p in col(S.PRICE, None)], dtype=np.float64)
         self.in_stock = np.array([True if s is None else bool(s) for s in col(S.IN_STOCK, True)], dtype=bool)
         self.popularity = np.array([0.0 if p is None else p for p in col(pop_col, 0.0)], dtype=np.float64)

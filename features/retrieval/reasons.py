@@ -36,6 +36,7 @@ SEEN = {"view": "you viewed it recently", "click": "you clicked it recently",
 _NAMING = re.compile("^(?:" + "|".join(t.replace("{verb}", "(?:" + "|".join(VERB.values()) + ")").replace("{title}", "(.+)")
                                         for t in (BECAUSE, *OFTEN_WITH.values(), *TOGETHER.values())) + ")$")
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_LIKENESS = frozenset({"intent_sim", "pref_sim", "context_sim", "history_max_sim"})  # text vectors' similarity
 _QUERY = frozenset({"query_sim", "query_sim_gap", "lexical", "title_match", "text_match", "dense_rank", "lexical_rank"})
 _FIXED = {"pref_sim": "matches your long-term taste", "popularity": "popular this week",
           "popularity_1d": "trending today", "popularity_30d": "popular this month",
@@ -87,6 +88,8 @@ def _present(name: str, ctx: RankContext, values: np.ndarray, catalog: Catalog) 
 
 
 def _text(name: str, ctx: RankContext, row: int, catalog: Catalog) -> str | None:
+    if name in _LIKENESS and not catalog.has_text:
+        return None  # ids without words: how alike their vectors are explains nothing (Catalog.has_text)
     if name in _QUERY:
         return f'matches "{ctx.query}"' if ctx.query else None
     if name in _FIXED:

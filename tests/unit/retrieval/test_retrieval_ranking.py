@@ -553,3 +553,24 @@ def test_a_category_that_is_only_an_id_is_called_a_category():
     contrib[NAMES.index("category_affinity")] = 1.0
     assert reasons(ctx, cat.row["i001"], contrib, cat) == ["you often shop category 1338"]
     assert reasons(ctx, cat.row["i002"], contrib, cat) == ["you often shop Home > Kitchen"]
+
+
+def test_a_catalog_of_ids_without_words_gives_no_likeness_reasons():
+    """RetailRocket, YooChoose and Diginetica name items by ids (or hashed tokens): the encoder's
+    vectors of digit strings are alike by their digits, so "similar to 155" would explain nothing;
+    the next reason steps up instead."""
+    from features.retrieval.catalog import Catalog
+    from features.retrieval.feature_names import FEATURE_NAMES as NAMES
+    from features.retrieval.reasons import reasons
+
+    base, _ = small_catalog()
+    ids = [str(100 + k) for k in range(len(base.item_ids))]
+    for titles, text, worded in ((ids, [f"{i} | 7" for i in ids], False), (base.title, base.title, True)):
+        items = pl.DataFrame({S.ITEM_ID: ids, S.TITLE: titles, S.ITEM_TEXT: text, S.CATEGORY: ["Mugs"] * len(ids)})
+        cat = Catalog(ids, base.vectors, items, {})
+        assert cat.has_text is worded
+        ctx = RankContext(mode="recommend", context_item="100", category_affinity={"Mugs": 1.0})
+        contrib = np.zeros(len(NAMES), np.float32)
+        contrib[NAMES.index("context_sim")], contrib[NAMES.index("category_affinity")] = 1.0, 0.5
+        want = [f"similar to {titles[0]}", "you often shop Mugs"] if worded else ["you often shop Mugs"]
+        assert reasons(ctx, cat.row["101"], contrib, cat) == want
