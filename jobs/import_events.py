@@ -476,7 +476,8 @@ def _read_catalog(m: Mapping, out: _Output, where: str) -> pl.DataFrame:
         out.notes.append(f"WARNING: items: {repeated:,} row(s) repeat an item id of an earlier row; the feature "
                          f"job keeps each item's first row and quarantines the rest as "
                          f"{S.Reason.DUPLICATE_ITEM_ID.value}. A catalog with a row per item and property (item, "
-                         "property, value) needs mapping.items.properties (docs/data.md)")
+                         "property, value) needs mapping.items.properties (docs/data.md); one with a row per store "
+                         "view or language keeps the first (put the shop's own first)")
     out.rejected("items", it_rej)
     return items
 

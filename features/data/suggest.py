@@ -82,8 +82,7 @@ class Suggestion:
     unsure: list[str] = field(default_factory=list)  # notes a person must settle before an import (blockers)
 
     def blockers(self) -> list[str]:
-        """What keeps this guess from being imported as it is (`mapping: auto`): a column or time
-        format it found nothing for (a `<...>` placeholder), or a guess it could not settle."""
+        """What keeps the guess from an import as it is (mapping: auto): a `<...>` placeholder, a doubt."""
         tables = [("events", d) for d in (self.events if isinstance(self.events, list) else [self.events])]
         holes = [f"{table}.{k}: {v}" for table, d in (*tables, ("items", self.items))
                  for k, v in [*d.items(), *d.get("columns", {}).items()] if isinstance(v, str) and v.startswith("<")]
@@ -361,9 +360,10 @@ def suggest(events: str | list[str], items: str | None = None, encoding: str | N
             icols = {S.ITEM_ID: iid, **match_columns(names, {k: v for k, v in ITEM_NAMES.items() if k != S.ITEM_ID})}
             s.notes.append(f"a row per item and property: properties makes a column of each property name in "
                            f"{props.key!r} (sampled: {', '.join(names[:20])}{', ...' * (len(names) > 20)}); map them")
-        sale, regular = ([c for c in it.columns if {w, "price"} <= _tokens(c) and not {"date", "time"} & _tokens(c)]
-                         for w in ("sale", "regular"))
-        if S.PRICE in icols and sale and regular:  # WooCommerce: the sale price where there is one
+        priced = [c for c in it.columns if "price" in _tokens(c) and not {"date", "time"} & _tokens(c)]
+        sale = [c for c in priced if {"sale", "special"} & _tokens(c)]
+        regular = [c for c in priced if "regular" in _tokens(c)] or [c for c in priced if _norm(c) == "price"]
+        if S.PRICE in icols and sale and regular:  # WooCommerce, Magento: the sale price where there is one
             icols[S.PRICE] = [sale[0], regular[0]]  # type: ignore[assignment]
             s.notes.append(f"price: {sale[0]!r} where set, else {regular[0]!r}")
         if S.PRICE in icols and decimal_comma(it.get_column(_first(icols[S.PRICE]))):

@@ -375,6 +375,13 @@ def test_a_line_with_a_negative_quantity_is_a_return_where_the_mapping_says_so(t
             check_mapping(TableMapping(path="x.csv", columns=cols, negative_quantity=bad), table)
 
 
+def test_a_magento_catalog_takes_its_special_price_where_set(tmp_path):
+    items = ("sku,store_view_code,name,price,special_price,special_price_from_date\n24-MB01,,Joust Duffle Bag,34.00,,\n"
+             "24-MB04,,Strive Shoulder Pack,32.00,26.00,2024-01-01 00:00:00\n")
+    m, _ = _suggest(tmp_path, "timestamp,user,item\n2024-03-02,u1,24-MB01\n", items)
+    assert m["items"]["columns"][S.PRICE] == ["special_price", "price"]
+
+
 def test_a_woocommerce_variation_takes_its_parent_s_text_where_its_own_is_blank(tmp_path):
     items = ("ID,Type,SKU,Name,Description,Categories,\"Regular price\",Parent\n"
              "15,variable,mug,Ceramic Mug,Stoneware mug.,Kitchen > Mugs,,\n"
