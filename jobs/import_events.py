@@ -37,6 +37,7 @@ from features.config import ConfigError
 from features.data import schema as S
 from features.data.event_ids import EventIds
 from features.data.fill import FillDown, inherit
+from features.data.joins import Joiner
 from features.data.mapping import (
     JOINABLE,
     KEPT,
@@ -382,6 +383,7 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
     for k, source in enumerate(sources):
         seen_here: dict[str, None] = {}
         fill = FillDown(source.fill_down, source.fill_down_by, f"mapping.{_where(k)}")  # carries across chunks
+        join = Joiner(source.join, f"mapping.{_where(k)}")  # the order and the customer of each line
         chunks = iter_tables(source.path, source.format, source.delimiter, source.encoding, where(_where(k)),
                              cfg.chunk_rows, explode=source.explode, key_values=source.key_values,
                              column_names=source.column_names)
@@ -390,7 +392,8 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
             seen_here.update(dict.fromkeys(chunk.column_names))
             out.raw["events"] += chunk.num_rows
             out.check_quotes(chunk)
-            chunk = fill(chunk)
+            chunk = join(fill(chunk))
+            seen_here.update(dict.fromkeys(chunk.column_names))
             events, ev_rej = apply(chunk, source, "events", ids, _where(k))
             out.events(events)
             out.rejected("events", ev_rej)
@@ -457,7 +460,7 @@ def _read_catalog(m: Mapping, out: _Output, where: str) -> pl.DataFrame:
     it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
     if not it_raw.num_rows:
         raise ValueError(f"items: {m.items.path} has no rows (a header and nothing else); the catalog needs items")
-    it_raw = FillDown(m.items.fill_down, m.items.fill_down_by, "mapping.items")(it_raw)
+    it_raw = Joiner(m.items.join, "mapping.items")(FillDown(m.items.fill_down, m.items.fill_down_by, "mapping.items")(it_raw))
     if m.items.parent:  # a variation's blank text from its parent row (WooCommerce)
         text = [c for k in JOINABLE if k in m.items.columns for c in _names(m.items.columns[k])]
         it_raw = inherit(it_raw, m.items.parent, str(m.items.columns[S.ITEM_ID]), text, "mapping.items")
@@ -465,7 +468,7 @@ def _read_catalog(m: Mapping, out: _Output, where: str) -> pl.DataFrame:
     if m.items.properties:  # one row per item and property -> a row per item, a column per property used
         it_raw, seen = _pivoted(it_raw, m.items)
     else:
-        seen = dict.fromkeys(c for part in parts for c in part.column_names)
+        seen = dict.fromkeys([*(c for part in parts for c in part.column_names), *it_raw.column_names])
     _check_seen(m.items, "items", seen, out)
     if m.events.format == "recbole" or m.items.format == "recbole":
         m = _with_title(m, it_raw.column_names)

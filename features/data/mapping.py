@@ -60,6 +60,7 @@ from features import artifacts as A
 from features.data import schema as S
 from features.data.event_ids import EventIds
 from features.data.fill import Parent
+from features.data.joins import Join
 from features.data.pivot import Properties
 from features.data.reading import check_encoding, text_source
 from features.data.validate import SchemaError
@@ -102,6 +103,7 @@ class TableMapping:
     properties: Properties | None = None  # items: a long catalog's property-name and value columns (pivot.py)
     negative_quantity: str = "quarantine"  # events: "return" makes a line of -2 units a return of 2
     parent: Parent | None = None  # items: a variation's parent row, whose text fills its blanks (fill.py)
+    join: tuple[Join, ...] = ()  # tables whose columns the rows take by a key: orders, customers (joins.py)
 
 
 @dataclass(frozen=True)
@@ -388,9 +390,10 @@ def load_mapping(path: str) -> Mapping:
     # Relative table paths in a local mapping file are relative to the file's folder.
     base = os.path.dirname(os.path.abspath(path))
 
-    def rebase(t: TableMapping) -> TableMapping:
-        if t.path and not A.is_uri(t.path) and not os.path.isabs(t.path):
-            return replace(t, path=os.path.join(base, t.path))
-        return t
+    def at(path: str | None) -> str | None:
+        return os.path.join(base, path) if path and not A.is_uri(path) and not os.path.isabs(path) else path
+
+    def rebase(t: TableMapping) -> TableMapping:  # (and the tables it looks up)
+        return replace(t, path=at(t.path), join=tuple(replace(j, path=at(j.path)) for j in t.join))
 
     return Mapping(events=rebase(m.events), items=rebase(m.items), more_events=tuple(map(rebase, m.more_events)))
