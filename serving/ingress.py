@@ -1,12 +1,10 @@
 """Ingress deployment: the FastAPI HTTP API (DESIGN.md section 4) in front of the other deployments.
 
-It admits (load shedding, per-client rate limits), authorises writes, validates, and fans out to
-QueryEncoder / Profiles / Retriever (which also ranks) through Serve handles (awaited, never `.result()`).
-With the default placements it encodes queries (encoder.placement) and retrieves + ranks reads
-(retriever_placement) itself, so an anonymous search makes no Serve hop at all and a recommendation
-one (Profiles); writes always go to their deployment.
-HTTP plumbing (bodies, error answers, the typed-error -> status mapping, OpenAPI helpers) is in
-serving/http.py; the admission policy in features/admission.py; the metrics in serving/metrics.py.
+It admits (load shedding, per-client rate limits), authorises writes, validates, and fans out to QueryEncoder /
+Profiles / Retriever through Serve handles (awaited, never `.result()`). With the default placements it encodes
+queries (encoder.placement) and retrieves + ranks reads (retriever_placement) itself: an anonymous search makes no
+Serve hop, a recommendation one (Profiles); writes go to their deployment. HTTP plumbing (bodies, error answers,
+the typed-error -> status mapping, OpenAPI helpers) is in serving/http.py; admission in features/admission.py.
 """
 
 import asyncio
@@ -103,6 +101,8 @@ class Ingress:
         # ... on one worker thread: the event loop stays free to admit or shed the next requests
         # while a read is computed, and the catalog copy is only ever touched by that thread
         self.read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reads") if self.local else None
+        if self.local is not None:  # the warm-up again on the reads' thread: its first torch/BLAS calls set up
+            self.read_pool.submit(self.local.warm_up)
         self.telemetry = telemetry
         self.api_keys = tuple(k.strip() for k in os.environ.get(cfg.api_key_env, "").split(",") if k.strip())
         self.trusted_proxies = parse_networks(cfg.rate_limit.trusted_proxies)
@@ -115,9 +115,18 @@ class Ingress:
             self.replica = str(serve.get_replica_context().replica_id)
         except Exception:  # noqa: BLE001 - outside a replica (never in serving): any unique name will do
             self.replica = uuid.uuid4().hex
-        self._pushed_at = 0.0
-        self._push_pending = False
+        self._pushed_at, self._push_pending = 0.0, False
+        try:  # a handle's first call sets up its routing (~40 ms of each replica's first recommendation): now
+            self._warming: asyncio.Task | None = asyncio.get_running_loop().create_task(self._warm())
+        except RuntimeError:  # outside a replica there is no loop, and nothing to warm
+            self._warming = None
         print(f"Ingress: writes {self.write_policy()}", flush=True)
+
+    async def _warm(self) -> None:
+        try:
+            await self.profiles.context.remote(None, "recommend", time.time())
+        except Exception:  # noqa: BLE001 - a warm-up never fails a replica; the first request says why
+            pass
 
     # --- cross-cutting -----------------------------------------------------------------------
     def write_policy(self) -> str:
@@ -165,8 +174,7 @@ class Ingress:
         loop.call_later(delay, lambda: loop.create_task(self._push_metrics()))
 
     async def _push_metrics(self) -> None:
-        """Report this replica's cumulative metrics to Telemetry (best effort: a lost report is
-        replaced by the next one)."""
+        """Report this replica's cumulative metrics to Telemetry (best effort: the next report replaces a lost one)."""
         self._pushed_at = time.monotonic()
         self._push_pending = False
         try:
@@ -210,9 +218,8 @@ class Ingress:
             status = 422
             raise
         except UNAVAILABLE as e:
-            # A replica died or is restarting (Serve replaces it): the client may retry. Nothing
-            # was acknowledged; events that reached the log before the failure are de-duplicated
-            # on retry when they carry an event_id.
+            # A replica died or is restarting (Serve replaces it): the client may retry. Nothing was acknowledged;
+            # events that reached the log before the failure are de-duplicated on retry when they carry an event_id.
             status = 503
             return error_response(503, f"temporarily unavailable: {type(e).__name__}; retry shortly", retry_after_s=1)
         finally:
