@@ -116,7 +116,7 @@ def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
          else load_mapping(cfg.mapping))
     enc = {"encoding": cfg.encoding} if cfg.encoding else {}
     from_log = (cfg.mapping != "recbole" and not cfg.items and bool(m.items.columns)
-                and (not m.items.path or m.items.path == m.events.path))
+                and (not m.items.path or (m.items.path, m.items.sheet) == (m.events.path, m.events.sheet)))
     given, sources = _paths(cfg.events), [m.events, *m.more_events]
     if len(given) > len(sources):
         raise ConfigError(f"events: {len(given)} files ({cfg.events}) for a mapping with {len(sources)} events "
@@ -130,7 +130,7 @@ def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
                           "item columns of the events file (mapping.items.columns without a path; docs/data.md)")
     # Items from the events file: its file settings, and its way of writing numbers and times unless set apart.
     items = replace(m.items, path=events.path, format=events.format, delimiter=events.delimiter,
-                    encoding=events.encoding, column_names=events.column_names,
+                    encoding=events.encoding, column_names=events.column_names, sheet=events.sheet,
                     decimal_separator=(m.items.decimal_separator if m.items.decimal_separator != "." else
                                        events.decimal_separator),
                     ts_unit=m.items.ts_unit if m.items.ts_unit != "auto" else events.ts_unit,
@@ -386,7 +386,7 @@ def _import_mapped(cfg: ImportEventsConfig, m: Mapping, from_log: bool, out: _Ou
         join = Joiner(source.join, f"mapping.{_where(k)}")  # the order and the customer of each line
         chunks = iter_tables(source.path, source.format, source.delimiter, source.encoding, where(_where(k)),
                              cfg.chunk_rows, explode=source.explode, key_values=source.key_values,
-                             column_names=source.column_names)
+                             column_names=source.column_names, sheet=source.sheet)
         rows_before = out.raw["events"]
         for chunk in _named("events", source.path, chunks):
             seen_here.update(dict.fromkeys(chunk.column_names))
@@ -454,7 +454,8 @@ def _read_catalog(m: Mapping, out: _Output, where: str) -> pl.DataFrame:
     """The items file, read whole (a catalog is small next to its event log), through its mapping."""
     parts = list(_named("items", m.items.path, iter_tables(
         m.items.path, m.items.format, m.items.delimiter, m.items.encoding, where, chunk_rows=1 << 62,
-        explode=m.items.explode, key_values=m.items.key_values, column_names=m.items.column_names)))
+        explode=m.items.explode, key_values=m.items.key_values, column_names=m.items.column_names,
+        sheet=m.items.sheet)))
     for part in parts:
         out.check_quotes(part)
     it_raw = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]

@@ -104,6 +104,7 @@ class TableMapping:
     negative_quantity: str = "quarantine"  # events: "return" makes a line of -2 units a return of 2
     parent: Parent | None = None  # items: a variation's parent row, whose text fills its blanks (fill.py)
     join: tuple[Join, ...] = ()  # tables whose columns the rows take by a key: orders, customers (joins.py)
+    sheet: str | None = None  # an Excel workbook's sheet to read (orders and products in one book); none: all
 
 
 @dataclass(frozen=True)

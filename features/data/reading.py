@@ -25,12 +25,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features import artifacts as A
+from features.data.excel import SOURCE_KEY, excel_tables
 from features.data.quoting import split_lines
 from features.data.validate import SchemaError
 from features.data.values import json_text
 
 CHUNK_ROWS = 1_000_000
-SOURCE_KEY = "intently.source"  # a text table's schema metadata: format, delimiter, file (\x1f between)
 TEXT_BLOCK_BYTES = 1 << 20  # what the CSV reader parses at a time (it reads about 30 blocks ahead)
 JSON_CHUNK_BYTES = 256 << 20  # JSON lines: at most about this much text a chunk, however many records
 PARQUET_CHUNK_BYTES = 256 << 20  # Parquet: about this much uncompressed data a chunk (a GA4 record is kilobytes)
@@ -71,7 +71,8 @@ def read_table(path: str, fmt: str = "auto", delimiter: str | None = None, encod
 
 def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, encoding: str = "utf-8",
                 where: str = "encoding", chunk_rows: int = CHUNK_ROWS, explode: str | None = None,
-                key_values: str | None = None, column_names: tuple[str, ...] | None = None) -> Iterator[pa.Table]:
+                key_values: str | None = None, column_names: tuple[str, ...] | None = None,
+                sheet: str | None = None) -> Iterator[pa.Table]:
     """Every file under `path` (local or URI), in tables of about `chunk_rows` rows (one file's
     rows each; an empty file gives one empty table with its columns). Text formats are read as
     strings (typing happens in the mapping, where a bad value is kept, not lost), decoded from
@@ -106,8 +107,10 @@ def iter_tables(path: str, fmt: str = "auto", delimiter: str | None = None, enco
         if kind == "json":
             yield from _json_tables(fs, p, encoding, where, chunk_rows, explode, key_values)
             continue
+        if sheet is not None and kind != "excel":
+            raise SchemaError(f"sheet: {sheet!r}; only an Excel workbook has sheets, {p} is {kind}")
         if kind == "excel" and not (explode or key_values):
-            yield from _excel_tables(fs, p, chunk_rows)
+            yield from excel_tables(fs, p, chunk_rows, sheet)
             continue
         if explode or key_values:
             raise SchemaError(f"{'explode' if explode else 'key_values'}: {explode or key_values!r}; only JSON and "
@@ -121,37 +124,6 @@ def parquet_batch_rows(meta: pq.FileMetaData, chunk_rows: int) -> int:
     widest = max((meta.row_group(i).total_byte_size / max(meta.row_group(i).num_rows, 1)
                   for i in range(meta.num_row_groups)), default=0.0)
     return max(1, min(chunk_rows, int(PARQUET_CHUNK_BYTES / widest) if widest > 0 else chunk_rows))
-
-
-def _excel_tables(fs, p: str, chunk_rows: int) -> Iterator[pa.Table]:
-    """Every sheet with the first data sheet's columns (UCI's one a year; others are skipped with a
-    warning), each cell as the text Excel shows without its format (17850, 2.55, 2010-12-01
-    08:26:00), as a CSV export holds it. Read whole: the format cannot be streamed."""
-    import warnings
-
-    import fastexcel
-
-    with fs.open_input_file(p) as f:
-        data = f.read()
-    try:
-        book = fastexcel.read_excel(data)
-    except Exception as e:  # noqa: BLE001 - the reader raises its own error types
-        raise SchemaError(f"{p}: not a workbook the Excel reader can open ({type(e).__name__}: {str(e)[:160]})") from None
-    sent, header = False, None
-    for name in book.sheet_names:
-        sheet = book.load_sheet(name, dtypes="string")
-        if not sheet.width:
-            continue
-        table = pa.Table.from_batches([sheet.to_arrow()]).replace_schema_metadata({SOURCE_KEY: f"excel\x1f,\x1f{p}"})
-        header = header or (name, table.column_names)
-        if table.column_names != header[1]:
-            warnings.warn(f"{p}: sheet {name!r} skipped: its columns are not sheet {header[0]!r}'s", stacklevel=2)
-            continue
-        for start in range(0, max(table.num_rows, 1), chunk_rows):
-            yield table.slice(start, chunk_rows)
-            sent = True
-    if not sent:
-        raise SchemaError(f"{p}: every sheet of the workbook is empty")
 
 
 def _json_text(v: object) -> str | None:

@@ -8,6 +8,7 @@ import polars as pl
 
 from features import artifacts as A
 from features.data import schema as S
+from features.data.excel import sheet_names
 from features.data.reading import format_of, iter_tables
 from features.data.validate import SchemaError, iso_times
 
@@ -20,18 +21,20 @@ TS_UNREAD_MAX = 0.01  # share of sampled times that may fail to read and still s
 
 
 def sample(path: str, explode: str | None = None, key_values: str | None = None, encoding: str | None = None,
-            column_names: tuple[str, ...] | None = None) -> tuple[pl.DataFrame, dict]:
-    """The first rows of the first file under `path`, and how the mapping must read it where that is
-    not the default: `format` (csv for a text file under a name the import does not know, as
-    clicks.dat), `delimiter` (a CSV's other than the comma) and `encoding` (`encoding`, or, where
-    none is given and the text is not UTF-8, the first of FALLBACK_ENCODINGS that reads it)."""
-    read: dict = {}
+           column_names: tuple[str, ...] | None = None, sheet: str | None = None) -> tuple[pl.DataFrame, dict]:
+    """The first rows of the first file under `path` (of a workbook, its `sheet`), and how the mapping
+    must read it where that is not the default: `format` (csv or json for a file under a name the
+    import does not know, as clicks.dat), `delimiter` (a CSV's other than the comma), `encoding`
+    (`encoding`, or, where none is given and the text is not UTF-8, the first of FALLBACK_ENCODINGS
+    that reads it) and `sheet`."""
+    read: dict = {"sheet": sheet} if sheet else {}
     fs, first_file = next(iter(A.list_files(path)))
     kind = format_of(first_file, "auto")
     if kind == "parquet":
         with fs.open_input_stream(first_file, compression="detect") as f:
-            if f.read(4) != b"PAR1":  # not Parquet, whatever its name: read it as text
-                kind = read["format"] = "csv"
+            head = f.read(4096)
+        if head[:4] != b"PAR1":  # not Parquet, whatever its name: read it as the import will
+            kind = read["format"] = "json" if head.lstrip()[:1] in (b"{", b"[") else "csv"
     if kind == "csv":  # the header line's most frequent separator
         with fs.open_input_stream(first_file, compression="detect") as f:
             header = (f.read(1 << 16).decode("utf-8", "replace").splitlines() or [""])[0]
@@ -42,7 +45,7 @@ def sample(path: str, explode: str | None = None, key_values: str | None = None,
     for enc in [encoding] if encoding else ["utf-8", *FALLBACK_ENCODINGS]:
         try:
             t = next(iter_tables(path, read.get("format", "auto"), read.get("delimiter"), enc, chunk_rows=SAMPLE_ROWS,
-                                 explode=explode, key_values=key_values, column_names=column_names))
+                                 explode=explode, key_values=key_values, column_names=column_names, sheet=sheet))
         except SchemaError as e:
             if encoding or f"not valid {enc} text" not in str(e) or enc == FALLBACK_ENCODINGS[-1]:
                 raise
@@ -127,3 +130,9 @@ def time_settings(values: pl.Series, notes: list[str], col: str, unsure: list[st
                      f"sample: ts_format {best!r} is a guess; check it against a date you know")
         unsure.append(notes[-1])
     return {"ts_format": best}
+
+
+def workbook_sheets(path: str) -> list[str]:
+    """The sheets of the first file under `path` when it is a workbook, else []."""
+    fs, first_file = next(iter(A.list_files(path)))
+    return sheet_names(fs, first_file) if format_of(first_file, "auto") == "excel" else []

@@ -35,9 +35,9 @@ import polars as pl
 from features.data import schema as S
 from features.data.fill import guess_fill_down
 from features.data.pivot import find_properties, pivot_properties, property_names
-from features.data.sniff import decimal_comma, sample, time_settings, without_header
+from features.data.sniff import decimal_comma, sample, time_settings, without_header, workbook_sheets
 from features.data.validate import iso_times
-from features.data.values import guess_event_type
+from features.data.values import event_type_words
 
 # Canonical column -> shop column names that usually mean it (normalised: lower case, no separators),
 # most specific first. A name equal to one wins over a name that merely contains one.
@@ -203,6 +203,18 @@ def _parent(it: pl.DataFrame, icols: dict) -> dict | None:
     return None
 
 
+def _sheet(path: str, events: bool) -> str | None:
+    """Of a workbook with several sheets (orders and products), the first whose columns look like
+    events (a time and an item) or like a catalog (a title and no time); None otherwise."""
+    names = workbook_sheets(path)
+    for name in names if len(names) > 1 else []:
+        cols = sample(path, sheet=name)[0].columns
+        got, timed = match_columns(cols, EVENT_NAMES if events else ITEM_NAMES), S.TS in match_columns(cols, TS_NAMES)
+        if (S.ITEM_ID in got and timed) if events else (S.TITLE in got and not timed):
+            return name
+    return None
+
+
 def _first(c: str | list[str]) -> str:
     return c[0] if isinstance(c, list) else c
 
@@ -229,23 +241,6 @@ def _fill_down(df: pl.DataFrame, cols: dict[str, str], s: Suggestion, table: dic
                        f"({'null_ts' if events else 'missing_title'})")
 
 
-def _event_types(values: pl.Series, notes: list[str], col: str) -> dict:
-    words = values.drop_nulls().cast(pl.String).value_counts(sort=True).head(50)
-    out, unknown = {}, []
-    for v, _ in words.iter_rows():
-        if v in S.EVENT_TYPES:
-            continue
-        g = guess_event_type(v)
-        if g:
-            out[v] = g
-        else:
-            unknown.append(v)
-    if unknown:
-        notes.append(f"event words in {col!r} with no guess: {unknown[:10]}; map them in values.event_type "
-                     f"(the types: {', '.join(S.EVENT_TYPES)}) or the feature job quarantines them")
-    return out
-
-
 def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion, table: dict, events: bool) -> pl.DataFrame:
     """A CSV whose first row is data (sniff.py `without_header`): sampled again with `column_names`."""
     found = without_header(ev, path, read, events=events)
@@ -263,7 +258,9 @@ def _read_note(read: dict, given: str | None, path: str, s: Suggestion) -> dict:
     if read.get("encoding") and not given:
         s.notes.append(f"{path} is not UTF-8 text: read as {read['encoding']} (encoding); check accented letters")
     if read.get("format"):
-        s.notes.append(f"{path} is not Parquet whatever its name: read as text (format: csv)")
+        s.notes.append(f"{path} is not Parquet whatever its name: read as {read['format']} (format: {read['format']})")
+    if read.get("sheet"):
+        s.notes.append(f"{path}: sheet {read['sheet']!r} (a workbook of several sheets; the import reads this one)")
     return read
 
 
@@ -271,7 +268,7 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool) -> tup
     """One events file's part of the mapping: (its table, the sample, the columns matched, explode).
     With `many` files, its notes name it."""
     noted, unsure, table = len(s.notes), len(s.unsure), {}
-    ev, read = sample(events, encoding=encoding)
+    ev, read = sample(events, encoding=encoding, sheet=_sheet(events, True))
     table.update({"path": events, **_read_note(read, encoding, events, s)})
     ev = _headerless(ev, events, read, s, table, True)
     explode, key_values = _nested(ev, s)
@@ -307,7 +304,7 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool) -> tup
         text = ev.select(pl.concat_str([pl.col(c).cast(pl.String) for c in ts], separator=" ")).to_series()
         table.update(time_settings(text, s.notes, " + ".join(ts), s.unsure))
     if S.EVENT_TYPE in cols:
-        words = _event_types(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
+        words = event_type_words(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
         if words:
             table["values"] = {S.EVENT_TYPE: words}
     else:  # a file named for its events (train-item-views.csv, yoochoose-clicks.dat), else purchases
@@ -338,8 +335,10 @@ def suggest(events: str | list[str], items: str | None = None, encoding: str | N
     found = [_events(s, p, encoding, len(paths) > 1) for p in paths]
     s.events = found[0][0] if len(found) == 1 else [f[0] for f in found]  # type: ignore[assignment]
     _, ev, cols, explode = found[0]
+    sheet = _sheet(items or paths[0], False)
+    items = items or (paths[0] if sheet else None)  # one workbook of orders and products: its products sheet
     if items:
-        it, iread = sample(items, encoding=encoding)
+        it, iread = sample(items, encoding=encoding, sheet=sheet)
         s.items = {"path": items, **_read_note(iread, encoding, items, s)}
         it = _headerless(it, items, iread, s, s.items, False)
         icols = match_columns(it.columns, ITEM_NAMES)

@@ -186,3 +186,22 @@ def guess_event_type(value: str) -> str | None:
     """The contract's event type a shop's event name most likely means ("addtocart" -> add_to_cart), or None."""
     v = value.lower()
     return next((canonical for word, canonical in EVENT_TYPE_WORDS if word in v), None)
+
+
+def event_type_words(values: pl.Series, notes: list[str], col: str) -> dict:
+    """A sampled event-type column's words -> the contract's type each most likely means (`make
+    mapping`); the words with no guess are named in `notes`."""
+    words = values.drop_nulls().cast(pl.String).value_counts(sort=True).head(50)
+    out, unknown = {}, []
+    for v, _ in words.iter_rows():
+        if v in S.EVENT_TYPES:
+            continue
+        g = guess_event_type(v)
+        if g:
+            out[v] = g
+        else:
+            unknown.append(v)
+    if unknown:
+        notes.append(f"event words in {col!r} with no guess: {unknown[:10]}; map them in values.event_type "
+                     f"(the types: {', '.join(S.EVENT_TYPES)}) or the feature job quarantines them")
+    return out

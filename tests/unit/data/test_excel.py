@@ -10,7 +10,7 @@ import pytest
 import xlsxwriter
 
 from features.data import schema as S
-from features.data.reading import read_table
+from features.data.reading import iter_tables, read_table
 from features.data.validate import SchemaError
 from jobs import import_events as IE
 
@@ -96,3 +96,34 @@ items:
         read_table(str(tmp_path / "broken.xlsx"))
     with pytest.raises(SchemaError, match=r"explode: 'items'; only JSON and Parquet files hold lists, .*orders.xlsx is excel"):
         read_table(str(tmp_path / "orders.xlsx"), explode="items")
+
+
+def _shop_book(path) -> None:
+    """A small shop's one workbook: a summary, its orders and its products, each on a sheet."""
+    wb = xlsxwriter.Workbook(str(path))
+    when = wb.add_format({"num_format": "yyyy-mm-dd hh:mm"})
+    wb.add_worksheet("Summary").write_row(0, 0, ["Total", "Orders"])
+    ws = wb.add_worksheet("Orders")
+    ws.write_row(0, 0, ["Order", "Date", "Customer", "SKU", "Qty"])
+    for i, (o, d, c, sku, q) in enumerate([("A1", 1, "c1", "MUG", 2), ("A2", 2, "c2", "LAMP", 1)], 1):
+        ws.write_row(i, 0, [o]), ws.write_datetime(i, 1, dt.datetime(2024, 3, d, 10), when), ws.write_row(i, 2, [c, sku, q])
+    ws = wb.add_worksheet("Products")
+    ws.write_row(0, 0, ["SKU", "Product name", "Price"])
+    ws.write_row(1, 0, ["MUG", "Red enamel mug", 4.5])
+    ws.write_row(2, 0, ["LAMP", "Desk lamp", 25])
+    wb.close()
+
+
+def test_one_workbook_of_orders_and_products_imports_in_one_command(tmp_path):
+    _shop_book(tmp_path / "shop.xlsx")
+    r = IE.run(IE.ImportEventsConfig(mapping="auto", events=str(tmp_path / "shop.xlsx"), output=str(tmp_path / "out")))
+    assert r["events"] == 2 and r["items"] == 2 and not r["items_from_events"]
+    guess = (tmp_path / "out" / "mapping.yaml").read_text()
+    assert "sheet: Orders" in guess and "sheet: Products" in guess
+    items = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
+    assert items.select(S.ITEM_ID, S.TITLE, S.PRICE).rows() == [("LAMP", "Desk lamp", 25.0), ("MUG", "Red enamel mug", 4.5)]
+    with pytest.raises(SchemaError, match=r"sheet: 'Order' is not a sheet of .*shop.xlsx; it has: Summary, Orders, Products"):
+        list(iter_tables(str(tmp_path / "shop.xlsx"), sheet="Order"))
+    (tmp_path / "e.csv").write_text("a\n1\n")
+    with pytest.raises(SchemaError, match=r"sheet: 'Orders'; only an Excel workbook has sheets, .*e.csv is csv"):
+        list(iter_tables(str(tmp_path / "e.csv"), sheet="Orders"))

@@ -252,7 +252,7 @@ def test_a_file_without_a_header_row_gets_column_names_and_a_person_names_them(t
     (tmp_path / "dat").mkdir()
     m, text = _suggest(tmp_path / "dat", (tmp_path / "events.csv").read_text(), name="clicks.dat")
     assert m["events"]["format"] == "csv" and m["events"]["column_names"][1] == "ts"
-    assert "is not Parquet whatever its name: read as text (format: csv)" in text
+    assert "is not Parquet whatever its name: read as csv (format: csv)" in text
 
 
 def test_movielens_1m_dat_files_separated_by_two_colons(tmp_path):
