@@ -39,8 +39,11 @@ class Joiner:
     def __init__(self, joins: tuple[Join, ...], where: str) -> None:
         self.where, self.tables = where, []
         for k, j in enumerate(joins):
-            parts = list(iter_tables(j.path, j.format, j.delimiter, j.encoding, f"{where}.join[{k}].encoding",
-                                     chunk_rows=1 << 62))
+            try:
+                parts = list(iter_tables(j.path, j.format, j.delimiter, j.encoding, f"{where}.join[{k}].encoding",
+                                         chunk_rows=1 << 62))
+            except FileNotFoundError as e:
+                raise SchemaError(f"{where}.join[{k}].path: {e}") from None
             df = pl.from_arrow(pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0])
             assert isinstance(df, pl.DataFrame)
             if j.key not in df.columns:

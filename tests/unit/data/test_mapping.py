@@ -494,6 +494,9 @@ def test_a_relational_export_joins_each_line_to_its_order_and_customer(tmp_path)
     with pytest.raises(SchemaError, match=r"mapping.events.join\[1\]: .*customers.csv has 2 rows sharing a "
                                           r"'customer_id' \(e.g. 'c3'\); a looked-up table needs one row per key"):
         IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out2")))
+    (tmp_path / "m.yaml").write_text(OLIST_MAPPING.replace("path: orders.csv", "path: order.csv"))
+    with pytest.raises(SchemaError, match=r"mapping.events.join\[0\].path: .*order.csv: no such file"):
+        IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out4")))
     (tmp_path / "m.yaml").write_text(OLIST_MAPPING.replace("key: customer_id", "key: client_id"))
     with pytest.raises(SchemaError, match=r"mapping.events.join\[1\].key: 'client_id' is not a column of"):
         IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out3")))
