@@ -7,7 +7,9 @@ Writes the bundled Online Retail log's canonical events (all 537,623, or the fir
 its catalog as a shop's tools would export them: a flat CSV; JSON lines in the shape of an event
 tracker (Segment's e-commerce spec: one record per order with its products in a list, nested
 `context` and `properties`, each product with its order line's id, gzipped); an Excel workbook (numbers as numbers, times as dates);
-and Parquet. Each goes through `python -m jobs.import_events` with its own mapping, in a fresh
+Parquet; a relational export (order lines, and the orders with their time, shopper and type:
+`join`); purchases and returns as two files (`events` as a list); and a long catalog of (item,
+property, value) rows (`properties`). Each goes through `python -m jobs.import_events` with its own mapping, in a fresh
 process as a user would run it. Reported: wall seconds, peak resident memory, and whether the
 events and items it wrote equal the Parquet import's, value for value. Writes
 bench/results/import_formats.json with the commit.
@@ -44,7 +46,18 @@ MAPPINGS = {
               "            quantity: properties.products.quantity, price: properties.products.price}\n"
               "  values: {event_type: {Order Completed: purchase, Order Refunded: return}}\n"
               "items:\n  path: items.jsonl\n  columns: {item_id: sku, title: name}\n"),
+    # an order's lines in one table, the order (time, shopper, type) in another: `join`
+    "relational": ("events:\n  path: lines.csv\n  join: [{path: orders.csv, key: session}]\n"
+                   f"  columns: {COLUMNS}\nitems:\n  path: items.csv\n  columns: {{item_id: sku, title: name}}\n"),
+    # purchases and returns as two files, each its own type: `events` as a list
+    "two_files": ("events:\n" + "".join(f"  - path: {t}s.csv\n    columns: {COLUMNS.replace(', event_type: type', '')}\n"
+                                         f"    constants: {{event_type: {t}}}\n" for t in ("purchase", "return"))
+                  + "items:\n  path: items.csv\n  columns: {item_id: sku, title: name}\n"),
+    # the catalog as (item, property, value) rows: `properties`
+    "long_items": (f"events:\n  path: events.csv\n  columns: {COLUMNS}\nitems:\n  path: item_properties.csv\n"
+                   "  properties: {key: property, value: value}\n  columns: {item_id: sku, title: name}\n"),
 }
+EVENT_FILES = {"jsonl": "events.jsonl.gz", "relational": "lines.csv", "two_files": "*s.csv", "long_items": "events.csv"}
 
 
 def _flat(events: pl.DataFrame) -> pl.DataFrame:
@@ -87,6 +100,14 @@ def _write(d: Path, events: pl.DataFrame, items: pl.DataFrame) -> None:
     with open(d / "items.jsonl", "w") as f:
         for r in cat.iter_rows(named=True):
             f.write(json.dumps(r) + "\n")
+    text = flat.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    text.drop("ts", "user", "type").write_csv(d / "lines.csv")  # an order's lines; each order: one time, shopper, type
+    text.select("session", "ts", "user", "type").unique("session", keep="first", maintain_order=True).write_csv(d / "orders.csv")
+    for t in ("purchase", "return"):
+        text.filter(pl.col("type") == t).drop("type").write_csv(d / f"{t}s.csv")
+    (cat.with_columns(pl.lit("name").alias("property")).select("sku", "property", pl.col("name").alias("value"))
+     .vstack(cat.select("sku", pl.lit("colour").alias("property"), pl.lit("n/a").alias("value")))
+     .write_csv(d / "item_properties.csv"))
 
 
 def _run(d: Path, fmt: str) -> dict:
@@ -101,7 +122,7 @@ def _run(d: Path, fmt: str) -> dict:
         raise RuntimeError(f"{fmt}: import failed\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     peak = int(out.stdout.rsplit("peak_kib", 1)[1].split()[0])
     return {"wall_s": round(wall, 1), "peak_rss_gib": round(peak / 2**20, 2),
-            "file_mib": round(sum(p.stat().st_size for p in d.glob(f"events.{'jsonl.gz' if fmt == 'jsonl' else fmt}")) / 2**20, 1)}
+            "file_mib": round(sum(p.stat().st_size for p in d.glob(EVENT_FILES.get(fmt, f"events.{fmt}"))) / 2**20, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         d = Path(tmp)
         t0 = time.perf_counter()
         _write(d, events, items)
-        print(f"wrote {events.height:,} events in 4 formats in {time.perf_counter() - t0:.0f} s", flush=True)
-        for fmt in ("parquet", "csv", "xlsx", "jsonl"):
+        print(f"wrote {events.height:,} events in {len(MAPPINGS)} shapes in {time.perf_counter() - t0:.0f} s", flush=True)
+        for fmt in MAPPINGS:
             results[fmt] = _run(d, fmt)
         base = {t: pl.read_parquet(d / "out_parquet" / f"{t}.parquet").sort(pl.all()) for t in ("events", "items")}
         for fmt, r in results.items():
