@@ -1,5 +1,6 @@
-"""bench.import_formats: one log as Parquet, CSV, an Excel workbook and tracker JSON lines imports
-to the same events (a small run; the bench runs the whole bundled log)."""
+"""bench.import_formats: one log as Parquet, CSV, an Excel workbook, tracker JSON lines, a relational
+export, two event files and a long catalog imports to the same events (a small run; the bench runs
+the whole bundled log)."""
 
 from __future__ import annotations
 
@@ -18,5 +19,5 @@ def test_every_format_imports_the_same_events(tmp_path):
     out = tmp_path / "r.json"
     assert import_formats.main(["--rows", "400", "--source", str(tmp_path / "canonical"), "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert set(r["formats"]) == {"parquet", "csv", "xlsx", "jsonl"}
+    assert set(r["formats"]) == {"parquet", "csv", "xlsx", "jsonl", "relational", "two_files", "long_items"}
     assert all(f["same_as_parquet"] and f["events"] == 400 for f in r["formats"].values())
