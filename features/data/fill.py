@@ -19,6 +19,7 @@ and the one it refers to; `inherit` gives a row the parent's text where its own 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import polars as pl
@@ -26,6 +27,7 @@ import pyarrow as pa
 
 from features.data.validate import SchemaError
 
+PARENT_NAMES = ("parent", "parentid", "parentsku", "parentproductid", "parentitemid")
 FILL_SHARE_MIN = 0.05  # a share of rows with the key blank above which a grouping column is looked for
 
 
@@ -84,6 +86,18 @@ def inherit(raw: pa.Table, p: Parent, item_col: str, columns: list[str], where: 
             pl.when(_is_blank(pl.col(c), df.schema[c])).then(pl.col(c + ref)).otherwise(pl.col(c)).alias(c) for c in cols)
         out = out.drop([c + ref for c in cols])
     return out.drop(ref).to_arrow().cast(raw.schema)
+
+
+def find_parent(df: pl.DataFrame, item_col: str, taken: set) -> dict | None:
+    """`parent` guessed from a sample (`make mapping`): a column named so, not in `taken`, whose
+    references ("id:15" read as 15) are mostly the rows' `id` column's values, or else item ids."""
+    col = next((c for c in df.columns if re.sub(r"[^0-9a-z]", "", c.lower()) in PARENT_NAMES and c not in taken), None)
+    ref = pl.Series([], dtype=pl.String) if col is None else df.get_column(col).cast(pl.String).str.strip_chars()
+    ref = ref.str.replace(r"^id:", "").filter(ref.is_not_null() & (ref != ""))
+    for c in [c for c in df.columns if re.sub(r"[^0-9a-z]", "", c.lower()) == "id"] + [item_col]:
+        if ref.len() and float(ref.is_in(df.get_column(c).cast(pl.String).implode()).mean() or 0) >= 0.5:
+            return {"column": col, **({"id": c} if c != item_col else {})}
+    return None
 
 
 class FillDown:

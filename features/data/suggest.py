@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from features.data import schema as S
-from features.data.fill import guess_fill_down
+from features.data.fill import find_parent, guess_fill_down
 from features.data.pivot import find_properties, pivot_properties, property_names
 from features.data.sniff import decimal_comma, sample, time_settings, without_header, workbook_sheets
 from features.data.validate import iso_times
@@ -70,7 +70,6 @@ TS_NAMES = {S.TS: EVENT_NAMES[S.TS]}
 GENERIC_LEAVES = ("name", "amount", "value", "id", "code")  # a nested record's field named by its parent too
 DATE = r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}( \d{1,2}:\d\d(:\d\d)?)?$"  # 25/01/2024, 2024-01-25 10:00
 CODES = {"no", "id", "code", "number", "num", "nr"}  # a column of codes beside its names (department_no, _name)
-PARENT_NAMES = ("parent", "parentid", "parentsku", "parentproductid", "parentitemid")
 FILE_EVENTS = {"views": "view", "view": "view", "clicks": "click", "click": "click", "carts": "add_to_cart"}
 
 
@@ -190,17 +189,6 @@ def _split_match(columns: list[str], names: dict[str, tuple[str, ...]], explode:
 def _all(col: pl.Series, pattern: str) -> bool:  # every sampled value (some there) matches
     v = col.drop_nulls().cast(pl.String).str.strip_chars()
     return bool(v.len()) and bool(v.str.contains(pattern).all())
-
-
-def _parent(it: pl.DataFrame, icols: dict) -> dict | None:
-    """`parent` where a column named so (WooCommerce's Parent: id:15) refers to the rows' ids or item ids."""
-    col = next((c for c in it.columns if _norm(c) in PARENT_NAMES and c not in icols.values()), None)
-    ref = pl.Series([], dtype=pl.String) if col is None else it.get_column(col).cast(pl.String).str.strip_chars()
-    ref = ref.str.replace(r"^id:", "").filter(ref.is_not_null() & (ref != ""))
-    for c in [c for c in it.columns if _norm(c) == "id"] + [icols[S.ITEM_ID]]:
-        if ref.len() and float(ref.is_in(it.get_column(c).cast(pl.String).implode()).mean() or 0) >= 0.5:
-            return {"column": col, **({"id": c} if c != icols[S.ITEM_ID] else {})}
-    return None
 
 
 def _sheet(path: str, events: bool) -> str | None:
@@ -346,7 +334,7 @@ def suggest(events: str | list[str], items: str | None = None, encoding: str | N
             if k in icols and _tokens(icols[k]) & CODES:
                 named = (_tokens(icols[k]) - CODES) | {"name"}
                 icols[k] = next((c for c in it.columns if _tokens(c) == named and c not in icols.values()), icols[k])
-        if S.ITEM_ID in icols and (parent := _parent(it, icols)):
+        if S.ITEM_ID in icols and (parent := find_parent(it, icols[S.ITEM_ID], {_first(v) for v in icols.values()})):
             s.items["parent"] = parent
             s.notes.append(f"rows name a parent row in {parent['column']!r} (a product's variations): parent fills "
                            "their blank description, category and brand from it")
