@@ -117,7 +117,8 @@ def _resolve_mapping(cfg: ImportEventsConfig) -> tuple[Mapping | None, bool]:
     enc = {"encoding": cfg.encoding} if cfg.encoding else {}
     from_log = (cfg.mapping != "recbole" and not cfg.items and bool(m.items.columns)
                 and (not m.items.path or (m.items.path, m.items.sheet) == (m.events.path, m.events.sheet)))
-    given, sources = _paths(cfg.events), [m.events, *m.more_events]
+    given = [] if cfg.mapping == "auto" else _paths(cfg.events)  # (a guess names its files, look-ups included)
+    sources = [m.events, *m.more_events]
     if len(given) > len(sources):
         raise ConfigError(f"events: {len(given)} files ({cfg.events}) for a mapping with {len(sources)} events "
                           "file(s); list them under the mapping's events (docs/data.md)")

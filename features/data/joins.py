@@ -75,3 +75,24 @@ class Joiner:
     def columns(self) -> list[str]:
         """Every looked-up table's columns (what a mapping may name besides the file's own)."""
         return [c for _, _, t in self.tables for c in t.columns]
+
+
+def find_joins(samples: list[tuple[str, pl.DataFrame | None]], names_items) -> tuple[list[str], list[dict]]:
+    """Of several files' samples (path, first rows), in the order given: the event files, and the
+    `join` of the first (`make mapping`). A later file that names no item (`names_items(columns)`
+    false) and shares a column with the files before it, one row per value of that column in its
+    sample, is a table to look up (an orders table beside the order lines, its customers); any
+    other is a further events file (clicks, then buys)."""
+    if len(samples) < 2:
+        return [p for p, _ in samples], []
+    events, joins, seen = [samples[0][0]], [], list(samples[0][1].columns)  # type: ignore[union-attr]
+    for path, df in samples[1:]:
+        assert df is not None
+        key = None if names_items(df.columns) else next(
+            (c for c in df.columns if c in seen and df.get_column(c).drop_nulls().n_unique() == df.height), None)
+        if key is None:
+            events.append(path)
+        else:
+            joins.append({"path": path, "key": key})
+            seen += [c for c in df.columns if c not in seen]
+    return events, joins

@@ -34,6 +34,7 @@ import polars as pl
 
 from features.data import schema as S
 from features.data.fill import find_parent, guess_fill_down
+from features.data.joins import Join, Joiner, find_joins
 from features.data.pivot import find_properties, pivot_properties, property_names
 from features.data.sniff import decimal_comma, sample, time_settings, without_header, workbook_sheets
 from features.data.validate import iso_times
@@ -114,7 +115,8 @@ def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict
     toks = {c: _tokens(c) for c in columns}
     out: dict[str, str] = {}
     for canonical, words in names.items():  # a date's column ("Date sale price starts") only as the time
-        free = [c for c in columns if c not in out.values() and (canonical == S.TS or not toks[c] & {"date", "time"})]
+        free = [c for c in columns if c not in out.values() and (canonical == S.TS or not toks[c] & {"date", "time"})
+                and (canonical != S.ITEM_ID or not toks[c] & {"order", "line"})]  # order_item_id: a line's number
         for w in words:
             exact_only, w = w.startswith("="), w.lstrip("=")
             hit = next((c for c in free if norm[c] == w or norm[c].removesuffix("name") == w), None)  # producttypename
@@ -252,12 +254,16 @@ def _read_note(read: dict, given: str | None, path: str, s: Suggestion) -> dict:
     return read
 
 
-def _events(s: Suggestion, events: str, encoding: str | None, many: bool) -> tuple[dict, pl.DataFrame, dict, str | None]:
+def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
+            joins: list[dict]) -> tuple[dict, pl.DataFrame, dict, str | None]:
     """One events file's part of the mapping: (its table, the sample, the columns matched, explode).
-    With `many` files, its notes name it."""
+    With `many` files, its notes name it; `joins`: the tables its rows look up (find_joins)."""
     noted, unsure, table = len(s.notes), len(s.unsure), {}
     ev, read = sample(events, encoding=encoding, sheet=_sheet(events, True))
-    table.update({"path": events, **_read_note(read, encoding, events, s)})
+    table.update({"path": events, **_read_note(read, encoding, events, s), **({"join": joins} if joins else {})})
+    if joins:  # the sample as the import will read it: each line with its order's (and customer's) columns
+        ev = pl.DataFrame(Joiner(tuple(Join(**j) for j in joins), "events")(ev.to_arrow()))
+        s.notes.append("look-ups: " + "; ".join(f"{j['path']} by {j['key']!r}" for j in joins))
     ev = _headerless(ev, events, read, s, table, True)
     explode, key_values = _nested(ev, s)
     if explode or key_values:  # sampled again as the import will read it
@@ -320,7 +326,9 @@ def suggest(events: str | list[str], items: str | None = None, encoding: str | N
     else the first fallback that reads them). Items from the events file come from the first."""
     s = Suggestion()
     paths = [events] if isinstance(events, str) else list(events)
-    found = [_events(s, p, encoding, len(paths) > 1) for p in paths]
+    paths, joins = find_joins([(p, sample(p, encoding=encoding)[0] if len(paths) > 1 else None) for p in paths],
+                              lambda cols: S.ITEM_ID in match_columns(cols, {S.ITEM_ID: EVENT_NAMES[S.ITEM_ID]}))
+    found = [_events(s, p, encoding, len(paths) > 1, joins if k == 0 else []) for k, p in enumerate(paths)]
     s.events = found[0][0] if len(found) == 1 else [f[0] for f in found]  # type: ignore[assignment]
     _, ev, cols, explode = found[0]
     sheet = _sheet(items or paths[0], False)
@@ -329,7 +337,8 @@ def suggest(events: str | list[str], items: str | None = None, encoding: str | N
         it, iread = sample(items, encoding=encoding, sheet=sheet)
         s.items = {"path": items, **_read_note(iread, encoding, items, s)}
         it = _headerless(it, items, iread, s, s.items, False)
-        icols = match_columns(it.columns, ITEM_NAMES)
+        icols = {k: v for k, v in match_columns(it.columns, ITEM_NAMES).items()  # a count is no text (Olist's
+                 if k not in (S.DESCRIPTION, S.BRAND) or not _all(it.get_column(v), r"^\d+$")}  # description_lenght)
         for k in (S.CATEGORY, S.BRAND):  # a category's (a brand's) name, not its code, where the file has both
             if k in icols and _tokens(icols[k]) & CODES:
                 named = (_tokens(icols[k]) - CODES) | {"name"}
