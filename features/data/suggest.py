@@ -110,27 +110,31 @@ def _tokens(name: str) -> set[str]:
 def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """Canonical column -> the shop column whose name most likely means it (each used once). Per
     canonical column its words are tried in order, each as the whole name first, then as a word of
-    the name or (six letters or more) its ending; a word written `=type` only as the whole name."""
-    norm = {c: _norm(c) for c in columns}
-    toks = {c: _tokens(c) for c in columns}
-    out: dict[str, str] = {}
-    for canonical, words in names.items():  # a date's column ("Date sale price starts") only as the time
-        free = [c for c in columns if c not in out.values() and (canonical == S.TS or not toks[c] & {"date", "time"})
-                and (canonical != S.ITEM_ID or not toks[c] & {"order", "line"})]  # order_item_id: a line's number
+    the name or (six letters or more) its ending; a word written `=type` only as the whole name. An
+    item id is a column named for an order or line only when no other fits."""
+    norm, toks, out = {c: _norm(c) for c in columns}, {c: _tokens(c) for c in columns}, {}
+
+    def first(free: list[str], words: tuple[str, ...]) -> str | None:
         for w in words:
             exact_only, w = w.startswith("="), w.lstrip("=")
             hit = next((c for c in free if norm[c] == w or norm[c].removesuffix("name") == w), None)  # producttypename
             if hit is None and not exact_only:
                 hit = next((c for c in free if w in toks[c] or (len(w) >= 6 and norm[c].endswith(w))), None)
             if hit is not None:
-                out[canonical] = hit
-                break
+                return hit
+        return None
+
+    for canonical, words in names.items():  # a date's column ("Date sale price starts") only as the time
+        free = [c for c in columns if c not in out.values() and (canonical == S.TS or not toks[c] & {"date", "time"})]
+        lines = [c for c in free if canonical == S.ITEM_ID and toks[c] & {"order", "line"}]  # Olist's order_item_id
+        hit = first([c for c in free if c not in lines], words) or first(lines, words)  # ... numbers lines: last
+        if hit is not None:
+            out[canonical] = hit
     return out
 
 
 def _element_fields(col: pl.Series) -> list[str]:
-    """The fields of a list-of-records column: a Parquet list of structs, or JSON text holding lists
-    of objects (the JSON reader keeps a nested list as its text); [] for anything else."""
+    """The fields of a list-of-records column (a Parquet list of structs, or JSON text of lists of objects); else []."""
     dtype = col.dtype
     if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
         return [f.name for f in dtype.inner.fields]

@@ -89,6 +89,8 @@ def test_what_the_sample_cannot_settle_is_said(tmp_path):
     (["userId", "movieId", "rating", "timestamp"], {S.TS: "timestamp", S.USER_ID: "userId", S.ITEM_ID: "movieId"}),
     (["id", "visitor", "isbn", "time"], {S.TS: "time", S.USER_ID: "visitor", S.ITEM_ID: "isbn"}),  # an event's own id
     (["user.id", "product.id", "timestamp"], {S.TS: "timestamp", S.USER_ID: "user.id", S.ITEM_ID: "product.id"}),
+    (["order_id", "order_item_id", "product_id"], {S.SESSION_ID: "order_id", S.ITEM_ID: "product_id"}),  # a line number
+    (["order_id", "line_item_product_id"], {S.SESSION_ID: "order_id", S.ITEM_ID: "line_item_product_id"}),  # none else
 ])
 def test_columns_are_matched_by_their_names(columns, want):
     assert match_columns(columns, EVENT_NAMES) == want
