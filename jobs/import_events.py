@@ -45,7 +45,6 @@ from features.data.mapping import (
     TableMapping,
     apply,
     check_mapping,
-    column_hint,
     item_fields,
     load_mapping,
     mapping_from_dict,
@@ -58,6 +57,7 @@ from features.data.online_retail import import_online_retail
 from features.data.pivot import pivot_properties, property_names
 from features.data.quoting import swallowed_rows
 from features.data.reading import CHUNK_ROWS, check_encoding, iter_tables, read_table, text_source
+from features.data.sniff import column_hint
 from features.data.validate import SchemaError
 from features.data.values import guess_event_type
 from jobs.common import load_job_config, parse_args, run_job, write_table

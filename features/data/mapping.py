@@ -28,7 +28,8 @@ Rules, so that nothing accepted is ever lost:
   item, plus its position among identical lines (so repeated identical lines stay distinct).
 - A text column (title, description, category, brand) may name several shop columns: their
   values joined by a space, blanks skipped (a category's by " > ", a path: department > type).
-  The time's are joined by a space (`ts: [Date, Time]`). Any other column may name several: the
+  The time's two are a date and a time of day or a whole-number offset in ts_unit (ms when auto:
+  Diginetica's eventdate and timeframe). Any other column may name several: the
   first non-blank (a tracker's `properties.product_id` on views, `...products.product_id` on orders).
 - Nested records are flattened to dotted names, `explode` makes a list's elements rows and
   `key_values` a list of key/value pairs columns (features/data/reading.py); an exploded row's
@@ -63,8 +64,9 @@ from features.data.fill import Parent
 from features.data.joins import Join
 from features.data.pivot import Properties
 from features.data.reading import check_encoding, text_source
+from features.data.sniff import column_hint
 from features.data.validate import SchemaError
-from features.data.values import DECIMAL_SEPARATORS, TEXT_COLUMNS, json_text, list_text, typed, typed_ts
+from features.data.values import DECIMAL_SEPARATORS, TEXT_COLUMNS, json_text, list_text, time_text, typed, typed_ts
 
 FORMATS = ("auto", "parquet", "csv", "tsv", "json", "excel", "recbole")
 TS_UNITS = ("auto", "s", "ms", "us", "ns")
@@ -169,16 +171,6 @@ def check_mapping(m: TableMapping, table: str, name: str | None = None) -> None:
         raise SchemaError(f"{where}.path: no input file given")
 
 
-def column_hint(table: str, names: list[str]) -> str:
-    """Why a mapped column may be missing from a text file with these column names ("" if no idea)."""
-    seps = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
-    if seps:
-        return f" (one column: is the file separated by {seps[0]!r}? set mapping.{table}.delimiter)"
-    data = pl.Series(names, dtype=pl.String).str.strip_chars().str.contains(r"^[+-]?\d[\d.,:/ T-]*(Z|[+-]\d\d:?\d\d)?$")
-    return (f" (that first row looks like data: a file without a header row needs its columns named, "
-            f"mapping.{table}.column_names: [...])" if data.any() else "")
-
-
 def _joined(src: pl.DataFrame, names: tuple[str, ...], sep: str = " ") -> pl.Series:  # non-blank ones; null if none
     parts = [pl.col(n).cast(pl.String).str.strip_chars() for n in names]
     joined = pl.concat_list([pl.when(p != "").then(p) for p in parts]).list.drop_nulls().list.join(sep)
@@ -219,8 +211,8 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str,
                 col = (parts.to_series(0) if len(names) == 1 else  # a category from several columns is a path
                        _joined(parts, parts.columns, " > " if name == S.CATEGORY else " ")).alias(names[0])
             else:
-                col = (src.get_column(spec) if isinstance(spec, str) else  # a time: [date, time of day]
-                       _joined(src, spec) if name == S.TS else _first(src, spec))
+                col = (src.get_column(spec) if isinstance(spec, str) else  # a time: [date, time of day or offset]
+                       time_text([src.get_column(c) for c in spec], m.ts_unit) if name == S.TS else _first(src, spec))
             # One id per exploded row: its record's plus the position, unless the elements carry their own.
             if name == S.EVENT_ID and m.explode and f"{m.explode}#" in src.columns and not str(spec).startswith(m.explode + "."):
                 at = src.get_column(f"{m.explode}#")
@@ -311,8 +303,9 @@ def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row:
     item = out.get_column(S.ITEM_ID)
     has_item = item.is_not_null() & (item.str.strip_chars() != "")
     ts_spec = events.columns.get(S.TS)
-    ts = (typed_ts(src.get_column(ts_spec) if isinstance(ts_spec, str) else _joined(src, ts_spec), events.ts_unit,
-                   events.ts_format) if ts_spec else pl.Series([None] * src.height, dtype=pl.Datetime("us", "UTC")))
+    ts = (typed_ts(src.get_column(ts_spec) if isinstance(ts_spec, str) else time_text(
+        [src.get_column(c) for c in ts_spec], events.ts_unit), events.ts_unit, events.ts_format)
+        if ts_spec else pl.Series([None] * src.height, dtype=pl.Datetime("us", "UTC")))
     used = used_columns(m)
     rows = (src.select(used).with_columns(item.alias(_KEY), ts.alias(_TS), (pl.int_range(pl.len()) + first_row).alias(_N))
             .with_columns(_blanked(bad, m))

@@ -136,3 +136,13 @@ def workbook_sheets(path: str) -> list[str]:
     """The sheets of the first file under `path` when it is a workbook, else []."""
     fs, first_file = next(iter(A.list_files(path)))
     return sheet_names(fs, first_file) if format_of(first_file, "auto") == "excel" else []
+
+
+def column_hint(table: str, names: list[str]) -> str:
+    """Why a mapped column may be missing from a text file with these column names ("" if no idea)."""
+    seps = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
+    if seps:
+        return f" (one column: is the file separated by {seps[0]!r}? set mapping.{table}.delimiter)"
+    data = pl.Series(names, dtype=pl.String).str.strip_chars().str.contains(r"^[+-]?\d[\d.,:/ T-]*(Z|[+-]\d\d:?\d\d)?$")
+    return (f" (that first row looks like data: a file without a header row needs its columns named, "
+            f"mapping.{table}.column_names: [...])" if data.any() else "")

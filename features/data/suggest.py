@@ -38,7 +38,7 @@ from features.data.joins import Join, Joiner, find_joins
 from features.data.pivot import find_properties, pivot_properties, property_names
 from features.data.sniff import decimal_comma, sample, time_settings, without_header, workbook_sheets
 from features.data.validate import iso_times
-from features.data.values import event_type_words
+from features.data.values import event_type_words, time_text
 
 # Canonical column -> shop column names that usually mean it (normalised: lower case, no separators),
 # most specific first. A name equal to one wins over a name that merely contains one.
@@ -249,12 +249,10 @@ def _headerless(ev: pl.DataFrame, path: str, read: dict, s: Suggestion, table: d
 
 
 def _read_note(read: dict, given: str | None, path: str, s: Suggestion) -> dict:
-    if read.get("encoding") and not given:
-        s.notes.append(f"{path} is not UTF-8 text: read as {read['encoding']} (encoding); check accented letters")
-    if read.get("format"):
-        s.notes.append(f"{path} is not Parquet whatever its name: read as {read['format']} (format: {read['format']})")
-    if read.get("sheet"):
-        s.notes.append(f"{path}: sheet {read['sheet']!r} (a workbook of several sheets; the import reads this one)")
+    said = {"encoding": f"{path} is not UTF-8 text: read as {read.get('encoding')} (encoding); check accented letters",
+            "format": f"{path} is not Parquet whatever its name: read as {read.get('format')} (format: {read.get('format')})",
+            "sheet": f"{path}: sheet {read.get('sheet')!r} (a workbook of several sheets; the import reads this one)"}
+    s.notes += [n for k, n in said.items() if read.get(k) and not (k == "encoding" and given)]
     return read
 
 
@@ -287,6 +285,9 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
         s.notes.append(f"the time is {times[0]!r}, the column whose values are all dates or times")
     if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{1,2}:\d\d(:\d\d(\.\d+)?)?$") and dates:
         cols[S.TS] = [dates[0], cols[S.TS]]  # a till's export: the date in one column, the time of day in another
+    offsets = [c for c in ev.columns if c not in taken and S.TS in match_columns([c], TS_NAMES) and _all(ev[c], r"^\d{1,9}$")]
+    if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{4}-\d\d-\d\d$") and offsets:
+        cols[S.TS] = [cols[S.TS], offsets[0]]  # Diginetica: the day, and the ms since the session began (timeframe)
     for need in (S.TS, S.USER_ID, S.ITEM_ID):
         if need not in cols:
             s.notes.append(f"no column of the events looks like {need}; the file has: {', '.join(ev.columns)}")
@@ -298,9 +299,8 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
     one = {k: _first(v) for k, v in cols.items()}
     if S.TS in cols:
         _fill_down(ev, one, s, table, True)
-        ts = [cols[S.TS]] if isinstance(cols[S.TS], str) else cols[S.TS]
-        text = ev.select(pl.concat_str([pl.col(c).cast(pl.String) for c in ts], separator=" ")).to_series()
-        table.update(time_settings(text, s.notes, " + ".join(ts), s.unsure))
+        ts = [cols[S.TS]] if isinstance(cols[S.TS], str) else cols[S.TS]  # (several: as the import joins them)
+        table.update(time_settings(time_text([ev[c] for c in ts], "auto"), s.notes, " + ".join(ts), s.unsure))
     if S.EVENT_TYPE in cols:
         words = event_type_words(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
         if words:

@@ -205,3 +205,21 @@ def event_type_words(values: pl.Series, notes: list[str], col: str) -> dict:
         notes.append(f"event words in {col!r} with no guess: {unknown[:10]}; map them in values.event_type "
                      f"(the types: {', '.join(S.EVENT_TYPES)}) or the feature job quarantines them")
     return out
+
+
+def time_text(cols: list[pl.Series], ts_unit: str) -> pl.Series:
+    """A time from several columns, as text `typed_ts` reads: a date and a time of day joined by a
+    space (a till's Date and Time), or, where the second column holds whole numbers, the first's
+    time plus that offset in `ts_unit` (ms when auto: Diginetica's eventdate and timeframe, the
+    milliseconds since the session began, which order a day's events)."""
+    if len(cols) == 2:
+        offset = cols[1].cast(pl.String).str.strip_chars()
+        whole = offset.drop_nulls().filter(offset.drop_nulls() != "")
+        if whole.len() and whole.str.contains(r"^\d+$").all():
+            unit = {"s": "seconds", "us": "microseconds", "ns": "nanoseconds"}.get(ts_unit, "milliseconds")
+            start = typed_ts(cols[0], "auto", None)  # (ISO or epoch: the result is ISO text, read without ts_format)
+            at = pl.select(pl.lit(start) + pl.duration(**{unit: pl.lit(offset.cast(pl.Int64, strict=False))}))
+            return at.to_series().dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").alias(cols[0].name)
+    parts = [c.cast(pl.String).str.strip_chars() for c in cols]
+    joined = pl.concat_list([pl.when(p != "").then(p) for p in parts]).list.drop_nulls().list.join(" ")
+    return pl.select(pl.when(joined != "").then(joined).alias(cols[0].name)).to_series()

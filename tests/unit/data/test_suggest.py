@@ -448,3 +448,16 @@ def test_a_relational_export_s_files_are_guessed_as_look_ups_of_the_order_lines(
     r = IE.run(IE.ImportEventsConfig(mapping="auto", events=events, items=str(tmp_path / "products.csv"),
                                      output=str(tmp_path / "out")))
     assert r["events"] == 3 and r["items"] == 2 and r["rejected"] == {}
+
+
+def test_diginetica_s_day_and_milliseconds_into_the_session_order_a_session(tmp_path):
+    """train-item-views.csv: eventdate holds the day only; timeframe the ms since the session began,
+    which is all that orders a session's views (read alone, the day left them in hash order)."""
+    m, text = _suggest(tmp_path, "sessionId;userId;itemId;timeframe;eventdate\n1;NA;81766;526309;2016-05-09\n"
+                       "1;NA;31331;1031018;2016-05-09\n1;NA;32118;243569;2016-05-09\n", name="train-item-views.csv")
+    assert m["events"]["columns"][S.TS] == ["eventdate", "timeframe"] and "ts_format" not in m["events"]
+    assert m["events"]["constants"] == {S.EVENT_TYPE: "view"}
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
+    ev = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS)
+    assert ev[S.ITEM_ID].to_list() == ["32118", "81766", "31331"]
+    assert str(ev[S.TS][0]) == "2016-05-09 00:04:03.569000+00:00"
