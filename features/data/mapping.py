@@ -66,7 +66,16 @@ from features.data.pivot import Properties
 from features.data.reading import check_encoding, text_source
 from features.data.sniff import column_hint
 from features.data.validate import SchemaError
-from features.data.values import DECIMAL_SEPARATORS, TEXT_COLUMNS, json_text, list_text, time_text, typed, typed_ts
+from features.data.values import (
+    DECIMAL_SEPARATORS,
+    TEXT_COLUMNS,
+    joined_text,
+    json_text,
+    list_text,
+    time_text,
+    typed,
+    typed_ts,
+)
 
 FORMATS = ("auto", "parquet", "csv", "tsv", "json", "excel", "recbole")
 TS_UNITS = ("auto", "s", "ms", "us", "ns")
@@ -171,12 +180,6 @@ def check_mapping(m: TableMapping, table: str, name: str | None = None) -> None:
         raise SchemaError(f"{where}.path: no input file given")
 
 
-def _joined(src: pl.DataFrame, names: tuple[str, ...], sep: str = " ") -> pl.Series:  # non-blank ones; null if none
-    parts = [pl.col(n).cast(pl.String).str.strip_chars() for n in names]
-    joined = pl.concat_list([pl.when(p != "").then(p) for p in parts]).list.drop_nulls().list.join(sep)
-    return src.select(pl.when(joined != "").then(joined).alias(names[0])).to_series()
-
-
 def _first(src: pl.DataFrame, names: tuple[str, ...]) -> pl.Series:  # per row, the first non-blank column
     parts = [pl.when(pl.col(n).cast(pl.String).str.strip_chars() != "").then(pl.col(n).cast(pl.String)) for n in names]
     return src.select(pl.coalesce(parts).alias(names[0])).to_series()
@@ -209,7 +212,7 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str,
                 parts = pl.DataFrame([list_text(src.get_column(c), name == S.CATEGORY).alias(f"{i}")
                                       for i, c in enumerate(names)])
                 col = (parts.to_series(0) if len(names) == 1 else  # a category from several columns is a path
-                       _joined(parts, parts.columns, " > " if name == S.CATEGORY else " ")).alias(names[0])
+                       joined_text(parts.get_columns(), " > " if name == S.CATEGORY else " ")).alias(names[0])
             else:
                 col = (src.get_column(spec) if isinstance(spec, str) else  # a time: [date, time of day or offset]
                        time_text([src.get_column(c) for c in spec], m.ts_unit) if name == S.TS else _first(src, spec))

@@ -220,6 +220,11 @@ def time_text(cols: list[pl.Series], ts_unit: str) -> pl.Series:
             start = typed_ts(cols[0], "auto", None)  # (ISO or epoch: the result is ISO text, read without ts_format)
             at = pl.select(pl.lit(start) + pl.duration(**{unit: pl.lit(offset.cast(pl.Int64, strict=False))}))
             return at.to_series().dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").alias(cols[0].name)
+    return joined_text(cols, " ")
+
+
+def joined_text(cols: list[pl.Series], sep: str) -> pl.Series:
+    """Per row, the non-blank values of several columns joined by `sep`; null when all are blank."""
     parts = [c.cast(pl.String).str.strip_chars() for c in cols]
-    joined = pl.concat_list([pl.when(p != "").then(p) for p in parts]).list.drop_nulls().list.join(" ")
+    joined = pl.concat_list([pl.when(p != "").then(p) for p in parts]).list.drop_nulls().list.join(sep)
     return pl.select(pl.when(joined != "").then(joined).alias(cols[0].name)).to_series()
