@@ -71,6 +71,12 @@ class Joiner:
                   .join(extra, on=_KEY, how="left", maintain_order="left").drop(_KEY))
         return df.to_arrow()
 
+    def person(self, key: object, is_user) -> str | None:
+        """Of the table looked up by `key` (customers, by an order's customer_id), another column that
+        names a shopper (`is_user(column)`): Olist's customer_unique_id, the person behind the
+        customer_id each order gets anew."""
+        return next((c for _, j, t in self.tables if j.key == key for c in t.columns if c != key and is_user(c)), None)
+
     @property
     def columns(self) -> list[str]:
         """Every looked-up table's columns (what a mapping may name besides the file's own)."""

@@ -4,6 +4,8 @@ is a header, how its times are written, and a decimal comma."""
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 
 from features import artifacts as A
@@ -146,3 +148,25 @@ def column_hint(table: str, names: list[str]) -> str:
     data = pl.Series(names, dtype=pl.String).str.strip_chars().str.contains(r"^[+-]?\d[\d.,:/ T-]*(Z|[+-]\d\d:?\d\d)?$")
     return (f" (that first row looks like data: a file without a header row needs its columns named, "
             f"mapping.{table}.column_names: [...])" if data.any() else "")
+
+
+def element_fields(col: pl.Series) -> list[str]:
+    """The fields of a list-of-records column (a Parquet list of structs, or JSON text of lists of objects); else []."""
+    dtype = col.dtype
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+        return [f.name for f in dtype.inner.fields]
+    if dtype != pl.String:
+        return []
+    fields: dict[str, None] = {}
+    for v in col.drop_nulls().head(200):
+        v = v.strip()
+        if not v.startswith("["):
+            continue
+        try:
+            parsed = json.loads(v)
+        except ValueError:
+            return []
+        if not isinstance(parsed, list) or not all(isinstance(e, dict) for e in parsed):
+            return []
+        fields.update(dict.fromkeys(k for e in parsed for k in e))
+    return list(fields)

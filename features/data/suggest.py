@@ -26,7 +26,6 @@ Every guess is a starting point, printed with the reasons and doubts as comments
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 
@@ -36,7 +35,7 @@ from features.data import schema as S
 from features.data.fill import find_parent, guess_fill_down
 from features.data.joins import Join, Joiner, find_joins
 from features.data.pivot import find_properties, pivot_properties, property_names
-from features.data.sniff import decimal_comma, sample, time_settings, without_header, workbook_sheets
+from features.data.sniff import decimal_comma, element_fields, sample, time_settings, without_header, workbook_sheets
 from features.data.validate import iso_times
 from features.data.values import event_type_words, time_text
 
@@ -67,7 +66,7 @@ ITEM_NAMES = {
     S.PRICE: EVENT_NAMES[S.PRICE],
     S.IN_STOCK: ("instock", "available", "availability", "stockstatus"),
 }
-TS_NAMES = {S.TS: EVENT_NAMES[S.TS]}
+TS_NAMES, USER_NAMES = {S.TS: EVENT_NAMES[S.TS]}, {S.USER_ID: EVENT_NAMES[S.USER_ID]}
 GENERIC_LEAVES = ("name", "amount", "value", "id", "code")  # a nested record's field named by its parent too
 DATE = r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}( \d{1,2}:\d\d(:\d\d)?)?$"  # 25/01/2024, 2024-01-25 10:00
 CODES = {"no", "id", "code", "number", "num", "nr"}  # a column of codes beside its names (department_no, _name)
@@ -133,32 +132,10 @@ def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict
     return out
 
 
-def _element_fields(col: pl.Series) -> list[str]:
-    """The fields of a list-of-records column (a Parquet list of structs, or JSON text of lists of objects); else []."""
-    dtype = col.dtype
-    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
-        return [f.name for f in dtype.inner.fields]
-    if dtype != pl.String:
-        return []
-    fields: dict[str, None] = {}
-    for v in col.drop_nulls().head(200):
-        v = v.strip()
-        if not v.startswith("["):
-            continue
-        try:
-            parsed = json.loads(v)
-        except ValueError:
-            return []
-        if not isinstance(parsed, list) or not all(isinstance(e, dict) for e in parsed):
-            return []
-        fields.update(dict.fromkeys(k for e in parsed for k in e))
-    return list(fields)
-
-
 def _nested(ev: pl.DataFrame, s: Suggestion) -> tuple[str | None, str | None]:
     """`key_values` (a list of {key, value} records: GA4's event_params) and `explode` (a list of
     records one of whose fields names a product: an order's products) for a nested export."""
-    lists = {c: f for c in ev.columns if (f := _element_fields(ev.get_column(c)))}
+    lists = {c: f for c in ev.columns if (f := element_fields(ev.get_column(c)))}
     key_values = next((c for c, f in lists.items() if {"key", "value"} <= set(f) and len(f) <= 3), None)
     explode = next((c for c, f in lists.items() if c != key_values and S.ITEM_ID in match_columns(
         f, {S.ITEM_ID: EVENT_NAMES[S.ITEM_ID]})), None)
@@ -207,6 +184,10 @@ def _sheet(path: str, events: bool) -> str | None:
         if (S.ITEM_ID in got and timed) if events else (S.TITLE in got and not timed):
             return name
     return None
+
+
+def _names_shopper(column: str) -> bool:  # customer_unique_id, buyer_email; not customer_city
+    return bool(match_columns([column], USER_NAMES)) and bool(_tokens(column) & {"id", "email", "uid", "uuid"})
 
 
 def _first(c: str | list[str]) -> str:
@@ -264,7 +245,8 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
     ev, read = sample(events, encoding=encoding, sheet=_sheet(events, True))
     table.update({"path": events, **_read_note(read, encoding, events, s), **({"join": joins} if joins else {})})
     if joins:  # the sample as the import will read it: each line with its order's (and customer's) columns
-        ev = pl.DataFrame(Joiner(tuple(Join(**j) for j in joins), "events")(ev.to_arrow()))
+        joiner = Joiner(tuple(Join(**j) for j in joins), "events")
+        ev = pl.DataFrame(joiner(ev.to_arrow()))
         s.notes.append("look-ups: " + "; ".join(f"{j['path']} by {j['key']!r}" for j in joins))
     ev = _headerless(ev, events, read, s, table, True)
     explode, key_values = _nested(ev, s)
@@ -288,6 +270,9 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
     offsets = [c for c in ev.columns if c not in taken and S.TS in match_columns([c], TS_NAMES) and _all(ev[c], r"^\d{1,9}$")]
     if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{4}-\d\d-\d\d$") and offsets:
         cols[S.TS] = [cols[S.TS], offsets[0]]  # Diginetica: the day, and the ms since the session began (timeframe)
+    if joins and (person := joiner.person(cols.get(S.USER_ID), _names_shopper)):
+        s.notes.append(f"the shopper is {person!r}, the person behind each {cols[S.USER_ID]!r} of the table looked up by it")
+        cols[S.USER_ID] = person
     for need in (S.TS, S.USER_ID, S.ITEM_ID):
         if need not in cols:
             s.notes.append(f"no column of the events looks like {need}; the file has: {', '.join(ev.columns)}")

@@ -429,11 +429,14 @@ def _one_file_mapping(tmp_path) -> str:
 
 def test_a_relational_export_s_files_are_guessed_as_look_ups_of_the_order_lines(tmp_path):
     """Olist: order lines (order_item_id is a line's number, not a product), the orders (time,
-    customer) and the customers, given as three files: the last two are looked up, not events."""
-    files = {"lines.csv": "order_id,order_item_id,product_id,price\no1,1,p1,58.90\no1,2,p2,10.00\no2,1,p1,55.90\n",
+    customer) and the customers, given as three files: the last two are looked up, not events. Each
+    order has a customer_id of its own; the shopper is the person, customer_unique_id (ann's two)."""
+    files = {"lines.csv": "order_id,order_item_id,product_id,price\no1,1,p1,58.90\no1,2,p2,10.00\no2,1,p1,55.90\n"
+                          "o3,1,p2,10.00\n",
              "orders.csv": "order_id,customer_id,order_purchase_timestamp\no1,c1,2017-09-13 08:59:02\n"
-                           "o2,c2,2017-04-26 10:53:06\n",
-             "customers.csv": "customer_id,customer_unique_id,customer_city\nc1,ann,franca\nc2,bob,sao paulo\n",
+                           "o2,c2,2017-04-26 10:53:06\no3,c3,2017-10-01 12:00:00\n",
+             "customers.csv": "customer_id,customer_zip_code_prefix,customer_unique_id,customer_city\n"
+                              "c1,14409,ann,franca\nc2,9790,bob,sao paulo\nc3,14409,ann,franca\n",
              "products.csv": "product_id,product_category_name,product_description_lenght\np1,perfumaria,287\n"
                              "p2,artes,276\n"}
     for name, text in files.items():
@@ -444,10 +447,13 @@ def test_a_relational_export_s_files_are_guessed_as_look_ups_of_the_order_lines(
     assert m["events"]["join"] == [{"path": str(tmp_path / "orders.csv"), "key": "order_id"},
                                    {"path": str(tmp_path / "customers.csv"), "key": "customer_id"}]
     assert m["events"]["columns"][S.ITEM_ID] == "product_id" and m["events"]["columns"][S.TS] == "order_purchase_timestamp"
+    assert m["events"]["columns"][S.USER_ID] == "customer_unique_id"  # not the zip code, nor one id per order
     assert S.DESCRIPTION not in m["items"]["columns"]  # a description's length is no description
     r = IE.run(IE.ImportEventsConfig(mapping="auto", events=events, items=str(tmp_path / "products.csv"),
                                      output=str(tmp_path / "out")))
-    assert r["events"] == 3 and r["items"] == 2 and r["rejected"] == {}
+    assert r["events"] == 4 and r["items"] == 2 and r["rejected"] == {}
+    users = pl.read_parquet(tmp_path / "out" / "events.parquet").get_column(S.USER_ID)
+    assert sorted(users.unique()) == ["ann", "bob"]
 
 
 def test_diginetica_s_day_and_milliseconds_into_the_session_order_a_session(tmp_path):
