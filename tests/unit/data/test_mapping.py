@@ -291,6 +291,8 @@ def test_items_from_the_events_file_need_their_columns(tmp_path):
         run(REES_MAPPING.replace("brand: brand, price: price}", "brand: brand, price: []}"))
     with pytest.raises(SchemaError, match=r"mapping.items.category_separator: ' '; a non-blank separator"):
         run(REES_MAPPING.replace('category_separator: "."', 'category_separator: " "'))
+    with pytest.raises(SchemaError, match=r"mapping.items.category_list_separator: '.'; .* other than the path separator"):
+        run(REES_MAPPING.replace('category_separator: "."', 'category_separator: "."\n  category_list_separator: "."'))
     with pytest.raises(SchemaError, match=r"mapping.items.columns.title: column 'name' is not in .*events.csv"):
         run(REES_MAPPING.replace("[brand, category_code]", "[brand, name]"))
 

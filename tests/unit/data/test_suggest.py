@@ -27,17 +27,20 @@ def test_a_kaggle_style_event_log_imports_through_the_suggested_mapping_unchange
     m, text = _suggest(tmp_path, "event_time,event_type,product_id,category_code,brand,price,user_id,user_session\n"
                        "2019-10-01 00:00:00 UTC,view,44600062,electronics.smartphone,shiseido,35.79,541312140,s1\n"
                        "2019-10-01 00:00:01 UTC,cart,3900821,appliances.water_heater,aqua,33.20,554748717,s2\n"
-                       "2019-10-01 00:00:04 UTC,purchase,44600062,electronics.smartphone,shiseido,35.79,554748717,s2\n")
+                       "2019-10-01 00:00:04 UTC,purchase,44600062,electronics.smartphone,shiseido,35.79,554748717,s2\n"
+                       "2019-10-01 00:00:05 UTC,view,1801,electronics.audio.headphone,sony,19.99,554748717,s2\n")
     assert m["events"]["columns"] == {S.TS: "event_time", S.USER_ID: "user_id", S.ITEM_ID: "product_id",
                                       S.EVENT_TYPE: "event_type", S.SESSION_ID: "user_session", S.PRICE: "price"}
     assert m["events"]["values"] == {S.EVENT_TYPE: {"cart": "add_to_cart"}}
     assert m["items"] == {"columns": {S.ITEM_ID: "product_id", S.TITLE: "product_id", S.CATEGORY: "category_code",
-                                      S.BRAND: "brand", S.PRICE: "price"}}
+                                      S.BRAND: "brand", S.PRICE: "price"}, "category_separator": "."}
     assert "# CHECK: no product name found" in text
     r = IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "m.yaml"), output=str(tmp_path / "out")))
-    assert r["events"] == 3 and r["items"] == 2 and r["rejected"] == {} and r["warnings"] == []
+    assert r["events"] == 4 and r["items"] == 3 and r["rejected"] == {} and r["warnings"] == []
     assert pl.read_parquet(tmp_path / "out" / "events.parquet")[S.EVENT_TYPE].to_list() == ["view", "add_to_cart",
-                                                                                            "purchase"]
+                                                                                            "purchase", "view"]
+    assert sorted(pl.read_parquet(tmp_path / "out" / "items.parquet")[S.CATEGORY]) == [
+        "appliances > water_heater", "electronics > audio > headphone", "electronics > smartphone"]
 
 
 def test_a_tracker_log_with_epoch_milliseconds_and_its_own_event_words(tmp_path):
@@ -382,6 +385,34 @@ def test_a_magento_catalog_takes_its_special_price_where_set(tmp_path):
              "24-MB04,,Strive Shoulder Pack,32.00,26.00,2024-01-01 00:00:00\n")
     m, _ = _suggest(tmp_path, "timestamp,user,item\n2024-03-02,u1,24-MB01\n", items)
     assert m["items"]["columns"][S.PRICE] == ["special_price", "price"]
+
+
+def test_a_list_of_categories_in_one_cell_becomes_its_deepest_path(tmp_path):
+    """WooCommerce writes every category of a product in one cell ("Clothing > Hoodies, Clothing");
+    Magento its paths from the root with "/". Kept whole, each combination was a category of its
+    own, and a filter on "Gear" matched nothing under "Default Category/Gear"."""
+    woo = ("SKU,Name,Categories\nh1,Zip Hoodie,\"Clothing > Hoodies, Clothing\"\nh2,Pullover,Clothing > Hoodies\n"
+           "t1,Tee,\"Clothing, Clothing > Tshirts\"\nm1,Mug,Kitchen\nb1,Rucksack,\"Bags, Backpacks\"\n")
+    for d in ("woo", "magento", "plain"):
+        (tmp_path / d).mkdir()
+    m, text = _suggest(tmp_path / "woo", "timestamp,user,item\n2024-03-02,u1,h1\n", woo)
+    assert m["items"]["category_list_separator"] == "," and "category_separator" not in m["items"]
+    assert "'Categories' holds category paths" in text
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "woo" / "m.yaml"), output=str(tmp_path / "out")))
+    got = pl.read_parquet(tmp_path / "out" / "items.parquet").sort(S.ITEM_ID)
+    assert got[S.CATEGORY].to_list() == ["Bags", "Clothing > Hoodies", "Clothing > Hoodies", "Kitchen",
+                                         "Clothing > Tshirts"]  # b1, h1, h2, m1, t1
+    magento = ("sku,name,categories\nb1,Bag,\"Default Category/Gear,Default Category/Gear/Bags\"\n"
+               "w1,Watch,Default Category/Gear/Watches\nj1,Jacket,\"Default Category/Men/Tops/Jackets\"\n")
+    m, _ = _suggest(tmp_path / "magento", "timestamp,user,item\n2024-03-02,u1,b1\n", magento)
+    assert m["items"]["category_list_separator"] == "," and m["items"]["category_separator"] == "/"
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "magento" / "m.yaml"), output=str(tmp_path / "out2")))
+    got = pl.read_parquet(tmp_path / "out2" / "items.parquet").sort(S.ITEM_ID)
+    assert got[S.CATEGORY].to_list() == ["Default Category > Gear > Bags", "Default Category > Men > Tops > Jackets",
+                                         "Default Category > Gear > Watches"]
+    plain = "SKU,Name,Category\na,A,\"Bags, Backpacks\"\nb,B,Kitchen\nc,C,Mugs & Cups\nd,D,St. Patrick's Day\n"
+    m, _ = _suggest(tmp_path / "plain", "timestamp,user,item\n2024-03-02,u1,a\n", plain)  # names, not lists or paths
+    assert "category_list_separator" not in m["items"] and "category_separator" not in m["items"]
 
 
 def test_a_woocommerce_variation_takes_its_parent_s_text_where_its_own_is_blank(tmp_path):

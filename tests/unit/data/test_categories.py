@@ -1,0 +1,21 @@
+import polars as pl
+
+from features.data.categories import guess, one_path
+
+
+def test_one_path_keeps_the_deepest_path_of_a_list_and_blanks_as_blanks():
+    col = pl.Series("category", ["A > B, A", "A, A > C > D", None, " , ", "X", "P > Q, R > S"])
+    assert one_path(col, None, ",").to_list() == ["A > B", "A > C > D", None, None, "X", "P > Q"]  # a tie: the first
+    assert one_path(pl.Series("c", ["a.b", "a..c", None]), ".", None).to_list() == ["a > b", "a > c", None]
+    same = pl.Series("c", ["Home > Kitchen", None])
+    assert one_path(same, None, None) is same  # nothing set: untouched
+
+
+def test_guess_needs_a_tree_not_a_phrase():
+    assert guess(pl.Series(["electronics.smartphone", "electronics.audio", "kids.toys"])) == {"category_separator": "."}
+    assert guess(pl.Series(["Home > Kitchen", "Home > Garden", "Toys"])) == {}  # the contract's form already
+    assert guess(pl.Series(["Home>Kitchen", "Home>Garden", "Toys"])) == {"category_separator": ">"}
+    assert guess(pl.Series(["Dr. Martens", "Mr. Men", "Mugs"])) == {}  # no root shared: names with a dot
+    assert guess(pl.Series(["Vol. 2", "Vol. 3", "Mugs"])) == {}  # a number is no level
+    assert guess(pl.Series(["Gifts, Kitchen", "Gifts", "Kitchen", "Toys"])) == {"category_list_separator": ","}
+    assert guess(pl.Series(["Bags, Backpacks", "Shoes, Boots", "Toys"])) == {}  # names alone nowhere: one name each
