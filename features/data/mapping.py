@@ -219,7 +219,7 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str,
                        joined_text(parts.get_columns(), " > " if name == S.CATEGORY else " ")).alias(names[0])
             else:
                 col = (src.get_column(spec) if isinstance(spec, str) else  # a time: [date, time of day or offset]
-                       time_text([src.get_column(c) for c in spec], m.ts_unit) if name == S.TS else _first(src, spec))
+                       time_text([src.get_column(c) for c in spec], m.ts_unit, m.ts_format) if name == S.TS else _first(src, spec))
             # One id per exploded row: its record's plus the position, unless the elements carry their own.
             if name == S.EVENT_ID and m.explode and f"{m.explode}#" in src.columns and not str(spec).startswith(m.explode + "."):
                 at = src.get_column(f"{m.explode}#")
@@ -310,7 +310,7 @@ def item_fields(raw: pa.Table, m: TableMapping, events: TableMapping, first_row:
     has_item = item.is_not_null() & (item.str.strip_chars() != "")
     ts_spec = events.columns.get(S.TS)
     ts = (typed_ts(src.get_column(ts_spec) if isinstance(ts_spec, str) else time_text(
-        [src.get_column(c) for c in ts_spec], events.ts_unit), events.ts_unit, events.ts_format)
+        [src.get_column(c) for c in ts_spec], events.ts_unit, events.ts_format), events.ts_unit, events.ts_format)
         if ts_spec else pl.Series([None] * src.height, dtype=pl.Datetime("us", "UTC")))
     used = used_columns(m)
     rows = (src.select(used).with_columns(item.alias(_KEY), ts.alias(_TS), (pl.int_range(pl.len()) + first_row).alias(_N))

@@ -38,7 +38,7 @@ from features.data.joins import Join, Joiner, find_joins
 from features.data.pivot import find_properties, pivot_properties, property_names
 from features.data.sniff import decimal_comma, element_fields, sample, time_settings, without_header, workbook_sheets
 from features.data.validate import iso_times
-from features.data.values import event_type_words, time_text
+from features.data.values import event_type_words, is_offset, time_text
 
 # Canonical column -> shop column names that usually mean it (normalised: lower case, no separators),
 # most specific first. A name equal to one wins over a name that merely contains one.
@@ -269,7 +269,7 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
     if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{1,2}:\d\d(:\d\d(\.\d+)?)?$") and dates:
         cols[S.TS] = [dates[0], cols[S.TS]]  # a till's export: the date in one column, the time of day in another
     offsets = [c for c in ev.columns if c not in taken and S.TS in match_columns([c], TS_NAMES) and _all(ev[c], r"^\d{1,9}$")]
-    if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{4}-\d\d-\d\d$") and offsets:
+    if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$") and offsets:
         cols[S.TS] = [cols[S.TS], offsets[0]]  # Diginetica: the day, and the ms since the session began (timeframe)
     if joins and (person := joiner.person(cols.get(S.USER_ID), _names_shopper)):
         s.notes.append(f"the shopper is {person!r}, the person behind each {cols[S.USER_ID]!r} of the table looked up by it")
@@ -286,7 +286,8 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
     if S.TS in cols:
         _fill_down(ev, one, s, table, True)
         ts = [cols[S.TS]] if isinstance(cols[S.TS], str) else cols[S.TS]  # (several: as the import joins them)
-        table.update(time_settings(time_text([ev[c] for c in ts], "auto"), s.notes, " + ".join(ts), s.unsure))
+        day = is_offset(parts := [ev[c] for c in ts])  # a day and an offset: the day's format is the time's
+        table.update(time_settings(parts[0] if day else time_text(parts, "auto"), s.notes, " + ".join(ts), s.unsure))
     if S.EVENT_TYPE in cols:
         words = event_type_words(ev.get_column(one[S.EVENT_TYPE]), s.notes, one[S.EVENT_TYPE])
         if words:

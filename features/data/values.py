@@ -207,20 +207,27 @@ def event_type_words(values: pl.Series, notes: list[str], col: str) -> dict:
     return out
 
 
-def time_text(cols: list[pl.Series], ts_unit: str) -> pl.Series:
+def time_text(cols: list[pl.Series], ts_unit: str, ts_format: str | None = None) -> pl.Series:
     """A time from several columns, as text `typed_ts` reads: a date and a time of day joined by a
     space (a till's Date and Time), or, where the second column holds whole numbers, the first's
-    time plus that offset in `ts_unit` (ms when auto: Diginetica's eventdate and timeframe, the
-    milliseconds since the session began, which order a day's events)."""
-    if len(cols) == 2:
-        offset = cols[1].cast(pl.String).str.strip_chars()
-        whole = offset.drop_nulls().filter(offset.drop_nulls() != "")
-        if whole.len() and whole.str.contains(r"^\d+$").all():
-            unit = {"s": "seconds", "us": "microseconds", "ns": "nanoseconds"}.get(ts_unit, "milliseconds")
-            start = typed_ts(cols[0], "auto", None)  # (ISO or epoch: the result is ISO text, read without ts_format)
-            at = pl.select(pl.lit(start) + pl.duration(**{unit: pl.lit(offset.cast(pl.Int64, strict=False))}))
-            return at.to_series().dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").alias(cols[0].name)
+    time (ISO, epoch or `ts_format`) plus that offset in `ts_unit` (ms when auto: Diginetica's
+    eventdate and timeframe, the milliseconds since the session began, which order a day's events),
+    then as UTC timestamps, which `typed_ts` keeps."""
+    if is_offset(cols):
+        unit = {"s": "seconds", "us": "microseconds", "ns": "nanoseconds"}.get(ts_unit, "milliseconds")
+        offset = cols[1].cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False)
+        start = typed_ts(cols[0], "auto", ts_format)
+        return pl.select(pl.lit(start) + pl.duration(**{unit: pl.lit(offset)})).to_series().alias(cols[0].name)
     return joined_text(cols, " ")
+
+
+def is_offset(cols: list[pl.Series]) -> bool:
+    """Two time columns of which the second holds whole numbers: a day and an offset into it."""
+    if len(cols) != 2:
+        return False
+    offset = cols[1].cast(pl.String).str.strip_chars().drop_nulls()
+    offset = offset.filter(offset != "")
+    return bool(offset.len()) and bool(offset.str.contains(r"^\d+$").all())
 
 
 def joined_text(cols: list[pl.Series], sep: str) -> pl.Series:

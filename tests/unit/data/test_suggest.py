@@ -498,3 +498,11 @@ def test_diginetica_s_day_and_milliseconds_into_the_session_order_a_session(tmp_
     ev = pl.read_parquet(tmp_path / "out" / "events.parquet").sort(S.TS)
     assert ev[S.ITEM_ID].to_list() == ["32118", "81766", "31331"]
     assert str(ev[S.TS][0]) == "2016-05-09 00:04:03.569000+00:00"
+    (tmp_path / "day_first").mkdir()  # the day as a spreadsheet writes it: read with ts_format, then offset
+    m, _ = _suggest(tmp_path / "day_first", "sessionId;itemId;timeframe;eventdate\n1;81766;526309;09/05/2016\n"
+                    "1;31331;1031018;09/05/2016\n2;32118;243569;25/05/2016\n", name="train-item-views.csv")
+    assert m["events"]["columns"][S.TS] == ["eventdate", "timeframe"] and m["events"]["ts_format"] == "%d/%m/%Y"
+    IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "day_first" / "m.yaml"), output=str(tmp_path / "out2")))
+    ev = pl.read_parquet(tmp_path / "out2" / "events.parquet").sort(S.TS)
+    assert [str(t) for t in ev[S.TS]] == ["2016-05-09 00:08:46.309000+00:00", "2016-05-09 00:17:11.018000+00:00",
+                                          "2016-05-25 00:04:03.569000+00:00"]
