@@ -15,7 +15,8 @@ single test-month event:
   gains must come from behaviour.
 Each set is one `jobs.evaluate` run (about 15-20 minutes on 2 CPUs) in a temporary folder.
 Writes, with the commit: every method's NDCG@10 in both settings (next basket, in session), each
-run's verdict (the full system against the strongest baseline, paired 95% interval), and the
+run's verdict (the full system against the strongest baseline, paired 95% interval) and the same
+on shoppers with a history and on guests, the segments the learned ranker serves, and the
 text's own effect: the full system with text minus with bare ids, paired by request.
 """
 
@@ -74,6 +75,28 @@ def table(metrics: dict) -> dict:
             for title, block in (("next_basket", rec), ("in_session", rec["in_session"]))}
 
 
+def by_history(run: Path, baseline: str) -> dict:
+    """NDCG@10 of the full system and the strongest baseline on the requests of shoppers with a
+    history and of guests (every popularity-backed baseline ranks a guest alike), paired by request."""
+    from features.evaluation.search import paired
+
+    out = {}
+    for setting in ("next_basket", "in_session"):
+        d = pl.read_parquet(run / "per_request" / f"{setting}.parquet")
+        for warm in (True, False):
+            a, b = (d.filter((pl.col("method") == m) & (pl.col("has_history") == warm))
+                    .select(S.USER_ID, "ts", pl.col("ndcg@10").alias(m)) for m in (SYSTEM, baseline))
+            both = a.join(b, on=[S.USER_ID, "ts"])
+            if not both.height:  # in session every shopper has the revealed half of the basket
+                continue
+            p = paired(both[SYSTEM].to_numpy(), both[baseline].to_numpy())
+            out[f"{setting}_{'with_history' if warm else 'guests'}"] = {
+                "requests": p["queries"], "system": round(float(both[SYSTEM].mean() or 0), 4),
+                "baseline": round(float(both[baseline].mean() or 0), 4), "difference": p["paired_difference"],
+                "ci95": p["paired_difference_ci95"]}
+    return out
+
+
 def text_effect(with_text: Path, ids: Path) -> dict:
     """The full system with text minus with bare ids, paired by request (the same requests: the
     relabelling changes no shopper or time), from each run's per-request NDCG@10."""
@@ -115,9 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             it.write_parquet(d / name / "items.parquet")
             m = evaluate(d / name / "events.parquet", d / name / "items.parquet", d / name / "runs", name)
             runs[name] = Path(d / name / "runs" / m["run"])
-            result[name] = {"run": m["run"], "ndcg@10": table(m), "verdict": m["recommend"]["verdict"],
+            v = m["recommend"]["verdict"]
+            result[name] = {"run": m["run"], "ndcg@10": table(m), "verdict": v,
                             "in_session_verdict": m["recommend"]["in_session"].get("verdict"),
-                            "split_at": m["recommend"].get("split_at")}
+                            "split_at": m["recommend"].get("split_at"),
+                            "ranker_serves": m["recommend"].get("ranker", {}).get("serves_learned_for"),
+                            "ranker_valid_by_history": m["recommend"].get("ranker", {}).get("valid_by_history"),
+                            "by_history_vs_" + v["strongest_baseline"]: by_history(runs[name], v["strongest_baseline"])}
         result["text_minus_bare_ids"] = text_effect(runs["text"], runs["bare_ids"])
     result["seconds"] = round(time.perf_counter() - t0, 1)
     write_result(args.out, result)
