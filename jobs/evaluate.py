@@ -149,6 +149,7 @@ class EvaluateConfig:
     split: str = "last:30d"  # last:<days>d (a time split that many days before the last interaction) | time:<ISO instant> | leave-last
     ranker_days: float = 30.0  # time split: the ranker's label window before the split instant
     ranker_requests_per_user: int = 3  # time split: each user's first interactions in that window
+    ranker_for_guests: bool = False  # the learned ranker may rank guests (train_ranker's learned_for_guests)
     ks: tuple[int, ...] = (10, 20, 50)
     exclude_purchased: bool = True
     reveal: float = 0.5  # in-session requests: the share of the basket already in the session
@@ -311,7 +312,8 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     rcfg = TRK.TrainRankerConfig(events=cfg.events, items=cfg.items, output_root=str(art), features=fa, index=sys_index,
                                  sequence=seq_a, exclude_purchased=cfg.exclude_purchased, lightgbm=cfg.ranker,
                                  profiles=cfg.profiles, retriever=replace(cfg.retriever, lexical=False),
-                                 hand_weights=cfg.hand_weights, seed=cfg.seed, ray=cfg.ray)
+                                 hand_weights=cfg.hand_weights, seed=cfg.seed, ray=cfg.ray,
+                                 learned_for_guests=cfg.ranker_for_guests)
     ranker_dir, ranker_manifest, untrained = None, {}, None
     try:
         x, y, g, stats = TRK.build_training_data(rcfg, fa, sys_index, events,

@@ -16,7 +16,8 @@ train on whole request groups; data-parallel over LightGBM's network when num_wo
 artifacts/ranker/<version>/{recommend/model.txt, manifest.json} with feature importances and the
 valid NDCG@10 of the model next to the hand-set weights on the same candidate lists, overall and
 for the lists of shoppers with and without a history; serving and evaluation use the model for a
-segment only where it beat the hand weights there (`serves_learned_for`).
+segment only where it beat the hand weights there (`serves_learned_for`), and for guests only with
+`learned_for_guests` (their ranking is otherwise popularity, as every baseline's).
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ class TrainRankerConfig:
     # A verdict on fewer valid lists than this is no verdict (a bootstrap interval over a handful of
     # lists is not a 95% interval): the segment keeps the hand weights and the manifest says why.
     min_valid_lists: int = 30
+    # Guests (no history): their lists hold popular candidates only, and the model's only signals
+    # there are popularity trends of the label window's month. On the month before the bundled
+    # log's test month it beat the hand weights on 64 held-out guest lists and then lost to plain
+    # popularity on that month's 552 guests (docs/evaluation.md, bench.validation_month). So guests
+    # get the hand weights (their ranking is popularity, as every baseline's) unless this is true,
+    # and then the held-out guest lists decide, as for shoppers with a history.
+    learned_for_guests: bool = False
     num_workers: int = 1  # Ray Train LightGBM workers
     cpus_per_worker: int = 1
     lightgbm: RankerParams = field(default_factory=RankerParams)
@@ -301,7 +309,8 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
     # Where serving and evaluation use the model: each segment on which it beat the hand weights
     # (the house rule, per segment); without the segments, both or neither by the overall verdict.
     by = metrics.get("valid_by_history")
-    metrics["serves_learned_for"] = [s for s in SEGMENTS if (by[s]["beats"] if by else won["beats"])]
+    metrics["serves_learned_for"] = [s for s in SEGMENTS if (by[s]["beats"] if by else won["beats"])
+                                     and (cfg.learned_for_guests or s != SEGMENTS[1])]
     manifest = A.manifest(KIND, version, to_dict(cfg), inputs=inputs,
                           outputs={"modes": ["recommend"], "model": "recommend/model.txt", "format": "lightgbm text",
                                    "features": list(FEATURE_NAMES), "importances": {"recommend": importances(booster)}},
@@ -318,6 +327,7 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
             f"{seg['hand_weights']:.4f}, paired [95% CI {seg['paired_difference_ci95'][0]:+.4f}, "
             f"{seg['paired_difference_ci95'][1]:+.4f}]: serving uses "
             + ("the learned model" if name in metrics["serves_learned_for"] else "the hand-set weights")
+            + (" (learned_for_guests=false)" if name == SEGMENTS[1] and not cfg.learned_for_guests else "")
             + (f" (too few valid lists to judge: fewer than min_valid_lists={cfg.min_valid_lists})"
                if seg.get("too_few_lists") and seg["lists"] else ""))
     if "valid_by_history" not in metrics:
