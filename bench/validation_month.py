@@ -75,40 +75,40 @@ def table(metrics: dict) -> dict:
             for title, block in (("next_basket", rec), ("in_session", rec["in_session"]))}
 
 
+def paired_by_request(a: pl.DataFrame, b: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """Two runs' (or methods') per-request NDCG@10 joined by request (shopper and time) as columns
+    a and b, with the paired difference a - b ({} when no request is in both)."""
+    from features.evaluation.search import paired
+
+    both = a.select(S.USER_ID, "ts", pl.col("ndcg@10").alias("a")).join(
+        b.select(S.USER_ID, "ts", pl.col("ndcg@10").alias("b")), on=[S.USER_ID, "ts"])
+    return both, paired(both["a"].to_numpy(), both["b"].to_numpy()) if both.height else {}
+
+
 def by_history(run: Path, baseline: str) -> dict:
     """NDCG@10 of the full system and the strongest baseline on the requests of shoppers with a
     history and of guests (every popularity-backed baseline ranks a guest alike), paired by request."""
-    from features.evaluation.search import paired
-
     out = {}
     for setting in ("next_basket", "in_session"):
         d = pl.read_parquet(run / "per_request" / f"{setting}.parquet")
         for warm in (True, False):
-            a, b = (d.filter((pl.col("method") == m) & (pl.col("has_history") == warm))
-                    .select(S.USER_ID, "ts", pl.col("ndcg@10").alias(m)) for m in (SYSTEM, baseline))
-            both = a.join(b, on=[S.USER_ID, "ts"])
-            if not both.height:  # in session every shopper has the revealed half of the basket
-                continue
-            p = paired(both[SYSTEM].to_numpy(), both[baseline].to_numpy())
-            out[f"{setting}_{'with_history' if warm else 'guests'}"] = {
-                "requests": p["queries"], "system": round(float(both[SYSTEM].mean() or 0), 4),
-                "baseline": round(float(both[baseline].mean() or 0), 4), "difference": p["paired_difference"],
-                "ci95": p["paired_difference_ci95"]}
+            both, p = paired_by_request(*(d.filter((pl.col("method") == m) & (pl.col("has_history") == warm))
+                                          for m in (SYSTEM, baseline)))
+            if p:  # (in session every shopper has the revealed half of the basket: no guests)
+                out[f"{setting}_{'with_history' if warm else 'guests'}"] = {
+                    "requests": p["queries"], "system": round(float(both["a"].mean()), 4),
+                    "baseline": round(float(both["b"].mean()), 4), "difference": p["paired_difference"],
+                    "ci95": p["paired_difference_ci95"]}
     return out
 
 
 def text_effect(with_text: Path, ids: Path) -> dict:
     """The full system with text minus with bare ids, paired by request (the same requests: the
     relabelling changes no shopper or time), from each run's per-request NDCG@10."""
-    from features.evaluation.search import paired
-
     out = {}
     for setting in ("next_basket", "in_session"):
-        a, b = (pl.read_parquet(p / "per_request" / f"{setting}.parquet").filter(pl.col("method") == SYSTEM)
-                for p in (with_text, ids))
-        both = a.select(S.USER_ID, "ts", pl.col("ndcg@10").alias("a")).join(
-            b.select(S.USER_ID, "ts", pl.col("ndcg@10").alias("b")), on=[S.USER_ID, "ts"])
-        p = paired(both["a"].to_numpy(), both["b"].to_numpy())
+        _, p = paired_by_request(*(pl.read_parquet(r / "per_request" / f"{setting}.parquet")
+                                   .filter(pl.col("method") == SYSTEM) for r in (with_text, ids)))
         out[setting] = {"requests": p["queries"], "difference": p["paired_difference"],
                         "ci95": p["paired_difference_ci95"]}
     return out
