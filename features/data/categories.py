@@ -75,3 +75,12 @@ def guess(col: pl.Series) -> dict[str, str]:
     if path and not (path == ">" and all(" > " in v for v in values if ">" in v)):  # " > ": the contract's own
         out["category_separator"] = path
     return out
+
+
+def shared_root(col: pl.Series, settings: dict[str, str]) -> str | None:
+    """The first level every sampled path shares, when each has more below it (Magento's "Default
+    Category"): a category filter must then start with it, as filters match a path's prefix."""
+    paths = one_path(col, settings.get("category_separator"), settings.get("category_list_separator"))
+    levels = [p.split(" > ") for p in paths.drop_nulls().cast(pl.String).to_list() if p.strip()]
+    roots = {lv[0] for lv in levels}
+    return roots.pop() if len(levels) >= 3 and len(roots) == 1 and all(len(lv) > 1 for lv in levels) else None

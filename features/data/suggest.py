@@ -33,6 +33,7 @@ import polars as pl
 
 from features.data import schema as S
 from features.data.categories import guess as guess_category
+from features.data.categories import shared_root
 from features.data.fill import find_parent, guess_fill_down
 from features.data.joins import Join, Joiner, find_joins
 from features.data.pivot import find_properties, pivot_properties, property_names
@@ -372,10 +373,15 @@ def suggest(events: str | list[str], items: str | None = None, encoding: str | N
         s.notes.append("no product name found: the item id is the title (search then sees only ids); map a "
                        "name column to title if the export has one")
     s.items["columns"] = {k: icols[k] for k in ITEM_NAMES if k in icols}
-    if isinstance(cat := icols.get(S.CATEGORY), str) and (paths := guess_category((it if items else ev).get_column(cat))):
-        s.items.update(paths)
-        s.notes.append(f"{cat!r} holds category paths: {', '.join(f'{k}: {v!r}' for k, v in paths.items())} make each "
-                       "item's category one path \"A > B\" (of a list, its deepest), which filters match by prefix")
+    if isinstance(cat := icols.get(S.CATEGORY), str):
+        col = (it if items else ev).get_column(cat)
+        if paths := guess_category(col):
+            s.items.update(paths)
+            s.notes.append(f"{cat!r} holds category paths: {', '.join(f'{k}: {v!r}' for k, v in paths.items())} make "
+                           "each item's category one path \"A > B\" (of a list, its deepest), which filters match by prefix")
+        if root := shared_root(col, paths):
+            s.notes.append(f"every sampled category starts with {root!r}: a category filter must too "
+                           f"(\"{root} > ...\"), as filters match a path's prefix")
     return s
 
 

@@ -1,6 +1,6 @@
 import polars as pl
 
-from features.data.categories import guess, one_path
+from features.data.categories import guess, one_path, shared_root
 
 
 def test_one_path_keeps_the_deepest_path_of_a_list_and_blanks_as_blanks():
@@ -19,3 +19,10 @@ def test_guess_needs_a_tree_not_a_phrase():
     assert guess(pl.Series(["Vol. 2", "Vol. 3", "Mugs"])) == {}  # a number is no level
     assert guess(pl.Series(["Gifts, Kitchen", "Gifts", "Kitchen", "Toys"])) == {"category_list_separator": ","}
     assert guess(pl.Series(["Bags, Backpacks", "Shoes, Boots", "Toys"])) == {}  # names alone nowhere: one name each
+
+
+def test_a_root_every_path_shares_is_named():
+    magento = pl.Series(["Default Category/Gear", "Default Category/Men/Tops", "Default Category/Gear/Bags"])
+    assert shared_root(magento, {"category_separator": "/"}) == "Default Category"
+    assert shared_root(pl.Series(["Home > Kitchen", "Home > Garden", "Toys"]), {}) is None  # Toys has no root above it
+    assert shared_root(pl.Series(["Home > Kitchen", "Home > Garden"]), {}) is None  # too small a sample to say

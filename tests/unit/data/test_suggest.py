@@ -404,8 +404,9 @@ def test_a_list_of_categories_in_one_cell_becomes_its_deepest_path(tmp_path):
                                          "Clothing > Tshirts"]  # b1, h1, h2, m1, t1
     magento = ("sku,name,categories\nb1,Bag,\"Default Category/Gear,Default Category/Gear/Bags\"\n"
                "w1,Watch,Default Category/Gear/Watches\nj1,Jacket,\"Default Category/Men/Tops/Jackets\"\n")
-    m, _ = _suggest(tmp_path / "magento", "timestamp,user,item\n2024-03-02,u1,b1\n", magento)
+    m, text = _suggest(tmp_path / "magento", "timestamp,user,item\n2024-03-02,u1,b1\n", magento)
     assert m["items"]["category_list_separator"] == "," and m["items"]["category_separator"] == "/"
+    assert "every sampled category starts with 'Default Category': a category filter must too" in text
     IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "magento" / "m.yaml"), output=str(tmp_path / "out2")))
     got = pl.read_parquet(tmp_path / "out2" / "items.parquet").sort(S.ITEM_ID)
     assert got[S.CATEGORY].to_list() == ["Default Category > Gear > Bags", "Default Category > Men > Tops > Jackets",
