@@ -70,7 +70,8 @@ ITEM_NAMES = {
 }
 TS_NAMES, USER_NAMES = {S.TS: EVENT_NAMES[S.TS]}, {S.USER_ID: EVENT_NAMES[S.USER_ID]}
 GENERIC_LEAVES = ("name", "amount", "value", "id", "code")  # a nested record's field named by its parent too
-DATE = r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}( \d{1,2}:\d\d(:\d\d)?)?$"  # 25/01/2024, 2024-01-25 10:00
+DAY = r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$"  # 25/01/2024, 2024-01-25
+DATE = DAY[:-1] + r"( \d{1,2}:\d\d(:\d\d)?)?$"  # ... or with a time of day: 2024-01-25 10:00
 CODES = {"no", "id", "code", "number", "num", "nr"}  # a column of codes beside its names (department_no, _name)
 FILE_EVENTS = {"views": "view", "view": "view", "clicks": "click", "click": "click", "carts": "add_to_cart"}
 
@@ -261,7 +262,7 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
     orders = [c for c in ev.columns if c not in taken and ev.get_column(c).cast(pl.String).str.contains(r"^#\d+$").all()]
     if S.SESSION_ID not in cols and orders:  # order numbers (#1001, Shopify's Name): an order is a session
         cols[S.SESSION_ID] = orders[0]
-    dates = [c for c in ev.columns if c not in taken and _all(ev.get_column(c), r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$")]
+    dates = [c for c in ev.columns if c not in taken and _all(ev.get_column(c), DAY)]
     times = [c for c in ev.columns if c not in taken and (_all(ev.get_column(c), DATE) or _all(
         ev.get_column(c), ".") and iso_times(ev.get_column(c).drop_nulls().cast(pl.String)).is_not_null().all())]
     if S.TS not in cols and times:  # a name it does not know (H&M's t_dat): the column of dates or times
@@ -270,7 +271,7 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
     if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{1,2}:\d\d(:\d\d(\.\d+)?)?$") and dates:
         cols[S.TS] = [dates[0], cols[S.TS]]  # a till's export: the date in one column, the time of day in another
     offsets = [c for c in ev.columns if c not in taken and S.TS in match_columns([c], TS_NAMES) and _all(ev[c], r"^\d{1,9}$")]
-    if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$") and offsets:
+    if isinstance(cols.get(S.TS), str) and _all(ev.get_column(cols[S.TS]), DAY) and offsets:
         cols[S.TS] = [cols[S.TS], offsets[0]]  # Diginetica: the day, and the ms since the session began (timeframe)
     if joins and (person := joiner.person(cols.get(S.USER_ID), _names_shopper)):
         s.notes.append(f"the shopper is {person!r}, the person behind each {cols[S.USER_ID]!r} of the table looked up by it")
