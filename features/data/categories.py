@@ -8,8 +8,10 @@ the category filter matches by prefix and the ranker's category features compare
 kept as one string would make every combination a category of its own. So a mapping's
 `category_separator` turns a path's separator into " > ", and `category_list_separator` keeps
 the most specific category of a list (the path with the most levels; the first of those on a
-tie): "Clothing > Hoodies, Clothing" -> "Clothing > Hoodies". `guess` proposes both settings from
-a sample of the column (`make mapping`).
+tie): "Clothing > Hoodies, Clothing" -> "Clothing > Hoodies". `category_root` drops a first level
+every path starts with and which says nothing of an item (Magento's "Default Category"), so a
+filter names "Gear", as the shop's storefront does. `guess` proposes the separators from a sample
+of the column and `shared_root` the root (`make mapping`).
 """
 
 from __future__ import annotations
@@ -18,25 +20,42 @@ import re
 
 import polars as pl
 
+from features.data.validate import SchemaError
+
 PATH_SEPARATORS = (">", "/", "|", ".", "::")
 LIST_SEPARATORS = (",", ";", "|")
 _LEVEL = re.compile(r"^[^\W\d_][\w&'+ -]*$")  # a level of a path: words, not a number or a sentence
 
 
-def one_path(col: pl.Series, separator: str | None, list_separator: str | None) -> pl.Series:
+def one_path(col: pl.Series, separator: str | None, list_separator: str | None, root: str | None = None) -> pl.Series:
     """The category column as one path per item: levels split at `separator` (None: " > " already,
-    or no path) and joined by " > "; with `list_separator`, the list's path with the most levels."""
-    if not separator and not list_separator:
+    or no path) and joined by " > "; with `list_separator`, the list's path with the most levels;
+    with `root`, that first level dropped (a path of the root alone is no category)."""
+    if not separator and not list_separator and not root:
         return col
     df = pl.DataFrame({"v": col.cast(pl.String)}).with_row_index("row")
     if list_separator:
         df = df.with_columns(pl.col("v").str.split(list_separator)).explode("v")
     levels = (pl.col("v").str.split(separator or ">").list.eval(pl.element().str.strip_chars())
               .list.eval(pl.element().filter(pl.element() != "")))
+    if root:
+        levels = pl.when(levels.list.first() == root.strip()).then(levels.list.slice(1)).otherwise(levels)
     df = df.with_columns(levels.alias("p")).with_columns(pl.col("p").list.len().fill_null(0).alias("n"))
     best = (df.with_row_index("k").sort(["row", "n", "k"], descending=[False, True, False])
             .unique("row", keep="first", maintain_order=True).sort("row"))
     return best.select(pl.when(pl.col("n") > 0).then(pl.col("p").list.join(" > ")).alias(col.name)).to_series()
+
+
+def check(where: str, table: str, separator: str | None, list_separator: str | None, root: str | None) -> None:
+    """SchemaError naming the field when a category setting is blank, on an events file, or the list
+    separator is the path separator."""
+    for key, value, e in (("category_separator", separator, 'paths, e.g. "." or "/"'),
+                          ("category_list_separator", list_separator, 'lists, e.g. ","'),
+                          ("category_root", root, 'paths\' first level, e.g. "Default Category"')):
+        if value is not None and (table != "items" or not value.strip() or (key == "category_list_separator"
+                                                                           and value == separator)):
+            raise SchemaError(f"{where}.{key}: {value!r}; a non-blank {'name' if 'root' in key else 'separator'} of the "
+                              f"items' category {e}" + (", other than the path separator" if "list" in key else ""))
 
 
 def _path_separator(pieces: list[str]) -> str | None:

@@ -39,7 +39,8 @@ Rules, so that nothing accepted is ever lost:
   fields (as many shops' event exports do): one item per id, each field its latest non-blank value
   by event time; `created_at` the item's first event unless mapped. Rows without an item id
   (searches) are not item rows.
-- `category_separator`, `category_list_separator`: one path "A > B" per item (categories.py);
+- `category_separator`, `category_list_separator`, `category_root`: one path "A > B" per item
+  (categories.py);
   `properties` turns a long catalog (item, property, value rows) into a row per item (pivot.py);
   `parent` fills a variation's blank text from its parent row (fill.py).
 - `negative_quantity: return` makes an event line with a negative quantity a return of that many
@@ -59,6 +60,7 @@ import pyarrow as pa
 
 from features import artifacts as A
 from features.data import schema as S
+from features.data.categories import check as check_category
 from features.data.categories import one_path
 from features.data.event_ids import EventIds
 from features.data.fill import Parent
@@ -108,6 +110,7 @@ class TableMapping:
     decimal_separator: str = "."  # of prices and quantities: "," for 12,99 (then 1.234,56 is read too)
     category_separator: str | None = None  # the shop's category path separator ("." or "/"): becomes " > "
     category_list_separator: str | None = None  # items: "," keeps the deepest of "Clothing > Hoodies, Clothing"
+    category_root: str | None = None  # items: a first level every path has ("Default Category"): dropped
     explode: str | None = None  # a list column (JSON, Parquet) whose elements become rows: an order's products
     key_values: str | None = None  # a list of {key, value} records (GA4's event_params): a column per key
     column_names: tuple[str, ...] | None = None  # a CSV/TSV file without a header row: its columns' names
@@ -167,11 +170,7 @@ def check_mapping(m: TableMapping, table: str, name: str | None = None) -> None:
     for key in ("properties", "parent"):
         if getattr(m, key) is not None and (table != "items" or not isinstance(m.columns.get(S.ITEM_ID), str)):
             raise SchemaError(f"{where}.{key}: only for an items file, with one column as columns.item_id")
-    for key, e in (("category_separator", 'paths, e.g. "." or "/"'), ("category_list_separator", 'lists, e.g. ","')):
-        if getattr(m, key) is not None and (table != "items" or not getattr(m, key).strip() or (
-                "list" in key and m.category_separator == m.category_list_separator)):
-            raise SchemaError(f"{where}.{key}: {getattr(m, key)!r}; a non-blank separator of the items' category {e}"
-                              + (", other than the path separator" if "list" in key else ""))
+    check_category(where, table, m.category_separator, m.category_list_separator, m.category_root)
     if table == "items" and m.columns and S.TITLE not in m.columns and S.TITLE not in m.constants:
         raise SchemaError(f"{where}.columns.title: required (the text search and the encoder read it); a column, or "
                           "a list of columns joined by a space, e.g. title: [brand, category_code]; a catalog with no "
@@ -235,7 +234,7 @@ def _mapped(raw: pa.Table, m: TableMapping, table: str,
         if name in m.values:
             col = col.cast(pl.String).replace(m.values[name])
         if name == S.CATEGORY:  # "electronics.smartphone" -> "electronics > smartphone"; a list: its deepest path
-            col = one_path(col, m.category_separator, m.category_list_separator)
+            col = one_path(col, m.category_separator, m.category_list_separator, m.category_root)
         value = typed(name, col, m.ts_unit, m.ts_format, m.decimal_separator)
         present = col.is_not_null() & (col.cast(pl.String).str.strip_chars() != "")
         bad.append((present & value.is_null()).alias(name))

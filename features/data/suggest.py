@@ -381,8 +381,9 @@ def suggest(events: str | list[str], items: str | None = None, encoding: str | N
             s.notes.append(f"{cat!r} holds category paths: {', '.join(f'{k}: {v!r}' for k, v in paths.items())} make "
                            "each item's category one path \"A > B\" (of a list, its deepest), which filters match by prefix")
         if root := shared_root(col, paths):
-            s.notes.append(f"every sampled category starts with {root!r}: a category filter must too "
-                           f"(\"{root} > ...\"), as filters match a path's prefix")
+            s.items["category_root"] = root
+            s.notes.append(f"every sampled category starts with {root!r}, dropped (category_root) so a filter names "
+                           "the level below it; delete that line to keep it (filters then start with it)")
     return s
 
 

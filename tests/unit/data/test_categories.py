@@ -1,6 +1,8 @@
 import polars as pl
+import pytest
 
-from features.data.categories import guess, one_path, shared_root
+from features.data.categories import check, guess, one_path, shared_root
+from features.data.validate import SchemaError
 
 
 def test_one_path_keeps_the_deepest_path_of_a_list_and_blanks_as_blanks():
@@ -26,3 +28,22 @@ def test_a_root_every_path_shares_is_named():
     assert shared_root(magento, {"category_separator": "/"}) == "Default Category"
     assert shared_root(pl.Series(["Home > Kitchen", "Home > Garden", "Toys"]), {}) is None  # Toys has no root above it
     assert shared_root(pl.Series(["Home > Kitchen", "Home > Garden"]), {}) is None  # too small a sample to say
+
+
+def test_a_shared_root_is_dropped_where_named_and_a_path_of_the_root_alone_is_no_category():
+    magento = pl.Series("c", ["Default Category/Gear,Default Category/Gear/Bags", "Default Category", "Other/X",
+                              None, "Default Category/Default Category/Y"])
+    assert one_path(magento, "/", ",", "Default Category").to_list() == ["Gear > Bags", None, "Other > X", None,
+                                                                          "Default Category > Y"]  # only the first level
+    assert one_path(pl.Series("c", ["Default Category > Gear", "Gear"]), None, None, " Default Category ").to_list() == [
+        "Gear", "Gear"]  # already " > " paths; an item already without it is left alone
+
+
+def test_category_settings_name_the_field_when_they_cannot_apply():
+    with pytest.raises(SchemaError, match=r"mapping.items.category_root: ' '; a non-blank name"):
+        check("mapping.items", "items", None, None, " ")
+    with pytest.raises(SchemaError, match=r"mapping.events.category_root: 'Default Category'"):
+        check("mapping.events", "events", None, None, "Default Category")
+    with pytest.raises(SchemaError, match=r"category_list_separator: '/'.*other than the path separator"):
+        check("mapping.items", "items", "/", "/", None)
+    check("mapping.items", "items", "/", ",", "Default Category")  # all fine

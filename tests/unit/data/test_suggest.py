@@ -406,11 +406,11 @@ def test_a_list_of_categories_in_one_cell_becomes_its_deepest_path(tmp_path):
                "w1,Watch,Default Category/Gear/Watches\nj1,Jacket,\"Default Category/Men/Tops/Jackets\"\n")
     m, text = _suggest(tmp_path / "magento", "timestamp,user,item\n2024-03-02,u1,b1\n", magento)
     assert m["items"]["category_list_separator"] == "," and m["items"]["category_separator"] == "/"
-    assert "every sampled category starts with 'Default Category': a category filter must too" in text
+    assert m["items"]["category_root"] == "Default Category"
+    assert "every sampled category starts with 'Default Category', dropped (category_root)" in text
     IE.run(IE.ImportEventsConfig(mapping=str(tmp_path / "magento" / "m.yaml"), output=str(tmp_path / "out2")))
     got = pl.read_parquet(tmp_path / "out2" / "items.parquet").sort(S.ITEM_ID)
-    assert got[S.CATEGORY].to_list() == ["Default Category > Gear > Bags", "Default Category > Men > Tops > Jackets",
-                                         "Default Category > Gear > Watches"]
+    assert got[S.CATEGORY].to_list() == ["Gear > Bags", "Men > Tops > Jackets", "Gear > Watches"]  # as the storefront
     plain = "SKU,Name,Category\na,A,\"Bags, Backpacks\"\nb,B,Kitchen\nc,C,Mugs & Cups\nd,D,St. Patrick's Day\n"
     m, _ = _suggest(tmp_path / "plain", "timestamp,user,item\n2024-03-02,u1,a\n", plain)  # names, not lists or paths
     assert "category_list_separator" not in m["items"] and "category_separator" not in m["items"]
