@@ -26,7 +26,6 @@ Every guess is a starting point, printed with the reasons and doubts as comments
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -34,6 +33,7 @@ import polars as pl
 from features.data import schema as S
 from features.data.categories import guess as guess_category
 from features.data.categories import shared_root
+from features.data.column_names import EVENT_NAMES, ITEM_NAMES, LATER, TS_NAMES, USER_NAMES, match_columns, norm, tokens
 from features.data.fill import find_parent, guess_fill_down
 from features.data.joins import Join, Joiner, find_joins
 from features.data.pivot import find_properties, pivot_properties, property_names
@@ -41,35 +41,6 @@ from features.data.sniff import decimal_comma, element_fields, sample, time_sett
 from features.data.validate import iso_times
 from features.data.values import event_type_words, is_offset, time_text
 
-# Canonical column -> shop column names that usually mean it (normalised: lower case, no separators),
-# most specific first. A name equal to one wins over a name that merely contains one.
-EVENT_NAMES = {
-    S.TS: ("eventtime", "timestamp", "eventtimestamp", "datetime", "time", "ts", "createdat", "invoicedate",
-           "orderdate", "eventdate", "date", "timeframe"),
-    S.USER_ID: ("userid", "customerid", "visitorid", "clientid", "userpseudoid", "shopperid", "memberid", "buyerid",
-                "accountid", "user", "customer", "visitor", "client", "email"),
-    S.ITEM_ID: ("itemid", "productid", "articleid", "variantid", "parentasin", "asin", "sku", "stockcode", "movieid",
-                "bookid", "isbn", "trackid", "songid", "listingid", "contentid", "item", "product", "article", "offerid"),
-    S.EVENT_TYPE: ("eventtype", "eventname", "event", "action", "behavior", "behaviour", "interaction", "=type"),
-    S.SESSION_ID: ("sessionid", "usersession", "visitid", "session", "invoiceno", "orderid", "ordernumber", "receipt",
-                   "=invoice"),
-    S.QUANTITY: ("quantity", "qty", "units"),
-    S.PRICE: ("unitprice", "price", "saleprice"),
-    S.QUERY: ("searchterm", "searchquery", "query", "keyword"),
-    S.EVENT_ID: ("eventid", "messageid"),
-}
-ITEM_NAMES = {
-    S.ITEM_ID: (*EVENT_NAMES[S.ITEM_ID], "=id"),  # a catalog's own "id" column (an event log's "id" is the event's)
-    S.TITLE: ("title", "productname", "prodname", "itemname", "productdisplayname", "name"),
-    S.DESCRIPTION: ("description", "productdescription", "details", "bodyhtml", "desc"),
-    S.CATEGORY: ("categorycode", "category", "categories", "maincategory", "producttype", "department",
-                 "categoryid", "genres", "genre"),
-    S.BRAND: ("brand", "manufacturer", "vendor"),
-    S.PRICE: EVENT_NAMES[S.PRICE],
-    S.IN_STOCK: ("instock", "available", "availability", "stockstatus"),
-}
-TS_NAMES, USER_NAMES = {S.TS: EVENT_NAMES[S.TS]}, {S.USER_ID: EVENT_NAMES[S.USER_ID]}
-GENERIC_LEAVES = ("name", "amount", "value", "id", "code")  # a nested record's field named by its parent too
 DAY = r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}$"  # 25/01/2024, 2024-01-25
 DATE = DAY[:-1] + r"( \d{1,2}:\d\d(:\d\d)?)?$"  # ... or with a time of day: 2024-01-25 10:00
 CODES = {"no", "id", "code", "number", "num", "nr"}  # a column of codes beside its names (department_no, _name)
@@ -89,50 +60,6 @@ class Suggestion:
         holes = [f"{table}.{k}: {v}" for table, d in (*tables, ("items", self.items))
                  for k, v in [*d.items(), *d.get("columns", {}).items()] if isinstance(v, str) and v.startswith("<")]
         return self.unsure + holes
-
-
-def _leaf(name: str) -> str:
-    """A nested column's own name: its last part (`properties.product_id` -> `product_id`), with its
-    parent where that part alone says nothing (`brand.name`, `price.amount`, `user.id`)."""
-    parts = name.split(".")
-    if len(parts) > 1 and re.sub(r"[^0-9a-z]", "", parts[-1].lower()) in GENERIC_LEAVES:
-        return f"{parts[-2]}_{parts[-1]}"
-    return parts[-1]
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", _leaf(name).lower())
-
-
-def _tokens(name: str) -> set[str]:
-    """`Lineitem sku` -> {lineitem, sku}; `CustomerID` -> {customer, id}; `user_session` -> {user, session}."""
-    return {t.lower() for t in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", _leaf(name))}
-
-
-def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict[str, str]:
-    """Canonical column -> the shop column whose name most likely means it (each used once). Per
-    canonical column its words are tried in order, each as the whole name first, then as a word of
-    the name or (six letters or more) its ending; a word written `=type` only as the whole name. An
-    item id is a column named for an order or line only when no other fits."""
-    norm, toks, out = {c: _norm(c) for c in columns}, {c: _tokens(c) for c in columns}, {}
-
-    def first(free: list[str], words: tuple[str, ...]) -> str | None:
-        for w in words:
-            exact_only, w = w.startswith("="), w.lstrip("=")
-            hit = next((c for c in free if norm[c] == w or norm[c].removesuffix("name") == w), None)  # producttypename
-            if hit is None and not exact_only:
-                hit = next((c for c in free if w in toks[c] or (len(w) >= 6 and norm[c].endswith(w))), None)
-            if hit is not None:
-                return hit
-        return None
-
-    for canonical, words in names.items():  # a date's column ("Date sale price starts") only as the time
-        free = [c for c in columns if c not in out.values() and (canonical == S.TS or not toks[c] & {"date", "time"})]
-        lines = [c for c in free if canonical == S.ITEM_ID and toks[c] & {"order", "line"}]  # Olist's order_item_id
-        hit = first([c for c in free if c not in lines], words) or first(lines, words)  # ... numbers lines: last
-        if hit is not None:
-            out[canonical] = hit
-    return out
 
 
 def _nested(ev: pl.DataFrame, s: Suggestion) -> tuple[str | None, str | None]:
@@ -190,7 +117,7 @@ def _sheet(path: str, events: bool) -> str | None:
 
 
 def _names_shopper(column: str) -> bool:  # customer_unique_id, buyer_email; not customer_city
-    return bool(match_columns([column], USER_NAMES)) and bool(_tokens(column) & {"id", "email", "uid", "uuid"})
+    return bool(match_columns([column], USER_NAMES)) and bool(tokens(column) & {"id", "email", "uid", "uuid"})
 
 
 def _first(c: str | list[str]) -> str:
@@ -288,6 +215,9 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
     if S.TS in cols:
         _fill_down(ev, one, s, table, True)
         ts = [cols[S.TS]] if isinstance(cols[S.TS], str) else cols[S.TS]  # (several: as the import joins them)
+        if later := [c for c in ts if tokens(c) & LATER]:
+            s.notes.append(f"the time is {later[0]!r}, named for what came after the shopper acted (shipping, delivery): "
+                           "map the time of the order or event instead where another file has it (join)")
         day = is_offset(parts := [ev[c] for c in ts])  # a day and an offset: the day's format is the time's
         table.update(time_settings(parts[0] if day else time_text(parts, "auto"), s.notes, " + ".join(ts), s.unsure))
     if S.EVENT_TYPE in cols:
@@ -295,7 +225,7 @@ def _events(s: Suggestion, events: str, encoding: str | None, many: bool,
         if words:
             table["values"] = {S.EVENT_TYPE: words}
     else:  # a file named for its events (train-item-views.csv, yoochoose-clicks.dat), else purchases
-        named = next((FILE_EVENTS[t] for t in _tokens(events.rstrip("/").rsplit("/", 1)[-1].split(".")[0]) if t in FILE_EVENTS),
+        named = next((FILE_EVENTS[t] for t in tokens(events.rstrip("/").rsplit("/", 1)[-1].split(".")[0]) if t in FILE_EVENTS),
                      S.EventType.PURCHASE.value)
         table["constants"] = {S.EVENT_TYPE: named}
         s.notes.append(f"no event type column: every row is taken as a {named} (constants.event_type)"
@@ -333,9 +263,9 @@ def suggest(events: str | list[str], items: str | None = None, encoding: str | N
         icols = {k: v for k, v in match_columns(it.columns, ITEM_NAMES).items()  # a count is no text (Olist's
                  if k not in (S.DESCRIPTION, S.BRAND) or not _all(it.get_column(v), r"^\d+$")}  # description_lenght)
         for k in (S.CATEGORY, S.BRAND):  # a category's (a brand's) name, not its code, where the file has both
-            if k in icols and _tokens(icols[k]) & CODES:
-                named = (_tokens(icols[k]) - CODES) | {"name"}
-                icols[k] = next((c for c in it.columns if _tokens(c) == named and c not in icols.values()), icols[k])
+            if k in icols and tokens(icols[k]) & CODES:
+                named = (tokens(icols[k]) - CODES) | {"name"}
+                icols[k] = next((c for c in it.columns if tokens(c) == named and c not in icols.values()), icols[k])
         if S.ITEM_ID in icols and (parent := find_parent(it, icols[S.ITEM_ID], {_first(v) for v in icols.values()})):
             s.items["parent"] = parent
             s.notes.append(f"rows name a parent row in {parent['column']!r} (a product's variations): parent fills "
@@ -349,9 +279,9 @@ def suggest(events: str | list[str], items: str | None = None, encoding: str | N
             icols = {S.ITEM_ID: iid, **match_columns(names, {k: v for k, v in ITEM_NAMES.items() if k != S.ITEM_ID})}
             s.notes.append(f"a row per item and property: properties makes a column of each property name in "
                            f"{props.key!r} (sampled: {', '.join(names[:20])}{', ...' * (len(names) > 20)}); map them")
-        priced = [c for c in it.columns if "price" in _tokens(c) and not {"date", "time"} & _tokens(c)]
-        sale = [c for c in priced if {"sale", "special"} & _tokens(c)]
-        regular = [c for c in priced if "regular" in _tokens(c)] or [c for c in priced if _norm(c) == "price"]
+        priced = [c for c in it.columns if "price" in tokens(c) and not {"date", "time"} & tokens(c)]
+        sale = [c for c in priced if {"sale", "special"} & tokens(c)]
+        regular = [c for c in priced if "regular" in tokens(c)] or [c for c in priced if norm(c) == "price"]
         if S.PRICE in icols and sale and regular:  # WooCommerce, Magento: the sale price where there is one
             icols[S.PRICE] = [sale[0], regular[0]]  # type: ignore[assignment]
             s.notes.append(f"price: {sale[0]!r} where set, else {regular[0]!r}")

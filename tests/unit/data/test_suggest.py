@@ -7,8 +7,8 @@ import yaml
 
 from features.config import ConfigError
 from features.data import schema as S
+from features.data.column_names import EVENT_NAMES, ITEM_NAMES, match_columns
 from features.data.mapping import TableMapping, check_mapping
-from features.data.suggest import EVENT_NAMES, ITEM_NAMES, match_columns
 from features.data.validate import SchemaError
 from jobs import import_events as IE
 from jobs import suggest_mapping as SM
@@ -507,3 +507,17 @@ def test_diginetica_s_day_and_milliseconds_into_the_session_order_a_session(tmp_
     ev = pl.read_parquet(tmp_path / "out2" / "events.parquet").sort(S.TS)
     assert [str(t) for t in ev[S.TS]] == ["2016-05-09 00:08:46.309000+00:00", "2016-05-09 00:17:11.018000+00:00",
                                           "2016-05-25 00:04:03.569000+00:00"]
+
+
+def test_a_date_named_for_shipping_or_delivery_is_the_time_only_when_no_other_is_and_says_so(tmp_path):
+    """Olist's order lines alone carry shipping_limit_date, a deadline days after the purchase; the
+    guess took it silently. A column named for what came after the act now gives way to any other
+    date, and where it is the only one a CHECK line says what it is."""
+    (tmp_path / "a").mkdir()
+    m, text = _suggest(tmp_path / "a", "delivery_date,purchase_date,customer,sku\n2024-03-09,2024-03-02,u1,p1\n")
+    assert m["events"]["columns"][S.TS] == "purchase_date" and "named for what came after" not in text
+    (tmp_path / "b").mkdir()
+    m, text = _suggest(tmp_path / "b", "order_id,order_item_id,product_id,seller_id,shipping_limit_date,price\n"
+                       "o1,1,p1,s1,2017-09-19 09:45:35,58.90\no2,1,p2,s1,2017-05-03 11:05:13,10.00\n")
+    assert m["events"]["columns"][S.TS] == "shipping_limit_date"
+    assert "the time is 'shipping_limit_date', named for what came after the shopper acted" in text
