@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -122,10 +123,28 @@ def fit(pairs: pl.DataFrame, p: FeatureParams, seed: int = 0) -> EaseModel | Non
     return EaseModel(item_ids, _weights(gram, lam), info)
 
 
+def grid_search(grid: tuple[float, ...], score: Callable[[float], float]) -> tuple[float, dict[float, float]]:
+    """(the best of the sorted `grid` by `score`, every score computed): its middle three first, then
+    a step outward while the best so far is at an edge of what was tried, so the grid's best wherever
+    the score rises then falls along it, in fewer calls. Ties go to the larger value."""
+    mid = len(grid) // 2
+    scores = {m: score(m) for m in grid[max(0, mid - 1): mid + 2]}
+    while True:
+        best = max(scores, key=lambda m: (round(scores[m], 6), m))
+        k = grid.index(best)
+        edge = [grid[j] for j in (k - 1, k + 1) if 0 <= j < len(grid) and grid[j] not in scores]
+        if not edge:
+            return best, scores
+        scores[edge[0]] = score(edge[0])
+
+
 def _choose_lambda(kept: pl.DataFrame, x: sparse.csr_matrix, gram: np.ndarray, scale: float,
                    seed: int) -> tuple[float, dict]:
     """The grid's lambda whose B (fitted without each holdout shopper's newest item) ranks that
-    item best; ties go to the larger lambda (the smoother model)."""
+    item best; ties go to the larger lambda (the smoother model). Each fit costs N^3 (four and a half
+    minutes for five at 10,000 items on 2 CPUs), so the search starts from the grid's middle three
+    and steps outward only while the best is at an edge of what it tried: the grid's best wherever
+    the score rises then falls along it (as on every log measured), in 3 or 4 fits."""
     default = LAMBDA_GRID[2] * scale
     counts = np.diff(x.indptr)
     eligible = np.flatnonzero(counts >= MIN_HISTORY_FOR_HOLDOUT)
@@ -145,12 +164,9 @@ def _choose_lambda(kept: pl.DataFrame, x: sparse.csr_matrix, gram: np.ndarray, s
     g = gram.copy()
     x_h = x[newest.get_column("__u").to_numpy()]
     g -= (x_h.T @ x_h).toarray() - (x_rest.T @ x_rest).toarray()
-    scores = {}
-    for m in LAMBDA_GRID:
-        scores[m] = _holdout_score(_weights(g, m * scale), x_rest, held)
-    best = max(LAMBDA_GRID, key=lambda m: (round(scores[m], 6), m))
+    best, scores = grid_search(LAMBDA_GRID, lambda m: _holdout_score(_weights(g, m * scale), x_rest, held))
     return best * scale, {"shoppers": len(held), "mean_users_per_item": round(scale, 4),
-                          "score_by_multiple": {f"{m:g}": round(v, 6) for m, v in scores.items()},
+                          "score_by_multiple": {f"{m:g}": round(scores[m], 6) for m in LAMBDA_GRID if m in scores},
                           "multiple": best}
 
 

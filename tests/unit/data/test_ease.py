@@ -72,7 +72,8 @@ def test_lambda_is_chosen_on_the_holdout_and_recorded():
     assert info["lambda_holdout"]["multiple"] in E.LAMBDA_GRID
     assert info["lambda"] == pytest.approx(info["lambda_holdout"]["multiple"] * info["lambda_holdout"]["mean_users_per_item"],
                                            rel=1e-3)
-    assert len(info["lambda_holdout"]["score_by_multiple"]) == len(E.LAMBDA_GRID)
+    tried = [float(m) for m in info["lambda_holdout"]["score_by_multiple"]]
+    assert 3 <= len(tried) <= len(E.LAMBDA_GRID) and set(E.LAMBDA_GRID[1:4]) <= set(tried)
     # No shopper with 3 items: no holdout, the grid's middle multiple, and it says so.
     small = E.fit(_pairs({f"u{k}": ["a", "b"] for k in range(5)}), FeatureParams())
     assert small.info["lambda_chosen_by"].startswith("default")
@@ -150,3 +151,22 @@ def test_ranking_feature_and_candidates_come_from_the_history():
     # a search request carries no EASE feature; a guest has no scores
     assert candidate_features(RankContext(mode="search"), rows, cat)[:, FEATURE_NAMES.index("ease")].max() == 0
     assert attach_ease(RankContext(mode="recommend"), cat) is None
+
+
+
+@pytest.mark.parametrize("peak", E.LAMBDA_GRID)
+def test_the_lambda_search_finds_the_grid_s_best_with_fewer_fits(peak):
+    """Each EASE fit is an N^3 inverse (minutes at 10,000 items): the search starts in the grid's
+    middle and steps outward only while the best is at an edge of what it tried; where the score
+    rises then falls along the grid it picks what scoring every multiple picks."""
+    calls: list[float] = []
+
+    def score(m: float) -> float:
+        calls.append(m)
+        return -abs(np.log(m / peak))
+
+    best, scores = E.grid_search(E.LAMBDA_GRID, score)
+    assert best == peak and set(scores) == set(calls) and len(calls) == len(set(calls))
+    assert len(calls) == (3 if peak == E.LAMBDA_GRID[2] else 4) < len(E.LAMBDA_GRID)
+    best, _ = E.grid_search(E.LAMBDA_GRID, lambda m: 1.0)  # a flat score: the largest, as over the whole grid
+    assert best == E.LAMBDA_GRID[-1]
