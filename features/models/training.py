@@ -42,7 +42,7 @@ class TrainParams:
     weight_decay: float = 0.01
     warmup_steps: int = 10
     max_steps: int = 300  # optimizer steps in total (the schedule decays to 10% of lr at the end)
-    max_time_s: float = 420.0  # stop at the next step once the loop (evaluations included) ran this long
+    max_time_s: float = 420.0  # the loop ends where one more evaluation would take it past this (evaluations included)
     temperature: float = 0.05
     # "shared": both towers train (in-batch negatives); "frozen": the item tower keeps its
     # pretrained weights, the catalog is encoded once, and the query tower trains with a softmax
@@ -266,18 +266,35 @@ def evaluate(encoder: TwoTowerEncoder, item_texts: Sequence[str | None], anchors
     item_emb (N, d): the catalog's vectors when already known (a frozen item tower); else encoded.
     Sharded over torch.distributed ranks when initialised (every rank gets the same result).
     """
+    return evaluate_with_ranks(encoder, item_texts, anchors, target_idx, ks, batch_size, item_emb)[0]
+
+
+def evaluate_with_ranks(encoder: TwoTowerEncoder, item_texts: Sequence[str | None], anchors: Sequence[str | None],
+                        target_idx: np.ndarray, ks: Sequence[int] = (10,), batch_size: int = 128,
+                        item_emb: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """`evaluate`, and every anchor's 0-based full-catalog target rank (gathered from all ranks), so a
+    later comparison of two models on these anchors needs no second pass over the catalog."""
     rank, world = _world()
     if item_emb is None:
         item_emb = encode_catalog(encoder, item_texts, batch_size)
-    lo, hi, _ = _shard(len(anchors), rank, world)
+    n = len(anchors)
+    lo, hi, per = _shard(n, rank, world)
     q = encoder.encode(list(anchors[lo:hi]), tower="query", batch_size=batch_size)
-    sums = M.rank_sums(M.ranks_by_inner_product(q, item_emb, target_idx[lo:hi]), ks)
+    ranks = M.ranks_by_inner_product(q, item_emb, target_idx[lo:hi])
+    sums = M.rank_sums(ranks, ks)
     if world > 1:
         keys = sorted(sums)
         t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=comm_device(encoder))
         dist.all_reduce(t)
         sums = dict(zip(keys, t.cpu().tolist()))
-    return M.means(sums)
+        padded = torch.full((per,), -1, dtype=torch.int64)
+        padded[: hi - lo] = torch.from_numpy(np.asarray(ranks, np.int64))
+        padded = padded.to(comm_device(encoder))
+        parts = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        ranks = np.concatenate([p.cpu().numpy()[: _shard(n, r, world)[1] - _shard(n, r, world)[0]]
+                                for r, p in enumerate(parts)])
+    return M.means(sums), np.asarray(ranks, np.int64)
 
 
 def example_ranks(encoder: TwoTowerEncoder, item_texts: Sequence[str | None], anchors: Sequence[str | None],

@@ -183,6 +183,18 @@ def test_example_ranks_are_what_evaluate_averages(encoder):
     assert M.ndcg_gains(ranks, 3).mean() == pytest.approx(TR.evaluate(encoder, items, anchors, targets, ks=(3,))["ndcg@3"])
 
 
+def test_evaluate_with_ranks_keeps_each_example_s_rank_for_a_later_comparison(encoder):
+    """The training loop keeps these ranks in its checkpoints, so the job compares the best one with
+    zero-shot without encoding the catalog again (jobs/train_encoder.py)."""
+    items = ["red mug", "blue mug", "garden hose", None, "cake stand", "tea set"]
+    anchors = ["bought: red mug", "searched: hose", "", "bought: cake tin"]
+    targets = np.array([1, 2, 0, M.MISSING])
+    metrics, ranks = TR.evaluate_with_ranks(encoder, items, anchors, targets, ks=(3,))
+    assert metrics == TR.evaluate(encoder, items, anchors, targets, ks=(3,))
+    np.testing.assert_array_equal(ranks, TR.example_ranks(encoder, items, anchors, targets))
+    assert ranks.dtype == np.int64 and M.ndcg_gains(ranks, 3).mean() == pytest.approx(metrics["ndcg@3"])
+
+
 def test_a_fine_tune_beats_zero_shot_only_where_the_paired_interval_is_above_zero():
     rng = np.random.default_rng(0)
     base = rng.integers(0, 30, size=800)
