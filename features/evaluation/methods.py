@@ -43,10 +43,30 @@ class MethodResult:
     per_request: dict[str, np.ndarray] | None = None  # filled by score_method: metric -> (Q,)
 
 
+class Progress:
+    """A line every `every_s` seconds while a request loop runs (`  name: 12,000 of 58,000 requests,
+    410/s, about 1.9 min left`), nothing for a loop shorter than that: a shop's log of tens of
+    thousands of shoppers keeps these loops busy for many minutes."""
+
+    def __init__(self, name: str, n: int, every_s: float = 30.0) -> None:
+        self.name, self.n, self.every_s = name, n, every_s
+        self.t0 = self.last = time.perf_counter()
+
+    def step(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every_s and done < self.n:
+            self.last = now
+            rate = done / (now - self.t0)
+            print(f"  {self.name}: {done:,} of {self.n:,} requests, {rate:,.0f}/s, about "
+                  f"{(self.n - done) / max(rate, 1e-9) / 60:.1f} min left", flush=True)
+
+
 def timed_method(name: str, n: int, L: int, fn: Callable[[int], list[int]], note: str = "") -> MethodResult:
     lists = np.full((n, L), -1, dtype=np.int64)
     lat = np.zeros(n)
+    progress = Progress(name, n)
     for q in range(n):
+        progress.step(q)
         t0 = time.perf_counter()
         rows = fn(q)[:L]
         lat[q] = (time.perf_counter() - t0) * 1e3
@@ -227,7 +247,9 @@ def candidate_lists(reqs: Requests, live: LiveCatalog, params: ProfileParams,
     given, as in `system_method`). Returns (X, y, group ids, stats incl. candidate recall)."""
     xs, ys, gs = [], [], []
     found = 0
+    progress = Progress("candidate lists", len(reqs))
     for q in range(len(reqs)):
+        progress.step(q)
         if clock is not None:
             clock(float(reqs.ts[q]))
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)

@@ -460,3 +460,16 @@ def test_the_default_last_days_split_fits_a_short_log_and_says_so():
     assert ES.plan_split(EVENTS, ES.SplitSpec.parse("last:10d"), ranker_days=7).notes == ()
     with pytest.raises(ValueError, match="must fall after the first"):  # an explicit instant is never moved
         ES.plan_split(EVENTS, ES.SplitSpec.parse("time:2023-12-01"))
+
+
+def test_a_long_request_loop_says_how_far_it_is_and_a_short_one_says_nothing(capsys, monkeypatch):
+    """Tens of thousands of shoppers keep the evaluation's request loops busy for many minutes."""
+    clock = iter(range(0, 1000, 10))  # every call to the clock: 10 s later
+    monkeypatch.setattr(EM.time, "perf_counter", lambda: float(next(clock)))
+    res = EM.timed_method("system", 5, 2, lambda q: [q])
+    assert res.lists[:, 0].tolist() == [0, 1, 2, 3, 4]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("  system: ") and " of 5 requests, " in line and "min left" in line
+                         for line in lines)
+    EM.Progress("quick", 3).step(1)  # under 30 s: nothing
+    assert capsys.readouterr().out == ""
