@@ -74,17 +74,21 @@ def _matrix(pairs: pl.DataFrame, item_row: dict[str, int]) -> tuple[sparse.csr_m
 
 
 def _weights(gram: np.ndarray, lam: float) -> np.ndarray:
-    g = gram.copy()
-    g[np.diag_indices_from(g)] += lam
     # X'X + lambda I is symmetric positive definite: its inverse through Cholesky (LAPACK potrf +
-    # potri) costs ~N^3 against ~2.7 N^3 for a general inverse (1.2 s vs 2.7 s at 3,900 items here).
-    chol, info = lapack.dpotrf(g, lower=True)
-    if info == 0:
-        p, info = lapack.dpotri(chol, lower=True)
-    if info != 0:  # not positive definite in floating point: the general inverse
-        p = np.linalg.inv(g)
-    else:
-        p = np.tril(p) + np.tril(p, -1).T
+    # potri) costs ~N^3 against ~2.7 N^3 for a general inverse. In float32 it took 1.2 s against
+    # 9.6 s in float64 at 6,000 items here, with every weight within 3e-7 of float64's and the same
+    # top-20 neighbours (Online Retail: within 1.3e-6, 99.997% of them the same; the rest near-ties).
+    for potrf, potri, dtype in ((lapack.spotrf, lapack.spotri, np.float32), (lapack.dpotrf, lapack.dpotri, np.float64)):
+        g = gram.astype(dtype)
+        g[np.diag_indices_from(g)] += lam
+        chol, info = potrf(g, lower=True)
+        if info == 0:
+            p, info = potri(chol, lower=True)
+        if info == 0:
+            p = np.tril(p) + np.tril(p, -1).T
+            break
+    else:  # not positive definite in floating point: the general inverse
+        p = np.linalg.inv(gram + lam * np.eye(len(gram)))
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
     return b.astype(np.float32)
