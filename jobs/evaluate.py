@@ -343,6 +343,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     steps("SASRec (ID only) until its validation NDCG@10 stops improving")
     cat_zs, _ = load_catalog(fb, zs_index)
     sasrec, sas_info = _sasrec(cfg, plan.train_events, cat_zs)
+    note_time_cap(notes, "SASRec", sas_info, cfg.sasrec.max_time_s, "sasrec.max_time_s")
     steps("EASE baseline: dense weights on the training events, lambda as the feature job chose it")
     ease_model = _ease(plan.train_events, fb)
     steps("validation choices on the ranker requests (before the test period): fallback popularity, blend weight")
@@ -359,6 +360,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
         partial(**{name: sets[name]})
     main = sets["next_basket"]
     seq_manifest = A.read_manifest(seq_b).get("metrics", {}) if seq_b else {}
+    note_time_cap(notes, "behaviour model", seq_manifest, cfg.sequence.model.max_time_s, "sequence.model.max_time_s")
     return {
         "dataset": cfg.dataset or Path(cfg.events).parent.name, "split": cfg.split,
         "split_at": plan.train_until.isoformat() if spec.kind in ("time", "last") else None, "ks": list(ks),
@@ -376,6 +378,16 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
         "stages": {"features_ranker_stage": fa, "features": fb, "index_zero_shot": zs_index,
                    "index_fine_tuned": ft_index, "sequence_ranker_stage": seq_a, "sequence": seq_b},
     }
+
+
+def note_time_cap(notes: dict, who: str, info: dict, cap_s: float, key: str) -> None:
+    """A sequence model that its time cap stopped, not its patience, is short of convergence (a
+    large catalog on 2 CPUs): the report and the log say so, with the setting that lifts the cap."""
+    if info.get("stopped_by") == "max_time_s":
+        notes[f"{who} training"] = (f"stopped by its {cap_s:.0f} s cap after {info.get('epochs')} epochs (best "
+                                    f"{info.get('best_epoch')}), not by patience: it may be short of convergence; "
+                                    f"raise {key}")
+        print(f"  NOTE {who}: {notes[f'{who} training']}", flush=True)
 
 
 def _sequence(cfg: EvaluateConfig, events_path: str, root: Path, index_dir: str) -> str:

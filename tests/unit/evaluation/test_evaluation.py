@@ -473,3 +473,17 @@ def test_a_long_request_loop_says_how_far_it_is_and_a_short_one_says_nothing(cap
                          for line in lines)
     EM.Progress("quick", 3).step(1)  # under 30 s: nothing
     assert capsys.readouterr().out == ""
+
+
+def test_a_sequence_model_its_time_cap_stopped_is_named_in_the_report(capsys):
+    """On 40,000 items SASRec ran into its 600 s cap after 9 epochs while still improving: a
+    baseline short of convergence, which the report must say, with the setting that lifts it."""
+    from jobs.evaluate import note_time_cap
+
+    notes: dict = {}
+    note_time_cap(notes, "SASRec", {"stopped_by": "patience", "epochs": 12, "best_epoch": 9}, 600, "sasrec.max_time_s")
+    assert notes == {} and capsys.readouterr().out == ""
+    note_time_cap(notes, "SASRec", {"stopped_by": "max_time_s", "epochs": 9, "best_epoch": 8}, 600, "sasrec.max_time_s")
+    assert notes["SASRec training"] == ("stopped by its 600 s cap after 9 epochs (best 8), not by patience: it may be "
+                                        "short of convergence; raise sasrec.max_time_s")
+    assert "NOTE SASRec: stopped by its 600 s cap" in capsys.readouterr().out
