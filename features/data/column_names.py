@@ -79,9 +79,9 @@ def match_columns(columns: list[str], names: dict[str, tuple[str, ...]]) -> dict
 
     for canonical, words in names.items():  # a date's column ("Date sale price starts") only as the time
         free = [c for c in columns if c not in out.values() and (canonical == S.TS or not toks[c] & {"date", "time"})]
-        lines = [c for c in free if canonical == S.ITEM_ID and toks[c] & {"order", "line"}]  # Olist's order_item_id
-        lines += [c for c in free if canonical == S.TS and toks[c] & LATER]  # shipping_limit_date: a time after the act
-        hit = first([c for c in free if c not in lines], words) or first(lines, words)  # ... numbers lines: last
+        last = [c for c in free if (canonical == S.ITEM_ID and toks[c] & {"order", "line"})  # Olist's order_item_id
+                or (canonical == S.TS and toks[c] & LATER)]  # ... numbers lines; shipping_limit_date: after the act
+        hit = first([c for c in free if c not in last], words) or first(last, words)  # tried only when no other fits
         if hit is not None:
             out[canonical] = hit
     return out
