@@ -292,8 +292,8 @@ def evaluate_with_ranks(encoder: TwoTowerEncoder, item_texts: Sequence[str | Non
         padded = padded.to(comm_device(encoder))
         parts = [torch.zeros_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded)
-        ranks = np.concatenate([p.cpu().numpy()[: _shard(n, r, world)[1] - _shard(n, r, world)[0]]
-                                for r, p in enumerate(parts)])
+        sizes = [b - a for a, b, _ in (_shard(n, r, world) for r in range(world))]  # each rank's share, unpadded
+        ranks = np.concatenate([p.cpu().numpy()[:size] for p, size in zip(parts, sizes)])
     return M.means(sums), np.asarray(ranks, np.int64)
 
 
