@@ -52,6 +52,20 @@ def sort_positions(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k highest scores, best first, ties to the lower index: what a stable full
+    sort gives (np.argsort(-scores, kind="stable")[:k]), without sorting the whole catalog (one
+    partition, then a sort of the k best and whatever ties the k-th): recommend's popular
+    candidates and the evaluation's whole-catalog rankings run it per request."""
+    scores = np.asarray(scores)
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.empty(0, np.int64)
+    kth = scores[np.argpartition(-scores, k - 1)[:k]].min()
+    cand = np.flatnonzero(scores >= kth)  # the k best, and every index tied with the k-th
+    return cand[np.lexsort((cand, -scores[cand]))][:k]
+
+
 def _hits(ranks: np.ndarray, k: int) -> np.ndarray:
     return (ranks < k).astype(np.float64)
 

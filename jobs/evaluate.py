@@ -895,7 +895,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         for m, sc in judged_scores.items():
             rerank[m].append(g[np.argsort(-sc, kind="stable")])
         for m, sc in ((BASE[0], raw_plain), (BASE[1], raw), (BASE[2], cos), (SYS[0], cos_a)):
-            full[m].append(SE.ranked_gains(J, q, SE.top_k(sc, K)))
+            full[m].append(SE.ranked_gains(J, q, M.top_k(sc, K)))
         for m, fusion, qv in ((BASE[3], default_fusion, q_emb[q]), (SYS[1], fz, qa)):
             ids, _, _ = timed(m, lambda: live.search(J.queries[q], qv, fusion=fusion))
             full[m].append(SE.ranked_gains(J, q, catalog.rows(ids)[:K]))

@@ -50,29 +50,15 @@ def dense_ndcg_of(j: Judgments, vectors: np.ndarray, item_vecs: np.ndarray, qs: 
 
 def top_k_rows(queries: np.ndarray, item_vecs: np.ndarray, k: int, chunk: int = 512) -> np.ndarray:
     """(n, k) catalog rows of each query's k highest dot products, best first, ties to the lower row
-    (`top_k` of each row), in chunks of queries, so a large catalog never needs a (queries x catalog)
+    (`features.metrics.top_k` of each row), in chunks of queries, so a large catalog never needs a (queries x catalog)
     matrix."""
     k = min(k, len(item_vecs))
     out = np.empty((len(queries), k), np.int64)
     for a in range(0, len(queries), chunk):
         s = queries[a:a + chunk] @ item_vecs.T
         for i in range(len(s)):
-            out[a + i] = top_k(s[i], k)
+            out[a + i] = M.top_k(s[i], k)
     return out
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """The indices of the k highest scores, best first, ties to the lower index: what a stable full
-    sort gives (np.argsort(-scores, kind="stable")[:k]), without sorting the whole catalog (an
-    adapter's cross-validation scores every fitting query after every epoch, and the evaluation
-    ranks every query by four whole-catalog scores)."""
-    scores = np.asarray(scores)
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.empty(0, np.int64)
-    kth = scores[np.argpartition(-scores, k - 1)[:k]].min()
-    cand = np.flatnonzero(scores >= kth)  # the k best, and every index tied with the k-th
-    return cand[np.lexsort((cand, -scores[cand]))][:k]
 
 
 def beats(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:

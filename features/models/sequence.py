@@ -229,8 +229,8 @@ class SequenceModel(torch.nn.Module):
         """(B, L, d) states for left-padded (B, L) ids (row + 1) over item matrix E (N, d)."""
         L = ids.shape[1]
         pad = (ids > 0).unsqueeze(-1).float()
-        E0 = torch.cat([torch.zeros(1, E.shape[1], dtype=E.dtype, device=E.device), E])
-        x = E0[ids] * self.p.dim ** 0.5 + self.pos(torch.arange(L, device=ids.device))
+        # The rows the batch names only (padding: row 0 times 0), never a copy of the whole catalog.
+        x = E[(ids - 1).clamp_min(0)] * pad * self.p.dim ** 0.5 + self.pos(torch.arange(L, device=ids.device))
         if self.etype is not None:
             x = x + self.etype(types) + self.gap(gaps)
         h = self.blocks(self.drop(x) * pad, mask=self.causal[:L, :L], is_causal=True)

@@ -264,9 +264,6 @@ class Catalog:
         return (np.minimum(np.log1p(self.popularity_short[rows]) / self._short_log_max, 1.0),
                 np.minimum(np.log1p(self.popularity_long[rows]) / self._long_log_max, 1.0))
 
-    def popular_rows(self, k: int) -> np.ndarray:
-        return np.argsort(-self.popularity, kind="stable")[:k]
-
     def upsert(self, item: ItemUpdate, vector: np.ndarray | None) -> tuple[int, bool]:
         """Add or replace an item; returns (row, created). `vector` None keeps a known item's own."""
         created = item.item_id not in self.row

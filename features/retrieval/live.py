@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features import metrics as M
 from features.errors import CatalogFull
 from features.profiles.eventlog import RecordLog
 from features.profiles.events import decode_vector, encode_vector
@@ -298,7 +299,7 @@ class LiveCatalog:
             if not len(allowed):
                 return np.zeros(0, np.float32), np.zeros(0, np.int64)
             s = self.catalog.vectors[allowed] @ q[0]
-            top = np.argsort(-s, kind="stable")[:k]
+            top = M.top_k(s, k)
             return s[top], allowed[top]
         # Rows of the index are the catalog's first rows.
         s, rows = self.index.search_rows(q, k, d["skip"], excluded[excluded < self.n_indexed])
@@ -329,7 +330,7 @@ class LiveCatalog:
                 bm = masked
             bm[excluded] = 0.0
             hit = np.flatnonzero(bm > 0)
-            lex_rows = hit[np.argsort(-bm[hit], kind="stable")[:n]]
+            lex_rows = hit[M.top_k(bm[hit], n)]
         else:
             lex_rows = np.zeros(0, np.int64)
         pool = np.union1d(ann_rows, lex_rows).astype(np.int64)  # sorted by row: ties keep row order
@@ -372,9 +373,7 @@ class LiveCatalog:
             if allowed is not None:
                 s[np.setdiff1d(np.arange(len(s)), allowed)] = -np.inf
             s[excluded] = -np.inf
-            k = min(cfg.sequence_candidates, len(s))
-            top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
-            top = top[np.argsort(-s[top], kind="stable")]
+            top = M.top_k(s, cfg.sequence_candidates)
             picked.update(dict.fromkeys(int(r) for r in top if np.isfinite(s[r])))
         if ease is not None and cfg.ease_candidates:
             e_rows, e_scores = ease
@@ -395,6 +394,6 @@ class LiveCatalog:
                     n_cooc += 1
         pool = allowed if allowed is not None else np.arange(len(cat))
         pool = pool[~np.isin(pool, excluded)]
-        popular = pool[np.argsort(-cat.popularity[pool], kind="stable")[: cfg.popular_candidates]]
+        popular = pool[M.top_k(cat.popularity[pool], cfg.popular_candidates)]
         picked.update(dict.fromkeys(int(r) for r in popular if int(r) not in picked))
         return [cat.item_ids[r] for r in picked]

@@ -19,7 +19,8 @@ from features.models.losses import info_nce
 def test_sort_positions_and_top_k_equal_a_stable_full_sort_ties_included(seed):
     """The evaluation's shortcuts (no full argsort of the catalog per query) give exactly what the
     stable descending sort gives, ties to the lower index included."""
-    from features.evaluation.search import top_k, top_k_rows
+    from features.evaluation.search import top_k_rows
+    from features.metrics import top_k
 
     rng = np.random.default_rng(seed)
     scores = rng.integers(0, 40, 500).astype(np.float32) / 7  # many ties
