@@ -567,10 +567,10 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
     live = LiveCatalog(cat, idx, None, replace(cfg.retriever, lexical=False))
     hand = cfg.hand_weights
     clock = PIT.catalog_clock(plan.train_events, cat) if uses_point_in_time(plan) else None
-    results.append(EM.lists_in(EM.system_method("system, hand-set weights", reqs, live, cfg.profiles, hand, L, clock),
-                               cat, cat_zs))
-    results.append(EM.lists_in(EM.system_method("system, learned ranker (full)", reqs, live, cfg.profiles,
-                                                st.scorer, L, clock), cat, cat_zs))
+    # Both systems rank the same candidates of each request (one pass: they differ in the scorer only).
+    systems = EM.system_methods([("system, hand-set weights", hand), ("system, learned ranker (full)", st.scorer)],
+                                reqs, live, cfg.profiles, L, clock)
+    results += [EM.lists_in(r, cat, cat_zs) for r in systems]
     methods = [EM.score_method(r, reqs, cat_zs, ks, share, n_users) for r in results]
     _write_per_request(per_request_path, reqs, results)
     key = "ndcg@10" if 10 in ks else f"ndcg@{ks[0]}"

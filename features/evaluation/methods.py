@@ -222,29 +222,39 @@ def embedding_method(name: str, reqs: Requests, catalog: Catalog, params: Profil
     return timed_method(name, len(reqs), L, one, note="popularity for users without a vector")
 
 
-def system_method(name: str, reqs: Requests, live: LiveCatalog, params: ProfileParams, scorer: Scorer,
-                  L: int, clock: Callable[[float], None] | None = None) -> MethodResult:
-    """Serving's recommend path, function for function: the profile's context, LiveCatalog.recommend
-    candidates, rank_candidates (features, scorer, reasons) -> top L. `clock(t)`, if given, sets
-    the catalog's popularity to the request's time first (point_in_time.catalog_clock)."""
-    cat = live.catalog
-
-    def one(q: int) -> list[int]:
+def system_methods(scorers: list[tuple[str, Scorer]], reqs: Requests, live: LiveCatalog, params: ProfileParams,
+                   L: int, clock: Callable[[float], None] | None = None) -> list[MethodResult]:
+    """Serving's recommend path, function for function, for each (name, scorer): the profile's
+    context and LiveCatalog.recommend candidates once per request, then rank_candidates (features,
+    scorer, reasons) -> top L with each scorer. A method's latency is what one serving request
+    costs: the shared part's time plus its own ranking's. `clock(t)`, if given, sets the catalog's
+    popularity to the request's time first (point_in_time.catalog_clock)."""
+    cat, n = live.catalog, len(reqs)
+    lists = [np.full((n, L), -1, dtype=np.int64) for _ in scorers]
+    lat = np.zeros((len(scorers), n))
+    progress = Progress(" / ".join(name for name, _ in scorers), n)
+    for q in range(n):
+        progress.step(q)
+        t0 = time.perf_counter()
         if clock is not None:
             clock(float(reqs.ts[q]))
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
         ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q],
                              attach_sequence(ctx, cat), attach_ease(ctx, cat))
-        return [r.row for r in rank_candidates(ctx, ids, cat, scorer, L)]
-
-    return timed_method(name, len(reqs), L, one)
+        shared = time.perf_counter() - t0
+        for m, (_, scorer) in enumerate(scorers):
+            t1 = time.perf_counter()
+            rows = [r.row for r in rank_candidates(ctx, ids, cat, scorer, L)][:L]
+            lat[m, q] = (shared + time.perf_counter() - t1) * 1e3
+            lists[m][q, : len(rows)] = rows
+    return [MethodResult(name, lists[m], lat[m]) for m, (name, _) in enumerate(scorers)]
 
 
 def candidate_lists(reqs: Requests, live: LiveCatalog, params: ProfileParams,
                     clock: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """The ranker's training rows: for each request, serving's recommend candidates with their
     features and label 1 for a relevant item (popularity of the request's time where `clock` is
-    given, as in `system_method`). Returns (X, y, group ids, stats incl. candidate recall)."""
+    given, as in `system_methods`). Returns (X, y, group ids, stats incl. candidate recall)."""
     xs, ys, gs = [], [], []
     found = 0
     progress = Progress("candidate lists", len(reqs))
