@@ -254,6 +254,19 @@ def build_training_data(cfg: TrainRankerConfig, features_dir: str, index_dir: st
     return x, y, g, stats
 
 
+def segment_line(name: str, seg: dict, served: bool, cfg: TrainRankerConfig) -> str:
+    """One segment's verdict as the job prints it; a segment without a valid list (a log without
+    guests) was not compared, so it gets no figures."""
+    return (f"  shoppers {name.replace('_', ' ')}: "
+            + (f"{seg['lists']:,} valid lists, learned {seg['learned']:.4f} vs hand {seg['hand_weights']:.4f}, "
+               f"paired [95% CI {seg['paired_difference_ci95'][0]:+.4f}, {seg['paired_difference_ci95'][1]:+.4f}]"
+               if seg["lists"] else "no valid lists")
+            + ": serving uses " + ("the learned model" if served else "the hand-set weights")
+            + (" (learned_for_guests=false)" if name == SEGMENTS[1] and not cfg.learned_for_guests else "")
+            + (f" (too few valid lists to judge: fewer than min_valid_lists={cfg.min_valid_lists})"
+               if seg.get("too_few_lists") and seg["lists"] else ""))
+
+
 def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, stats: dict,
           inputs: dict, log=print) -> str:
     """Train on Ray Train and write the ranker version; returns its folder."""
@@ -327,13 +340,7 @@ def train(cfg: TrainRankerConfig, x: np.ndarray, y: np.ndarray, g: np.ndarray, s
         + (f" (on {won['lists']} lists, fewer than min_valid_lists={cfg.min_valid_lists}: no verdict)"
            if won["too_few_lists"] and won["lists"] else ""))
     for name, seg in metrics.get("valid_by_history", {}).items():
-        log(f"  shoppers {name.replace('_', ' ')}: {seg['lists']:,} valid lists, learned {seg['learned']:.4f} vs hand "
-            f"{seg['hand_weights']:.4f}, paired [95% CI {seg['paired_difference_ci95'][0]:+.4f}, "
-            f"{seg['paired_difference_ci95'][1]:+.4f}]: serving uses "
-            + ("the learned model" if name in metrics["serves_learned_for"] else "the hand-set weights")
-            + (" (learned_for_guests=false)" if name == SEGMENTS[1] and not cfg.learned_for_guests else "")
-            + (f" (too few valid lists to judge: fewer than min_valid_lists={cfg.min_valid_lists})"
-               if seg.get("too_few_lists") and seg["lists"] else ""))
+        log(segment_line(name, seg, name in metrics["serves_learned_for"], cfg))
     if "valid_by_history" not in metrics:
         log("  serving uses " + ("the learned model" if metrics["serves_learned_for"] else "the hand-set weights"))
     top = sorted(importances(booster).items(), key=lambda kv: -kv[1]["gain_share"])[:5]

@@ -448,6 +448,22 @@ def test_the_ranker_verdict_needs_enough_valid_lists():
     assert not segment_verdict(np.zeros(0), np.zeros(0), seed=0, min_lists=30)["beats"]
 
 
+def test_a_segment_without_valid_lists_is_said_to_have_none_not_given_zero_figures():
+    """A log without guests has no guest lists: "0 valid lists, learned 0.0000 vs hand 0.0000,
+    [95% CI +0.0000, +0.0000]" reads like a measured tie."""
+    from jobs.train_ranker import TrainRankerConfig, segment_line, segment_verdict
+
+    cfg = TrainRankerConfig(min_valid_lists=30)
+    none = segment_line("without_history", segment_verdict(np.zeros(0), np.zeros(0), 0, 30), False, cfg)
+    assert none == ("  shoppers without history: no valid lists: serving uses the hand-set weights "
+                    "(learned_for_guests=false)")
+    some = segment_line("with_history", segment_verdict(np.full(40, 0.5), np.zeros(40), 0, 30), True, cfg)
+    assert some.startswith("  shoppers with history: 40 valid lists, learned 0.5000 vs hand 0.0000, paired [95% CI ")
+    assert some.endswith(": serving uses the learned model")
+    few = segment_line("with_history", segment_verdict(np.full(4, 0.5), np.zeros(4), 0, 30), False, cfg)
+    assert few.endswith("(too few valid lists to judge: fewer than min_valid_lists=30)")
+
+
 def test_the_default_last_days_split_fits_a_short_log_and_says_so():
     """A 24-day log cannot test on its last 30 days: the plan tests on its last quarter and shrinks
     the ranker's window to fit, with notes saying so, instead of refusing the default config."""
