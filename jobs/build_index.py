@@ -31,6 +31,7 @@ import ray
 from features import artifacts as A
 from features.config import ConfigError, to_dict
 from features.data import schema as S
+from features.data.text import popular_title_queries
 from features.models import onnx_encoder as OX
 from features.models.encoder import LATEST, EncoderConfig, load_encoder, resolve_checkpoint
 from features.retrieval.index import IndexConfig, ItemIndex
@@ -52,7 +53,8 @@ class BuildIndexConfig:
     num_actors: int = 2  # encoder replicas in the Ray Data actor pool
     cpus_per_actor: int = 1  # and torch threads per actor
     gpus_per_actor: float = 0.0
-    probe_queries: tuple[str, ...] = ("christmas lights", "red mug", "cake stand")
+    probe_queries: tuple[str, ...] = ()  # searched once built, as a sanity check; empty: chosen from the catalog
+    probes: int = 3  # without probe_queries: the titles' first words of the items most shoppers chose; 0: none
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -94,6 +96,8 @@ def check_config(cfg: BuildIndexConfig) -> None:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.gpus_per_actor < 0:
         raise ConfigError(f"gpus_per_actor must be >= 0, got {cfg.gpus_per_actor}")
+    if cfg.probes < 0:
+        raise ConfigError(f"probes must be >= 0 (0: no probe queries), got {cfg.probes}")
     check_fits(cfg.ray, cfg.num_actors * cfg.cpus_per_actor, cfg.num_actors * cfg.gpus_per_actor,
                "num_actors x cpus_per_actor (and gpus_per_actor)")
     try:
@@ -178,15 +182,17 @@ def run(cfg: BuildIndexConfig) -> int:
     ))
 
     probes: list[tuple[str, list[tuple[str, float]]]] = []
-    if cfg.probe_queries:
-        steps("probe queries")
+    if cfg.probe_queries or cfg.probes:
+        # Queries that mean something on this catalog (a shop's own data, not the demo's) unless named.
+        items = A.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT, S.TITLE, S.N_USERS])
+        queries = list(cfg.probe_queries) or popular_title_queries(items, cfg.probes)
+        steps(f"probe queries ({'as configured' if cfg.probe_queries else 'from the titles of the items most shoppers chose'})")
         encoder, _ = OX.runtime_encoder(cfg.encoder if checkpoint is None else checkpoint, cfg.output_root,
                                         cfg.zero_shot, runtime="torch" if onnx_dir is None else "onnx",
                                         onnx_dir=None if onnx_dir is None else str(onnx_dir))
-        scores, ids = index.search(encoder.encode(list(cfg.probe_queries)), 3)
-        items = A.read_parquet(A.join(features_dir, "items"), columns=[S.ITEM_ID, S.ITEM_TEXT])
-        text = {str(k): v for k, v in items.iter_rows()}
-        for q, row_ids, row_scores in zip(cfg.probe_queries, ids, scores):
+        scores, ids = index.search(encoder.encode(queries), 3) if queries else (np.zeros((0, 3)), [])
+        text = {str(k): v for k, v in items.select(S.ITEM_ID, S.ITEM_TEXT).iter_rows()}
+        for q, row_ids, row_scores in zip(queries, ids, scores):
             probes.append((q, [(f"{i} {text.get(i, '')}", float(s)) for i, s in zip(row_ids, row_scores) if i]))
     if onnx_dir is not None:
         shutil.rmtree(onnx_dir, ignore_errors=True)

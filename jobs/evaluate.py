@@ -230,7 +230,7 @@ def _index(cfg: EvaluateConfig, features_dir: str, root: Path, encoder: str) -> 
     from jobs import build_index as BI
 
     before = A.latest_complete(str(root), "index")
-    BI.run(BI.BuildIndexConfig(features=features_dir, output_root=str(root), encoder=encoder, probe_queries=(),
+    BI.run(BI.BuildIndexConfig(features=features_dir, output_root=str(root), encoder=encoder, probes=0,
                                zero_shot=replace(EncoderConfig(), max_length=cfg.encoder.index_max_length), ray=cfg.ray))
     after = A.latest_complete(str(root), "index")
     if after is None or after == before:

@@ -162,6 +162,7 @@ def sample_requests(artifacts: str) -> dict:
 
     from features import artifacts as A
     from features.data import schema as S
+    from features.data.text import title_query
 
     index = A.latest_complete(artifacts, "index")
     features = index and A.read_manifest(index).get("inputs", {}).get("features", {}).get("path")
@@ -170,13 +171,12 @@ def sample_requests(artifacts: str) -> dict:
     items = A.read_parquet(A.join(features, "items"), columns=[S.ITEM_ID, S.TITLE, S.N_USERS, S.PRICE])
     items = items.sort([S.N_USERS, S.ITEM_ID], descending=[True, False], nulls_last=True)
     top = items.row(0, named=True)
-    words = [w for w in str(top[S.TITLE]).lower().replace(",", " ").split() if w.isalpha() or len(w) > 2][:2]
     # The most active returning shopper: most sessions, then the longest recent history.
     users = A.read_parquet(A.join(features, "users"), columns=[S.USER_ID, S.N_SESSIONS, S.RECENT_ITEMS])
     users = users.with_columns(pl.col(S.RECENT_ITEMS).list.len().alias("__n")).sort(
         [S.N_SESSIONS, "__n", S.USER_ID], descending=[True, True, False], nulls_last=True)
     prices = items.get_column(S.PRICE).drop_nulls()
-    return {"query": " ".join(words) or str(top[S.TITLE])[:30], "user_id": users[S.USER_ID][0] if users.height else None,
+    return {"query": title_query(top[S.TITLE]), "user_id": users[S.USER_ID][0] if users.height else None,
             "item_id": top[S.ITEM_ID], "item_title": top[S.TITLE],
             "price_max": float(prices.median()) if prices.len() else None}
 

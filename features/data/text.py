@@ -92,6 +92,26 @@ def item_text(
     return " | ".join(p for p in parts if p)[:max_chars]
 
 
+def title_query(title: object, words: int = 2) -> str:
+    """What a shopper might type for an item: the first `words` words of its title (lower case,
+    no bare numbers or codes), else its first 30 characters."""
+    picked = [w for w in str(title).lower().replace(",", " ").split() if w.isalpha() or len(w) > 2][:words]
+    return " ".join(picked) or str(title)[:30]
+
+
+def popular_title_queries(items: pl.DataFrame, n: int) -> list[str]:
+    """Up to n distinct `title_query`s of the items most shoppers chose (N_USERS, then item id):
+    searches that mean something on this shop's catalog, for the jobs' and the demo's samples."""
+    out: list[str] = []
+    titled = items.filter(pl.col(S.TITLE).is_not_null() & (pl.col(S.TITLE).str.strip_chars() != ""))
+    for title in titled.sort([S.N_USERS, S.ITEM_ID], descending=[True, False], nulls_last=True)[S.TITLE]:
+        if len(out) >= n:
+            break
+        if (q := title_query(title)) not in out:
+            out.append(q)
+    return out
+
+
 def title_text_expr() -> pl.Expr:
     """A title as it reads inside a history text (clean, lower case). Computed once per catalog
     item and joined to events, rather than once per event."""

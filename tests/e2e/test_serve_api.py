@@ -45,7 +45,7 @@ def artifacts(ray_local, tmp_path_factory):
         validation=ValidationConfig(now="2012-01-01T00:00:00Z"),
         split=build_features.SplitConfig(valid_days=3, test_days=3)))
     assert build_index.run(build_index.BuildIndexConfig(output_root=str(out), encoder="zero-shot",
-                                                        probe_queries=())) == 0
+                                                        probes=0)) == 0
     # A small behaviour model on the same index: serving picks it up ("latest" for this index).
     # In process: its Ray Train path is covered by the pipeline test (tests/integration/test_job_submit.py).
     train_sequence.run(train_sequence.TrainSequenceConfig(

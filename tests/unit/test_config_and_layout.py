@@ -101,6 +101,7 @@ def test_train_encoder_config_errors_name_the_key(override, message):
     ("build_index", ["cpus_per_actor=2"], r"num_actors x cpus_per_actor \(and gpus_per_actor\) ask for 4 CPUs but "
      r"ray.num_cpus is 2", ["ray.num_cpus=4"]),
     ("build_index", ["gpus_per_actor=-1"], "gpus_per_actor must be >= 0", ["gpus_per_actor=0"]),
+    ("build_index", ["probes=-1"], r"probes must be >= 0 \(0: no probe queries\)", ["probes=0"]),
     ("train_encoder", ["train.cpus_per_worker=2"], r"train.num_workers x train.cpus_per_worker .* ask for 4 CPUs",
      ["ray.num_cpus=4"]),
     ("train_sequence", ["num_workers=2"], r"num_workers x cpus_per_worker \(and use_gpu\) ask for 4 CPUs",

@@ -14,7 +14,7 @@ from polars.testing import assert_frame_equal
 from features.data import cooccurrence as CO
 from features.data import schema as S
 from features.data import transforms as T
-from features.data.text import VERBS
+from features.data.text import VERBS, popular_title_queries, title_query
 from features.data.validate import ValidationConfig, validate_events, validate_items
 from tests.helpers import event, events_table, items_table, ts
 
@@ -291,3 +291,17 @@ def test_invalid_params_are_rejected_with_the_key():
         T.FeatureParams(event_weights={"like": 1.0})
     with pytest.raises(ValueError, match="history_len must be >= 1"):
         T.FeatureParams(history_len=0)
+
+
+def test_sample_searches_come_from_the_titles_of_the_items_most_shoppers_chose():
+    """The index job's probe queries and the demo's search are this shop's words, not the bundled
+    log's ("christmas lights" means nothing to a shoe shop): the first two words of the titles of
+    the items most shoppers chose, bare numbers and codes left out, each query once."""
+    items = pl.DataFrame({S.ITEM_ID: ["a", "b", "c", "d", "e"],
+                          S.TITLE: ["Trail Runner 2, blue", "trail runner 2 red", None, "42 Oak Desk", "Wool Socks"],
+                          S.N_USERS: [50, 40, 99, 30, None]})
+    assert title_query("Trail Runner 2, blue") == "trail runner"
+    assert title_query("42 7") == "42 7"  # nothing but numbers: the title as it is
+    assert popular_title_queries(items, 3) == ["trail runner", "oak desk", "wool socks"]
+    assert popular_title_queries(items, 1) == ["trail runner"]
+    assert popular_title_queries(items, 0) == []
