@@ -298,7 +298,8 @@ class LiveCatalog:
                 allowed = allowed[~np.isin(allowed, gone)]
             if not len(allowed):
                 return np.zeros(0, np.float32), np.zeros(0, np.int64)
-            s = self.catalog.vectors[allowed] @ q[0]
+            v = self.catalog.vectors  # most rows pass: one pass over all (copying them out costs 7x more)
+            s = (v @ q[0])[allowed] if 4 * len(allowed) > len(v) else v[allowed] @ q[0]
             top = M.top_k(s, k)
             return s[top], allowed[top]
         # Rows of the index are the catalog's first rows.

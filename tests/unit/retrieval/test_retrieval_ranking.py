@@ -209,6 +209,29 @@ def test_search_fuses_lexical_and_ann_and_honours_filters(tmp_path):
     assert "i004" not in excluded
 
 
+@pytest.mark.parametrize("filters", [Filters(in_stock=True), Filters(price_max=1e9), Filters(category="toys"),
+                                     Filters(category="Home > Kitchen", price_min=10.0)])
+def test_filtered_dense_retrieval_is_the_exact_top_k_of_the_rows_that_pass(filters):
+    """Most rows passing (every one is scored in one pass) or few (the passing rows are copied out
+    and scored): the same exact top k, with the category matched case-blind on whole levels."""
+    cat, index = small_catalog(200)
+    cat.category[7] = None  # an item without a category never passes a category filter
+    live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=15))
+    q = cat.vectors[3] + 0.5 * cat.vectors[50]
+
+    def passes(r: int) -> bool:
+        c, want = (cat.category[r] or "").lower(), (filters.category or "").lower()
+        return ((not want or c == want or c.startswith(want + " >")) and r != 10  # i010: excluded
+                and (filters.price_min or -np.inf) <= cat.price[r] <= (filters.price_max or np.inf)
+                and filters.in_stock in (None, cat.in_stock[r]))
+
+    passing = np.array([r for r in range(len(cat)) if passes(r)])
+    expect = passing[np.argsort(-(cat.vectors[passing] @ q), kind="stable")[:15]]
+    scores, rows = live.ann(q, 15, live.allowed(filters), cat.rows(["i010"]))
+    assert len(passing) > 15 and rows.tolist() == expect.tolist()
+    np.testing.assert_allclose(scores, cat.vectors[rows] @ q, rtol=1e-5)
+
+
 def test_recommend_candidates_include_cooc_context_and_popular(tmp_path):
     cat, index = small_catalog()
     live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=5, popular_candidates=3))
