@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from features.retrieval.ranking import RankContext
 
 RECENT_FOR_COOC = 10  # co-occurrence reads the context item and the shopper's last 10 items
+OFTEN = 3  # "you often shop X" needs this many of the shopper's recent items in X (one view is not "often")
 VERB = {"view": "viewed", "click": "clicked", "add_to_cart": "added to cart", "purchase": "bought", "return": "returned"}
 # The reasons that name an item of the shopper's history (bench/serve_latency.py's freshness check reads them);
 # what other shoppers did is said with the log's main kind of interaction (Catalog.main_interaction)
@@ -94,7 +95,7 @@ def _text(name: str, ctx: RankContext, row: int, catalog: Catalog) -> str | None
         return f'matches "{ctx.query}"' if ctx.query else None
     if name in _FIXED:
         return _FIXED[name]
-    category = catalog.category[row]
+    category = raw_category = catalog.category[row]
     if name == "intent_sim":
         return _because(ctx, catalog.vectors[row], catalog)
     if name == "context_sim" and ctx.context_item in catalog.row:
@@ -112,7 +113,8 @@ def _text(name: str, ctx: RankContext, row: int, catalog: Catalog) -> str | None
     if category and not any(ch.isalpha() for ch in category):  # a catalog's category ids (RetailRocket's 1338)
         category = f"category {category}"
     if name == "category_affinity" and category:
-        return f"you often shop {category}"
+        n = sum(1 for i, _ in ctx.recent_items if i in catalog.row and catalog.category[catalog.row[i]] == raw_category)
+        return f"you often shop {category}" if n >= OFTEN else f"you shopped {category} before"
     if name == "category_recency" and category:
         return f"you recently shopped {category}"
     return None

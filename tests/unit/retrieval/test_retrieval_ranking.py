@@ -558,7 +558,7 @@ def test_only_the_catalogs_top_sellers_are_called_popular():
                                                               PopularityLover(), k=4)}
     assert ranked["i001"][0] == ranked["i009"][0] == "popular this week"
     assert "popular this week" not in ranked["i010"] + ranked["i040"]
-    assert ranked["i040"] == [f"you often shop {cat.category[cat.row['i040']]}"]  # the next reason steps up
+    assert ranked["i040"] == [f"you shopped {cat.category[cat.row['i040']]} before"]  # the next reason steps up
 
 
 def test_a_category_that_is_only_an_id_is_called_a_category():
@@ -571,11 +571,28 @@ def test_a_category_that_is_only_an_id_is_called_a_category():
     items = pl.DataFrame({S.ITEM_ID: base.item_ids, S.TITLE: base.title,
                           S.CATEGORY: ["1338" if k % 2 else "Home > Kitchen" for k in range(len(base.item_ids))]})
     cat = Catalog(base.item_ids, base.vectors, items, {})
-    ctx = RankContext(mode="recommend", category_affinity={"1338": 1.0, "Home > Kitchen": 1.0})
+    ctx = RankContext(mode="recommend", category_affinity={"1338": 1.0, "Home > Kitchen": 1.0},
+                      recent_items=[("i003", "view"), ("i005", "purchase"), ("i007", "view"), ("i004", "view")])
     contrib = np.zeros(len(NAMES), np.float32)
     contrib[NAMES.index("category_affinity")] = 1.0
     assert reasons(ctx, cat.row["i001"], contrib, cat) == ["you often shop category 1338"]
-    assert reasons(ctx, cat.row["i002"], contrib, cat) == ["you often shop Home > Kitchen"]
+    assert reasons(ctx, cat.row["i002"], contrib, cat) == ["you shopped Home > Kitchen before"]
+
+
+def test_one_look_at_a_category_is_not_often():
+    """A new shopper who viewed one item was told "you often shop Toys": "often" needs three of
+    the shopper's recent items in the category."""
+    from features.retrieval.feature_names import FEATURE_NAMES as NAMES
+    from features.retrieval.reasons import OFTEN, reasons
+
+    cat, _ = small_catalog()  # categories cycle: i000 Home > Kitchen, i001 Home > Light, i002 Toys, i003 ...
+    contrib = np.zeros(len(NAMES), np.float32)
+    contrib[NAMES.index("category_affinity")] = 1.0
+    toys = [f"i{k:03d}" for k in range(2, 50, 3)]
+    for n, want in ((1, "you shopped Toys before"), (OFTEN - 1, "you shopped Toys before"), (OFTEN, "you often shop Toys")):
+        ctx = RankContext(mode="recommend", category_affinity={"Toys": 1.0},
+                          recent_items=[(i, "view") for i in toys[1:n + 1]] + [("i000", "purchase")])
+        assert reasons(ctx, cat.row[toys[0]], contrib, cat) == [want], n
 
 
 def test_a_catalog_of_ids_without_words_gives_no_likeness_reasons():
@@ -595,5 +612,5 @@ def test_a_catalog_of_ids_without_words_gives_no_likeness_reasons():
         ctx = RankContext(mode="recommend", context_item="100", category_affinity={"Mugs": 1.0})
         contrib = np.zeros(len(NAMES), np.float32)
         contrib[NAMES.index("context_sim")], contrib[NAMES.index("category_affinity")] = 1.0, 0.5
-        want = [f"similar to {titles[0]}", "you often shop Mugs"] if worded else ["you often shop Mugs"]
+        want = [f"similar to {titles[0]}", "you shopped Mugs before"] if worded else ["you shopped Mugs before"]
         assert reasons(ctx, cat.row["101"], contrib, cat) == want
