@@ -26,6 +26,12 @@ START = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
 DAYS = 760
 
 
+def cdf(p: np.ndarray) -> np.ndarray:
+    c = p.cumsum()
+    c /= c[-1]
+    return c
+
+
 def sparse_log(shoppers: int, items: int, seed: int = 7) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(events, items) in the canonical columns; the same arguments give the same tables."""
     rng = np.random.default_rng(seed)
@@ -36,6 +42,10 @@ def sparse_log(shoppers: int, items: int, seed: int = 7) -> tuple[pl.DataFrame, 
     titles = [" ".join(words[w] for w in rng.choice(topic_words[t], 4, replace=False)) + " "
               + " ".join(rng.choice(words, 2)) for t in item_topic]
     by_topic = [np.flatnonzero(item_topic == t) for t in range(TOPICS)]
+    # Each draw by popularity is Generator.choice(..., p=...)'s own arithmetic (the same numbers from
+    # the same stream) with the cumulative sums computed once, not once per draw.
+    cdf_all = cdf(pop / pop.sum())
+    cdf_topic = [cdf(pop[c] / pop[c].sum()) if len(c) else None for c in by_topic]
     n_int = np.minimum(rng.geometric(0.18, shoppers) + 1, 60)
     rows: list[tuple] = []
     for u in range(shoppers):
@@ -43,12 +53,12 @@ def sparse_log(shoppers: int, items: int, seed: int = 7) -> tuple[pl.DataFrame, 
         ts = np.sort(rng.uniform(0, 700) + rng.exponential(20, n_int[u]).cumsum())
         for k in range(n_int[u]):
             if rng.random() < 0.75:
-                cand = by_topic[rng.choice(fav)]
-                if len(cand) == 0:
+                t = rng.choice(fav)
+                if len(by_topic[t]) == 0:
                     continue
-                it = rng.choice(cand, p=pop[cand] / pop[cand].sum())
+                it = by_topic[t][cdf_topic[t].searchsorted(rng.random(), side="right")]
             else:
-                it = rng.choice(items, p=pop / pop.sum())
+                it = cdf_all.searchsorted(rng.random(), side="right")
             rows.append((f"e{len(rows)}", START + dt.timedelta(days=float(ts[k])), f"u{u}", "purchase", f"i{it}"))
     events = pl.DataFrame(rows, schema=["event_id", "ts", "user_id", "event_type", "item_id"], orient="row")
     events = events.filter(pl.col("ts") < START + dt.timedelta(days=DAYS))
