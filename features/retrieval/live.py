@@ -371,8 +371,8 @@ class LiveCatalog:
                 picked.update(dict.fromkeys(rows.tolist()))
         if seq_vec is not None and cat.sequence is not None and cfg.sequence_candidates:
             s = cat.sequence.vectors @ np.asarray(seq_vec, np.float32)
-            if allowed is not None:
-                s[np.setdiff1d(np.arange(len(s)), allowed)] = -np.inf
+            if allowed is not None:  # a mask, not np.setdiff1d: that sorts every row per request
+                s[~np.isin(np.arange(len(s)), allowed, kind="table")] = -np.inf
             s[excluded] = -np.inf
             top = M.top_k(s, cfg.sequence_candidates)
             picked.update(dict.fromkeys(int(r) for r in top if np.isfinite(s[r])))
