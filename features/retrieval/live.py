@@ -12,9 +12,9 @@ always apply. A removed item (a tombstone in the same log) is left out of every 
 upserted again; its row, vector and history stay, so shoppers' past events and a product page's context still
 resolve.
 
-Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items
-that pass: exact and simple, at O(N d) per request (about 1 ms for 4k items, tens of ms at 1M).
-Per-request exclusions (a buyer's purchases) do not: FAISS skips them, as it skips removed items.
+Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items that pass:
+O(N d) per request (about 1 ms for 4k items, tens of ms at 1M). Per-request exclusions (a buyer's purchases)
+do not: FAISS skips them, as it skips removed items.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from features.retrieval.fusion import Fusion, FusionParams, fuse
 from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import BM25, DEFAULT_FIELD_WEIGHTS, FIELDS, Analyzer
 
+_LEAST = dict(num_candidates=1, rrf_k=1, max_items=1, cooc_candidates=0, popular_candidates=0, sequence_candidates=0,
+              ease_candidates=0)  # the smallest allowed value of each count
 COMPACT_SLACK = 1000  # the item log is compacted once it holds this many records more than 2 per changed or removed item
 
 
@@ -57,10 +59,9 @@ class RetrievalConfig:
     max_items: int = 2_000_000  # PUT /v1/items may not grow the catalog past this (409); changes always allowed
 
     def __post_init__(self) -> None:
-        if self.num_candidates < 1 or self.rrf_k < 1:
-            raise ValueError(f"retriever.num_candidates and rrf_k must be >= 1, got {self.num_candidates}, {self.rrf_k}")
-        if self.max_items < 1:
-            raise ValueError(f"retriever.max_items must be >= 1, got {self.max_items}")
+        for k, least in _LEAST.items():  # (a negative source size would slice candidates off the end)
+            if not getattr(self, k) >= least:
+                raise ValueError(f"retriever.{k}: {getattr(self, k)!r}; allowed: >= {least}{' (0: none)' * (not least)}")
         if not 0.0 <= self.ann_weight <= 1.0:
             raise ValueError(f"retriever.ann_weight must be in [0, 1], got {self.ann_weight}")
         unknown = sorted(set(self.field_weights) - set(FIELDS))
@@ -142,8 +143,7 @@ class LiveCatalog:
         return len(self._other_encoder)
 
     @property
-    def n_removed(self) -> int:
-        """Items removed (and not upserted since)."""
+    def n_removed(self) -> int:  # items removed (and not upserted since)
         return len(self._removed)
 
     def is_removed(self, item_id: str) -> bool:

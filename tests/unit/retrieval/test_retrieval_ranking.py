@@ -40,6 +40,18 @@ def test_tokenize_stems_with_snowball_and_none_keeps_a_plural_fold():
         BM25(fields={"title": 0.0})
 
 
+def test_candidate_counts_are_checked_naming_the_setting():
+    # A negative source size used to be accepted, and EASE's [:-1] then kept all its candidates but one.
+    with pytest.raises(ValueError, match=r"retriever.ease_candidates: -1; allowed: >= 0 \(0: none\)"):
+        RetrievalConfig(ease_candidates=-1)
+    for name in ("cooc_candidates", "popular_candidates", "sequence_candidates"):
+        with pytest.raises(ValueError, match=f"retriever.{name}: -5"):
+            RetrievalConfig(**{name: -5})
+    with pytest.raises(ValueError, match="retriever.num_candidates: 0; allowed: >= 1"):
+        RetrievalConfig(num_candidates=0)
+    assert RetrievalConfig(ease_candidates=0, cooc_candidates=0).ease_candidates == 0  # 0: that source adds none
+
+
 def test_bm25f_weights_fields_and_normalises_each_on_its_own():
     docs = [{"title": "red mug", "description": "a mug for tea"},
             {"title": "tea pot", "description": "red glaze, matches the red mug"},
