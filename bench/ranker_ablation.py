@@ -20,7 +20,11 @@ Variants:
 - without:<feature>[+<feature>...]: those columns set to 0 (a constant column gets no split, so
   the model is trained as if the feature did not exist); how every ranking feature since item_age
   was chosen: a feature is kept when the ranker with it beats the ranker without it;
-- params:<JSON>: LightGBM parameters over the run's (e.g. params:{"num_leaves": 31}).
+- params:<JSON>: LightGBM parameters over the run's (e.g. params:{"num_leaves": 31});
+- retriever:<JSON>: recommend's candidate sources sized otherwise (e.g.
+  retriever:{"sequence_candidates": 200}): the lists are built again with those settings, the
+  ranker trained on them, and the same held-out shoppers' lists scored, so a larger pool counts
+  both what it adds to recall and what it costs the ranking (a relevant item left out scores 0).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +45,16 @@ from features.evaluation import splits as ES
 from features.evaluation.search import paired
 from features.models.learned_ranker import train_booster
 from features.retrieval.feature_names import FEATURE_NAMES
+from features.retrieval.live import RetrievalConfig
 from jobs import evaluate as EV
 from jobs import train_ranker as TRK
 
 K = 10
 
 
-def parse_variant(text: str) -> tuple[str, list[int], dict]:
-    """'without:a+b' or 'params:{json}' -> (name, feature columns to zero, LightGBM params)."""
+def parse_variant(text: str) -> tuple[str, list[int], dict, dict]:
+    """'without:a+b', 'params:{json}' or 'retriever:{json}' -> (name, feature columns to zero,
+    LightGBM params, retriever settings)."""
     kind, _, arg = text.partition(":")
     if kind == "without":
         names = [n for n in arg.split("+") if n]
@@ -56,16 +62,27 @@ def parse_variant(text: str) -> tuple[str, list[int], dict]:
         if not names or unknown:
             raise ValueError(f"--variants {text!r}: unknown feature(s) {unknown or '(none given)'}; "
                              f"allowed: {', '.join(FEATURE_NAMES)}")
-        return text, [FEATURE_NAMES.index(n) for n in names], {}
-    if kind == "params":
+        return text, [FEATURE_NAMES.index(n) for n in names], {}, {}
+    if kind in ("params", "retriever"):
         try:
             params = json.loads(arg)
         except json.JSONDecodeError as e:
-            raise ValueError(f"--variants {text!r}: params must be a JSON object ({e})") from None
+            raise ValueError(f"--variants {text!r}: {kind} must be a JSON object ({e})") from None
         if not isinstance(params, dict) or not params:
-            raise ValueError(f"--variants {text!r}: params must be a non-empty JSON object")
-        return text, [], params
-    raise ValueError(f"--variants {text!r}; allowed: without:<feature>[+<feature>...], params:<JSON object>")
+            raise ValueError(f"--variants {text!r}: {kind} must be a non-empty JSON object")
+        if kind == "params":
+            return text, [], params, {}
+        allowed = [f.name for f in fields(RetrievalConfig)]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ValueError(f"--variants {text!r}: unknown retriever setting(s) {unknown}; allowed: {', '.join(allowed)}")
+        try:  # its own checks (counts >= 0, ...) before any replay
+            replace(RetrievalConfig(), **params)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--variants {text!r}: {e}") from None
+        return text, [], {}, params
+    raise ValueError(f"--variants {text!r}; allowed: without:<feature>[+<feature>...], params:<JSON object>, "
+                     "retriever:<JSON object>")
 
 
 def _resolve(path: str | None, run: Path) -> str | None:
@@ -86,8 +103,9 @@ def ndcg_full(scores: np.ndarray, y: np.ndarray, g: np.ndarray, n_relevant: np.n
     return out
 
 
-def replay(run: Path, log=print) -> tuple:
-    """The run's ranker lists: (x, y, g, stats, ranker config, evaluation config)."""
+def replay(run: Path, log=print, retriever: dict | None = None) -> tuple:
+    """The run's ranker lists: (x, y, g, stats, ranker config, evaluation config); `retriever`
+    overrides the run's candidate settings."""
     metrics = json.loads((run / "metrics.json").read_text())
     if not metrics.get("config", {}).get("events"):
         raise SystemExit(f"{run}: a search-only run (events: null) has no recommendation ranker to replay")
@@ -98,6 +116,8 @@ def replay(run: Path, log=print) -> tuple:
     rcfg = from_dict(TRK.TrainRankerConfig, json.loads(manifests[-1].read_text())["config"])
     rcfg = replace(rcfg, features=_resolve(rcfg.features, run), index=_resolve(rcfg.index, run),
                    sequence=_resolve(rcfg.sequence, run), events=_resolve(ecfg.events, run), items=_resolve(ecfg.items, run))
+    if retriever:
+        rcfg = replace(rcfg, retriever=replace(rcfg.retriever, **retriever))
     events, _, _ = ES.read_inputs(rcfg.events, rcfg.items)
     plan = ES.plan_split(events, ES.SplitSpec.parse(ecfg.split), ecfg.ranker_days, ecfg.ranker_requests_per_user)
     log(f"replaying the ranker stage of {run} ({ecfg.split}): features {rcfg.features}, index {rcfg.index}")
@@ -126,38 +146,55 @@ def main(argv: list[str] | None = None) -> int:
     if not (run / "metrics.json").is_file():
         raise SystemExit(f"--run {run}: no metrics.json there; give a jobs.evaluate run folder (runs/<version>)")
     t0 = time.perf_counter()
-    x, y, g, stats, rcfg, ecfg = replay(run)
+    log = print
+    x, y, g, stats, rcfg, ecfg = replay(run, log)
     users = stats["request_users"]
     n_req = len(users)
     tr, va, valid_users, n_shoppers = TRK.split_by_shopper(users, y, g, rcfg.seed, rcfg.valid_fraction)
     valid_req = np.isin(np.asarray(users, dtype=object).astype(str), list(valid_users))
-    rows = valid_req[g]  # every list of a held-out shopper is scored, with or without a positive
     nrel = np.asarray(stats["request_n_relevant"], np.int64)
     segments = {"all": valid_req, "with_history": valid_req & np.asarray(stats["request_has_history"], bool)}
     next_basket = ~np.asarray(stats["request_in_session"], bool)
     segments |= {"next_basket": valid_req & next_basket, "next_basket_with_history": segments["with_history"] & next_basket}
 
-    def fit(cols: list[int], params: dict, seed: int) -> tuple[np.ndarray, int]:
+    lists = {"{}": (x, y, g, tr, va)}  # the candidate lists of each retriever setting, built once
+
+    def lists_for(retriever: dict) -> tuple:
+        key = json.dumps(retriever, sort_keys=True)
+        if key not in lists:
+            x2, y2, g2, st2, _, _ = replay(run, log, retriever)
+            tr2, va2, valid2, _ = TRK.split_by_shopper(st2["request_users"], y2, g2, rcfg.seed, rcfg.valid_fraction)
+            if st2["request_users"] != users or valid2 != valid_users:  # the same requests, the same held-out shoppers
+                raise SystemExit(f"retriever:{key}: the replay's requests or held-out shoppers differ from the run's; "
+                                 "a request without any candidate under one setting changes the split")
+            log(f"  retriever:{key}: {st2['rows']:,} candidate rows, {st2['candidate_hit_rate']:.1%} of requests "
+                "with a relevant candidate")
+            lists[key] = (x2, y2, g2, tr2, va2)
+        return lists[key]
+
+    def fit(cols: list[int], params: dict, retriever: dict, seed: int) -> tuple[np.ndarray, int]:
+        x, y, g, tr, va = lists_for(retriever)
         xx = x.copy() if cols else x
         if cols:
             xx[:, cols] = 0.0
+        rows = valid_req[g]  # every list of a held-out shopper is scored, with or without a positive
         booster, _ = train_booster(xx[tr], y[tr], g[tr], rcfg.lightgbm, valid=(xx[va], y[va], g[va]),
                                    extra_params={"num_threads": args.threads, "seed": rcfg.lightgbm.seed + seed, **params})
         return ndcg_full(booster.predict(xx[rows], num_iteration=booster.best_iteration), y[rows], g[rows], nrel, n_req), \
             int(booster.best_iteration)
 
-    arms = [("as configured", [], {})] + variants
-    per_list = {name: [] for name, _, _ in arms}
-    iters = {name: [] for name, _, _ in arms}
+    arms = [("as configured", [], {}, {})] + variants
+    per_list = {name: [] for name, *_ in arms}
+    iters = {name: [] for name, *_ in arms}
     for seed in range(args.seeds):
-        for name, cols, params in arms:
-            v, it = fit(cols, params, seed)
+        for name, cols, params, retriever in arms:
+            v, it = fit(cols, params, retriever, seed)
             per_list[name].append(v)
             iters[name].append(it)
             print(f"seed {seed} {name:<40} valid NDCG@{K} {np.nanmean(v[valid_req]):.4f} ({it} rounds)", flush=True)
     base = np.mean(per_list["as configured"], axis=0)
     out_variants = []
-    for name, _, _ in variants:
+    for name, *_ in variants:
         mine = np.mean(per_list[name], axis=0)
         seg = {}
         for s, m in segments.items():

@@ -11,15 +11,21 @@ from features.retrieval.feature_names import FEATURE_NAMES
 from jobs.train_ranker import split_by_shopper
 
 
-def test_variants_parse_to_zeroed_columns_or_lightgbm_params():
-    name, cols, params = parse_variant("without:item_age+history_max_sim")
-    assert cols == [FEATURE_NAMES.index("item_age"), FEATURE_NAMES.index("history_max_sim")] and params == {}
-    assert parse_variant('params:{"num_leaves": 31}')[1:] == ([], {"num_leaves": 31})
+def test_variants_parse_to_zeroed_columns_lightgbm_params_or_retriever_settings():
+    name, cols, params, retriever = parse_variant("without:item_age+history_max_sim")
+    assert cols == [FEATURE_NAMES.index("item_age"), FEATURE_NAMES.index("history_max_sim")]
+    assert params == {} and retriever == {}
+    assert parse_variant('params:{"num_leaves": 31}')[1:] == ([], {"num_leaves": 31}, {})
+    assert parse_variant('retriever:{"sequence_candidates": 200}')[1:] == ([], {}, {"sequence_candidates": 200})
+    with pytest.raises(ValueError, match=r"unknown retriever setting\(s\) \['sequence'\]; allowed: num_candidates"):
+        parse_variant('retriever:{"sequence": 200}')
+    with pytest.raises(ValueError, match=r"retriever:.*retriever.ease_candidates: -1; allowed: >= 0"):
+        parse_variant('retriever:{"ease_candidates": -1}')
     with pytest.raises(ValueError, match="unknown feature.*'nope'.*allowed: query_sim"):
         parse_variant("without:nope")
     with pytest.raises(ValueError, match="JSON object"):
         parse_variant("params:{num_leaves: 31}")
-    with pytest.raises(ValueError, match="allowed: without:"):
+    with pytest.raises(ValueError, match="allowed: without:.*retriever:<JSON object>"):
         parse_variant("drop:item_age")
 
 
