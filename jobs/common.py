@@ -189,9 +189,11 @@ class Steps:
         self.name = name
         self.t0 = self.last = time.perf_counter()
         self.n = 0
+        self.current = ""  # the step under way ("" before the first)
 
     def __call__(self, what: str) -> None:
         now = time.perf_counter()
+        self.current = what
         if self.n:
             print(f"         done in {now - self.last:.1f}s", flush=True)
         self.n += 1

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -263,10 +265,12 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     fa = _features(cfg, a_events, art / "ranker_stage", plan.ranker_until)
     steps("feature job on the training events (before the test requests)")
     fb = _features(cfg, b_events, art, plan.train_until)
+    partial(stages={"features_ranker_stage": fa, "features": fb})
 
     notes: dict[str, str] = {"split on a short log": "; ".join(plan.notes)} if plan.notes else {}
     steps("zero-shot index (Ray Data)")
     zs_index = _index(cfg, fb, art, ZERO_SHOT)
+    partial(stages={"index_zero_shot": zs_index})
     ft_index = None
     tune, gpu_workers, why = fine_tune_plan(cfg.encoder.fine_tune, cluster_gpus())
     if tune:
@@ -285,6 +289,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
         if enc is not None:
             steps("fine-tuned index (Ray Data)")
             ft_index = _index(cfg, fb, art, enc)
+            partial(stages={"encoder": enc, "index_fine_tuned": ft_index})
             enc_metrics = A.read_manifest(str(Path(enc).parent)).get("metrics", {})
             beats, versus = enc_metrics.get("beats_zero_shot_on_valid"), enc_metrics.get("valid_vs_zero_shot")
         if versus:
@@ -306,6 +311,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     if cfg.sequence.enabled:
         steps("behaviour model on the ranker stage's events (Ray Train; for the ranker's features)")
         seq_a = _sequence(cfg, a_events, art / "ranker_stage", sys_index)
+        partial(stages={"sequence_ranker_stage": seq_a})
     else:
         notes["sequence model"] = "sequence.enabled=false"
     steps("learned ranker: candidate lists of the ranker requests, LightGBM on Ray Train")
@@ -321,6 +327,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
                                                  point_in_time=plan.ranker_events if uses_point_in_time(plan) else None)
         ranker_dir = TRK.train(rcfg, x, y, g, stats, inputs={"features": fa, "index": sys_index, "sequence": seq_a})
         ranker_manifest = A.read_manifest(ranker_dir)
+        partial(stages={"ranker": ranker_dir})
     except TRK.TooFewRequests as e:  # a short or sparse log: the hand-set weights rank, said why
         print(f"  NOTE no learned ranker: {e}; the system ranks with the hand-set weights", flush=True)
         untrained = str(e)
@@ -339,6 +346,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     if cfg.sequence.enabled:
         steps("behaviour model on the training events (Ray Train; for the test requests)")
         seq_b = _sequence(cfg, b_events, art, sys_index)
+        partial(stages={"sequence": seq_b})
 
     steps("SASRec (ID only) until its validation NDCG@10 stops improving")
     cat_zs, _ = load_catalog(fb, zs_index)
@@ -985,29 +993,39 @@ def run(cfg: EvaluateConfig) -> str:
     def save() -> None:  # after every finished part: a late failure never loses the run
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=str))
 
-    def partial(**kv) -> None:
-        result.setdefault("recommend_partial", {}).update(kv)
+    def partial(**kv) -> None:  # `stages` (each finished stage's output) grows; other keys are set
+        done = result.setdefault("recommend_partial", {})
+        done.setdefault("stages", {}).update(kv.pop("stages", {}))
+        done.update(kv)
         save()
 
-    inputs = None  # the validated events and items, read once for both parts
-    if cfg.events is not None and (cfg.recommend or (cfg.judgments is None and cfg.search.from_log)):
-        steps("read + validate events and items")
-        inputs = ES.read_inputs(cfg.events, cfg.items)
-    if cfg.events is not None and cfg.recommend:
-        result["recommend"] = evaluate_recommend(cfg, run_dir, steps, partial, inputs)
-        result.pop("recommend_partial", None)
-        result["ranker"] = {"importances": result["recommend"]["ranker"]["importances"]}
+    save()  # from the start: a run stopped in any stage still says what it was and how far it got
+
+    try:
+        inputs = None  # the validated events and items, read once for both parts
+        if cfg.events is not None and (cfg.recommend or (cfg.judgments is None and cfg.search.from_log)):
+            steps("read + validate events and items")
+            inputs = ES.read_inputs(cfg.events, cfg.items)
+        if cfg.events is not None and cfg.recommend:
+            result["recommend"] = evaluate_recommend(cfg, run_dir, steps, partial, inputs)
+            result.pop("recommend_partial", None)
+            result["ranker"] = {"importances": result["recommend"]["ranker"]["importances"]}
+            save()
+        if cfg.judgments is not None or cfg.search.from_log:
+            steps("search judgments: " + ("the judgments file" if cfg.judgments else "the log's searches"))
+            judg, source = search_judgments(cfg, inputs[0] if inputs else None)
+            if judg is None:
+                print(f"  {source}", flush=True)
+                result["search_skipped"] = source
+            else:
+                print(f"  from {source}", flush=True)
+                zs_index = result.get("recommend", {}).get("stages", {}).get("index_zero_shot")
+                result["search"] = evaluate_search(cfg, steps, judg, source, zs_index, run_dir / "per_query" / "search.parquet")
+    except BaseException as e:  # said in the run's file too, with what had finished (stages)
+        result["status"] = (f"stopped in '{steps.current}'" if isinstance(e, (KeyboardInterrupt, SystemExit)) else
+                            f"failed in '{steps.current}': {type(e).__name__}: {e}")
         save()
-    if cfg.judgments is not None or cfg.search.from_log:
-        steps("search judgments: " + ("the judgments file" if cfg.judgments else "the log's searches"))
-        judg, source = search_judgments(cfg, inputs[0] if inputs else None)
-        if judg is None:
-            print(f"  {source}", flush=True)
-            result["search_skipped"] = source
-        else:
-            print(f"  from {source}", flush=True)
-            zs_index = result.get("recommend", {}).get("stages", {}).get("index_zero_shot")
-            result["search"] = evaluate_search(cfg, steps, judg, source, zs_index, run_dir / "per_query" / "search.parquet")
+        raise
     result["status"] = "complete"
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["summary"] = _summary_line(result)
@@ -1093,6 +1111,8 @@ def main(argv: list[str] | None = None) -> int:
         run(load_job_config(EvaluateConfig, args))
         return 0
 
+    if threading.current_thread() is threading.main_thread():  # `kill` or `ray job stop`: the run's file says so
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run_job("evaluate", body)
 
 

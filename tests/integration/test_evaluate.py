@@ -178,7 +178,30 @@ def test_bad_inputs_fail_with_a_clear_message_and_exit_code(ray_local, slice_, t
                           "--set", "split=time:2001-01-01T00:00:00Z", "--set", f"output_root={tmp_path}"])
     assert code == 2
     assert "must fall after the first" in capsys.readouterr().err
-    assert not list(tmp_path.glob("*/metrics.json"))
+    (metrics,) = tmp_path.glob("*/metrics.json")  # the run's file says it failed, where and why; no result
+    m = json.loads(metrics.read_text())
+    assert m["status"].startswith("failed in 'plan the split': ValueError:") and "must fall after the first" in m["status"]
+    assert "recommend" not in m and "summary" not in m
+
+
+def test_a_run_stopped_midway_says_where_and_keeps_the_finished_stages(ray_local, slice_, tmp_path, monkeypatch):
+    base, _ = slice_
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(evaluate, "_index", broken)  # the stage after the two feature jobs fails
+    cfg = evaluate.EvaluateConfig(events=str(base / "events.parquet"), items=str(base / "items.parquet"),
+                                  output_root=str(tmp_path), encoder=evaluate.EncoderStage(fine_tune=False))
+    with pytest.raises(OSError, match="No space left"):
+        evaluate.run(cfg)
+    (metrics,) = tmp_path.glob("*/metrics.json")
+    m = json.loads(metrics.read_text())
+    assert m["status"] == "failed in 'zero-shot index (Ray Data)': OSError: No space left on device"
+    assert m["config"]["events"] == cfg.events  # what was run, for a replay (bench/ranker_ablation.py reads it)
+    stages = m["recommend_partial"]["stages"]
+    assert set(stages) == {"features_ranker_stage", "features"}
+    assert all((Path(path) / "manifest.json").is_file() for path in stages.values())
 
 
 def test_train_ranker_job_learns_from_the_window_after_the_features(evaluated, slice_, tmp_path):
