@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (run / "metrics.json").is_file():
         raise SystemExit(f"--run {run}: no metrics.json there; give a jobs.evaluate run folder (runs/<version>)")
     t0 = time.perf_counter()
+    commit = A.git_commit()  # the code this process runs (a commit made while it runs is not it)
     log = print
     x, y, g, stats, rcfg, ecfg = replay(run, log)
     users = stats["request_users"]
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: " + "; ".join(f"{s} {v['variant']:.4f} vs {v['baseline']:.4f}, {v['paired_difference']:+.4f} "
                                       f"{v['paired_difference_ci95']}" for s, v in seg.items()), flush=True)
     result = {
-        "bench": "ranker_ablation", "commit": A.git_commit(), "run": str(run), "split": ecfg.split,
+        "bench": "ranker_ablation", "commit": commit, "run": str(run), "split": ecfg.split,
         "ranker_inputs": {"features": rcfg.features, "index": rcfg.index, "sequence": rcfg.sequence},
         "lightgbm": rcfg.lightgbm.lgb_params(), "seeds": args.seeds,
         "lists": {"requests": n_req, "rows": int(stats["rows"]), "candidate_hit_rate": stats["candidate_hit_rate"],
