@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
+from bench.feature_job import write_result
 from features import artifacts as A
 from features.data.text import title_query
 from features.retrieval.catalog import load_catalog
@@ -95,12 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                    "requests": len(x)} for name, x in lat.items()}
     out = {"commit": A.git_commit(), "command": "python -m bench.filter_cost", "machine": platform.platform(),
            "index": index_dir, "items": len(catalog), "queries": len(qs), "repeats": ns.repeats, "settings": rows}
-    Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(ns.out).write_text(json.dumps(out, indent=1))
+    write_result(ns.out, out)
     for name, r in rows.items():
         print(f"{name:<48} {r['items_passing']:>9,} items  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
               f"x{r['p50_ratio_to_unfiltered']:.2f} of unfiltered")
-    print(f"-> {ns.out}")
     return 0
 
 
