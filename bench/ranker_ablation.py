@@ -21,6 +21,9 @@ Variants:
   the model is trained as if the feature did not exist); how every ranking feature since item_age
   was chosen: a feature is kept when the ranker with it beats the ranker without it;
 - params:<JSON>: LightGBM parameters over the run's (e.g. params:{"num_leaves": 31});
+- ensemble:<N>: N rankers trained as configured with different seeds (LightGBM samples 80% of
+  the rows per tree, so each seed's model differs), their scores averaged per candidate; each
+  seed of the bench draws N new seeds;
 - retriever:<JSON>: recommend's candidate sources sized otherwise (e.g.
   retriever:{"sequence_candidates": 200}): the lists are built again with those settings, the
   ranker trained on them, and the same held-out shoppers' lists scored, so a larger pool counts
@@ -52,17 +55,21 @@ from jobs import train_ranker as TRK
 K = 10
 
 
-def parse_variant(text: str) -> tuple[str, list[int], dict, dict]:
-    """'without:a+b', 'params:{json}' or 'retriever:{json}' -> (name, feature columns to zero,
-    LightGBM params, retriever settings)."""
+def parse_variant(text: str) -> tuple[str, list[int], dict, dict, int]:
+    """'without:a+b', 'params:{json}', 'retriever:{json}' or 'ensemble:N' -> (name, feature columns
+    to zero, LightGBM params, retriever settings, models averaged)."""
     kind, _, arg = text.partition(":")
+    if kind == "ensemble":
+        if not arg.isdigit() or not 2 <= int(arg) <= 20:
+            raise ValueError(f"--variants {text!r}: ensemble takes the number of models, 2 to 20")
+        return text, [], {}, {}, int(arg)
     if kind == "without":
         names = [n for n in arg.split("+") if n]
         unknown = [n for n in names if n not in FEATURE_NAMES]
         if not names or unknown:
             raise ValueError(f"--variants {text!r}: unknown feature(s) {unknown or '(none given)'}; "
                              f"allowed: {', '.join(FEATURE_NAMES)}")
-        return text, [FEATURE_NAMES.index(n) for n in names], {}, {}
+        return text, [FEATURE_NAMES.index(n) for n in names], {}, {}, 1
     if kind in ("params", "retriever"):
         try:
             params = json.loads(arg)
@@ -71,7 +78,7 @@ def parse_variant(text: str) -> tuple[str, list[int], dict, dict]:
         if not isinstance(params, dict) or not params:
             raise ValueError(f"--variants {text!r}: {kind} must be a non-empty JSON object")
         if kind == "params":
-            return text, [], params, {}
+            return text, [], params, {}, 1
         allowed = [f.name for f in fields(RetrievalConfig)]
         unknown = sorted(set(params) - set(allowed))
         if unknown:
@@ -80,9 +87,9 @@ def parse_variant(text: str) -> tuple[str, list[int], dict, dict]:
             replace(RetrievalConfig(), **params)
         except (TypeError, ValueError) as e:
             raise ValueError(f"--variants {text!r}: {e}") from None
-        return text, [], {}, params
+        return text, [], {}, params, 1
     raise ValueError(f"--variants {text!r}; allowed: without:<feature>[+<feature>...], params:<JSON object>, "
-                     "retriever:<JSON object>")
+                     "retriever:<JSON object>, ensemble:<N>")
 
 
 def _resolve(path: str | None, run: Path) -> str | None:
@@ -173,23 +180,27 @@ def main(argv: list[str] | None = None) -> int:
             lists[key] = (x2, y2, g2, tr2, va2)
         return lists[key]
 
-    def fit(cols: list[int], params: dict, retriever: dict, seed: int) -> tuple[np.ndarray, int]:
+    def fit(cols: list[int], params: dict, retriever: dict, seed: int, members: int) -> tuple[np.ndarray, int]:
         x, y, g, tr, va = lists_for(retriever)
         xx = x.copy() if cols else x
         if cols:
             xx[:, cols] = 0.0
         rows = valid_req[g]  # every list of a held-out shopper is scored, with or without a positive
-        booster, _ = train_booster(xx[tr], y[tr], g[tr], rcfg.lightgbm, valid=(xx[va], y[va], g[va]),
-                                   extra_params={"num_threads": args.threads, "seed": rcfg.lightgbm.seed + seed, **params})
-        return ndcg_full(booster.predict(xx[rows], num_iteration=booster.best_iteration), y[rows], g[rows], nrel, n_req), \
-            int(booster.best_iteration)
+        scores, its = np.zeros(int(rows.sum())), []
+        for m in range(members):  # one model: the bench's seed; an ensemble: `members` seeds of its own
+            s = rcfg.lightgbm.seed + (seed if members == 1 else 1000 + seed * members + m)
+            booster, _ = train_booster(xx[tr], y[tr], g[tr], rcfg.lightgbm, valid=(xx[va], y[va], g[va]),
+                                       extra_params={"num_threads": args.threads, "seed": s, **params})
+            scores += booster.predict(xx[rows], num_iteration=booster.best_iteration)
+            its.append(int(booster.best_iteration))
+        return ndcg_full(scores / members, y[rows], g[rows], nrel, n_req), int(np.mean(its))
 
-    arms = [("as configured", [], {}, {})] + variants
+    arms = [("as configured", [], {}, {}, 1)] + variants
     per_list = {name: [] for name, *_ in arms}
     iters = {name: [] for name, *_ in arms}
     for seed in range(args.seeds):
-        for name, cols, params, retriever in arms:
-            v, it = fit(cols, params, retriever, seed)
+        for name, cols, params, retriever, members in arms:
+            v, it = fit(cols, params, retriever, seed, members)
             per_list[name].append(v)
             iters[name].append(it)
             print(f"seed {seed} {name:<40} valid NDCG@{K} {np.nanmean(v[valid_req]):.4f} ({it} rounds)", flush=True)

@@ -12,11 +12,15 @@ from jobs.train_ranker import split_by_shopper
 
 
 def test_variants_parse_to_zeroed_columns_lightgbm_params_or_retriever_settings():
-    name, cols, params, retriever = parse_variant("without:item_age+history_max_sim")
+    name, cols, params, retriever, members = parse_variant("without:item_age+history_max_sim")
     assert cols == [FEATURE_NAMES.index("item_age"), FEATURE_NAMES.index("history_max_sim")]
     assert params == {} and retriever == {}
-    assert parse_variant('params:{"num_leaves": 31}')[1:] == ([], {"num_leaves": 31}, {})
-    assert parse_variant('retriever:{"sequence_candidates": 200}')[1:] == ([], {}, {"sequence_candidates": 200})
+    assert parse_variant('params:{"num_leaves": 31}')[1:] == ([], {"num_leaves": 31}, {}, 1)
+    assert parse_variant('retriever:{"sequence_candidates": 200}')[1:] == ([], {}, {"sequence_candidates": 200}, 1)
+    assert parse_variant("ensemble:5")[1:] == ([], {}, {}, 5)
+    for bad in ("ensemble:1", "ensemble:x", "ensemble:"):
+        with pytest.raises(ValueError, match="ensemble takes the number of models"):
+            parse_variant(bad)
     with pytest.raises(ValueError, match=r"unknown retriever setting\(s\) \['sequence'\]; allowed: num_candidates"):
         parse_variant('retriever:{"sequence": 200}')
     with pytest.raises(ValueError, match=r"retriever:.*retriever.ease_candidates: -1; allowed: >= 0"):
