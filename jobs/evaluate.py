@@ -911,7 +911,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         for m, sc in ((SYS[2], hands[folds[q]]), (SYS[3], scorer)):
             def ranked():
                 ids, _, cand_bm = live.search(J.queries[q], qa, fusion=fz)
-                return rank_candidates(ctx, ids, catalog, sc, K, cand_bm)
+                return rank_candidates(ctx, ids, catalog, sc, K, cand_bm, explain=False)
             full[m].append(SE.ranked_gains(J, q, [r.row for r in timed(m, ranked)]))
     out, verdicts, per_q = {}, {}, {}
     for setting, lists in (("rerank", rerank), ("full_catalog", full)):

@@ -156,7 +156,7 @@ def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np
         ids, _, bm = live.search(j.queries[q], v, fusion=fusion)
         ideal = [M.grade_gain(j.grades[q])]
         for c, h in enumerate(weights):
-            top = rank_candidates(search_context(j.queries[q], v), ids, live.catalog, h, k, bm)
+            top = rank_candidates(search_context(j.queries[q], v), ids, live.catalog, h, k, bm, explain=False)
             table[i, c] = M.graded_ndcg_per_query([ranked_gains(j, q, [r.row for r in top])], ideal, k)[0]
     return table
 

@@ -296,9 +296,10 @@ class RankedItem:
 
 
 def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, scorer: Scorer, k: int,
-                    bm25: np.ndarray | None = None, diversity: float = 0.0) -> list[RankedItem]:
+                    bm25: np.ndarray | None = None, diversity: float = 0.0, explain: bool = True) -> list[RankedItem]:
     """Score candidates with `scorer`, optionally re-rank by MMR, and explain the top k (the
-    contributions are computed for those k only: a learned model's TreeSHAP is not free).
+    contributions are computed for those k only: a learned model's TreeSHAP is not free; without
+    `explain`, not at all, and every item's reasons are empty: the order is the same).
 
     Candidates the catalog does not know (yet) are dropped; ties keep the retrieval order."""
     keep = [j for j, i in enumerate(item_ids) if i in catalog.row]
@@ -309,6 +310,8 @@ def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, sco
     scorer = scorer.for_context(ctx)
     scores = scorer.score(x, ctx.mode)
     order = mmr(scores, catalog.vectors[rows], k, diversity)
+    if not explain:
+        return [RankedItem(catalog.item_ids[rows[j]], float(scores[j]), [], int(rows[j])) for j in order]
     contrib = scorer.contributions(x[order], ctx.mode)
     return [RankedItem(catalog.item_ids[rows[j]], float(scores[j]),
                        reasons(ctx, int(rows[j]), contrib[n], catalog, x[j]), int(rows[j])) for n, j in enumerate(order)]

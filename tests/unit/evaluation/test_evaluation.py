@@ -259,6 +259,15 @@ def test_rank_candidates_orders_by_the_learned_scores():
     assert [r.item_id for r in ranked] == [ids[j] for j in np.argsort(-s, kind="stable")[:5]]
     assert [r.score for r in ranked] == pytest.approx(sorted(s, reverse=True)[:5])
 
+    class Unexplained(WithFallback):  # the evaluation's orders need no contributions: none are computed
+        def contributions(self, x, mode):
+            raise AssertionError("contributions computed without explain")
+
+    quiet = rank_candidates(ctx, ids, cat, Unexplained(LearnedRanker({"recommend": booster}, {}), HandWeights()), k=5,
+                            explain=False)
+    assert [(r.item_id, r.score, r.row) for r in quiet] == [(r.item_id, r.score, r.row) for r in ranked]
+    assert all(r.reasons == [] for r in quiet)
+
 
 def test_search_rows_carry_intervals_and_the_verdict_is_paired_by_query():
     from features.evaluation import search as SE
