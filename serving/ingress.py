@@ -255,7 +255,7 @@ class Ingress:
             ctx.query_emb = emb
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
             results, inner = await hops("retrieve+rank", self._read(
-                "search", ctx, _filters(req.filters), exclude, req.k, req.diversity))
+                "search", ctx, _filters(req.filters), exclude, req.k, req.diversity, req.reasons))
             hops.ms.update(inner)
             return self._answer(results, known, hops)
         return await self._timed("search", run, request)
@@ -272,7 +272,7 @@ class Ingress:
                                                                             context_item=req.context_item_id))
             exclude = ctx.purchased if req.exclude_purchased else frozenset()
             results, inner = await hops("retrieve+rank", self._read(
-                "recommend", ctx, _filters(req.filters), exclude, req.k, req.diversity))
+                "recommend", ctx, _filters(req.filters), exclude, req.k, req.diversity, req.reasons))
             hops.ms.update(inner)
             return self._answer(results, known, hops)
         return await self._timed("recommend", run, request)

@@ -53,9 +53,9 @@ class Ranker:
         log.info("ranker: search by %s, recommend by %s", self.scorer.describe("search"), self.scorer.describe("recommend"))
 
     def rank(self, ctx: RankContext, item_ids: list[str], k: int, bm25: np.ndarray | None = None,
-             diversity: float = 0.0) -> list[dict]:
+             diversity: float = 0.0, explain: bool = True) -> list[dict]:
         cat = self.live.catalog
-        ranked = rank_candidates(ctx, item_ids, cat, self.scorer, k, bm25, diversity)
+        ranked = rank_candidates(ctx, item_ids, cat, self.scorer, k, bm25, diversity, explain)
         return [{**cat.describe(r.row), "score": round(r.score, 6), "reasons": r.reasons} for r in ranked]
 
     def info(self) -> dict:

@@ -109,17 +109,17 @@ class RetrieverCore:
         return round(time.perf_counter() - t0, 3)
 
     def search(self, ctx: RankContext, filters: Filters | None, exclude: frozenset[str], k: int,
-               diversity: float = 0.0) -> tuple[list[dict], dict[str, float]]:
+               diversity: float = 0.0, explain: bool = True) -> tuple[list[dict], dict[str, float]]:
         """(top-k result dicts, {"retrieve": ms, "rank": ms}); ctx carries the query and its vector."""
         self.live.sync()
         t0 = time.perf_counter()
         ids, _, bm25 = self.live.search(ctx.query or "", ctx.query_emb, filters, exclude)
         t1 = time.perf_counter()
-        results = self.ranker.rank(ctx, ids, k, bm25, diversity)
+        results = self.ranker.rank(ctx, ids, k, bm25, diversity, explain)
         return results, {"retrieve": _ms(t0, t1), "rank": _ms(t1, time.perf_counter())}
 
     def recommend(self, ctx: RankContext, filters: Filters | None, exclude: frozenset[str], k: int,
-                  diversity: float = 0.0) -> tuple[list[dict], dict[str, float]]:
+                  diversity: float = 0.0, explain: bool = True) -> tuple[list[dict], dict[str, float]]:
         """(top-k result dicts, {"retrieve": ms, "rank": ms}); UnknownItem when the context item is
         not in the catalog. The behaviour model's user vector and the EASE scores are computed once, for both."""
         self.live.sync()
@@ -130,7 +130,7 @@ class RetrieverCore:
         ids = self.live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], ctx.context_item, filters,
                                   exclude, ctx.seq_vector, attach_ease(ctx, self.live.catalog))
         t1 = time.perf_counter()
-        results = self.ranker.rank(ctx, ids, k, None, diversity)
+        results = self.ranker.rank(ctx, ids, k, None, diversity, explain)
         return results, {"retrieve": _ms(t0, t1), "rank": _ms(t1, time.perf_counter())}
 
     def upsert(self, item: ItemUpdate, vector: np.ndarray) -> bool:

@@ -169,6 +169,13 @@ def test_search_and_recommend_sensible_items(app, artifacts):
     user = buyer["user_id"][0]
     rec = app.recommend(user, 10)
     assert rec["user_known"] and len(rec["results"]) == 10 and all(x["reasons"] for x in rec["results"])
+    quiet = app.recommend(user, 10, reasons=False)  # the same list without reasons (nor their TreeSHAP)
+    assert [x["item_id"] for x in quiet["results"]] == [x["item_id"] for x in rec["results"]]
+    assert all(x["reasons"] == [] for x in quiet["results"])
+    r = app.post("/v1/search", {"query": "lunch bag", "k": 5, "reasons": False})
+    assert _titles(r.json()) == _titles(body) and all(x["reasons"] == [] for x in r.json()["results"])
+    r = app.post("/v1/search", {"query": "lunch bag", "reasons": "no"})
+    assert r.status_code == 422 and r.json()["field"] == "reasons", r.text
     health = requests.get(f"{app.url}/healthz", timeout=30).json()
     assert health["versions"]["sequence"] != "none"  # the behaviour model is served (retrieval + features)
     # queries are encoded in the Ingress replica, on ONNX Runtime, from the index's exported model
