@@ -103,8 +103,9 @@ class RankerServing:
     model: str = LATEST
     weights: HandWeights = HandWeights()  # for modes the model was not trained on, and without a model
     # the learned model's per-feature contributions behind the reasons: treeshap (Shapley values) |
-    # path (decision paths: ranking ~4 ms cheaper per recommendation, but the first reason differs
-    # from TreeSHAP's for 41% of results; bench/results/explanations.json)
+    # path (decision paths: ranking ~3 ms cheaper per recommendation, but the first reason differs
+    # from TreeSHAP's for 15-41% of results; bench/results/explanations.json); a request's
+    # "reasons": false computes neither
     explanations: str = "treeshap"
 
     def __post_init__(self) -> None:
