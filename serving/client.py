@@ -46,10 +46,11 @@ class Client:
 
     # --- the API ----------------------------------------------------------------------------
     def search(self, query: str, k: int = 10, user_id: str | None = None, **options: Any) -> dict:
-        """options: filters={category, price_min, price_max, in_stock}, diversity, exclude_purchased."""
+        """options: filters={category, price_min, price_max, in_stock}, diversity, exclude_purchased, reasons."""
         return self.call("POST", "/v1/search", {"query": query, "k": k, **({"user_id": user_id} if user_id else {}), **options})
 
     def recommend(self, user_id: str, k: int = 10, context_item_id: str | None = None, **options: Any) -> dict:
+        """options: as search's (reasons=False: the same results without reasons, cheaper)."""
         body = {"user_id": user_id, "k": k, **options}
         if context_item_id:
             body["context_item_id"] = context_item_id
