@@ -11,7 +11,8 @@ features/evaluation/splits.py and methods.py), then train EVERY stage on the tra
 the feature job (twice: once before the ranker's label window, once before the test requests),
 the encoder fine-tune (Ray Train), the FAISS index (Ray Data), the learned ranker (Ray Train
 LightGBM), SASRec; then rank the full catalog for every test request with every method:
-global popularity, recent popularity, item-to-item co-occurrence, SASRec, the zero-shot encoder,
+global popularity, recent popularity, item-to-item co-occurrence (alone and blended with recent
+popularity), EASE, ALS matrix factorisation, SASRec, the zero-shot encoder,
 the fine-tuned encoder without the ranker, the full system with the hand-set weights and the full
 system with the learned ranker. Metrics at each k: HitRate, Recall, NDCG, MRR, precision/F1,
 coverage, diversity, novelty, and per-request latency.
@@ -354,12 +355,16 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     note_time_cap(notes, "SASRec", sas_info, cfg.sasrec.max_time_s, "sasrec.max_time_s")
     steps("EASE baseline: dense weights on the training events, lambda as the feature job chose it")
     ease_model = _ease(plan.train_events, fb)
-    steps("validation choices on the ranker requests (before the test period): fallback popularity, blend weight")
+    steps("validation choices on the ranker requests (before the test period): fallback popularity, blend weight, "
+          "ALS factors and regularization")
     choices = _choose_on_validation(cfg, plan, events, fa, zs_index, L)
     print(f"  {choices['summary']}", flush=True)
     partial(choices=choices)
+    steps("ALS baseline: the validated factors and regularization on the training events")
+    als = (B.fit_als(E.user_item_pairs(plan.train_events), *choices["als"], cfg.seed, cfg.ray.num_cpus)
+           if choices.get("als") else None)
     ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, system_scorer, sasrec, seq_b, choices, L,
-                  ease_model)
+                  ease_model, als)
     sets = {}
     for name, frame in (("next_basket", plan.test_requests), ("in_session", ES.in_session(plan.test_requests, cfg.reveal))):
         steps(f"test set {name}: requests, replayed profiles, every method")
@@ -469,14 +474,16 @@ def _choose_on_validation(cfg: EvaluateConfig, plan: ES.SplitPlan, events: pl.Da
                           L: int) -> dict:
     """Choices made on the ranker requests (the period before the test; for leave-last each
     shopper's second-to-last interaction), never on the test: which popularity variant every
-    method falls back to, and the weight of the co-occurrence + recent popularity blend. State
-    as of the ranker stage (its features' co-occurrence, its events' popularity)."""
+    method falls back to, the weight of the co-occurrence + recent popularity blend, and the ALS
+    baseline's (factors, regularization) from B.ALS_GRID. State as of the ranker stage (its
+    features' co-occurrence, its events' popularity, ALS fitted on its events)."""
     cat, _ = load_catalog(fa, zs_index)
     reqs = ES.build_requests(events, _in_time_order(plan, plan.ranker_requests), cfg.exclude_purchased,
                              VALID_REQUESTS, cfg.seed)
     if not len(reqs):
-        return {"fallback": "recent", "blend_weight": 1.0, "requests": 0,
-                "summary": "no validation requests: recent popularity and blend weight 1 by default"}
+        return {"fallback": "recent", "blend_weight": 1.0, "requests": 0, "als": list(B.ALS_DEFAULT),
+                "summary": "no validation requests: recent popularity, blend weight 1 and ALS "
+                           f"{B.ALS_DEFAULT[0]} factors, regularization {B.ALS_DEFAULT[1]:g} by default"}
     reqs.profiles = ES.attach_profiles(reqs, events, cat, cfg.profiles)
     relevant = [{cat.row.get(i, -2 - j) for j, i in enumerate(rel)} for rel in reqs.relevant]
     pops = dict(zip(("all-time", "recent"), _popularity(plan, plan.ranker_events, plan.ranker_until, cat.item_ids, reqs)))
@@ -488,11 +495,23 @@ def _choose_on_validation(cfg: EvaluateConfig, plan: ES.SplitPlan, events: pl.Da
     fallback = max(pop_scores, key=lambda k: pop_scores[k])
     blend = {w: ndcg(EM.blend_method("blend", reqs, cat, pops["recent"], w, L)) for w in BLEND_WEIGHTS}
     w = max(blend, key=lambda k: blend[k])
+    pairs = E.user_item_pairs(plan.ranker_events)
+    als = {}
+    for f, r in B.ALS_GRID:
+        model = B.fit_als(pairs, f, r, cfg.seed, cfg.ray.num_cpus)
+        if model is None:
+            break
+        with one_blas_thread():
+            als[(f, r)] = ndcg(EM.history_method("ALS", reqs, cat, model, pops[fallback], L, ""))
+    best = max(als, key=lambda k: (round(als[k], 6), k)) if als else None
     return {"requests": len(reqs), "fallback": fallback, "popularity_valid_ndcg@10": pop_scores,
             "blend_weight": w, "blend_valid_ndcg@10": {str(k): round(v, 6) for k, v in blend.items()},
+            "als": list(best) if best else None,
+            "als_valid_ndcg@10": {f"{f} factors, regularization {r:g}": round(v, 6) for (f, r), v in als.items()},
             "summary": f"{len(reqs):,} validation requests: fallback {fallback} popularity "
                        f"({', '.join(f'{k} {v:.4f}' for k, v in pop_scores.items())}); blend weight {w:g} "
-                       f"(NDCG@10 {blend[w]:.4f})"}
+                       f"(NDCG@10 {blend[w]:.4f})" + (f"; ALS {best[0]} factors, regularization {best[1]:g} "
+                                                     f"(NDCG@10 {als[best]:.4f})" if best else "")}
 
 
 PROTOCOL = {
@@ -505,8 +524,8 @@ PROTOCOL = {
                    "and candidates, the baselines, every fallback) is of each request's own time, from the training "
                    "events before it"),
 }
-BASELINES = ("popularity", "recent popularity", "co-occurrence", "co-occurrence + recent popularity", "EASE", "SASRec",
-             "zero-shot encoder", "fine-tuned encoder")
+BASELINES = ("popularity", "recent popularity", "co-occurrence", "co-occurrence + recent popularity", "EASE", "ALS",
+             "SASRec", "zero-shot encoder", "fine-tuned encoder")
 
 
 @dataclass
@@ -524,6 +543,7 @@ class _Stages:
     choices: dict
     L: int
     ease: E.EaseModel | None = None
+    als: B.AlsModel | None = None
 
 
 def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_request_path: Path) -> dict:
@@ -554,7 +574,12 @@ def _score_set(st: _Stages, frame: pl.DataFrame, ks: tuple[int, ...], per_reques
     results.append(EM.blend_method("co-occurrence + recent popularity", reqs, cat_zs, recent, w, L,
                                    note=f"weight {w:g} on popularity, chosen on validation"))
     if st.ease is not None:
-        results.append(EM.ease_method("EASE (item-to-item regression)", reqs, cat_zs, st.ease, fb, L))
+        results.append(EM.history_method("EASE (item-to-item regression)", reqs, cat_zs, st.ease, fb, L,
+                                         "λ as the feature job chose it"))
+    if st.als is not None:
+        a = st.als.info
+        results.append(EM.history_method("ALS (matrix factorisation)", reqs, cat_zs, st.als, fb, L,
+                                         f"{a['factors']} factors, regularization {a['regularization']:g}, chosen on validation"))
     results.append(EM.sequence_method("SASRec (ID only)", reqs, cat_zs, st.sasrec, fb, L))
     results.append(EM.embedding_method("zero-shot encoder", reqs, cat_zs, cfg.profiles, fb, L))
     # Each index has its own row order: a method on another index's catalog gets the fallback in

@@ -4,18 +4,70 @@ Each returns (Q, K) lists of catalog rows, best first, -1 padding, built from tr
 - global popularity: positive events per item;
 - recent popularity: the same, each event decayed by its age at `as_of` (half-life in days);
 - item-to-item co-occurrence: neighbours of the request's recent items (the feature job's table),
-  discounted per step back in the history, topped up with popularity.
+  discounted per step back in the history, topped up with popularity;
+- ALS matrix factorisation (`AlsModel`), scoring a shopper's history as EASE does.
 Items in a request's `exclude` set (e.g. already bought) are never returned.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy import sparse
 
 from features.data import schema as S
+
+# (factors, regularization) tried on the validation requests (jobs/evaluate.py); confidence 1 + x.
+ALS_GRID = tuple((f, r) for f in (64, 128, 256) for r in (3.0, 10.0, 20.0))
+ALS_ITERATIONS = 30
+ALS_DEFAULT = (128, 10.0)  # without validation requests
+
+
+@dataclass
+class AlsModel:
+    """Implicit-feedback matrix factorisation (Hu, Koren & Volinsky, ICDM 2008; the `implicit`
+    library's ALS) on the distinct (shopper, item) positive pairs EASE is fitted on. A shopper's
+    vector is solved from their history at request time (implicit's `recalculate_user`), so, like
+    EASE, it scores any history, including one that grew after the fit."""
+
+    item_ids: list[str]
+    model: Any
+    info: dict
+
+    def __post_init__(self) -> None:
+        self.row = {i: r for r, i in enumerate(self.item_ids)}
+
+    def scores(self, history: list[str]) -> np.ndarray:
+        """(N,) item factors . the history's folded-in shopper vector (zeros without a known item)."""
+        rows = sorted({self.row[i] for i in history if i in self.row})
+        if not rows:
+            return np.zeros(len(self.item_ids), np.float32)
+        x = sparse.csr_matrix((np.ones(len(rows), np.float32), ([0] * len(rows), rows)), shape=(1, len(self.item_ids)))
+        return self.model.item_factors @ np.asarray(self.model.recalculate_user(0, x)).ravel()
+
+
+def fit_als(pairs: pl.DataFrame, factors: int, regularization: float, seed: int = 0, threads: int = 1) -> AlsModel | None:
+    """ALS on (user_id, item_id) pairs (features/data/ease.py's `user_item_pairs`); None with fewer than 2 items."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    item_ids = pairs[S.ITEM_ID].unique().sort().to_list()
+    if len(item_ids) < 2:
+        return None
+    users = pairs[S.USER_ID].unique().sort()
+    u = pairs[S.USER_ID].replace_strict(users, pl.int_range(len(users), eager=True), return_dtype=pl.Int64).to_numpy()
+    i = pairs[S.ITEM_ID].replace_strict(item_ids, pl.int_range(len(item_ids), eager=True), return_dtype=pl.Int64).to_numpy()
+    x = sparse.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(len(users), len(item_ids)))
+    with threadpool_limits(1, "blas"):  # implicit's own threads; BLAS threads on top of them oversubscribe
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
+                                        iterations=ALS_ITERATIONS, random_state=seed, num_threads=threads)
+        model.fit(x, show_progress=False)
+    return AlsModel(item_ids, model, {"factors": factors, "regularization": regularization,
+                                      "iterations": ALS_ITERATIONS, "users": len(users), "items": len(item_ids)})
 
 
 def popularity_scores(events: pl.DataFrame, item_ids: list[str], as_of: dt.datetime | None = None,

@@ -166,11 +166,13 @@ def blend_method(name: str, reqs: Requests, catalog: Catalog, pop: PerRequest, w
     return timed_method(name, len(reqs), L, one, note=note)
 
 
-def ease_method(name: str, reqs: Requests, catalog: Catalog, model, fallback: PerRequest, L: int) -> MethodResult:
-    """EASE with its dense weights (features/data/ease.py's EaseModel, not serving's top-M table)
-    from every item the shopper had before the request: their purchases (the excluded items) and
-    the replayed profile's recent positive items. Items it cannot score, and shoppers without a
-    history, are ordered by `fallback` (popularity)."""
+def history_method(name: str, reqs: Requests, catalog: Catalog, model, fallback: PerRequest, L: int,
+                   note: str) -> MethodResult:
+    """A model that scores a history (`item_ids`, `scores(history)`: EASE with its dense weights,
+    features/data/ease.py's EaseModel, not serving's top-M table; or baselines.AlsModel) from every
+    item the shopper had before the request: their purchases (the excluded items) and the replayed
+    profile's recent positive items. Items it cannot score, and shoppers without a history, are
+    ordered by `fallback` (popularity)."""
     ex = exclude_rows(reqs, catalog)
     fb = per_request(fallback)
     known = np.array([i in catalog.row for i in model.item_ids], dtype=bool)
@@ -187,8 +189,8 @@ def ease_method(name: str, reqs: Requests, catalog: Catalog, model, fallback: Pe
         s[rows] += model.scores(sorted(hist))[known]
         return top_excluding(s, L, ex[q])
 
-    return timed_method(name, len(reqs), L, one, note="λ as the feature job chose it; the strongest popularity "
-                        "orders what it cannot score and shoppers without a history")
+    return timed_method(name, len(reqs), L, one, note=note + "; the strongest popularity orders what it cannot score "
+                        "and shoppers without a history")
 
 
 def sequence_method(name: str, reqs: Requests, catalog: Catalog, scorer, fallback: PerRequest, L: int) -> MethodResult:

@@ -76,8 +76,8 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     rec = result["recommend"]
     names = [m["method"] for m in rec["methods"]]
     assert names == ["popularity", "recent popularity (7d half-life)", "co-occurrence",
-                     "co-occurrence + recent popularity", "EASE (item-to-item regression)", "SASRec (ID only)",
-                     "zero-shot encoder",
+                     "co-occurrence + recent popularity", "EASE (item-to-item regression)", "ALS (matrix factorisation)",
+                     "SASRec (ID only)", "zero-shot encoder",
                      "sequence model (text + ID)", "system, hand-set weights", "system, learned ranker (full)"]
     assert result["status"] == "complete"
     # choices made on the ranker requests (before the test period), and used
@@ -85,6 +85,9 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     assert ch["requests"] > 0 and ch["fallback"] in ("all-time", "recent")
     assert ch["blend_valid_ndcg@10"][str(ch["blend_weight"])] == max(ch["blend_valid_ndcg@10"].values())
     assert ch["fallback"] in next(m for m in rec["methods"] if m["method"] == "co-occurrence")["note"]
+    f, r = ch["als"]  # the ALS baseline's factors and regularization: the best on the validation requests
+    assert ch["als_valid_ndcg@10"][f"{f} factors, regularization {r:g}"] == max(ch["als_valid_ndcg@10"].values())
+    assert f"{f} factors, regularization {r:g}, chosen on validation" in rec["methods"][names.index("ALS (matrix factorisation)")]["note"]
     # every method has an interval; the verdict is a paired interval, "beats" only when it excludes 0
     v = rec["verdict"]
     for m in rec["methods"]:

@@ -47,3 +47,22 @@ def test_cooccurrence_discounts_history_and_falls_back_to_popularity():
     assert lists[0].tolist() == [2, 1, 3]  # c, b, then the most popular remaining (d)
     assert lists[1].tolist() == [3, 2, 1]  # no history: popularity
     assert lists[2].tolist() == [2, 3, 0]  # b excluded
+
+
+def test_als_recommends_the_items_of_a_history_s_group_and_folds_in_any_history():
+    from features.evaluation.baselines import fit_als
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(400):  # four groups of shoppers, each buying 6 of its own 25 items
+        g = u % 4
+        rows += [(f"u{u}", f"i{i:03d}") for i in rng.choice(np.arange(g * 25, g * 25 + 25), 6, replace=False)]
+    pairs = pl.DataFrame(rows, schema=[S.USER_ID, S.ITEM_ID], orient="row").unique()
+    model = fit_als(pairs, 16, 1.0)
+    assert model.info["users"] == 400 and model.item_ids == sorted(model.item_ids) and len(model.item_ids) == 100
+    for group in range(4):  # a new shopper's history, never fitted: the vector is solved at request time
+        s = model.scores([f"i{group * 25 + 1:03d}", f"i{group * 25 + 2:03d}", "unknown-item"])
+        top = np.argsort(-s)[:10]
+        assert all(group * 25 <= int(model.item_ids[j][1:]) < group * 25 + 25 for j in top)
+    assert not model.scores(["unknown-item"]).any() and model.scores([]).shape == (100,)
+    assert fit_als(pairs.head(1), 16, 1.0) is None  # one item: nothing to factorise
