@@ -1,10 +1,11 @@
 """What a behaviour-model training step costs, as the model is built now and as it was before one change.
 
-    python -m bench.sequence_training [--baseline autograd_softmax|torch_dropout]
+    python -m bench.sequence_training [--baseline autograd_softmax|torch_dropout|index_rows]
                                       [--events data/canonical/online_retail/events.parquet]
                                       [--steps 8] [--repeats 6]
     # -> bench/results/sequence_training_softmax.json (autograd_softmax, the default)
     #    bench/results/sequence_training.json (torch_dropout)
+    #    bench/results/sequence_training_rows.json (index_rows)
 
 Builds the training windows `jobs.train_sequence` builds from a canonical events file (the
 bundled Online Retail log by default; `make data` writes it) and times full training steps
@@ -13,7 +14,9 @@ model is built now, and once with one change undone:
 - `autograd_softmax`: the full-catalog loss as autograd's cross_entropy over 2,048-row chunks of
   logits (what the model used before `features.models.losses.full_softmax_ce`, which computes the
   same loss and gradients in one pass over a reused workspace);
-- `torch_dropout`: every dropout torch's `nn.Dropout` (before `features/models/dropout.py`).
+- `torch_dropout`: every dropout torch's `nn.Dropout` (before `features/models/dropout.py`);
+- `index_rows`: the batch's item rows gathered by indexing, E[rows] (before
+  `features.models.sequence.item_rows`, an embedding lookup whose backward is deterministic).
 The two models share parameters' shapes and data; their steps are interleaved (A, B, A, B ...)
 so drift in the box's speed hits both, and the first repeat is dropped as warm-up. The item text
 vectors are random unit vectors of the encoder's width: a step's cost does not depend on their
@@ -37,7 +40,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", choices=("autograd_softmax", "torch_dropout"), default="autograd_softmax",
+    ap.add_argument("--baseline", choices=("autograd_softmax", "torch_dropout", "index_rows"), default="autograd_softmax",
                     help="the change to undo in the model timed against the current one")
     ap.add_argument("--events", default="data/canonical/online_retail/events.parquet")
     ap.add_argument("--steps", type=int, default=8, help="training steps per timed block")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(ns.threads)
     torch.manual_seed(0)
 
-    fused = SQ.full_softmax_ce
+    fused, lookup = SQ.full_softmax_ce, SQ.item_rows
 
     def autograd_softmax(h, E, y):  # the loss as the model computed it before full_softmax_ce
         total = 0.0
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             m.drop = torch.nn.Dropout(p.dropout)
         return m, torch.optim.Adam(m.parameters(), lr=p.lr, betas=(0.9, 0.98))
 
-    current = "fused_softmax" if ns.baseline == "autograd_softmax" else "byte_dropout"
+    current = {"autograd_softmax": "fused_softmax", "torch_dropout": "byte_dropout",
+               "index_rows": "embedding_rows"}[ns.baseline]
     variants = {v: build(v) for v in (ns.baseline, current)}
     seconds: dict[str, list[float]] = {v: [] for v in variants}
     order = rng.permutation(len(ids))
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         for v, (model, opt) in (variants.items() if rep % 2 == 0 else reversed(variants.items())):
             model.train()
             SQ.full_softmax_ce = autograd_softmax if v == "autograd_softmax" else fused  # what forward() calls
+            SQ.item_rows = (lambda E, rows: E[rows]) if v == "index_rows" else lookup
             t0 = time.perf_counter()
             for s in range(ns.steps):
                 b = order[(rep * ns.steps + s) * p.batch_size % len(ids):][:p.batch_size]
@@ -118,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         "epoch_s_estimate": {v: round(m * steps_per_epoch, 1) for v, m in med.items()},
         "speedup": round(med[ns.baseline] / med[current], 3),
     }
-    out_path = Path(ns.out or RESULTS / ("sequence_training.json" if ns.baseline == "torch_dropout"
-                                         else "sequence_training_softmax.json"))
+    out_path = Path(ns.out or RESULTS / {"torch_dropout": "sequence_training.json",
+                                         "autograd_softmax": "sequence_training_softmax.json",
+                                         "index_rows": "sequence_training_rows.json"}[ns.baseline])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("ms_per_step", "epoch_s_estimate", "speedup")}))

@@ -174,3 +174,43 @@ def test_a_log_too_small_to_train_on_says_so_before_any_training_worker_starts(t
     with pytest.raises(ValueError, match=r"no shopper has two or more items to learn a next item from once each "
                                          r"validation shopper's last item is held out \(2 shoppers, 2 interactions\)"):
         TS.run(cfg)
+
+
+def _row_gradients(gather, threads: int = 2, repeats: int = 6) -> list[torch.Tensor]:
+    """E's gradient through `gather` for one batch, `repeats` times: a batch like training's
+    (256 windows of 50) naming few rows many times, so threads add into the same rows."""
+    rows = torch.from_numpy(np.random.default_rng(0).integers(0, 40, size=(256, 50)))
+    upstream = torch.randn(256, 50, 64, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = []
+        for _ in range(repeats):
+            E = torch.zeros(400, 64, requires_grad=True)
+            (gather(E, rows) * upstream).sum().backward()
+            out.append(E.grad)
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_item_rows_gradient_is_the_same_every_run_on_several_threads():
+    # Indexing's backward (E[rows]) adds with atomic adds from every thread, in a different order
+    # each run: two trainings from one seed drifted apart. The lookup's is one fixed order.
+    grads = _row_gradients(SQ.item_rows)
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])
+    indexed = _row_gradients(lambda E, rows: E[rows], repeats=1)[0]
+    assert torch.allclose(grads[0], indexed, rtol=1e-5, atol=1e-4)  # the same gradient, up to rounding
+
+
+def test_two_trainings_from_one_seed_end_with_the_same_weights():
+    seqs = cycle_seqs(n_users=200, length=40)
+    p = replace(P, dim=32, max_len=40, batch_size=128, max_epochs=2, patience=2, dropout=0.1)
+    train, hist, targets = SQ.split_valid(seqs, replace(p, valid_users=20), exclude_history=False)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(p.seed)
+        model = SQ.SequenceModel(N, 12, p, text_vectors())
+        SQ.fit(model, train, hist, targets, exclude_history=False)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
