@@ -363,6 +363,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
     steps("ALS baseline: the validated factors and regularization on the training events")
     als = (B.fit_als(E.user_item_pairs(plan.train_events), *choices["als"], cfg.seed, cfg.ray.num_cpus)
            if choices.get("als") else None)
+    notes.update(missing_baselines(ease_model, als, choices.get("als")))
     ctx = _Stages(cfg, plan, events, fb, zs_index, ft_index, sys_index, system_scorer, sasrec, seq_b, choices, L,
                   ease_model, als)
     sets = {}
@@ -391,6 +392,19 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
         "stages": {"features_ranker_stage": fa, "features": fb, "index_zero_shot": zs_index,
                    "index_fine_tuned": ft_index, "sequence_ranker_stage": seq_a, "sequence": seq_b},
     }
+
+
+def missing_baselines(ease_model: object, als: object, als_choice: list | None) -> dict[str, str]:
+    """Notes for EASE and ALS when they have no row: each needs 2 items with a positive event (ALS
+    in the validation period too, where its settings are chosen), and a table without a baseline
+    and without a word on why would read as if it had lost nothing."""
+    notes = {}
+    if ease_model is None:
+        notes["EASE"] = "not run: fewer than 2 items with a positive event in the training events"
+    if als is None:
+        notes["ALS"] = ("not run: fewer than 2 items with a positive event in the "
+                        + ("training events" if als_choice else "validation period, where its settings are chosen"))
+    return notes
 
 
 def note_time_cap(notes: dict, who: str, info: dict, cap_s: float, key: str) -> None:

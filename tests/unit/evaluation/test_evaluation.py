@@ -514,6 +514,31 @@ def test_a_sequence_model_its_time_cap_stopped_is_named_in_the_report(capsys):
     assert "NOTE SASRec: stopped by its 600 s cap" in capsys.readouterr().out
 
 
+def test_ease_and_als_without_a_row_are_named_with_the_reason_in_the_notes():
+    """A log whose training events name one item: EASE and ALS cannot be fitted, and the report
+    says so instead of leaving their rows out without a word."""
+    from features.data import ease as E
+    from features.data.transforms import FeatureParams
+    from features.evaluation import baselines as B
+    from jobs.evaluate import missing_baselines
+
+    def pairs(rows: list[tuple[str, str]]) -> pl.DataFrame:
+        return E.user_item_pairs(pl.DataFrame({
+            S.USER_ID: [u for u, _ in rows], S.ITEM_ID: [i for _, i in rows], S.EVENT_TYPE: ["purchase"] * len(rows),
+            S.TS: [dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)] * len(rows)}))
+
+    one_item = pairs([("u1", "a"), ("u2", "a")])
+    ease_model, als = E.fit(one_item, FeatureParams()), B.fit_als(one_item, 64, 10.0)
+    assert ease_model is None and als is None
+    notes = missing_baselines(ease_model, als, [64, 10.0])
+    assert notes == {"EASE": "not run: fewer than 2 items with a positive event in the training events",
+                     "ALS": "not run: fewer than 2 items with a positive event in the training events"}
+    assert missing_baselines(ease_model, None, None)["ALS"].endswith("in the validation period, where its settings "
+                                                                     "are chosen")
+    two_items = pairs([("u1", "a"), ("u1", "b"), ("u2", "a")])
+    assert missing_baselines(E.fit(two_items, FeatureParams()), B.fit_als(two_items, 8, 1.0), [8, 1.0]) == {}
+
+
 def test_the_systems_share_each_requests_candidates_and_rank_as_each_would_alone():
     """The hand-set and learned systems rank the same candidates: one candidate pass per request
     serves both, and each list is what its scorer gives on its own (the context's per-request
