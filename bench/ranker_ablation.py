@@ -24,6 +24,9 @@ Variants:
 - ensemble:<N>: N rankers trained as configured with different seeds (LightGBM samples 80% of
   the rows per tree, so each seed's model differs), their scores averaged per candidate; each
   seed of the bench draws N new seeds;
+- train:history: trained (and early-stopped) on the lists of shoppers with a history only, the
+  shoppers the learned ranker ranks by default (guests keep the hand weights' popularity order),
+  so no tree is spent on guest lists it never ranks;
 - retriever:<JSON>: recommend's candidate sources sized otherwise (e.g.
   retriever:{"sequence_candidates": 200}): the lists are built again with those settings, the
   ranker trained on them, and the same held-out shoppers' lists scored, so a larger pool counts
@@ -55,10 +58,17 @@ from jobs import train_ranker as TRK
 K = 10
 
 
+TRAIN_ON = ("history",)
+
+
 def parse_variant(text: str) -> tuple[str, list[int], dict, dict, int]:
-    """'without:a+b', 'params:{json}', 'retriever:{json}' or 'ensemble:N' -> (name, feature columns
-    to zero, LightGBM params, retriever settings, models averaged)."""
+    """'without:a+b', 'params:{json}', 'retriever:{json}', 'ensemble:N' or 'train:history' -> (name,
+    feature columns to zero, LightGBM params, retriever settings, models averaged)."""
     kind, _, arg = text.partition(":")
+    if kind == "train":
+        if arg not in TRAIN_ON:
+            raise ValueError(f"--variants {text!r}: train takes one of {', '.join(TRAIN_ON)}")
+        return text, [], {}, {}, 1
     if kind == "ensemble":
         if not arg.isdigit() or not 2 <= int(arg) <= 20:
             raise ValueError(f"--variants {text!r}: ensemble takes the number of models, 2 to 20")
@@ -89,7 +99,7 @@ def parse_variant(text: str) -> tuple[str, list[int], dict, dict, int]:
             raise ValueError(f"--variants {text!r}: {e}") from None
         return text, [], {}, params, 1
     raise ValueError(f"--variants {text!r}; allowed: without:<feature>[+<feature>...], params:<JSON object>, "
-                     "retriever:<JSON object>, ensemble:<N>")
+                     "retriever:<JSON object>, ensemble:<N>, train:history")
 
 
 def _resolve(path: str | None, run: Path) -> str | None:
@@ -180,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             lists[key] = (x2, y2, g2, tr2, va2)
         return lists[key]
 
-    def fit(cols: list[int], params: dict, retriever: dict, seed: int, members: int) -> tuple[np.ndarray, int]:
+    has_history = np.asarray(stats["request_has_history"], bool)
+
+    def fit(name: str, cols: list[int], params: dict, retriever: dict, seed: int, members: int) -> tuple[np.ndarray, int]:
         x, y, g, tr, va = lists_for(retriever)
+        if name == "train:history":
+            tr, va = tr & has_history[g], va & has_history[g]
         xx = x.copy() if cols else x
         if cols:
             xx[:, cols] = 0.0
@@ -200,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     iters = {name: [] for name, *_ in arms}
     for seed in range(args.seeds):
         for name, cols, params, retriever, members in arms:
-            v, it = fit(cols, params, retriever, seed, members)
+            v, it = fit(name, cols, params, retriever, seed, members)
             per_list[name].append(v)
             iters[name].append(it)
             print(f"seed {seed} {name:<40} valid NDCG@{K} {np.nanmean(v[valid_req]):.4f} ({it} rounds)", flush=True)

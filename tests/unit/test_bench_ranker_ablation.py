@@ -18,6 +18,9 @@ def test_variants_parse_to_zeroed_columns_lightgbm_params_or_retriever_settings(
     assert parse_variant('params:{"num_leaves": 31}')[1:] == ([], {"num_leaves": 31}, {}, 1)
     assert parse_variant('retriever:{"sequence_candidates": 200}')[1:] == ([], {}, {"sequence_candidates": 200}, 1)
     assert parse_variant("ensemble:5")[1:] == ([], {}, {}, 5)
+    assert parse_variant("train:history") == ("train:history", [], {}, {}, 1)
+    with pytest.raises(ValueError, match="train takes one of history"):
+        parse_variant("train:guests")
     for bad in ("ensemble:1", "ensemble:x", "ensemble:"):
         with pytest.raises(ValueError, match="ensemble takes the number of models"):
             parse_variant(bad)
