@@ -187,12 +187,8 @@ def split_valid(seqs: dict[str, Seq], p: SequenceParams, exclude_history: bool) 
 
 # --- model --------------------------------------------------------------------------------------
 def item_rows(E: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """E's rows named by `rows` (any shape), differentiable in E. An embedding lookup rather than
-    E[rows]: on a CPU the indexing's backward adds each row's gradient with atomic adds from all
-    threads, in a different order each run, so two trainings from one seed ended with different
-    weights (valid NDCG@10 0.0298 and 0.0300 after two epochs on 2 threads, five months of the
-    bundled log); the lookup's backward sums each row in a fixed order. Same values and gradients; `bench.sequence_training --baseline index_rows`
-    times both."""
+    """E's rows named by `rows`, as an embedding lookup: E[rows]'s backward adds with atomic adds across
+    threads in a varying order, so one seed gave other weights each run (docs/benchmarks.md)."""
     return F.embedding(rows, E)
 
 
