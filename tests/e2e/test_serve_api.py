@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -58,7 +59,8 @@ def artifacts(ray_local, tmp_path_factory):
 def test_the_encoder_fine_tunes_on_ray_train_with_two_ddp_workers_and_is_judged_against_zero_shot(artifacts, tmp_path):
     """jobs.train_encoder as the pipeline runs it, on this file's features: two DDP workers, the
     zero-shot point first, the best checkpoint exported, then the paired comparison with the
-    starting model that decides whether an index may use the fine-tune."""
+    starting model that decides whether an index may use the fine-tune; and a second run from the
+    same seed exports the same weights (Ray Data feeds the workers in one order)."""
     from features.config import load_config
     from jobs import train_encoder
 
@@ -76,6 +78,11 @@ def test_the_encoder_fine_tunes_on_ray_train_with_two_ddp_workers_and_is_judged_
     assert v["fine_tuned"] == pytest.approx(m["valid_best"]["valid_ndcg@10"], abs=1e-5)
     lo, hi = v["paired_difference_ci95"]
     assert lo <= v["paired_difference"] <= hi and m["beats_zero_shot_on_valid"] == (lo > 0)
+    cfg_again = replace(cfg, output_root=str(tmp_path / "again"))
+    assert train_encoder.run(cfg_again) == 0
+    weights = [Path(A.latest_complete(root, "encoder"), "model", "model.safetensors").read_bytes()
+               for root in (str(tmp_path), cfg_again.output_root)]
+    assert weights[0] == weights[1]
 
 
 def _quick_shutdown(opts: dict) -> None:
