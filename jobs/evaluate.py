@@ -293,6 +293,7 @@ def evaluate_recommend(cfg: EvaluateConfig, run_dir: Path, steps: Steps, partial
             partial(stages={"encoder": enc, "index_fine_tuned": ft_index})
             enc_metrics = A.read_manifest(str(Path(enc).parent)).get("metrics", {})
             beats, versus = enc_metrics.get("beats_zero_shot_on_valid"), enc_metrics.get("valid_vs_zero_shot")
+            note_time_cap(notes, "encoder fine-tune", enc_metrics, cfg.encoder.max_time_s, "encoder.max_time_s")
         if versus:
             lo, hi = versus["paired_difference_ci95"]
             notes["encoder fine-tune vs zero-shot on valid"] = (
@@ -408,12 +409,14 @@ def missing_baselines(ease_model: object, als: object, als_choice: list | None) 
 
 
 def note_time_cap(notes: dict, who: str, info: dict, cap_s: float, key: str) -> None:
-    """A sequence model that its time cap stopped, not its patience, is short of convergence (a
-    large catalog on 2 CPUs): the report and the log say so, with the setting that lifts the cap."""
+    """A model that its time cap stopped, not its patience, is short of convergence (a sequence model
+    on a large catalog, the encoder fine-tune on 2 CPUs), and a rerun may stop it elsewhere: the
+    report and the log say so, with the setting that lifts the cap."""
     if info.get("stopped_by") == "max_time_s":
-        notes[f"{who} training"] = (f"stopped by its {cap_s:.0f} s cap after {info.get('epochs')} epochs (best "
-                                    f"{info.get('best_epoch')}), not by patience: it may be short of convergence; "
-                                    f"raise {key}")
+        done = (f"{info.get('epochs')} epochs (best {info.get('best_epoch')})" if "epochs" in info else
+                f"{info.get('steps')} of {info.get('max_steps')} steps (best {info.get('best_step')})")
+        notes[f"{who} training"] = (f"stopped by its {cap_s:.0f} s cap after {done}, not by patience: it may be "
+                                    f"short of convergence, and a rerun may stop at another point; raise {key}")
         print(f"  NOTE {who}: {notes[f'{who} training']}", flush=True)
 
 

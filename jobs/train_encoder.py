@@ -50,6 +50,7 @@ from jobs.common import (
 
 KIND = "encoder"
 SCORE_METRIC = "valid_ndcg@10"
+STOPPED_BY = ("max_steps", "patience", "max_time_s")  # what ended a run (its last report carries the index)
 _ANCHOR_KEY, _TARGET_KEY, _TARGET_TEXT, _LOG_Q = "anchor_key", "target_key", "target_text", "log_q"
 
 
@@ -228,19 +229,23 @@ def train_loop(config: dict) -> None:
             else:
                 state["bad_evals"] += 1
             stop_early = state["bad_evals"] >= p.early_stopping_patience
+            # The clock again after the evaluation, so an evaluation is never followed at once by
+            # another one for the time budget; the last report says what ended the run.
+            time_up = out_of_time or agree(base_train_s + time.perf_counter() - t_run + state["eval_s"] > p.max_time_s)
+            m["stopped_by"] = (STOPPED_BY.index("max_steps") if state["step"] >= p.max_steps else
+                               STOPPED_BY.index("patience") if stop_early else
+                               STOPPED_BY.index("max_time_s") if time_up else -1)
             if rank == 0:
                 print(f"step {state['step']}: {SCORE_METRIC} {m[SCORE_METRIC]:.4f} valid_recall@10 "
                       f"{m['valid_recall@10']:.4f} (best {state['best']:.4f} at step {state['best_step']})"
-                      + (" - early stop" if stop_early else "") + (" - time budget reached" if out_of_time else ""),
+                      + (" - early stop" if stop_early else "") + (" - time budget reached" if time_up else ""),
                       flush=True)
                 with tempfile.TemporaryDirectory() as tmp:
                     TR.save_checkpoint(tmp, encoder, opt, state)
                     ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(m)
-            # Re-check the clock after the evaluation, so an evaluation is never followed at once by
-            # another one for the time budget.
-            if last or stop_early or agree(base_train_s + time.perf_counter() - t_run + state["eval_s"] > p.max_time_s):
+            if m["stopped_by"] >= 0:
                 done = True
                 break
         if n_batches == 0:
@@ -375,6 +380,7 @@ def run(cfg: TrainEncoderConfig) -> int:
     metrics = {
         "train_examples": n_train, "valid_examples": len(valid_anchors), "catalog_items": len(catalog_texts),
         "best_step": best_metrics["step"], "steps": last_metrics.get("step", train_state.get("step")),
+        "max_steps": p.max_steps, "stopped_by": stopped_by(last_metrics),
         "valid_best": {k: v for k, v in best_metrics.items() if k.startswith("valid_")},
         "valid_zero_shot": train_state.get("zero_shot"),
         "train_samples_per_s": samples_per_s, "fit_s": fit_s, "test": test,
@@ -393,6 +399,13 @@ def run(cfg: TrainEncoderConfig) -> int:
     steps("done")
     _summary(out_dir, run_name, metrics, cfg.ks)
     return 0
+
+
+def stopped_by(last_metrics: dict) -> str | None:
+    """What ended the fine-tune ("max_steps", "patience" or "max_time_s"), from its last report; None
+    for a run whose reports predate the field."""
+    code = last_metrics.get("stopped_by")
+    return STOPPED_BY[int(code)] if code is not None and 0 <= code < len(STOPPED_BY) else None
 
 
 def starting_model(cfg: TrainEncoderConfig) -> TwoTowerEncoder:
@@ -440,7 +453,8 @@ def versus_zero_shot(cfg: TrainEncoderConfig, tuned: TwoTowerEncoder, catalog_te
 
 def _summary(out_dir: str, run_name: str, m: dict, ks: tuple[int, ...]) -> None:
     print(f"encoder -> {out_dir}   (run {run_name}; resume with --set run_name={run_name})")
-    print(f"  {m['train_examples']:,} train examples; best step {m['best_step']} of {m['steps']}; "
+    print(f"  {m['train_examples']:,} train examples; best step {m['best_step']} of {m['steps']} (stopped by "
+          f"{m.get('stopped_by')}); "
           f"{m['train_samples_per_s'] or 0:.1f} samples/s on {m['num_workers']} {m['device']} worker(s); fit {m['fit_s']:.0f}s")
     zs, best = m.get("valid_zero_shot") or {}, m["valid_best"]
     zs_text = f"{zs['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in zs else "not evaluated (train.eval_zero_shot=false)"

@@ -71,6 +71,7 @@ def test_the_encoder_fine_tunes_on_ray_train_with_two_ddp_workers_and_is_judged_
     assert train_encoder.run(cfg) == 0
     m = A.read_manifest(A.latest_complete(str(tmp_path), "encoder"))["metrics"]
     assert m["num_workers"] == 2 and m["device"] == "cpu" and m["steps"] == 4 and m["train_samples_per_s"] > 0
+    assert m["stopped_by"] == "max_steps" and m["max_steps"] == 4  # what ended it, for the evaluation's notes
     v = m["valid_vs_zero_shot"]
     assert v["examples"] == m["valid_examples"] == 100
     # the paired comparison re-ranks the same examples the training loop scored

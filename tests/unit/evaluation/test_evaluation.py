@@ -500,7 +500,7 @@ def test_a_long_request_loop_says_how_far_it_is_and_a_short_one_says_nothing(cap
     assert capsys.readouterr().out == ""
 
 
-def test_a_sequence_model_its_time_cap_stopped_is_named_in_the_report(capsys):
+def test_a_model_its_time_cap_stopped_is_named_in_the_report(capsys):
     """On 40,000 items SASRec ran into its 600 s cap after 9 epochs while still improving: a
     baseline short of convergence, which the report must say, with the setting that lifts it."""
     from jobs.evaluate import note_time_cap
@@ -510,8 +510,17 @@ def test_a_sequence_model_its_time_cap_stopped_is_named_in_the_report(capsys):
     assert notes == {} and capsys.readouterr().out == ""
     note_time_cap(notes, "SASRec", {"stopped_by": "max_time_s", "epochs": 9, "best_epoch": 8}, 600, "sasrec.max_time_s")
     assert notes["SASRec training"] == ("stopped by its 600 s cap after 9 epochs (best 8), not by patience: it may be "
-                                        "short of convergence; raise sasrec.max_time_s")
+                                        "short of convergence, and a rerun may stop at another point; raise "
+                                        "sasrec.max_time_s")
     assert "NOTE SASRec: stopped by its 600 s cap" in capsys.readouterr().out
+    # The encoder fine-tune counts steps: the published time-split run's stopped at 160 of 300.
+    note_time_cap(notes, "encoder fine-tune", {"stopped_by": "patience", "steps": 120, "max_steps": 300}, 240,
+                  "encoder.max_time_s")
+    assert "encoder fine-tune training" not in notes
+    note_time_cap(notes, "encoder fine-tune", {"stopped_by": "max_time_s", "steps": 160, "max_steps": 300,
+                                               "best_step": 160}, 240, "encoder.max_time_s")
+    assert notes["encoder fine-tune training"].startswith("stopped by its 240 s cap after 160 of 300 steps (best 160), "
+                                                          "not by patience")
 
 
 def test_ease_and_als_without_a_row_are_named_with_the_reason_in_the_notes():
