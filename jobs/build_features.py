@@ -24,6 +24,7 @@ import ray
 
 from features import artifacts as A
 from features.config import to_dict
+from features.data import als as ALS
 from features.data import cooccurrence as CO
 from features.data import ease as E
 from features.data import schema as S
@@ -283,11 +284,19 @@ def run(cfg: BuildFeaturesConfig) -> dict:
     step("EASE item-to-item weights (distinct shopper-item pairs; one dense fit in the driver)")
     # Pairs are ~12 bytes each after the per-block distinct; the fit is one N x N inverse per
     # lambda tried (features.ease_max_items bounds N), which a single process does best.
-    ease, ease_info = E.ease_table(to_polars(_output(fused, "ease_pairs")), p)
+    pairs = to_polars(_output(fused, "ease_pairs"))
+    ease, ease_info = E.ease_table(pairs, p)
     if ease is not None:
         outputs["ease"] = _write_local(ease, out_dir, "ease/ease.parquet")
         print(f"  EASE: {ease_info['items']:,} items, lambda {ease_info['lambda']:.4g} "
               f"({ease_info['lambda_chosen_by']}), {ease.height:,} neighbour pairs", flush=True)
+
+    step("ALS item factors (the same pairs; implicit's ALS in the driver)")
+    als, als_info = ALS.als_table(pairs, p, seed=0, threads=cfg.ray.num_cpus)
+    if als is not None:
+        outputs["als"] = _write_local(als, out_dir, "als/als.parquet")
+        print(f"  ALS: {als_info['items']:,} items x {als_info['factors']} factors, "
+              f"{als_info['users']:,} shoppers", flush=True)
     example_counts = (
         counts.group_by(S.SPLIT, S.EXAMPLE_KIND).agg(pl.col("len").sum()).sort(S.SPLIT, S.EXAMPLE_KIND)
         if counts.height else counts
@@ -316,6 +325,7 @@ def run(cfg: BuildFeaturesConfig) -> dict:
         "users": n_users,
         "cooccurrence_pairs": cooc.count(),
         "ease": ease_info,
+        "als": als_info,
         "examples": {f"{s}/{k}": int(n) for s, k, n in example_counts.iter_rows()},
         "as_of": as_of.isoformat(),
         "valid_start": cutoffs.valid_start.isoformat(),

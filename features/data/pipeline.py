@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow as pa
 
+from features.data import als as ALS
 from features.data import cooccurrence as CO
 from features.data import ease as E
 from features.data import schema as S
@@ -36,6 +37,7 @@ class FeatureTables:
     users: pl.DataFrame
     cooccurrence: pl.DataFrame
     ease: pl.DataFrame | None  # EASE neighbours (None: disabled or too little data)
+    als: pl.DataFrame | None  # ALS item factors (None: disabled or too little data)
     examples: pl.DataFrame
     events_quarantine: pl.DataFrame
     items_quarantine: pl.DataFrame
@@ -105,16 +107,19 @@ def build_local(
     codes = CO.item_codes(items.get_column(S.ITEM_ID))
     cooc = CO.cooccurrence_top(out["cooc_partials"], item_feats.select(S.ITEM_ID, S.N_SESSIONS), codes, p)
     ease, ease_info = E.ease_table(out["ease_pairs"], p)
+    als, als_info = ALS.als_table(out["ease_pairs"], p)
     return FeatureTables(
         items=item_feats,
         users=out["users"],
         cooccurrence=cooc,
         ease=ease,
+        als=als,
         examples=out["examples"],
         events_quarantine=quarantine,
         items_quarantine=items_bad,
         as_of=as_of_ts,
         cutoffs=cutoffs,
         counts={"events_in": events_raw.num_rows, "events_valid": ok.height, "items_in": items_raw.num_rows,
-                "items_valid": items.height, "ease": ease_info},
+                "items_valid": items.height, "ease": ease_info,
+                "als": als_info},
     )

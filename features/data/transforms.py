@@ -64,6 +64,11 @@ class FeatureParams:
     ease_max_items: int = 10_000
     ease_top_m: int = 20
     ease_lambda: float | None = None
+    # ALS factors for the ranker's `als` and `als_rank` features (features/data/als.py): factors
+    # (0: off), regularization, and the items with most shoppers it covers (serving holds N x factors floats).
+    als_factors: int = 128
+    als_regularization: float = 10.0
+    als_max_items: int = 100_000
     history_len: int = 10  # entries in a history text
     query_window_s: float = 1800.0  # a search explains positive events up to this long after it
 
@@ -84,6 +89,10 @@ class FeatureParams:
                              f"got {self.ease_max_items}, {self.ease_top_m}")
         if self.ease_lambda is not None and not self.ease_lambda > 0:
             raise ValueError(f"features.ease_lambda must be > 0, or null to choose it on a holdout; got {self.ease_lambda}")
+        if self.als_factors < 0 or self.als_max_items < 0 or not self.als_regularization > 0:
+            raise ValueError(f"features.als_factors and features.als_max_items must be >= 0 (0: off / no cap) and "
+                             f"features.als_regularization > 0, got {self.als_factors}, {self.als_max_items}, "
+                             f"{self.als_regularization}")
         if self.cooc_sequence_window_s < 0:
             raise ValueError(f"features.cooc_sequence_window_s must be >= 0 (0: in-session pairs only), "
                              f"got {self.cooc_sequence_window_s}")

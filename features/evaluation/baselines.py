@@ -19,11 +19,12 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
+from features.data import als
 from features.data import schema as S
 
-# (factors, regularization) tried on the validation requests (jobs/evaluate.py); confidence 1 + x.
+# (factors, regularization) tried on the validation requests (jobs/evaluate.py); every pair's confidence 1
+# (features/data/als.py).
 ALS_GRID = tuple((f, r) for f in (64, 128, 256) for r in (3.0, 10.0, 20.0))
-ALS_ITERATIONS = 30
 ALS_DEFAULT = (128, 10.0)  # without validation requests
 
 
@@ -52,22 +53,12 @@ class AlsModel:
 
 def fit_als(pairs: pl.DataFrame, factors: int, regularization: float, seed: int = 0, threads: int = 1) -> AlsModel | None:
     """ALS on (user_id, item_id) pairs (features/data/ease.py's `user_item_pairs`); None with fewer than 2 items."""
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
-    item_ids = pairs[S.ITEM_ID].unique().sort().to_list()
-    if len(item_ids) < 2:
+    fitted = als.fit_model(pairs, factors, regularization, seed, threads)
+    if fitted is None:
         return None
-    users = pairs[S.USER_ID].unique().sort()
-    u = pairs[S.USER_ID].replace_strict(users, pl.int_range(len(users), eager=True), return_dtype=pl.Int64).to_numpy()
-    i = pairs[S.ITEM_ID].replace_strict(item_ids, pl.int_range(len(item_ids), eager=True), return_dtype=pl.Int64).to_numpy()
-    x = sparse.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(len(users), len(item_ids)))
-    with threadpool_limits(1, "blas"):  # implicit's own threads; BLAS threads on top of them oversubscribe
-        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
-                                        iterations=ALS_ITERATIONS, random_state=seed, num_threads=threads)
-        model.fit(x, show_progress=False)
+    item_ids, model, n_users = fitted
     return AlsModel(item_ids, model, {"factors": factors, "regularization": regularization,
-                                      "iterations": ALS_ITERATIONS, "users": len(users), "items": len(item_ids)})
+                                      "iterations": als.ALS_ITERATIONS, "users": n_users, "items": len(item_ids)})
 
 
 def popularity_scores(events: pl.DataFrame, item_ids: list[str], as_of: dt.datetime | None = None,

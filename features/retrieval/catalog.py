@@ -22,6 +22,7 @@ import polars as pl
 
 from features import artifacts as A
 from features.data import schema as S
+from features.data.als import AlsScorer
 from features.data.text import ITEM_TEXT_MAX_CHARS, item_text
 from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import Analyzer
@@ -113,7 +114,8 @@ class Catalog:
 
     def __init__(self, item_ids: list[str], vectors: np.ndarray, items: pl.DataFrame,
                  cooc: dict[str, tuple[list[str], np.ndarray]],
-                 ease: dict[str, tuple[list[str], np.ndarray]] | None = None) -> None:
+                 ease: dict[str, tuple[list[str], np.ndarray]] | None = None,
+                 als: pl.DataFrame | None = None) -> None:
         n = len(item_ids)
         if vectors.shape[0] != n:
             raise ValueError(f"{n} item ids but {vectors.shape[0]} vectors")
@@ -160,6 +162,7 @@ class Catalog:
                            else np.full(n, np.nan))
         self.cooc = cooc
         self.ease = ItemNeighbours(ease or {}, self.row)
+        self.als = AlsScorer(als, self.row)
         self.set_popularity(self.popularity, self.popularity_short, self.popularity_long)
         self.version = 0  # bumps on every upsert
         self._bufs: dict[str, np.ndarray] = {}  # _append's growing storage of the per-row arrays
@@ -367,9 +370,12 @@ def load_catalog(features_dir: str, index_dir: str) -> tuple[Catalog, ItemIndex]
     index = ItemIndex.load(index_dir)
     vectors = index.vectors()
     items = A.read_parquet(A.join(features_dir, "items"))
-    tables = {}
-    for name in ("cooccurrence", "ease"):  # a version built before EASE existed has no ease/
+
+    def present(name: str) -> str | None:  # a version built before EASE or ALS existed has no ease/ or als/
         path = A.join(features_dir, name)
         fs, inner = A.resolve(path)
-        tables[name] = read_neighbours(path) if fs.get_file_info(inner).type != A.pafs.FileType.NotFound else {}
-    return Catalog(index.item_ids, vectors, items, tables["cooccurrence"], tables["ease"]), index
+        return path if fs.get_file_info(inner).type != A.pafs.FileType.NotFound else None
+
+    tables = {name: read_neighbours(path) if (path := present(name)) else {} for name in ("cooccurrence", "ease")}
+    als = A.read_parquet(path) if (path := present("als")) else None
+    return Catalog(index.item_ids, vectors, items, tables["cooccurrence"], tables["ease"], als), index

@@ -37,5 +37,8 @@ FEATURES: dict[str, str] = {
                 "in the shop (first interacted with just now, or never), towards 0 for long-standing ones",
     "history_max_sim": "the largest cosine(item, one of the shopper's recent items other than itself): the nearest "
                        "thing they had; 0 without a history",
+    "als": "ALS score (matrix factorisation, features/data/als.py: the shopper vector solved from their recent "
+           "and purchased items) minus the best among the candidates (<= 0); 0 without a history the fit knows",
+    "als_rank": "rank by the ALS score among the candidates / their number (0: best); 1 without",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)

@@ -192,6 +192,13 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
         s = np.where(e_rows[pos] == rows, e_scores[pos], 0.0)
         if s.max() > 0:
             x[:, _F["ease"]] = np.maximum(s, 0.0) / s.max()
+    x[:, _F["als_rank"]] = 1.0
+    if ctx.mode == "recommend" and len(catalog.als) and (ctx.recent_items or ctx.purchased):
+        user = catalog.als.user_vector(ctx.ease_history(catalog))  # EASE's history: recent positives, purchases
+        if user is not None:
+            s = catalog.als.scores(user, rows)
+            x[:, _F["als"]] = s - s.max()
+            x[:, _F["als_rank"]] = np.argsort(np.argsort(-s, kind="stable"), kind="stable") / c
     if ctx.recent_items:
         x[:, _F["history_max_sim"]] = np.maximum(catalog.nearest(rows, ctx.history_rows(catalog))[0], 0.0)
     if ctx.history:

@@ -42,7 +42,8 @@ _QUERY = frozenset({"query_sim", "query_sim_gap", "lexical", "title_match", "tex
 _FIXED = {"pref_sim": "matches your long-term taste", "popularity": "popular this week",
           "popularity_1d": "trending today", "popularity_30d": "popular this month",
           "price_affinity": "in your usual price range",
-          "seq_score": "fits your recent shopping", "seq_rank": "fits your recent shopping"}
+          "seq_score": "fits your recent shopping", "seq_rank": "fits your recent shopping",
+          "als": "popular with shoppers like you", "als_rank": "popular with shoppers like you"}
 
 
 def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, values: np.ndarray | None = None,
@@ -80,6 +81,8 @@ def _present(name: str, ctx: RankContext, values: np.ndarray, catalog: Catalog) 
         return True
     if name in ("seq_score", "seq_rank"):  # -1 / 1 without a user vector; the top item's score is 0
         return ctx.seq_vector is not None
+    if name in ("als", "als_rank"):  # 0 / 1 without a shopper vector; the top item's score is 0
+        return float(values[_COL["als_rank"]]) < 1.0
     value = float(values[_COL[name]])
     if name in catalog.popular_floor and value < catalog.popular_floor[name]:
         return False

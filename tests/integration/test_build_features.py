@@ -73,6 +73,9 @@ def test_bundled_data_end_to_end_equals_single_process_oracle(ray_local, canonic
     ease = _read(m["outputs"]["ease"]).sort(S.ITEM_A, S.RANK)
     assert_frame_equal(ease, oracle.ease.sort(S.ITEM_A, S.RANK), check_exact=False, rel_tol=1e-6)
     assert x["ease"]["lambda_chosen_by"] == "leave-newest-out holdout" and x["ease"]["items"] > 3_000
+    als = _read(m["outputs"]["als"]).sort(S.ITEM_ID)  # implicit's ALS, seeded: the same factors on any threads
+    assert_frame_equal(als, oracle.als.sort(S.ITEM_ID), check_exact=False, rel_tol=1e-5, abs_tol=1e-6)
+    assert x["als"]["fitted"] and x["als"]["items"] == als.height > 3_000
     key = [S.EXAMPLE_KIND, S.EVENT_ID]
     examples = pl.concat([_read(m["outputs"][f"examples_{s.value}"]) for s in S.Split]).sort(key)
     assert_frame_equal(examples, oracle.examples.sort(key))

@@ -1,0 +1,112 @@
+"""Implicit-feedback matrix factorisation (Hu, Koren & Volinsky, "Collaborative Filtering for
+Implicit Feedback Datasets", ICDM 2008), fitted with the `implicit` library's ALS on the distinct
+(shopper, item) positive pairs EASE is fitted on (features/data/ease.py's `user_item_pairs`).
+
+With every pair's confidence 1 (implicit's `alpha` 1 on a binary matrix), the shopper vector
+that ALS solves for a history h, with the item factors Y held fixed (implicit's
+`recalculate_user`), is
+
+    u = (Y'Y + lambda I)^-1  sum_{i in h} y_i
+
+so it scores any history, including one that grew after the fit, with one small solve:
+`AlsScorer` does it for serving's ranking features (`als`, `als_rank`), the same numbers as
+`implicit` (tests/unit/test_als.py checks it against `recalculate_user`).
+
+- `fit_model`: the fitted `implicit` model on the pairs (the evaluation's ALS baseline uses it too);
+- `als_table`: the feature job's output, each kept item's factors (`als/`);
+- `AlsScorer`: a features version's table bound to a catalog's rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy import sparse
+
+from features.data import schema as S
+from features.data.transforms import FeatureParams
+
+ALS_ITERATIONS = 30
+FACTORS = "factors"
+REGULARIZATION = "regularization"
+
+
+def fit_model(pairs: pl.DataFrame, factors: int, regularization: float, seed: int = 0, threads: int = 1,
+              max_items: int = 0) -> tuple[list[str], Any, int] | None:
+    """(item ids by factor row, the fitted `implicit` ALS model, shoppers) on (user_id, item_id)
+    pairs; the `max_items` items with most shoppers when > 0. None with fewer than 2 items."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    if max_items > 0:
+        top = (pairs.group_by(S.ITEM_ID).agg(pl.len().alias("n")).sort(["n", S.ITEM_ID], descending=[True, False])
+               .head(max_items).get_column(S.ITEM_ID))
+        pairs = pairs.filter(pl.col(S.ITEM_ID).is_in(top.implode()))
+    item_ids = pairs[S.ITEM_ID].unique().sort().to_list()
+    if len(item_ids) < 2:
+        return None
+    users = pairs[S.USER_ID].unique().sort()
+    u = pairs[S.USER_ID].replace_strict(users, pl.int_range(len(users), eager=True), return_dtype=pl.Int64).to_numpy()
+    i = pairs[S.ITEM_ID].replace_strict(item_ids, pl.int_range(len(item_ids), eager=True), return_dtype=pl.Int64).to_numpy()
+    x = sparse.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(len(users), len(item_ids)))
+    with threadpool_limits(1, "blas"):  # implicit's own threads; BLAS threads on top of them oversubscribe
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
+                                        iterations=ALS_ITERATIONS, random_state=seed, num_threads=threads)
+        model.fit(x, show_progress=False)
+    return item_ids, model, len(users)
+
+
+def als_table(pairs: pl.DataFrame, p: FeatureParams, seed: int = 0, threads: int = 1) -> tuple[pl.DataFrame | None, dict]:
+    """(item_id, factors, regularization) of each fitted item, and the fit's info ({"fitted": False}
+    and None when disabled by `features.als_factors: 0` or with fewer than 2 items)."""
+    if p.als_factors == 0 or pairs.is_empty():
+        return None, {"enabled": p.als_factors > 0, "fitted": False}
+    fitted = fit_model(pairs, p.als_factors, p.als_regularization, seed, threads, p.als_max_items)
+    if fitted is None:
+        return None, {"enabled": True, "fitted": False}
+    item_ids, model, n_users = fitted
+    y = np.asarray(model.item_factors, np.float32)
+    table = pl.DataFrame({S.ITEM_ID: item_ids,
+                          FACTORS: pl.Series(FACTORS, y, dtype=pl.Array(pl.Float32, y.shape[1])),
+                          REGULARIZATION: np.full(len(item_ids), p.als_regularization)})
+    return table, {"enabled": True, "fitted": True, "items": len(item_ids), "users": n_users,
+                   "factors": int(y.shape[1]), "regularization": p.als_regularization, "iterations": ALS_ITERATIONS}
+
+
+class AlsScorer:
+    """A features version's ALS factors by catalog row: `user_vector` folds a history in (the
+    solve above), `scores` scores candidate rows with it. Rows are fixed at load; an item added
+    later, or outside the fit, scores 0."""
+
+    def __init__(self, table: pl.DataFrame | None, row: dict[str, int]) -> None:
+        self.index: dict[int, int] = {}
+        if table is None or table.is_empty():
+            self.factors = np.zeros((0, 0), np.float32)
+            self.solve = np.zeros((0, 0), np.float32)
+            return
+        y = np.asarray(table.get_column(FACTORS).to_numpy(), np.float64).reshape(table.height, -1)
+        lam = float(table.get_column(REGULARIZATION)[0])
+        self.index = {row[i]: k for k, i in enumerate(table.get_column(S.ITEM_ID).to_list()) if i in row}
+        self.factors = y.astype(np.float32)
+        # (Y'Y + lambda I)^-1 over every fitted item, as implicit's solve has it
+        self.solve = np.linalg.inv(y.T @ y + lam * np.eye(y.shape[1])).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def user_vector(self, rows) -> np.ndarray | None:
+        """The shopper vector of the history's catalog rows; None when none of them was fitted."""
+        known = sorted({self.index[r] for r in rows if r in self.index})
+        if not known:
+            return None
+        return self.solve @ self.factors[known].sum(axis=0, dtype=np.float64).astype(np.float32)
+
+    def scores(self, user: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(C,) item factors . user of the candidate rows (0 for a row outside the fit)."""
+        k = np.array([self.index.get(int(r), -1) for r in rows], np.int64)
+        out = np.zeros(len(rows), np.float32)
+        fitted = k >= 0
+        out[fitted] = self.factors[k[fitted]] @ user
+        return out
