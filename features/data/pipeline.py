@@ -120,6 +120,5 @@ def build_local(
         as_of=as_of_ts,
         cutoffs=cutoffs,
         counts={"events_in": events_raw.num_rows, "events_valid": ok.height, "items_in": items_raw.num_rows,
-                "items_valid": items.height, "ease": ease_info,
-                "als": als_info},
+                "items_valid": items.height, "ease": ease_info, "als": als_info},
     )
