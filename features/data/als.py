@@ -81,32 +81,42 @@ class AlsScorer:
     later, or outside the fit, scores 0."""
 
     def __init__(self, table: pl.DataFrame | None, row: dict[str, int]) -> None:
-        self.index: dict[int, int] = {}
+        # catalog row -> factor row (-1: not fitted): an array, as every recommend request reads it
+        self.by_row = np.full(max(row.values(), default=-1) + 1, -1, np.int64)
         if table is None or table.is_empty():
             self.factors = np.zeros((0, 0), np.float32)
             self.solve = np.zeros((0, 0), np.float32)
             return
         y = np.asarray(table.get_column(FACTORS).to_numpy(), np.float64).reshape(table.height, -1)
         lam = float(table.get_column(REGULARIZATION)[0])
-        self.index = {row[i]: k for k, i in enumerate(table.get_column(S.ITEM_ID).to_list()) if i in row}
+        for k, i in enumerate(table.get_column(S.ITEM_ID).to_list()):
+            if i in row:
+                self.by_row[row[i]] = k
         self.factors = y.astype(np.float32)
         # (Y'Y + lambda I)^-1 over every fitted item, as implicit's solve has it
         self.solve = np.linalg.inv(y.T @ y + lam * np.eye(y.shape[1])).astype(np.float32)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return int((self.by_row >= 0).sum())
+
+    def _factor_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Each catalog row's factor row, -1 outside the fit (including rows added after load)."""
+        rows = np.asarray(rows, np.int64)
+        inside = (rows >= 0) & (rows < len(self.by_row))
+        return np.where(inside, self.by_row[np.where(inside, rows, 0)] if len(self.by_row) else -1, -1)
 
     def user_vector(self, rows) -> np.ndarray | None:
         """The shopper vector of the history's catalog rows; None when none of them was fitted."""
-        known = sorted({self.index[r] for r in rows if r in self.index})
-        if not known:
+        k = self._factor_rows(np.fromiter(rows, np.int64))
+        known = np.unique(k[k >= 0])
+        if not len(known):
             return None
         return self.solve @ self.factors[known].sum(axis=0, dtype=np.float64).astype(np.float32)
 
     def scores(self, user: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(C,) item factors . user of the candidate rows (0 for a row outside the fit)."""
-        k = np.array([self.index.get(int(r), -1) for r in rows], np.int64)
-        out = np.zeros(len(rows), np.float32)
+        k = self._factor_rows(rows)
+        out = np.zeros(len(k), np.float32)
         fitted = k >= 0
         out[fitted] = self.factors[k[fitted]] @ user
         return out
