@@ -66,6 +66,15 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return cand[np.lexsort((cand, -scores[cand]))][:k]
 
 
+def top_k_allowed(scores: np.ndarray, k: int, excluded: np.ndarray, allowed: np.ndarray | None = None) -> list[int]:
+    """`top_k` of a whole-catalog score vector (changed in place) without the `excluded` rows and,
+    when given, the rows not in `allowed`; rows scored -inf (nothing to score) are never returned."""
+    if allowed is not None:  # a mask, not np.setdiff1d: that sorts every row per request
+        scores[~np.isin(np.arange(len(scores)), allowed, kind="table")] = -np.inf
+    scores[excluded] = -np.inf
+    return [int(r) for r in top_k(scores, k) if np.isfinite(scores[r])]
+
+
 def _hits(ranks: np.ndarray, k: int) -> np.ndarray:
     return (ranks < k).astype(np.float64)
 

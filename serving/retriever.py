@@ -23,7 +23,7 @@ from features.errors import UnknownItem
 from features.profiles.seed import seed_profile
 from features.retrieval.catalog import ItemUpdate, load_catalog
 from features.retrieval.live import Filters, LiveCatalog
-from features.retrieval.ranking import RankContext, attach_ease, attach_sequence, context_for
+from features.retrieval.ranking import RankContext, attach_als, attach_ease, attach_sequence, context_for
 from serving.http import quiet_client_errors
 from serving.ranker import Ranker
 from serving.settings import Resolved, ServingConfig
@@ -128,7 +128,8 @@ class RetrieverCore:
             raise UnknownItem(f"context_item_id: unknown item {ctx.context_item!r}", "context_item_id")
         ctx.seq_vector = attach_sequence(ctx, self.live.catalog)
         ids = self.live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], ctx.context_item, filters,
-                                  exclude, ctx.seq_vector, attach_ease(ctx, self.live.catalog))
+                                  exclude, ctx.seq_vector, attach_ease(ctx, self.live.catalog),
+                                  attach_als(ctx, self.live.catalog))
         t1 = time.perf_counter()
         results = self.ranker.rank(ctx, ids, k, None, diversity, explain)
         return results, {"retrieve": _ms(t0, t1), "rank": _ms(t1, time.perf_counter())}

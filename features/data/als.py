@@ -14,7 +14,8 @@ so it scores any history, including one that grew after the fit, with one small 
 
 - `fit_model`: the fitted `implicit` model on the pairs (the evaluation's ALS baseline uses it too);
 - `als_table`: the feature job's output, each kept item's factors (`als/`);
-- `AlsScorer`: a features version's table bound to a catalog's rows.
+- `AlsScorer`: a features version's table bound to a catalog's rows (ranking features, and
+  recommend's candidates when `retriever.als_candidates` > 0).
 """
 
 from __future__ import annotations
@@ -112,6 +113,14 @@ class AlsScorer:
         if not len(known):
             return None
         return self.solve @ self.factors[known].sum(axis=0, dtype=np.float64).astype(np.float32)
+
+    def all_scores(self, user: np.ndarray, n: int) -> np.ndarray:
+        """(n,) the score of each of a catalog's first n rows; -inf for a row outside the fit."""
+        out = np.full(n, -np.inf, np.float32)
+        k = self.by_row[:n]
+        fitted = np.flatnonzero(k >= 0)
+        out[fitted] = self.factors[k[fitted]] @ user
+        return out
 
     def scores(self, user: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(C,) item factors . user of the candidate rows (0 for a row outside the fit)."""

@@ -25,6 +25,7 @@ from features.retrieval.live import LiveCatalog
 from features.retrieval.ranking import (
     RankContext,
     Scorer,
+    attach_als,
     attach_ease,
     attach_sequence,
     candidate_features,
@@ -243,7 +244,7 @@ def system_methods(scorers: list[tuple[str, Scorer]], reqs: Requests, live: Live
             clock(float(reqs.ts[q]))
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
         ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q],
-                             attach_sequence(ctx, cat), attach_ease(ctx, cat))
+                             attach_sequence(ctx, cat), attach_ease(ctx, cat), attach_als(ctx, cat))
         shared = time.perf_counter() - t0
         for m, (_, scorer) in enumerate(scorers):
             t1 = time.perf_counter()
@@ -267,7 +268,8 @@ def candidate_lists(reqs: Requests, live: LiveCatalog, params: ProfileParams,
             clock(float(reqs.ts[q]))
         ctx = context_for("recommend", reqs.profiles[q], float(reqs.ts[q]), params)
         ids = live.recommend(ctx.user_vector(), [i for i, _ in ctx.recent_items], None, None, reqs.exclude[q],
-                             attach_sequence(ctx, live.catalog), attach_ease(ctx, live.catalog))
+                             attach_sequence(ctx, live.catalog), attach_ease(ctx, live.catalog),
+                             attach_als(ctx, live.catalog))
         rows = live.catalog.rows(ids)
         y = np.array([live.catalog.item_ids[r] in reqs.relevant[q] for r in rows], dtype=np.float64)
         found += int(y.sum() > 0)

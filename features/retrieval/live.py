@@ -1,20 +1,19 @@
 """Candidate retrieval: FAISS ANN plus BM25 over item text, fused; recommend-time candidate sources.
 
-`LiveCatalog` is the catalog as serving sees it: the versioned artifacts plus every item upserted since, read
-from a shared item log (a RecordLog), so all replicas on a node apply the same upserts in the same order and
-an upserted item is searchable on the very next request. The FAISS index is never rebuilt online: an upserted
-item whose text changed (so its vector did) is scored exactly (numpy) next to the ANN results, and its stale
-vector in the index is skipped inside FAISS, as removed items are; an upsert that leaves the text as it was (a
-price or stock change, most of a shop's writes) keeps the index's vector, is not encoded, and costs searches
-nothing. Over a newer batch the latest write wins: an upsert written before the batch read its catalog, of an
-item the batch lists, is superseded (kept in the log, not applied); upserts of items the batch does not list
-always apply. A removed item (a tombstone in the same log) is left out of every candidate source until it is
-upserted again; its row, vector and history stay, so shoppers' past events and a product page's context still
-resolve.
+`LiveCatalog` is the catalog as serving sees it: the versioned artifacts plus every item upserted since, read from a
+shared item log (a RecordLog), so all replicas on a node apply the same upserts in the same order and an upserted item
+is searchable on the very next request. The FAISS index is never rebuilt online: an upserted item whose text changed
+(so its vector did) is scored exactly (numpy) next to the ANN results, and its stale vector in the index is skipped
+inside FAISS, as removed items are; an upsert that leaves the text as it was (a price or stock change, most of a
+shop's writes) keeps the index's vector, is not encoded, and costs searches nothing. Over a newer batch the latest
+write wins: an upsert written before the batch read its catalog, of an item the batch lists, is superseded (kept in
+the log, not applied); upserts of items the batch does not list always apply. A removed item (a tombstone in the same
+log) is left out of every candidate source until it is upserted again; its row, vector and history stay, so shoppers'
+past events and a product page's context still resolve.
 
-Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items that pass:
-O(N d) per request (about 1 ms for 4k items, tens of ms at 1M). Per-request exclusions (a buyer's purchases)
-do not: FAISS skips them, as it skips removed items.
+Filters (category prefix, price range, in stock) switch retrieval to an exact scan of the items that pass: O(N d) per
+request (about 1 ms for 4k items, tens of ms at 1M). Per-request exclusions (a buyer's purchases) do not: FAISS skips
+them, as it skips removed items.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from features.retrieval.index import ItemIndex
 from features.retrieval.lexical import BM25, DEFAULT_FIELD_WEIGHTS, FIELDS, Analyzer
 
 _LEAST = dict(num_candidates=1, rrf_k=1, max_items=1, cooc_candidates=0, popular_candidates=0, sequence_candidates=0,
-              ease_candidates=0)  # the smallest allowed value of each count
+              ease_candidates=0, als_candidates=0)  # the smallest allowed value of each count
 COMPACT_SLACK = 1000  # the item log is compacted once it holds this many records more than 2 per changed or removed item
 
 
@@ -56,6 +55,7 @@ class RetrievalConfig:
     popular_candidates: int = 50  # recommend: the most popular items (cold start)
     sequence_candidates: int = 100  # recommend: the behaviour model's top items (when one is loaded)
     ease_candidates: int = 100  # recommend: the top items by EASE score from the shopper's history
+    als_candidates: int = 0  # recommend: the top items by ALS score of the shopper's history (0: none)
     max_items: int = 2_000_000  # PUT /v1/items may not grow the catalog past this (409); changes always allowed
 
     def __post_init__(self) -> None:
@@ -353,11 +353,12 @@ class LiveCatalog:
 
     def recommend(self, user_vec: np.ndarray | None, recent_items: list[str], context_item: str | None,
                   filters: Filters | None = None, exclude: frozenset[str] = frozenset(),
-                  seq_vec: np.ndarray | None = None,
-                  ease: tuple[np.ndarray, np.ndarray] | None = None) -> list[str]:
+                  seq_vec: np.ndarray | None = None, ease: tuple[np.ndarray, np.ndarray] | None = None,
+                  als_user: np.ndarray | None = None) -> list[str]:
         """Recommend candidates from the user vector, the context item, the behaviour model's user
         vector (`seq_vec`, scored exactly against the model's item vectors), the EASE scores of the
-        shopper's history (`ease`: rows, scores; ranking.attach_ease), co-occurrence and popularity."""
+        shopper's history (`ease`: rows, scores; ranking.attach_ease), the ALS vector of that history
+        (`als_user`; ranking.attach_als), co-occurrence and popularity."""
         cfg, cat = self.cfg, self.catalog
         allowed = self.allowed(filters)
         asked = cat.rows(list(exclude | ({context_item} if context_item else set())))
@@ -371,11 +372,7 @@ class LiveCatalog:
                 picked.update(dict.fromkeys(rows.tolist()))
         if seq_vec is not None and cat.sequence is not None and cfg.sequence_candidates:
             s = cat.sequence.vectors @ np.asarray(seq_vec, np.float32)
-            if allowed is not None:  # a mask, not np.setdiff1d: that sorts every row per request
-                s[~np.isin(np.arange(len(s)), allowed, kind="table")] = -np.inf
-            s[excluded] = -np.inf
-            top = M.top_k(s, cfg.sequence_candidates)
-            picked.update(dict.fromkeys(int(r) for r in top if np.isfinite(s[r])))
+            picked.update(dict.fromkeys(M.top_k_allowed(s, cfg.sequence_candidates, excluded, allowed)))
         if ease is not None and cfg.ease_candidates:
             e_rows, e_scores = ease
             ok_e = ~np.isin(e_rows, excluded) & (e_scores > 0)
@@ -384,6 +381,9 @@ class LiveCatalog:
             e_rows, e_scores = e_rows[ok_e], e_scores[ok_e]
             top = np.lexsort((e_rows, -e_scores))[: cfg.ease_candidates]
             picked.update(dict.fromkeys(int(r) for r in e_rows[top]))
+        if als_user is not None and cfg.als_candidates:
+            s = cat.als.all_scores(als_user, len(cat))
+            picked.update(dict.fromkeys(M.top_k_allowed(s, cfg.als_candidates, excluded, allowed)))
         sources = ([context_item] if context_item else []) + recent_items[:10]
         n_cooc = 0
         for src in sources:

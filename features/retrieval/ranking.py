@@ -53,6 +53,7 @@ class RankContext:
     seq_vector: np.ndarray | None = None  # the behaviour model's user vector (see `attach_sequence`)
     ease: tuple[np.ndarray, np.ndarray] | None = None  # (rows, EASE scores) of the history (see `attach_ease`)
     ease_rows: frozenset[int] | None = None  # `ease_history`, once computed
+    als_user: np.ndarray | None = None  # the ALS vector of `ease_history` (see `attach_als`)
 
     def user_vector(self) -> np.ndarray | None:
         """The shopper's vector (see features/profiles/profile.py), None for a shopper without one."""
@@ -110,6 +111,14 @@ def attach_ease(ctx: RankContext, catalog: Catalog) -> tuple[np.ndarray, np.ndar
         rows, scores = catalog.ease.scores(ctx.ease_history(catalog))
         ctx.ease = (rows, scores) if len(rows) else None
     return ctx.ease
+
+
+def attach_als(ctx: RankContext, catalog: Catalog) -> np.ndarray | None:
+    """ctx.als_user: the ALS shopper vector of the same history as EASE's (recent positive items and
+    purchases); computed once per request, None without a fit or without a fitted item in it."""
+    if ctx.als_user is None and ctx.mode == "recommend" and len(catalog.als) and (ctx.recent_items or ctx.purchased):
+        ctx.als_user = catalog.als.user_vector(ctx.ease_history(catalog))
+    return ctx.als_user
 
 
 def _cos(vec: np.ndarray | None, item_vecs: np.ndarray) -> np.ndarray:
@@ -193,12 +202,10 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
         if s.max() > 0:
             x[:, _F["ease"]] = np.maximum(s, 0.0) / s.max()
     x[:, _F["als_rank"]] = 1.0
-    if ctx.mode == "recommend" and len(catalog.als) and (ctx.recent_items or ctx.purchased):
-        user = catalog.als.user_vector(ctx.ease_history(catalog))  # EASE's history: recent positives, purchases
-        if user is not None:
-            s = catalog.als.scores(user, rows)
-            x[:, _F["als"]] = s - s.max()
-            x[:, _F["als_rank"]] = np.argsort(np.argsort(-s, kind="stable"), kind="stable") / c
+    if (user := attach_als(ctx, catalog)) is not None:
+        s = catalog.als.scores(user, rows)
+        x[:, _F["als"]] = s - s.max()
+        x[:, _F["als_rank"]] = np.argsort(np.argsort(-s, kind="stable"), kind="stable") / c
     if ctx.recent_items:
         x[:, _F["history_max_sim"]] = np.maximum(catalog.nearest(rows, ctx.history_rows(catalog))[0], 0.0)
     if ctx.history:

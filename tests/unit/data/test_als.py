@@ -104,3 +104,31 @@ def test_its_reason_is_given_only_to_a_shopper_the_fit_knows():
     assert reasons(known, 4, contrib, cat, x[4]) == ["popular with shoppers like you"]
     guest = RankContext(mode="recommend")
     assert reasons(guest, 4, contrib, cat, candidate_features(guest, rows, cat)[4]) == []
+
+
+def test_recommend_adds_the_top_als_items_it_may_show_when_asked():
+    from features.retrieval.live import Filters, LiveCatalog, RetrievalConfig
+    from features.retrieval.ranking import attach_als
+
+    cat, index = small_catalog(30)
+    table, _ = ALS.als_table(_pairs(n_items=25), FeatureParams(als_factors=6))  # i025..i029: outside the fit
+    cat.als = AlsScorer(table, cat.row)
+    ctx = RankContext(mode="recommend", recent_items=[("i003", "purchase"), ("i007", "view")])
+    user = attach_als(ctx, cat)
+    assert user is not None and ctx.als_user is user and attach_als(ctx, cat) is user  # once per request
+    assert attach_als(RankContext(mode="search", recent_items=ctx.recent_items), cat) is None
+    s = cat.als.all_scores(user, len(cat) + 2)  # rows past the fit (added later) score -inf, as unfitted ones
+    assert np.isinf(s[25:]).all() and np.allclose(s[:25], cat.als.scores(user, np.arange(25)))
+    order = [cat.item_ids[r] for r in np.argsort(-s[:25], kind="stable")]
+    only_als = dict(cooc_candidates=0, popular_candidates=0, sequence_candidates=0, ease_candidates=0)
+
+    def recs(k, **kw):
+        live = LiveCatalog(cat, index, None, RetrievalConfig(num_candidates=1, als_candidates=k, **only_als))
+        return live.recommend(None, [], None, als_user=user, **kw)
+
+    assert recs(0) == []  # off: the source adds nothing
+    assert recs(5) == order[:5]
+    assert recs(5, exclude=frozenset(order[:2])) == order[2:7]  # what may not be shown is skipped, not counted
+    assert recs(40) == order  # never an item outside the fit
+    cheap = Filters(price_max=float(np.sort(cat.price)[12]))
+    assert recs(40, filters=cheap) == [i for i in order if cat.price[cat.row[i]] <= cheap.price_max]
