@@ -78,21 +78,22 @@ def als_table(pairs: pl.DataFrame, p: FeatureParams, seed: int = 0, threads: int
 
 class AlsScorer:
     """A features version's ALS factors by catalog row: `user_vector` folds a history in (the
-    solve above), `scores` scores candidate rows with it. Rows are fixed at load; an item added
-    later, or outside the fit, scores 0."""
+    solve above), `scores` scores candidate rows with it, `all_scores` every row (recommend's
+    candidates). Rows are fixed at load; an item added later, or outside the fit, scores 0."""
 
     def __init__(self, table: pl.DataFrame | None, row: dict[str, int]) -> None:
         # catalog row -> factor row (-1: not fitted): an array, as every recommend request reads it
         self.by_row = np.full(max(row.values(), default=-1) + 1, -1, np.int64)
+        self.catalog_rows = np.zeros(0, np.int64)  # factor row -> catalog row, -1: not in the catalog
         if table is None or table.is_empty():
             self.factors = np.zeros((0, 0), np.float32)
             self.solve = np.zeros((0, 0), np.float32)
             return
         y = np.asarray(table.get_column(FACTORS).to_numpy(), np.float64).reshape(table.height, -1)
         lam = float(table.get_column(REGULARIZATION)[0])
-        for k, i in enumerate(table.get_column(S.ITEM_ID).to_list()):
-            if i in row:
-                self.by_row[row[i]] = k
+        self.catalog_rows = np.array([row.get(i, -1) for i in table.get_column(S.ITEM_ID).to_list()], np.int64)
+        inside = np.flatnonzero(self.catalog_rows >= 0)
+        self.by_row[self.catalog_rows[inside]] = inside
         self.factors = y.astype(np.float32)
         # (Y'Y + lambda I)^-1 over every fitted item, as implicit's solve has it
         self.solve = np.linalg.inv(y.T @ y + lam * np.eye(y.shape[1])).astype(np.float32)
@@ -115,11 +116,13 @@ class AlsScorer:
         return self.solve @ self.factors[known].sum(axis=0, dtype=np.float64).astype(np.float32)
 
     def all_scores(self, user: np.ndarray, n: int) -> np.ndarray:
-        """(n,) the score of each of a catalog's first n rows; -inf for a row outside the fit."""
+        """(n,) the score of each of a catalog's first n rows; -inf for a row outside the fit. One
+        product over the fitted factors as stored (gathering them by catalog row would copy them)."""
         out = np.full(n, -np.inf, np.float32)
-        k = self.by_row[:n]
-        fitted = np.flatnonzero(k >= 0)
-        out[fitted] = self.factors[k[fitted]] @ user
+        if len(self.catalog_rows):
+            s = self.factors @ user
+            ok = (self.catalog_rows >= 0) & (self.catalog_rows < n)
+            out[self.catalog_rows[ok]] = s[ok]
         return out
 
     def scores(self, user: np.ndarray, rows: np.ndarray) -> np.ndarray:
