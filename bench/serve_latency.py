@@ -341,10 +341,10 @@ async def freshness(base: str, items: list[tuple[str, str]], trials: int) -> dic
 
 def viewed_reasons(title: str) -> tuple[str, ...]:
     """The reasons features/retrieval/ranking.py gives that name a viewed item titled `title`."""
-    from features.retrieval.reasons import BECAUSE, OFTEN_WITH, TOGETHER
+    from features.retrieval.reasons import BECAUSE, LIKED, OFTEN_WITH, TOGETHER
 
-    return (BECAUSE.format(verb="viewed", title=title), *(t.format(title=title) for t in OFTEN_WITH.values()),
-            *(t.format(title=title) for t in TOGETHER.values()))
+    return (BECAUSE.format(verb="viewed", title=title),
+            *(t.format(title=title) for t in (*OFTEN_WITH.values(), *TOGETHER.values(), *LIKED.values())))
 
 
 def names_item(reason: str, title: str) -> bool:

@@ -115,6 +115,19 @@ class AlsScorer:
             return None
         return self.solve @ self.factors[known].sum(axis=0, dtype=np.float64).astype(np.float32)
 
+    def strongest(self, rows, target: int) -> int | None:
+        """The history row that adds most to `target`'s score (Hu, Koren & Volinsky's explanation:
+        the score is a sum over the history, y_t' W y_j for each item j, W the solve above), the
+        smallest such row on a tie; None when no fitted history item adds anything."""
+        hist = np.unique(np.fromiter(rows, np.int64))
+        k, t = self._factor_rows(hist), self._factor_rows(np.array([target]))[0]
+        hist, k = hist[k >= 0], k[k >= 0]
+        if t < 0 or not len(k):
+            return None
+        share = self.factors[k] @ (self.solve @ self.factors[t])
+        i = int(np.argmax(share))
+        return int(hist[i]) if share[i] > 0 else None
+
     def all_scores(self, user: np.ndarray, n: int) -> np.ndarray:
         """(n,) the score of each of a catalog's first n rows; -inf for a row outside the fit. One
         product over the fitted factors as stored (gathering them by catalog row would copy them)."""

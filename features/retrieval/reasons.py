@@ -31,19 +31,22 @@ OFTEN_WITH = {"purchase": "often bought with {title}", "add_to_cart": "often add
 TOGETHER = {"purchase": "shoppers who bought {title} buy it too",
             "add_to_cart": "shoppers who added {title} to their cart add it too",
             "click": "shoppers who clicked {title} click it too", "view": "shoppers who viewed {title} view it too"}
+LIKED = {"purchase": "popular with shoppers who bought {title}",
+         "add_to_cart": "popular with shoppers who added {title} to their cart",
+         "click": "popular with shoppers who clicked {title}", "view": "popular with shoppers who viewed {title}"}
 SEEN = {"view": "you viewed it recently", "click": "you clicked it recently",
         "add_to_cart": "you added it to your cart recently", "purchase": "you bought it before"}
 
 _NAMING = re.compile("^(?:" + "|".join(t.replace("{verb}", "(?:" + "|".join(VERB.values()) + ")").replace("{title}", "(.+)")
-                                        for t in (BECAUSE, *OFTEN_WITH.values(), *TOGETHER.values())) + ")$")
+                                        for t in (BECAUSE, *OFTEN_WITH.values(), *TOGETHER.values(), *LIKED.values()))
+                     + ")$")
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _LIKENESS = frozenset({"intent_sim", "pref_sim", "context_sim", "history_max_sim"})  # text vectors' similarity
 _QUERY = frozenset({"query_sim", "query_sim_gap", "lexical", "title_match", "text_match", "dense_rank", "lexical_rank"})
 _FIXED = {"pref_sim": "matches your long-term taste", "popularity": "popular this week",
           "popularity_1d": "trending today", "popularity_30d": "popular this month",
           "price_affinity": "in your usual price range",
-          "seq_score": "fits your recent shopping", "seq_rank": "fits your recent shopping",
-          "als": "popular with shoppers like you", "als_rank": "popular with shoppers like you"}
+          "seq_score": "fits your recent shopping", "seq_rank": "fits your recent shopping"}
 
 
 def reasons(ctx: RankContext, row: int, contrib: np.ndarray, catalog: Catalog, values: np.ndarray | None = None,
@@ -107,6 +110,8 @@ def _text(name: str, ctx: RankContext, row: int, catalog: Catalog) -> str | None
         return _often_with(ctx, catalog.item_ids[row], catalog)
     if name == "ease":
         return _bought_together(ctx, row, catalog)
+    if name in ("als", "als_rank"):
+        return _liked_by(ctx, row, catalog)
     if name == "history_max_sim":
         return _like_before(ctx, row, catalog)
     if name == "seen_before":
@@ -152,6 +157,13 @@ def _bought_together(ctx: RankContext, row: int, catalog: Catalog) -> str | None
     """The history item with the largest EASE weight to `row` (what the "ease" feature sums)."""
     src = catalog.ease.strongest(ctx.ease_history(catalog), row)
     return None if src is None else TOGETHER[catalog.main_interaction].format(title=catalog.title[src])
+
+
+def _liked_by(ctx: RankContext, row: int, catalog: Catalog) -> str | None:
+    """The history item that adds most to `row`'s ALS score (what the "als" feature reads), named;
+    "shoppers like you" when none adds to it alone."""
+    src = catalog.als.strongest(ctx.ease_history(catalog), row)
+    return "popular with shoppers like you" if src is None else LIKED[catalog.main_interaction].format(title=catalog.title[src])
 
 
 def _often_with(ctx: RankContext, item_id: str, catalog: Catalog) -> str | None:

@@ -90,8 +90,8 @@ def test_ranking_features_for_a_shopper_with_a_history_only_when_recommending():
         assert (x[:, a] == 0).all() and (x[:, r] == 1).all()  # no history, or a search: absent
 
 
-def test_its_reason_is_given_only_to_a_shopper_the_fit_knows():
-    from features.retrieval.reasons import reasons
+def test_its_reason_names_the_history_item_that_adds_most_and_only_for_a_shopper_the_fit_knows():
+    from features.retrieval.reasons import LIKED, reasons
 
     cat, _ = small_catalog(30)
     table, _ = ALS.als_table(_pairs(n_items=30), FeatureParams(als_factors=6))
@@ -99,9 +99,28 @@ def test_its_reason_is_given_only_to_a_shopper_the_fit_knows():
     rows = np.arange(20)
     contrib = np.zeros(len(FEATURE_NAMES))
     contrib[FEATURE_NAMES.index("als")] = 1.0
-    known = RankContext(mode="recommend", recent_items=[("i003", "purchase")])
-    x = candidate_features(known, rows, cat)
-    assert reasons(known, 4, contrib, cat, x[4]) == ["popular with shoppers like you"]
+    liked = LIKED[cat.main_interaction]
+    one = RankContext(mode="recommend", recent_items=[("i003", "purchase")])
+    x = candidate_features(one, rows, cat)
+    assert reasons(one, 4, contrib, cat, x[4]) == [liked.format(title=cat.title[cat.row["i003"]])]
+    # the score is a sum over the history (y_t' W y_j per item j); the reason names its largest part
+    hist = [cat.row[i] for i in ("i003", "i007", "i011", "i019")]
+    user = cat.als.user_vector(hist)
+    named = 0
+    for t in rows:
+        parts = np.array([cat.als.factors[h] @ cat.als.solve @ cat.als.factors[t] for h in hist])
+        assert np.isclose(parts.sum(), cat.als.scores(user, np.array([t]))[0], rtol=1e-4, atol=1e-6)
+        src = cat.als.strongest(hist, int(t))
+        assert src == (hist[int(np.argmax(parts))] if parts.max() > 0 else None)
+        named += src is not None
+    assert named > 0
+    several = RankContext(mode="recommend", recent_items=[(cat.item_ids[h], "view") for h in hist])
+    x = candidate_features(several, rows, cat)
+    for t in rows:
+        src = cat.als.strongest(hist, int(t))
+        want = "popular with shoppers like you" if src is None else liked.format(title=cat.title[src])
+        assert reasons(several, int(t), contrib, cat, x[t]) == ([want] if x[t, FEATURE_NAMES.index("als_rank")] < 1 else [])
+    assert cat.als.strongest([cat.row["i003"]], len(cat) + 5) is None  # an item added after the fit
     guest = RankContext(mode="recommend")
     assert reasons(guest, 4, contrib, cat, candidate_features(guest, rows, cat)[4]) == []
 
