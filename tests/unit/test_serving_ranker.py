@@ -5,6 +5,7 @@ deployment's class is instantiated directly over real artifact folders)."""
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from features import artifacts as A
@@ -28,7 +29,6 @@ def root(tmp_path):
     cat, index = small_catalog()
     features_dir = tmp_path / "features" / "v1"
     (features_dir / "items").mkdir(parents=True)
-    import polars as pl
 
     from features.data import schema as S
 
@@ -148,3 +148,32 @@ def test_a_replica_warms_up_on_start_and_writes_nothing(root, caplog):
     with caplog.at_level("WARNING", logger="ray.serve"):
         assert core.warm_up() is None
     assert "warm-up read failed (RuntimeError: index unreadable)" in caplog.text
+
+
+@pytest.mark.parametrize("als_candidates", [0, 5])
+def test_the_replica_adds_als_candidates_only_when_configured(root, als_candidates):
+    """The Retriever's recommend hands the shopper's ALS vector to the candidate sources: with every
+    other source off, the answer is exactly the ALS top items, or nothing when the source is off."""
+    from features.data import als as ALS
+    from features.data import schema as S
+    from features.data.transforms import FeatureParams
+    from features.retrieval.live import RetrievalConfig
+    from serving.retriever import RetrieverCore
+
+    rng = np.random.default_rng(0)
+    pairs = pl.DataFrame([(f"u{u}", f"i{k:03d}") for u in range(150) for k in sorted(set(rng.integers(0, 20, 5).tolist()))],
+                         schema={S.USER_ID: pl.String, S.ITEM_ID: pl.String}, orient="row")
+    table, _ = ALS.als_table(pairs, FeatureParams(als_factors=6))
+    (root / "features" / "v1" / "als").mkdir()
+    table.write_parquet(root / "features" / "v1" / "als" / "als.parquet")
+    only_als = RetrievalConfig(num_candidates=1, als_candidates=als_candidates, cooc_candidates=0, popular_candidates=0,
+                               sequence_candidates=0, ease_candidates=0)
+    cfg = ServingConfig(artifacts_root=str(root), state_dir=str(root / "state"), retriever=only_als)
+    core = RetrieverCore(cfg, resolve(cfg))
+    cat = core.live.catalog
+    assert len(cat.als) == 20
+    ctx = RankContext(mode="recommend", recent_items=[("i003", "purchase"), ("i007", "view")])
+    results, _ = core.recommend(ctx, None, frozenset(), 10)
+    s = cat.als.all_scores(ctx.als_user, len(cat))
+    top = {cat.item_ids[r] for r in np.argsort(-s, kind="stable")[:als_candidates]}
+    assert {r["item_id"] for r in results} == top and len(top) == als_candidates
