@@ -21,10 +21,10 @@ Search relevance (items + a judgments file of query, item_id, grade; without a f
 searches followed by a click, cart or purchase, features/data/judgments.py): nDCG@k re-ranking each
 query's judged items and retrieving from the whole catalog, for plain BM25, BM25F (fields, stems,
 typos), the zero-shot encoder and their hybrid (RRF), against the system: the query tower's
-adapter, the fitted fusion, the search ranking's fitted title weight, and the ranker with hand
+adapter, the fitted fusion, the search ranking's fitted title and head weights, and the ranker with hand
 weights and learned, each fitted by cross-validation over queries (a query's judgments never fit
 what is scored on it) and used only where it beats its default on validation queries (paired
-interval above 0; for the adapter, the fusion and the title weight that validation is a k-fold
+interval above 0; for the adapter, the fusion and the title and head weights that validation is a k-fold
 cross-validation inside the fold's fitting queries, so every one of them counts, not a few dozen). Per-query nDCG is
 written to runs/<version>/per_query/search.parquet; every method gets a 95% bootstrap interval.
 
@@ -856,7 +856,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                                             cfg.retriever.fusion_params(), cfg.search.choice_folds, cfg.seed)
         fusions.append(p)
         fusion_reports.append(fusion_report)
-        # The search ranking's title weight, fitted on the same queries and vectors, ranked as serving
+        # The search ranking's title and head weights, fitted on the same queries and vectors, ranked as serving
         # ranks with that fusion, and kept only where fitting beats the configured weights out of fold.
         hand_f, weight_report = SE.choose_search_weights(live, J, fit_vecs, hand, p, cfg.search.choice_folds, cfg.seed)
         hands.append(hand_f)
@@ -875,8 +875,8 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         futures.append(_fit_fold.remote(*stack(fit_q), *stack(sorted(valid_q)), cfg.ranker))
         valid_sets.append(sorted(valid_q))
         print(f"  fold {f + 1}/{cfg.search.folds}: {len(fit_q):,} fitting queries, query adapter "
-              f"{'used' if adapters[-1]['used'] else 'not used'}, fusion {p.describe()}, title weight "
-              f"{hand_f.search.get('title_match', 0) if weight_report['kept'] else 'as configured'} "
+              f"{'used' if adapters[-1]['used'] else 'not used'}, fusion {p.describe()}, search weights "
+              f"{SE.describe_weights(weight_report['fitted'] if weight_report['kept'] else {})} "
               f"({time.perf_counter() - t_fold:.0f} s)", flush=True)
     fold_models = [lgb.Booster(model_str=s) for s, _ in ray.get(futures)]
 
@@ -900,15 +900,15 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                             "search_weights": weight_reports[f], "valid_learned_vs_hand": won, "uses": uses})
         fold_scorers.append(WithFallback(LearnedRanker({"search": booster}, {}), hands[f]) if uses == "learned" else hands[f])
     print("  folds (valid nDCG@10, full catalog): " + "; ".join(
-        f"{r['fold']}: query adapter {'used' if r['query_adapter']['used'] else 'not used'}, fusion {r['fusion']}, title weight "
-        f"{r['search_weights']['fitted'].get('title_match', 0) if r['search_weights']['kept'] else 'as configured'}, learned {r['valid_ndcg@10_learned']:.4f} vs hand "
+        f"{r['fold']}: query adapter {'used' if r['query_adapter']['used'] else 'not used'}, fusion {r['fusion']}, search weights "
+        f"{SE.describe_weights(r['search_weights']['fitted'] if r['search_weights']['kept'] else {})}, learned {r['valid_ndcg@10_learned']:.4f} vs hand "
         f"{r['valid_ndcg@10_hand_weights']:.4f} -> {r['uses']}" for r in fold_report), flush=True)
 
     steps("score every method: re-ranking the judged items, retrieving from the whole catalog")
     BASE = ("BM25 (plain: one text field, no stemming)", "BM25F (fields, stemming, typos)", "zero-shot encoder",
             "hybrid retrieval (RRF k=60)")
     SYS = ("system: dense retrieval, query tower (CV)", "system: retrieval, fusion fitted per fold",
-           "system, hand weights (title weight fitted per fold)", "system, learned ranker (CV)")
+           "system, hand weights (title and head weights fitted per fold)", "system, learned ranker (CV)")
     names = BASE + SYS
     rerank: dict[str, list[np.ndarray]] = {m: [] for m in names}
     full: dict[str, list[np.ndarray]] = {m: [] for m in names}
@@ -995,7 +995,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                      "zero-shot's in the same sense; the fusion of dense and lexical retrieval fitted on the fitting "
                      "queries (their out-of-fold adapted vectors where the adapter is used) and kept where fitting "
                      f"beats the configured fusion out of fold ({cfg.search.choice_folds}-fold CV, the same sense); "
-                     "the search ranking's title weight (title_match) fitted and kept the same way; "
+                     "the search ranking's title and head weights (title_match, head_match) fitted and kept the same way; "
                      "95% intervals: bootstrap over queries; "
                      "encoder zero-shot (no fine-tune on this data); lexical analysis (fields and weights, Snowball "
                      "stemming, AUTO typo distance) set from published defaults, not tuned on this data"),

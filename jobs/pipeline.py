@@ -256,10 +256,10 @@ def run(cfg: PipelineConfig) -> int:
     r.stage(4, "index", lambda: build_index.main(_sets({"output_root": root, "encoder": encoder}, sa.build_index)))
     search = "zero-shot queries"
     if cfg.search:
-        # The query adapter, the fusion and the title weight, from the judgments file and the log's
+        # The query adapter, the fusion and the title and head weights, from the judgments file and the log's
         # searches; each kept only where it beats the defaults out of fold (a log without searches
         # fits nothing).
-        if r.stage(5, "search (query adapter, fusion, title weight) from judgments", lambda: train_search.main(_sets(
+        if r.stage(5, "search (query adapter, fusion, title and head weights) from judgments", lambda: train_search.main(_sets(
                 {"output_root": root, "events": events, **({"judgments": cfg.judgments} if cfg.judgments else {})},
                 sa.train_search)), required=False):
             sv = A.latest_complete(root, "search")
@@ -269,7 +269,9 @@ def run(cfg: PipelineConfig) -> int:
                       "zero-shot queries (no adapter beat them)" if fitted else "zero-shot queries (too few judged searches)")
             title = (m.get("metrics") or {}).get("search_weights") or {}
             if title.get("kept"):
-                search += f", title weight {title['fitted']['title_match']}"
+                from features.evaluation.search import describe_weights
+
+                search += ", " + describe_weights(title["fitted"])
     ranker, behaviour = "hand-set weights", "none"
     stage_root = A.join(root, "ranker_stage")
     as_of = None

@@ -1,6 +1,6 @@
 """Search-relevance evaluation helpers (no Ray): each judged query's retrieval pool, per-query
 nDCG with bootstrap intervals, the paired verdict against the strongest baseline, and the search
-fit's choices (the query adapter, the fusion, the title weight of the search ranking), each fitted
+fit's choices (the query adapter, the fusion, the title and head weights of the search ranking), each fitted
 and judged out of fold, that jobs.train_search and jobs.evaluate share."""
 
 from __future__ import annotations
@@ -142,8 +142,19 @@ def choose_fusion(pools: list[Pool], default: FusionParams, folds: int = 5, seed
     return (grid[best] if report["kept"] else default), report
 
 
-# The search ranking's weight on query-term coverage of the title (`title_match`), tried per shop.
+# The search ranking's weights tried per shop: on query-term coverage of the title (`title_match`)
+# and on the query naming what the title names (`head_match`), alone and together.
 TITLE_WEIGHTS = (0.1, 0.2, 0.4, 0.7)
+HEAD_WEIGHTS = (0.1, 0.2, 0.4)
+SEARCH_WEIGHT_GRID: tuple[dict[str, float], ...] = tuple(
+    {**({"title_match": t} if t else {}), **({"head_match": h} if h else {})}
+    for t in (0.0, *TITLE_WEIGHTS) for h in (0.0, *HEAD_WEIGHTS) if t or h)
+
+
+def describe_weights(fitted: dict[str, float]) -> str:
+    """'title weight 0.4, head weight 0.2' for a fit of `choose_search_weights` ('as configured': none)."""
+    names = {"title_match": "title weight", "head_match": "head weight"}
+    return ", ".join(f"{names.get(k, k)} {v:g}" for k, v in fitted.items()) or "as configured"
 
 
 def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np.ndarray], weights: list[Scorer],
@@ -164,19 +175,20 @@ def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np
 def choose_search_weights(live: LiveCatalog, j: Judgments, vectors: dict[int, np.ndarray], hand: HandWeights,
                           fusion: FusionParams, folds: int = 5, seed: int = 0, k: int = 10
                           ) -> tuple[HandWeights, dict]:
-    """The search hand weights with a title weight (`title_match` in TITLE_WEIGHTS) fitted on these
+    """The search hand weights with a title and a head weight (SEARCH_WEIGHT_GRID) fitted on these
     judged queries (`vectors`: query -> the vector it is ranked with), ranked as serving ranks them
     (`ranked_ndcg_per_query`), kept only where fitting beats the configured weights out of fold
     (`folds`-fold cross-validation; `beats` as for the adapter). Returns (the weights to use, a
     report)."""
     qs = sorted(q for q in vectors if (M.grade_gain(j.grades[q]) > 0).any())
-    grid = [hand] + [replace(hand, search={**hand.search, "title_match": w}) for w in TITLE_WEIGHTS]
+    grid = [hand] + [replace(hand, search={**hand.search, **w}) for w in SEARCH_WEIGHT_GRID]
     table = ranked_ndcg_per_query(live, j, {q: vectors[q] for q in qs}, grid, fusion, k)
     best, won = choose_out_of_fold(table, folds, seed)
     means = np.nanmean(table, axis=0) if len(qs) else np.zeros(len(grid))
-    report = _verdict({"fitted": {"title_match": TITLE_WEIGHTS[best - 1]} if best else {},
+    label = [",".join(f"{n}={v:g}" for n, v in w.items()) for w in SEARCH_WEIGHT_GRID]
+    report = _verdict({"fitted": dict(SEARCH_WEIGHT_GRID[best - 1]) if best else {},
                        "grid_ndcg@10": {"configured": round(float(means[0]), 6),
-                                        **{f"title_match={w}": round(float(m), 6) for w, m in zip(TITLE_WEIGHTS, means[1:])}}},
+                                        **{lab: round(float(m), 6) for lab, m in zip(label, means[1:])}}},
                       best, won, "the weights", len(qs))
     return (grid[best] if report["kept"] else hand), report
 

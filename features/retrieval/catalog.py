@@ -176,18 +176,19 @@ class Catalog:
     @analyzer.setter
     def analyzer(self, analyzer: Analyzer) -> None:
         self._analyzer = analyzer
-        self._terms: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+        self._terms: dict[int, tuple[frozenset[str], frozenset[str], str | None]] = {}
 
-    def terms(self, row: int) -> tuple[frozenset[str], frozenset[str]]:
-        """(title terms, text terms) of a row by the analyzer. The ranker's match features read them
+    def terms(self, row: int) -> tuple[frozenset[str], frozenset[str], str | None]:
+        """(title terms, text terms, the title's head term) of a row by the analyzer. The ranker's match features read them
         for every candidate of every search, and analysing the text was half of a search's ranking
         time, so they are kept (for up to TERM_CACHE_ROWS rows) until the row changes."""
         hit = self._terms.get(row)
         if hit is None:
             if len(self._terms) >= TERM_CACHE_ROWS:
                 self._terms = {}
-            tokens = self._analyzer.tokens
-            hit = self._terms[row] = (frozenset(tokens(self.title[row])), frozenset(tokens(self.text[row])))
+            a = self._analyzer
+            hit = self._terms[row] = (frozenset(a.tokens(self.title[row])), frozenset(a.tokens(self.text[row])),
+                                      a.head(self.title[row]))
         return hit
 
     @property

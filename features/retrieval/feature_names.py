@@ -40,5 +40,8 @@ FEATURES: dict[str, str] = {
     "als": "ALS score (matrix factorisation, features/data/als.py: the shopper vector solved from their recent "
            "and purchased items) minus the best among the candidates (<= 0); 0 without a history the fit knows",
     "als_rank": "rank by the ALS score among the candidates / their number (0: best); 1 without",
+    "head_match": "1 when the query's head term is the item title's (what each names: the last term of its first "
+                  "phrase, features/retrieval/lexical.py's Analyzer.head; 'coffee cup' names a cup, '12-Cup Coffee "
+                  "Maker with Timer' a maker); 0 otherwise and without a query",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)

@@ -19,6 +19,11 @@ first letter are rare, and it divides the terms searched by about 20: an unseen 
 1-4 ms on a 280,000-term vocabulary, then is remembered), found with rapidfuzz's Levenshtein
 distance ("samsun" -> "samsung"; "braket" -> "brake" or "bracket", each document scored by the better one, so "angle
 braket" finds the angle bracket). A term the catalog holds is never changed.
+
+Head term (`Analyzer.head`): what a product title or a query names, as the last term of its first
+phrase, the phrase ending at a separator (, ( [ | or a spaced dash) or a connecting word ("with",
+"for", ...; English words for the English and "none" analyzers, separators only for other
+languages): "Mr. Coffee 12-Cup Coffee Maker with Timer" -> "maker", "coffee cup" -> "cup".
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ FIELDS = ("title", "brand", "category", "description")
 DEFAULT_FIELD_WEIGHTS = {"title": 2.0, "brand": 1.5, "category": 1.5, "description": 1.0}
 _CORRECTIONS_MAX = 10_000  # remembered typo corrections per first letter (dropped when its terms change)
 _EXPANSIONS_MAX = 10  # closest catalog terms a misspelt query term may stand for
+_SEPARATORS = r"[,(\[|]|\s-\s"
+_HEAD_WORDS = ("with", "for", "w/", "by", "in", "and", "on")  # English: they join a product's name to its parts
+_HEAD_END = {lang: re.compile(rf"\s(?:{'|'.join(map(re.escape, _HEAD_WORDS))})\s|{_SEPARATORS}", re.I)
+             for lang in ("english", "none")}
+_HEAD_END_OTHER = re.compile(_SEPARATORS)
 
 
 def _fold(token: str) -> str:
@@ -61,6 +71,7 @@ class Analyzer:
         if stemmer != "none" and stemmer not in stemmer_languages():
             raise ValueError(f"retriever.stemmer: {stemmer!r}; allowed: 'none', {', '.join(map(repr, stemmer_languages()))}")
         self.stemmer = stemmer
+        self._head_end = _HEAD_END.get(stemmer, _HEAD_END_OTHER)
         self._local = threading.local()  # PyStemmer objects are not thread-safe: one per thread
 
     def _stem(self, words: list[str]) -> list[str]:
@@ -96,6 +107,13 @@ class Analyzer:
         if words:
             out.extend(self._stem(words))
         return out
+
+    def head(self, text: str | None) -> str | None:
+        """The head term of `text` (module docstring): the last term of its first phrase that has one."""
+        for phrase in self._head_end.split(text or ""):
+            if phrase and (terms := self.tokens(phrase)):
+                return terms[-1]
+        return None
 
 
 _DEFAULT = Analyzer()

@@ -233,8 +233,10 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
     if q_tokens:
         n = len(q_tokens)
         terms = [catalog.terms(r) for r in rows]
-        x[:, _F["title_match"]] = [len(q_tokens.intersection(title)) / n for title, _ in terms]
-        x[:, _F["text_match"]] = [len(q_tokens.intersection(text)) / n for _, text in terms]
+        x[:, _F["title_match"]] = [len(q_tokens.intersection(title)) / n for title, _, _ in terms]
+        x[:, _F["text_match"]] = [len(q_tokens.intersection(text)) / n for _, text, _ in terms]
+        if (q_head := catalog.analyzer.head(ctx.query)) is not None:
+            x[:, _F["head_match"]] = [head == q_head for _, _, head in terms]
     return x
 
 

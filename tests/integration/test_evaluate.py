@@ -166,7 +166,7 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
         fz = fold["fusion_choice"]
         assert fold["fusion"] == (fz["fitted"] if fz["kept"] else "rrf, k=60")
         assert fz["kept"] == ("cross_validated_vs_configured" in fz and fz["cross_validated_vs_configured"]["beats"])
-        sw = fold["search_weights"]  # and the search ranking's title weight the same way
+        sw = fold["search_weights"]  # and the search ranking's title and head weights the same way
         cv = sw.get("cross_validated_vs_configured")
         assert sw["kept"] == bool(cv is not None and cv["beats"] and sw["fitted"])
     per = pl.read_parquet(run_dir / "per_query" / "search.parquet")
@@ -270,7 +270,9 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     assert spec["search_weights"] == (w["fitted"] if w["kept"] else {})
     line = train_search.summary(spec, m)  # the job's last line says what it kept, why, and what it buys
     assert ("query adapter kept" if spec["adapter"] else "query adapter not used") in line and "on 2 held-out queries" in line
-    assert "title weight" in line
+    from features.evaluation.search import describe_weights
+
+    assert (f"{describe_weights(w['fitted'])} kept" if w["kept"] else "title and head weights as configured") in line
     v = m["valid"]  # the held-out queries report the choice against zero-shot with the configured fusion
     assert v["queries"] == 2 and v["chosen_vs_zero_shot_configured"]["paired_difference"] == pytest.approx(
         v["chosen"] - v["zero_shot_configured_fusion"], abs=2e-6)
@@ -292,18 +294,19 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     live = open_live_catalog(cfg, res, lexical=True)
     f = spec["fusion"]
     assert live.cfg.fusion_params() == FusionParams(f["method"], f["rrf_k"], f["ann_weight"])
-    # its fitted title weight joins the configured search weights (a copy of the version with one set)
+    # its fitted title and head weights join the configured search weights (a copy of the version with them set)
     import dataclasses
     import shutil
 
     from serving.ranker import search_weights
 
-    assert search_weights(cfg, res).search.get("title_match", 0.0) == spec["search_weights"].get("title_match", 0.0)
+    for name in ("title_match", "head_match"):
+        assert search_weights(cfg, res).search.get(name, 0.0) == spec["search_weights"].get(name, 0.0)
     fitted = root / "search_with_title_weight"
     shutil.copytree(out, fitted)
-    (fitted / "search.json").write_text(json.dumps(spec | {"search_weights": {"title_match": 0.4}}))
+    (fitted / "search.json").write_text(json.dumps(spec | {"search_weights": {"title_match": 0.4, "head_match": 0.2}}))
     hw = search_weights(cfg, dataclasses.replace(res, search_dir=str(fitted)))
-    assert hw.search == {**cfg.ranker.weights.search, "title_match": 0.4} and hw.recommend == cfg.ranker.weights.recommend
+    assert hw.search == {**cfg.ranker.weights.search, "title_match": 0.4, "head_match": 0.2} and hw.recommend == cfg.ranker.weights.recommend
     assert resolve(ServingConfig(artifacts_root=str(root), index=str(index_dir), search="none")).search_dir is None
     # too few judged queries: nothing fitted, and the version says why
     few = Path(train_search.run(train_search.TrainSearchConfig(

@@ -371,10 +371,39 @@ def test_the_title_weight_is_kept_only_where_it_wins_out_of_fold():
     # the shop's judges want what the words say: weighing title coverage wins out of fold, and is kept
     chosen, rep = SE.choose_search_weights(live, judged(True), vecs, hand, FusionParams(), folds=3)
     assert rep["kept"] and rep["cross_validated_vs_configured"]["beats"] and rep["fitted"]["title_match"] > 0
-    assert chosen.search == {**hand.search, "title_match": rep["fitted"]["title_match"]} and chosen.recommend == hand.recommend
+    assert chosen.search == {**hand.search, **rep["fitted"]} and chosen.recommend == hand.recommend
     # ... they want what the vector says: any title weight only pulls the mugs up, so nothing changes
     chosen, rep = SE.choose_search_weights(live, judged(False), vecs, hand, FusionParams(), folds=3)
     assert chosen is hand and not rep["kept"] and rep["fitted"] == {}
+
+
+def test_the_head_weight_is_fitted_where_the_judges_want_the_thing_named():
+    """Queries name a lamp ("red lamp") while their vectors and most of their words point at red
+    mugs: only the head weight (the title names a lamp) brings the judged lamps up."""
+    from features.evaluation import search as SE
+    from features.retrieval.catalog import ItemUpdate
+    from features.retrieval.fusion import FusionParams
+    from features.retrieval.live import LiveCatalog, RetrievalConfig
+
+    cat, index = small_catalog(60)
+    live = LiveCatalog(cat, index, None, RetrievalConfig(lexical=True, num_candidates=60))
+    red_lamps = [k for k in range(60) if k % 3 == 0 and k % 4 == 2]  # "red lamp <k>" names <k>: retitle them
+    red_mugs = [k for k in range(60) if k % 3 == 0 and k % 4 == 0]
+    for k in red_lamps:
+        live.upsert(ItemUpdate(cat.item_ids[k], f"red {k} lamp"), cat.vectors[k])
+    for k in red_mugs:
+        live.upsert(ItemUpdate(cat.item_ids[k], f"red lamp {k} mug"), cat.vectors[k])
+    rng = np.random.default_rng(0)
+    n = 30
+    aim = [int(rng.choice(red_mugs)) for _ in range(n)]
+    vecs = {q: cat.vectors[a] + 0.05 * rng.normal(size=cat.vectors.shape[1]).astype(np.float32) for q, a in enumerate(aim)}
+    judged = EM.Judgments(["red lamp"] * n, [red_lamps + red_mugs] * n,
+                          [np.array([4.0] * len(red_lamps) + [1.0] * len(red_mugs)) for _ in range(n)])
+    hand = HandWeights()
+    chosen, rep = SE.choose_search_weights(live, judged, vecs, hand, FusionParams(), folds=3)
+    assert rep["kept"] and rep["fitted"].get("head_match", 0) > 0 and chosen.search == {**hand.search, **rep["fitted"]}
+    assert SE.describe_weights(rep["fitted"]).startswith(("title weight", "head weight"))
+    assert SE.describe_weights({}) == "as configured"
 
 
 def test_search_dev_sample_keeps_whole_queries_and_says_so():

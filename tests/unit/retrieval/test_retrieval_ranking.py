@@ -302,6 +302,40 @@ def test_match_features_follow_upserts_and_the_analyzer(tmp_path):
     assert match(cat, "velveting cushion") == [1.0, 0.0]  # stems: "velvet" both
 
 
+def test_the_head_term_is_the_last_term_of_the_first_phrase():
+    a = Analyzer()
+    assert a.head("Mr. Coffee 12-Cup Programmable Coffee Maker with Timer") == "maker"
+    assert a.head("coffee cups") == "cup" and a.head("Shoes for Women") == "shoe"
+    assert a.head("Oakley Radar Lenses, Yellow") == "lens" and a.head("Leather Case | iPhone 5") == "case"
+    assert a.head("Apple - iPhone 5") == "appl" and a.head("Blender-Jar Lid") == "lid"  # a spaced dash only
+    assert a.head("(Refurbished) Blendtec Blender") == "blender"  # an empty first phrase is skipped
+    assert a.head("") is None and a.head(None) is None and a.head(" , ( ") is None
+    # the connecting words are English: other languages end a phrase at separators only
+    assert Analyzer("german").head("Kaffeetasse mit Untertasse, blau") == Analyzer("german").tokens("Untertasse")[-1]
+    assert Analyzer("german").head("tasse with saucer") == Analyzer("german").tokens("saucer")[-1]
+
+
+def test_head_match_says_whether_the_query_names_what_the_title_names(tmp_path):
+    cat, index = small_catalog()
+    live = LiveCatalog(cat, index, tmp_path / "items", RetrievalConfig(), fsync=False)
+    live.upsert(ItemUpdate("i001", "Coffee Cup Set with Saucers"), cat.vectors[1])
+    live.upsert(ItemUpdate("i002", "12-Cup Coffee Maker with Timer"), cat.vectors[2])
+    live.upsert(ItemUpdate("i003", "Coffee Cup"), cat.vectors[3])
+    rows = cat.rows(["i001", "i002", "i003"])
+    col = FEATURE_NAMES.index("head_match")
+
+    def head(query: str | None, mode: str = "search") -> list[float]:
+        ctx = RankContext(mode=mode, query=query, query_emb=cat.vectors[0] if query else None)
+        return candidate_features(ctx, rows, cat)[:, col].tolist()
+
+    assert head("coffee cups") == [0.0, 0.0, 1.0]  # the set names a set, the maker a maker
+    assert head("coffee maker for the office") == [0.0, 1.0, 0.0]
+    assert head("cup set") == [1.0, 0.0, 0.0]
+    assert head(None, "recommend") == [0.0, 0.0, 0.0] and head("   ") == [0.0, 0.0, 0.0]
+    live.upsert(ItemUpdate("i003", "Coffee Maker"), cat.vectors[3])  # an upsert is seen at once
+    assert head("coffee maker") == [0.0, 1.0, 1.0]
+
+
 def test_candidate_features_by_hand():
     cat, _ = small_catalog()
     intent = cat.vectors[cat.row["i001"]]
