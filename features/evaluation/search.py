@@ -14,7 +14,7 @@ from features.evaluation.methods import Judgments, search_context
 from features.models import query_adapter as QA
 from features.retrieval.fusion import FusionParams, Pool, fusion_grid, fusion_ndcg_per_query
 from features.retrieval.live import LiveCatalog
-from features.retrieval.ranking import HandWeights, Scorer, rank_candidates
+from features.retrieval.ranking import HandWeights, Scorer, ranked_rows
 
 
 def gains_of(j: Judgments, q: int) -> dict[int, float]:
@@ -161,14 +161,13 @@ def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np
                           fusion: FusionParams, k: int = 10) -> np.ndarray:
     """(queries of `vectors`, in its order) x (scorers: hand weights or a learned ranker) full-catalog
     nDCG@k of ranking each query as serving ranks it: its candidates from `live` with `fusion`,
-    ordered by `rank_candidates` with that scorer (NaN without a relevant item)."""
+    ordered by `rank_candidates` with that scorer (`ranked_rows`; NaN without a relevant item)."""
     table = np.full((len(vectors), len(weights)), np.nan)
     for i, (q, v) in enumerate(vectors.items()):
         ids, _, bm = live.search(j.queries[q], v, fusion=fusion)
         ideal = [M.grade_gain(j.grades[q])]
-        for c, h in enumerate(weights):
-            top = rank_candidates(search_context(j.queries[q], v), ids, live.catalog, h, k, bm, explain=False)
-            table[i, c] = M.graded_ndcg_per_query([ranked_gains(j, q, [r.row for r in top])], ideal, k)[0]
+        for c, top in enumerate(ranked_rows(search_context(j.queries[q], v), ids, live.catalog, weights, k, bm)):
+            table[i, c] = M.graded_ndcg_per_query([ranked_gains(j, q, top.tolist())], ideal, k)[0]
     return table
 
 

@@ -318,11 +318,7 @@ def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, sco
     `explain`, not at all, and every item's reasons are empty: the order is the same).
 
     Candidates the catalog does not know (yet) are dropped; ties keep the retrieval order."""
-    keep = [j for j, i in enumerate(item_ids) if i in catalog.row]
-    rows = np.array([catalog.row[item_ids[j]] for j in keep], dtype=np.int64)
-    if bm25 is not None and len(bm25):
-        bm25 = np.asarray(bm25, dtype=np.float64)[keep]
-    x = candidate_features(ctx, rows, catalog, bm25)
+    rows, x = _known_candidates(ctx, item_ids, catalog, bm25)
     scorer = scorer.for_context(ctx)
     scores = scorer.score(x, ctx.mode)
     order = mmr(scores, catalog.vectors[rows], k, diversity)
@@ -331,3 +327,22 @@ def rank_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, sco
     contrib = scorer.contributions(x[order], ctx.mode)
     return [RankedItem(catalog.item_ids[rows[j]], float(scores[j]),
                        reasons(ctx, int(rows[j]), contrib[n], catalog, x[j]), int(rows[j])) for n, j in enumerate(order)]
+
+
+def _known_candidates(ctx: RankContext, item_ids: list[str], catalog: Catalog, bm25: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, features) of the candidates the catalog knows, in retrieval order."""
+    keep = [j for j, i in enumerate(item_ids) if i in catalog.row]
+    rows = np.array([catalog.row[item_ids[j]] for j in keep], dtype=np.int64)
+    if bm25 is not None and len(bm25):
+        bm25 = np.asarray(bm25, dtype=np.float64)[keep]
+    return rows, candidate_features(ctx, rows, catalog, bm25)
+
+
+def ranked_rows(ctx: RankContext, item_ids: list[str], catalog: Catalog, scorers: list[Scorer], k: int,
+                bm25: np.ndarray | None = None) -> list[np.ndarray]:
+    """The top-k rows `rank_candidates` returns (no diversity) for each of `scorers`, the features
+    computed once: what fitting search weights over a grid ranks with."""
+    rows, x = _known_candidates(ctx, item_ids, catalog, bm25)
+    vecs = catalog.vectors[rows]
+    return [rows[mmr(s.for_context(ctx).score(x, ctx.mode), vecs, k, 0.0)] for s in scorers]

@@ -336,6 +336,26 @@ def test_head_match_says_whether_the_query_names_what_the_title_names(tmp_path):
     assert head("coffee maker") == [0.0, 1.0, 1.0]
 
 
+def test_ranked_rows_ranks_as_rank_candidates_for_every_scorer():
+    """Fitting search weights over a grid ranks each query once per weight set: `ranked_rows`
+    computes the features once and must return exactly what `rank_candidates` returns for each."""
+    from features.retrieval.ranking import HandWeights, ranked_rows
+
+    cat, _ = small_catalog(80)
+    rng = np.random.default_rng(3)
+    ids = [cat.item_ids[k] for k in rng.permutation(80)[:60]] + ["not-in-catalog"]
+    bm25 = rng.random(len(ids))
+    base = HandWeights()
+    scorers = [base] + [HandWeights(search={**base.search, "title_match": t, "head_match": h})
+                        for t in (0.0, 0.4) for h in (0.1, 0.4)]
+    for query in ("red lamp", "blue mug 7", "green"):
+        ctx = RankContext(mode="search", query=query, query_emb=cat.vectors[int(rng.integers(80))])
+        got = ranked_rows(ctx, ids, cat, scorers, 10, bm25)
+        for scorer, rows in zip(scorers, got):
+            want = [r.row for r in rank_candidates(ctx, ids, cat, scorer, 10, bm25, explain=False)]
+            assert rows.tolist() == want and len(want) == 10
+
+
 def test_candidate_features_by_hand():
     cat, _ = small_catalog()
     intent = cat.vectors[cat.row["i001"]]
