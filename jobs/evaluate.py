@@ -21,10 +21,10 @@ Search relevance (items + a judgments file of query, item_id, grade; without a f
 searches followed by a click, cart or purchase, features/data/judgments.py): nDCG@k re-ranking each
 query's judged items and retrieving from the whole catalog, for plain BM25, BM25F (fields, stems,
 typos), the zero-shot encoder and their hybrid (RRF), against the system: the query tower's
-adapter, the fitted fusion, the search ranking's fitted title and head weights, and the ranker with hand
+adapter, the fitted fusion, the search ranking's fitted match weights, and the ranker with hand
 weights and learned, each fitted by cross-validation over queries (a query's judgments never fit
 what is scored on it) and used only where it beats its default on validation queries (paired
-interval above 0; for the adapter, the fusion and the title and head weights that validation is a k-fold
+interval above 0; for the adapter, the fusion and the match weights that validation is a k-fold
 cross-validation inside the fold's fitting queries, so every one of them counts, not a few dozen). Per-query nDCG is
 written to runs/<version>/per_query/search.parquet; every method gets a 95% bootstrap interval.
 
@@ -856,7 +856,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                                             cfg.retriever.fusion_params(), cfg.search.choice_folds, cfg.seed)
         fusions.append(p)
         fusion_reports.append(fusion_report)
-        # The search ranking's title and head weights, fitted on the same queries and vectors, ranked as serving
+        # The search ranking's match weights, fitted on the same queries and vectors, ranked as serving
         # ranks with that fusion, and kept only where fitting beats the configured weights out of fold.
         hand_f, weight_report = SE.choose_search_weights(live, J, fit_vecs, hand, p, cfg.search.choice_folds, cfg.seed)
         hands.append(hand_f)
@@ -908,7 +908,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
     BASE = ("BM25 (plain: one text field, no stemming)", "BM25F (fields, stemming, typos)", "zero-shot encoder",
             "hybrid retrieval (RRF k=60)")
     SYS = ("system: dense retrieval, query tower (CV)", "system: retrieval, fusion fitted per fold",
-           "system, hand weights (title and head weights fitted per fold)", "system, learned ranker (CV)")
+           "system, hand weights (match weights fitted per fold)", "system, learned ranker (CV)")
     names = BASE + SYS
     rerank: dict[str, list[np.ndarray]] = {m: [] for m in names}
     full: dict[str, list[np.ndarray]] = {m: [] for m in names}
@@ -995,7 +995,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                      "zero-shot's in the same sense; the fusion of dense and lexical retrieval fitted on the fitting "
                      "queries (their out-of-fold adapted vectors where the adapter is used) and kept where fitting "
                      f"beats the configured fusion out of fold ({cfg.search.choice_folds}-fold CV, the same sense); "
-                     "the search ranking's title and head weights (title_match, head_match) fitted and kept the same way; "
+                     "the search ranking's match weights (title_match, head_match, phrase_match) fitted and kept the same way; "
                      "95% intervals: bootstrap over queries; "
                      "encoder zero-shot (no fine-tune on this data); lexical analysis (fields and weights, Snowball "
                      "stemming, AUTO typo distance) set from published defaults, not tuned on this data"),

@@ -256,10 +256,10 @@ def run(cfg: PipelineConfig) -> int:
     r.stage(4, "index", lambda: build_index.main(_sets({"output_root": root, "encoder": encoder}, sa.build_index)))
     search = "zero-shot queries"
     if cfg.search:
-        # The query adapter, the fusion and the title and head weights, from the judgments file and the log's
+        # The query adapter, the fusion and the match weights, from the judgments file and the log's
         # searches; each kept only where it beats the defaults out of fold (a log without searches
         # fits nothing).
-        if r.stage(5, "search (query adapter, fusion, title and head weights) from judgments", lambda: train_search.main(_sets(
+        if r.stage(5, "search (query adapter, fusion, match weights) from judgments", lambda: train_search.main(_sets(
                 {"output_root": root, "events": events, **({"judgments": cfg.judgments} if cfg.judgments else {})},
                 sa.train_search)), required=False):
             sv = A.latest_complete(root, "search")

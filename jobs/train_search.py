@@ -1,5 +1,5 @@
 """Fit the search side on the shop's own judgments: the query tower's adapter, the fusion of dense
-and lexical retrieval, and the search ranking's title and head weights.
+and lexical retrieval, and the search ranking's match weights.
 
     python -m jobs.train_search [--config jobs/configs/train_search.yaml] [--set key=value ...]
     python -m jobs.train_search --set judgments=<query,item_id,grade file>
@@ -15,9 +15,10 @@ paired 95% bootstrap interval over the held-out queries, all the fitting queries
 many that fewer folds hold out 500, is above 0); then the fusion (features/retrieval/fusion.py) is
 fitted on the fitting queries, with their out-of-fold adapted vectors where the adapter is kept (as
 it will see new queries), and KEPT ONLY IF fitting beats the configured fusion out of fold in the
-same sense; so are the search ranking's weights on query-term coverage of the title (`title_match`)
-and on the query naming what the title names (`head_match`), fitted together on top of `hand_weights`,
-each query ranked as serving ranks it. The validation queries,
+same sense; so are the search ranking's match weights, on query-term coverage of the title
+(`title_match`), on the query naming what the title names (`head_match`) and on the query's word
+pairs in the title (`phrase_match`), fitted together on top of `hand_weights`, each query ranked as
+serving ranks it. The validation queries,
 which nothing was fitted on, report what was chosen against zero-shot queries with the configured
 fusion and weights. The evaluation (jobs.evaluate) makes the same three choices with the same
 functions inside each of its folds. Too few judged queries: nothing is fitted and the version says
@@ -170,7 +171,7 @@ def summary(spec: dict, metrics: dict) -> str:
         f" ({_versus(f['cross_validated_vs_configured'])} against the configured fusion)"
         if "cross_validated_vs_configured" in f else f" ({f['why_not']})" if "why_not" in f else "")
     w = metrics.get("search_weights", {})
-    title = (f"{SE.describe_weights(w['fitted'])} kept" if w.get("kept") else "title and head weights as configured") + (
+    title = (f"{SE.describe_weights(w['fitted'])} kept" if w.get("kept") else "match weights as configured") + (
         f" ({_versus(w['cross_validated_vs_configured'])} against the configured weights)"
         if "cross_validated_vs_configured" in w else f" ({w['why_not']})" if "why_not" in w else "")
     r = v.get("ranked", {})
@@ -202,7 +203,7 @@ def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec,
     chosen, metrics["fusion"] = SE.choose_fusion([pool(live, J, q, v) for q, v in fit_vecs.items()], default,
                                                  cfg.choice_folds, cfg.seed)
     spec["fusion"] = asdict(chosen)
-    steps(f"fit the search ranking's title and head weights on the fitting queries ({cfg.choice_folds}-fold cross-validation)")
+    steps(f"fit the search ranking's match weights on the fitting queries ({cfg.choice_folds}-fold cross-validation)")
     weights, metrics["search_weights"] = SE.choose_search_weights(live, J, fit_vecs, cfg.hand_weights, chosen,
                                                                   cfg.choice_folds, cfg.seed)
     spec["search_weights"] = metrics["search_weights"]["fitted"] if metrics["search_weights"]["kept"] else {}
@@ -223,7 +224,7 @@ def _fit(cfg, steps, index_dir, idx_manifest, catalog, index, J, with_rel, spec,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args("Fit the query adapter, the retrieval fusion and the search title and head weights on the shop's judgments.", "train_search.yaml", argv)
+    args = parse_args("Fit the query adapter, the retrieval fusion and the search match weights on the shop's judgments.", "train_search.yaml", argv)
 
     def body() -> int:
         run(load_job_config(TrainSearchConfig, args))

@@ -33,7 +33,7 @@ def load_scorer(cfg: ServingConfig, res: Resolved) -> WithFallback:
 
 def search_weights(cfg: ServingConfig, res: Resolved) -> HandWeights:
     """The configured hand weights, with the search ranking's weights that the served search version
-    fitted on the shop's judgments (jobs.train_search: the title and head weights, where they won out of fold)."""
+    fitted on the shop's judgments (jobs.train_search: the match weights, where they won out of fold)."""
     if not res.search_dir:
         return cfg.ranker.weights
     from dataclasses import replace

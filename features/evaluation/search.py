@@ -1,10 +1,11 @@
 """Search-relevance evaluation helpers (no Ray): each judged query's retrieval pool, per-query
 nDCG with bootstrap intervals, the paired verdict against the strongest baseline, and the search
-fit's choices (the query adapter, the fusion, the title and head weights of the search ranking), each fitted
+fit's choices (the query adapter, the fusion, the match weights of the search ranking), each fitted
 and judged out of fold, that jobs.train_search and jobs.evaluate share."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -142,18 +143,19 @@ def choose_fusion(pools: list[Pool], default: FusionParams, folds: int = 5, seed
     return (grid[best] if report["kept"] else default), report
 
 
-# The search ranking's weights tried per shop: on query-term coverage of the title (`title_match`)
-# and on the query naming what the title names (`head_match`), alone and together.
-TITLE_WEIGHTS = (0.1, 0.2, 0.4, 0.7)
-HEAD_WEIGHTS = (0.1, 0.2, 0.4)
+# The search ranking's match weights tried per shop, alone and together: on query-term coverage of
+# the title (`title_match`), on the query naming what the title names (`head_match`) and on the
+# query's word pairs in the title (`phrase_match`).
+MATCH_WEIGHTS: dict[str, tuple[float, ...]] = {"title_match": (0.1, 0.2, 0.4, 0.7), "head_match": (0.1, 0.2, 0.4),
+                                               "phrase_match": (0.1, 0.2, 0.4)}
 SEARCH_WEIGHT_GRID: tuple[dict[str, float], ...] = tuple(
-    {**({"title_match": t} if t else {}), **({"head_match": h} if h else {})}
-    for t in (0.0, *TITLE_WEIGHTS) for h in (0.0, *HEAD_WEIGHTS) if t or h)
+    {name: w for name, w in zip(MATCH_WEIGHTS, ws) if w}
+    for ws in itertools.product(*((0.0, *grid) for grid in MATCH_WEIGHTS.values())) if any(ws))
 
 
 def describe_weights(fitted: dict[str, float]) -> str:
     """'title weight 0.4, head weight 0.2' for a fit of `choose_search_weights` ('as configured': none)."""
-    names = {"title_match": "title weight", "head_match": "head weight"}
+    names = {"title_match": "title weight", "head_match": "head weight", "phrase_match": "phrase weight"}
     return ", ".join(f"{names.get(k, k)} {v:g}" for k, v in fitted.items()) or "as configured"
 
 
@@ -174,7 +176,7 @@ def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np
 def choose_search_weights(live: LiveCatalog, j: Judgments, vectors: dict[int, np.ndarray], hand: HandWeights,
                           fusion: FusionParams, folds: int = 5, seed: int = 0, k: int = 10
                           ) -> tuple[HandWeights, dict]:
-    """The search hand weights with a title and a head weight (SEARCH_WEIGHT_GRID) fitted on these
+    """The search hand weights with match weights (SEARCH_WEIGHT_GRID) fitted on these
     judged queries (`vectors`: query -> the vector it is ranked with), ranked as serving ranks them
     (`ranked_ndcg_per_query`), kept only where fitting beats the configured weights out of fold
     (`folds`-fold cross-validation; `beats` as for the adapter). Returns (the weights to use, a

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import polars as pl
@@ -35,6 +35,15 @@ POPULAR_TOP_SHARE, POPULAR_TOP_MIN = 0.05, 10
 ITEM_AGE_DAYS = 30.0  # the ranker's item_age: exp(-days since the item's first interaction / this)
 _WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more (YooChoose's category "S" is none)
 TERM_CACHE_ROWS = 200_000  # rows whose analysed title/text terms are kept (the cache restarts when full)
+
+
+class Terms(NamedTuple):
+    """A row's analysed text, as the ranker's match features read it."""
+
+    title: frozenset[str]  # the title's terms
+    text: frozenset[str]  # the whole item text's terms
+    head: str | None  # the title's head term (Analyzer.head)
+    title_pairs: frozenset[tuple[str, str]]  # the title's adjacent term pairs, in order
 
 
 @dataclass(frozen=True)
@@ -176,10 +185,10 @@ class Catalog:
     @analyzer.setter
     def analyzer(self, analyzer: Analyzer) -> None:
         self._analyzer = analyzer
-        self._terms: dict[int, tuple[frozenset[str], frozenset[str], str | None]] = {}
+        self._terms: dict[int, Terms] = {}
 
-    def terms(self, row: int) -> tuple[frozenset[str], frozenset[str], str | None]:
-        """(title terms, text terms, the title's head term) of a row by the analyzer. The ranker's match features read them
+    def terms(self, row: int) -> Terms:
+        """A row's `Terms` by the analyzer. The ranker's match features read them
         for every candidate of every search, and analysing the text was half of a search's ranking
         time, so they are kept (for up to TERM_CACHE_ROWS rows) until the row changes."""
         hit = self._terms.get(row)
@@ -187,8 +196,9 @@ class Catalog:
             if len(self._terms) >= TERM_CACHE_ROWS:
                 self._terms = {}
             a = self._analyzer
-            hit = self._terms[row] = (frozenset(a.tokens(self.title[row])), frozenset(a.tokens(self.text[row])),
-                                      a.head(self.title[row]))
+            title = a.tokens(self.title[row])
+            hit = self._terms[row] = Terms(frozenset(title), frozenset(a.tokens(self.text[row])), a.head(self.title[row]),
+                                           frozenset(zip(title, title[1:])))
         return hit
 
     @property

@@ -43,5 +43,8 @@ FEATURES: dict[str, str] = {
     "head_match": "1 when the query's head term is the item title's (what each names: the last term of its first "
                   "phrase, features/retrieval/lexical.py's Analyzer.head; 'coffee cup' names a cup, '12-Cup Coffee "
                   "Maker with Timer' a maker); 0 otherwise and without a query",
+    "phrase_match": "share of the query's adjacent term pairs found adjacent, in the same order, in the item's title "
+                    "('coffee cup' in 'Coffee Cup Set', not in '12-Cup Coffee Maker'); 0 for a one-term query and "
+                    "without a query",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)

@@ -229,14 +229,16 @@ def candidate_features(ctx: RankContext, rows: np.ndarray, catalog: Catalog,
             dense, lex = (np.asarray(r, np.float64) for r in ranks)
         x[:, _F["dense_rank"]] = 1.0 / np.log2(2.0 + dense)
         x[:, _F["lexical_rank"]] = np.where(lex >= 0, 1.0 / np.log2(2.0 + np.maximum(lex, 0)), 0.0)
-    q_tokens = set(catalog.analyzer.tokens(ctx.query)) if ctx.query else set()
-    if q_tokens:
+    q_list = catalog.analyzer.tokens(ctx.query)
+    if q_tokens := set(q_list):
         n = len(q_tokens)
         terms = [catalog.terms(r) for r in rows]
-        x[:, _F["title_match"]] = [len(q_tokens.intersection(title)) / n for title, _, _ in terms]
-        x[:, _F["text_match"]] = [len(q_tokens.intersection(text)) / n for _, text, _ in terms]
+        x[:, _F["title_match"]] = [len(q_tokens.intersection(t.title)) / n for t in terms]
+        x[:, _F["text_match"]] = [len(q_tokens.intersection(t.text)) / n for t in terms]
         if (q_head := catalog.analyzer.head(ctx.query)) is not None:
-            x[:, _F["head_match"]] = [head == q_head for _, _, head in terms]
+            x[:, _F["head_match"]] = [t.head == q_head for t in terms]
+        if q_pairs := set(zip(q_list, q_list[1:])):
+            x[:, _F["phrase_match"]] = [len(q_pairs.intersection(t.title_pairs)) / len(q_pairs) for t in terms]
     return x
 
 

@@ -43,7 +43,7 @@ _NAMING = re.compile("^(?:" + "|".join(t.replace("{verb}", "(?:" + "|".join(VERB
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _LIKENESS = frozenset({"intent_sim", "pref_sim", "context_sim", "history_max_sim"})  # text vectors' similarity
 _QUERY = frozenset({"query_sim", "query_sim_gap", "lexical", "title_match", "text_match", "dense_rank", "lexical_rank",
-                    "head_match"})
+                    "head_match", "phrase_match"})
 _FIXED = {"pref_sim": "matches your long-term taste", "popularity": "popular this week",
           "popularity_1d": "trending today", "popularity_30d": "popular this month",
           "price_affinity": "in your usual price range",

@@ -166,7 +166,7 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
         fz = fold["fusion_choice"]
         assert fold["fusion"] == (fz["fitted"] if fz["kept"] else "rrf, k=60")
         assert fz["kept"] == ("cross_validated_vs_configured" in fz and fz["cross_validated_vs_configured"]["beats"])
-        sw = fold["search_weights"]  # and the search ranking's title and head weights the same way
+        sw = fold["search_weights"]  # and the search ranking's match weights the same way
         cv = sw.get("cross_validated_vs_configured")
         assert sw["kept"] == bool(cv is not None and cv["beats"] and sw["fitted"])
     per = pl.read_parquet(run_dir / "per_query" / "search.parquet")
@@ -272,7 +272,7 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     assert ("query adapter kept" if spec["adapter"] else "query adapter not used") in line and "on 2 held-out queries" in line
     from features.evaluation.search import describe_weights
 
-    assert (f"{describe_weights(w['fitted'])} kept" if w["kept"] else "title and head weights as configured") in line
+    assert (f"{describe_weights(w['fitted'])} kept" if w["kept"] else "match weights as configured") in line
     v = m["valid"]  # the held-out queries report the choice against zero-shot with the configured fusion
     assert v["queries"] == 2 and v["chosen_vs_zero_shot_configured"]["paired_difference"] == pytest.approx(
         v["chosen"] - v["zero_shot_configured_fusion"], abs=2e-6)
@@ -294,7 +294,7 @@ def test_train_search_fits_on_judgments_and_serving_picks_it_for_its_index(evalu
     live = open_live_catalog(cfg, res, lexical=True)
     f = spec["fusion"]
     assert live.cfg.fusion_params() == FusionParams(f["method"], f["rrf_k"], f["ann_weight"])
-    # its fitted title and head weights join the configured search weights (a copy of the version with them set)
+    # its fitted match weights join the configured search weights (a copy of the version with them set)
     import dataclasses
     import shutil
 

@@ -336,6 +336,27 @@ def test_head_match_says_whether_the_query_names_what_the_title_names(tmp_path):
     assert head("coffee maker") == [0.0, 1.0, 1.0]
 
 
+def test_phrase_match_counts_the_querys_word_pairs_in_the_title_in_order(tmp_path):
+    cat, index = small_catalog()
+    live = LiveCatalog(cat, index, tmp_path / "items", RetrievalConfig(), fsync=False)
+    live.upsert(ItemUpdate("i001", "Fantastic 2 Piece Coffee Cup Set"), cat.vectors[1])
+    live.upsert(ItemUpdate("i002", "12-Cup Coffee Maker", description="a coffee cup of joy"), cat.vectors[2])
+    live.upsert(ItemUpdate("i003", "Blue Coffee Cups, Set of 4"), cat.vectors[3])
+    rows = cat.rows(["i001", "i002", "i003"])
+    col = FEATURE_NAMES.index("phrase_match")
+
+    def phrase(query: str | None) -> list[float]:
+        ctx = RankContext(mode="search" if query else "recommend", query=query, query_emb=cat.vectors[0] if query else None)
+        return candidate_features(ctx, rows, cat)[:, col].tolist()
+
+    # "cup coffee" in the maker's title is the wrong order; its description does not count
+    assert phrase("coffee cups") == [1.0, 0.0, 1.0]  # stems: "cups" is "cup"
+    assert phrase("blue coffee cup set") == [pytest.approx(2 / 3), 0.0, 1.0]  # a comma does not part a pair
+    assert phrase("cup") == [0.0, 0.0, 0.0] and phrase(None) == [0.0, 0.0, 0.0]  # no pair to find
+    assert cat.terms(int(rows[2])).title_pairs == frozenset({("blue", "coffe"), ("coffe", "cup"), ("cup", "set"), ("set", "of"),
+                                                             ("of", "4")})
+
+
 def test_ranked_rows_ranks_as_rank_candidates_for_every_scorer():
     """Fitting search weights over a grid ranks each query once per weight set: `ranked_rows`
     computes the features once and must return exactly what `rank_candidates` returns for each."""
