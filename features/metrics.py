@@ -278,13 +278,19 @@ def graded_ndcg_per_query(ranked_gains: list[np.ndarray], ideal_gains: list[np.n
         raise ValueError(f"k must be >= 1, got {k}")
     out = np.full(len(ranked_gains), np.nan)
     for q, (got, ideal) in enumerate(zip(ranked_gains, ideal_gains)):
-        best = np.sort(np.asarray(ideal, dtype=np.float64))[::-1][:k]
-        idcg = float((best / np.log2(np.arange(len(best)) + 2.0)).sum())
-        if idcg <= 0:
-            continue
-        g = np.asarray(got, dtype=np.float64)[:k]
-        out[q] = float((g / np.log2(np.arange(len(g)) + 2.0)).sum()) / idcg
+        out[q] = graded_ndcg_of_lists(np.asarray(got, dtype=np.float64)[None, :k], ideal, k)[0]
     return out
+
+
+def graded_ndcg_of_lists(ranked_gains: np.ndarray, ideal_gains: np.ndarray, k: int) -> np.ndarray:
+    """`graded_ndcg_per_query` of several rankings of ONE query at once: (S, n) gains of S ranked
+    lists (rows shorter than k padded with 0), the query's judged items' gains -> (S,) NDCG@k."""
+    best = np.sort(np.asarray(ideal_gains, dtype=np.float64))[::-1][:k]
+    idcg = float((best / np.log2(np.arange(len(best)) + 2.0)).sum())
+    g = np.asarray(ranked_gains, dtype=np.float64)[:, :k]
+    if idcg <= 0:
+        return np.full(len(g), np.nan)
+    return (g / np.log2(np.arange(g.shape[1]) + 2.0)).sum(axis=1) / idcg
 
 
 def nanmean(values: np.ndarray) -> float:

@@ -167,9 +167,12 @@ def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np
     table = np.full((len(vectors), len(weights)), np.nan)
     for i, (q, v) in enumerate(vectors.items()):
         ids, _, bm = live.search(j.queries[q], v, fusion=fusion)
-        ideal = [M.grade_gain(j.grades[q])]
-        for c, top in enumerate(ranked_rows(search_context(j.queries[q], v), ids, live.catalog, weights, k, bm)):
-            table[i, c] = M.graded_ndcg_per_query([ranked_gains(j, q, top.tolist())], ideal, k)[0]
+        g = gains_of(j, q)
+        tops = ranked_rows(search_context(j.queries[q], v), ids, live.catalog, weights, k, bm)
+        gains = np.zeros((len(tops), k))
+        for c, top in enumerate(tops):
+            gains[c, :len(top)] = [g.get(r, 0.0) for r in top.tolist()]
+        table[i] = M.graded_ndcg_of_lists(gains, M.grade_gain(j.grades[q]), k)
     return table
 
 

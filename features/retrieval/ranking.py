@@ -346,5 +346,10 @@ def ranked_rows(ctx: RankContext, item_ids: list[str], catalog: Catalog, scorers
     """The top-k rows `rank_candidates` returns (no diversity) for each of `scorers`, the features
     computed once: what fitting search weights over a grid ranks with."""
     rows, x = _known_candidates(ctx, item_ids, catalog, bm25)
+    scorers = [s.for_context(ctx) for s in scorers]
+    if all(isinstance(s, HandWeights) for s in scorers):  # every score at once, summed as HandWeights.score sums
+        w = np.stack([s.vector(ctx.mode) for s in scorers])
+        scores = (x[None, :, :] * w[:, None, :]).sum(axis=2)
+        return list(rows[np.argsort(-scores, axis=1, kind="stable")[:, :k]])  # mmr's order without diversity
     vecs = catalog.vectors[rows]
-    return [rows[mmr(s.for_context(ctx).score(x, ctx.mode), vecs, k, 0.0)] for s in scorers]
+    return [rows[mmr(s.score(x, ctx.mode), vecs, k, 0.0)] for s in scorers]
