@@ -875,7 +875,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         futures.append(_fit_fold.remote(*stack(fit_q), *stack(sorted(valid_q)), cfg.ranker))
         valid_sets.append(sorted(valid_q))
         print(f"  fold {f + 1}/{cfg.search.folds}: {len(fit_q):,} fitting queries, query adapter "
-              f"{'used' if adapters[-1]['used'] else 'not used'}, fusion {p.describe()}, search weights "
+              f"{'used' if adapters[-1]['used'] else 'not used'}, fusion {p.describe()}, "
               f"{SE.describe_weights(weight_report['fitted'] if weight_report['kept'] else {})} "
               f"({time.perf_counter() - t_fold:.0f} s)", flush=True)
     fold_models = [lgb.Booster(model_str=s) for s, _ in ray.get(futures)]
@@ -900,7 +900,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                             "search_weights": weight_reports[f], "valid_learned_vs_hand": won, "uses": uses})
         fold_scorers.append(WithFallback(LearnedRanker({"search": booster}, {}), hands[f]) if uses == "learned" else hands[f])
     print("  folds (valid nDCG@10, full catalog): " + "; ".join(
-        f"{r['fold']}: query adapter {'used' if r['query_adapter']['used'] else 'not used'}, fusion {r['fusion']}, search weights "
+        f"{r['fold']}: query adapter {'used' if r['query_adapter']['used'] else 'not used'}, fusion {r['fusion']}, "
         f"{SE.describe_weights(r['search_weights']['fitted'] if r['search_weights']['kept'] else {})}, learned {r['valid_ndcg@10_learned']:.4f} vs hand "
         f"{r['valid_ndcg@10_hand_weights']:.4f} -> {r['uses']}" for r in fold_report), flush=True)
 

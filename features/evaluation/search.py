@@ -154,9 +154,9 @@ SEARCH_WEIGHT_GRID: tuple[dict[str, float], ...] = tuple(
 
 
 def describe_weights(fitted: dict[str, float]) -> str:
-    """'title weight 0.4, head weight 0.2' for a fit of `choose_search_weights` ('as configured': none)."""
+    """'title weight 0.4, head weight 0.2' for a fit of `choose_search_weights` (none: 'match weights as configured')."""
     names = {"title_match": "title weight", "head_match": "head weight", "phrase_match": "phrase weight"}
-    return ", ".join(f"{names.get(k, k)} {v:g}" for k, v in fitted.items()) or "as configured"
+    return ", ".join(f"{names.get(k, k)} {v:g}" for k, v in fitted.items()) or "match weights as configured"
 
 
 def ranked_ndcg_per_query(live: LiveCatalog, j: Judgments, vectors: dict[int, np.ndarray], weights: list[Scorer],

@@ -403,7 +403,7 @@ def test_the_head_weight_is_fitted_where_the_judges_want_the_thing_named():
     chosen, rep = SE.choose_search_weights(live, judged, vecs, hand, FusionParams(), folds=3)
     assert rep["kept"] and rep["fitted"].get("head_match", 0) > 0 and chosen.search == {**hand.search, **rep["fitted"]}
     assert SE.describe_weights(rep["fitted"]).startswith(("title weight", "head weight"))
-    assert SE.describe_weights({}) == "as configured"
+    assert SE.describe_weights({}) == "match weights as configured"
 
 
 def test_search_dev_sample_keeps_whole_queries_and_says_so():
