@@ -829,7 +829,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         return x, np.concatenate([labels[q], np.zeros(len(extra), np.int32)])
 
     futures, valid_sets, fusions, fusion_reports, q_fold, adapters = [], [], [], [], [], []
-    hands, weight_reports = [], []
+    hands, weight_reports, fold_seconds = [], [], []
     rng = np.random.default_rng(cfg.seed)
 
     for f in range(cfg.search.folds):
@@ -844,11 +844,14 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         q_fold.append(q_emb)
         adapters.append({"used": False})
         fit_vecs = {q: q_emb[q] for q in fit_q}
+        took = {}  # seconds of each of the fold's steps, printed on its line
+        t_step = time.perf_counter()
         if cfg.search.query_adapter:
             adapter, adapters[-1], fit_vecs = SE.fit_query_adapter(J, q_emb, vecs, fit_q, cfg.search.adapter,
                                                                    cfg.search.choice_folds, cfg.seed)
             if adapter is not None:
                 q_fold[-1] = adapter.apply(q_emb)
+        took["adapter"], t_step = time.perf_counter() - t_step, time.perf_counter()
         # The fusion of the two retrievers, fitted on this fold's fitting queries (their out-of-fold
         # adapted vectors where the adapter is used) and kept only where fitting beats the configured
         # fusion out of fold, as jobs.train_search decides for serving.
@@ -856,11 +859,13 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                                             cfg.retriever.fusion_params(), cfg.search.choice_folds, cfg.seed)
         fusions.append(p)
         fusion_reports.append(fusion_report)
+        took["fusion"], t_step = time.perf_counter() - t_step, time.perf_counter()
         # The search ranking's match weights, fitted on the same queries and vectors, ranked as serving
         # ranks with that fusion, and kept only where fitting beats the configured weights out of fold.
         hand_f, weight_report = SE.choose_search_weights(live, J, fit_vecs, hand, p, cfg.search.choice_folds, cfg.seed)
         hands.append(hand_f)
         weight_reports.append(weight_report)
+        took["match weights"], t_step = time.perf_counter() - t_step, time.perf_counter()
 
         # The learned ranker's lists, with the query vectors it will meet: the fitting queries' out-of-
         # fold vectors where the adapter is used (its own vectors of its training queries are better
@@ -874,10 +879,13 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                     np.concatenate([np.full(len(lists[q][1]), q) for q in qs]))
         futures.append(_fit_fold.remote(*stack(fit_q), *stack(sorted(valid_q)), cfg.ranker))
         valid_sets.append(sorted(valid_q))
+        took["ranker lists"] = time.perf_counter() - t_step
+        fold_seconds.append({k: round(v, 2) for k, v in took.items()})
         print(f"  fold {f + 1}/{cfg.search.folds}: {len(fit_q):,} fitting queries, query adapter "
               f"{'used' if adapters[-1]['used'] else 'not used'}, fusion {p.describe()}, "
               f"{SE.describe_weights(weight_report['fitted'] if weight_report['kept'] else {})} "
-              f"({time.perf_counter() - t_fold:.0f} s)", flush=True)
+              f"({time.perf_counter() - t_fold:.0f} s: " + ", ".join(f"{k} {v:.0f}" for k, v in took.items()) + ")",
+              flush=True)
     fold_models = [lgb.Booster(model_str=s) for s, _ in ray.get(futures)]
 
     def full_catalog_ndcg(scorer, qs: list[int], fusion: FusionParams, qv: np.ndarray) -> np.ndarray:
@@ -894,7 +902,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         won = SE.beats(learned, hand_v, cfg.seed)
         uses = "learned" if won["beats"] else "hand weights"
         fold_report.append({"fold": f, "query_adapter": adapters[f], "fusion": fusions[f].describe(),
-                            "fusion_choice": fusion_reports[f],
+                            "fusion_choice": fusion_reports[f], "seconds": fold_seconds[f],
                             "valid_queries": len(qs), "valid_ndcg@10_learned": round(SE.nanmean(learned), 6),
                             "valid_ndcg@10_hand_weights": round(SE.nanmean(hand_v), 6),
                             "search_weights": weight_reports[f], "valid_learned_vs_hand": won, "uses": uses})

@@ -156,6 +156,8 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     # (k-fold CV inside the fitting queries) beat zero-shot's.
     assert len(srch["ranker_folds"]) == 2
     for fold in srch["ranker_folds"]:
+        assert list(fold["seconds"]) == ["adapter", "fusion", "match weights", "ranker lists"]
+        assert all(v >= 0 for v in fold["seconds"].values())
         won = fold["valid_learned_vs_hand"]
         assert fold["uses"] == ("learned" if won["paired_difference_ci95"][0] > 0 else "hand weights") and won["queries"] >= 1
         qa = fold["query_adapter"]
