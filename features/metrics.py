@@ -37,13 +37,24 @@ def target_ranks(scores: np.ndarray, target_idx: np.ndarray) -> np.ndarray:
     return ranks
 
 
+# Up to this many rows, `sort_positions` counts each row's betters in one pass over the scores
+# rather than sorting them (a judged query's handful of items in a 55,000-item catalog: 0.2 ms, not 1).
+_COUNT_ROWS = 32
+
+
 def sort_positions(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """0-based position of each of `rows` in the stable descending sort of `scores` (ties to the
     lower index): what inverting np.argsort(-scores, kind="stable") gives, without the full argsort
-    (one sort of the values and a binary search per row; a tie is counted only where there is one)."""
+    (for a few rows, the count of higher scores and of equal ones at lower indices; else one sort of
+    the values and a binary search per row, a tie counted only where there is one)."""
     scores = np.asarray(scores)
     rows = np.asarray(rows, dtype=np.int64)
     v = scores[rows]
+    if len(rows) <= _COUNT_ROWS:
+        out = np.count_nonzero(scores > v[:, None], axis=1).astype(np.int64)
+        for i in np.flatnonzero(np.count_nonzero(scores == v[:, None], axis=1) > 1):
+            out[i] += np.count_nonzero(scores[:rows[i]] == v[i])
+        return out
     ordered = np.sort(scores)
     right = np.searchsorted(ordered, v, side="right")
     out = (len(scores) - right).astype(np.int64)

@@ -808,24 +808,23 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
     gains_ideal = [M.grade_gain(J.grades[q]) for q in range(nq)]
 
     steps(f"learned search ranker and fusion: {cfg.search.folds}-fold cross-validation by query (Ray tasks)")
-    feats = [EM.judged_features(J, q, q_emb[q], catalog, bm25) for q in range(nq)]
+    feats = EM.judged_features_many(J, list(range(nq)), q_emb, catalog, bm25)
     # LightGBM's lambdarank takes integer labels (gain 2^label - 1, the gain nDCG uses here at integer
     # grades): averaged grades (1.67, 2.5, ...) are rounded for training only; every nDCG below uses
     # the real grades.
     labels = [np.rint(np.maximum(J.grades[q] - 1.0, 0.0)).astype(np.int32) for q in range(nq)]
 
-    def ranker_list(q: int, qv: np.ndarray, zero_shot: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Query q's training list for the learned ranker, with query vector `qv` (`zero_shot`: q's own
-        zero-shot vector): its judged items (and, where judgments are exhaustive, the top unjudged
-        candidates as 0s), features, labels."""
+    def ranker_list(q: int, qv: np.ndarray, judged_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Query q's training list for the learned ranker, with query vector `qv` (`judged_x`: its judged
+        items' features with that vector): its judged items (and, where judgments are exhaustive, the
+        top unjudged candidates as 0s), features, labels."""
         judged = set(J.items[q])
         extra: list[int] = []
         if cfg.search.unjudged == "irrelevant":  # exhaustive judgments: the top unjudged candidates are true 0s
             ids, _, _ = live.search(J.queries[q], qv)
             extra = [r for r in catalog.rows(ids) if int(r) not in judged][:cfg.search.unjudged_negatives]
         rows = np.concatenate([np.asarray(J.items[q], np.int64), np.asarray(extra, np.int64)])
-        x = EM.query_features(J.queries[q], qv, rows, catalog, bm25) if extra else (
-            feats[q] if zero_shot else EM.judged_features(J, q, qv, catalog, bm25))
+        x = EM.query_features(J.queries[q], qv, rows, catalog, bm25) if extra else judged_x
         return x, np.concatenate([labels[q], np.zeros(len(extra), np.int32)])
 
     futures, valid_sets, fusions, fusion_reports, q_fold, adapters = [], [], [], [], [], []
@@ -872,7 +871,10 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         # than on any new query; on a judgment set so large that only some inner folds were trained,
         # the rest keep the fold adapter's), the validation queries' from the fold's adapter, which
         # never saw them.
-        lists = {q: ranker_list(q, fit_vecs[q] if q in fit_vecs else q_fold[-1][q], q_fold[-1] is q_emb) for q in train_q}
+        list_vecs = np.stack([fit_vecs[q] if q in fit_vecs else q_fold[-1][q] for q in train_q])
+        judged_x = [feats[q] for q in train_q] if q_fold[-1] is q_emb else EM.judged_features_many(
+            J, train_q, list_vecs, catalog, bm25)
+        lists = {q: ranker_list(q, v, x) for q, v, x in zip(train_q, list_vecs, judged_x)}
 
         def stack(qs):
             return (np.concatenate([lists[q][0] for q in qs]), np.concatenate([lists[q][1] for q in qs]),
@@ -942,7 +944,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         raw = timed(BASE[1], lambda: bm25.scores(J.queries[q], n_items))
         cos = timed(BASE[2], lambda: vecs @ q_emb[q])
         cos_a = timed(SYS[0], lambda: vecs @ qa)
-        xa = feats[q] if q_fold[folds[q]] is q_emb else EM.judged_features(J, q, qa, catalog, bm25)
+        xa = feats[q] if q_fold[folds[q]] is q_emb else EM.query_features(J.queries[q], qa, rows, catalog, bm25, cos=cos_a)
         fz, scorer = fusions[folds[q]], fold_scorers[folds[q]]
         judged_scores = {
             BASE[0]: raw_plain[rows], BASE[1]: raw[rows], BASE[2]: cos[rows],

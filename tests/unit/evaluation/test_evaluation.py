@@ -347,6 +347,24 @@ def test_the_fitted_fusion_is_kept_only_where_it_beats_the_configured_one_out_of
     assert chosen == default and not rep["kept"] and "too few to cross-validate" in rep["why_not"]
 
 
+def test_judged_features_of_many_queries_at_once_are_each_querys_own():
+    """The evaluation computes the catalog-wide cosines of many queries in one product: every
+    feature, the dense rank over the whole catalog included, is what one query alone gets."""
+    from features.retrieval.live import LiveCatalog, RetrievalConfig
+
+    cat, index = small_catalog(60)
+    live = LiveCatalog(cat, index, None, RetrievalConfig(lexical=True))
+    rng = np.random.default_rng(3)
+    qs = [f"{c} {k}" for c, k in zip(["red mug", "blue lamp", "green box", "bag"] * 3, range(12))]
+    j = EM.Judgments(qs, [rng.choice(60, 5, replace=False).tolist() for _ in qs], [np.full(5, 2.0) for _ in qs])
+    v = rng.normal(size=(len(qs), cat.vectors.shape[1])).astype(np.float32)
+    v[4] = cat.vectors[j.items[4][0]]  # a judged item at the top of the dense list
+    many = EM.judged_features_many(j, list(range(len(qs))), v, cat, live.bm25, chunk=5)
+    assert len(many) == len(qs)
+    for q in range(len(qs)):
+        np.testing.assert_allclose(many[q], EM.judged_features(j, q, v[q], cat, live.bm25), rtol=1e-5, atol=1e-6)
+
+
 def test_the_title_weight_is_kept_only_where_it_wins_out_of_fold():
     from features.evaluation import search as SE
     from features.retrieval.fusion import FusionParams

@@ -28,8 +28,11 @@ def test_sort_positions_and_top_k_equal_a_stable_full_sort_ties_included(seed):
     order = np.argsort(-scores, kind="stable")
     position = np.empty(len(scores), np.int64)
     position[order] = np.arange(len(scores))
-    rows = rng.choice(len(scores), 60, replace=False)
-    assert M.sort_positions(scores, rows).tolist() == position[rows].tolist()
+    for n_rows in (1, 5, 32, 33, 60):  # counted (a few rows) and sorted (many)
+        rows = rng.choice(len(scores), n_rows, replace=False)
+        assert M.sort_positions(scores, rows).tolist() == position[rows].tolist()
+    top = M.sort_positions(scores, np.array([401, 3, 77])).tolist()  # the tie at the top, by index
+    assert top == position[[401, 3, 77]].tolist() and top[1] == 0 and top[1] < top[2] < top[0]
     for k in (1, 10, 499, 500, 900):
         assert top_k(scores, k).tolist() == order[:k].tolist()
     assert top_k(scores, 0).tolist() == []
