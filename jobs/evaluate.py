@@ -24,8 +24,8 @@ typos), the zero-shot encoder and their hybrid (RRF), against the system: the qu
 adapter, the fitted fusion, the search ranking's fitted match weights, and the ranker with hand
 weights and learned, each fitted by cross-validation over queries (a query's judgments never fit
 what is scored on it) and used only where it beats its default on validation queries (paired
-interval above 0; for the adapter, the fusion and the match weights that validation is a k-fold
-cross-validation inside the fold's fitting queries, so every one of them counts, not a few dozen). Per-query nDCG is
+interval above 0; that validation is a k-fold cross-validation inside the fold's training queries,
+so every one of them counts, not a few dozen). Per-query nDCG is
 written to runs/<version>/per_query/search.parquet; every method gets a 95% bootstrap interval.
 
 Writes runs/<version>/metrics.json and report.html (plots), plus the stages' artifacts.
@@ -682,6 +682,16 @@ def _encode_items(items: pl.DataFrame, onnx_dir: Path, cfg: EvaluateConfig) -> n
     return emb[[order[i] for i in items[S.ITEM_ID].to_list()]]
 
 
+def _inner_folds(qs: list[int], folds: int, seed: int) -> list[list[int]]:
+    """`qs` split (seeded) into min(folds, len(qs)) held-out sets for an out-of-fold verdict; none
+    with fewer than 2 queries (the learned ranker then falls back to the hand weights)."""
+    k = min(folds, len(qs))
+    if k < 2:
+        return []
+    order = np.asarray(qs)[np.random.default_rng(seed).permutation(len(qs))]
+    return [order[i::k].tolist() for i in range(k)]
+
+
 @ray.remote(num_cpus=1)
 def _fit_fold(x, y, g, vx, vy, vg, params):
     booster, info = train_booster(x, y, g, params, valid=(vx, vy, vg))
@@ -828,6 +838,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         return x, np.concatenate([labels[q], np.zeros(len(extra), np.int32)])
 
     futures, valid_sets, fusions, fusion_reports, q_fold, adapters = [], [], [], [], [], []
+    inner_futures, inner_sets, verdict_vecs = [], [], []  # the learned ranker's verdict, out of fold (below)
     hands, weight_reports, fold_seconds = [], [], []
     rng = np.random.default_rng(cfg.seed)
 
@@ -881,6 +892,17 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
                     np.concatenate([np.full(len(lists[q][1]), q) for q in qs]))
         futures.append(_fit_fold.remote(*stack(fit_q), *stack(sorted(valid_q)), cfg.ranker))
         valid_sets.append(sorted(valid_q))
+        # Whether to use the learned ranker is judged out of fold over ALL the fold's training queries
+        # (k-fold inside them, each inner model early-stopped on a tenth of its own training queries),
+        # as the adapter, the fusion and the match weights are: on the 10% validation queries alone
+        # (about 20 here) a model retrained on features that moved by 1e-6 flipped a fold's verdict.
+        verdict_vecs.append(dict(zip(train_q, list_vecs)))
+        inner_sets.append(_inner_folds(train_q, cfg.search.choice_folds, cfg.seed + f))
+        for held in inner_sets[-1]:
+            rest = sorted(set(train_q) - set(held))
+            stop = set(rest[::10]) if len(rest) > 1 else set(rest)  # every tenth stops the inner model's boosting
+            inner_futures.append(_fit_fold.remote(*stack([q for q in rest if q not in stop] or rest),
+                                                  *stack(sorted(stop)), cfg.ranker))
         took["ranker lists"] = time.perf_counter() - t_step
         fold_seconds.append({k: round(v, 2) for k, v in took.items()})
         print(f"  fold {f + 1}/{cfg.search.folds}: {len(fit_q):,} fitting queries, query adapter "
@@ -889,23 +911,27 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
               f"({time.perf_counter() - t_fold:.0f} s: " + ", ".join(f"{k} {v:.0f}" for k, v in took.items()) + ")",
               flush=True)
     fold_models = [lgb.Booster(model_str=s) for s, _ in ray.get(futures)]
+    inner_models = iter([lgb.Booster(model_str=s) for s, _ in ray.get(inner_futures)])
 
-    def full_catalog_ndcg(scorer, qs: list[int], fusion: FusionParams, qv: np.ndarray) -> np.ndarray:
-        """nDCG@10 per query of ranking its retrieval candidates, as serving does (unjudged gain 0)."""
-        return SE.ranked_ndcg_per_query(live, J, {q: qv[q] for q in qs}, [scorer], fusion)[:, 0]
-
-    # A fold's model is used only if it beats the hand weights on that fold's validation queries
-    # (carved from its training folds, never its test fold; paired interval above 0), ranking
+    # A fold's model is used only if learned ranking beats the hand weights out of fold over the
+    # fold's training queries (never its test fold; inner models, paired interval above 0), ranking
     # retrieval candidates as serving does; otherwise the fold falls back to the hand weights.
     fold_report, fold_scorers = [], []
-    for f, (booster, qs) in enumerate(zip(fold_models, valid_sets)):
-        learned = full_catalog_ndcg(WithFallback(LearnedRanker({"search": booster}, {}), hands[f]), qs, fusions[f], q_fold[f])
-        hand_v = full_catalog_ndcg(hands[f], qs, fusions[f], q_fold[f])
-        won = SE.beats(learned, hand_v, cfg.seed)
+    for f, booster in enumerate(fold_models):
+        learned, hand_v = [], []
+        for held in inner_sets[f]:
+            inner = WithFallback(LearnedRanker({"search": next(inner_models)}, {}), hands[f])
+            both = SE.ranked_ndcg_per_query(live, J, {q: verdict_vecs[f][q] for q in held}, [inner, hands[f]], fusions[f])
+            learned.append(both[:, 0])
+            hand_v.append(both[:, 1])
+        learned, hand_v = (np.concatenate(x) if x else np.zeros(0) for x in (learned, hand_v))
+        won = SE.beats(learned, hand_v, cfg.seed) if len(learned) else {
+            "beats": False, "paired_difference": 0.0, "paired_difference_ci95": [0.0, 0.0], "queries": 0}
         uses = "learned" if won["beats"] else "hand weights"
         fold_report.append({"fold": f, "query_adapter": adapters[f], "fusion": fusions[f].describe(),
                             "fusion_choice": fusion_reports[f], "seconds": fold_seconds[f],
-                            "valid_queries": len(qs), "valid_ndcg@10_learned": round(SE.nanmean(learned), 6),
+                            "valid_queries": won["queries"], "valid_folds": len(inner_sets[f]),
+                            "valid_ndcg@10_learned": round(SE.nanmean(learned), 6),
                             "valid_ndcg@10_hand_weights": round(SE.nanmean(hand_v), 6),
                             "search_weights": weight_reports[f], "valid_learned_vs_hand": won, "uses": uses})
         fold_scorers.append(WithFallback(LearnedRanker({"search": booster}, {}), hands[f]) if uses == "learned" else hands[f])

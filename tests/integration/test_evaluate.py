@@ -157,6 +157,7 @@ def test_evaluate_slice_end_to_end(evaluated, slice_):
     assert len(srch["ranker_folds"]) == 2
     for fold in srch["ranker_folds"]:
         assert list(fold["seconds"]) == ["adapter", "fusion", "match weights", "ranker lists"]
+        assert fold["valid_folds"] >= 2  # the learned ranker judged out of fold on all training queries
         assert all(v >= 0 for v in fold["seconds"].values())
         won = fold["valid_learned_vs_hand"]
         assert fold["uses"] == ("learned" if won["paired_difference_ci95"][0] > 0 else "hand weights") and won["queries"] >= 1
