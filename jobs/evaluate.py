@@ -837,7 +837,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         x = EM.query_features(J.queries[q], qv, rows, catalog, bm25) if extra else judged_x
         return x, np.concatenate([labels[q], np.zeros(len(extra), np.int32)])
 
-    futures, valid_sets, fusions, fusion_reports, q_fold, adapters = [], [], [], [], [], []
+    futures, fusions, fusion_reports, q_fold, adapters = [], [], [], [], []
     inner_futures, inner_sets, verdict_vecs = [], [], []  # the learned ranker's verdict, out of fold (below)
     hands, weight_reports, fold_seconds = [], [], []
     rng = np.random.default_rng(cfg.seed)
@@ -891,7 +891,6 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
             return (np.concatenate([lists[q][0] for q in qs]), np.concatenate([lists[q][1] for q in qs]),
                     np.concatenate([np.full(len(lists[q][1]), q) for q in qs]))
         futures.append(_fit_fold.remote(*stack(fit_q), *stack(sorted(valid_q)), cfg.ranker))
-        valid_sets.append(sorted(valid_q))
         # Whether to use the learned ranker is judged out of fold over ALL the fold's training queries
         # (k-fold inside them, each inner model early-stopped on a tenth of its own training queries),
         # as the adapter, the fusion and the match weights are: on the 10% validation queries alone
