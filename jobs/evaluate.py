@@ -682,7 +682,7 @@ def _encode_items(items: pl.DataFrame, onnx_dir: Path, cfg: EvaluateConfig) -> n
     return emb[[order[i] for i in items[S.ITEM_ID].to_list()]]
 
 
-def _inner_folds(qs: list[int], folds: int, seed: int) -> list[list[int]]:
+def inner_folds(qs: list[int], folds: int, seed: int) -> list[list[int]]:
     """`qs` split (seeded) into min(folds, len(qs)) held-out sets for an out-of-fold verdict; none
     with fewer than 2 queries (the learned ranker then falls back to the hand weights)."""
     k = min(folds, len(qs))
@@ -896,7 +896,7 @@ def evaluate_search(cfg: EvaluateConfig, steps: Steps, judg: pl.DataFrame, sourc
         # as the adapter, the fusion and the match weights are: on the 10% validation queries alone
         # (about 20 here) a model retrained on features that moved by 1e-6 flipped a fold's verdict.
         verdict_vecs.append(dict(zip(train_q, list_vecs)))
-        inner_sets.append(_inner_folds(train_q, cfg.search.choice_folds, cfg.seed + f))
+        inner_sets.append(inner_folds(train_q, cfg.search.choice_folds, cfg.seed + f))
         for held in inner_sets[-1]:
             rest = sorted(set(train_q) - set(held))
             stop = set(rest[::10]) if len(rest) > 1 else set(rest)  # every tenth stops the inner model's boosting

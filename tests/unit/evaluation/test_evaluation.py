@@ -425,13 +425,13 @@ def test_the_head_weight_is_fitted_where_the_judges_want_the_thing_named():
 
 
 def test_the_learned_rankers_verdict_holds_out_every_training_query_once():
-    from jobs.evaluate import _inner_folds
+    from jobs.evaluate import inner_folds
 
     qs = list(range(3, 40, 2))
-    sets = _inner_folds(qs, 5, seed=1)
+    sets = inner_folds(qs, 5, seed=1)
     assert len(sets) == 5 and sorted(q for s in sets for q in s) == qs and min(map(len, sets)) >= 3
-    assert _inner_folds(qs, 5, seed=1) == sets and _inner_folds(qs, 5, seed=2) != sets
-    assert len(_inner_folds([7, 9], 5, 0)) == 2 and _inner_folds([7], 5, 0) == []
+    assert inner_folds(qs, 5, seed=1) == sets and inner_folds(qs, 5, seed=2) != sets
+    assert len(inner_folds([7, 9], 5, 0)) == 2 and inner_folds([7], 5, 0) == []
 
 
 def test_search_dev_sample_keeps_whole_queries_and_says_so():
